@@ -1,0 +1,211 @@
+"""Convolutions and dense layers: conv, deform_conv, linear."""
+
+from __future__ import annotations
+
+import math
+
+from cnncomp.errors import CnnError
+from cnncomp.ops.registry import (
+    Op, Param, WeightSpec, Window, as_tuple, check_channels, numel, positive_ints, register,
+    resolve_padding, spatial_rank, window_output,
+)
+
+_CONV_PARAMS = (
+    Param("out", "int"), Param("k", "spatial"), Param("s", "spatial", 1), Param("p", "padding", 0),
+    Param("d", "spatial", 1), Param("g", "int", 1), Param("bias", "bool", True),
+)
+
+
+def _conv_attrs(op_name: str, args: dict, shape: tuple) -> dict:
+    rank = spatial_rank(shape)
+    cin = check_channels(shape, op_name)
+    out, groups = args["out"], args["g"]
+    if out < 1:
+        raise CnnError(f"{op_name}: out must be positive, got {out}")
+    if groups < 1:
+        raise CnnError(f"{op_name}: groups must be positive, got {groups}")
+    if cin % groups:
+        raise CnnError(f"{op_name}: groups g={groups} does not divide the {cin} input channels")
+    if out % groups:
+        raise CnnError(f"{op_name}: groups g={groups} does not divide the {out} output channels")
+    kernel = positive_ints(as_tuple(args["k"], rank, "kernel k"), "kernel k")
+    stride = positive_ints(as_tuple(args["s"], rank, "stride s"), "stride s")
+    dilation = positive_ints(as_tuple(args["d"], rank, "dilation d"), "dilation d")
+    pads = resolve_padding(args["p"], rank, kernel, stride, dilation, shape[2:])
+    return {"out": out, "kernel": kernel, "stride": stride, "pads": pads, "dilation": dilation,
+            "groups": groups, "bias": bool(args["bias"]), "in_channels": cin}
+
+
+def _conv_shape(op_name: str, attrs: dict, shape: tuple) -> tuple:
+    rank = len(attrs["kernel"])
+    spatial = tuple(
+        window_output(n, k, s, attrs["pads"][i], attrs["pads"][i + rank], d, False, op_name)
+        for i, (n, k, s, d) in enumerate(zip(shape[2:], attrs["kernel"], attrs["stride"], attrs["dilation"]))
+    )
+    return (shape[0], attrs["out"]) + spatial
+
+
+def _conv_weights(attrs: dict) -> dict[str, WeightSpec]:
+    fan_in = attrs["in_channels"] // attrs["groups"] * math.prod(attrs["kernel"])
+    specs = {"weight": WeightSpec((attrs["out"], attrs["in_channels"] // attrs["groups"]) + attrs["kernel"],
+                                  fan_in=fan_in)}
+    if attrs["bias"]:
+        specs["bias"] = WeightSpec((attrs["out"],), fan_in=fan_in)
+    return specs
+
+
+def _conv_macs(attrs: dict, out: tuple) -> int:
+    return numel(out) * (attrs["in_channels"] // attrs["groups"]) * math.prod(attrs["kernel"])
+
+
+def _conv_window(attrs: dict) -> Window:
+    return Window(tuple(d * (k - 1) + 1 for k, d in zip(attrs["kernel"], attrs["dilation"])), attrs["stride"])
+
+
+def torch_pad_then(x, pads: tuple, value: float = 0.0):
+    """Apply ONNX-order pads with F.pad when they are asymmetric; return (x, symmetric pads)."""
+    import torch.nn.functional as F
+
+    rank = len(pads) // 2
+    begins, ends = pads[:rank], pads[rank:]
+    if begins == ends:
+        return x, begins
+    torch_pads = []
+    for i in reversed(range(rank)):
+        torch_pads += [begins[i], ends[i]]
+    return F.pad(x, torch_pads, value=value), (0,) * rank
+
+
+@register
+class Conv(Op):
+    name = "conv"
+    params = _CONV_PARAMS
+    spatial_only = True
+    doc = "convolution, 1-D to 3-D by input rank"
+
+    def normalize(self, args, shapes):
+        return _conv_attrs(self.name, args, shapes[0])
+
+    def infer_shape(self, attrs, shapes):
+        return _conv_shape(self.name, attrs, shapes[0])
+
+    def weight_specs(self, attrs, shapes):
+        return _conv_weights(attrs)
+
+    def macs(self, attrs, shapes, out):
+        return _conv_macs(attrs, out)
+
+    def window(self, attrs, shapes):
+        return _conv_window(attrs)
+
+    def to_onnx(self, b, layer, inputs, weights):
+        a = layer.attrs
+        ins = [inputs[0], weights["weight"]] + ([weights["bias"]] if "bias" in weights else [])
+        return b.node("Conv", ins, layer.name, kernel_shape=list(a["kernel"]), strides=list(a["stride"]),
+                      pads=list(a["pads"]), dilations=list(a["dilation"]), group=a["groups"])
+
+    def torch_ref(self, attrs, inputs, weights):
+        import torch.nn.functional as F
+
+        x, pads = torch_pad_then(inputs[0], attrs["pads"])
+        conv = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[len(attrs["kernel"])]
+        return conv(x, weights["weight"], weights.get("bias"), attrs["stride"], pads, attrs["dilation"],
+                    attrs["groups"])
+
+
+@register
+class DeformConv(Op):
+    name = "deform_conv"
+    params = (Param("offsets", "tensor"),) + _CONV_PARAMS + (Param("offset_groups", "int", 1),)
+    spatial_only = True
+    doc = "deformable convolution; offsets tensor with 2*offset_groups*prod(k) channels"
+
+    def normalize(self, args, shapes):
+        x, off = shapes
+        if len(x) != 4:
+            raise CnnError(f"deform_conv: needs a 2-D input [N, C, H, W], got rank {len(x)}")
+        attrs = _conv_attrs(self.name, args, x)
+        og = args["offset_groups"]
+        if og < 1 or attrs["in_channels"] % og:
+            raise CnnError(f"deform_conv: offset_groups={og} does not divide the {attrs['in_channels']} input channels")
+        attrs["offset_groups"] = og
+        return attrs
+
+    def infer_shape(self, attrs, shapes):
+        out = _conv_shape(self.name, attrs, shapes[0])
+        off = shapes[1]
+        want = 2 * attrs["offset_groups"] * math.prod(attrs["kernel"])
+        if len(off) != 4 or off[1] != want:
+            raise CnnError(f"deform_conv: offsets must have {want} channels (2*offset_groups*prod(k)), "
+                           f"got shape [{', '.join(map(str, off))}]")
+        if tuple(off[2:]) != tuple(out[2:]):
+            raise CnnError(f"deform_conv: offsets spatial size {list(off[2:])} must equal the output's {list(out[2:])}")
+        return out
+
+    def weight_specs(self, attrs, shapes):
+        return _conv_weights(attrs)
+
+    def macs(self, attrs, shapes, out):
+        return _conv_macs(attrs, out)
+
+    def window(self, attrs, shapes):
+        return _conv_window(attrs)
+
+    def to_onnx(self, b, layer, inputs, weights):
+        a = layer.attrs
+        b.require_opset(19, "DeformConv")
+        ins = [inputs[0], weights["weight"], inputs[1]] + ([weights["bias"]] if "bias" in weights else [])
+        return b.node("DeformConv", ins, layer.name, kernel_shape=list(a["kernel"]), strides=list(a["stride"]),
+                      pads=list(a["pads"]), dilations=list(a["dilation"]), group=a["groups"],
+                      offset_group=a["offset_groups"])
+
+    def torch_ref(self, attrs, inputs, weights):
+        from cnncomp.backends.deform import deform_conv2d_reference
+
+        return deform_conv2d_reference(inputs[0], inputs[1], weights["weight"], weights.get("bias"), attrs)
+
+
+@register
+class Linear(Op):
+    name = "linear"
+    params = (Param("out", "int"), Param("bias", "bool", True))
+    doc = "fully connected layer on the last dim"
+
+    def normalize(self, args, shapes):
+        f = shapes[0][-1]
+        if not isinstance(f, int):
+            raise CnnError(f"linear: the feature dim must be static, got '{f}'")
+        if args["out"] < 1:
+            raise CnnError(f"linear: out must be positive, got {args['out']}")
+        return {"out": args["out"], "bias": bool(args["bias"]), "in_features": f}
+
+    def infer_shape(self, attrs, shapes):
+        return shapes[0][:-1] + (attrs["out"],)
+
+    def weight_specs(self, attrs, shapes):
+        fan_in = attrs["in_features"]
+        specs = {"weight": WeightSpec((attrs["out"], fan_in), fan_in=fan_in)}
+        if attrs["bias"]:
+            specs["bias"] = WeightSpec((attrs["out"],), fan_in=fan_in)
+        return specs
+
+    def macs(self, attrs, shapes, out):
+        return numel(out) * attrs["in_features"]
+
+    def window(self, attrs, shapes):
+        return None
+
+    def to_onnx(self, b, layer, inputs, weights):
+        if len(layer.shape) == 2:
+            ins = [inputs[0], weights["weight"]] + ([weights["bias"]] if "bias" in weights else [])
+            return b.node("Gemm", ins, layer.name, transB=1)
+        wt = b.const_transposed(weights["weight"])
+        if "bias" not in weights:
+            return b.node("MatMul", [inputs[0], wt], layer.name)
+        y = b.node("MatMul", [inputs[0], wt], b.fresh(layer.name + "/matmul"))
+        return b.node("Add", [y, weights["bias"]], layer.name)
+
+    def torch_ref(self, attrs, inputs, weights):
+        import torch.nn.functional as F
+
+        return F.linear(inputs[0], weights["weight"], weights.get("bias"))

@@ -1,0 +1,119 @@
+"""Merges: layers that take several tensors (concat, add, mul)."""
+
+from __future__ import annotations
+
+from cnncomp.errors import CnnError
+from cnncomp.ops.registry import Op, Param, fmt_shape, register
+
+
+def dim_name(axis: int, rank: int) -> str:
+    """A readable name for a dim: batch, channels, height, width..."""
+    if axis == 0:
+        return "batch"
+    if axis == 1:
+        return "channels"
+    spatial = {3: ["length"], 4: ["height", "width"], 5: ["depth", "height", "width"]}.get(rank)
+    if spatial:
+        return spatial[axis - 2]
+    return f"dim {axis}"
+
+
+def broadcast(op_name: str, shapes: list[tuple]) -> tuple:
+    """Element-wise broadcasting: equal dims, or one of them 1."""
+    rank = len(shapes[0])
+    for s in shapes[1:]:
+        if len(s) != rank:
+            raise CnnError(f"{op_name}: shapes {fmt_shape(shapes[0])} and {fmt_shape(s)} differ in rank")
+    out = list(shapes[0])
+    for s in shapes[1:]:
+        for i, d in enumerate(s):
+            if d == out[i] or d == 1:
+                continue
+            if out[i] == 1:
+                out[i] = d
+                continue
+            raise CnnError(f"{op_name}: shapes {fmt_shape(shapes[0])} and {fmt_shape(s)} differ in {dim_name(i, rank)}")
+    return tuple(out)
+
+
+class _Merge(Op):
+    variadic = True
+    min_rank = 1
+
+
+@register
+class Add(_Merge):
+    name = "add"
+    doc = "element-wise sum of tensors (broadcasting)"
+
+    def infer_shape(self, attrs, shapes):
+        return broadcast(self.name, shapes)
+
+    def to_onnx(self, b, layer, inputs, weights):
+        return b.node("Add" if len(inputs) == 2 else "Sum", inputs, layer.name)
+
+    def torch_ref(self, attrs, inputs, weights):
+        out = inputs[0]
+        for t in inputs[1:]:
+            out = out + t
+        return out
+
+
+@register
+class Mul(_Merge):
+    name = "mul"
+    doc = "element-wise product of tensors (broadcasting: [N, C, H, W] * [N, C, 1, 1] scales channels)"
+
+    def infer_shape(self, attrs, shapes):
+        return broadcast(self.name, shapes)
+
+    def to_onnx(self, b, layer, inputs, weights):
+        out = inputs[0]
+        for i, t in enumerate(inputs[1:], 1):
+            out = b.node("Mul", [out, t], layer.name if i == len(inputs) - 1 else b.fresh(f"{layer.name}/mul{i}"))
+        return out
+
+    def torch_ref(self, attrs, inputs, weights):
+        out = inputs[0]
+        for t in inputs[1:]:
+            out = out * t
+        return out
+
+
+@register
+class Concat(_Merge):
+    name = "concat"
+    params = (Param("axis", "int", 1),)
+    doc = "concatenation along channels (axis=1) or another axis"
+
+    def normalize(self, args, shapes):
+        rank = len(shapes[0])
+        axis = args["axis"]
+        if not -rank <= axis < rank:
+            raise CnnError(f"concat: axis {axis} is out of range for rank {rank}")
+        return {"axis": axis % rank}
+
+    def infer_shape(self, attrs, shapes):
+        axis, rank = attrs["axis"], len(shapes[0])
+        total = 0
+        for s in shapes:
+            if len(s) != rank:
+                raise CnnError(f"concat: shapes {fmt_shape(shapes[0])} and {fmt_shape(s)} differ in rank")
+            for i in range(rank):
+                if i != axis and s[i] != shapes[0][i]:
+                    raise CnnError(f"concat: shapes {fmt_shape(shapes[0])} and {fmt_shape(s)} differ in "
+                                   f"{dim_name(i, rank)}")
+            if not isinstance(s[axis], int):
+                raise CnnError(f"concat: the {dim_name(axis, rank)} dim must be static, got '{s[axis]}'")
+            total += s[axis]
+        out = list(shapes[0])
+        out[axis] = total
+        return tuple(out)
+
+    def to_onnx(self, b, layer, inputs, weights):
+        return b.node("Concat", inputs, layer.name, axis=layer.attrs["axis"])
+
+    def torch_ref(self, attrs, inputs, weights):
+        import torch
+
+        return torch.cat(inputs, dim=attrs["axis"])

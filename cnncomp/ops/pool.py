@@ -1,0 +1,279 @@
+"""Pooling layers: maxpool, avgpool, minpool, lppool, gap, gmp, kmaxpool."""
+
+from __future__ import annotations
+
+from cnncomp.errors import CnnError
+from cnncomp.ops.registry import (
+    Op, Param, Window, as_tuple, positive_ints, register, resolve_padding, spatial_rank, window_output,
+)
+from cnncomp.ops.conv import torch_pad_then
+
+
+def _pool_attrs(op_name: str, args: dict, shape: tuple) -> dict:
+    rank = spatial_rank(shape)
+    kernel = positive_ints(as_tuple(args["k"], rank, "kernel k"), "kernel k")
+    stride = kernel if args.get("s") is None else positive_ints(as_tuple(args["s"], rank, "stride s"), "stride s")
+    dilation = positive_ints(as_tuple(args.get("d", 1), rank, "dilation d"), "dilation d")
+    pads = resolve_padding(args.get("p", 0), rank, kernel, stride, dilation, shape[2:])
+    for i, k in enumerate(kernel):
+        eff = dilation[i] * (k - 1) + 1
+        if max(pads[i], pads[i + rank]) > eff // 2:
+            raise CnnError(f"{op_name}: padding {max(pads[i], pads[i + rank])} is more than half the kernel {eff}")
+    return {"kernel": kernel, "stride": stride, "pads": pads, "dilation": dilation, "ceil": bool(args.get("ceil", False))}
+
+
+def _pool_shape(op_name: str, attrs: dict, shape: tuple) -> tuple:
+    rank = len(attrs["kernel"])
+    spatial = tuple(
+        window_output(n, k, s, attrs["pads"][i], attrs["pads"][i + rank], d, attrs["ceil"], op_name)
+        for i, (n, k, s, d) in enumerate(zip(shape[2:], attrs["kernel"], attrs["stride"], attrs["dilation"]))
+    )
+    return tuple(shape[:2]) + spatial
+
+
+def _pool_window(attrs: dict) -> Window:
+    return Window(tuple(d * (k - 1) + 1 for k, d in zip(attrs["kernel"], attrs["dilation"])), attrs["stride"])
+
+
+def _pool_onnx_attrs(a: dict) -> dict:
+    return {"kernel_shape": list(a["kernel"]), "strides": list(a["stride"]), "pads": list(a["pads"]),
+            "ceil_mode": int(a["ceil"])}
+
+
+def _ceil_extra(shape_in: tuple, attrs: dict, out_spatial: tuple) -> tuple:
+    """Extra end padding that ceil mode needs so that the last window fits."""
+    rank = len(attrs["kernel"])
+    extra = []
+    for i in range(rank):
+        eff = attrs["dilation"][i] * (attrs["kernel"][i] - 1) + 1
+        need = (out_spatial[i] - 1) * attrs["stride"][i] + eff
+        have = shape_in[i] + attrs["pads"][i] + attrs["pads"][i + rank]
+        extra.append(max(need - have, 0))
+    return tuple(extra)
+
+
+def _torch_max(x, attrs):
+    import torch.nn.functional as F
+
+    x, pads = torch_pad_then(x, attrs["pads"], value=float("-inf"))
+    pool = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}[len(attrs["kernel"])]
+    return pool(x, attrs["kernel"], attrs["stride"], pads, attrs["dilation"], ceil_mode=attrs["ceil"])
+
+
+def _sum_pool(x, kernel, stride):
+    import torch
+    import torch.nn.functional as F
+
+    c = x.shape[1]
+    ones = torch.ones((c, 1) + tuple(kernel), dtype=x.dtype)
+    conv = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[len(kernel)]
+    return conv(x, ones, None, tuple(stride), 0, 1, c)
+
+
+MAXPOOL_PARAMS = (Param("k", "spatial"), Param("s", "spatial", None), Param("p", "padding", 0),
+                  Param("ceil", "bool", False))
+
+
+@register
+class MaxPool(Op):
+    name = "maxpool"
+    params = MAXPOOL_PARAMS + (Param("d", "spatial", 1),)
+    spatial_only = True
+    doc = "max pooling"
+
+    def normalize(self, args, shapes):
+        return _pool_attrs(self.name, args, shapes[0])
+
+    def infer_shape(self, attrs, shapes):
+        return _pool_shape(self.name, attrs, shapes[0])
+
+    def window(self, attrs, shapes):
+        return _pool_window(attrs)
+
+    def to_onnx(self, b, layer, inputs, weights):
+        return b.node("MaxPool", [inputs[0]], layer.name, dilations=list(layer.attrs["dilation"]),
+                      **_pool_onnx_attrs(layer.attrs))
+
+    def torch_ref(self, attrs, inputs, weights):
+        return _torch_max(inputs[0], attrs)
+
+
+@register
+class MinPool(Op):
+    name = "minpool"
+    params = (Param("k", "spatial"), Param("s", "spatial", None), Param("p", "padding", 0))
+    spatial_only = True
+    doc = "min pooling, -maxpool(-x)"
+
+    def normalize(self, args, shapes):
+        return _pool_attrs(self.name, args, shapes[0])
+
+    def infer_shape(self, attrs, shapes):
+        return _pool_shape(self.name, attrs, shapes[0])
+
+    def window(self, attrs, shapes):
+        return _pool_window(attrs)
+
+    def to_onnx(self, b, layer, inputs, weights):
+        neg = b.node("Neg", [inputs[0]], b.fresh(layer.name + "/neg"))
+        pooled = b.node("MaxPool", [neg], b.fresh(layer.name + "/max"), **_pool_onnx_attrs(layer.attrs))
+        return b.node("Neg", [pooled], layer.name)
+
+    def torch_ref(self, attrs, inputs, weights):
+        return -_torch_max(-inputs[0], attrs)
+
+
+@register
+class AvgPool(Op):
+    name = "avgpool"
+    params = MAXPOOL_PARAMS + (Param("count_pad", "bool", False),)
+    spatial_only = True
+    doc = "average pooling; count_pad counts padded positions in the divisor"
+
+    def normalize(self, args, shapes):
+        attrs = _pool_attrs(self.name, args, shapes[0])
+        attrs["count_pad"] = bool(args["count_pad"])
+        return attrs
+
+    def infer_shape(self, attrs, shapes):
+        return _pool_shape(self.name, attrs, shapes[0])
+
+    def window(self, attrs, shapes):
+        return _pool_window(attrs)
+
+    def to_onnx(self, b, layer, inputs, weights):
+        return b.node("AveragePool", [inputs[0]], layer.name, count_include_pad=int(layer.attrs["count_pad"]),
+                      **_pool_onnx_attrs(layer.attrs))
+
+    def torch_ref(self, attrs, inputs, weights):
+        # Independent of F.avg_pool: a sum over each window divided by the number of
+        # positions it covers (inside the input, or inside input+padding with count_pad).
+        import torch
+        import torch.nn.functional as F
+
+        x = inputs[0]
+        rank = len(attrs["kernel"])
+        out_spatial = _pool_shape(self.name, attrs, tuple(x.shape))[2:]
+        extra = _ceil_extra(tuple(x.shape[2:]), attrs, out_spatial)
+        pads = attrs["pads"]
+        torch_pads, mask_pads = [], []
+        for i in reversed(range(rank)):
+            torch_pads += [pads[i], pads[i + rank] + extra[i]]
+            mask_pads += [0, extra[i]]
+        ones = torch.ones((1, 1) + tuple(x.shape[2:]), dtype=x.dtype)
+        if attrs["count_pad"]:
+            ones = F.pad(ones, [p for i in reversed(range(rank)) for p in (pads[i], pads[i + rank])], value=1.0)
+            mask = F.pad(ones, mask_pads)
+        else:
+            mask = F.pad(ones, torch_pads)
+        total = _sum_pool(F.pad(x, torch_pads), attrs["kernel"], attrs["stride"])
+        count = _sum_pool(mask, attrs["kernel"], attrs["stride"])
+        return total / count
+
+
+@register
+class LpPool(Op):
+    name = "lppool"
+    params = (Param("k", "spatial"), Param("s", "spatial", None), Param("norm", "int", 2))
+    spatial_only = True
+    doc = "Lp-norm pooling: (sum |x|^norm)^(1/norm) over each window"
+
+    def normalize(self, args, shapes):
+        attrs = _pool_attrs(self.name, args, shapes[0])
+        if args["norm"] < 1:
+            raise CnnError(f"lppool: norm must be a positive integer, got {args['norm']}")
+        attrs["norm"] = args["norm"]
+        return attrs
+
+    def infer_shape(self, attrs, shapes):
+        return _pool_shape(self.name, attrs, shapes[0])
+
+    def window(self, attrs, shapes):
+        return _pool_window(attrs)
+
+    def to_onnx(self, b, layer, inputs, weights):
+        a = layer.attrs
+        return b.node("LpPool", [inputs[0]], layer.name, kernel_shape=list(a["kernel"]), strides=list(a["stride"]),
+                      pads=list(a["pads"]), p=a["norm"])
+
+    def torch_ref(self, attrs, inputs, weights):
+        p = attrs["norm"]
+        return _sum_pool(inputs[0].abs() ** p, attrs["kernel"], attrs["stride"]) ** (1.0 / p)
+
+
+class _GlobalPool(Op):
+    spatial_only = True
+
+    def infer_shape(self, attrs, shapes):
+        return tuple(shapes[0][:2]) + (1,) * (len(shapes[0]) - 2)
+
+    def window(self, attrs, shapes):
+        rank = len(shapes[0]) - 2
+        return Window((1.0,) * rank, (1.0,) * rank, (True,) * rank)
+
+
+@register
+class GlobalAvgPool(_GlobalPool):
+    name = "gap"
+    doc = "global average pooling to 1 per spatial dim"
+
+    def to_onnx(self, b, layer, inputs, weights):
+        return b.node("GlobalAveragePool", [inputs[0]], layer.name)
+
+    def torch_ref(self, attrs, inputs, weights):
+        x = inputs[0]
+        return x.mean(dim=tuple(range(2, x.dim())), keepdim=True)
+
+
+@register
+class GlobalMaxPool(_GlobalPool):
+    name = "gmp"
+    doc = "global max pooling to 1 per spatial dim"
+
+    def to_onnx(self, b, layer, inputs, weights):
+        return b.node("GlobalMaxPool", [inputs[0]], layer.name)
+
+    def torch_ref(self, attrs, inputs, weights):
+        x = inputs[0]
+        return x.amax(dim=tuple(range(2, x.dim())), keepdim=True)
+
+
+@register
+class KMaxPool(Op):
+    name = "kmaxpool"
+    params = (Param("k", "int"),)
+    spatial_only = True
+    doc = "k-max pooling over the last spatial axis, keeping the original order"
+
+    def normalize(self, args, shapes):
+        n = shapes[0][-1]
+        k = args["k"]
+        if k < 1:
+            raise CnnError(f"kmaxpool: k must be positive, got {k}")
+        if isinstance(n, int) and k > n:
+            raise CnnError(f"kmaxpool: k={k} is larger than the last axis ({n})")
+        return {"k": k}
+
+    def infer_shape(self, attrs, shapes):
+        return tuple(shapes[0][:-1]) + (attrs["k"],)
+
+    def window(self, attrs, shapes):
+        rank = len(shapes[0]) - 2
+        return Window((1.0,) * rank, (1.0,) * rank, (False,) * (rank - 1) + (True,))
+
+    def to_onnx(self, b, layer, inputs, weights):
+        k = b.const_int64([layer.attrs["k"]], layer.name + "/k")
+        _, idx = b.node("TopK", [inputs[0], k], [b.fresh(layer.name + "/values"), b.fresh(layer.name + "/idx")],
+                        axis=-1, largest=1, sorted=1)
+        _, ordered = b.node("TopK", [idx, k], [b.fresh(layer.name + "/sorted"), b.fresh(layer.name + "/order")],
+                            axis=-1, largest=0, sorted=1)
+        positions = b.node("GatherElements", [idx, ordered], b.fresh(layer.name + "/positions"), axis=-1)
+        return b.node("GatherElements", [inputs[0], positions], layer.name, axis=-1)
+
+    def torch_ref(self, attrs, inputs, weights):
+        import torch
+
+        x = inputs[0]
+        idx = torch.topk(x, attrs["k"], dim=-1, largest=True, sorted=True).indices
+        idx, _ = torch.sort(idx, dim=-1)
+        return torch.gather(x, -1, idx)

@@ -1,0 +1,259 @@
+"""The op registry: one definition per op, with every facet of it.
+
+An op is a subclass of `Op`, registered with `@register`. It defines, in one
+place: its language arguments and defaults (`params`), how they normalize
+against its input shapes (`normalize`), its shape rule (`infer_shape`), its
+weights (`weight_specs`, with initializers), its multiply-accumulate count
+(`macs`), its receptive-field step (`window`), its ONNX lowering (`to_onnx`)
+and its PyTorch reference (`torch_ref`). `tests/test_ops_registry.py` checks
+that every registered op overrides every facet it must.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+from cnncomp.errors import CnnError
+
+REQUIRED = object()
+
+# Facets every op must define itself (never inherit from Op).
+FACETS = ("infer_shape", "to_onnx", "torch_ref")
+
+
+@dataclass(frozen=True)
+class Param:
+    """A language argument of an op: name, kind and default (REQUIRED if none)."""
+
+    name: str
+    kind: str  # int, float, number, bool, str, spatial, padding, scale, tensor
+    default: Any = REQUIRED
+    choices: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class WeightSpec:
+    """A weight tensor of a layer: its shape, whether it is a learnable parameter, its initializer."""
+
+    shape: tuple[int, ...]
+    learnable: bool = True
+    init: str = "uniform_fan_in"  # uniform_fan_in, ones, zeros, bn_weight, bn_bias, bn_mean, bn_var, prelu
+    fan_in: int = 1
+
+
+@dataclass(frozen=True)
+class Window:
+    """How a layer maps positions, per spatial dim: effective kernel and stride (for receptive fields)."""
+
+    kernel: tuple[float, ...]
+    stride: tuple[float, ...]
+    global_: tuple[bool, ...] = ()
+
+
+class Op:
+    """Base of every op; subclasses override the facets."""
+
+    name: str = ""
+    params: tuple[Param, ...] = ()
+    variadic: bool = False  # takes any number of tensor arguments (merges)
+    min_rank: int = 2
+    spatial_only: bool = False  # needs rank 3..5 (N, C, *spatial)
+    doc: str = ""
+
+    # ---- shapes and arguments -------------------------------------------
+
+    def normalize(self, args: dict[str, Any], shapes: list[tuple]) -> dict[str, Any]:
+        """Check the arguments against the input shapes; return the normalized attributes."""
+        return dict(args)
+
+    def infer_shape(self, attrs: dict[str, Any], shapes: list[tuple]) -> tuple:
+        raise NotImplementedError
+
+    # ---- weights and cost -----------------------------------------------
+
+    def weight_specs(self, attrs: dict[str, Any], shapes: list[tuple]) -> dict[str, WeightSpec]:
+        return {}
+
+    def macs(self, attrs: dict[str, Any], shapes: list[tuple], out: tuple) -> int:
+        return 0
+
+    def window(self, attrs: dict[str, Any], shapes: list[tuple]) -> Window | None:
+        """The receptive-field step of this layer; None for a point-wise layer."""
+        return None
+
+    # ---- back-ends --------------------------------------------------------
+
+    def to_onnx(self, b, layer, inputs: list[str], weights: dict[str, str]) -> str:
+        raise NotImplementedError
+
+    def torch_ref(self, attrs: dict[str, Any], inputs: list, weights: dict[str, Any]):
+        raise NotImplementedError
+
+
+OPS: dict[str, Op] = {}
+
+
+def register(cls: type[Op]) -> type[Op]:
+    """Class decorator: add an op to the registry under its `name`."""
+    op = cls()
+    if op.name in OPS:
+        raise ValueError(f"op '{op.name}' registered twice")
+    OPS[op.name] = op
+    return cls
+
+
+def get_op(name: str) -> Op | None:
+    _load_all()
+    return OPS.get(name)
+
+
+def all_ops() -> dict[str, Op]:
+    _load_all()
+    return OPS
+
+
+def _load_all() -> None:
+    from cnncomp.ops import activation, conv, merge, norm, pool, tensor  # noqa: F401
+
+
+# ---- helpers shared by op definitions ---------------------------------------
+
+def spatial_rank(shape: tuple) -> int:
+    return len(shape) - 2
+
+
+def as_tuple(value, rank: int, what: str) -> tuple:
+    """Expand an int to one value per spatial dim; check a tuple's length."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return (value,) * rank
+    if isinstance(value, tuple):
+        if len(value) != rank:
+            raise CnnError(f"{what} has {len(value)} values, expected {rank} (one per spatial dim)")
+        return value
+    raise CnnError(f"{what} must be a number or a tuple, got {describe(value)}")
+
+
+def positive_ints(values: tuple, what: str, allow_zero: bool = False) -> tuple:
+    for v in values:
+        if not isinstance(v, int) or isinstance(v, bool) or v < (0 if allow_zero else 1):
+            raise CnnError(f"{what} must be {'non-negative' if allow_zero else 'positive'} integers, got {fmt_value(values)}")
+    return values
+
+
+def same_padding(size, kernel: int, stride: int, dilation: int) -> tuple[int, int]:
+    """Padding (begin, end) that keeps ceil(size/stride) outputs; the extra goes first."""
+    eff = dilation * (kernel - 1) + 1
+    if isinstance(size, str):
+        total = max(eff - stride, 0) if stride == 1 else eff - 1
+    else:
+        out = -(-size // stride)
+        total = max((out - 1) * stride + eff - size, 0)
+    return (total + 1) // 2, total // 2
+
+
+def resolve_padding(p, rank: int, kernel: tuple, stride: tuple, dilation: tuple, spatial: tuple) -> tuple:
+    """Padding argument to ONNX pads: (begin_0, ..., begin_r, end_0, ..., end_r)."""
+    if p == "same":
+        pairs = [same_padding(n, k, s, d) for n, k, s, d in zip(spatial, kernel, stride, dilation)]
+        return tuple(b for b, _ in pairs) + tuple(e for _, e in pairs)
+    if isinstance(p, str):
+        raise CnnError(f"padding must be an integer, a tuple or same, got \"{p}\"")
+    if isinstance(p, tuple) and len(p) == 2 * rank and rank > 1:
+        return positive_ints(p, "padding", allow_zero=True)
+    pads = positive_ints(as_tuple(p, rank, "padding"), "padding", allow_zero=True)
+    return pads + pads
+
+
+def window_output(size, kernel: int, stride: int, pad_begin: int, pad_end: int, dilation: int,
+                  ceil: bool, what: str):
+    """The output size of a sliding window: floor((n + p - d*(k-1) - 1)/s) + 1 (ceil mode as PyTorch)."""
+    eff = dilation * (kernel - 1) + 1
+    if isinstance(size, str):
+        if eff == 1 and stride == 1 and pad_begin == 0 and pad_end == 0:
+            return size
+        if stride == 1 and pad_begin + pad_end == eff - 1:
+            return size
+        raise CnnError(f"{what}: the dynamic size '{size}' must be static for kernel {kernel}, stride {stride}")
+    span = size + pad_begin + pad_end - eff
+    if span < 0:
+        raise CnnError(f"{what}: kernel {kernel}" + (f" (dilation {dilation}, effective {eff})" if dilation > 1 else "")
+                       + f" is larger than the padded input size {size + pad_begin + pad_end}")
+    if ceil:
+        out = -(-span // stride) + 1
+        if (out - 1) * stride >= size + pad_begin:
+            out -= 1
+    else:
+        out = span // stride + 1
+    if out <= 0:
+        raise CnnError(f"{what}: output size {out} is not positive")
+    return out
+
+
+def numel(shape: tuple) -> int:
+    """Elements for batch 1: symbolic dims count as 1."""
+    return math.prod(d if isinstance(d, int) else 1 for d in shape)
+
+
+def describe(value) -> str:
+    if isinstance(value, bool):
+        return "a bool"
+    if isinstance(value, int):
+        return "an int"
+    if isinstance(value, float):
+        return "a float"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, tuple):
+        return "a tuple"
+    return "a tensor"
+
+
+def fmt_value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, tuple):
+        return "(" + ", ".join(fmt_value(v) for v in value) + ")"
+    if isinstance(value, str):
+        return f'"{value}"'
+    return repr(value)
+
+
+def fmt_shape(shape: tuple) -> str:
+    return "[" + ", ".join(str(d) for d in shape) + "]"
+
+
+def check_channels(shape: tuple, what: str) -> int:
+    c = shape[1]
+    if not isinstance(c, int):
+        raise CnnError(f"{what}: the channel dim must be static, got '{c}'")
+    return c
+
+
+def init_weight(spec: WeightSpec, rng: np.random.Generator) -> np.ndarray:
+    """Seeded initialization: PyTorch's defaults for conv/linear, non-trivial batch-norm statistics."""
+    shape = spec.shape
+    if spec.init == "uniform_fan_in":
+        bound = 1.0 / math.sqrt(max(spec.fan_in, 1))
+        return rng.uniform(-bound, bound, shape).astype(np.float32)
+    if spec.init == "ones":
+        return np.ones(shape, np.float32)
+    if spec.init == "zeros":
+        return np.zeros(shape, np.float32)
+    if spec.init == "bn_weight":
+        return rng.uniform(0.5, 1.5, shape).astype(np.float32)
+    if spec.init == "bn_bias":
+        return rng.uniform(-0.5, 0.5, shape).astype(np.float32)
+    if spec.init == "bn_mean":
+        return rng.normal(0.0, 0.2, shape).astype(np.float32)
+    if spec.init == "bn_var":
+        return rng.uniform(0.5, 2.0, shape).astype(np.float32)
+    if spec.init == "prelu":
+        return rng.uniform(0.1, 0.4, shape).astype(np.float32)
+    raise ValueError(f"unknown initializer {spec.init}")
+
+
+Checker = Callable[[Any], Any]
