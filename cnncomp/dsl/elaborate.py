@@ -89,6 +89,7 @@ class Elaborator:
                 self.add_input(stmt, scope)
                 self.top_tensors.add(stmt.name)
             elif isinstance(stmt, ast.Assign):
+                self.check_unbound(scope, stmt.name, stmt.loc)
                 self.bind(scope, stmt.name, self.eval_statement(stmt.name, stmt.value, scope), stmt.loc)
                 self.top_tensors.add(stmt.name)
             elif isinstance(stmt, ast.Output):
@@ -97,14 +98,18 @@ class Elaborator:
                 raise self.fail("'return' is only allowed inside a block", stmt.loc)
 
     def bind(self, scope: Scope, name: str, value, loc: Loc) -> None:
+        self.check_unbound(scope, name, loc)
+        scope.names[name] = value
+        scope.locs[name] = loc
+
+    def check_unbound(self, scope: Scope, name: str, loc: Loc) -> None:
+        """Each name is bound once (SSA): fail before evaluating a statement that rebinds one."""
         if name in scope.names or (not scope.in_block and name in scope.lets):
             first = scope.locs.get(name)
             where = f" (first bound at {first.line}:{first.col})" if first else ""
             raise self.fail(f"name '{name}' is bound twice{where}", loc, scope)
         if name == "in" or name in ("true", "false"):
             raise self.fail(f"'{name}' is a keyword", loc, scope)
-        scope.names[name] = value
-        scope.locs[name] = loc
 
     def add_input(self, stmt: ast.Input, scope: Scope) -> None:
         dtype = stmt.dtype or "float32"
@@ -264,7 +269,8 @@ class Elaborator:
             return self.eval_builtin(e, scope, stmt)
         if e.func in MERGES and e.func not in self.defs.blocks:
             op = get_op(e.func)
-            values, named = self.eval_args(e.args, scope, stmt)
+            positional, named = self.eval_args(e.args, scope, stmt)
+            values = [v for v, _ in positional]
             if not values:
                 raise self.fail(f"{e.func}: needs at least one tensor", e.loc, scope)
             return self.add_merge(e.func, named, values, e, e.loc, scope, stmt, op)
@@ -383,7 +389,8 @@ class Elaborator:
         params = list(op.params)
         by_name = {p.name: p for p in params}
         if len(positional) > len(params):
-            raise self.fail(f"{op.name}: takes at most {len(params)} arguments, got {len(positional)}", loc, scope)
+            takes = f"takes at most {len(params)} positional arguments" if params else "takes no arguments"
+            raise self.fail(f"{op.name}: {takes}, got {len(positional)}", positional[len(params)][1], scope)
         given: dict[str, tuple] = {}
         for p, (value, vloc) in zip(params, positional):
             given[p.name] = (value, vloc)
@@ -518,6 +525,7 @@ class Elaborator:
     def run_block_body(self, block: ast.BlockDef, scope: Scope, call_loc: Loc) -> Tensor:
         for stmt in block.body:
             if isinstance(stmt, ast.Assign):
+                self.check_unbound(scope, stmt.name, stmt.loc)
                 self.bind(scope, stmt.name, self.eval_statement(stmt.name, stmt.value, scope), stmt.loc)
             elif isinstance(stmt, ast.Return):
                 result = self.eval_statement(None, stmt.value, scope)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from cnncomp.dsl import ast
 from cnncomp.dsl.elaborate import Definitions, Elaborator, Scope
-from cnncomp.dsl.parser import parse, parse_file
+from cnncomp.dsl.parser import deep_recursion, parse, parse_file
 from cnncomp.errors import CnnError, Loc
 from cnncomp.ir.graph import LayerGraph
 from cnncomp.ops.registry import get_op
@@ -33,6 +33,14 @@ def load_text(text: str, file: str = "<spec>", overrides: dict[str, str] | None 
 
 
 def elaborate_program(program: ast.Program, overrides: dict[str, str] | None = None) -> LayerGraph:
+    try:
+        with deep_recursion():
+            return _elaborate(program, overrides)
+    except RecursionError:
+        raise CnnError("the spec nests expressions or blocks too deeply", Loc(program.file, 1, 1)) from None
+
+
+def _elaborate(program: ast.Program, overrides: dict[str, str] | None) -> LayerGraph:
     stmts = program.stmts
     if not stmts or not isinstance(stmts[0], ast.Network):
         loc = _stmt_loc(stmts[0]) if stmts else Loc(program.file, 1, 1)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 
@@ -19,6 +21,9 @@ _CONTINUES_AFTER = {"->", "+", "-", "*", "/", "//", "%", "==", "!=", "<", "<=", 
 # A line that starts with one of these continues the previous one.
 _CONTINUES_BEFORE = {"->", "then", "else"}
 _OPENERS = {"(": ")", "[": "]", "{": "}"}
+# Bounds that keep the recursive AST transform and evaluator within Python's stack.
+MAX_STATEMENT_TOKENS = 2000
+MAX_NESTING = 100
 _CLOSERS = {v: k for k, v in _OPENERS.items()}
 
 
@@ -29,11 +34,15 @@ class ContinuationLines:
 
     def __init__(self) -> None:
         self.file = "<spec>"
+        self.open_brackets: list[Token] = []  # read after a syntax error, to name an unclosed one
 
     def process(self, stream):
         open_brackets: list[Token] = []
+        self.open_brackets = open_brackets
         pending_newline: Token | None = None
         previous: Token | None = None
+        statement_start: Token | None = None
+        statement_tokens = 0
         for tok in stream:
             if tok.type == "_NL":
                 inside_parens = open_brackets and open_brackets[-1].value in "(["
@@ -44,10 +53,18 @@ class ContinuationLines:
             if pending_newline is not None:
                 if not _is_symbol(tok, _CONTINUES_BEFORE):
                     yield pending_newline
+                    statement_start, statement_tokens = None, 0
                 pending_newline = None
+            statement_start = statement_start or tok
+            statement_tokens += 1
+            if statement_tokens > MAX_STATEMENT_TOKENS:
+                raise CnnError(f"statement is longer than {MAX_STATEMENT_TOKENS} tokens; split it",
+                               _loc(self.file, statement_start))
             if tok.type != "STRING":
                 if tok.value in _OPENERS:
                     open_brackets.append(tok)
+                    if len(open_brackets) > MAX_NESTING:
+                        raise CnnError(f"brackets nest deeper than {MAX_NESTING}", _loc(self.file, tok))
                 elif tok.value in _CLOSERS:
                     if not open_brackets or open_brackets[-1].value != _CLOSERS[tok.value]:
                         raise CnnError(f"unmatched '{tok.value}'", _loc(self.file, tok))
@@ -85,8 +102,14 @@ _TERMINAL_NAMES = {
 }
 
 
+_EXPRESSION_START = {"INT", "FLOAT", "STRING", "NAME", "LPAR", "MINUS", "TRUE", "FALSE", "IF", "IN", "NOT"}
+
+
 def _describe_expected(expected: set[str]) -> str:
     names = []
+    if len(expected & _EXPRESSION_START) >= 3:
+        expected = expected - _EXPRESSION_START
+        names.append("an expression")
     for term in sorted(expected):
         if term in _TERMINAL_NAMES:
             names.append(_TERMINAL_NAMES[term])
@@ -94,7 +117,7 @@ def _describe_expected(expected: set[str]) -> str:
             names.append(f"'{term.lower()}'")
         else:
             names.append(term)
-    names = sorted(set(names))
+    names = names[:1] + sorted(set(names[1:]) - set(names[:1])) if names[:1] == ["an expression"] else sorted(set(names))
     if len(names) > 6:
         names = names[:6] + ["..."]
     return ", ".join(names)
@@ -122,6 +145,10 @@ def parse(text: str, file: str = "<spec>") -> ast.Program:
         raise CnnError(f"unexpected character {char!r}", Loc(file, e.line, e.column)) from None
     except UnexpectedToken as e:
         tok = e.token
+        unclosed = _unclosed_before(parser.options.postlex.open_brackets, tok)
+        if unclosed is not None:
+            raise CnnError(f"'{unclosed.value}' is never closed: expected '{_OPENERS[unclosed.value]}'",
+                           Loc(file, unclosed.line, unclosed.column)) from None
         message = f"unexpected {_describe_token(tok)}; expected {_describe_expected(e.expected)}"
         line, col = tok.line or 0, tok.column or 0
         if tok.type == "$END":
@@ -134,12 +161,26 @@ def parse(text: str, file: str = "<spec>") -> ast.Program:
     except UnexpectedInput as e:  # pragma: no cover - lark's other subclasses
         raise CnnError(f"syntax error: {e}", Loc(file, e.line, e.column)) from None
     try:
-        stmts = _ToAst(file).transform(tree)
+        with deep_recursion():
+            stmts = _ToAst(file).transform(tree)
     except VisitError as e:
         if isinstance(e.orig_exc, CnnError):
             raise e.orig_exc from None
         raise
+    except RecursionError:
+        raise CnnError("the spec nests expressions too deeply", Loc(file, 1, 1)) from None
     return ast.Program(file=file, stmts=stmts)
+
+
+@contextmanager
+def deep_recursion(limit: int = 20000):
+    """Room for the recursive transform and evaluator on long (bounded) statements."""
+    old = sys.getrecursionlimit()
+    sys.setrecursionlimit(max(old, limit))
+    try:
+        yield
+    finally:
+        sys.setrecursionlimit(old)
 
 
 def parse_file(path: str | Path) -> ast.Program:
@@ -161,6 +202,14 @@ def parse_file(path: str | Path) -> ast.Program:
     if text.startswith("\ufeff"):
         text = text[1:]
     return parse(text, name)
+
+
+def _unclosed_before(open_brackets: list[Token], tok: Token) -> Token | None:
+    """An open ( or [ on an earlier line than the unexpected token: the likely real mistake."""
+    for opener in reversed(open_brackets):
+        if opener.value in "([" and (tok.line is None or opener.line < tok.line):
+            return opener
+    return None
 
 
 def _end_position(text: str) -> tuple[int, int]:

@@ -1,0 +1,203 @@
+"""Weights of a network: seeded initialization, loading, checking and saving.
+
+Weights are a flat dict keyed like PyTorch state_dict entries: `LAYER.weight`,
+`LAYER.bias`, and for batch norm also `LAYER.running_mean` and
+`LAYER.running_var`. Values are numpy arrays (float32 unless the file held
+float16 or float64).
+
+Seeded initialization draws each weight tensor from its own generator,
+seeded from (seed, weight name), so a weight's values do not depend on the
+order of the layers or on which other layers exist.
+
+Loading accepts `.safetensors` files and PyTorch checkpoints (read with
+`torch.load(weights_only=True)`): a plain state_dict, or one nested under a
+"state_dict" entry, with a leading "module." (DataParallel) stripped from
+every key. Buffers inference does not use (`num_batches_tracked`) are
+ignored. Missing keys, unexpected keys and wrong shapes are reported
+together in one error.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable, Mapping
+
+import numpy as np
+
+from cnncomp.errors import CnnError
+from cnncomp.ops.registry import WeightSpec, init_weight
+
+# Entries a PyTorch checkpoint may hold that inference never reads.
+IGNORED_SUFFIXES = ("num_batches_tracked",)
+FLOAT_DTYPES = (np.float16, np.float32, np.float64)
+MAX_LISTED = 12  # keys listed per kind of problem in one error
+
+
+def expected_weights(graph) -> dict[str, WeightSpec]:
+    """Every weight the graph's layers need, by full name, in layer order."""
+    specs = {}
+    for layer in graph.layers():
+        for suffix, spec in layer.weights.items():
+            specs[f"{layer.name}.{suffix}"] = spec
+    return specs
+
+
+def _rng(seed: int, name: str) -> np.random.Generator:
+    digest = hashlib.sha256(name.encode()).digest()
+    words = [int.from_bytes(digest[i:i + 4], "little") for i in range(0, 16, 4)]
+    return np.random.Generator(np.random.PCG64(np.random.SeedSequence([int(seed) & 0xFFFFFFFF] + words)))
+
+
+def init_weights(graph, seed: int = 0) -> dict[str, np.ndarray]:
+    """Seeded weights for every layer (PyTorch's default init, non-trivial batch-norm statistics)."""
+    return {name: init_weight(spec, _rng(seed, name)) for name, spec in expected_weights(graph).items()}
+
+
+# ---- reading ------------------------------------------------------------------
+
+
+def read_weights_file(path: str | Path) -> dict[str, np.ndarray]:
+    """The tensors of a .safetensors file or a PyTorch checkpoint, keys as stored (prefix stripped)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CnnError(f"weights file '{path}' does not exist")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            raw = load_file(str(path))
+        else:
+            import torch
+
+            raw = torch.load(str(path), map_location="cpu", weights_only=True)
+    except CnnError:
+        raise
+    except Exception as exc:  # corrupt file, pickled objects refused by weights_only, ...
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CnnError(f"cannot read weights file '{path}': {first}") from None
+    return _tensors(raw, path)
+
+
+def _tensors(raw, path: Path) -> dict[str, np.ndarray]:
+    import torch
+
+    if isinstance(raw, Mapping) and isinstance(raw.get("state_dict"), Mapping):
+        raw = raw["state_dict"]
+    if not isinstance(raw, Mapping):
+        raise CnnError(f"weights file '{path}' holds {type(raw).__name__}, expected a state_dict "
+                       "(a dict of tensors, or a checkpoint with a 'state_dict' entry)")
+    out = {}
+    for key, value in raw.items():
+        if not isinstance(value, torch.Tensor):
+            continue
+        key = str(key)
+        if key.startswith("module."):
+            key = key[len("module."):]
+        out[key] = _to_numpy(value)
+    if not out and raw:
+        raise CnnError(f"weights file '{path}' holds no tensors (expected a state_dict)")
+    return out
+
+
+def _to_numpy(t) -> np.ndarray:
+    import torch
+
+    t = t.detach().cpu()
+    if t.dtype == torch.bfloat16:
+        t = t.to(torch.float32)
+    return t.numpy().copy()
+
+
+def load_weights(path: str | Path, graph) -> dict[str, np.ndarray]:
+    """Load a weights file and check it against the graph: every weight present, with its shape."""
+    return check_weights(read_weights_file(path), graph, f"weights file '{path}'")
+
+
+def check_weights(weights: Mapping[str, np.ndarray], graph, source: str = "the weights",
+                  allow_unexpected: bool = False) -> dict[str, np.ndarray]:
+    """Check weights against the graph; return them as numpy arrays, or raise one error listing every problem."""
+    specs = expected_weights(graph)
+    missing, wrong, unexpected = [], [], []
+    out = {}
+    for name, spec in specs.items():
+        if name not in weights:
+            missing.append(f"{name} {_fmt(spec.shape)}")
+            continue
+        array = np.asarray(weights[name].detach().cpu().numpy() if hasattr(weights[name], "detach")
+                           else weights[name])
+        if array.dtype not in FLOAT_DTYPES:
+            if np.issubdtype(array.dtype, np.floating):
+                array = array.astype(np.float32)
+            else:
+                wrong.append(f"{name} has dtype {array.dtype}, expected a floating-point type")
+                continue
+        if tuple(array.shape) != tuple(spec.shape):
+            wrong.append(f"{name} is {_fmt(array.shape)}, the spec expects {_fmt(spec.shape)}")
+            continue
+        out[name] = array
+    for name in weights:
+        if name not in specs and name.rsplit(".", 1)[-1] not in IGNORED_SUFFIXES:
+            unexpected.append(name)
+    if allow_unexpected:
+        unexpected = []
+    if missing or wrong or unexpected:
+        raise CnnError(_mismatch_message(source, graph.name, missing, unexpected, wrong))
+    return out
+
+
+def _mismatch_message(source: str, network: str, missing: list, unexpected: list, wrong: list) -> str:
+    counts = [f"{len(v)} {what}" for v, what in ((missing, "missing"), (unexpected, "unexpected"),
+                                                 (wrong, "with the wrong shape or type")) if v]
+    lines = [f"{source} does not match network '{network}': {', '.join(counts)}"]
+    for items, what in ((missing, "missing"), (unexpected, "unexpected"), (wrong, "mismatch")):
+        for item in items[:MAX_LISTED]:
+            lines.append(f"  {what}: {item}")
+        if len(items) > MAX_LISTED:
+            lines.append(f"  ... and {len(items) - MAX_LISTED} more {what}")
+    hint = _prefix_hint(missing, unexpected)
+    if hint:
+        lines.append(f"  hint: {hint}")
+    return "\n".join(lines)
+
+
+def _prefix_hint(missing: list, unexpected: list) -> str:
+    """Say so when the file's keys are the expected ones under an extra prefix."""
+    wanted = {m.split(" ", 1)[0] for m in missing}
+    for key in unexpected:
+        for name in wanted:
+            if key.endswith("." + name):
+                return f"the file's keys carry a prefix '{key[: -len(name)]}' (e.g. '{key}' for '{name}')"
+    return ""
+
+
+def _fmt(shape) -> str:
+    return "[" + ", ".join(str(d) for d in shape) + "]"
+
+
+# ---- writing ------------------------------------------------------------------
+
+
+def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
+    """Write a file through a temporary file in the same folder, then rename it into place."""
+    path = Path(path)
+    folder = path.parent if str(path.parent) else Path(".")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_safetensors(weights: Mapping[str, np.ndarray], path: str | Path) -> None:
+    """Save weights as a .safetensors file, atomically."""
+    from safetensors.numpy import save_file
+
+    arrays = {name: np.ascontiguousarray(np.asarray(a)) for name, a in weights.items()}
+    atomic_write(path, lambda tmp: save_file(arrays, tmp))
