@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import hashlib
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 
@@ -34,7 +36,7 @@ def load_text(text: str, file: str = "<spec>", overrides: dict[str, str] | None 
 
 def elaborate_program(program: ast.Program, overrides: dict[str, str] | None = None) -> LayerGraph:
     try:
-        with deep_recursion():
+        with deep_recursion(), _no_gc_pauses():
             return _elaborate(program, overrides)
     except RecursionError:
         raise CnnError("the spec nests expressions or blocks too deeply", Loc(program.file, 1, 1)) from None
@@ -67,6 +69,19 @@ def _elaborate(program: ast.Program, overrides: dict[str, str] | None) -> LayerG
     graph.meta.update(file=program.file, spec_hash=_spec_hash(program.file), overrides=dict(overrides or {}),
                       lets={k: v for k, v in defs.lets.items() if k in _own_lets(program)})
     return graph
+
+
+@contextmanager
+def _no_gc_pauses():
+    """Elaboration makes many long-lived objects and no cycles worth collecting: full
+    collections in the middle of it would make its time grow faster than the layer count."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def _own_lets(program: ast.Program) -> set[str]:

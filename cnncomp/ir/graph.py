@@ -60,6 +60,39 @@ class LayerGraph:
             self.inputs.append(layer.name)
         return layer
 
+    # ---- rewriting (for passes) -------------------------------------------
+
+    def redirect_users(self, old: str, new: str) -> None:
+        """Make every user of `old` read `new` instead (same slots); outputs follow."""
+        for _, user, slot in list(self.g.out_edges(old, data="slot")):
+            self.g.remove_edge(old, user)
+            self.g.add_edge(new, user, slot=slot)
+        self.outputs = [new if o == old else o for o in self.outputs]
+
+    def set_inputs(self, name: str, inputs: list[str]) -> None:
+        """Replace the inputs of a layer, slots in list order."""
+        for src, _ in list(self.g.in_edges(name)):
+            self.g.remove_edge(src, name)
+        for slot, src in enumerate(inputs):
+            self.g.add_edge(src, name, slot=slot)
+
+    def remove_layer(self, name: str) -> None:
+        """Remove a layer that nothing reads any more."""
+        if self.users(name) or name in self.outputs:
+            raise ValueError(f"layer '{name}' still has users")
+        self.g.remove_node(name)
+        if name in self.inputs:
+            self.inputs.remove(name)
+
+    def fresh_name(self, base: str) -> str:
+        """A layer name not in the graph: base, or base_1, base_2..."""
+        if base not in self.g:
+            return base
+        k = 1
+        while f"{base}_{k}" in self.g:
+            k += 1
+        return f"{base}_{k}"
+
     # ---- reading ----------------------------------------------------------
 
     def __contains__(self, name: str) -> bool:

@@ -73,6 +73,10 @@ class Op:
     def infer_shape(self, attrs: dict[str, Any], shapes: list[tuple]) -> tuple:
         raise NotImplementedError
 
+    def spec_args(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        """Language arguments that recreate these normalized attributes (for --emit cnn)."""
+        return {p.name: attrs[p.name] for p in self.params if p.name in attrs and p.kind != "tensor"}
+
     # ---- weights and cost -----------------------------------------------
 
     def weight_specs(self, attrs: dict[str, Any], shapes: list[tuple]) -> dict[str, WeightSpec]:
@@ -144,6 +148,21 @@ def positive_ints(values: tuple, what: str, allow_zero: bool = False) -> tuple:
     return values
 
 
+def padding_arg(pads: tuple):
+    """ONNX-order pads back to a `p=` argument: one value, one per dim, or begins then ends."""
+    rank = len(pads) // 2
+    if pads[:rank] != pads[rank:]:
+        return tuple(pads)
+    if len(set(pads[:rank])) == 1:
+        return pads[0]
+    return tuple(pads[:rank])
+
+
+def compact(values: tuple):
+    """(3, 3) -> 3; (1, 7) stays."""
+    return values[0] if len(set(values)) == 1 else tuple(values)
+
+
 def same_padding(size, kernel: int, stride: int, dilation: int) -> tuple[int, int]:
     """Padding (begin, end) that keeps ceil(size/stride) outputs; the extra goes first."""
     eff = dilation * (kernel - 1) + 1
@@ -162,7 +181,7 @@ def resolve_padding(p, rank: int, kernel: tuple, stride: tuple, dilation: tuple,
         return tuple(b for b, _ in pairs) + tuple(e for _, e in pairs)
     if isinstance(p, str):
         raise CnnError(f"padding must be an integer, a tuple or same, got \"{p}\"")
-    if isinstance(p, tuple) and len(p) == 2 * rank and rank > 1:
+    if isinstance(p, tuple) and len(p) == 2 * rank:
         return positive_ints(p, "padding", allow_zero=True)
     pads = positive_ints(as_tuple(p, rank, "padding"), "padding", allow_zero=True)
     return pads + pads

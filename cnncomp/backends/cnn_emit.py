@@ -1,0 +1,105 @@
+"""--emit cnn: print a LayerGraph (after passes) as a valid .cnn spec.
+
+Every layer keeps its name through `as NAME`, so `parse(emit(graph))` elaborates to
+the same layers, shapes and weight names, and weights saved from the optimized
+graph load into the printed spec. Chains of single-use layers become one pipeline.
+"""
+
+from __future__ import annotations
+
+import re
+
+from cnncomp.ir.graph import LayerGraph
+from cnncomp.ops.registry import REQUIRED, fmt_value, get_op
+
+_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*$")
+_DOTTED = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*$")
+_KEYWORDS = {"network", "input", "output", "let", "block", "return", "repeat", "as", "if", "then", "else", "and",
+             "or", "not", "true", "false", "import", "in"}
+
+
+def _stage_name(name: str) -> str:
+    first = name.split(".")[0]
+    if _DOTTED.match(name) and first not in _KEYWORDS:
+        return name
+    return '"' + name + '"'
+
+
+def _call(op_name: str, args: dict, tensor_args: list[str]) -> str:
+    parts = list(tensor_args)
+    op = get_op(op_name)
+    defaults = {p.name: p.default for p in op.params}
+    leading = [p.name for p in op.params if p.kind != "tensor"]
+    positional = []
+    for key in leading:  # required arguments in order, written positionally
+        if defaults[key] is REQUIRED and key in args and leading[len(positional)] == key:
+            positional.append(key)
+    parts += [fmt_value(args[k]) for k in positional]
+    for key, value in args.items():
+        if key in positional:
+            continue
+        if key in defaults and defaults[key] == value and not isinstance(value, tuple):
+            continue
+        parts.append(f"{key}={fmt_value(value)}")
+    return f"{op_name}({', '.join(parts)})" if parts else op_name
+
+
+def emit_cnn(graph: LayerGraph, header: str = "") -> str:
+    """The graph as .cnn source text."""
+    variables: dict[str, str] = {}  # layer name -> the variable bound to it
+    taken = set(_KEYWORDS)
+    output_of = dict(zip(graph.outputs, graph.output_names))
+    taken |= set(graph.output_names)
+
+    def variable_for(layer_name: str) -> str:
+        if layer_name in output_of:
+            return output_of[layer_name]
+        base = re.sub(r"\W", "_", layer_name)
+        if not _IDENT.match(base):
+            base = "t_" + base
+        name, k = base, 1
+        while name in taken:
+            name, k = f"{base}_{k}", k + 1
+        taken.add(name)
+        return name
+
+    lines = [f"# {line}" for line in header.splitlines()] + [f"network {graph.name}", ""]
+    for name in graph.inputs:
+        layer = graph.layer(name)
+        dtype = "" if layer.dtype == "float32" else layer.dtype
+        lines.append(f"input {name}: {dtype}[{', '.join(str(d) for d in layer.shape)}]")
+        variables[name] = name
+        taken.add(name)
+    lines.append("")
+    chains: list[list[str]] = []  # each: [head variable, stage, stage, ...], bound to the tail's variable
+    chain_of: dict[str, int] = {}
+    tails: list[str] = []
+    for layer in graph.layers():
+        if layer.op == "input":
+            continue
+        op = get_op(layer.op)
+        ins = graph.input_names(layer.name)
+        args = op.spec_args(layer.attrs)
+        stage_suffix = f" as {_stage_name(layer.name)}"
+        extendable = (len(ins) == 1 and ins[0] in chain_of and tails[chain_of[ins[0]]] == ins[0]
+                      and len(graph.users(ins[0])) == 1 and ins[0] not in output_of)
+        if extendable:
+            index = chain_of.pop(ins[0])
+            chains[index].append(_call(layer.op, args, []) + stage_suffix)
+        else:
+            for src in ins:  # the chains that end here are closed: bind their variables
+                if src in chain_of:
+                    chain_of.pop(src)
+            head = variables.setdefault(ins[0], variable_for(ins[0]))
+            tensor_args = [variables.setdefault(s, variable_for(s)) for s in ins[1:]]
+            chains.append([head, _call(layer.op, args, tensor_args) + stage_suffix])
+            tails.append("")
+            index = len(chains) - 1
+        chain_of[layer.name] = index
+        tails[index] = layer.name
+    for chain, tail in zip(chains, tails):
+        var = variables.setdefault(tail, variable_for(tail))
+        stages = "\n    -> ".join(chain[1:])
+        lines.append(f"{var} = {chain[0]} -> {stages}")
+    lines += ["", "output " + ", ".join(graph.output_names)]
+    return "\n".join(lines) + "\n"

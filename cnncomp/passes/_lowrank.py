@@ -1,0 +1,76 @@
+"""Shared by the approximate rewrites: rank choice, conv-replacement plumbing, savings records."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from cnncomp.ir.graph import Layer
+from cnncomp.ops.registry import WeightSpec
+
+
+def rank_for_energy(singular_values: np.ndarray, energy: float) -> int:
+    """The smallest rank whose singular values keep `energy` of the squared total."""
+    sq = np.asarray(singular_values, dtype=np.float64) ** 2
+    total = sq.sum()
+    if total == 0:
+        return 1
+    return int(np.searchsorted(np.cumsum(sq) / total, min(energy, 1.0) - 1e-12) + 1)
+
+
+def rank_for_ratio(full: int, ratio: float) -> int:
+    return max(1, min(full, math.ceil(full * ratio)))
+
+
+def leading_left_vectors(matrix: np.ndarray, rank: int) -> tuple[np.ndarray, np.ndarray]:
+    """The first `rank` left singular vectors of a matrix, and all its singular values."""
+    u, s, _ = np.linalg.svd(matrix, full_matrices=False)
+    return u[:, :rank], s
+
+
+def conv_layer(name: str, like: Layer, out: int, cin: int, kernel: tuple, stride: tuple, pads: tuple,
+               dilation: tuple, groups: int, bias: bool, shape: tuple) -> Layer:
+    """A new conv layer that keeps the location and call chain of the layer it replaces."""
+    attrs = {"out": out, "kernel": kernel, "stride": stride, "pads": pads, "dilation": dilation,
+             "groups": groups, "bias": bias, "in_channels": cin}
+    fan_in = cin // groups * math.prod(kernel)
+    weights = {"weight": WeightSpec((out, cin // groups) + kernel, fan_in=fan_in)}
+    if bias:
+        weights["bias"] = WeightSpec((out,), fan_in=fan_in)
+    rank = len(kernel)
+    args = {"out": out, "k": kernel, "s": stride, "p": pads if pads[:rank] != pads[rank:] else pads[:rank],
+            "d": dilation, "g": groups, "bias": bias}
+    return Layer(name, "conv", attrs, shape, like.dtype, like.loc, like.chain, weights, args)
+
+
+def relative_error(original: np.ndarray, approx: np.ndarray) -> float:
+    """||W - W'|| / ||W|| (Frobenius)."""
+    norm = np.linalg.norm(original)
+    return float(np.linalg.norm(original - approx) / norm) if norm else 0.0
+
+
+def replace_with_chain(ctx, old: Layer, new_layers: list[Layer], weights: dict[str, np.ndarray]) -> None:
+    """Swap a layer for a chain of new ones (first reads old's input, last feeds old's users)."""
+    graph = ctx.graph
+    (src,) = graph.input_names(old.name)
+    for suffix in old.weights:
+        ctx.weights.pop(f"{old.name}.{suffix}", None)
+    tmp = graph.fresh_name(old.name + ".__old")
+    graph.g = _relabel(graph.g, old.name, tmp)
+    graph.layer(tmp).name = tmp
+    graph.outputs = [tmp if o == old.name else o for o in graph.outputs]
+    previous = src
+    for layer in new_layers:
+        graph.add_layer(layer, [previous])
+        previous = layer.name
+    graph.redirect_users(tmp, previous)
+    graph.remove_layer(tmp)
+    for key, value in weights.items():
+        ctx.weights[key] = np.ascontiguousarray(value, dtype=np.float32)
+
+
+def _relabel(g, old: str, new: str):
+    import networkx as nx
+
+    return nx.relabel_nodes(g, {old: new}, copy=False)

@@ -1,0 +1,114 @@
+"""fold-bn: fold an inference batch norm into the conv or linear next to it. Exact.
+
+With s = weight / sqrt(running_var + eps) and t = bias - running_mean * s
+(per channel, eps as given on the bn):
+
+- conv/linear -> bn:  W'[o, ...] = W[o, ...] * s[o],  b'[o] = b[o] * s[o] + t[o]
+  (the output-channel axis, axis 0 of the weight, is scaled).
+- bn -> conv/linear:  W'[o, i, ...] = W[o, i, ...] * s[c(i)],
+  b'[o] = b[o] + sum_{i, k} W[o, i, k] * t[c(i)], with c(i) the input channel that
+  group-local index i reads; only when the conv has no padding (a padded border
+  would see t instead of 0).
+
+Folding is done in float64 and cast back to float32. A fold is refused, with the
+reason logged, when the producer's output has other users (they would see the
+folded values). Folded weights outside the float16 range, or that become float16
+subnormals, are reported as warnings.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from cnncomp.passes._manager import register_pass
+from cnncomp.passes._rewrite import bypass, only_user, set_weight, weight
+
+FP16_MAX = 65504.0
+FP16_MIN_NORMAL = 6.103515625e-05
+
+
+def bn_scale_shift(ctx, bn: str, eps: float) -> tuple[np.ndarray, np.ndarray]:
+    """(s, t) of a batch norm in float64: bn(x) = x * s + t per channel."""
+    gamma = weight(ctx, bn, "weight").astype(np.float64)
+    beta = weight(ctx, bn, "bias").astype(np.float64)
+    mean = weight(ctx, bn, "running_mean").astype(np.float64)
+    var = weight(ctx, bn, "running_var").astype(np.float64)
+    s = gamma / np.sqrt(var + eps)
+    return s, beta - mean * s
+
+
+@register_pass("fold-bn", exact=True, level=1)
+def fold_bn(ctx) -> int:
+    """Fold batch norms into the adjacent conv or linear (before or after it)."""
+    graph, count = ctx.graph, 0
+    for bn in [l for l in graph.layers() if l.op == "bn"]:
+        if bn.name not in graph:
+            continue
+        (src,) = graph.inputs_of(bn.name)
+        if src.op in ("conv", "linear"):
+            if only_user(graph, src.name) != bn.name:
+                ctx.refuse("fold-bn", bn.name, f"{src.op} output {src.name} has other users")
+            else:
+                _fold_into_producer(ctx, src, bn)
+                count += 1
+                continue
+        user = only_user(graph, bn.name)
+        if user is not None and graph.layer(user).op in ("conv", "linear"):
+            consumer = graph.layer(user)
+            reason = _consumer_refusal(consumer, bn)
+            if reason is None:
+                _fold_into_consumer(ctx, bn, consumer)
+                count += 1
+                continue
+            ctx.refuse("fold-bn", bn.name, reason)
+        elif src.op not in ("conv", "linear"):
+            ctx.refuse("fold-bn", bn.name, f"follows {src.op}, not a conv or linear, and no conv or linear reads "
+                                           "only it")
+    return count
+
+
+def _fold_into_producer(ctx, layer, bn) -> None:
+    s, t = bn_scale_shift(ctx, bn.name, bn.attrs["eps"])
+    w = weight(ctx, layer.name, "weight").astype(np.float64)
+    b = weight(ctx, layer.name, "bias").astype(np.float64) if layer.attrs["bias"] else np.zeros(len(s))
+    view = (-1,) + (1,) * (w.ndim - 1)
+    _store(ctx, layer, w * s.reshape(view), b * s + t)
+    bypass(ctx, bn.name)
+
+
+def _consumer_refusal(consumer, bn) -> str | None:
+    if consumer.op == "conv" and any(consumer.attrs["pads"]):
+        return f"conv {consumer.name} pads its input: the border would see the shift instead of 0"
+    if consumer.op == "linear" and len(bn.shape) != 2:
+        return f"linear {consumer.name} reads a rank-{len(bn.shape)} tensor"
+    return None
+
+
+def _fold_into_consumer(ctx, bn, layer) -> None:
+    s, t = bn_scale_shift(ctx, bn.name, bn.attrs["eps"])
+    w = weight(ctx, layer.name, "weight").astype(np.float64)
+    b = weight(ctx, layer.name, "bias").astype(np.float64) if layer.attrs["bias"] else np.zeros(w.shape[0])
+    groups = layer.attrs.get("groups", 1)
+    out, per_group = w.shape[0], w.shape[1]
+    # c(i) for every (output channel, group-local input index): the channel of x it reads.
+    group_of_out = np.arange(out) // (out // groups)
+    channel = group_of_out[:, None] * per_group + np.arange(per_group)[None, :]
+    extra = (1,) * (w.ndim - 2)
+    w_new = w * s[channel].reshape(channel.shape + extra)
+    b_new = b + (w * t[channel].reshape(channel.shape + extra)).reshape(out, -1).sum(axis=1)
+    _store(ctx, layer, w_new, b_new)
+    bypass(ctx, bn.name)
+
+
+def _store(ctx, layer, w: np.ndarray, b: np.ndarray) -> None:
+    for name, arr in (("weight", w), ("bias", b)):
+        big = int(np.sum(np.abs(arr) > FP16_MAX))
+        tiny = int(np.sum((arr != 0) & (np.abs(arr) < FP16_MIN_NORMAL)))
+        if big:
+            ctx.warnings.append(f"fold-bn: {layer.name}.{name}: {big} folded values exceed the float16 range")
+        if tiny:
+            ctx.warnings.append(f"fold-bn: {layer.name}.{name}: {tiny} folded values are float16 subnormals")
+    set_weight(ctx, layer, "weight", w)
+    layer.attrs["bias"] = True
+    set_weight(ctx, layer, "bias", b)
+    layer.args["bias"] = True
