@@ -81,6 +81,8 @@ def _previous_conv(graph: LayerGraph, layer: Layer) -> Layer | None:
     preds = graph.inputs_of(layer.name)
     while len(preds) == 1:
         p = preds[0]
+        if p.op == "conv" and max(p.attrs["stride"]) > 1:
+            return None  # a new resolution: rates before it count on another grid
         if p.op == "conv" and max(p.attrs["kernel"]) > 1:
             return p
         if p.op in _GRID_NEUTRAL or (p.op == "conv" and max(p.attrs["kernel"]) == 1 and max(p.attrs["stride"]) == 1):
@@ -102,16 +104,25 @@ def _gridding(graph: LayerGraph) -> list[LintWarning]:
         while prev[chain[-1].name] is not None and prev[chain[-1].name].name not in {c.name for c in chain}:
             chain.append(prev[chain[-1].name])
         chain.reverse()
-        rates = [c.attrs["dilation"][0] for c in chain]
-        if len(chain) < 2 or max(rates) == 1:
-            continue
-        kernel = min(c.attrs["kernel"][0] for c in chain)
-        why = hdc_violation(rates, kernel)
-        if why:
-            first = next(c for c in chain if c.attrs["dilation"][0] > 1)
-            out.append(_warn(graph, first, "gridding",
-                             f"{why}; layers {chain[0].name} .. {chain[-1].name}"))
+        for group in _rate_groups(chain):
+            rates = [c.attrs["dilation"][0] for c in group]
+            if len(group) < 2 or max(rates) == 1:
+                continue
+            why = hdc_violation(rates, min(c.attrs["kernel"][0] for c in group))
+            if why:
+                first = next(c for c in group if c.attrs["dilation"][0] > 1)
+                out.append(_warn(graph, first, "gridding", f"{why}; layers {group[0].name} .. {group[-1].name}"))
     return out
+
+
+def _rate_groups(chain: list[Layer]) -> list[list[Layer]]:
+    """Split a conv stack where the rate drops: HDC's rule holds per repeated group (1, 2, 5, 1, 2, 5)."""
+    groups = [[chain[0]]]
+    for conv in chain[1:]:
+        if conv.attrs["dilation"][0] < groups[-1][-1].attrs["dilation"][0]:
+            groups.append([])
+        groups[-1].append(conv)
+    return groups
 
 
 # ---- padding and strides ------------------------------------------------------------------
