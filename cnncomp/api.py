@@ -12,3 +12,37 @@ def load(spec: str | Path, defines: dict[str, str] | None = None) -> LayerGraph:
     from cnncomp.dsl.loader import load_spec
 
     return load_spec(spec, defines)
+
+
+def compile(spec, output: str | Path | None = None, opt_level: int = 1, passes=None, weights=None, seed: int = 0,
+            opset: int = 17, defines: dict[str, str] | None = None):
+    """Compile a spec to an ONNX ModelProto (optimized at -O<opt_level> or by `passes`); save it if `output`."""
+    from cnncomp.backends.onnx_emit import save_onnx
+    from cnncomp.compiler import emit_model, optimize
+
+    compiled = optimize(spec, defines, weights, seed, opt_level, passes)
+    model = emit_model(compiled, opset)
+    if output is not None:
+        save_onnx(model, output)
+    return model
+
+
+def verify(spec, passes=None, opt_level: int = 1, weights=None, seed: int = 0, provider: str = "cpu",
+           atol=None, rtol=None, per_layer: bool = False, defines: dict[str, str] | None = None, opset: int = 17):
+    """Compile a spec and compare ONNX Runtime's outputs with the PyTorch reference; returns a VerifyReport (.ok)."""
+    from cnncomp.backends.verify import verify as run_verify
+    from cnncomp.compiler import emit_model, optimize
+
+    compiled = optimize(spec, defines, weights, seed, opt_level, passes)
+    model = emit_model(compiled, opset)
+    report, _, _ = run_verify(compiled.ref_graph, compiled.ref_weights, model, compiled.graph, provider=provider,
+                              seed=seed, atol=atol, rtol=rtol, per_layer=per_layer)
+    return report
+
+
+def to_torch(spec, weights=None, seed: int = 0, defines: dict[str, str] | None = None):
+    """The spec as a trainable torch nn.Module whose state_dict keys are the layer weight names."""
+    from cnncomp.backends.reference import to_torch as build
+    from cnncomp.compiler import load_graph
+
+    return build(load_graph(spec, defines), weights, seed)

@@ -18,6 +18,10 @@ from cnncomp.errors import CnnError
 COMMANDS = {
     "check": "parse and elaborate a spec; print errors or ok",
     "summary": "per-layer table: shapes, params, MACs, receptive fields; totals; lint warnings",
+    "compile": "run the passes and write ONNX (or a .cnn spec); optionally verify",
+    "verify": "compile and compare ONNX Runtime with the PyTorch reference",
+    "run": "run inference on an ONNX model or a spec",
+    "init": "write a spec's seeded weights to .safetensors",
 }
 
 

@@ -127,12 +127,13 @@ class LayerGraph:
         new = LayerGraph(self.name)
         new.g = self.g.copy()
         for n in new.g.nodes:
-            new.g.nodes[n]["layer"] = _copy.copy(self.g.nodes[n]["layer"])
-            new.g.nodes[n]["layer"].attrs = dict(self.g.nodes[n]["layer"].attrs)
+            layer = _copy.copy(self.g.nodes[n]["layer"])
+            layer.attrs, layer.weights, layer.args = dict(layer.attrs), dict(layer.weights), dict(layer.args)
+            new.g.nodes[n]["layer"] = layer
         new.inputs = list(self.inputs)
         new.outputs = list(self.outputs)
         new.output_names = list(self.output_names)
-        new.meta = dict(self.meta)
+        new.meta = _copy.deepcopy(self.meta)
         return new
 
     # ---- checking ---------------------------------------------------------

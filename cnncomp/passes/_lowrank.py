@@ -8,6 +8,7 @@ import numpy as np
 
 from cnncomp.ir.graph import Layer
 from cnncomp.ops.registry import WeightSpec
+from cnncomp.passes._rewrite import record_alias
 
 
 def rank_for_energy(singular_values: np.ndarray, energy: float) -> int:
@@ -66,6 +67,7 @@ def replace_with_chain(ctx, old: Layer, new_layers: list[Layer], weights: dict[s
         previous = layer.name
     graph.redirect_users(tmp, previous)
     graph.remove_layer(tmp)
+    record_alias(graph, previous, old.name)
     for key, value in weights.items():
         ctx.weights[key] = np.ascontiguousarray(value, dtype=np.float32)
 

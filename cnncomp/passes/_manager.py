@@ -129,6 +129,7 @@ class PassRecord:
     """What one pass did: rewrites made, params and MACs before and after."""
 
     step: str
+    round: int
     rewrites: int
     params_before: int
     params_after: int
@@ -151,7 +152,7 @@ def run_pipeline(ctx: PassContext, steps: list[PassStep], fixed_point: bool = Tr
     passes = all_passes()
     records: list[PassRecord] = []
     done: list[str] = []
-    for _ in range(max_rounds):
+    for round_ in range(1, max_rounds + 1):
         changed = 0
         for step in steps:
             info = passes[step.name]
@@ -166,7 +167,7 @@ def run_pipeline(ctx: PassContext, steps: list[PassStep], fixed_point: bool = Tr
                 prior = ", ".join(done) or "none"
                 raise CnnError(f"pass '{step}' failed: {type(e).__name__}: {e} (passes before it: {prior})") from e
             after = graph_cost(ctx.graph)
-            records.append(PassRecord(str(step), count, before[0], after[0], before[1], after[1]))
+            records.append(PassRecord(str(step), round_, count, before[0], after[0], before[1], after[1]))
             done.append(str(step))
             if after_each is not None:
                 after_each(step, ctx)
@@ -174,6 +175,8 @@ def run_pipeline(ctx: PassContext, steps: list[PassStep], fixed_point: bool = Tr
             ctx.graph.meta.setdefault("passes", [])
             if count and str(step) not in ctx.graph.meta["passes"]:
                 ctx.graph.meta["passes"].append(str(step))
+            if count and not info.exact:
+                ctx.graph.meta["approximate"] = True
         if not fixed_point or not changed or not all(passes[s.name].exact for s in steps):
             break
     return records
@@ -181,9 +184,9 @@ def run_pipeline(ctx: PassContext, steps: list[PassStep], fixed_point: bool = Tr
 
 def format_stats(records: list[PassRecord]) -> str:
     """The --stats table: per pass run, rewrites and params/MACs before and after."""
-    rows = [("pass", "rewrites", "params before", "params after", "MACs before", "MACs after")]
+    rows = [("pass", "round", "rewrites", "params before", "params after", "MACs before", "MACs after")]
     for r in records:
-        rows.append((r.step, str(r.rewrites), f"{r.params_before:,}", f"{r.params_after:,}",
+        rows.append((r.step, str(r.round), str(r.rewrites), f"{r.params_before:,}", f"{r.params_after:,}",
                      f"{r.macs_before:,}", f"{r.macs_after:,}"))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths)))

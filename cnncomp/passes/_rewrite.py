@@ -47,3 +47,9 @@ def is_pointwise_conv(layer: Layer) -> bool:
     a = layer.attrs
     return (layer.op == "conv" and all(k == 1 for k in a["kernel"]) and all(s == 1 for s in a["stride"])
             and not any(a["pads"]) and a["groups"] == 1)
+
+
+def record_alias(graph: LayerGraph, layer: str, now_computes: str) -> None:
+    """Note that `layer` now computes what the unoptimized graph's `now_computes` did (for per-layer checks)."""
+    aliases = graph.meta.setdefault("aliases", {})
+    aliases[layer] = aliases.pop(now_computes, now_computes)

@@ -77,7 +77,8 @@ def bottleneck(ctx, ratio: float | None = None, energy: float | None = None, ran
     for layer in candidates(graph):
         if selected is not None and layer.name not in selected:
             continue
-        w = weight(ctx, layer.name, "weight").astype(np.float64)
+        name = layer.name  # the rewrite renames the old layer
+        w = weight(ctx, name, "weight").astype(np.float64)
         r1, r2 = choose_ranks(w, ratio, energy, ranks)
         in_shape = graph.inputs_of(layer.name)[0].shape
         k = math.prod(layer.attrs["kernel"])
@@ -89,7 +90,7 @@ def bottleneck(ctx, ratio: float | None = None, energy: float | None = None, ran
         u_in, core, u_out = tucker2(w, r1, r2, hooi)
         _rewrite(ctx, layer, u_in, core, u_out, in_shape)
         err = relative_error(w, reconstruct(u_in, core, u_out))
-        ctx.note("bottleneck", f"{layer.name}: ranks ({r1}, {r2}), MACs {before:,} -> {after:,}, "
+        ctx.note("bottleneck", f"{name}: ranks ({r1}, {r2}), MACs {before:,} -> {after:,}, "
                                f"weight error {err:.3g}")
         count += 1
     return count

@@ -66,7 +66,8 @@ def depthwise(ctx, m: int | None = None, energy: float | None = None, only: str 
     for layer in candidates(graph):
         if selected is not None and layer.name not in selected:
             continue
-        w = weight(ctx, layer.name, "weight").astype(np.float64)
+        name = layer.name  # the rewrite renames the old layer
+        w = weight(ctx, name, "weight").astype(np.float64)
         cout, cin = w.shape[:2]
         k = math.prod(layer.attrs["kernel"])
         mult = multiplier_for_energy(w, energy) if energy is not None else (m or 1)
@@ -79,7 +80,7 @@ def depthwise(ctx, m: int | None = None, energy: float | None = None, only: str 
         dw, pw = split_channels(w, mult)
         _rewrite(ctx, layer, dw, pw, mult)
         err = relative_error(w, reconstruct(dw, pw, cin))
-        ctx.note("depthwise", f"{layer.name}: m={mult}, MACs {before:,} -> {after:,}, weight error {err:.3g}")
+        ctx.note("depthwise", f"{name}: m={mult}, MACs {before:,} -> {after:,}, weight error {err:.3g}")
         count += 1
     return count
 

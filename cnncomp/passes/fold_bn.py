@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 
 from cnncomp.passes._manager import register_pass
-from cnncomp.passes._rewrite import bypass, only_user, set_weight, weight
+from cnncomp.passes._rewrite import bypass, only_user, record_alias, set_weight, weight
 
 FP16_MAX = 65504.0
 FP16_MIN_NORMAL = 6.103515625e-05
@@ -41,6 +41,7 @@ def bn_scale_shift(ctx, bn: str, eps: float) -> tuple[np.ndarray, np.ndarray]:
 def fold_bn(ctx) -> int:
     """Fold batch norms into the adjacent conv or linear (before or after it)."""
     graph, count = ctx.graph, 0
+    fp16 = {"overflow": {}, "subnormal": {}}
     for bn in [l for l in graph.layers() if l.op == "bn"]:
         if bn.name not in graph:
             continue
@@ -49,7 +50,7 @@ def fold_bn(ctx) -> int:
             if only_user(graph, src.name) != bn.name:
                 ctx.refuse("fold-bn", bn.name, f"{src.op} output {src.name} has other users")
             else:
-                _fold_into_producer(ctx, src, bn)
+                _fold_into_producer(ctx, src, bn, fp16)
                 count += 1
                 continue
         user = only_user(graph, bn.name)
@@ -57,22 +58,35 @@ def fold_bn(ctx) -> int:
             consumer = graph.layer(user)
             reason = _consumer_refusal(consumer, bn)
             if reason is None:
-                _fold_into_consumer(ctx, bn, consumer)
+                _fold_into_consumer(ctx, bn, consumer, fp16)
                 count += 1
                 continue
             ctx.refuse("fold-bn", bn.name, reason)
         elif src.op not in ("conv", "linear"):
             ctx.refuse("fold-bn", bn.name, f"follows {src.op}, not a conv or linear, and no conv or linear reads "
                                            "only it")
+    _report_fp16(ctx, fp16)
     return count
 
 
-def _fold_into_producer(ctx, layer, bn) -> None:
+def _report_fp16(ctx, fp16: dict) -> None:
+    """One warning per kind of float16 trouble, naming the worst layer."""
+    for kind, what in (("overflow", "exceed the float16 range (65504)"),
+                       ("subnormal", "became float16 subnormals (below 6.1e-05)")):
+        counts = fp16[kind]
+        if counts:
+            worst = max(counts, key=counts.get)
+            ctx.warnings.append(f"fold-bn: {sum(counts.values())} folded weights in {len(counts)} layers {what}; "
+                                f"most in {worst} ({counts[worst]})")
+
+
+def _fold_into_producer(ctx, layer, bn, fp16: dict) -> None:
     s, t = bn_scale_shift(ctx, bn.name, bn.attrs["eps"])
     w = weight(ctx, layer.name, "weight").astype(np.float64)
     b = weight(ctx, layer.name, "bias").astype(np.float64) if layer.attrs["bias"] else np.zeros(len(s))
     view = (-1,) + (1,) * (w.ndim - 1)
-    _store(ctx, layer, w * s.reshape(view), b * s + t)
+    _store(ctx, layer, w, w * s.reshape(view), b * s + t, fp16)
+    record_alias(ctx.graph, layer.name, bn.name)
     bypass(ctx, bn.name)
 
 
@@ -84,7 +98,7 @@ def _consumer_refusal(consumer, bn) -> str | None:
     return None
 
 
-def _fold_into_consumer(ctx, bn, layer) -> None:
+def _fold_into_consumer(ctx, bn, layer, fp16: dict) -> None:
     s, t = bn_scale_shift(ctx, bn.name, bn.attrs["eps"])
     w = weight(ctx, layer.name, "weight").astype(np.float64)
     b = weight(ctx, layer.name, "bias").astype(np.float64) if layer.attrs["bias"] else np.zeros(w.shape[0])
@@ -96,18 +110,17 @@ def _fold_into_consumer(ctx, bn, layer) -> None:
     extra = (1,) * (w.ndim - 2)
     w_new = w * s[channel].reshape(channel.shape + extra)
     b_new = b + (w * t[channel].reshape(channel.shape + extra)).reshape(out, -1).sum(axis=1)
-    _store(ctx, layer, w_new, b_new)
+    _store(ctx, layer, w, w_new, b_new, fp16)
     bypass(ctx, bn.name)
 
 
-def _store(ctx, layer, w: np.ndarray, b: np.ndarray) -> None:
-    for name, arr in (("weight", w), ("bias", b)):
-        big = int(np.sum(np.abs(arr) > FP16_MAX))
-        tiny = int(np.sum((arr != 0) & (np.abs(arr) < FP16_MIN_NORMAL)))
-        if big:
-            ctx.warnings.append(f"fold-bn: {layer.name}.{name}: {big} folded values exceed the float16 range")
-        if tiny:
-            ctx.warnings.append(f"fold-bn: {layer.name}.{name}: {tiny} folded values are float16 subnormals")
+def _store(ctx, layer, w_old: np.ndarray, w: np.ndarray, b: np.ndarray, fp16: dict) -> None:
+    overflow = int(np.sum(np.abs(w) > FP16_MAX) + np.sum(np.abs(b) > FP16_MAX))
+    became_tiny = int(np.sum((np.abs(w_old) >= FP16_MIN_NORMAL) & (w != 0) & (np.abs(w) < FP16_MIN_NORMAL)))
+    if overflow:
+        fp16["overflow"][layer.name] = overflow
+    if became_tiny:
+        fp16["subnormal"][layer.name] = became_tiny
     set_weight(ctx, layer, "weight", w)
     layer.attrs["bias"] = True
     set_weight(ctx, layer, "bias", b)

@@ -15,7 +15,7 @@ import numpy as np
 
 from cnncomp.analysis.summary import layer_macs
 from cnncomp.passes._manager import register_pass
-from cnncomp.passes._rewrite import bypass, is_pointwise_conv, only_user, set_weight, weight
+from cnncomp.passes._rewrite import bypass, is_pointwise_conv, only_user, record_alias, set_weight, weight
 
 
 @register_pass("merge-pointwise", exact=True, level=2)
@@ -56,4 +56,5 @@ def _merge(ctx, first, second) -> None:
     first.shape = second.shape
     set_weight(ctx, first, "weight", merged)
     set_weight(ctx, first, "bias", w2 @ b1 + b2)
+    record_alias(ctx.graph, first.name, second.name)
     bypass(ctx, second.name)

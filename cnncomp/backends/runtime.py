@@ -1,0 +1,133 @@
+"""ONNX Runtime sessions with an explicit execution provider.
+
+`cpu`, `cuda` and `tensorrt` ask for that provider and fail with a clear message
+(naming what to install) when it is not available; `auto` takes the best one
+available and says when it falls back to the CPU.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from cnncomp.errors import CnnError
+
+PROVIDERS = {
+    "cpu": "CPUExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+}
+PROVIDER_CHOICES = ("cpu", "cuda", "tensorrt", "auto")
+
+
+@dataclass
+class TensorRTOptions:
+    """ONNX Runtime TensorRT provider options that cnncomp passes through."""
+
+    fp16: bool = False
+    engine_cache: str | None = None
+    workspace_bytes: int = 1 << 30
+    extra: dict = field(default_factory=dict)
+
+    def as_provider_options(self) -> dict:
+        options = {"trt_fp16_enable": self.fp16, "trt_max_workspace_size": self.workspace_bytes}
+        if self.engine_cache:
+            options.update(trt_engine_cache_enable=True, trt_engine_cache_path=self.engine_cache)
+        options.update(self.extra)
+        return options
+
+
+def available_providers() -> list[str]:
+    import onnxruntime as ort
+
+    return list(ort.get_available_providers())
+
+
+def _install_hint(choice: str) -> str:
+    if choice == "cuda":
+        return "install cnncomp[gpu] (onnxruntime-gpu) on a machine with an NVIDIA GPU and CUDA"
+    return ("install cnncomp[gpu] (onnxruntime-gpu built with TensorRT) and TensorRT itself, on a machine with an "
+            "NVIDIA GPU")
+
+
+def resolve_providers(choice: str, trt: TensorRTOptions | None = None, quiet: bool = False) -> list:
+    """The ONNX Runtime provider list for a --provider choice; a missing provider is a CnnError."""
+    if choice not in PROVIDER_CHOICES:
+        raise CnnError(f"unknown provider '{choice}'; choose one of {', '.join(PROVIDER_CHOICES)}")
+    have = available_providers()
+    if choice == "auto":
+        for name in ("tensorrt", "cuda"):
+            if PROVIDERS[name] in have:
+                return resolve_providers(name, trt, quiet)
+        if not quiet:
+            sys.stderr.write("note: no GPU provider in this onnxruntime; running on the CPU\n")
+        return ["CPUExecutionProvider"]
+    wanted = PROVIDERS[choice]
+    if wanted not in have:
+        raise CnnError(f"the {choice} provider ({wanted}) is not available in this onnxruntime "
+                       f"(available: {', '.join(have)}); {_install_hint(choice)}")
+    if choice == "tensorrt":
+        options = (trt or TensorRTOptions()).as_provider_options()
+        return [(wanted, options), "CUDAExecutionProvider", "CPUExecutionProvider"]
+    if choice == "cuda":
+        return [wanted, "CPUExecutionProvider"]
+    return [wanted]
+
+
+def provider_name(providers: list) -> str:
+    first = providers[0]
+    name = first[0] if isinstance(first, tuple) else first
+    return next((k for k, v in PROVIDERS.items() if v == name), name)
+
+
+class Session:
+    """An ONNX Runtime inference session over a model (path, bytes or ModelProto)."""
+
+    def __init__(self, model, provider: str = "cpu", trt: TensorRTOptions | None = None, threads: int = 0,
+                 optimization: str = "all", quiet: bool = False):
+        import onnxruntime as ort
+
+        self.providers = resolve_providers(provider, trt, quiet)
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        if threads:
+            options.intra_op_num_threads = threads
+        options.graph_optimization_level = {
+            "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+        }[optimization]
+        if not isinstance(model, (str, bytes)):
+            model = model.SerializeToString()
+        try:
+            self.session = ort.InferenceSession(model, options, providers=self.providers)
+        except Exception as e:  # ORT raises its own exception types for bad models and providers
+            raise CnnError(f"ONNX Runtime could not load the model: {e}") from None
+        wanted = self.providers[0][0] if isinstance(self.providers[0], tuple) else self.providers[0]
+        if wanted not in self.session.get_providers():
+            raise CnnError(f"ONNX Runtime did not start {wanted} (it fell back to {self.session.get_providers()}); "
+                           f"{_install_hint(provider_name(self.providers))}")
+        self.provider = provider_name(self.providers)
+
+    @property
+    def input_names(self) -> list[str]:
+        return [i.name for i in self.session.get_inputs()]
+
+    @property
+    def output_names(self) -> list[str]:
+        return [o.name for o in self.session.get_outputs()]
+
+    def run(self, feeds: dict[str, np.ndarray], outputs: list[str] | None = None) -> dict[str, np.ndarray]:
+        """Run the model; return {output name: array}."""
+        names = outputs or self.output_names
+        missing = [n for n in self.input_names if n not in feeds]
+        if missing:
+            raise CnnError(f"missing inputs: {', '.join(missing)} (the model takes {', '.join(self.input_names)})")
+        try:
+            values = self.session.run(names, {k: feeds[k] for k in self.input_names})
+        except Exception as e:
+            raise CnnError(f"ONNX Runtime failed to run the model: {e}") from None
+        return dict(zip(names, values))

@@ -1,0 +1,94 @@
+"""Compile a spec and check numerically that the emitted model computes what the spec says.
+
+The model runs under ONNX Runtime and the unoptimized graph runs in the PyTorch
+reference (float64), on the same seeded inputs and weights. An output agrees when
+every element satisfies |ort - ref| <= atol + rtol * |ref|. By default the
+tolerance scales with the output's magnitude: atol = 1e-4 * max|ref| and
+rtol = 1e-3 (float32), so a check means the same for logits near 1e3 as near 1.
+Give --atol/--rtol once for every output or as OUTPUT=VALUE for one.
+
+--per-layer compares every layer's output and names the first layer that
+diverges, with its spec location. --verify-each runs the check after each pass
+and names the first pass that broke agreement. Exit status 1 on a mismatch.
+"""
+
+import json
+import sys
+
+import numpy as np
+
+from cnncomp.commands._common import (
+    add_check_arguments, add_compile_arguments, defines, passes_arg, tolerance, val_range,
+)
+from cnncomp.errors import CnnError
+
+
+def add_arguments(p):
+    add_compile_arguments(p)
+    add_check_arguments(p)
+    p.add_argument("--per-layer", action="store_true", help="compare every layer and name the first that diverges")
+    p.add_argument("--verify-each", action="store_true", help="check after every pass; name the first that breaks")
+    p.add_argument("--save-inputs", metavar="NPZ", help="save the inputs used (npz)")
+    p.add_argument("--load-inputs", metavar="NPZ", help="use these inputs (npz, keyed by input name)")
+    p.add_argument("--save-outputs", metavar="NPZ", help="save ONNX Runtime's outputs (npz)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def _load_inputs(path):
+    try:
+        with np.load(path) as data:
+            return {k: data[k] for k in data.files}
+    except (OSError, ValueError) as e:
+        raise CnnError(f"cannot read inputs from {path}: {e}") from None
+
+
+def run(args) -> int:
+    from cnncomp.backends.verify import make_inputs, verify
+    from cnncomp.backends.weights import atomic_write
+    from cnncomp.compiler import emit_model, load_graph, optimize
+
+    common = dict(provider=args.provider, seed=args.seed, val_range=val_range(args.val_range), batch=args.batch,
+                  atol=tolerance(args.atol, "--atol"), rtol=tolerance(args.rtol, "--rtol"),
+                  max_error=args.max_error)
+    ref_graph = load_graph(args.spec, defines(args))
+    inputs = _load_inputs(args.load_inputs) if args.load_inputs else \
+        make_inputs(ref_graph, args.seed, common["val_range"], args.batch)
+    broken: list[str] = []
+
+    def check_after(step, ctx):
+        if broken:
+            return
+        from cnncomp.backends.onnx_emit import emit_onnx
+
+        model = emit_onnx(ctx.graph, ctx.weights)
+        report, _, _ = verify(ref_graph, compiled_ref_weights[0], model, ctx.graph, inputs=inputs, **common)
+        if not report.ok:
+            broken.append(str(step))
+
+    compiled_ref_weights = []
+    if args.verify_each:
+        from cnncomp.compiler import load_weights_for
+
+        compiled_ref_weights.append(load_weights_for(ref_graph, args.weights, args.seed))
+    compiled = optimize(ref_graph, None, compiled_ref_weights[0] if compiled_ref_weights else args.weights,
+                        args.seed, args.opt_level, passes_arg(args), after_each=check_after if args.verify_each else None,
+                        max_error=args.max_error, autotune=args.autotune, provider=args.provider)
+    model = emit_model(compiled, args.opset)
+    report, feeds, outputs = verify(compiled.ref_graph, compiled.ref_weights, model, compiled.graph, inputs=inputs,
+                                    per_layer=args.per_layer, **common)
+    if broken:
+        report.ok = False
+        report.notes.append(f"the first pass that broke agreement: {broken[0]}")
+    if args.save_inputs:
+        atomic_write(args.save_inputs, lambda tmp: np.savez(open(tmp, "wb"), **feeds))
+    if args.save_outputs:
+        atomic_write(args.save_outputs, lambda tmp: np.savez(open(tmp, "wb"), **outputs))
+    if args.json:
+        print(json.dumps(report.to_json(), indent=1))
+    else:
+        print(report.format())
+        if args.per_layer and not report.first_divergent_layer:
+            print(f"  all {len(report.layers)} compared layers agree")
+    if not report.ok:
+        sys.stderr.write("verify: the emitted model does not match the reference\n")
+    return 0 if report.ok else 1
