@@ -123,6 +123,14 @@ CASES = {
         3, 9, "'conv' is a layer or block: use it as a stage, `x -> conv`"),
     'slice_out_of_range': (H + 'y = x -> slice(0, 8)\noutput y\n',
         3, 10, 'slice: needs 0 <= start < end <= 3, got start=0, end=8'),
+    'statement_after_return': (H + 'block f() {\n    return in -> relu\n    z = in -> relu\n}\ny = x -> f\noutput y\n',
+        5, 5, "block 'f': statements after 'return' are never run"),
+    'block_inside_block': (H + 'block f() {\n    block g() {\n        return in\n    }\n    return in\n}\ny = x -> f\noutput y\n',
+        4, 11, "'block' is not allowed inside a block"),
+    'tensor_as_block_argument': (H + 'block f(other) {\n    return concat(in, other)\n}\ny = x -> f(x)\noutput y\n',
+        6, 12, "block 'f': parameters are values, not tensors; a block takes one tensor, `in`, through '->'"),
+    'top_level_value_in_block': (H + 'c = 16\nblock f() {\n    return in -> conv(c, k=1)\n}\ny = x -> f\noutput y\n',
+        5, 23, "'c' is a top-level value bound with '='; a block sees top-level constants only: write `let c = ...`"),
 }
 
 

@@ -86,3 +86,18 @@ def test_cli_usage_error_exits_2():
     proc = subprocess.run([sys.executable, "-m", "cnncomp", "check"], capture_output=True, text=True)
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
+
+
+def test_defines_reach_lets_of_imported_files(tmp_path):
+    (tmp_path / "lib.cnn").write_text("network lib\nlet base = 16\n")
+    spec = tmp_path / "main.cnn"
+    spec.write_text('network m\nimport "lib.cnn"\ninput x: [N, 3, 8, 8]\ny = x -> conv(base, k=1)\noutput y\n')
+    assert load_spec(spec).layer("y.0").shape[1] == 16
+    assert load_spec(spec, {"base": "8"}).layer("y.0").shape[1] == 8
+
+
+def test_name_templates_write_values_as_the_language_does(tmp_path):
+    from cnncomp.dsl.loader import load_text
+
+    graph = load_text('network n\ninput x: [N, 3, 8, 8]\ny = x -> repeat 2 as i { relu as "r{i == 0}" }\noutput y\n')
+    assert {"rtrue", "rfalse"} <= {layer.name for layer in graph.layers()}

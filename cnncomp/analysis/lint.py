@@ -135,10 +135,13 @@ def _asymmetric_padding(graph: LayerGraph) -> list[LintWarning]:
         pads = layer.attrs["pads"]
         rank = len(pads) // 2
         if pads[:rank] != pads[rank:]:
+            even = [k for k in _eff(layer) if k % 2 == 0]
+            why = (f"the effective kernel {_eff(layer)} is even" if even else
+                   f"stride {list(layer.attrs['stride'])} does not divide the input evenly")
             out.append(_warn(graph, layer, "asymmetric-padding",
-                             f"{layer.name}: p=same with an even effective kernel {_eff(layer)} pads unevenly "
-                             f"(begin {list(pads[:rank])}, end {list(pads[rank:])}); runtimes and frameworks "
-                             "disagree on where the extra row goes: prefer an odd kernel"))
+                             f"{layer.name}: p=same pads unevenly (begin {list(pads[:rank])}, end "
+                             f"{list(pads[rank:])}) because {why}; runtimes and frameworks disagree on where the "
+                             "extra row goes: prefer an odd kernel and explicit padding"))
     return out
 
 

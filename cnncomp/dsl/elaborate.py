@@ -73,6 +73,7 @@ class Elaborator:
         self.graph = graph
         self.active_blocks: list[str] = []
         self.top_tensors: set[str] = set()  # for a clear error when a block reads one
+        self.top_values: set[str] = set()
 
     # ---- errors ---------------------------------------------------------
 
@@ -90,8 +91,9 @@ class Elaborator:
                 self.top_tensors.add(stmt.name)
             elif isinstance(stmt, ast.Assign):
                 self.check_unbound(scope, stmt.name, stmt.loc)
-                self.bind(scope, stmt.name, self.eval_statement(stmt.name, stmt.value, scope), stmt.loc)
-                self.top_tensors.add(stmt.name)
+                value = self.eval_statement(stmt.name, stmt.value, scope)
+                self.bind(scope, stmt.name, value, stmt.loc)
+                (self.top_tensors if isinstance(value, Tensor) else self.top_values).add(stmt.name)
             elif isinstance(stmt, ast.Output):
                 self.add_outputs(stmt, scope)
             elif isinstance(stmt, ast.Return):
@@ -215,6 +217,9 @@ class Elaborator:
         if scope.in_block and e.id in self.top_tensors:
             raise self.fail(f"'{e.id}' is a top-level tensor; a block sees only 'in', its parameters, its own "
                             "names and top-level let constants", e.loc, scope)
+        if scope.in_block and e.id in self.top_values:
+            raise self.fail(f"'{e.id}' is a top-level value bound with '='; a block sees top-level constants "
+                            f"only: write `let {e.id} = ...`", e.loc, scope)
         if get_op(e.id) or e.id in self.defs.blocks:
             raise self.fail(f"'{e.id}' is a layer or block: use it as a stage, `x -> {e.id}`", e.loc, scope)
         raise self.fail(f"unknown name '{e.id}'" + self.suggest(e.id, scope), e.loc, scope)
@@ -379,7 +384,7 @@ class Elaborator:
                 value = self.eval(program.stmts[0].value, scope)
             except CnnError as err:
                 raise self.fail(f"in layer name \"{alias.text}\": {err.message}", alias.loc, scope) from None
-            out += [before, str(value)]
+            out += [before, value if isinstance(value, str) else show(value)]
         name = "".join(out) + rest
         if not name or any(not part or not all(c.isalnum() or c == "_" for c in part) for part in name.split(".")):
             raise self.fail(f"layer name \"{name}\" must be names and numbers joined by dots", alias.loc, scope)
@@ -494,6 +499,10 @@ class Elaborator:
             raise self.fail(f"block '{block.name}' takes at most {len(block.params)} arguments, got "
                             f"{len(positional)}", stage.loc, scope)
         bound: dict[str, object] = {}
+        for arg, vloc in positional + list(named.values()):
+            if isinstance(arg, Tensor):
+                raise self.fail(f"block '{block.name}': parameters are values, not tensors; a block takes one "
+                                "tensor, `in`, through '->'", vloc, scope)
         for p, (v, _) in zip(block.params, positional):
             bound[p.name] = v
         for key, (v, vloc) in named.items():

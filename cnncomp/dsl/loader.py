@@ -108,13 +108,14 @@ def _collect(program: ast.Program, defs: Definitions, overrides: dict, imported:
                 child = parse_file(path)
             except CnnError as err:
                 raise CnnError(err.message, err.loc or s.loc, notes=(f"imported at {s.loc}",)) from None
-            _collect(child, defs, {}, imported, stack + [key], top=False)
+            _collect(child, defs, overrides, imported, stack + [key], top=False)
         elif isinstance(s, ast.BlockDef):
             if s.name in own_blocks:
                 first = own_blocks[s.name].loc
                 raise CnnError(f"block '{s.name}' is defined twice (first at {first.line}:{first.col})", s.loc)
             if get_op(s.name) is not None:
                 raise CnnError(f"block '{s.name}' has the name of a layer; choose another name", s.loc)
+            _check_block_body(s)
             own_blocks[s.name] = s
             defs.blocks[s.name] = s
         elif isinstance(s, ast.Let):
@@ -122,7 +123,7 @@ def _collect(program: ast.Program, defs: Definitions, overrides: dict, imported:
                 first = defs.let_locs[s.name]
                 if first.file == s.loc.file:
                     raise CnnError(f"name '{s.name}' is bound twice (first bound at {first.line}:{first.col})", s.loc)
-            if top and s.name in overrides:
+            if s.name in overrides:
                 defs.lets[s.name] = _override_value(s.name, overrides[s.name], defs)
             else:
                 elab = Elaborator(defs, LayerGraph())
@@ -130,6 +131,19 @@ def _collect(program: ast.Program, defs: Definitions, overrides: dict, imported:
             defs.let_locs[s.name] = s.loc
         elif not top and isinstance(s, (ast.Assign, ast.Return)):
             continue
+
+
+_STATEMENT_WORDS = {ast.Network: "network", ast.Import: "import", ast.Let: "let", ast.Input: "input",
+                    ast.Output: "output", ast.BlockDef: "block"}
+
+
+def _check_block_body(block: ast.BlockDef) -> None:
+    """A block binds names and ends with one `return`; nothing may follow it."""
+    for i, stmt in enumerate(block.body):
+        if type(stmt) in _STATEMENT_WORDS:
+            raise CnnError(f"'{_STATEMENT_WORDS[type(stmt)]}' is not allowed inside a block", stmt.loc)
+        if isinstance(stmt, ast.Return) and i != len(block.body) - 1:
+            raise CnnError(f"block '{block.name}': statements after 'return' are never run", block.body[i + 1].loc)
 
 
 def _override_value(name: str, text: str, defs: Definitions):

@@ -53,21 +53,21 @@ def relative_error(original: np.ndarray, approx: np.ndarray) -> float:
 
 def replace_with_chain(ctx, old: Layer, new_layers: list[Layer], weights: dict[str, np.ndarray]) -> None:
     """Swap a layer for a chain of new ones (first reads old's input, last feeds old's users)."""
-    graph = ctx.graph
-    (src,) = graph.input_names(old.name)
+    graph, name = ctx.graph, old.name
+    (src,) = graph.input_names(name)
     for suffix in old.weights:
-        ctx.weights.pop(f"{old.name}.{suffix}", None)
-    tmp = graph.fresh_name(old.name + ".__old")
-    graph.g = _relabel(graph.g, old.name, tmp)
+        ctx.weights.pop(f"{name}.{suffix}", None)
+    tmp = graph.fresh_name(name + ".__old")  # the new layers are named under the old name
+    graph.g = _relabel(graph.g, name, tmp)
     graph.layer(tmp).name = tmp
-    graph.outputs = [tmp if o == old.name else o for o in graph.outputs]
+    graph.outputs = [tmp if o == name else o for o in graph.outputs]
     previous = src
     for layer in new_layers:
         graph.add_layer(layer, [previous])
         previous = layer.name
     graph.redirect_users(tmp, previous)
     graph.remove_layer(tmp)
-    record_alias(graph, previous, old.name)
+    record_alias(graph, previous, name)
     for key, value in weights.items():
         ctx.weights[key] = np.ascontiguousarray(value, dtype=np.float32)
 

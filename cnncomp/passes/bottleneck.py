@@ -12,7 +12,8 @@ square orthogonal matrices and the rewrite is exact.
 
 Ranks: `ratio=` (fraction of channels kept on both sides), `energy=` (fraction of
 squared singular values kept on each unfolding) or `ranks=r1:r2`. A conv is
-skipped, with the reason logged, when the rewrite would not lower its MACs.
+skipped, with the reason logged, when the rewrite would not lower its MACs
+(`always=1` applies it anyway, to study the rewrite).
 The new layers are named NAME.0, NAME.1, NAME.2, as if the conv had become an
 nn.Sequential.
 """
@@ -68,9 +69,9 @@ def candidates(graph) -> list:
 
 
 @register_pass("bottleneck", exact=False, options={"ratio": float, "energy": float, "ranks": tuple, "hooi": int,
-                                                    "only": str})
+                                                    "only": str, "always": int})
 def bottleneck(ctx, ratio: float | None = None, energy: float | None = None, ranks: tuple = (), hooi: int = 0,
-               only: str = "") -> int:
+               only: str = "", always: int = 0) -> int:
     """Tucker-2 (1x1 -> k x k core -> 1x1) rewrite of k x k convs."""
     graph, count = ctx.graph, 0
     selected = set(only.split(":")) if only else None
@@ -84,7 +85,7 @@ def bottleneck(ctx, ratio: float | None = None, energy: float | None = None, ran
         k = math.prod(layer.attrs["kernel"])
         after = numel(in_shape[2:]) * r1 * layer.attrs["in_channels"] + numel(layer.shape[2:]) * (r2 * r1 * k + layer.attrs["out"] * r2)
         before = layer_macs(graph, layer)
-        if after >= before:
+        if after >= before and not always:
             ctx.refuse("bottleneck", layer.name, f"ranks ({r1}, {r2}) would not lower MACs ({after:,} >= {before:,})")
             continue
         u_in, core, u_out = tucker2(w, r1, r2, hooi)

@@ -11,7 +11,7 @@ M_i has rank at most min(Cout, K), so m = min(Cout, K) is exact.
 
 `m=` sets the multiplier; `energy=` picks, per layer, the smallest m that keeps that
 fraction of squared singular values in every channel. A conv is skipped, with the
-reason logged, when the split would not lower its MACs. New layers: NAME.0
+reason logged, when the split would not lower its MACs (`always=1` applies it anyway). New layers: NAME.0
 (depthwise), NAME.1 (pointwise).
 """
 
@@ -58,8 +58,8 @@ def multiplier_for_energy(w: np.ndarray, energy: float) -> int:
     return max(rank_for_energy(row, energy) for row in s)
 
 
-@register_pass("depthwise", exact=False, options={"m": int, "energy": float, "only": str})
-def depthwise(ctx, m: int | None = None, energy: float | None = None, only: str = "") -> int:
+@register_pass("depthwise", exact=False, options={"m": int, "energy": float, "only": str, "always": int})
+def depthwise(ctx, m: int | None = None, energy: float | None = None, only: str = "", always: int = 0) -> int:
     """Depthwise-separable (per-input-channel SVD) rewrite of k x k convs."""
     graph, count = ctx.graph, 0
     selected = set(only.split(":")) if only else None
@@ -74,7 +74,7 @@ def depthwise(ctx, m: int | None = None, energy: float | None = None, only: str 
         mult = max(1, min(mult, min(cout, k)))
         after = numel(layer.shape[2:]) * (cin * mult * k + cout * cin * mult)
         before = layer_macs(graph, layer)
-        if after >= before:
+        if after >= before and not always:
             ctx.refuse("depthwise", layer.name, f"m={mult} would not lower MACs ({after:,} >= {before:,})")
             continue
         dw, pw = split_channels(w, mult)

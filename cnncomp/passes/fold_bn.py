@@ -3,7 +3,7 @@
 With s = weight / sqrt(running_var + eps) and t = bias - running_mean * s
 (per channel, eps as given on the bn):
 
-- conv/linear -> bn:  W'[o, ...] = W[o, ...] * s[o],  b'[o] = b[o] * s[o] + t[o]
+- conv/deform_conv/linear -> bn:  W'[o, ...] = W[o, ...] * s[o],  b'[o] = b[o] * s[o] + t[o]
   (the output-channel axis, axis 0 of the weight, is scaled).
 - bn -> conv/linear:  W'[o, i, ...] = W[o, i, ...] * s[c(i)],
   b'[o] = b[o] + sum_{i, k} W[o, i, k] * t[c(i)], with c(i) the input channel that
@@ -23,6 +23,7 @@ import numpy as np
 from cnncomp.passes._manager import register_pass
 from cnncomp.passes._rewrite import bypass, only_user, record_alias, set_weight, weight
 
+PRODUCERS = ("conv", "deform_conv", "linear")  # output channel o is sum(W[o] * something) + b[o]
 FP16_MAX = 65504.0
 FP16_MIN_NORMAL = 6.103515625e-05
 
@@ -46,7 +47,7 @@ def fold_bn(ctx) -> int:
         if bn.name not in graph:
             continue
         (src,) = graph.inputs_of(bn.name)
-        if src.op in ("conv", "linear"):
+        if src.op in PRODUCERS:
             if only_user(graph, src.name) != bn.name:
                 ctx.refuse("fold-bn", bn.name, f"{src.op} output {src.name} has other users")
             else:
@@ -62,7 +63,7 @@ def fold_bn(ctx) -> int:
                 count += 1
                 continue
             ctx.refuse("fold-bn", bn.name, reason)
-        elif src.op not in ("conv", "linear"):
+        elif src.op not in PRODUCERS:
             ctx.refuse("fold-bn", bn.name, f"follows {src.op}, not a conv or linear, and no conv or linear reads "
                                            "only it")
     _report_fp16(ctx, fp16)

@@ -1,0 +1,73 @@
+"""fold-bn: batch norms folded into adjacent convs and linears, exactly."""
+
+import numpy as np
+import pytest
+
+from cnncomp.passes.fold_bn import bn_scale_shift
+
+H = "network n\ninput x: [N, 8, 12, 12]\n"
+FP32 = 1e-5  # float32 arithmetic over a few layers, relative to the output scale
+
+
+def test_conv_then_bn_folds_into_the_conv(run_passes):
+    opt = run_passes(H + "y = x -> conv(16, k=3, p=1, bias=false) -> bn -> relu\noutput y\n", "fold-bn")
+    assert opt.rewrites("fold-bn") == 1
+    assert opt.ops() == ["conv", "relu"]
+    assert opt.graph.layer("y.0").attrs["bias"] is True
+    assert opt.max_error() < FP32
+
+
+def test_linear_then_bn(run_passes):
+    opt = run_passes("network n\ninput x: [N, 20]\ny = x -> linear(12) -> bn -> relu\noutput y\n", "fold-bn")
+    assert (opt.rewrites("fold-bn"), opt.ops()) == (1, ["linear", "relu"])
+    assert opt.max_error() < FP32
+
+
+def test_bn_then_unpadded_conv_folds_into_the_conv(run_passes):
+    opt = run_passes(H + "y = x -> relu -> bn -> conv(6, k=3, g=2) -> relu\noutput y\n", "fold-bn")
+    assert (opt.rewrites("fold-bn"), opt.ops()) == (1, ["relu", "conv", "relu"])
+    assert opt.max_error() < FP32
+
+
+def test_bn_then_linear(run_passes):
+    opt = run_passes("network n\ninput x: [N, 20]\ny = x -> relu -> bn -> linear(5)\noutput y\n", "fold-bn")
+    assert (opt.rewrites("fold-bn"), opt.ops()) == (1, ["relu", "linear"])
+    assert opt.max_error() < FP32
+
+
+def test_refuses_when_the_conv_output_has_other_users(run_passes):
+    text = H + "c = x -> conv(8, k=3, p=1)\ny = c -> bn\nz = c + y\noutput z\n"
+    opt = run_passes(text, "fold-bn")
+    assert opt.rewrites("fold-bn") == 0
+    assert "bn" in opt.ops()
+    assert any("has other users" in line for line in opt.log)
+    assert opt.max_error() < FP32
+
+
+def test_refuses_bn_before_a_padded_conv(run_passes):
+    opt = run_passes(H + "y = x -> relu -> bn -> conv(8, k=3, p=1)\noutput y\n", "fold-bn")
+    assert opt.rewrites("fold-bn") == 0
+    assert any("pads its input" in line for line in opt.log)
+
+
+@pytest.mark.parametrize("spec", ["specs/resnet18.cnn", "specs/mobilenet_v2.cnn", "specs/densenet121.cnn"])
+def test_no_batch_norm_left_on_real_specs(run_passes, spec):
+    opt = run_passes(spec, "fold-bn")
+    remaining = [l.name for l in opt.graph.layers() if l.op == "bn"]
+    if spec.endswith("densenet121.cnn"):
+        # Pre-activation: norm1, the transitions' norm and norm5 read a concat or a relu-less path and feed a
+        # relu, so there is no conv next to them to fold into; every norm2 and norm0 folds.
+        assert remaining and all(name.endswith(("norm1", ".norm", "norm5")) for name in remaining)
+        assert not any(name.endswith(("norm2", "norm0")) for name in remaining)
+    else:
+        assert remaining == []
+    assert opt.max_error() < 1e-4  # deep networks: float32 error grows with depth
+
+
+def test_scale_shift_formula():
+    class Ctx:
+        weights = {"b.weight": np.array([2.0]), "b.bias": np.array([1.0]), "b.running_mean": np.array([3.0]),
+                   "b.running_var": np.array([3.0])}
+
+    s, t = bn_scale_shift(Ctx, "b", 1.0)
+    assert s == pytest.approx([1.0]) and t == pytest.approx([-2.0])  # 2/sqrt(4) = 1; 1 - 3*1 = -2
