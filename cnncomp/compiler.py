@@ -42,7 +42,7 @@ def load_weights_for(graph: LayerGraph, weights=None, seed: int = 0) -> dict[str
         return init_weights(graph, seed)
     if isinstance(weights, (str, Path)):
         return load_weights(weights, graph)
-    return check_weights(dict(weights), graph, "the weights")
+    return check_weights(dict(weights), graph, "the weights dict")
 
 
 def resolve_steps(opt_level: int = 1, passes=None):

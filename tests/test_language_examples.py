@@ -81,3 +81,15 @@ output t
 """
     names = {layer.name for layer in load_text(text, "n.cnn").layers()}
     assert {"stem", "layer1.0.conv1", "layer1.0.bn1", "layer1.0", "layer1.0.0", "block1.conv1", "block2.bn1"} <= names
+
+
+def test_a_merge_may_read_one_tensor_twice():
+    from cnncomp.backends.reference import run_reference
+    from cnncomp.backends.verify import make_inputs
+
+    graph = load_text("network n\ninput x: [N, 3, 4, 4]\ny = x -> relu\nw = y + y\nz = concat(w, w)\noutput z\n")
+    assert graph.input_names("w") == ["y.0", "y.0"] and graph.input_names("z") == ["w", "w"]
+    feeds = make_inputs(graph)
+    out = run_reference(graph, {}, feeds)["z"]
+    expected = 2 * feeds["x"].clip(0)
+    assert out.shape == (2, 6, 4, 4) and (abs(out[:, :3] - expected) < 1e-6).all()

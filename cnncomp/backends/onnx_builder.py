@@ -23,7 +23,8 @@ names, so the same graph always gives the same bytes.
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import onnx
@@ -91,6 +92,10 @@ class OnnxBuilder:
             i += 1
         self._node_names.add(name)
         return name
+
+    def is_defined(self, name: str) -> bool:
+        """Whether some node output or initializer already has this name."""
+        return name in self._produced
 
     def _define(self, name: str) -> None:
         if not name:

@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
+import secrets
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Callable, Mapping
 
 import numpy as np
 
@@ -76,9 +76,19 @@ def read_weights_file(path: str | Path) -> dict[str, np.ndarray]:
     except CnnError:
         raise
     except Exception as exc:  # corrupt file, pickled objects refused by weights_only, ...
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CnnError(f"cannot read weights file '{path}': {first}") from None
+        raise CnnError(f"cannot read weights file '{path}': {_load_reason(exc)}") from None
     return _tensors(raw, path)
+
+
+def _load_reason(exc: Exception) -> str:
+    """The useful part of a loader's message (torch's weights_only refusals are long)."""
+    text = str(exc).strip()
+    if "WeightsUnpickler error:" in text:
+        detail = " ".join(text.split("WeightsUnpickler error:", 1)[1].split())
+        detail = detail.split(" Please use ", 1)[0].split(" Check the documentation", 1)[0]
+        advice = "; save model.state_dict(), not the model" if "Unsupported global" in detail else ""
+        return f"torch.load with weights_only=True refused it ({detail.rstrip('.')}){advice}"
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _tensors(raw, path: Path) -> dict[str, np.ndarray]:
@@ -94,12 +104,16 @@ def _tensors(raw, path: Path) -> dict[str, np.ndarray]:
         if not isinstance(value, torch.Tensor):
             continue
         key = str(key)
-        if key.startswith("module."):
-            key = key[len("module."):]
-        out[key] = _to_numpy(value)
+        out[key.removeprefix("module.")] = _to_numpy(value)
     if not out and raw:
         raise CnnError(f"weights file '{path}' holds no tensors (expected a state_dict)")
     return out
+
+
+def _as_array(value) -> np.ndarray:
+    if hasattr(value, "detach"):  # a torch tensor
+        return _to_numpy(value)
+    return np.asarray(value)
 
 
 def _to_numpy(t) -> np.ndarray:
@@ -116,7 +130,7 @@ def load_weights(path: str | Path, graph) -> dict[str, np.ndarray]:
     return check_weights(read_weights_file(path), graph, f"weights file '{path}'")
 
 
-def check_weights(weights: Mapping[str, np.ndarray], graph, source: str = "the weights",
+def check_weights(weights: Mapping[str, np.ndarray], graph, source: str = "the weights dict",
                   allow_unexpected: bool = False) -> dict[str, np.ndarray]:
     """Check weights against the graph; return them as numpy arrays, or raise one error listing every problem."""
     specs = expected_weights(graph)
@@ -126,8 +140,7 @@ def check_weights(weights: Mapping[str, np.ndarray], graph, source: str = "the w
         if name not in weights:
             missing.append(f"{name} {_fmt(spec.shape)}")
             continue
-        array = np.asarray(weights[name].detach().cpu().numpy() if hasattr(weights[name], "detach")
-                           else weights[name])
+        array = _as_array(weights[name])
         if array.dtype not in FLOAT_DTYPES:
             if np.issubdtype(array.dtype, np.floating):
                 array = array.astype(np.float32)
@@ -183,9 +196,7 @@ def _fmt(shape) -> str:
 def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
     """Write a file through a temporary file in the same folder, then rename it into place."""
     path = Path(path)
-    folder = path.parent if str(path.parent) else Path(".")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-    os.close(fd)
+    tmp = str(path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"))
     try:
         write(tmp)
         os.replace(tmp, path)

@@ -1,7 +1,8 @@
 """LayerGraph: the layer graph over networkx, with every shape known.
 
 A node is a layer, keyed by its layer name. Its data is a `Layer`. An edge
-`u -> v` carries `slot`, the position of u's output among v's inputs.
+`u -> v` carries `slot`, the position of u's output among v's inputs; it is a
+multigraph because a merge may read one tensor twice (`y + y`, `concat(y, y)`).
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ class LayerGraph:
 
     def __init__(self, name: str = "network"):
         self.name = name
-        self.g = nx.DiGraph()
+        self.g = nx.MultiDiGraph()
         self.inputs: list[str] = []
         self.outputs: list[str] = []
         self.output_names: list[str] = []  # the spec names of the outputs, in order
@@ -64,15 +65,15 @@ class LayerGraph:
 
     def redirect_users(self, old: str, new: str) -> None:
         """Make every user of `old` read `new` instead (same slots); outputs follow."""
-        for _, user, slot in list(self.g.out_edges(old, data="slot")):
-            self.g.remove_edge(old, user)
+        for _, user, key, slot in list(self.g.out_edges(old, keys=True, data="slot")):
+            self.g.remove_edge(old, user, key)
             self.g.add_edge(new, user, slot=slot)
         self.outputs = [new if o == old else o for o in self.outputs]
 
     def set_inputs(self, name: str, inputs: list[str]) -> None:
         """Replace the inputs of a layer, slots in list order."""
-        for src, _ in list(self.g.in_edges(name)):
-            self.g.remove_edge(src, name)
+        for src, _, key in list(self.g.in_edges(name, keys=True)):
+            self.g.remove_edge(src, name, key)
         for slot, src in enumerate(inputs):
             self.g.add_edge(src, name, slot=slot)
 

@@ -6,7 +6,7 @@ import math
 
 from cnncomp.errors import CnnError
 from cnncomp.ops.registry import (
-    Op, Param, WeightSpec, Window, as_tuple, check_channels, numel, positive_ints, register,
+    Op, Param, WeightSpec, Window, as_tuple, check_channels, compact, numel, padding_arg, positive_ints, register,
     resolve_padding, spatial_rank, window_output,
 )
 
@@ -43,6 +43,12 @@ def _conv_shape(op_name: str, attrs: dict, shape: tuple) -> tuple:
         for i, (n, k, s, d) in enumerate(zip(shape[2:], attrs["kernel"], attrs["stride"], attrs["dilation"]))
     )
     return (shape[0], attrs["out"]) + spatial
+
+
+def _conv_spec_args(attrs: dict) -> dict:
+    return {"out": attrs["out"], "k": compact(attrs["kernel"]), "s": compact(attrs["stride"]),
+            "p": padding_arg(attrs["pads"]), "d": compact(attrs["dilation"]), "g": attrs["groups"],
+            "bias": attrs["bias"]}
 
 
 def _conv_weights(attrs: dict) -> dict[str, WeightSpec]:
@@ -88,6 +94,9 @@ class Conv(Op):
 
     def infer_shape(self, attrs, shapes):
         return _conv_shape(self.name, attrs, shapes[0])
+
+    def spec_args(self, attrs):
+        return _conv_spec_args(attrs)
 
     def weight_specs(self, attrs, shapes):
         return _conv_weights(attrs)
@@ -141,6 +150,9 @@ class DeformConv(Op):
         if tuple(off[2:]) != tuple(out[2:]):
             raise CnnError(f"deform_conv: offsets spatial size {list(off[2:])} must equal the output's {list(out[2:])}")
         return out
+
+    def spec_args(self, attrs):
+        return {**_conv_spec_args(attrs), "offset_groups": attrs["offset_groups"]}
 
     def weight_specs(self, attrs, shapes):
         return _conv_weights(attrs)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from cnncomp.errors import CnnError
 from cnncomp.ops.registry import (
-    Op, Param, Window, as_tuple, positive_ints, register, resolve_padding, spatial_rank, window_output,
+    Op, Param, Window, as_tuple, compact, padding_arg, positive_ints, register, resolve_padding, spatial_rank,
+    window_output,
 )
-from cnncomp.ops.conv import torch_pad_then
 
 
 def _pool_attrs(op_name: str, args: dict, shape: tuple) -> dict:
@@ -22,6 +22,13 @@ def _pool_attrs(op_name: str, args: dict, shape: tuple) -> dict:
     return {"kernel": kernel, "stride": stride, "pads": pads, "dilation": dilation, "ceil": bool(args.get("ceil", False))}
 
 
+def _pool_spec_args(op: Op, attrs: dict) -> dict:
+    full = {"k": compact(attrs["kernel"]), "s": compact(attrs["stride"]), "p": padding_arg(attrs["pads"]),
+            "ceil": attrs["ceil"], "d": compact(attrs["dilation"]), "count_pad": attrs.get("count_pad"),
+            "norm": attrs.get("norm")}
+    return {p.name: full[p.name] for p in op.params}
+
+
 def _pool_shape(op_name: str, attrs: dict, shape: tuple) -> tuple:
     rank = len(attrs["kernel"])
     spatial = tuple(
@@ -31,13 +38,50 @@ def _pool_shape(op_name: str, attrs: dict, shape: tuple) -> tuple:
     return tuple(shape[:2]) + spatial
 
 
+class _WindowPool(Op):
+    """Shared by the sliding-window pools: arguments back from attributes."""
+
+    spatial_only = True
+
+    def spec_args(self, attrs):
+        return _pool_spec_args(self, attrs)
+
+
 def _pool_window(attrs: dict) -> Window:
     return Window(tuple(d * (k - 1) + 1 for k, d in zip(attrs["kernel"], attrs["dilation"])), attrs["stride"])
 
 
-def _pool_onnx_attrs(a: dict) -> dict:
-    return {"kernel_shape": list(a["kernel"]), "strides": list(a["stride"]), "pads": list(a["pads"]),
-            "ceil_mode": int(a["ceil"])}
+def _pool_onnx_attrs(a: dict, pads: list | None = None) -> dict:
+    return {"kernel_shape": list(a["kernel"]), "strides": list(a["stride"]),
+            "pads": list(a["pads"] if pads is None else pads)}
+
+
+def _onnx_pool_pads(b, layer, x: str) -> list:
+    """ONNX pads for a pooling layer, with ceil mode turned into extra end padding.
+
+    ONNX shape inference (onnx 1.23) sizes ceil-mode outputs without the rule,
+    applied by PyTorch and ONNX Runtime, that drops a last window starting in
+    the end padding ([N, C, 5, 5], k=2, s=2, p=1: inference says 4, both
+    runtimes give 3). Padding the end explicitly (by as much as the last window
+    needs) and pooling in floor mode gives the same size everywhere.
+    """
+    a = layer.attrs
+    pads = list(a["pads"])
+    if a["ceil"]:
+        rank = len(a["kernel"])
+        in_spatial = tuple(b.shape(x)[2:])
+        if all(isinstance(n, int) for n in in_spatial):
+            for i, extra in enumerate(_ceil_extra(in_spatial, a, tuple(layer.shape[2:]))):
+                pads[rank + i] += extra
+    return pads
+
+
+def _onnx_pad(b, layer, x: str, pads: list, value: float) -> str:
+    """An explicit constant Pad node for ONNX-order spatial pads."""
+    rank = len(pads) // 2
+    full = [0, 0] + list(pads[:rank]) + [0, 0] + list(pads[rank:])
+    return b.node("Pad", [x, b.const_int64(full, layer.name + "/pads"), b.const_scalar(value, layer.dtype)],
+                  b.fresh(layer.name + "/padded"), mode="constant")
 
 
 def _ceil_extra(shape_in: tuple, attrs: dict, out_spatial: tuple) -> tuple:
@@ -55,9 +99,18 @@ def _ceil_extra(shape_in: tuple, attrs: dict, out_spatial: tuple) -> tuple:
 def _torch_max(x, attrs):
     import torch.nn.functional as F
 
-    x, pads = torch_pad_then(x, attrs["pads"], value=float("-inf"))
     pool = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}[len(attrs["kernel"])]
-    return pool(x, attrs["kernel"], attrs["stride"], pads, attrs["dilation"], ceil_mode=attrs["ceil"])
+    rank, pads = len(attrs["kernel"]), attrs["pads"]
+    if pads[:rank] == pads[rank:] and all(2 * p <= k for p, k in zip(pads, attrs["kernel"])):
+        return pool(x, attrs["kernel"], attrs["stride"], pads[:rank], attrs["dilation"], ceil_mode=attrs["ceil"])
+    # Asymmetric padding, or more than F.max_pool allows (half the kernel, not of the dilated
+    # window): pad with -inf by as much as the last window needs, then pool in floor mode.
+    # (Pre-padding and pooling in ceil mode would let the last window start in the end padding.)
+    out_spatial = _pool_shape("maxpool", attrs, tuple(x.shape))[2:]
+    extra = _ceil_extra(tuple(x.shape[2:]), attrs, out_spatial)
+    torch_pads = [p for i in reversed(range(rank)) for p in (pads[i], pads[i + rank] + extra[i])]
+    x = F.pad(x, torch_pads, value=float("-inf"))
+    return pool(x, attrs["kernel"], attrs["stride"], 0, attrs["dilation"])
 
 
 def _sum_pool(x, kernel, stride):
@@ -75,7 +128,7 @@ MAXPOOL_PARAMS = (Param("k", "spatial"), Param("s", "spatial", None), Param("p",
 
 
 @register
-class MaxPool(Op):
+class MaxPool(_WindowPool):
     name = "maxpool"
     params = MAXPOOL_PARAMS + (Param("d", "spatial", 1),)
     spatial_only = True
@@ -91,15 +144,19 @@ class MaxPool(Op):
         return _pool_window(attrs)
 
     def to_onnx(self, b, layer, inputs, weights):
-        return b.node("MaxPool", [inputs[0]], layer.name, dilations=list(layer.attrs["dilation"]),
-                      **_pool_onnx_attrs(layer.attrs))
+        a, x = layer.attrs, inputs[0]
+        pads = _onnx_pool_pads(b, layer, x)
+        if max(pads) >= min(a["kernel"]):
+            # ONNX Runtime refuses pads >= kernel (dilated windows allow them): pad with -inf first.
+            x, pads = _onnx_pad(b, layer, x, pads, float("-inf")), [0] * len(pads)
+        return b.node("MaxPool", [x], layer.name, dilations=list(a["dilation"]), **_pool_onnx_attrs(a, pads))
 
     def torch_ref(self, attrs, inputs, weights):
         return _torch_max(inputs[0], attrs)
 
 
 @register
-class MinPool(Op):
+class MinPool(_WindowPool):
     name = "minpool"
     params = (Param("k", "spatial"), Param("s", "spatial", None), Param("p", "padding", 0))
     spatial_only = True
@@ -124,7 +181,7 @@ class MinPool(Op):
 
 
 @register
-class AvgPool(Op):
+class AvgPool(_WindowPool):
     name = "avgpool"
     params = MAXPOOL_PARAMS + (Param("count_pad", "bool", False),)
     spatial_only = True
@@ -142,8 +199,18 @@ class AvgPool(Op):
         return _pool_window(attrs)
 
     def to_onnx(self, b, layer, inputs, weights):
-        return b.node("AveragePool", [inputs[0]], layer.name, count_include_pad=int(layer.attrs["count_pad"]),
-                      **_pool_onnx_attrs(layer.attrs))
+        # Ceil mode becomes extra end padding (see _onnx_pool_pads). PyTorch never counts that
+        # extra in the divisor, even with count_pad; so with count_pad the spec's padding is
+        # made explicit zeros (counted as data) and only the extra is left to AveragePool.
+        a, x = layer.attrs, inputs[0]
+        pads = _onnx_pool_pads(b, layer, x)
+        if a["count_pad"] and pads != list(a["pads"]):
+            if any(a["pads"]):
+                x = _onnx_pad(b, layer, x, list(a["pads"]), 0.0)
+            pads = [p - q for p, q in zip(pads, a["pads"])]
+            return b.node("AveragePool", [x], layer.name, count_include_pad=0, **_pool_onnx_attrs(a, pads))
+        return b.node("AveragePool", [x], layer.name, count_include_pad=int(a["count_pad"]),
+                      **_pool_onnx_attrs(a, pads))
 
     def torch_ref(self, attrs, inputs, weights):
         # Independent of F.avg_pool: a sum over each window divided by the number of
@@ -172,7 +239,7 @@ class AvgPool(Op):
 
 
 @register
-class LpPool(Op):
+class LpPool(_WindowPool):
     name = "lppool"
     params = (Param("k", "spatial"), Param("s", "spatial", None), Param("norm", "int", 2))
     spatial_only = True

@@ -5,7 +5,9 @@ from __future__ import annotations
 import math
 
 from cnncomp.errors import CnnError
-from cnncomp.ops.registry import Op, Param, Window, as_tuple, check_channels, register, resolve_padding, spatial_rank
+from cnncomp.ops.registry import (
+    Op, Param, Window, as_tuple, check_channels, padding_arg, register, resolve_padding, spatial_rank,
+)
 
 
 @register
@@ -204,6 +206,9 @@ class Pad(Op):
             raise CnnError("pad: p=same needs a kernel; give the padding explicitly")
         pads = resolve_padding(args["p"], rank, (1,) * rank, (1,) * rank, (1,) * rank, shapes[0][2:])
         return {"pads": pads, "value": float(args["value"])}
+
+    def spec_args(self, attrs):
+        return {"p": padding_arg(attrs["pads"]), "value": attrs["value"]}
 
     def infer_shape(self, attrs, shapes):
         rank = spatial_rank(shapes[0])
