@@ -59,7 +59,7 @@ def resolve_steps(opt_level: int = 1, passes=None):
 
 def optimize(spec, defines=None, weights=None, seed: int = 0, opt_level: int = 1, passes=None,
              lint: bool = False, after_each=None, max_error: float | None = None, autotune: bool = False,
-             provider: str = "cpu") -> Compiled:
+             provider: str = "cpu", calibration: dict | None = None) -> Compiled:
     """Load a spec and run its passes: -O<level>, or an explicit list."""
     from cnncomp.passes import PassContext, run_pipeline
 
@@ -73,7 +73,7 @@ def optimize(spec, defines=None, weights=None, seed: int = 0, opt_level: int = 1
         from cnncomp.passes.budget import apply_within_budget
 
         records += apply_within_budget(ctx, ref_graph, ref_weights, max_error=max_error, autotune=autotune,
-                                       seed=seed, provider=provider)
+                                       seed=seed, provider=provider, calibration=calibration)
     return Compiled(ref_graph, ref_weights, ctx.graph, ctx.weights, records, ctx.log, ctx.warnings)
 
 

@@ -20,14 +20,13 @@ together in one error.
 from __future__ import annotations
 
 import hashlib
-import os
-import secrets
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 
 from cnncomp.errors import CnnError
+from cnncomp.fileio import atomic_write  # noqa: F401  (re-exported: other modules import it from here)
 from cnncomp.ops.registry import WeightSpec, init_weight
 
 # Entries a PyTorch checkpoint may hold that inference never reads.
@@ -191,19 +190,6 @@ def _fmt(shape) -> str:
 
 
 # ---- writing ------------------------------------------------------------------
-
-
-def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
-    """Write a file through a temporary file in the same folder, then rename it into place."""
-    path = Path(path)
-    tmp = str(path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"))
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def save_safetensors(weights: Mapping[str, np.ndarray], path: str | Path) -> None:

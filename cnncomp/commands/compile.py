@@ -9,7 +9,7 @@ architecture can be trained from scratch. --verify then runs the numeric check
 import sys
 
 from cnncomp.commands._common import (
-    add_check_arguments, add_compile_arguments, defines, passes_arg, tolerance, val_range,
+    add_check_arguments, add_compile_arguments, calibration, defines, passes_arg, tolerance, val_range,
 )
 
 EMITTERS = ("onnx", "cnn")
@@ -24,11 +24,12 @@ def add_arguments(p):
 
 
 def run(args) -> int:
-    from cnncomp.backends.weights import atomic_write
+    from cnncomp.fileio import write_text
     from cnncomp.compiler import emit_model, optimize
 
     compiled = optimize(args.spec, defines(args), args.weights, args.seed, args.opt_level, passes_arg(args),
-                        max_error=args.max_error, autotune=args.autotune, provider=args.provider)
+                        max_error=args.max_error, autotune=args.autotune, provider=args.provider,
+                        calibration=calibration(args))
     for w in compiled.warnings:
         sys.stderr.write(f"warning: {w}\n")
     if args.stats:
@@ -42,7 +43,7 @@ def run(args) -> int:
 
         text = emit_cnn(compiled.graph, header=f"{compiled.graph.name} after passes: "
                                               f"{', '.join(compiled.graph.meta.get('passes', [])) or 'none'}")
-        atomic_write(args.output, lambda tmp: open(tmp, "w").write(text))
+        write_text(args.output, text)
         print(f"wrote {args.output}")
         return 0
     notices: list[str] = []

@@ -34,7 +34,7 @@ def _read_input(path: str, names: list[str]) -> dict:
 
 def run(args) -> int:
     from cnncomp.backends.runtime import Session
-    from cnncomp.backends.weights import atomic_write
+    from cnncomp.fileio import save_arrays
     from cnncomp.cli import parse_defines
 
     if args.model.endswith(".cnn"):
@@ -49,10 +49,7 @@ def run(args) -> int:
     feeds = _read_input(args.input, session.input_names)
     outputs = session.run(feeds)
     if args.output:
-        if len(outputs) == 1 and args.output.endswith(".npy"):
-            atomic_write(args.output, lambda tmp: np.save(open(tmp, "wb"), next(iter(outputs.values()))))
-        else:
-            atomic_write(args.output, lambda tmp: np.savez(open(tmp, "wb"), **outputs))
+        save_arrays(args.output, outputs)
         print(f"wrote {args.output}")
     else:
         for name, value in outputs.items():

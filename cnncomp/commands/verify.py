@@ -15,12 +15,9 @@ and names the first pass that broke agreement. Exit status 1 on a mismatch.
 import json
 import sys
 
-import numpy as np
-
 from cnncomp.commands._common import (
-    add_check_arguments, add_compile_arguments, defines, passes_arg, tolerance, val_range,
+    add_check_arguments, add_compile_arguments, calibration, defines, load_npz, passes_arg, tolerance, val_range,
 )
-from cnncomp.errors import CnnError
 
 
 def add_arguments(p):
@@ -34,24 +31,16 @@ def add_arguments(p):
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
-def _load_inputs(path):
-    try:
-        with np.load(path) as data:
-            return {k: data[k] for k in data.files}
-    except (OSError, ValueError) as e:
-        raise CnnError(f"cannot read inputs from {path}: {e}") from None
-
-
 def run(args) -> int:
     from cnncomp.backends.verify import make_inputs, verify
-    from cnncomp.backends.weights import atomic_write
+    from cnncomp.fileio import save_arrays
     from cnncomp.compiler import emit_model, load_graph, optimize
 
     common = dict(provider=args.provider, seed=args.seed, val_range=val_range(args.val_range), batch=args.batch,
                   atol=tolerance(args.atol, "--atol"), rtol=tolerance(args.rtol, "--rtol"),
                   max_error=args.max_error)
     ref_graph = load_graph(args.spec, defines(args))
-    inputs = _load_inputs(args.load_inputs) if args.load_inputs else \
+    inputs = load_npz(args.load_inputs) if args.load_inputs else \
         make_inputs(ref_graph, args.seed, common["val_range"], args.batch)
     broken: list[str] = []
 
@@ -72,7 +61,8 @@ def run(args) -> int:
         compiled_ref_weights.append(load_weights_for(ref_graph, args.weights, args.seed))
     compiled = optimize(ref_graph, None, compiled_ref_weights[0] if compiled_ref_weights else args.weights,
                         args.seed, args.opt_level, passes_arg(args), after_each=check_after if args.verify_each else None,
-                        max_error=args.max_error, autotune=args.autotune, provider=args.provider)
+                        max_error=args.max_error, autotune=args.autotune, provider=args.provider,
+                        calibration=calibration(args))
     model = emit_model(compiled, args.opset)
     report, feeds, outputs = verify(compiled.ref_graph, compiled.ref_weights, model, compiled.graph, inputs=inputs,
                                     per_layer=args.per_layer, **common)
@@ -80,9 +70,9 @@ def run(args) -> int:
         report.ok = False
         report.notes.append(f"the first pass that broke agreement: {broken[0]}")
     if args.save_inputs:
-        atomic_write(args.save_inputs, lambda tmp: np.savez(open(tmp, "wb"), **feeds))
+        save_arrays(args.save_inputs, feeds)
     if args.save_outputs:
-        atomic_write(args.save_outputs, lambda tmp: np.savez(open(tmp, "wb"), **outputs))
+        save_arrays(args.save_outputs, outputs)
     if args.json:
         print(json.dumps(report.to_json(), indent=1))
     else:

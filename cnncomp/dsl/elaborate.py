@@ -4,7 +4,6 @@ infers every shape and names every layer by the language's naming rules."""
 from __future__ import annotations
 
 import difflib
-import math
 from dataclasses import dataclass, field
 
 from cnncomp.dsl import ast

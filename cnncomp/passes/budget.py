@@ -3,8 +3,8 @@
 Candidates are the convs that `bottleneck` or `depthwise` can rewrite, largest MACs
 first. For each, the settings are tried from the cheapest (fewest MACs) up; a
 setting is kept when the network's relative output error, ||y - y_ref|| / ||y_ref||
-over every output with all rewrites kept so far, stays within `max_error` on seeded
-inputs (the reference is the unoptimized graph in float64). With `autotune`, a
+over every output with all rewrites kept so far, stays within `max_error` on
+calibration inputs (or seeded ones) (the reference is the unoptimized graph in float64). With `autotune`, a
 setting is kept only where ONNX Runtime also measures the rewritten layer faster
 than the original on this machine (memory-bound depthwise convs often are not).
 """
@@ -39,15 +39,19 @@ def _settings():
 
 
 def apply_within_budget(ctx: PassContext, ref_graph, ref_weights, max_error: float | None = None,
-                        autotune: bool = False, seed: int = 0, provider: str = "cpu") -> list[PassRecord]:
-    """Apply bottleneck/depthwise rewrites to the layers where they fit the error budget."""
+                        autotune: bool = False, seed: int = 0, provider: str = "cpu",
+                        calibration: dict | None = None) -> list[PassRecord]:
+    """Apply bottleneck/depthwise rewrites to the layers where they fit the error budget.
+
+    The error is measured on `calibration` inputs when given (real data says more than noise),
+    else on seeded uniform inputs in [-1, 1]."""
     import torch
 
     from cnncomp.backends.reference import run_reference
     from cnncomp.backends.verify import make_inputs
 
     budget = DEFAULT_MAX_ERROR if max_error is None else max_error
-    feeds = make_inputs(ref_graph, seed, batch=2)
+    feeds = calibration if calibration is not None else make_inputs(ref_graph, seed, batch=2)
     reference = run_reference(ref_graph, ref_weights, feeds, dtype=torch.float64)
     passes = all_passes()
     records: list[PassRecord] = []

@@ -2,7 +2,6 @@
 skipped where they would not lower MACs, and property-tested over random small convs."""
 
 import numpy as np
-import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
