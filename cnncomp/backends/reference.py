@@ -9,9 +9,10 @@ Every layer's output is checked against the shape the spec inferred.
 `ReferenceModule` is the same interpreter as a trainable torch.nn.Module:
 its state_dict keys are exactly the weight names (`features.0.weight`,
 `layer1.0.bn1.running_var`), learnable weights are Parameters and batch-norm
-running statistics are buffers. Layers always compute their inference form
-(batch norm uses its running statistics, rrelu its mean slope, dropout is
-the identity), in train() mode too; gradients flow to every Parameter.
+running statistics are buffers. In eval() mode layers compute their inference
+form; in train() mode each op's `torch_train` form (batch norm normalizes with
+batch statistics and updates its running ones, dropout drops, rrelu samples its
+slope), as the matching torch.nn modules do; gradients flow to every Parameter.
 """
 
 from __future__ import annotations
@@ -29,8 +30,9 @@ from cnncomp.ops.registry import all_ops, fmt_shape
 WeightGetter = Callable[[str, str], torch.Tensor]  # (layer name, suffix) -> tensor
 
 
-def execute(graph, feeds: Mapping[str, torch.Tensor], weight: WeightGetter) -> dict[str, torch.Tensor]:
-    """Run every layer in order on torch tensors; return every layer's output by layer name."""
+def execute(graph, feeds: Mapping[str, torch.Tensor], weight: WeightGetter,
+            training: bool = False) -> dict[str, torch.Tensor]:
+    """Run every layer in order on torch tensors (training form if asked); return every layer's output."""
     ops = all_ops()
     values: dict[str, torch.Tensor] = {}
     for layer in graph.layers():
@@ -41,7 +43,7 @@ def execute(graph, feeds: Mapping[str, torch.Tensor], weight: WeightGetter) -> d
             op = ops[layer.op]
             ins = [values[u] for u in graph.input_names(layer.name)]
             ws = {suffix: weight(layer.name, suffix) for suffix in layer.weights}
-            out = op.torch_ref(layer.attrs, ins, ws)
+            out = (op.torch_train if training else op.torch_ref)(layer.attrs, ins, ws)
             _check_shape(layer, out)
         except Exception as exc:
             detail = exc.message if isinstance(exc, CnnError) else f"{type(exc).__name__}: {exc}"
@@ -140,7 +142,7 @@ class ReferenceModule(torch.nn.Module):
                            f"got {len(inputs)}")
         feeds = dict(zip(graph.inputs, inputs))
         owners = self._owners
-        values = execute(graph, feeds, lambda layer, suffix: getattr(owners[layer], suffix))
+        values = execute(graph, feeds, lambda layer, suffix: getattr(owners[layer], suffix), training=self.training)
         outs = tuple(values[layer] for layer in graph.outputs)
         return outs[0] if len(outs) == 1 else outs
 

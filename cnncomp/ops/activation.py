@@ -144,6 +144,11 @@ class RRelu(_Pointwise):
 
         return F.rrelu(inputs[0], float(attrs["lower"]), float(attrs["upper"]), training=False)
 
+    def torch_train(self, attrs, inputs, weights):
+        import torch.nn.functional as F
+
+        return F.rrelu(inputs[0], float(attrs["lower"]), float(attrs["upper"]), training=True)
+
 
 @register
 class PRelu(_Pointwise):

@@ -37,6 +37,13 @@ class BatchNorm(Op):
         return (x - weights["running_mean"].reshape(view)) * inv * weights["weight"].reshape(view) \
             + weights["bias"].reshape(view)
 
+    def torch_train(self, attrs, inputs, weights):
+        # batch statistics, and the running ones updated in place as nn.BatchNorm does (momentum 0.1)
+        import torch.nn.functional as F
+
+        return F.batch_norm(inputs[0], weights["running_mean"], weights["running_var"], weights["weight"],
+                            weights["bias"], training=True, momentum=0.1, eps=attrs["eps"])
+
 
 @register
 class GroupNorm(Op):

@@ -97,6 +97,10 @@ class Op:
     def torch_ref(self, attrs: dict[str, Any], inputs: list, weights: dict[str, Any]):
         raise NotImplementedError
 
+    def torch_train(self, attrs: dict[str, Any], inputs: list, weights: dict[str, Any]):
+        """The training form (cnncomp.to_torch in train() mode); the inference form unless overridden."""
+        return self.torch_ref(attrs, inputs, weights)
+
 
 OPS: dict[str, Op] = {}
 

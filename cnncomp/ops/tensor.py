@@ -75,6 +75,11 @@ class Dropout(_Passthrough):
             raise CnnError(f"dropout: p must be in [0, 1), got {args['p']}")
         return {"p": float(args["p"])}
 
+    def torch_train(self, attrs, inputs, weights):
+        import torch.nn.functional as F
+
+        return F.dropout(inputs[0], attrs["p"], training=True)
+
 
 @register
 class Identity(_Passthrough):

@@ -91,7 +91,7 @@ def test_module_state_dict_keys_are_the_weight_names(graph):
 
 def test_module_forward_matches_the_interpreter_and_trains(graph):
     weights = init_weights(graph, 1)
-    module = ReferenceModule(graph, weights)
+    module = ReferenceModule(graph, weights).eval()  # eval(): the inference form the reference computes
     x = _x()
     head, aux = module(torch.from_numpy(x))
     want = run_reference(graph, weights, {"x": x})
@@ -108,16 +108,16 @@ def test_module_forward_matches_the_interpreter_and_trains(graph):
 
 def test_module_double_copy_and_load_state_dict(graph, tmp_path):
     weights = init_weights(graph, 2)
-    module = to_torch(graph, weights)
+    module = to_torch(graph, weights).eval()
     x = _x()
     want64 = run_reference(graph, weights, {"x": x}, dtype=torch.float64)
     head64, _ = copy.deepcopy(module).double()(torch.from_numpy(x).double())
     np.testing.assert_allclose(head64.detach().numpy(), want64["head"], atol=1e-12, rtol=1e-12)
-    other = to_torch(graph, seed=9)
+    other = to_torch(graph, seed=9).eval()
     other.load_state_dict(module.state_dict())
     torch.testing.assert_close(other(torch.from_numpy(x))[0], module(torch.from_numpy(x))[0])
     save_safetensors(weights, tmp_path / "w.safetensors")
-    from_file = to_torch(graph, tmp_path / "w.safetensors")
+    from_file = to_torch(graph, tmp_path / "w.safetensors").eval()
     torch.testing.assert_close(from_file(torch.from_numpy(x))[1], module(torch.from_numpy(x))[1])
 
 
