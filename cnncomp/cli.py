@@ -22,6 +22,8 @@ COMMANDS = {
     "verify": "compile and compare ONNX Runtime with the PyTorch reference",
     "run": "run inference on an ONNX model or a spec",
     "init": "write a spec's seeded weights to .safetensors",
+    "deploy": "write a Triton Inference Server model repository (config.pbtxt and model.onnx)",
+    "graph": "draw the layer graph (Graphviz), blocks as clusters",
 }
 
 

@@ -29,6 +29,7 @@ sys.path.insert(0, str(ROOT))
 from cnncomp.backends.onnx_emit import emit_onnx  # noqa: E402
 from cnncomp.backends.reference import to_torch  # noqa: E402
 from cnncomp.backends.runtime import Session  # noqa: E402
+from cnncomp.backends.weights import load_weights, save_safetensors  # noqa: E402
 from cnncomp.compiler import Compiled, optimize  # noqa: E402
 from cnncomp.passes import PassContext, level_pipeline, run_pipeline  # noqa: E402
 from cnncomp.passes._manager import graph_cost  # noqa: E402
@@ -90,15 +91,23 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--max-error", type=float, default=0.05)
     parser.add_argument("--finetune", type=int, default=0, help="epochs of fine-tuning after -O3 (0: none)")
+    parser.add_argument("--trained", metavar="W", help="reuse trained weights (.safetensors); written if missing")
     args = parser.parse_args()
     torch.set_num_threads(2)
     x_train, y_train, x_test, y_test = load_data()
-    module = to_torch(optimize(SPEC, opt_level=0).ref_graph)
-    start = time.perf_counter()
-    train(module, x_train, y_train, args.epochs)
-    module.eval()
-    trained = {k: v.detach().numpy().copy() for k, v in module.state_dict().items()}
-    print(f"trained {args.epochs} epochs in {time.perf_counter() - start:.1f} s")
+    graph = optimize(SPEC, opt_level=0).ref_graph
+    if args.trained and Path(args.trained).exists():
+        trained = load_weights(args.trained, graph)
+        print(f"loaded trained weights from {args.trained}")
+    else:
+        module = to_torch(graph)
+        start = time.perf_counter()
+        train(module, x_train, y_train, args.epochs)
+        module.eval()
+        trained = {k: v.detach().numpy().copy() for k, v in module.state_dict().items()}
+        print(f"trained {args.epochs} epochs in {time.perf_counter() - start:.1f} s")
+        if args.trained:
+            save_safetensors(trained, args.trained)
 
     o1 = optimize(SPEC, weights=trained, opt_level=1)
     calibration = {"x": x_train[:256]}

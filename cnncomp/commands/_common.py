@@ -11,11 +11,11 @@ def add_compile_arguments(p: argparse.ArgumentParser) -> None:
     """SPEC, -D, -O, --passes, --weights, --seed, --opset."""
     add_spec_arguments(p)
     levels = p.add_mutually_exclusive_group()
-    for level, what in ((0, "no passes"), (1, "the exact passes (default)"),
+    for level, what in ((0, "no passes (the default for --emit torch)"), (1, "the exact passes (default)"),
                         (2, "exact passes and layout-neutral simplifications"),
                         (3, "also the approximate rewrites, under --max-error")):
         levels.add_argument(f"-O{level}", dest="opt_level", action="store_const", const=level, help=what)
-    p.set_defaults(opt_level=1)
+    p.set_defaults(opt_level=None)
     levels.add_argument("--passes", metavar="P,...",
                         help="run these passes instead of a level, e.g. fold-bn,bottleneck(ratio=0.5),depthwise(m=4)")
     p.add_argument("--weights", metavar="W", help="weights: .safetensors or a PyTorch checkpoint (default: seeded)")
@@ -67,6 +67,11 @@ def val_range(text: str) -> tuple[float, float]:
     if not lo < hi:
         raise UsageError(f"--val-range needs LO < HI, got '{text}'")
     return lo, hi
+
+
+def opt_level(args, default: int = 1) -> int:
+    """The -O level given, or the command's default."""
+    return default if args.opt_level is None else args.opt_level
 
 
 def passes_arg(args):

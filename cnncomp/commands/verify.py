@@ -10,13 +10,18 @@ Give --atol/--rtol once for every output or as OUTPUT=VALUE for one.
 --per-layer compares every layer's output and names the first layer that
 diverges, with its spec location. --verify-each runs the check after each pass
 and names the first pass that broke agreement. Exit status 1 on a mismatch.
+
+--precision fp16 converts the emitted model to float16 (weights and compute, after
+the passes) and judges it by the float16 tolerances instead: atol = 1e-2 * max|ref|,
+rtol = 1e-2; the report says so. The per-pass checks of --verify-each stay float32.
 """
 
 import json
 import sys
 
 from cnncomp.commands._common import (
-    add_check_arguments, add_compile_arguments, calibration, defines, load_npz, passes_arg, tolerance, val_range,
+    add_check_arguments, add_compile_arguments, calibration, defines, load_npz, opt_level, passes_arg, tolerance,
+    val_range,
 )
 
 
@@ -29,6 +34,9 @@ def add_arguments(p):
     p.add_argument("--load-inputs", metavar="NPZ", help="use these inputs (npz, keyed by input name)")
     p.add_argument("--save-outputs", metavar="NPZ", help="save ONNX Runtime's outputs (npz)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--precision", choices=("fp32", "fp16"), default="fp32",
+                   help="fp16: convert the model to float16 after the passes and judge it by the float16 "
+                        "tolerances (atol = 1e-2 * max|ref|, rtol = 1e-2)")
 
 
 def run(args) -> int:
@@ -60,12 +68,22 @@ def run(args) -> int:
 
         compiled_ref_weights.append(load_weights_for(ref_graph, args.weights, args.seed))
     compiled = optimize(ref_graph, None, compiled_ref_weights[0] if compiled_ref_weights else args.weights,
-                        args.seed, args.opt_level, passes_arg(args), after_each=check_after if args.verify_each else None,
+                        args.seed, opt_level(args), passes_arg(args), after_each=check_after if args.verify_each else None,
                         max_error=args.max_error, autotune=args.autotune, provider=args.provider,
                         calibration=calibration(args))
     model = emit_model(compiled, args.opset)
-    report, feeds, outputs = verify(compiled.ref_graph, compiled.ref_weights, model, compiled.graph, inputs=inputs,
-                                    per_layer=args.per_layer, **common)
+    opt_graph = compiled.graph
+    if args.precision == "fp16":
+        from cnncomp.backends.fp16 import convert_for_check
+
+        model, inputs, opt_graph = convert_for_check(model, inputs, compiled.graph, args.provider,
+                                                     write=sys.stderr.write)
+    report, feeds, outputs = verify(compiled.ref_graph, compiled.ref_weights, model, opt_graph, inputs=inputs,
+                                    per_layer=args.per_layer, precision=args.precision, **common)
+    if args.precision == "fp16":
+        from cnncomp.backends.fp16 import fp16_note
+
+        report.notes.append(fp16_note(args.atol, args.rtol))
     if broken:
         report.ok = False
         report.notes.append(f"the first pass that broke agreement: {broken[0]}")

@@ -39,16 +39,16 @@ def tucker2(w: np.ndarray, r1: int, r2: int, hooi: int = 0):
     u_out, _ = leading_left_vectors(w.reshape(cout, -1), r2)
     u_in, _ = leading_left_vectors(np.moveaxis(w, 1, 0).reshape(cin, -1), r1)
     for _ in range(hooi):
-        partial = np.einsum("oi...,or->ri...", w, u_out)
+        partial = np.einsum("oi...,or->ri...", w, u_out, optimize=True)
         u_in, _ = leading_left_vectors(np.moveaxis(partial, 1, 0).reshape(cin, -1), r1)
-        partial = np.einsum("oi...,ir->or...", w, u_in)
+        partial = np.einsum("oi...,ir->or...", w, u_in, optimize=True)
         u_out, _ = leading_left_vectors(partial.reshape(cout, -1), r2)
-    core = np.einsum("oi...,or,is->rs...", w, u_out, u_in)
+    core = np.einsum("oi...,or,is->rs...", w, u_out, u_in, optimize=True)
     return u_in, core, u_out
 
 
 def reconstruct(u_in: np.ndarray, core: np.ndarray, u_out: np.ndarray) -> np.ndarray:
-    return np.einsum("rs...,or,is->oi...", core, u_out, u_in)
+    return np.einsum("rs...,or,is->oi...", core, u_out, u_in, optimize=True)
 
 
 def choose_ranks(w: np.ndarray, ratio: float | None, energy: float | None, ranks: tuple) -> tuple[int, int]:

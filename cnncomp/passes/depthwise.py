@@ -49,7 +49,7 @@ def reconstruct(depthwise: np.ndarray, pointwise: np.ndarray, cin: int) -> np.nd
     m = depthwise.shape[0] // cin
     dw = depthwise.reshape((cin, m) + depthwise.shape[2:])
     pw = pointwise.reshape(cout, cin, m)
-    return np.einsum("oij,ij...->oi...", pw, dw)
+    return np.einsum("oij,ij...->oi...", pw, dw, optimize=True)
 
 
 def multiplier_for_energy(w: np.ndarray, energy: float) -> int:

@@ -1,0 +1,89 @@
+"""Pass benchmarks: ONNX Runtime latency of bundled specs at -O0, -O1 and under the rewrites.
+
+Run by hand: `python tools/bench_passes.py [--specs resnet50,mobilenet_v2,vgg16] [--runs 20]`.
+For each spec it prints, against -O0 measured in the same run: MACs, median latency (batch 1,
+ONNX Runtime CPU, default graph optimizations) and the ratio, and for each rewrite setting its
+measured relative L2 output error against the float64 reference on seeded inputs. The weights are
+seeded, not trained: the errors say how much each setting perturbs a random network, not what
+accuracy a trained one keeps (tools/digits_demo.py measures that on real data).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from cnncomp.backends.onnx_emit import emit_onnx  # noqa: E402
+from cnncomp.backends.reference import run_reference  # noqa: E402
+from cnncomp.backends.runtime import Session  # noqa: E402
+from cnncomp.backends.verify import make_inputs  # noqa: E402
+from cnncomp.compiler import optimize  # noqa: E402
+from cnncomp.passes._manager import graph_cost  # noqa: E402
+from cnncomp.passes.budget import relative_output_error  # noqa: E402
+
+SETTINGS = [
+    ("-O0", dict(opt_level=0)),
+    ("-O1", dict(opt_level=1)),
+    ("-O2", dict(opt_level=2)),
+    ("bottleneck(ratio=0.5)", dict(passes="fold-bn,bottleneck(ratio=0.5)")),
+    ("bottleneck(ratio=0.25)", dict(passes="fold-bn,bottleneck(ratio=0.25)")),
+    ("depthwise(m=2)", dict(passes="fold-bn,depthwise(m=2)")),
+    ("depthwise(m=1)", dict(passes="fold-bn,depthwise(m=1)")),
+]
+
+
+def median_latency(model, feeds, runs: int) -> float:
+    session = Session(model, quiet=True)
+    for _ in range(3):
+        session.run(feeds)
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        session.run(feeds)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main() -> None:
+    import torch
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--specs", default="resnet50,mobilenet_v2,vgg16")
+    parser.add_argument("--runs", type=int, default=20)
+    args = parser.parse_args()
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; {date.today()}; "
+          f"ONNX Runtime CPU, batch 1, median of {args.runs} runs")
+    for name in args.specs.split(","):
+        spec = ROOT / "specs" / f"{name}.cnn"
+        base = optimize(spec, opt_level=0)
+        feeds = make_inputs(base.ref_graph, 0, batch=1)
+        reference = run_reference(base.ref_graph, base.ref_weights, feeds, dtype=torch.float64)
+        print(f"\n{name}")
+        print(f"  {'setting':<24} {'MACs':>15} {'ms':>9} {'vs -O0':>7} {'rel L2 error':>13}")
+        baseline = None
+        for label, options in SETTINGS:
+            compiled = optimize(spec, **options)
+            model = emit_onnx(compiled.graph, compiled.weights)
+            ms = median_latency(model, feeds, args.runs) * 1e3
+            baseline = baseline or ms
+            got = Session(model, quiet=True).run(feeds)
+            error = relative_output_error(got, reference)
+            print(f"  {label:<24} {graph_cost(compiled.graph)[1]:>15,} {ms:>9.2f} {baseline / ms:>6.2f}x "
+                  f"{error:>13.3g}")
+            sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    np.seterr(all="ignore")
+    main()
