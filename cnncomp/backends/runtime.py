@@ -86,7 +86,7 @@ class Session:
     """An ONNX Runtime inference session over a model (path, bytes or ModelProto)."""
 
     def __init__(self, model, provider: str = "cpu", trt: TensorRTOptions | None = None, threads: int = 0,
-                 optimization: str = "all", quiet: bool = False):
+                 optimization: str = "all", quiet: bool = False, spinning: bool = True):
         import onnxruntime as ort
 
         self.providers = resolve_providers(provider, trt, quiet)
@@ -94,6 +94,8 @@ class Session:
         options.log_severity_level = 3
         if threads:
             options.intra_op_num_threads = threads
+        if not spinning:  # idle worker threads would steal the cores of other sessions timed beside this one
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.graph_optimization_level = {
             "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
             "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,

@@ -206,8 +206,10 @@ def verify(ref_graph: LayerGraph, ref_weights: dict, model, opt_graph: LayerGrap
     if budget is not None:
         report.notes.append(f"approximate rewrites ran: outputs are judged by relative L2 error <= {budget:g}")
     if per_layer:
+        from cnncomp.progress import progress
+
         aliases = opt_graph.meta.get("aliases", {})
-        for layer in opt_graph.layers():
+        for layer in progress(list(opt_graph.layers()), label="compare layers"):
             if layer.name not in tensors:
                 continue
             ref_name = aliases.get(layer.name, layer.name)

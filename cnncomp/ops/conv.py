@@ -82,8 +82,21 @@ def torch_pad_then(x, pads: tuple, value: float = 0.0):
     return F.pad(x, torch_pads, value=value), (0,) * rank
 
 
+class _ConvFamily(Op):
+    """What conv and deform_conv share: weights, MACs and window follow from the conv attributes."""
+
+    def weight_specs(self, attrs, shapes):
+        return _conv_weights(attrs)
+
+    def macs(self, attrs, shapes, out):
+        return _conv_macs(attrs, out)
+
+    def window(self, attrs, shapes):
+        return _conv_window(attrs)
+
+
 @register
-class Conv(Op):
+class Conv(_ConvFamily):
     name = "conv"
     params = _CONV_PARAMS
     spatial_only = True
@@ -97,15 +110,6 @@ class Conv(Op):
 
     def spec_args(self, attrs):
         return _conv_spec_args(attrs)
-
-    def weight_specs(self, attrs, shapes):
-        return _conv_weights(attrs)
-
-    def macs(self, attrs, shapes, out):
-        return _conv_macs(attrs, out)
-
-    def window(self, attrs, shapes):
-        return _conv_window(attrs)
 
     def to_onnx(self, b, layer, inputs, weights):
         a = layer.attrs
@@ -123,7 +127,7 @@ class Conv(Op):
 
 
 @register
-class DeformConv(Op):
+class DeformConv(_ConvFamily):
     name = "deform_conv"
     params = (Param("offsets", "tensor"),) + _CONV_PARAMS + (Param("offset_groups", "int", 1),)
     spatial_only = True
@@ -153,15 +157,6 @@ class DeformConv(Op):
 
     def spec_args(self, attrs):
         return {**_conv_spec_args(attrs), "offset_groups": attrs["offset_groups"]}
-
-    def weight_specs(self, attrs, shapes):
-        return _conv_weights(attrs)
-
-    def macs(self, attrs, shapes, out):
-        return _conv_macs(attrs, out)
-
-    def window(self, attrs, shapes):
-        return _conv_window(attrs)
 
     def to_onnx(self, b, layer, inputs, weights):
         a = layer.attrs

@@ -57,8 +57,10 @@ def apply_within_budget(ctx: PassContext, ref_graph, ref_weights, max_error: flo
     records: list[PassRecord] = []
     from cnncomp.passes.bottleneck import candidates
 
+    from cnncomp.progress import progress
+
     layers = sorted(candidates(ctx.graph), key=lambda l: -layer_macs(ctx.graph, l))
-    for layer in layers:
+    for layer in progress(layers, label="-O3 rewrites"):
         before = graph_cost(ctx.graph)
         trials = []
         for setting in _settings():
