@@ -23,6 +23,7 @@ class Compiled:
     records: list = field(default_factory=list)
     log: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    fp16_warnings: list[str] = field(default_factory=list)
 
 
 def load_graph(spec, defines: dict | None = None) -> LayerGraph:
@@ -74,7 +75,8 @@ def optimize(spec, defines=None, weights=None, seed: int = 0, opt_level: int = 1
 
         records += apply_within_budget(ctx, ref_graph, ref_weights, max_error=max_error, autotune=autotune,
                                        seed=seed, provider=provider, calibration=calibration)
-    return Compiled(ref_graph, ref_weights, ctx.graph, ctx.weights, records, ctx.log, ctx.warnings)
+    return Compiled(ref_graph, ref_weights, ctx.graph, ctx.weights, records, ctx.log, ctx.warnings,
+                    ctx.fp16_warnings)
 
 
 def emit_model(compiled: Compiled, opset: int = 17, notices: list[str] | None = None):

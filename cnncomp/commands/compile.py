@@ -62,7 +62,7 @@ def run(args) -> int:
     compiled = optimize(args.spec, defines(args), args.weights, args.seed, level, passes_arg(args),
                         max_error=args.max_error, autotune=args.autotune, provider=args.provider,
                         calibration=calibration(args))
-    for w in compiled.warnings:
+    for w in compiled.warnings + (compiled.fp16_warnings if args.precision == "fp16" else []):
         sys.stderr.write(f"warning: {w}\n")
     if args.stats:
         from cnncomp.passes import format_stats

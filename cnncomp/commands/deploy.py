@@ -54,7 +54,7 @@ def run(args) -> int:
 
     compiled = optimize(args.spec, defines(args), args.weights, args.seed, opt_level(args), passes_arg(args),
                         max_error=args.max_error, autotune=args.autotune, calibration=calibration(args))
-    for w in compiled.warnings:
+    for w in compiled.warnings + (compiled.fp16_warnings if args.precision == "fp16" else []):
         sys.stderr.write(f"warning: {w}\n")
     notices: list[str] = []
     model = emit_model(compiled, args.opset, notices)

@@ -28,6 +28,7 @@ class PassContext:
     weights: dict[str, np.ndarray]
     log: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    fp16_warnings: list[str] = field(default_factory=list)  # shown when the target is float16
 
     def refuse(self, pass_name: str, layer: str, reason: str) -> None:
         self.log.append(f"{pass_name}: skipped {layer}: {reason}")

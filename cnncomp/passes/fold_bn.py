@@ -77,7 +77,7 @@ def _report_fp16(ctx, fp16: dict) -> None:
         counts = fp16[kind]
         if counts:
             worst = max(counts, key=counts.get)
-            ctx.warnings.append(f"fold-bn: {sum(counts.values())} folded weights in {len(counts)} layers {what}; "
+            ctx.fp16_warnings.append(f"fold-bn: {sum(counts.values())} folded weights in {len(counts)} layers {what}; "
                                 f"most in {worst} ({counts[worst]})")
 
 

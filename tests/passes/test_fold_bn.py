@@ -71,3 +71,18 @@ def test_scale_shift_formula():
 
     s, t = bn_scale_shift(Ctx, "b", 1.0)
     assert s == pytest.approx([1.0]) and t == pytest.approx([-2.0])  # 2/sqrt(4) = 1; 1 - 3*1 = -2
+
+
+def test_folded_weights_leaving_the_float16_range_are_reported():
+    from cnncomp.backends.weights import init_weights
+    from cnncomp.dsl.loader import load_text
+    from cnncomp.passes import PassContext, parse_pass_list, run_pipeline
+
+    graph = load_text(H + "y = x -> conv(4, k=3, bias=false) as c -> bn as b\noutput y\n", "t.cnn")
+    weights = init_weights(graph, 0)
+    weights["b.weight"] = weights["b.weight"] * 1e6  # scales far beyond 65504 once folded
+    ctx = PassContext(graph.copy(), weights)
+    run_pipeline(ctx, parse_pass_list("fold-bn"))
+    assert ctx.warnings == []
+    assert len(ctx.fp16_warnings) == 1 and "exceed the float16 range" in ctx.fp16_warnings[0]
+    assert "most in c" in ctx.fp16_warnings[0]
