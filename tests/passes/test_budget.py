@@ -3,8 +3,8 @@
 import numpy as np
 
 from cnncomp.backends.autotune import extract, time_subgraph
-from cnncomp.compiler import emit_model, optimize
 from cnncomp.backends.verify import verify
+from cnncomp.compiler import emit_model, optimize
 from cnncomp.dsl.loader import load_text
 from cnncomp.passes._manager import graph_cost
 
