@@ -22,47 +22,11 @@ from __future__ import annotations
 
 
 def deform_conv2d_reference(x, offsets, weight, bias, attrs: dict):
-    """Deformable 2-D convolution with bilinear sampling (torchvision.ops.deform_conv2d semantics)."""
-    import torch
+    """Deformable 2-D convolution with bilinear sampling (torchvision.ops.deform_conv2d semantics).
 
-    n, c, h, w = x.shape
-    out_c, cin_g, kh, kw = weight.shape
-    sh, sw = attrs["stride"]
-    dh, dw = attrs["dilation"]
-    pt, pl = attrs["pads"][0], attrs["pads"][1]
-    groups, og = attrs["groups"], attrs["offset_groups"]
-    ho, wo = offsets.shape[2:]
-    taps = kh * kw
-    dtype, device = x.dtype, x.device
+    The implementation is the one `--emit torch` copies into generated files
+    (torch_prelude.deform_conv2d), so the two cannot drift apart."""
+    from cnncomp.backends.torch_prelude import deform_conv2d
 
-    off = offsets.reshape(n, og, taps, 2, ho, wo)
-    tap_y = (torch.arange(kh, dtype=dtype, device=device) * dh).repeat_interleave(kw)
-    tap_x = (torch.arange(kw, dtype=dtype, device=device) * dw).repeat(kh)
-    base_y = torch.arange(ho, dtype=dtype, device=device) * sh - pt
-    base_x = torch.arange(wo, dtype=dtype, device=device) * sw - pl
-    py = base_y.view(1, 1, 1, ho, 1) + tap_y.view(1, 1, taps, 1, 1) + off[:, :, :, 0]  # [n, og, taps, ho, wo]
-    px = base_x.view(1, 1, 1, 1, wo) + tap_x.view(1, 1, taps, 1, 1) + off[:, :, :, 1]
-
-    y0, x0 = torch.floor(py), torch.floor(px)
-    ly, lx = py - y0, px - x0
-    y0, x0 = y0.long(), x0.long()
-    planes = x.reshape(n, og, c // og, h * w)
-
-    def corner(yi, xi):
-        inside = (yi >= 0) & (yi < h) & (xi >= 0) & (xi < w)
-        index = (yi.clamp(0, h - 1) * w + xi.clamp(0, w - 1)).reshape(n, og, 1, -1)
-        values = torch.gather(planes, 3, index.expand(n, og, c // og, index.shape[-1]))
-        return values * inside.reshape(n, og, 1, -1).to(dtype)
-
-    def flat(t):
-        return t.reshape(n, og, 1, -1)
-
-    sampled = (corner(y0, x0) * flat((1 - ly) * (1 - lx)) + corner(y0, x0 + 1) * flat((1 - ly) * lx)
-               + corner(y0 + 1, x0) * flat(ly * (1 - lx)) + corner(y0 + 1, x0 + 1) * flat(ly * lx))
-    # [n, og, c/og, taps*ho*wo] -> columns [n, groups, (c/groups)*taps, ho*wo]
-    cols = sampled.reshape(n, c, taps, ho * wo).reshape(n, groups, cin_g * taps, ho * wo)
-    kernel = weight.reshape(groups, out_c // groups, cin_g * taps)
-    out = torch.einsum("gok,ngkl->ngol", kernel, cols).reshape(n, out_c, ho, wo)
-    if bias is not None:
-        out = out + bias.view(1, -1, 1, 1)
-    return out
+    return deform_conv2d(x, offsets, weight, bias, attrs["stride"], attrs["pads"], attrs["dilation"],
+                         attrs["groups"], attrs["offset_groups"])

@@ -63,9 +63,11 @@ def choose_ranks(w: np.ndarray, ratio: float | None, energy: float | None, ranks
     return rank_for_ratio(cin, ratio), rank_for_ratio(cout, ratio)
 
 
-def candidates(graph) -> list:
-    """The convs this rewrite applies to: some kernel dim > 1, groups 1."""
-    return [l for l in graph.layers() if l.op == "conv" and l.attrs["groups"] == 1 and max(l.attrs["kernel"]) > 1]
+def candidates(graph, only: str = "") -> list:
+    """The convs the rewrites apply to (some kernel dim > 1, groups 1), or those of them named in `only` (a:b)."""
+    selected = set(only.split(":")) if only else None
+    return [l for l in graph.layers() if l.op == "conv" and l.attrs["groups"] == 1 and max(l.attrs["kernel"]) > 1
+            and (selected is None or l.name in selected)]
 
 
 @register_pass("bottleneck", exact=False, options={"ratio": float, "energy": float, "ranks": tuple, "hooi": int,
@@ -74,10 +76,7 @@ def bottleneck(ctx, ratio: float | None = None, energy: float | None = None, ran
                only: str = "", always: int = 0) -> int:
     """Tucker-2 (1x1 -> k x k core -> 1x1) rewrite of k x k convs."""
     graph, count = ctx.graph, 0
-    selected = set(only.split(":")) if only else None
-    for layer in candidates(graph):
-        if selected is not None and layer.name not in selected:
-            continue
+    for layer in candidates(graph, only):
         name = layer.name  # the rewrite renames the old layer
         w = weight(ctx, name, "weight").astype(np.float64)
         r1, r2 = choose_ranks(w, ratio, energy, ranks)

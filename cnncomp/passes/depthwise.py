@@ -62,10 +62,7 @@ def multiplier_for_energy(w: np.ndarray, energy: float) -> int:
 def depthwise(ctx, m: int | None = None, energy: float | None = None, only: str = "", always: int = 0) -> int:
     """Depthwise-separable (per-input-channel SVD) rewrite of k x k convs."""
     graph, count = ctx.graph, 0
-    selected = set(only.split(":")) if only else None
-    for layer in candidates(graph):
-        if selected is not None and layer.name not in selected:
-            continue
+    for layer in candidates(graph, only):
         name = layer.name  # the rewrite renames the old layer
         w = weight(ctx, name, "weight").astype(np.float64)
         cout, cin = w.shape[:2]
