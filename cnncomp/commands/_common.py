@@ -39,6 +39,9 @@ def add_check_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rtol", action="append", metavar="[OUTPUT=]R", help="relative tolerance (default 1e-3)")
     p.add_argument("--val-range", default="-1,1", metavar="LO,HI", help="range of the seeded inputs (default -1,1)")
     p.add_argument("--batch", type=int, default=2, help="size of a symbolic batch dim in the check (default 2)")
+    p.add_argument("--trt-fp16", action="store_true", help="with --provider tensorrt: let TensorRT use float16")
+    p.add_argument("--trt-engine-cache", metavar="DIR",
+                   help="with --provider tensorrt: cache built engines in DIR (later runs skip the build)")
 
 
 def defines(args) -> dict[str, str]:
@@ -96,3 +99,12 @@ def load_npz(path: str) -> dict:
             return {k: data[k] for k in data.files}
     except (OSError, ValueError, AttributeError) as e:
         raise CnnError(f"cannot read {path}: {e}") from None
+
+
+def session_options(args) -> dict:
+    """ONNX Runtime session options from the command line (the TensorRT provider's, passed through)."""
+    if args.provider not in ("tensorrt", "auto") or not (args.trt_fp16 or args.trt_engine_cache):
+        return {}
+    from cnncomp.backends.runtime import TensorRTOptions
+
+    return {"trt": TensorRTOptions(fp16=args.trt_fp16, engine_cache=args.trt_engine_cache)}

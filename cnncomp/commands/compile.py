@@ -19,7 +19,8 @@ and says what is missing otherwise.
 import sys
 
 from cnncomp.commands._common import (
-    add_check_arguments, add_compile_arguments, calibration, defines, opt_level, passes_arg, tolerance, val_range,
+    add_check_arguments, add_compile_arguments, calibration, defines, opt_level, passes_arg, session_options, tolerance,
+    val_range,
 )
 
 EMITTERS = ("onnx", "cnn", "dot", "torch")
@@ -120,7 +121,8 @@ def run(args) -> int:
         report, _, _ = verify(compiled.ref_graph, compiled.ref_weights, model, opt_graph,
                               provider=args.provider, seed=args.seed, val_range=val_range(args.val_range),
                               batch=args.batch, atol=tolerance(args.atol, "--atol"), rtol=tolerance(args.rtol, "--rtol"),
-                              max_error=args.max_error, precision=args.precision, inputs=inputs)
+                              max_error=args.max_error, precision=args.precision, inputs=inputs,
+                              session_options=session_options(args))
         if args.precision == "fp16":
             from cnncomp.backends.fp16 import fp16_note
 

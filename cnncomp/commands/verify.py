@@ -20,8 +20,8 @@ import json
 import sys
 
 from cnncomp.commands._common import (
-    add_check_arguments, add_compile_arguments, calibration, defines, load_npz, opt_level, passes_arg, tolerance,
-    val_range,
+    add_check_arguments, add_compile_arguments, calibration, defines, load_npz, opt_level, passes_arg, session_options,
+    tolerance, val_range,
 )
 
 
@@ -46,7 +46,7 @@ def run(args) -> int:
 
     common = dict(provider=args.provider, seed=args.seed, val_range=val_range(args.val_range), batch=args.batch,
                   atol=tolerance(args.atol, "--atol"), rtol=tolerance(args.rtol, "--rtol"),
-                  max_error=args.max_error)
+                  max_error=args.max_error, session_options=session_options(args))
     ref_graph = load_graph(args.spec, defines(args))
     inputs = load_npz(args.load_inputs) if args.load_inputs else \
         make_inputs(ref_graph, args.seed, common["val_range"], args.batch)
