@@ -95,7 +95,7 @@ def receptive_fields(graph: LayerGraph) -> dict[str, Field | None]:
         in_shape = graph.inputs_of(layer.name)[0].shape
         window = get_op(layer.op).window(layer.attrs, [t.shape for t in graph.inputs_of(layer.name)])
         if window is None:
-            fields[layer.name] = base if len(layer.shape) - 2 == len(base.size) else _flattened(base, layer)
+            fields[layer.name] = base  # a point-wise layer (or linear after flatten) keeps its input's field
             continue
         size, jump = list(base.size), list(base.jump)
         for i in range(len(size)):
@@ -110,10 +110,6 @@ def receptive_fields(graph: LayerGraph) -> dict[str, Field | None]:
                 jump[i] = jump[i] * window.stride[i]
         fields[layer.name] = Field(tuple(size), tuple(jump))
     return fields
-
-
-def _flattened(base: Field, layer) -> Field:
-    return base
 
 
 def _num(v: float):

@@ -45,7 +45,7 @@ def elaborate_program(program: ast.Program, overrides: dict[str, str] | None = N
 def _elaborate(program: ast.Program, overrides: dict[str, str] | None) -> LayerGraph:
     stmts = program.stmts
     if not stmts or not isinstance(stmts[0], ast.Network):
-        loc = _stmt_loc(stmts[0]) if stmts else Loc(program.file, 1, 1)
+        loc = stmts[0].loc if stmts else Loc(program.file, 1, 1)
         raise CnnError("a spec starts with `network NAME`", loc)
     for s in stmts[1:]:
         if isinstance(s, ast.Network):
@@ -65,7 +65,7 @@ def _elaborate(program: ast.Program, overrides: dict[str, str] | None) -> LayerG
         raise CnnError("the spec has no `input`", stmts[0].loc)
     if not any(isinstance(s, ast.Output) for s in stmts):
         last = stmts[-1]
-        raise CnnError("the spec has no `output` statement", _stmt_loc(last))
+        raise CnnError("the spec has no `output` statement", last.loc)
     graph.meta.update(file=program.file, spec_hash=_spec_hash(program.file), overrides=dict(overrides or {}),
                       lets={k: v for k, v in defs.lets.items() if k in _own_lets(program)})
     return graph
@@ -154,10 +154,6 @@ def _override_value(name: str, text: str, defs: Definitions):
         raise CnnError(f"-D {name}={text}: not a value ({err.message})") from None
     elab = Elaborator(defs, LayerGraph())
     return elab.eval(program.stmts[0].value, Scope(names={}, locs={}, lets=defs.lets))
-
-
-def _stmt_loc(stmt) -> Loc:
-    return stmt.loc
 
 
 def _key(path: str) -> str:
