@@ -232,7 +232,74 @@ def save_onnx(model: onnx.ModelProto, path: str | Path, external_data: bool | No
     if external_data:
         _save_external(model, path)
     else:
-        atomic_write(path, lambda tmp: Path(tmp).write_bytes(model.SerializeToString()))
+        atomic_write(path, lambda tmp: _write_streamed(model, tmp))
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _field(number: int, payload_len: int) -> bytes:
+    """The key and length of a length-delimited protobuf field."""
+    return _varint(number << 3 | 2) + _varint(payload_len)
+
+
+_MODEL_GRAPH, _GRAPH_INITIALIZER, _TENSOR_RAW_DATA = 7, 5, 9  # field numbers in onnx.proto
+
+
+def _is_repeated(descriptor) -> bool:
+    flag = getattr(descriptor, "is_repeated", None)  # protobuf >= 6; older ones only have .label
+    if flag is None:
+        return descriptor.label == descriptor.LABEL_REPEATED
+    return flag() if callable(flag) else bool(flag)
+
+
+def _without(message, empty, skip: str):
+    """A copy of a protobuf message with every set field but one (that one is not copied at all)."""
+    for descriptor, value in message.ListFields():
+        if descriptor.name == skip:
+            continue
+        target = getattr(empty, descriptor.name)
+        if _is_repeated(descriptor):
+            target.extend(value)
+        elif descriptor.type == descriptor.TYPE_MESSAGE:
+            target.CopyFrom(value)
+        else:
+            setattr(empty, descriptor.name, value)
+    return empty
+
+
+def _write_streamed(model: onnx.ModelProto, path: str) -> None:
+    """Write a model without serializing it as one message: the model and graph without their
+    initializers first, then each initializer as its own `graph { initializer { ... } }` piece,
+    its raw bytes written straight out. Protobuf merges repeated fields of concatenated messages,
+    so the file parses to the same model (tests check it), and a 100 MB model is not copied
+    into one 100 MB buffer first."""
+    graph = model.graph
+    head = _without(model, onnx.ModelProto(), "graph")
+    skeleton = _without(graph, onnx.GraphProto(), "initializer")
+    skeleton_bytes = skeleton.SerializeToString()
+    with open(path, "wb") as f:
+        f.write(head.SerializeToString())
+        f.write(_field(_MODEL_GRAPH, len(skeleton_bytes)) + skeleton_bytes)
+        for tensor in graph.initializer:
+            raw = tensor.raw_data
+            if raw:
+                meta_bytes = _without(tensor, onnx.TensorProto(), "raw_data").SerializeToString()
+                tensor_len = len(meta_bytes) + len(_field(_TENSOR_RAW_DATA, len(raw))) + len(raw)
+                prefix = _field(_GRAPH_INITIALIZER, tensor_len)
+                f.write(_field(_MODEL_GRAPH, len(prefix) + tensor_len) + prefix + meta_bytes
+                        + _field(_TENSOR_RAW_DATA, len(raw)))
+                f.write(raw)
+            else:
+                tensor_bytes = tensor.SerializeToString()
+                prefix = _field(_GRAPH_INITIALIZER, len(tensor_bytes))
+                f.write(_field(_MODEL_GRAPH, len(prefix) + len(tensor_bytes)) + prefix + tensor_bytes)
 
 
 def _save_external(model: onnx.ModelProto, path: Path) -> None:
