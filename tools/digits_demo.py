@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import platform
-import statistics
 import sys
 import time
 from datetime import date
@@ -70,14 +69,7 @@ def accuracy(model, x, y) -> float:
 def latency_ms(model, batch: int, repeats: int = 200) -> float:
     session = Session(model, quiet=True, threads=1)
     x = np.random.default_rng(0).random((batch, 1, 8, 8), dtype=np.float32)
-    for _ in range(20):
-        session.run({"x": x})
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        session.run({"x": x})
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
+    return session.median_seconds({"x": x}, repeats, warmup=20) * 1e3
 
 
 def fold(graph, weights):

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 
 from cnncomp.ir.graph import Layer, LayerGraph
@@ -36,11 +34,4 @@ def time_subgraph(graph: LayerGraph, names: list[str], provider: str = "cpu", re
     sub = extract(graph, names)
     session = Session(emit_onnx(sub, init_weights(sub, 0)), provider, quiet=True)
     x = np.random.default_rng(0).standard_normal(sub.layer("x").shape).astype(np.float32)
-    for _ in range(3):
-        session.run({"x": x})
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        session.run({"x": x})
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
+    return session.median_seconds({"x": x}, repeats)

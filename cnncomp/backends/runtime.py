@@ -122,6 +122,19 @@ class Session:
     def output_names(self) -> list[str]:
         return [o.name for o in self.session.get_outputs()]
 
+    def median_seconds(self, feeds: dict[str, np.ndarray], repeats: int = 20, warmup: int = 3) -> float:
+        """Median wall time of one run on these inputs, after some warm-up runs."""
+        import time
+
+        for _ in range(warmup):
+            self.run(feeds)
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            self.run(feeds)
+            times.append(time.perf_counter() - start)
+        return float(np.median(times))
+
     def run(self, feeds: dict[str, np.ndarray], outputs: list[str] | None = None) -> dict[str, np.ndarray]:
         """Run the model; return {output name: array}."""
         names = outputs or self.output_names
