@@ -30,6 +30,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from cnncomp.ir.graph import unique_name
+
 NP_DTYPES = {"float32": np.float32, "float16": np.float16, "float64": np.float64}
 ONNX_DTYPES = {"float32": onnx.TensorProto.FLOAT, "float16": onnx.TensorProto.FLOAT16,
                "float64": onnx.TensorProto.DOUBLE}
@@ -76,20 +78,14 @@ class OnnxBuilder:
 
     def fresh(self, hint: str) -> str:
         """A tensor name not used yet: the hint, or the hint with a numeric suffix."""
-        name, i = hint, 1
-        while name in self._taken:
-            name = f"{hint}_{i}"
-            i += 1
+        name = unique_name(hint, self._taken)
         self._taken.add(name)
         return name
 
     def _node_name(self, outputs: Sequence[str]) -> str:
         layer = self._layer
         base = layer.name if layer is not None and layer.name in outputs else outputs[0]
-        name, i = base, 1
-        while name in self._node_names:
-            name = f"{base}_{i}"
-            i += 1
+        name = unique_name(base, self._node_names)
         self._node_names.add(name)
         return name
 

@@ -18,6 +18,15 @@ Dim = int | str  # an int, or a symbolic (dynamic) name such as "N"
 Shape = tuple[Dim, ...]
 
 
+def unique_name(base: str, taken) -> str:
+    """`base`, or the first of base_1, base_2... that is not in `taken`."""
+    name, i = base, 1
+    while name in taken:
+        name = f"{base}_{i}"
+        i += 1
+    return name
+
+
 @dataclass
 class Layer:
     """One node of the graph: a layer, a merge or a graph input."""
@@ -87,12 +96,7 @@ class LayerGraph:
 
     def fresh_name(self, base: str) -> str:
         """A layer name not in the graph: base, or base_1, base_2..."""
-        if base not in self.g:
-            return base
-        k = 1
-        while f"{base}_{k}" in self.g:
-            k += 1
-        return f"{base}_{k}"
+        return unique_name(base, self.g)
 
     # ---- reading ----------------------------------------------------------
 
