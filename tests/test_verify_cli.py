@@ -94,3 +94,13 @@ def test_compile_writes_checked_onnx_and_emit_cnn_round_trips(tmp_path, spec, ca
     emitted = tmp_path / "n_opt.cnn"
     assert main(["compile", spec, "-O2", "--emit", "cnn", "-o", str(emitted)]) == 0
     assert main(["check", str(emitted)]) == 0
+
+
+def test_unreadable_npz_inputs_exit_1_with_the_file_named(tmp_path, spec, capsys):
+    bad = tmp_path / "bad.npz"
+    bad.write_text("not an npz")
+    assert main(["verify", spec, "--load-inputs", str(bad)]) == 1
+    assert main(["compile", spec, "-O3", "--calibration", str(bad), "-o", str(tmp_path / "o.onnx")]) == 1
+    err = capsys.readouterr().err
+    assert err.count(f"cannot read {bad}") == 2 and "Traceback" not in err
+    assert not (tmp_path / "o.onnx").exists()
