@@ -9,7 +9,7 @@ from cnncomp.ir.graph import LayerGraph
 
 def load(spec: str | Path, defines: dict[str, str] | None = None) -> LayerGraph:
     """Parse and elaborate a .cnn spec into a LayerGraph (every shape known, every layer named)."""
-    from cnncomp.dsl.loader import load_spec
+    from cnncomp.frontend.cnn.loader import load_spec
 
     return load_spec(spec, defines)
 
@@ -17,8 +17,8 @@ def load(spec: str | Path, defines: dict[str, str] | None = None) -> LayerGraph:
 def compile(spec, output: str | Path | None = None, opt_level: int = 1, passes=None, weights=None, seed: int = 0,
             opset: int = 17, defines: dict[str, str] | None = None):
     """Compile a spec to an ONNX ModelProto (optimized at -O<opt_level> or by `passes`); save it if `output`."""
-    from cnncomp.backends.onnx_emit import save_onnx
-    from cnncomp.compiler import emit_model, optimize
+    from cnncomp.emit.onnx import save_onnx
+    from cnncomp.pipeline import emit_model, optimize
 
     compiled = optimize(spec, defines, weights, seed, opt_level, passes)
     model = emit_model(compiled, opset)
@@ -30,8 +30,8 @@ def compile(spec, output: str | Path | None = None, opt_level: int = 1, passes=N
 def verify(spec, passes=None, opt_level: int = 1, weights=None, seed: int = 0, provider: str = "cpu",
            atol=None, rtol=None, per_layer: bool = False, defines: dict[str, str] | None = None, opset: int = 17):
     """Compile a spec and compare ONNX Runtime's outputs with the PyTorch reference; returns a VerifyReport (.ok)."""
-    from cnncomp.backends.verify import verify as run_verify
-    from cnncomp.compiler import emit_model, optimize
+    from cnncomp.verification.harness import verify as run_verify
+    from cnncomp.pipeline import emit_model, optimize
 
     compiled = optimize(spec, defines, weights, seed, opt_level, passes)
     model = emit_model(compiled, opset)
@@ -42,7 +42,7 @@ def verify(spec, passes=None, opt_level: int = 1, weights=None, seed: int = 0, p
 
 def to_torch(spec, weights=None, seed: int = 0, defines: dict[str, str] | None = None):
     """The spec as a trainable torch nn.Module whose state_dict keys are the layer weight names."""
-    from cnncomp.backends.reference import to_torch as build
-    from cnncomp.compiler import load_graph
+    from cnncomp.run.reference import to_torch as build
+    from cnncomp.pipeline import load_graph
 
     return build(load_graph(spec, defines), weights, seed)

@@ -123,9 +123,9 @@ def test_max_batch_zero_and_cpu_instances(tmp_path, capsys):
 
 
 def test_model_keeps_dynamic_batch_and_runs_at_every_batch_size(tmp_path, capsys):
-    from cnncomp.backends.reference import run_reference
-    from cnncomp.compiler import load_graph
-    from cnncomp.backends.weights import init_weights
+    from cnncomp.run.reference import run_reference
+    from cnncomp.pipeline import load_graph
+    from cnncomp.ir.weights import init_weights
 
     repo = tmp_path / "repo"
     assert cli(capsys, "deploy", RESNET18, *SMALL, "--triton", repo, "--max-batch", 8)[0] == 0
@@ -204,7 +204,7 @@ def test_bad_model_name(tmp_path, capsys):
 
 
 def test_failure_leaves_no_half_written_repository(tmp_path, capsys, monkeypatch):
-    from cnncomp.backends import onnx_emit
+    from cnncomp.emit.onnx import save as onnx_emit
     from cnncomp.errors import CnnError
 
     spec = write(tmp_path, "tiny.cnn", TINY)

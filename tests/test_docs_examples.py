@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from cnncomp.dsl.loader import load_text, standard_blocks
+from cnncomp.frontend.cnn.loader import load_text, standard_blocks
 from cnncomp.ops.registry import REQUIRED, all_ops
 
 PAGE = Path(__file__).resolve().parent.parent / "docs" / "language.md"
@@ -100,7 +100,7 @@ def test_cnn_example_elaborates(line, code, notes):
     missing = [n for n in notes.get("layers", "").split() if n not in names]
     assert not missing, f"docs/language.md:{line}: layers {missing} not in {sorted(names)}"
     if "lint" in notes:
-        from cnncomp.analysis.lint import lint
+        from cnncomp.analysis.advice import lint
 
         codes = sorted(w.code for w in lint(graph))
         assert codes == sorted(notes["lint"].split()), f"docs/language.md:{line}: lint gives {codes}"

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from cnncomp.backends.dot import build_clusters, op_text, to_dot
+from cnncomp.emit.dot import build_clusters, op_text, to_dot
 from cnncomp.cli import main
-from cnncomp.compiler import load_graph
+from cnncomp.pipeline import load_graph
 
 ROOT = Path(__file__).resolve().parents[1]
 needs_dot = pytest.mark.skipif(shutil.which("dot") is None,

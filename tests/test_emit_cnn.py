@@ -7,11 +7,11 @@ import pytest
 
 import cnncomp
 
-from cnncomp.backends.cnn_emit import emit_cnn
-from cnncomp.backends.reference import run_reference
-from cnncomp.backends.verify import make_inputs
-from cnncomp.compiler import optimize
-from cnncomp.dsl.loader import load_text
+from cnncomp.ir.printer import emit_cnn
+from cnncomp.run.reference import run_reference
+from cnncomp.verification.harness import make_inputs
+from cnncomp.pipeline import optimize
+from cnncomp.frontend.cnn.loader import load_text
 
 SMALL = {"lenet", "resnet18", "googlenet", "mobilenet_v2", "shufflenet_v2_x1_0", "squeezenet1_0", "textcnn",
          "deformable_net", "densenet121"}  # -O2 needs weights: the big ones would only add time

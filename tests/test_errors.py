@@ -2,7 +2,7 @@
 
 import pytest
 
-from cnncomp.dsl.loader import load_text
+from cnncomp.frontend.cnn.loader import load_text
 from cnncomp.errors import CnnError
 
 H = "network n\ninput x: [N, 3, 32, 32]\n"

@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from cnncomp.cli import main
-from cnncomp.dsl.loader import load_spec
+from cnncomp.frontend.cnn.loader import load_spec
 from cnncomp.errors import CnnError
 
 GOOD = "network n\ninput x: [N, 3, 8, 8]\ny = x -> relu\noutput y\n"
@@ -97,7 +97,7 @@ def test_defines_reach_lets_of_imported_files(tmp_path):
 
 
 def test_name_templates_write_values_as_the_language_does(tmp_path):
-    from cnncomp.dsl.loader import load_text
+    from cnncomp.frontend.cnn.loader import load_text
 
     graph = load_text('network n\ninput x: [N, 3, 8, 8]\ny = x -> repeat 2 as i { relu as "r{i == 0}" }\noutput y\n')
     assert {"rtrue", "rfalse"} <= {layer.name for layer in graph.layers()}

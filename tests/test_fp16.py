@@ -10,12 +10,12 @@ import onnx
 import pytest
 from onnx import TensorProto
 
-from cnncomp.backends.fp16 import (
+from cnncomp.precision.fp16 import (
     FP16_MAX, cast_feeds, convert_fp16, fp16_graph, missing_kernel, to_fp16,
 )
-from cnncomp.backends.verify import make_inputs, verify
+from cnncomp.verification.harness import make_inputs, verify
 from cnncomp.cli import main
-from cnncomp.compiler import emit_model, optimize
+from cnncomp.pipeline import emit_model, optimize
 
 ROOT = Path(__file__).resolve().parents[1]
 FLOAT, FLOAT16 = TensorProto.FLOAT, TensorProto.FLOAT16
@@ -99,8 +99,8 @@ def test_bundled_specs_in_fp16(spec, defines):
 
 
 def test_overflow_and_subnormal_weights_are_reported(tmp_path):
-    from cnncomp.backends.weights import init_weights
-    from cnncomp.compiler import load_graph
+    from cnncomp.ir.weights import init_weights
+    from cnncomp.pipeline import load_graph
 
     spec = tmp_path / "net.cnn"
     spec.write_text(MIXED)
@@ -141,7 +141,7 @@ def test_ops_kept_in_fp32_with_casts(tmp_path):
 def test_missing_fp16_kernel_is_kept_in_fp32(tmp_path, monkeypatch):
     """A provider without a float16 kernel for an op: the op is found from ONNX Runtime's message and kept
     in float32 (simulated: this ONNX Runtime's CPU provider casts around such ops itself)."""
-    import cnncomp.backends.fp16 as fp16
+    import cnncomp.precision.fp16 as fp16
 
     c, model = compiled(tmp_path)
     calls = []

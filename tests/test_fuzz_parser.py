@@ -6,7 +6,7 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cnncomp.dsl.loader import STDLIB_PATH, load_text
+from cnncomp.frontend.cnn.loader import STDLIB_PATH, load_text
 from cnncomp.errors import CnnError
 
 PAGE = Path(__file__).parent / "data" / "cnn-language.md"

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from cnncomp.dsl.loader import load_text
+from cnncomp.frontend.cnn.loader import load_text
 
 PAGE = Path(__file__).parent / "data" / "cnn-language.md"
 BLOCKS = re.findall(r"```\n(.*?)```", PAGE.read_text(), re.S)
@@ -84,8 +84,8 @@ output t
 
 
 def test_a_merge_may_read_one_tensor_twice():
-    from cnncomp.backends.reference import run_reference
-    from cnncomp.backends.verify import make_inputs
+    from cnncomp.run.reference import run_reference
+    from cnncomp.verification.harness import make_inputs
 
     graph = load_text("network n\ninput x: [N, 3, 4, 4]\ny = x -> relu\nw = y + y\nz = concat(w, w)\noutput z\n")
     assert graph.input_names("w") == ["y.0", "y.0"] and graph.input_names("z") == ["w", "w"]

@@ -2,8 +2,8 @@
 
 import pytest
 
-from cnncomp.analysis.lint import hdc_violation, lint
-from cnncomp.dsl.loader import load_text
+from cnncomp.analysis.advice import hdc_violation, lint
+from cnncomp.frontend.cnn.loader import load_text
 
 H = "network n\ninput x: [N, 64, 64, 64]\n"
 

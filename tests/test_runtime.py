@@ -2,7 +2,7 @@
 
 import pytest
 
-from cnncomp.backends.runtime import TensorRTOptions, available_providers, resolve_providers
+from cnncomp.run.session import TensorRTOptions, available_providers, resolve_providers
 from cnncomp.cli import main
 from cnncomp.errors import CnnError
 

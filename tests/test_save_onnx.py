@@ -3,7 +3,7 @@
 import onnx
 
 import cnncomp
-from cnncomp.backends.onnx_emit import save_onnx
+from cnncomp.emit.onnx import save_onnx
 
 
 def test_streamed_file_parses_to_the_same_model(tmp_path):

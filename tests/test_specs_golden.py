@@ -15,7 +15,7 @@ import pytest
 
 import cnncomp
 from cnncomp.analysis.summary import summarize
-from cnncomp.dsl.loader import load_text
+from cnncomp.frontend.cnn.loader import load_text
 
 ROOT = Path(__file__).resolve().parent.parent
 SPECS_DIR = ROOT / "specs"

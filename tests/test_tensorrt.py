@@ -12,8 +12,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-import cnncomp.backends.tensorrt as trt_backend
-from cnncomp.backends.tensorrt import (
+import cnncomp.deployment.tensorrt as trt_backend
+from cnncomp.deployment.tensorrt import (
     build_engine, check_tensorrt_compatible, engine_profile, profile_shapes, tensorrt_missing, write_engine,
 )
 from cnncomp.cli import main
@@ -34,9 +34,9 @@ SHRINK = {  # -D overrides that keep each network's ops but make its weights sma
 def emit_with_zero_weights(spec: str):
     """The spec's ONNX model at opset 17 (19 where DeformConv needs it); TensorRT compatibility does
     not depend on weight values, so zeros stand in for the seeded ones."""
-    from cnncomp.backends.onnx_emit import emit_onnx
-    from cnncomp.backends.weights import expected_weights
-    from cnncomp.compiler import load_graph
+    from cnncomp.emit.onnx import emit_onnx
+    from cnncomp.ir.weights import expected_weights
+    from cnncomp.pipeline import load_graph
 
     graph = load_graph(str(ROOT / "specs" / spec), SHRINK.get(spec))
     weights = {name: np.zeros(w.shape, np.float32) for name, w in expected_weights(graph).items()}
@@ -50,7 +50,7 @@ def test_bundled_specs_suit_tensorrt(spec):
 
 
 def test_bundled_fp16_model_suits_tensorrt():
-    from cnncomp.backends.fp16 import to_fp16
+    from cnncomp.precision.fp16 import to_fp16
 
     model, _ = to_fp16(emit_with_zero_weights("hdc_segnet.cnn"), keep_io_fp32=True)
     assert check_tensorrt_compatible(model) == []
@@ -112,9 +112,9 @@ def test_crafted_bad_model_is_flagged():
 
 
 def test_problems_name_the_spec_location():
-    from cnncomp.backends.onnx_emit import emit_onnx
-    from cnncomp.backends.weights import init_weights
-    from cnncomp.dsl.loader import load_text
+    from cnncomp.emit.onnx import emit_onnx
+    from cnncomp.ir.weights import init_weights
+    from cnncomp.frontend.cnn.loader import load_text
 
     graph = load_text("network n\ninput x: [N, 4, 32]\ny = x -> maxpool(k=2) as pool\noutput y\n", "seq.cnn")
     problems = check_tensorrt_compatible(emit_onnx(graph, init_weights(graph)))

@@ -4,7 +4,7 @@ import numpy as np
 import torch
 
 import cnncomp
-from cnncomp.dsl.loader import load_text
+from cnncomp.frontend.cnn.loader import load_text
 
 SPEC = "network n\ninput x: [N, 3, 6, 6]\ny = x -> conv(4, k=3, bias=false) as c -> bn as b -> relu -> dropout(0.5)\n" \
        "    -> gap -> flatten -> linear(2) as fc\noutput y\n"

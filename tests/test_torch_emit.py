@@ -24,10 +24,10 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from cnncomp.backends.reference import run_reference  # noqa: E402
-from cnncomp.backends.torch_emit import emit_torch  # noqa: E402
-from cnncomp.backends.weights import expected_weights, init_weights  # noqa: E402
-from cnncomp.dsl.loader import load_spec, load_text  # noqa: E402
+from cnncomp.run.reference import run_reference  # noqa: E402
+from cnncomp.emit.torch.emit import emit_torch  # noqa: E402
+from cnncomp.ir.weights import expected_weights, init_weights  # noqa: E402
+from cnncomp.frontend.cnn.loader import load_spec, load_text  # noqa: E402
 from cnncomp.ops.registry import all_ops  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -460,7 +460,7 @@ def test_graph_input(spec_file):
 
 
 def test_a_graph_after_passes_is_one_class(spec_file):
-    from cnncomp.compiler import optimize
+    from cnncomp.pipeline import optimize
 
     compiled = optimize(spec_file(ALL_BLOCKS), opt_level=1)
     assert "fold-bn" in compiled.graph.meta["passes"]

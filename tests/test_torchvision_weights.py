@@ -30,8 +30,8 @@ pytest.importorskip("onnxruntime")
 pytest.importorskip("safetensors")
 
 import cnncomp  # noqa: E402
-from cnncomp.backends.runtime import Session  # noqa: E402
-from cnncomp.backends.weights import expected_weights  # noqa: E402
+from cnncomp.run.session import Session  # noqa: E402
+from cnncomp.ir.weights import expected_weights  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torchvision_models as tvm  # noqa: E402

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from cnncomp.cli import main
-from cnncomp.passes._manager import PASSES, register_pass
+from cnncomp.passes.manager import PASSES, register_pass
 from cnncomp.passes._rewrite import weight
 
 SPEC = "network n\ninput x: [N, 4, 10, 10]\ny = x -> conv(8, k=3, p=1, bias=false) as c1 -> bn as b1 -> relu\n" \

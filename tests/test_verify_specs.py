@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 import cnncomp
-from cnncomp.backends.verify import make_inputs, verify
-from cnncomp.compiler import emit_model, optimize
+from cnncomp.verification.harness import make_inputs, verify
+from cnncomp.pipeline import emit_model, optimize
 
 SPECS = sorted(str(p) for p in (Path(__file__).parents[1] / "specs").glob("*.cnn"))
 HEAVY = {"c3d", "vgg16", "alexnet", "densenet121", "mobilenet_v2"}  # batch 1 keeps the float64 reference quick

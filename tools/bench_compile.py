@@ -121,8 +121,8 @@ def main() -> None:
               f"torch {theirs_out.stat().st_size / 2**20:.1f} MiB")
 
         # Where cnncomp's time goes: the stages cnncomp.compile runs, timed one by one.
-        from cnncomp.backends.onnx_emit import check_onnx, emit_onnx, save_onnx
-        from cnncomp.compiler import optimize
+        from cnncomp.emit.onnx import check_onnx, emit_onnx, save_onnx
+        from cnncomp.pipeline import optimize
 
         stages = {"load spec + weights, -O1 passes": [], "emit ONNX": [], "onnx.checker + shape inference": [],
                   "serialize + write": []}

@@ -15,8 +15,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from cnncomp.dsl.loader import load_spec, load_text  # noqa: E402
-from cnncomp.dsl.parser import parse  # noqa: E402
+from cnncomp.frontend.cnn.loader import load_spec, load_text  # noqa: E402
+from cnncomp.frontend.cnn.parser import parse  # noqa: E402
 
 
 def generated_spec(layers: int) -> str:

@@ -25,13 +25,13 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from cnncomp.backends.onnx_emit import emit_onnx  # noqa: E402
-from cnncomp.backends.reference import run_reference  # noqa: E402
-from cnncomp.backends.runtime import Session  # noqa: E402
-from cnncomp.backends.verify import make_inputs  # noqa: E402
-from cnncomp.compiler import optimize  # noqa: E402
-from cnncomp.passes._manager import graph_cost  # noqa: E402
-from cnncomp.passes.budget import relative_output_error  # noqa: E402
+from cnncomp.emit.onnx import emit_onnx  # noqa: E402
+from cnncomp.run.reference import run_reference  # noqa: E402
+from cnncomp.run.session import Session  # noqa: E402
+from cnncomp.verification.harness import make_inputs  # noqa: E402
+from cnncomp.pipeline import optimize  # noqa: E402
+from cnncomp.ir.cost import graph_cost  # noqa: E402
+from cnncomp.verification.compare import relative_output_error  # noqa: E402
 
 SETTINGS = [
     ("-O0", dict(opt_level=0)),

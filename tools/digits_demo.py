@@ -25,13 +25,13 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from cnncomp.backends.onnx_emit import emit_onnx  # noqa: E402
-from cnncomp.backends.reference import to_torch  # noqa: E402
-from cnncomp.backends.runtime import Session  # noqa: E402
-from cnncomp.backends.weights import load_weights, save_safetensors  # noqa: E402
-from cnncomp.compiler import Compiled, optimize  # noqa: E402
+from cnncomp.emit.onnx import emit_onnx  # noqa: E402
+from cnncomp.run.reference import to_torch  # noqa: E402
+from cnncomp.run.session import Session  # noqa: E402
+from cnncomp.ir.weights import load_weights, save_safetensors  # noqa: E402
+from cnncomp.pipeline import Compiled, optimize  # noqa: E402
 from cnncomp.passes import PassContext, level_pipeline, run_pipeline  # noqa: E402
-from cnncomp.passes._manager import graph_cost  # noqa: E402
+from cnncomp.ir.cost import graph_cost  # noqa: E402
 
 SPEC = ROOT / "examples" / "digits" / "digits.cnn"
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
+from cnncomp.ir.cost import layer_macs, layer_params
 from cnncomp.ir.graph import LayerGraph
 from cnncomp.ops.registry import fmt_shape, get_op
 
@@ -58,19 +58,6 @@ class Summary:
             "total_macs": self.total_macs,
             "warnings": [w.to_json() for w in self.warnings],
         }
-
-
-def layer_params(layer) -> int:
-    """Learnable parameters of a layer (batch-norm running statistics are buffers, not parameters)."""
-    return sum(math.prod(w.shape) for w in layer.weights.values() if w.learnable)
-
-
-def layer_macs(graph: LayerGraph, layer) -> int:
-    """Multiply-accumulates of a layer for batch 1."""
-    if layer.op == "input":
-        return 0
-    shapes = [t.shape for t in graph.inputs_of(layer.name)]
-    return get_op(layer.op).macs(layer.attrs, shapes, layer.shape)
 
 
 def receptive_fields(graph: LayerGraph) -> dict[str, Field | None]:
@@ -131,7 +118,7 @@ def summarize(graph: LayerGraph, with_lint: bool = True) -> Summary:
     outputs = {name: graph.layer(node).shape for name, node in zip(graph.output_names, graph.outputs)}
     warnings = []
     if with_lint:
-        from cnncomp.analysis.lint import lint
+        from cnncomp.analysis.advice import lint
 
         warnings = lint(graph)
     return Summary(graph.name, inputs, outputs, rows, warnings)

@@ -167,7 +167,7 @@ class DeformConv(_ConvFamily):
                       offset_group=a["offset_groups"])
 
     def torch_ref(self, attrs, inputs, weights):
-        from cnncomp.backends.deform import deform_conv2d_reference
+        from cnncomp.ops.deform import deform_conv2d_reference
 
         return deform_conv2d_reference(inputs[0], inputs[1], weights["weight"], weights.get("bias"), attrs)
 

@@ -13,11 +13,11 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from cnncomp.backends.onnx_builder import np_dtype
-from cnncomp.backends.onnx_emit import emit_onnx
-from cnncomp.backends.reference import run_reference
-from cnncomp.backends.weights import init_weights
-from cnncomp.dsl.loader import load_text
+from cnncomp.emit.onnx.builder import np_dtype
+from cnncomp.emit.onnx import emit_onnx
+from cnncomp.run.reference import run_reference
+from cnncomp.ir.weights import init_weights
+from cnncomp.frontend.cnn.loader import load_text
 
 ATOL, RTOL = 1e-5, 1e-4  # fp32, emitted model under ONNX Runtime against the PyTorch reference
 BATCH = 2

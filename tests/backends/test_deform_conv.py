@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from onnx import TensorProto, helper
 
-from cnncomp.backends.deform import deform_conv2d_reference
+from cnncomp.ops.deform import deform_conv2d_reference
 
 CASES = [
     # name: (C, O, H, W, kernel, stride, pads, dilation, groups, offset_groups, offset scale)

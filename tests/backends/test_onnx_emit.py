@@ -12,9 +12,9 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from cnncomp.backends.onnx_emit import check_onnx, emit_onnx, ir_version_for, save_onnx
-from cnncomp.backends.weights import init_weights
-from cnncomp.dsl.loader import load_text
+from cnncomp.emit.onnx import check_onnx, emit_onnx, ir_version_for, save_onnx
+from cnncomp.ir.weights import init_weights
+from cnncomp.frontend.cnn.loader import load_text
 from cnncomp.errors import CnnError
 
 SPEC = """network emitted
@@ -169,7 +169,7 @@ def test_save_onnx_leaves_no_partial_file(tmp_path, monkeypatch):
     _, model = _emit(SPEC)
     path = tmp_path / "model.onnx"
     path.write_bytes(b"previous")
-    import cnncomp.backends.onnx_emit as emit
+    import cnncomp.emit.onnx.save as emit
 
     def half_then_fail(model, tmp):
         Path(tmp).write_bytes(model.SerializeToString()[:100])

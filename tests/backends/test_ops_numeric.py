@@ -14,10 +14,10 @@ import torch
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from cnncomp.backends.onnx_emit import emit_onnx
-from cnncomp.backends.reference import run_reference
-from cnncomp.backends.weights import init_weights
-from cnncomp.dsl.loader import load_text
+from cnncomp.emit.onnx import emit_onnx
+from cnncomp.run.reference import run_reference
+from cnncomp.ir.weights import init_weights
+from cnncomp.frontend.cnn.loader import load_text
 from cnncomp.errors import CnnError
 from cnncomp.ops.registry import all_ops
 

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from cnncomp.backends.reference import ReferenceModule, run_reference, to_torch
-from cnncomp.backends.weights import init_weights, save_safetensors
-from cnncomp.dsl.loader import load_text
+from cnncomp.run.reference import ReferenceModule, run_reference, to_torch
+from cnncomp.ir.weights import init_weights, save_safetensors
+from cnncomp.frontend.cnn.loader import load_text
 from cnncomp.errors import CnnError
 from cnncomp.ops.registry import all_ops
 

@@ -9,10 +9,10 @@ import pytest
 import torch
 from torch import nn
 
-from cnncomp.backends.onnx_emit import emit_onnx
-from cnncomp.backends.reference import run_reference
-from cnncomp.backends.weights import init_weights, load_weights, save_safetensors
-from cnncomp.dsl.loader import load_text
+from cnncomp.emit.onnx import emit_onnx
+from cnncomp.run.reference import run_reference
+from cnncomp.ir.weights import init_weights, load_weights, save_safetensors
+from cnncomp.frontend.cnn.loader import load_text
 from cnncomp.errors import CnnError
 
 SPEC = """network small

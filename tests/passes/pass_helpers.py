@@ -3,12 +3,12 @@
 import numpy as np
 import torch
 
-from cnncomp.backends.onnx_emit import check_onnx, emit_onnx
-from cnncomp.backends.reference import run_reference
-from cnncomp.backends.runtime import Session
-from cnncomp.backends.verify import make_inputs
-from cnncomp.backends.weights import init_weights
-from cnncomp.dsl.loader import load_spec, load_text
+from cnncomp.emit.onnx import check_onnx, emit_onnx
+from cnncomp.run.reference import run_reference
+from cnncomp.run.session import Session
+from cnncomp.verification.harness import make_inputs
+from cnncomp.ir.weights import init_weights
+from cnncomp.frontend.cnn.loader import load_spec, load_text
 from cnncomp.passes import PassContext, parse_pass_list, run_pipeline
 
 

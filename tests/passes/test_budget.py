@@ -2,11 +2,11 @@
 
 import numpy as np
 
-from cnncomp.backends.autotune import extract, time_subgraph
-from cnncomp.backends.verify import verify
-from cnncomp.compiler import emit_model, optimize
-from cnncomp.dsl.loader import load_text
-from cnncomp.passes._manager import graph_cost
+from cnncomp.run.timing import extract, time_subgraph
+from cnncomp.verification.harness import verify
+from cnncomp.pipeline import emit_model, optimize
+from cnncomp.frontend.cnn.loader import load_text
+from cnncomp.ir.cost import graph_cost
 
 SPEC = ("network n\ninput x: [N, 16, 16, 16]\n"
         "y = x -> conv(64, k=3, p=1) as c1 -> relu -> conv(64, k=3, p=1) as c2 -> relu -> gap -> flatten\n"

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from cnncomp.passes.fold_bn import bn_scale_shift
+from cnncomp.passes.exact.fold_bn import bn_scale_shift
 
 H = "network n\ninput x: [N, 8, 12, 12]\n"
 FP32 = 1e-5  # float32 arithmetic over a few layers, relative to the output scale
@@ -74,8 +74,8 @@ def test_scale_shift_formula():
 
 
 def test_folded_weights_leaving_the_float16_range_are_reported():
-    from cnncomp.backends.weights import init_weights
-    from cnncomp.dsl.loader import load_text
+    from cnncomp.ir.weights import init_weights
+    from cnncomp.frontend.cnn.loader import load_text
     from cnncomp.passes import PassContext, parse_pass_list, run_pipeline
 
     graph = load_text(H + "y = x -> conv(4, k=3, bias=false) as c -> bn as b\noutput y\n", "t.cnn")

@@ -5,8 +5,8 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cnncomp.passes.bottleneck import reconstruct as tucker_reconstruct, tucker2
-from cnncomp.passes.depthwise import reconstruct as dw_reconstruct, split_channels
+from cnncomp.passes.approx.bottleneck import reconstruct as tucker_reconstruct, tucker2
+from cnncomp.passes.approx.depthwise import reconstruct as dw_reconstruct, split_channels
 
 H = "network n\ninput x: [N, 16, 12, 12]\n"
 
@@ -101,7 +101,7 @@ def test_full_rank_rewrites_are_exact_end_to_end(cin, cout, k, s, p, d, seed):
     from pass_helpers import optimize
 
     from cnncomp.passes import PassContext
-    from cnncomp.passes.depthwise import depthwise
+    from cnncomp.passes.approx.depthwise import depthwise
 
     text = f"network n\ninput x: [N, {cin}, 9, 9]\ny = x -> conv({cout}, k={k}, s={s}, p={p}, d={d})\noutput y\n"
     opt = optimize(text, "drop-identity", seed=seed)  # only the graph and weights, no rewrite yet

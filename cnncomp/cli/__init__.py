@@ -1,0 +1,68 @@
+"""The `cnncomp` command line: a thin layer over the Python API.
+
+Exit status: 0 on success, 1 when the input is wrong (a spec error, a failed
+numeric check), 2 on bad usage. A user error never shows a traceback unless
+--debug is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from cnncomp import __version__
+from cnncomp.cli.args import UsageError, Parser, add_spec_arguments, parse_defines  # noqa: F401
+from cnncomp.errors import CnnError
+
+# Each command is a module in cnncomp/cli with add_arguments(parser) and run(args) -> int.
+COMMANDS = {
+    "check": "parse and elaborate a spec; print errors or ok",
+    "summary": "per-layer table: shapes, params, MACs, receptive fields; totals; lint warnings",
+    "compile": "run the passes and write ONNX (or a .cnn spec); optionally verify",
+    "verify": "compile and compare ONNX Runtime with the PyTorch reference",
+    "run": "run inference on an ONNX model or a spec",
+    "init": "write a spec's seeded weights to .safetensors",
+    "deploy": "write a Triton Inference Server model repository (config.pbtxt and model.onnx)",
+    "graph": "draw the layer graph (Graphviz), blocks as clusters",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(prog="cnncomp", description="Compile .cnn network specs to optimized, verified ONNX.")
+    parser.add_argument("--version", action="version", version=f"cnncomp {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show Python tracebacks for errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+    for name, help_text in COMMANDS.items():
+        module = importlib.import_module(f"cnncomp.cli.{name}")
+        p = sub.add_parser(name, help=help_text, description=module.__doc__,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+        module.add_arguments(p)
+        p.set_defaults(run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        return args.run(args)
+    except UsageError as e:
+        sys.stderr.write(f"cnncomp {args.command}: error: {e}\n")
+        return 2
+    except CnnError as e:
+        if args.debug:
+            raise
+        sys.stderr.write(str(e) + "\n")
+        return 1
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted\n")
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

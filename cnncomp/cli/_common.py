@@ -1,0 +1,110 @@
+"""Arguments and helpers shared by the commands that compile a spec."""
+
+from __future__ import annotations
+
+import argparse
+
+from cnncomp.cli.args import UsageError, add_spec_arguments, parse_defines
+
+
+def add_compile_arguments(p: argparse.ArgumentParser) -> None:
+    """SPEC, -D, -O, --passes, --weights, --seed, --opset."""
+    add_spec_arguments(p)
+    levels = p.add_mutually_exclusive_group()
+    for level, what in ((0, "no passes (the default for --emit torch)"), (1, "the exact passes (default)"),
+                        (2, "exact passes and layout-neutral simplifications"),
+                        (3, "also the approximate rewrites, under --max-error")):
+        levels.add_argument(f"-O{level}", dest="opt_level", action="store_const", const=level, help=what)
+    p.set_defaults(opt_level=None)
+    levels.add_argument("--passes", metavar="P,...",
+                        help="run these passes instead of a level, e.g. fold-bn,bottleneck(ratio=0.5),depthwise(m=4)")
+    p.add_argument("--weights", metavar="W", help="weights: .safetensors or a PyTorch checkpoint (default: seeded)")
+    p.add_argument("--seed", type=int, default=0, help="seed for initialization and verification inputs (default 0)")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    p.add_argument("--stats", action="store_true", help="print, per pass, the rewrites and params/MACs before and after")
+    p.add_argument("--max-error", type=float, default=0.01, metavar="E",
+                   help="with -O3: end-to-end relative error budget of the approximate rewrites (default 0.01)")
+    p.add_argument("--calibration", metavar="NPZ",
+                   help="with -O3: inputs (npz keyed by input name) on which to measure the error budget")
+    p.add_argument("--autotune", action="store_true",
+                   help="with -O3: keep a rewrite only where ONNX Runtime measures it faster on this machine")
+
+
+def add_check_arguments(p: argparse.ArgumentParser) -> None:
+    """Tolerances and inputs for a numeric check."""
+    p.add_argument("--provider", default="cpu", choices=("cpu", "cuda", "tensorrt", "auto"),
+                   help="ONNX Runtime execution provider (default cpu; auto falls back to cpu and says so)")
+    p.add_argument("--atol", action="append", metavar="[OUTPUT=]A",
+                   help="absolute tolerance, for all outputs or one (repeatable); default 1e-4 * max|reference|")
+    p.add_argument("--rtol", action="append", metavar="[OUTPUT=]R", help="relative tolerance (default 1e-3)")
+    p.add_argument("--val-range", default="-1,1", metavar="LO,HI", help="range of the seeded inputs (default -1,1)")
+    p.add_argument("--batch", type=int, default=2, help="size of a symbolic batch dim in the check (default 2)")
+    p.add_argument("--trt-fp16", action="store_true", help="with --provider tensorrt: let TensorRT use float16")
+    p.add_argument("--trt-engine-cache", metavar="DIR",
+                   help="with --provider tensorrt: cache built engines in DIR (later runs skip the build)")
+
+
+def defines(args) -> dict[str, str]:
+    return parse_defines(args.defines)
+
+
+def tolerance(values: list[str] | None, flag: str):
+    """--atol 1e-4 or --atol logits=1e-3 (repeatable) as a float or {output: float}."""
+    if not values:
+        return None
+    out: dict[str, float] = {}
+    for item in values:
+        name, eq, number = item.rpartition("=")
+        try:
+            out[name if eq else ""] = float(number)
+        except ValueError:
+            raise UsageError(f"{flag} takes a number or OUTPUT=NUMBER, got '{item}'") from None
+    return out[""] if list(out) == [""] else out
+
+
+def val_range(text: str) -> tuple[float, float]:
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError:
+        raise UsageError(f"--val-range takes LO,HI, got '{text}'") from None
+    if not lo < hi:
+        raise UsageError(f"--val-range needs LO < HI, got '{text}'")
+    return lo, hi
+
+
+def opt_level(args, default: int = 1) -> int:
+    """The -O level given, or the command's default."""
+    return default if args.opt_level is None else args.opt_level
+
+
+def passes_arg(args):
+    return args.passes if getattr(args, "passes", None) else None
+
+
+def calibration(args):
+    """The --calibration inputs, or None."""
+    if not getattr(args, "calibration", None):
+        return None
+    return load_npz(args.calibration)
+
+
+def load_npz(path: str) -> dict:
+    """Arrays from an .npz file, keyed by name; an unreadable file is a CnnError."""
+    import numpy as np
+
+    from cnncomp.errors import CnnError
+
+    try:
+        with np.load(path) as data:
+            return {k: data[k] for k in data.files}
+    except (OSError, ValueError, AttributeError) as e:
+        raise CnnError(f"cannot read {path}: {e}") from None
+
+
+def session_options(args) -> dict:
+    """ONNX Runtime session options from the command line (the TensorRT provider's, passed through)."""
+    if args.provider not in ("tensorrt", "auto") or not (args.trt_fp16 or args.trt_engine_cache):
+        return {}
+    from cnncomp.run.session import TensorRTOptions
+
+    return {"trt": TensorRTOptions(fp16=args.trt_fp16, engine_cache=args.trt_engine_cache)}

@@ -1,0 +1,191 @@
+"""Triton Inference Server model repositories.
+
+`write_repository` writes
+
+    REPO/<name>/config.pbtxt
+    REPO/<name>/1/model.onnx      (and model.onnx.data beside it for models over 2 GB)
+
+for Triton's ONNX Runtime backend (`platform: "onnxruntime_onnx"`). The config
+declares every input and output with its data type (TYPE_FP32 or TYPE_FP16) and
+dims. With `max_batch_size` > 0, Triton owns the first dim: the dims leave it out,
+the model must keep it dynamic (the spec's symbolic `N`), and `dynamic_batching {}`
+lets Triton gather requests into batches. A symbolic dim elsewhere is -1.
+
+With `tensorrt=True` the config asks the ONNX Runtime backend to run the model
+through TensorRT (`optimization { execution_accelerators { gpu_execution_accelerator
+[ { name: "tensorrt" ... } ] } }`), with precision_mode FP16 or FP32 and a 1 GiB
+workspace.
+
+The repository entry is written in a temporary folder beside it and renamed
+into place, so that a failure leaves no half-written model behind; an existing
+entry (a folder with a config.pbtxt) is replaced as a whole.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+from onnx import TensorProto
+
+from cnncomp.errors import CnnError
+
+TRITON_TYPES = {
+    TensorProto.FLOAT: "TYPE_FP32",
+    TensorProto.FLOAT16: "TYPE_FP16",
+    TensorProto.DOUBLE: "TYPE_FP64",
+    TensorProto.BFLOAT16: "TYPE_BF16",
+    TensorProto.INT64: "TYPE_INT64",
+    TensorProto.INT32: "TYPE_INT32",
+    TensorProto.INT8: "TYPE_INT8",
+    TensorProto.UINT8: "TYPE_UINT8",
+    TensorProto.BOOL: "TYPE_BOOL",
+}
+WORKSPACE_BYTES = 1 << 30
+MODEL_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
+
+
+@dataclass
+class TensorConfig:
+    name: str
+    data_type: str
+    dims: list[int]
+
+
+@dataclass
+class TritonConfig:
+    """The fields of a Triton model configuration that cnncomp writes."""
+
+    name: str
+    max_batch_size: int
+    inputs: list[TensorConfig]
+    outputs: list[TensorConfig]
+    instances: int = 1
+    kind: str = "KIND_GPU"
+    tensorrt: bool = False
+    precision: str = "fp32"
+    workspace_bytes: int = WORKSPACE_BYTES
+
+    def to_pbtxt(self) -> str:
+        """The config in protobuf text format (Triton's config.pbtxt)."""
+        lines = [f'name: "{self.name}"', 'platform: "onnxruntime_onnx"', f"max_batch_size: {self.max_batch_size}"]
+        for key, tensors in (("input", self.inputs), ("output", self.outputs)):
+            lines.append(f"{key} [")
+            for i, t in enumerate(tensors):
+                comma = "," if i < len(tensors) - 1 else ""
+                lines += ["  {", f'    name: "{t.name}"', f"    data_type: {t.data_type}",
+                          f"    dims: [ {', '.join(str(d) for d in t.dims)} ]", "  }" + comma]
+            lines.append("]")
+        if self.max_batch_size > 0:
+            lines.append("dynamic_batching { }")
+        lines += ["instance_group [", "  {", f"    count: {self.instances}", f"    kind: {self.kind}", "  }", "]"]
+        if self.tensorrt:
+            mode = "FP16" if self.precision == "fp16" else "FP32"
+            lines += ["optimization {", "  execution_accelerators {", "    gpu_execution_accelerator : [",
+                      "      {", '        name : "tensorrt"',
+                      f'        parameters {{ key: "precision_mode" value: "{mode}" }}',
+                      f'        parameters {{ key: "max_workspace_size_bytes" value: "{self.workspace_bytes}" }}',
+                      "      }", "    ]", "  }", "}"]
+        return "\n".join(lines) + "\n"
+
+
+def _dims(vi: onnx.ValueInfoProto) -> list:
+    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+            for d in vi.type.tensor_type.shape.dim]
+
+
+def _fmt(dims: list) -> str:
+    return "[" + ", ".join("?" if d is None else str(d) for d in dims) + "]"
+
+
+def triton_config(model: onnx.ModelProto, graph, max_batch: int = 8, instances: int = 1, kind: str = "gpu",
+                  tensorrt: bool = False, precision: str = "fp32", name: str | None = None) -> TritonConfig:
+    """The Triton config of an emitted model; a spec whose batch dim is static is an error when max_batch > 0."""
+    name = name or graph.name
+    if not MODEL_NAME.match(name):
+        raise CnnError(f"'{name}' cannot name a Triton model (use letters, digits, '_', '-', '.'); give --name")
+    if max_batch < 0:
+        raise CnnError(f"--max-batch must be 0 or more, got {max_batch}")
+    if instances < 1:
+        raise CnnError(f"--instances must be 1 or more, got {instances}")
+    if kind not in ("gpu", "cpu"):
+        raise CnnError(f"instance kind must be gpu or cpu, got '{kind}'")
+    if tensorrt and kind != "gpu":
+        raise CnnError("--tensorrt needs GPU instances: TensorRT runs only on NVIDIA GPUs (drop --kind cpu)")
+    batch_symbol = None
+    tensors: dict[str, list[TensorConfig]] = {"input": [], "output": []}
+    for key, values in (("input", model.graph.input), ("output", model.graph.output)):
+        for vi in values:
+            elem = vi.type.tensor_type.elem_type
+            if elem not in TRITON_TYPES:
+                raise CnnError(f"{key} '{vi.name}' has ONNX element type {TensorProto.DataType.Name(elem)}, "
+                               "which Triton cannot serve")
+            dims = _dims(vi)
+            if max_batch > 0:
+                first = dims[0] if dims else None
+                if not isinstance(first, str):
+                    raise _static_batch_error(key, vi.name, dims, graph, max_batch)
+                if batch_symbol is None:
+                    batch_symbol = first
+                elif first != batch_symbol:
+                    raise CnnError(f"{key} '{vi.name}' {_fmt(dims)} has first dim '{first}', not the batch dim "
+                                   f"'{batch_symbol}' of the other tensors; Triton batches along one dim "
+                                   f"(deploy with --max-batch 0)")
+                dims = dims[1:]
+            tensors[key].append(TensorConfig(vi.name, TRITON_TYPES[elem],
+                                             [d if isinstance(d, int) else -1 for d in dims]))
+    return TritonConfig(name, max_batch, tensors["input"], tensors["output"], instances,
+                        "KIND_GPU" if kind == "gpu" else "KIND_CPU", tensorrt, precision)
+
+
+def _static_batch_error(key: str, tensor: str, dims: list, graph, max_batch: int) -> CnnError:
+    loc = None
+    if key == "input" and tensor in graph.inputs:
+        loc = graph.layer(tensor).loc
+    elif key == "output" and tensor in graph.output_names:
+        loc = graph.layer(graph.outputs[graph.output_names.index(tensor)]).loc
+    shown = ", ".join(str(d) for d in dims[1:])
+    hint = (f"declare it with a symbolic batch dim, e.g. `input {tensor}: [N, {shown}]`" if key == "input"
+            else "make the batch dim symbolic all the way to the outputs")
+    return CnnError(f"{key} '{tensor}' {_fmt(dims)} has a static batch dim, but --max-batch {max_batch} asks Triton "
+                    f"to batch requests along it; {hint}, or deploy with --max-batch 0", loc)
+
+
+def write_repository(model: onnx.ModelProto, config: TritonConfig, repo: str | Path, version: int = 1) -> Path:
+    """Write REPO/<name>/config.pbtxt and REPO/<name>/<version>/model.onnx atomically; return the model folder."""
+    from cnncomp.emit.onnx.save import save_onnx
+
+    repo = Path(repo)
+    if repo.exists() and not repo.is_dir():
+        raise CnnError(f"the model repository '{repo}' exists and is not a folder")
+    target = repo / config.name
+    if target.exists() and not (target / "config.pbtxt").is_file() and any(target.iterdir()):
+        raise CnnError(f"'{target}' exists and is not a Triton model folder (no config.pbtxt); "
+                       "not replacing it")
+    created_repo = not repo.exists()
+    repo.mkdir(parents=True, exist_ok=True)
+    tmp = repo / f".{config.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    old = None
+    try:
+        (tmp / str(version)).mkdir(parents=True)
+        save_onnx(model, tmp / str(version) / "model.onnx")
+        (tmp / "config.pbtxt").write_text(config.to_pbtxt())
+        if target.exists():
+            old = repo / f".{config.name}.{os.getpid()}.{secrets.token_hex(4)}.old"
+            os.replace(target, old)
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None and old.exists() and not target.exists():
+            os.replace(old, target)
+        if created_repo:
+            shutil.rmtree(repo, ignore_errors=True)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    return target

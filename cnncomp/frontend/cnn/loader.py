@@ -1,0 +1,172 @@
+"""Loading a spec: the file, its imports, the standard blocks, -D overrides, then elaboration."""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+from contextlib import contextmanager
+from functools import lru_cache
+from pathlib import Path
+
+from cnncomp.frontend.cnn import ast
+from cnncomp.frontend.cnn.elaborate import Definitions, Elaborator, Scope
+from cnncomp.frontend.cnn.parser import deep_recursion, parse, parse_file
+from cnncomp.errors import CnnError, Loc
+from cnncomp.ir.graph import LayerGraph
+from cnncomp.ops.registry import get_op
+
+STDLIB_PATH = Path(__file__).with_name("stdlib.cnn")
+
+
+@lru_cache(maxsize=1)
+def standard_blocks() -> dict[str, ast.BlockDef]:
+    program = parse_file(STDLIB_PATH)
+    return {s.name: s for s in program.stmts if isinstance(s, ast.BlockDef)}
+
+
+def load_spec(path: str | Path, overrides: dict[str, str] | None = None) -> LayerGraph:
+    """Parse and elaborate a .cnn file into a LayerGraph."""
+    return elaborate_program(parse_file(path), overrides)
+
+
+def load_text(text: str, file: str = "<spec>", overrides: dict[str, str] | None = None) -> LayerGraph:
+    """Parse and elaborate .cnn source text."""
+    return elaborate_program(parse(text, file), overrides)
+
+
+def elaborate_program(program: ast.Program, overrides: dict[str, str] | None = None) -> LayerGraph:
+    try:
+        with deep_recursion(), _no_gc_pauses():
+            return _elaborate(program, overrides)
+    except RecursionError:
+        raise CnnError("the spec nests expressions or blocks too deeply", Loc(program.file, 1, 1)) from None
+
+
+def _elaborate(program: ast.Program, overrides: dict[str, str] | None) -> LayerGraph:
+    stmts = program.stmts
+    if not stmts or not isinstance(stmts[0], ast.Network):
+        loc = stmts[0].loc if stmts else Loc(program.file, 1, 1)
+        raise CnnError("a spec starts with `network NAME`", loc)
+    for s in stmts[1:]:
+        if isinstance(s, ast.Network):
+            raise CnnError("`network` may appear only once, as the first statement", s.loc)
+    graph = LayerGraph(stmts[0].name)
+    defs = Definitions(blocks=dict(standard_blocks()))
+    imported: set[str] = set()
+    _collect(program, defs, overrides or {}, imported, stack=[_key(program.file)], top=True)
+    unused = set(overrides or {}) - set(defs.lets)
+    if unused:
+        name = sorted(unused)[0]
+        known = ", ".join(sorted(defs.lets)) or "none"
+        raise CnnError(f"-D {name}: the spec has no top-level `let {name}` (its constants: {known})")
+    elab = Elaborator(defs, graph)
+    elab.run_top(program, defs.lets, defs.let_locs)
+    if not graph.inputs:
+        raise CnnError("the spec has no `input`", stmts[0].loc)
+    if not any(isinstance(s, ast.Output) for s in stmts):
+        last = stmts[-1]
+        raise CnnError("the spec has no `output` statement", last.loc)
+    graph.meta.update(file=program.file, spec_hash=_spec_hash(program.file), overrides=dict(overrides or {}),
+                      lets={k: v for k, v in defs.lets.items() if k in _own_lets(program)})
+    return graph
+
+
+@contextmanager
+def _no_gc_pauses():
+    """Elaboration makes many long-lived objects and no cycles worth collecting: full
+    collections in the middle of it would make its time grow faster than the layer count."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _own_lets(program: ast.Program) -> set[str]:
+    return {s.name for s in program.stmts if isinstance(s, ast.Let)}
+
+
+def _collect(program: ast.Program, defs: Definitions, overrides: dict, imported: set, stack: list,
+             top: bool) -> None:
+    """Gather blocks and let constants from a program and, first, from its imports."""
+    own_blocks: dict[str, ast.BlockDef] = {}
+    for s in program.stmts:
+        if isinstance(s, ast.Import):
+            path = (Path(program.file).parent / s.path)
+            key = _key(str(path))
+            if key in stack:
+                cycle = " -> ".join(Path(k).name for k in stack[stack.index(key):] + [key])
+                raise CnnError(f"import cycle: {cycle}", s.loc)
+            if key in imported:
+                continue
+            if not path.is_file():
+                raise CnnError(f"import \"{s.path}\": no such file {path}", s.loc)
+            imported.add(key)
+            try:
+                child = parse_file(path)
+            except CnnError as err:
+                raise CnnError(err.message, err.loc or s.loc, notes=(f"imported at {s.loc}",)) from None
+            _collect(child, defs, overrides, imported, stack + [key], top=False)
+        elif isinstance(s, ast.BlockDef):
+            if s.name in own_blocks:
+                first = own_blocks[s.name].loc
+                raise CnnError(f"block '{s.name}' is defined twice (first at {first.line}:{first.col})", s.loc)
+            if get_op(s.name) is not None:
+                raise CnnError(f"block '{s.name}' has the name of a layer; choose another name", s.loc)
+            _check_block_body(s)
+            own_blocks[s.name] = s
+            defs.blocks[s.name] = s
+        elif isinstance(s, ast.Let):
+            if s.name in defs.lets and s.name in _own_lets(program):
+                first = defs.let_locs[s.name]
+                if first.file == s.loc.file:
+                    raise CnnError(f"name '{s.name}' is bound twice (first bound at {first.line}:{first.col})", s.loc)
+            if s.name in overrides:
+                defs.lets[s.name] = _override_value(s.name, overrides[s.name], defs)
+            else:
+                elab = Elaborator(defs, LayerGraph())
+                defs.lets[s.name] = elab.eval(s.value, Scope(names={}, locs={}, lets=defs.lets))
+            defs.let_locs[s.name] = s.loc
+        elif not top and isinstance(s, (ast.Assign, ast.Return)):
+            continue
+
+
+_STATEMENT_WORDS = {ast.Network: "network", ast.Import: "import", ast.Let: "let", ast.Input: "input",
+                    ast.Output: "output", ast.BlockDef: "block"}
+
+
+def _check_block_body(block: ast.BlockDef) -> None:
+    """A block binds names and ends with one `return`; nothing may follow it."""
+    for i, stmt in enumerate(block.body):
+        if type(stmt) in _STATEMENT_WORDS:
+            raise CnnError(f"'{_STATEMENT_WORDS[type(stmt)]}' is not allowed inside a block", stmt.loc)
+        if isinstance(stmt, ast.Return) and i != len(block.body) - 1:
+            raise CnnError(f"block '{block.name}': statements after 'return' are never run", block.body[i + 1].loc)
+
+
+def _override_value(name: str, text: str, defs: Definitions):
+    file = f"-D {name}"
+    try:
+        program = parse(f"let {name} = {text}\n", file)
+    except CnnError as err:
+        raise CnnError(f"-D {name}={text}: not a value ({err.message})") from None
+    elab = Elaborator(defs, LayerGraph())
+    return elab.eval(program.stmts[0].value, Scope(names={}, locs={}, lets=defs.lets))
+
+
+def _key(path: str) -> str:
+    try:
+        return str(Path(path).resolve())
+    except OSError:
+        return path
+
+
+def _spec_hash(file: str) -> str:
+    try:
+        return hashlib.sha256(Path(file).read_bytes()).hexdigest()
+    except OSError:
+        from cnncomp.errors import SOURCES
+
+        return hashlib.sha256("\n".join(SOURCES.texts.get(file, [])).encode()).hexdigest()

@@ -1,0 +1,98 @@
+"""depthwise: split a k x k conv into a depthwise conv and a 1x1 conv. Approximate
+(exact when m >= min(Cout, k^2)).
+
+For each input channel i, M_i = W[:, i] reshaped Cout x K (K = prod(k)) has the SVD
+U S V^T. Keeping m components, the conv becomes
+  depthwise k x k conv, groups Cin, Cin*m outputs: output channel i*m + j (PyTorch's
+  order for grouped outputs) has kernel V^T[j] of channel i; the original stride,
+  padding and dilation; no bias;
+  1x1 conv Cin*m -> Cout: weight[o, i*m + j] = U[o, j] * S[j]; the original bias.
+M_i has rank at most min(Cout, K), so m = min(Cout, K) is exact.
+
+`m=` sets the multiplier; `energy=` picks, per layer, the smallest m that keeps that
+fraction of squared singular values in every channel. A conv is skipped, with the
+reason logged, when the split would not lower its MACs (`always=1` applies it anyway). New layers: NAME.0
+(depthwise), NAME.1 (pointwise).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from cnncomp.ir.cost import layer_macs
+from cnncomp.ops.registry import numel
+from cnncomp.passes.approx._lowrank import conv_layer, rank_for_energy, relative_error, replace_with_chain
+from cnncomp.passes.manager import register_pass
+from cnncomp.passes._rewrite import weight
+from cnncomp.passes.approx.bottleneck import candidates
+
+
+def split_channels(w: np.ndarray, m: int):
+    """(depthwise [Cin*m, 1, k...], pointwise [Cout, Cin*m]) of a conv weight [Cout, Cin, k...]."""
+    cout, cin = w.shape[:2]
+    kernel = w.shape[2:]
+    per_channel = np.moveaxis(w.reshape(cout, cin, -1), 1, 0)  # [Cin, Cout, K]
+    u, s, vt = np.linalg.svd(per_channel, full_matrices=False)  # u [Cin, Cout, r], s [Cin, r], vt [Cin, r, K]
+    r = s.shape[1]
+    keep = min(m, r)
+    depthwise = np.zeros((cin, m) + (math.prod(kernel),))
+    pointwise = np.zeros((cout, cin, m))
+    depthwise[:, :keep] = vt[:, :keep]
+    pointwise[:, :, :keep] = np.moveaxis(u[:, :, :keep] * s[:, None, :keep], 0, 1)
+    return depthwise.reshape((cin * m, 1) + kernel), pointwise.reshape(cout, cin * m)
+
+
+def reconstruct(depthwise: np.ndarray, pointwise: np.ndarray, cin: int) -> np.ndarray:
+    cout = pointwise.shape[0]
+    m = depthwise.shape[0] // cin
+    dw = depthwise.reshape((cin, m) + depthwise.shape[2:])
+    pw = pointwise.reshape(cout, cin, m)
+    return np.einsum("oij,ij...->oi...", pw, dw, optimize=True)
+
+
+def multiplier_for_energy(w: np.ndarray, energy: float) -> int:
+    cout, cin = w.shape[:2]
+    s = np.linalg.svd(np.moveaxis(w.reshape(cout, cin, -1), 1, 0), compute_uv=False)
+    return max(rank_for_energy(row, energy) for row in s)
+
+
+@register_pass("depthwise", exact=False, options={"m": int, "energy": float, "only": str, "always": int})
+def depthwise(ctx, m: int | None = None, energy: float | None = None, only: str = "", always: int = 0) -> int:
+    """Depthwise-separable (per-input-channel SVD) rewrite of k x k convs."""
+    graph, count = ctx.graph, 0
+    for layer in candidates(graph, only):
+        name = layer.name  # the rewrite renames the old layer
+        w = weight(ctx, name, "weight").astype(np.float64)
+        cout, cin = w.shape[:2]
+        k = math.prod(layer.attrs["kernel"])
+        mult = multiplier_for_energy(w, energy) if energy is not None else (m or 1)
+        mult = max(1, min(mult, min(cout, k)))
+        after = numel(layer.shape[2:]) * (cin * mult * k + cout * cin * mult)
+        before = layer_macs(graph, layer)
+        if after >= before and not always:
+            ctx.refuse("depthwise", layer.name, f"m={mult} would not lower MACs ({after:,} >= {before:,})")
+            continue
+        dw, pw = split_channels(w, mult)
+        _rewrite(ctx, layer, dw, pw, mult)
+        err = relative_error(w, reconstruct(dw, pw, cin))
+        ctx.note("depthwise", f"{name}: m={mult}, MACs {before:,} -> {after:,}, weight error {err:.3g}")
+        count += 1
+    return count
+
+
+def _rewrite(ctx, layer, dw: np.ndarray, pw: np.ndarray, mult: int) -> None:
+    a, name = layer.attrs, layer.name
+    rank = len(a["kernel"])
+    cin = a["in_channels"]
+    ones, zeros = (1,) * rank, (0,) * (2 * rank)
+    n = layer.shape[0]
+    dw_layer = conv_layer(f"{name}.0", layer, cin * mult, cin, a["kernel"], a["stride"], a["pads"], a["dilation"],
+                          cin, False, (n, cin * mult) + tuple(layer.shape[2:]))
+    pw_layer = conv_layer(f"{name}.1", layer, a["out"], cin * mult, ones, ones, zeros, ones, 1, a["bias"],
+                          layer.shape)
+    weights = {f"{name}.0.weight": dw, f"{name}.1.weight": pw.reshape(pw.shape + ones)}
+    if a["bias"]:
+        weights[f"{name}.1.bias"] = weight(ctx, name, "bias")
+    replace_with_chain(ctx, layer, [dw_layer, pw_layer], weights)

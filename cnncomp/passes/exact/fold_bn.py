@@ -1,0 +1,128 @@
+"""fold-bn: fold an inference batch norm into the conv or linear next to it. Exact.
+
+With s = weight / sqrt(running_var + eps) and t = bias - running_mean * s
+(per channel, eps as given on the bn):
+
+- conv/deform_conv/linear -> bn:  W'[o, ...] = W[o, ...] * s[o],  b'[o] = b[o] * s[o] + t[o]
+  (the output-channel axis, axis 0 of the weight, is scaled).
+- bn -> conv/linear:  W'[o, i, ...] = W[o, i, ...] * s[c(i)],
+  b'[o] = b[o] + sum_{i, k} W[o, i, k] * t[c(i)], with c(i) the input channel that
+  group-local index i reads; only when the conv has no padding (a padded border
+  would see t instead of 0).
+
+Folding is done in float64 and cast back to float32. A fold is refused, with the
+reason logged, when the producer's output has other users (they would see the
+folded values). Folded weights outside the float16 range, or that become float16
+subnormals, are reported as warnings.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from cnncomp.passes.manager import register_pass
+from cnncomp.passes._rewrite import bypass, only_user, record_alias, set_weight, weight
+
+PRODUCERS = ("conv", "deform_conv", "linear")  # output channel o is sum(W[o] * something) + b[o]
+FP16_MAX = 65504.0
+FP16_MIN_NORMAL = 6.103515625e-05
+
+
+def bn_scale_shift(ctx, bn: str, eps: float) -> tuple[np.ndarray, np.ndarray]:
+    """(s, t) of a batch norm in float64: bn(x) = x * s + t per channel."""
+    gamma = weight(ctx, bn, "weight").astype(np.float64)
+    beta = weight(ctx, bn, "bias").astype(np.float64)
+    mean = weight(ctx, bn, "running_mean").astype(np.float64)
+    var = weight(ctx, bn, "running_var").astype(np.float64)
+    s = gamma / np.sqrt(var + eps)
+    return s, beta - mean * s
+
+
+@register_pass("fold-bn", exact=True, level=1)
+def fold_bn(ctx) -> int:
+    """Fold batch norms into the adjacent conv or linear (before or after it)."""
+    graph, count = ctx.graph, 0
+    fp16 = {"overflow": {}, "subnormal": {}}
+    for bn in [l for l in graph.layers() if l.op == "bn"]:
+        if bn.name not in graph:
+            continue
+        (src,) = graph.inputs_of(bn.name)
+        if src.op in PRODUCERS:
+            if only_user(graph, src.name) != bn.name:
+                ctx.refuse("fold-bn", bn.name, f"{src.op} output {src.name} has other users")
+            else:
+                _fold_into_producer(ctx, src, bn, fp16)
+                count += 1
+                continue
+        user = only_user(graph, bn.name)
+        if user is not None and graph.layer(user).op in ("conv", "linear"):
+            consumer = graph.layer(user)
+            reason = _consumer_refusal(consumer, bn)
+            if reason is None:
+                _fold_into_consumer(ctx, bn, consumer, fp16)
+                count += 1
+                continue
+            ctx.refuse("fold-bn", bn.name, reason)
+        elif src.op not in PRODUCERS:
+            ctx.refuse("fold-bn", bn.name, f"follows {src.op}, not a conv or linear, and no conv or linear reads "
+                                           "only it")
+    _report_fp16(ctx, fp16)
+    return count
+
+
+def _report_fp16(ctx, fp16: dict) -> None:
+    """One warning per kind of float16 trouble, naming the worst layer."""
+    for kind, what in (("overflow", "exceed the float16 range (65504)"),
+                       ("subnormal", "became float16 subnormals (below 6.1e-05)")):
+        counts = fp16[kind]
+        if counts:
+            worst = max(counts, key=counts.get)
+            ctx.fp16_warnings.append(f"fold-bn: {sum(counts.values())} folded weights in {len(counts)} layers {what}; "
+                                f"most in {worst} ({counts[worst]})")
+
+
+def _fold_into_producer(ctx, layer, bn, fp16: dict) -> None:
+    s, t = bn_scale_shift(ctx, bn.name, bn.attrs["eps"])
+    w = weight(ctx, layer.name, "weight").astype(np.float64)
+    b = weight(ctx, layer.name, "bias").astype(np.float64) if layer.attrs["bias"] else np.zeros(len(s))
+    view = (-1,) + (1,) * (w.ndim - 1)
+    _store(ctx, layer, w, w * s.reshape(view), b * s + t, fp16)
+    record_alias(ctx.graph, layer.name, bn.name)
+    bypass(ctx, bn.name)
+
+
+def _consumer_refusal(consumer, bn) -> str | None:
+    if consumer.op == "conv" and any(consumer.attrs["pads"]):
+        return f"conv {consumer.name} pads its input: the border would see the shift instead of 0"
+    if consumer.op == "linear" and len(bn.shape) != 2:
+        return f"linear {consumer.name} reads a rank-{len(bn.shape)} tensor"
+    return None
+
+
+def _fold_into_consumer(ctx, bn, layer, fp16: dict) -> None:
+    s, t = bn_scale_shift(ctx, bn.name, bn.attrs["eps"])
+    w = weight(ctx, layer.name, "weight").astype(np.float64)
+    b = weight(ctx, layer.name, "bias").astype(np.float64) if layer.attrs["bias"] else np.zeros(w.shape[0])
+    groups = layer.attrs.get("groups", 1)
+    out, per_group = w.shape[0], w.shape[1]
+    # c(i) for every (output channel, group-local input index): the channel of x it reads.
+    group_of_out = np.arange(out) // (out // groups)
+    channel = group_of_out[:, None] * per_group + np.arange(per_group)[None, :]
+    extra = (1,) * (w.ndim - 2)
+    w_new = w * s[channel].reshape(channel.shape + extra)
+    b_new = b + (w * t[channel].reshape(channel.shape + extra)).reshape(out, -1).sum(axis=1)
+    _store(ctx, layer, w, w_new, b_new, fp16)
+    bypass(ctx, bn.name)
+
+
+def _store(ctx, layer, w_old: np.ndarray, w: np.ndarray, b: np.ndarray, fp16: dict) -> None:
+    overflow = int(np.sum(np.abs(w) > FP16_MAX) + np.sum(np.abs(b) > FP16_MAX))
+    became_tiny = int(np.sum((np.abs(w_old) >= FP16_MIN_NORMAL) & (w != 0) & (np.abs(w) < FP16_MIN_NORMAL)))
+    if overflow:
+        fp16["overflow"][layer.name] = overflow
+    if became_tiny:
+        fp16["subnormal"][layer.name] = became_tiny
+    set_weight(ctx, layer, "weight", w)
+    layer.attrs["bias"] = True
+    set_weight(ctx, layer, "bias", b)
+    layer.args["bias"] = True

@@ -1,0 +1,188 @@
+"""Pass infrastructure: the pass registry, optimization levels, the pipeline runner.
+
+A pass is a function `(ctx: PassContext, **options) -> int` that rewrites
+`ctx.graph` (and `ctx.weights`) in place and returns how many rewrites it made.
+It declares whether it is exact (the result must pass the fp32 numeric check)
+or approximate (it reports its measured error and savings). The manager runs a
+pipeline, reruns it until nothing changes, lints the graph after each pass when
+asked, and names the failing pass and the passes before it when one breaks.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from cnncomp.errors import CnnError
+from cnncomp.ir.cost import graph_cost  # noqa: F401  (re-exported for the passes)
+from cnncomp.ir.graph import LayerGraph
+
+
+@dataclass
+class PassContext:
+    """What a pass works on: the graph, its weights (name -> array), and a log of what it did or refused."""
+
+    graph: LayerGraph
+    weights: dict[str, np.ndarray]
+    log: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    fp16_warnings: list[str] = field(default_factory=list)  # shown when the target is float16
+
+    def refuse(self, pass_name: str, layer: str, reason: str) -> None:
+        self.log.append(f"{pass_name}: skipped {layer}: {reason}")
+
+    def note(self, pass_name: str, message: str) -> None:
+        self.log.append(f"{pass_name}: {message}")
+
+
+@dataclass(frozen=True)
+class PassInfo:
+    name: str
+    fn: Callable[..., int]
+    exact: bool
+    level: int  # the lowest -O level that runs it (0 = only when named)
+    options: dict[str, type]
+    doc: str
+
+
+PASSES: dict[str, PassInfo] = {}
+
+
+def register_pass(name: str, exact: bool, level: int = 0, options: dict[str, type] | None = None):
+    """Decorator: register a pass under `name` (see the module docstring)."""
+
+    def wrap(fn):
+        if name in PASSES:
+            raise ValueError(f"pass '{name}' registered twice")
+        PASSES[name] = PassInfo(name, fn, exact, level, dict(options or {}), (fn.__doc__ or "").strip())
+        return fn
+
+    return wrap
+
+
+def all_passes() -> dict[str, PassInfo]:
+    from cnncomp.passes.approx import bottleneck, depthwise  # noqa: F401
+    from cnncomp.passes.exact import dce, drop_identity, fold_bn, fold_pad, merge_pointwise  # noqa: F401
+
+    return PASSES
+
+
+@dataclass
+class PassStep:
+    """One pass to run, with its options: `bottleneck(ratio=0.5)`."""
+
+    name: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        if not self.options:
+            return self.name
+        return f"{self.name}({', '.join(f'{k}={v}' for k, v in self.options.items())})"
+
+
+def level_pipeline(level: int) -> list[PassStep]:
+    """The passes that -O<level> runs, in order. -O3 adds the approximate rewrites (budgeted separately)."""
+    order = ["drop-identity", "fold-pad", "fold-bn", "merge-pointwise", "dce"]
+    passes = all_passes()
+    return [PassStep(n) for n in order if passes[n].level and passes[n].level <= level]
+
+
+_STEP = re.compile(r"\s*([A-Za-z][\w-]*)\s*(?:\(([^()]*)\))?\s*(?:,|$)")
+
+
+def parse_pass_list(text: str) -> list[PassStep]:
+    """Parse `fold-bn,bottleneck(ratio=0.5),depthwise(m=4)`; unknown names and options are usage errors."""
+    steps, pos = [], 0
+    text = text.strip()
+    passes = all_passes()
+    while pos < len(text):
+        m = _STEP.match(text, pos)
+        if not m or m.end() == pos:
+            raise CnnError(f"--passes: cannot read '{text[pos:]}'; expected NAME or NAME(key=value, ...)")
+        name, arg_text = m.group(1), m.group(2)
+        if name not in passes:
+            raise CnnError(f"--passes: unknown pass '{name}'; known: {', '.join(sorted(passes))}")
+        options = {}
+        for item in filter(None, (a.strip() for a in (arg_text or "").split(","))):
+            key, eq, value = item.partition("=")
+            key = key.strip()
+            if not eq or key not in passes[name].options:
+                known = ", ".join(passes[name].options) or "none"
+                raise CnnError(f"--passes: {name} has no option '{item}' (options: {known})")
+            options[key] = _convert(name, key, value.strip(), passes[name].options[key])
+        steps.append(PassStep(name, options))
+        pos = m.end()
+    return steps
+
+
+def _convert(pass_name: str, key: str, value: str, kind: type):
+    try:
+        if kind is tuple:
+            return tuple(int(v) for v in value.strip("()").split(":")) if value else ()
+        return kind(value)
+    except ValueError:
+        raise CnnError(f"--passes: {pass_name}({key}=...) needs {kind.__name__}, got '{value}'") from None
+
+
+@dataclass
+class PassRecord:
+    """What one pass did: rewrites made, params and MACs before and after."""
+
+    step: str
+    round: int
+    rewrites: int
+    params_before: int
+    params_after: int
+    macs_before: int
+    macs_after: int
+
+
+def run_pipeline(ctx: PassContext, steps: list[PassStep], fixed_point: bool = True, lint: bool = False,
+                 after_each: Callable[[PassStep, PassContext], None] | None = None,
+                 max_rounds: int = 10) -> list[PassRecord]:
+    """Run the steps in order, repeating the whole list until no pass changes anything."""
+    passes = all_passes()
+    records: list[PassRecord] = []
+    done: list[str] = []
+    for round_ in range(1, max_rounds + 1):
+        changed = 0
+        for step in steps:
+            info = passes[step.name]
+            before = graph_cost(ctx.graph)
+            try:
+                count = info.fn(ctx, **step.options)
+                if lint:
+                    ctx.graph.lint()
+            except CnnError:
+                raise
+            except Exception as e:  # a broken pass: name it and what ran before it
+                prior = ", ".join(done) or "none"
+                raise CnnError(f"pass '{step}' failed: {type(e).__name__}: {e} (passes before it: {prior})") from e
+            after = graph_cost(ctx.graph)
+            records.append(PassRecord(str(step), round_, count, before[0], after[0], before[1], after[1]))
+            done.append(str(step))
+            if after_each is not None:
+                after_each(step, ctx)
+            changed += count
+            ctx.graph.meta.setdefault("passes", [])
+            if count and str(step) not in ctx.graph.meta["passes"]:
+                ctx.graph.meta["passes"].append(str(step))
+            if count and not info.exact:
+                ctx.graph.meta["approximate"] = True
+        if not fixed_point or not changed or not all(passes[s.name].exact for s in steps):
+            break
+    return records
+
+
+def format_stats(records: list[PassRecord]) -> str:
+    """The --stats table: per pass run, rewrites and params/MACs before and after."""
+    rows = [("pass", "round", "rewrites", "params before", "params after", "MACs before", "MACs after")]
+    for r in records:
+        rows.append((r.step, str(r.round), str(r.rewrites), f"{r.params_before:,}", f"{r.params_after:,}",
+                     f"{r.macs_before:,}", f"{r.macs_after:,}"))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths)))
+                     for row in rows)

@@ -1,0 +1,162 @@
+"""The PyTorch reference: an interpreter of the unoptimized LayerGraph.
+
+Each layer runs its op's `torch_ref`, written independently of the ONNX
+lowering, so that comparing the two checks the compiler. Like torch.fx's
+Interpreter, a failure inside a layer is re-raised as a CnnError that says
+"while executing layer X (file:line:col)" and points at the spec line.
+Every layer's output is checked against the shape the spec inferred.
+
+`ReferenceModule` is the same interpreter as a trainable torch.nn.Module:
+its state_dict keys are exactly the weight names (`features.0.weight`,
+`layer1.0.bn1.running_var`), learnable weights are Parameters and batch-norm
+running statistics are buffers. In eval() mode layers compute their inference
+form; in train() mode each op's `torch_train` form (batch norm normalizes with
+batch statistics and updates its running ones, dropout drops, rrelu samples its
+slope), as the matching torch.nn modules do; gradients flow to every Parameter.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cnncomp.ir.weights import check_weights, init_weights, load_weights
+from cnncomp.errors import CnnError
+from cnncomp.ops.registry import all_ops, fmt_shape
+
+WeightGetter = Callable[[str, str], torch.Tensor]  # (layer name, suffix) -> tensor
+
+
+def execute(graph, feeds: Mapping[str, torch.Tensor], weight: WeightGetter,
+            training: bool = False) -> dict[str, torch.Tensor]:
+    """Run every layer in order on torch tensors (training form if asked); return every layer's output."""
+    ops = all_ops()
+    values: dict[str, torch.Tensor] = {}
+    for layer in graph.layers():
+        if layer.op == "input":
+            values[layer.name] = feeds[layer.name]
+            continue
+        try:
+            op = ops[layer.op]
+            ins = [values[u] for u in graph.input_names(layer.name)]
+            ws = {suffix: weight(layer.name, suffix) for suffix in layer.weights}
+            out = (op.torch_train if training else op.torch_ref)(layer.attrs, ins, ws)
+            _check_shape(layer, out)
+        except Exception as exc:
+            detail = exc.message if isinstance(exc, CnnError) else f"{type(exc).__name__}: {exc}"
+            raise CnnError(f"while executing layer '{layer.name}' ({layer.where or 'no location'}): {detail}",
+                           layer.loc, layer.chain) from exc
+        values[layer.name] = out
+    return values
+
+
+def _check_shape(layer, out) -> None:
+    got = tuple(out.shape)
+    want = tuple(layer.shape)
+    if len(got) != len(want) or any(isinstance(w, int) and w != g for g, w in zip(got, want)):
+        raise CnnError(f"the reference computed shape {fmt_shape(got)}, the spec infers {fmt_shape(want)}")
+
+
+def _feeds(graph, inputs: Mapping[str, np.ndarray], dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    unknown = sorted(set(inputs) - set(graph.inputs))
+    if unknown:
+        raise CnnError(f"unknown input '{unknown[0]}'; the network's inputs are {', '.join(graph.inputs)}")
+    feeds = {}
+    for name in graph.inputs:
+        if name not in inputs:
+            raise CnnError(f"missing input '{name}' (shape {fmt_shape(graph.layer(name).shape)})")
+        value = inputs[name]
+        t = value.detach() if isinstance(value, torch.Tensor) else torch.from_numpy(np.asarray(value))
+        want = tuple(graph.layer(name).shape)
+        if t.dim() != len(want) or any(isinstance(w, int) and w != g for g, w in zip(t.shape, want)):
+            raise CnnError(f"input '{name}' has shape {fmt_shape(tuple(t.shape))}, the spec declares {fmt_shape(want)}")
+        feeds[name] = t.to(dtype)
+    return feeds
+
+
+def run_reference(graph, weights: Mapping[str, np.ndarray], inputs: Mapping[str, np.ndarray],
+                  dtype: torch.dtype = torch.float32, capture: bool = False):
+    """Run the graph with each op's PyTorch reference; return {output name: array} (and every layer's output if capture)."""
+    if dtype not in (torch.float32, torch.float64):
+        raise CnnError(f"the reference runs in float32 or float64, not {dtype}")
+    arrays = check_weights(weights, graph, "the weights dict", allow_unexpected=True)
+    tensors = {name: torch.from_numpy(np.ascontiguousarray(a)).to(dtype) for name, a in arrays.items()}
+    with torch.no_grad():
+        values = execute(graph, _feeds(graph, inputs, dtype), lambda layer, suffix: tensors[f"{layer}.{suffix}"])
+    outputs = {out: values[layer].numpy() for out, layer in zip(graph.output_names, graph.outputs)}
+    if capture:
+        return outputs, {name: t.numpy() for name, t in values.items()}
+    return outputs
+
+
+class ReferenceModule(torch.nn.Module):
+    """A trainable nn.Module that interprets a LayerGraph; state_dict keys are the weight names."""
+
+    def __init__(self, graph, weights: Mapping[str, np.ndarray]):
+        super().__init__()
+        arrays = check_weights(weights, graph, "the weights dict", allow_unexpected=True)
+        object.__setattr__(self, "_cnn_graph", graph)  # not a submodule, not in state_dict
+        owners: dict[str, torch.nn.Module] = {}
+        for layer in graph.layers():
+            if not layer.weights:
+                continue
+            owner = self._module_at(layer.name)
+            owners[layer.name] = owner
+            for suffix, spec in layer.weights.items():
+                tensor = torch.from_numpy(np.array(arrays[f"{layer.name}.{suffix}"], dtype=np.float32))
+                try:
+                    if spec.learnable:
+                        owner.register_parameter(suffix, torch.nn.Parameter(tensor))
+                    else:
+                        owner.register_buffer(suffix, tensor)
+                except KeyError as exc:
+                    raise _clash(layer, suffix, exc) from None
+        object.__setattr__(self, "_owners", owners)
+
+    def _module_at(self, path: str) -> torch.nn.Module:
+        module: torch.nn.Module = self
+        for part in path.split("."):
+            child = module._modules.get(part)
+            if child is None:
+                child = torch.nn.Module()
+                try:
+                    module.add_module(part, child)
+                except KeyError as exc:
+                    raise _clash(self._cnn_graph.layer(path), part, exc) from None
+            module = child
+        return module
+
+    @property
+    def graph(self):
+        """The LayerGraph this module interprets."""
+        return self._cnn_graph
+
+    def forward(self, *inputs: torch.Tensor):
+        """Run the network on its inputs, in spec order; one output, or a tuple of them."""
+        graph = self._cnn_graph
+        if len(inputs) != len(graph.inputs):
+            raise CnnError(f"the network takes {len(graph.inputs)} input(s) ({', '.join(graph.inputs)}), "
+                           f"got {len(inputs)}")
+        feeds = dict(zip(graph.inputs, inputs))
+        owners = self._owners
+        values = execute(graph, feeds, lambda layer, suffix: getattr(owners[layer], suffix), training=self.training)
+        outs = tuple(values[layer] for layer in graph.outputs)
+        return outs[0] if len(outs) == 1 else outs
+
+
+def _clash(layer, part: str, exc: KeyError) -> CnnError:
+    return CnnError(f"layer name '{layer.name}' cannot be a PyTorch module path: '{part}' clashes with an "
+                    f"attribute of torch.nn.Module or with a weight ({exc.args[0] if exc.args else exc}); "
+                    "rename the layer with `as`", layer.loc, layer.chain)
+
+
+def to_torch(graph, weights: Mapping[str, np.ndarray] | str | Path | None = None, seed: int = 0) -> ReferenceModule:
+    """A trainable PyTorch module for the graph, with the given weights (a dict or a file) or seeded ones."""
+    if weights is None:
+        weights = init_weights(graph, seed)
+    elif isinstance(weights, (str, Path)):
+        weights = load_weights(weights, graph)
+    return ReferenceModule(graph, weights)

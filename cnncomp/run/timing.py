@@ -1,0 +1,37 @@
+"""Timing a few layers alone under ONNX Runtime, for -O3 --autotune."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from cnncomp.ir.graph import Layer, LayerGraph
+
+
+def extract(graph: LayerGraph, names: list[str]) -> LayerGraph:
+    """A graph of just these layers (a chain or a single layer), fed by a new input shaped like their input."""
+    members = set(names)
+    sub = LayerGraph(f"{graph.name}_part")
+    order = [l for l in graph.layers() if l.name in members]
+    first = order[0]
+    (src,) = graph.inputs_of(first.name)
+    shape = tuple(1 if isinstance(d, str) else d for d in src.shape)
+    sub.add_layer(Layer("x", "input", {}, shape, src.dtype))
+    for layer in order:
+        feeds = ["x" if n not in members else n for n in graph.input_names(layer.name)]
+        sub.add_layer(Layer(layer.name, layer.op, dict(layer.attrs), (1,) + tuple(layer.shape[1:]), layer.dtype,
+                            layer.loc, layer.chain, dict(layer.weights), dict(layer.args)), feeds)
+    sub.outputs = [order[-1].name]
+    sub.output_names = ["y"]
+    return sub
+
+
+def time_subgraph(graph: LayerGraph, names: list[str], provider: str = "cpu", repeats: int = 20) -> float:
+    """Median seconds per run of these layers alone (seeded weights, batch 1)."""
+    from cnncomp.emit.onnx import emit_onnx
+    from cnncomp.run.session import Session
+    from cnncomp.ir.weights import init_weights
+
+    sub = extract(graph, names)
+    session = Session(emit_onnx(sub, init_weights(sub, 0)), provider, quiet=True)
+    x = np.random.default_rng(0).standard_normal(sub.layer("x").shape).astype(np.float32)
+    return session.median_seconds({"x": x}, repeats)

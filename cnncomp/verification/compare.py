@@ -1,0 +1,82 @@
+"""Comparing one tensor with its reference: error statistics, NaN/Inf, and the verdict."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from cnncomp.verification.tolerances import DEFAULT_TOLERANCES
+
+
+@dataclass
+class Comparison:
+    """Error statistics of one tensor against its reference."""
+
+    max_abs_err: float
+    max_rel_err: float
+    mean_abs_err: float
+    median_abs_err: float
+    p99_abs_err: float
+    atol: float
+    rtol: float
+    ok: bool
+    problem: str | None = None  # NaN/Inf or shape trouble, in words
+    rel_l2_err: float = 0.0  # ||actual - ref|| / ||ref||
+    max_error: float | None = None  # the budget it was judged by (approximate rewrites), else None
+
+    def to_json(self) -> dict:
+        return {k: getattr(self, k) for k in ("max_abs_err", "max_rel_err", "mean_abs_err", "median_abs_err",
+                                              "p99_abs_err", "rel_l2_err", "atol", "rtol", "max_error", "ok",
+                                              "problem")}
+
+    def describe(self) -> str:
+        rule = (f"relative L2 error {self.rel_l2_err:.3g} within budget {self.max_error:g}" if self.max_error is not None
+                else f"atol {self.atol:.3g}, rtol {self.rtol:.3g}")
+        return (f"max abs {self.max_abs_err:.3g}, max rel {self.max_rel_err:.3g}, mean abs {self.mean_abs_err:.3g}, "
+                f"median abs {self.median_abs_err:.3g}, p99 abs {self.p99_abs_err:.3g}, rel L2 {self.rel_l2_err:.3g} "
+                f"({rule}) {'ok' if self.ok else 'FAIL'}" + (f" [{self.problem}]" if self.problem else ""))
+
+
+def compare(actual: np.ndarray, expected: np.ndarray, atol: float | None, rtol: float | None,
+            precision: str = "fp32", max_error: float | None = None) -> Comparison:
+    """Compare one tensor with its reference; tolerances default to the magnitude-scaled ones.
+
+    With `max_error` (approximate rewrites) the tensor agrees when its relative L2 error is within it."""
+    expected = np.asarray(expected, dtype=np.float64)
+    actual = np.asarray(actual, dtype=np.float64)
+    atol_unit, default_rtol = DEFAULT_TOLERANCES[precision]
+    scale = float(np.nanmax(np.abs(expected))) if expected.size and np.isfinite(expected).any() else 0.0
+    atol = atol if atol is not None else atol_unit * max(scale, 1e-6)
+    rtol = default_rtol if rtol is None else rtol
+    if actual.shape != expected.shape:
+        return Comparison(np.inf, np.inf, np.inf, np.inf, np.inf, atol, rtol, False,
+                          f"shape {list(actual.shape)} differs from the reference's {list(expected.shape)}")
+    problem = None
+    bad_actual = ~np.isfinite(actual)
+    bad_expected = ~np.isfinite(expected)
+    if bad_actual.any() or bad_expected.any():
+        if (bad_actual != bad_expected).any() or (actual[bad_actual] != expected[bad_actual]).any():
+            problem = (f"{int(np.isnan(actual).sum())} NaN and {int(np.isinf(actual).sum())} Inf in the output, "
+                       f"{int(np.isnan(expected).sum())} NaN and {int(np.isinf(expected).sum())} Inf in the reference")
+    finite = np.isfinite(actual) & np.isfinite(expected)
+    diff = np.abs(actual - expected)[finite] if finite.any() else np.zeros(1)
+    ref = np.abs(expected)[finite] if finite.any() else np.ones(1)
+    rel = diff / np.maximum(ref, 1e-12)
+    rel_l2 = float(np.linalg.norm(diff) / max(float(np.linalg.norm(ref)), 1e-30))
+    if max_error is not None:
+        ok = problem is None and rel_l2 <= max_error
+    else:
+        ok = problem is None and bool(np.all(diff <= atol + rtol * ref))
+    return Comparison(float(diff.max()), float(rel.max()), float(diff.mean()), float(np.median(diff)),
+                      float(np.percentile(diff, 99)), float(atol), float(rtol), ok, problem, rel_l2, max_error)
+
+
+def relative_output_error(outputs: dict, reference: dict) -> float:
+    """max over outputs of ||y - y_ref|| / ||y_ref||."""
+    worst = 0.0
+    for name, ref in reference.items():
+        ref = np.asarray(ref, dtype=np.float64)
+        diff = np.linalg.norm(np.asarray(outputs[name], dtype=np.float64) - ref)
+        worst = max(worst, float(diff / max(np.linalg.norm(ref), 1e-30)))
+    return worst

@@ -1,0 +1,154 @@
+"""Numeric verification: the emitted model under ONNX Runtime against the PyTorch reference.
+
+Both run on the same seeded inputs and weights. The reference runs the
+unoptimized graph in float64, so it is the ground truth for both the passes and
+the float32 arithmetic of the runtime. An output agrees when every element obeys
+|ort - ref| <= atol + rtol * |ref|. Unless given, atol scales with the output's
+magnitude: atol = 1e-4 * max|ref| for float32 (1e-2 for float16) and rtol = 1e-3
+(1e-2 for float16), so that a network with outputs near 1e3 is judged as one
+with outputs near 1.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from cnncomp.errors import CnnError
+from cnncomp.ir.graph import LayerGraph
+from cnncomp.verification.compare import Comparison, compare
+from cnncomp.verification.tolerances import DEFAULT_MAX_ERROR, DEFAULT_TOLERANCES, tolerance_for  # noqa: F401
+
+
+
+@dataclass
+class LayerCheck:
+    layer: str
+    reference_layer: str
+    location: str
+    comparison: Comparison
+
+
+@dataclass
+class VerifyReport:
+    """What `cnncomp verify` found: per-output errors and, with --per-layer, the first layer that diverges."""
+
+    ok: bool
+    passes: list[str]
+    provider: str
+    outputs: dict[str, Comparison]
+    first_divergent_layer: str | None = None
+    first_divergent_location: str | None = None
+    layers: list[LayerCheck] = field(default_factory=list)
+    precision: str = "fp32"
+    notes: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return {"ok": self.ok, "passes": self.passes, "provider": self.provider, "precision": self.precision,
+                "outputs": {k: v.to_json() for k, v in self.outputs.items()},
+                "first_divergent_layer": self.first_divergent_layer,
+                "first_divergent_location": self.first_divergent_location,
+                "layers": [{"layer": c.layer, "reference_layer": c.reference_layer, "location": c.location,
+                            **c.comparison.to_json()} for c in self.layers],
+                "notes": self.notes}
+
+    def format(self) -> str:
+        lines = [f"verify: {'ok' if self.ok else 'MISMATCH'} ({self.provider}, {self.precision}; passes: "
+                 f"{', '.join(self.passes) or 'none'})"]
+        for name, c in self.outputs.items():
+            lines.append(f"  {name}: {c.describe()}")
+        if self.first_divergent_layer:
+            lines.append(f"  first divergent layer: {self.first_divergent_layer} ({self.first_divergent_location})")
+        lines += [f"  note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+
+def make_inputs(graph: LayerGraph, seed: int = 0, val_range: tuple[float, float] = (-1.0, 1.0),
+                batch: int = 2) -> dict[str, np.ndarray]:
+    """Seeded uniform inputs for every graph input; a symbolic dim takes the size `batch`."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for name in graph.inputs:
+        layer = graph.layer(name)
+        shape = tuple(d if isinstance(d, int) else batch for d in layer.shape)
+        out[name] = rng.uniform(val_range[0], val_range[1], shape).astype(layer.dtype)
+    return out
+
+
+def with_all_layer_outputs(model, graph: LayerGraph):
+    """A copy of an ONNX model that also outputs every layer's tensor (for --per-layer)."""
+    import onnx
+    from onnx import helper
+
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    produced = {o for node in model.graph.node for o in node.output}
+    existing = {o.name for o in model.graph.output}
+    out_alias = dict(zip(graph.outputs, graph.output_names))
+    tensors = {}
+    for layer in graph.layers():
+        if layer.op == "input":
+            continue
+        name = layer.name if layer.name in produced else out_alias.get(layer.name)
+        if name is None or name not in produced:
+            continue
+        tensors[layer.name] = name
+        if name not in existing:
+            elem = helper.np_dtype_to_tensor_dtype(np.dtype(layer.dtype))
+            model.graph.output.append(helper.make_tensor_value_info(name, elem, None))
+            existing.add(name)
+    return model, tensors
+
+
+def verify(ref_graph: LayerGraph, ref_weights: dict, model, opt_graph: LayerGraph, *, provider: str = "cpu",
+           inputs: dict[str, np.ndarray] | None = None, seed: int = 0, val_range=(-1.0, 1.0), batch: int = 2,
+           atol=None, rtol=None, per_layer: bool = False, precision: str = "fp32", session_options=None,
+           reference_outputs: dict | None = None, max_error: float | None = None) -> tuple[VerifyReport, dict, dict]:
+    """Run `model` (emitted from opt_graph) and the reference of ref_graph; return (report, inputs, outputs).
+
+    When approximate rewrites ran (opt_graph.meta["approximate"]), outputs are judged by their relative
+    L2 error against `max_error` (default 0.01) instead of the float32 tolerances."""
+    from cnncomp.run.reference import run_reference
+    from cnncomp.run.session import Session
+
+    import torch
+
+    feeds = inputs if inputs is not None else make_inputs(ref_graph, seed, val_range, batch)
+    for name in ref_graph.inputs:
+        if name not in feeds:
+            raise CnnError(f"the inputs have no '{name}' (they have {', '.join(feeds) or 'nothing'})")
+    if per_layer:
+        ref_out, ref_layers = run_reference(ref_graph, ref_weights, feeds, dtype=torch.float64, capture=True)
+        model, tensors = with_all_layer_outputs(model, opt_graph)
+    else:
+        ref_out = reference_outputs or run_reference(ref_graph, ref_weights, feeds, dtype=torch.float64)
+    session = Session(model, provider, **(session_options or {}))
+    got = session.run({k: v for k, v in feeds.items() if k in session.input_names})
+    outputs = {}
+    budget = None
+    if opt_graph.meta.get("approximate"):
+        budget = DEFAULT_MAX_ERROR if max_error is None else max_error
+    for name in ref_graph.output_names:
+        outputs[name] = compare(got[name], ref_out[name], tolerance_for(name, atol), tolerance_for(name, rtol),
+                                precision, budget)
+    report = VerifyReport(all(c.ok for c in outputs.values()), list(opt_graph.meta.get("passes", [])),
+                          session.provider, outputs, precision=precision)
+    if budget is not None:
+        report.notes.append(f"approximate rewrites ran: outputs are judged by relative L2 error <= {budget:g}")
+    if per_layer:
+        from cnncomp.progress import progress
+
+        aliases = opt_graph.meta.get("aliases", {})
+        for layer in progress(list(opt_graph.layers()), label="compare layers"):
+            if layer.name not in tensors:
+                continue
+            ref_name = aliases.get(layer.name, layer.name)
+            if ref_name not in ref_layers:
+                continue
+            c = compare(got[tensors[layer.name]], ref_layers[ref_name], None, None, precision,
+                        budget if budget is not None else None)
+            report.layers.append(LayerCheck(layer.name, ref_name, ref_graph.layer(ref_name).where, c))
+            if not c.ok and report.first_divergent_layer is None:
+                report.first_divergent_layer = ref_name
+                report.first_divergent_location = ref_graph.layer(ref_name).where
+    return report, feeds, {k: got[k] for k in ref_graph.output_names}
