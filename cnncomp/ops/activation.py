@@ -28,8 +28,12 @@ def _simple(name: str, onnx_op: str, torch_fn: str, doc: str, **onnx_attrs):
         fn = getattr(F, torch_fn, None) or getattr(torch, torch_fn)
         return fn(inputs[0])
 
+    def torch_source(self, s):
+        # F.sigmoid and F.tanh are deprecated aliases of torch.sigmoid and torch.tanh
+        return s.function(f"torch.{torch_fn}" if torch_fn in ("sigmoid", "tanh") else f"F.{torch_fn}")
+
     cls = type(name.title().replace("_", ""), (_Pointwise,),
-               {"name": name, "doc": doc, "to_onnx": to_onnx, "torch_ref": torch_ref})
+               {"name": name, "doc": doc, "to_onnx": to_onnx, "torch_ref": torch_ref, "torch_source": torch_source})
     register(cls)
     return cls
 
@@ -57,6 +61,9 @@ class Silu(_Pointwise):
         x = inputs[0]
         return x * torch.sigmoid(x)
 
+    def torch_source(self, s):
+        return s.function("F.silu")
+
 
 @register
 class Gelu(_Pointwise):
@@ -77,6 +84,9 @@ class Gelu(_Pointwise):
 
         return F.gelu(inputs[0])
 
+    def torch_source(self, s):
+        return s.function("F.gelu")
+
 
 @register
 class Elu(_Pointwise):
@@ -92,6 +102,9 @@ class Elu(_Pointwise):
 
         return F.elu(inputs[0], alpha=float(attrs["alpha"]))
 
+    def torch_source(self, s):
+        return s.function("F.elu", *s.args(["alpha"]))
+
 
 @register
 class Relu6(_Pointwise):
@@ -104,6 +117,9 @@ class Relu6(_Pointwise):
 
     def torch_ref(self, attrs, inputs, weights):
         return inputs[0].clamp(0.0, 6.0)
+
+    def torch_source(self, s):
+        return s.function("F.relu6")
 
 
 def _leaky_onnx(b, layer, inputs, slope: float) -> str:
@@ -123,6 +139,9 @@ class LeakyRelu(_Pointwise):
         import torch.nn.functional as F
 
         return F.leaky_relu(inputs[0], float(attrs["a"]))
+
+    def torch_source(self, s):
+        return s.function("F.leaky_relu", *s.args(["a"]))
 
 
 @register
@@ -149,6 +168,9 @@ class RRelu(_Pointwise):
 
         return F.rrelu(inputs[0], float(attrs["lower"]), float(attrs["upper"]), training=True)
 
+    def torch_source(self, s):
+        return s.function("F.rrelu", *s.args(["lower", "upper"]))  # training=False: the mean slope, as torch_ref
+
 
 @register
 class PRelu(_Pointwise):
@@ -174,6 +196,9 @@ class PRelu(_Pointwise):
 
         return F.prelu(inputs[0], weights["weight"])
 
+    def torch_source(self, s):
+        return s.module()
+
 
 class _SoftmaxBase(_Pointwise):
     params = (Param("axis", "int", 1),)
@@ -188,6 +213,9 @@ class _SoftmaxBase(_Pointwise):
 
     def to_onnx(self, b, layer, inputs, weights):
         return b.node(self.onnx_op, [inputs[0]], layer.name, axis=layer.attrs["axis"])
+
+    def torch_source(self, s):
+        return s.function(f"F.{self.name}", *s.args(["axis"], write_defaults=True))  # F.softmax warns without dim
 
 
 @register

@@ -125,6 +125,9 @@ class Conv(_ConvFamily):
         return conv(x, weights["weight"], weights.get("bias"), attrs["stride"], pads, attrs["dilation"],
                     attrs["groups"])
 
+    def torch_source(self, s):
+        return s.module()
+
 
 @register
 class DeformConv(_ConvFamily):
@@ -171,6 +174,9 @@ class DeformConv(_ConvFamily):
 
         return deform_conv2d_reference(inputs[0], inputs[1], weights["weight"], weights.get("bias"), attrs)
 
+    def torch_source(self, s):
+        return s.module()
+
 
 @register
 class Linear(Op):
@@ -216,3 +222,6 @@ class Linear(Op):
         import torch.nn.functional as F
 
         return F.linear(inputs[0], weights["weight"], weights.get("bias"))
+
+    def torch_source(self, s):
+        return s.module()

@@ -58,6 +58,9 @@ class Add(_Merge):
             out = out + t
         return out
 
+    def torch_source(self, s):
+        return s.infix("+", f"{s.helper('shape_broadcast')}({', '.join(o.shape for o in s.operands)})")
+
 
 @register
 class Mul(_Merge):
@@ -78,6 +81,9 @@ class Mul(_Merge):
         for t in inputs[1:]:
             out = out * t
         return out
+
+    def torch_source(self, s):
+        return s.infix("*", f"{s.helper('shape_broadcast')}({', '.join(o.shape for o in s.operands)})")
 
 
 @register
@@ -117,3 +123,9 @@ class Concat(_Merge):
         import torch
 
         return torch.cat(inputs, dim=attrs["axis"])
+
+    def torch_source(self, s):
+        items, shapes = ", ".join(o.fwd for o in s.operands), ", ".join(o.shape for o in s.operands)
+        axis = s.arg("axis")
+        shape = f"{s.helper('shape_concat')}([{shapes}]" + (f", {s.arg('axis', 'init')})" if s.given("axis") else ")")
+        return s.expression(f"torch.cat([{items}], {axis or 1})", shape)

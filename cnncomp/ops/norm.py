@@ -44,6 +44,9 @@ class BatchNorm(Op):
         return F.batch_norm(inputs[0], weights["running_mean"], weights["running_var"], weights["weight"],
                             weights["bias"], training=True, momentum=0.1, eps=attrs["eps"])
 
+    def torch_source(self, s):
+        return s.module()
+
 
 @register
 class GroupNorm(Op):
@@ -92,3 +95,6 @@ class GroupNorm(Op):
         normed = ((grouped - mean) / (var + attrs["eps"]).sqrt()).reshape(x.shape)
         view = (1, c) + (1,) * (x.dim() - 2)
         return normed * weights["weight"].reshape(view) + weights["bias"].reshape(view)
+
+    def torch_source(self, s):
+        return s.module()

@@ -46,6 +46,11 @@ class _WindowPool(Op):
     def spec_args(self, attrs):
         return _pool_spec_args(self, attrs)
 
+    def torch_source(self, s):
+        args = s.written()
+        shape = f"{s.helper('shape_pool')}({', '.join([s.shape, s.arg('k', 'init')] + s.keywords(['s', 'p', 'd', 'ceil']))})"
+        return s.function(s.helper(self.name), *args, shape=shape)
+
 
 def _pool_window(attrs: dict) -> Window:
     return Window(tuple(d * (k - 1) + 1 for k, d in zip(attrs["kernel"], attrs["dilation"])), attrs["stride"])
@@ -278,6 +283,9 @@ class _GlobalPool(Op):
         rank = len(shapes[0]) - 2
         return Window((1.0,) * rank, (1.0,) * rank, (True,) * rank)
 
+    def torch_source(self, s):
+        return s.function(s.helper(self.name), *s.written(), shape=f"{s.helper('shape_global_pool')}({s.shape})")
+
 
 @register
 class GlobalAvgPool(_GlobalPool):
@@ -344,3 +352,6 @@ class KMaxPool(Op):
         idx = torch.topk(x, attrs["k"], dim=-1, largest=True, sorted=True).indices
         idx, _ = torch.sort(idx, dim=-1)
         return torch.gather(x, -1, idx)
+
+    def torch_source(self, s):
+        return s.function(s.helper("kmaxpool"), *s.written(), shape=f"{s.shape}[:-1] + ({s.arg('k', 'init')},)")

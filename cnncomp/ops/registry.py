@@ -101,6 +101,12 @@ class Op:
         """The training form (cnncomp.to_torch in train() mode); the inference form unless overridden."""
         return self.torch_ref(attrs, inputs, weights)
 
+    def torch_source(self, s):
+        """The layer in generated PyTorch source (--emit torch), written through `s`, a
+        cnncomp.emit.torch.layers.LayerSource (`s.module()` for a layer with weights, `s.function(...)`
+        for a call in forward, ...). An op without one stops --emit torch with a located error."""
+        return s.no_translation()
+
 
 OPS: dict[str, Op] = {}
 

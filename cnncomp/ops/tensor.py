@@ -42,6 +42,12 @@ class Flatten(Op):
         lead = math.prod(x.shape[:axis])
         return x.reshape(lead, -1)
 
+    def torch_source(self, s):
+        shape = f"{s.helper('shape_flatten')}({', '.join([s.shape] + s.keywords(['axis']))})"
+        if not s.given("axis") or s.number("axis") == 1:
+            return s.expression(f"torch.flatten({s.x}, 1)", shape)
+        return s.function(s.helper("flatten"), *s.written(), shape=shape)
+
 
 def _product(dims: tuple):
     if all(isinstance(d, int) for d in dims):
@@ -80,11 +86,17 @@ class Dropout(_Passthrough):
 
         return F.dropout(inputs[0], attrs["p"], training=True)
 
+    def torch_source(self, s):
+        return s.expression(f"F.dropout({s.x}, {s.args(['p'], write_defaults=True)[0]}, self.training)")
+
 
 @register
 class Identity(_Passthrough):
     name = "identity"
     doc = "passes its input through"
+
+    def torch_source(self, s):
+        return s.unchanged()
 
 
 @register
@@ -115,6 +127,9 @@ class Shuffle(Op):
         x, g = inputs[0], attrs["groups"]
         n, c = x.shape[:2]
         return x.reshape(n, g, c // g, *x.shape[2:]).transpose(1, 2).reshape(x.shape)
+
+    def torch_source(self, s):
+        return s.function(s.helper("shuffle"), *s.written())
 
 
 @register
@@ -163,6 +178,11 @@ class Upsample(Op):
         mode = {3: "linear", 4: "bilinear", 5: "trilinear"}[x.dim()]
         return F.interpolate(x, scale_factor=attrs["scale"], mode=mode, align_corners=False)
 
+    def torch_source(self, s):
+        args = s.written()
+        return s.function(s.helper("upsample"), *args,
+                          shape=f"{s.helper('shape_upsample')}({', '.join([s.shape] + s.keywords(['scale']))})")
+
 
 @register
 class Slice(Op):
@@ -196,6 +216,15 @@ class Slice(Op):
 
     def torch_ref(self, attrs, inputs, weights):
         return inputs[0].narrow(attrs["axis"], attrs["start"], attrs["end"] - attrs["start"])
+
+    def torch_source(self, s):
+        start, end = s.arg("start"), s.arg("end")
+        axis = s.number("axis") if s.given("axis") else 1
+        if isinstance(axis, int) and axis >= 0:
+            code = f"{s.atom()}[{':, ' * axis}{start}:{end}]"
+        else:
+            code = f"{s.atom()}.narrow({s.arg('axis')}, {start}, {end} - {start})"
+        return s.expression(code, f"{s.helper('shape_slice')}({', '.join([s.shape] + s.keywords(['start', 'end', 'axis']))})")
 
 
 @register
@@ -246,3 +275,7 @@ class Pad(Op):
         rank = len(p) // 2
         torch_pads = [v for i in reversed(range(rank)) for v in (p[i], p[i + rank])]
         return F.pad(inputs[0], torch_pads, value=attrs["value"])
+
+    def torch_source(self, s):
+        args = s.written()
+        return s.function(s.helper("pad"), *args, shape=f"{s.helper('shape_pad')}({', '.join([s.shape] + s.keywords(['p']))})")

@@ -42,6 +42,13 @@ def elaborate_program(program: ast.Program, overrides: dict[str, str] | None = N
         raise CnnError("the spec nests expressions or blocks too deeply", Loc(program.file, 1, 1)) from None
 
 
+def collect_definitions(program: ast.Program, overrides: dict[str, str] | None = None) -> Definitions:
+    """The blocks (standard ones, imported ones, the spec's own) and `let` constants a spec can use."""
+    defs = Definitions(blocks=dict(standard_blocks()))
+    _collect(program, defs, overrides or {}, set(), stack=[_key(program.file)], top=True)
+    return defs
+
+
 def _elaborate(program: ast.Program, overrides: dict[str, str] | None) -> LayerGraph:
     stmts = program.stmts
     if not stmts or not isinstance(stmts[0], ast.Network):
@@ -51,9 +58,7 @@ def _elaborate(program: ast.Program, overrides: dict[str, str] | None) -> LayerG
         if isinstance(s, ast.Network):
             raise CnnError("`network` may appear only once, as the first statement", s.loc)
     graph = LayerGraph(stmts[0].name)
-    defs = Definitions(blocks=dict(standard_blocks()))
-    imported: set[str] = set()
-    _collect(program, defs, overrides or {}, imported, stack=[_key(program.file)], top=True)
+    defs = collect_definitions(program, overrides)
     unused = set(overrides or {}) - set(defs.lets)
     if unused:
         name = sorted(unused)[0]
