@@ -26,3 +26,31 @@ def test_the_language_table_ops_are_all_registered():
              "avgpool", "minpool", "lppool", "gap", "gmp", "kmaxpool", "flatten", "dropout", "identity", "shuffle",
              "upsample", "concat", "add", "mul"}
     assert table <= set(OPS)
+
+
+# Ops that --emit torch cannot write, each with the reason (none today). Such an op keeps Op's
+# torch_source, which stops the translation with an error located at the layer.
+WITHOUT_TORCH_SOURCE: dict[str, str] = {}
+
+
+@pytest.mark.parametrize("name", OPS)
+def test_every_op_has_a_pytorch_source_translation_or_a_reason(name):
+    has_one = getattr(type(all_ops()[name]), "torch_source") is not Op.torch_source
+    if name in WITHOUT_TORCH_SOURCE:
+        assert not has_one and WITHOUT_TORCH_SOURCE[name], f"{name}: translated, or give the reason it is not"
+    else:
+        assert has_one, f"{name}: define torch_source (see cnncomp/emit/torch/layers.py) or list it with a reason"
+
+
+def test_an_op_without_translation_stops_emit_torch_at_its_layer(tmp_path, monkeypatch):
+    pytest.importorskip("torch")
+    from cnncomp.emit.torch.emit import emit_torch
+    from cnncomp.errors import CnnError
+
+    gelu = type(all_ops()["gelu"])
+    monkeypatch.setattr(gelu, "torch_source", Op.torch_source)
+    spec = tmp_path / "untranslated.cnn"
+    spec.write_text("network untranslated\ninput x: [N, 4, 8, 8]\ny = x -> relu -> gelu\noutput y\n")
+    with pytest.raises(CnnError, match="the layer 'gelu' has no translation") as err:
+        emit_torch(spec, check=False)
+    assert (err.value.loc.line, err.value.loc.col) == (3, 18)  # the gelu stage

@@ -312,8 +312,15 @@ def test_every_standard_block(spec_file):
 def test_every_op(spec_file):
     used = set()
     for text in (OPS_2D, OPS_1D_3D):
-        compare(spec_file(text))
-        used |= {layer.op for layer in load_text(text, "ops.cnn").layers()}
+        source = compare(spec_file(text))
+        graph = load_text(text, "ops.cnn")
+        used |= {layer.op for layer in graph.layers()}
+        # each op's torch_source: a layer with weights is a torch module at its layer name
+        with torch.device("meta"):
+            net = network_class(source, execute(source))()
+        for layer in graph.layers():
+            if layer.weights:
+                assert isinstance(net.get_submodule(layer.name), torch.nn.Module), layer.name
     used |= {layer.op for layer in load_text(ALL_BLOCKS, "blocks.cnn").layers()}
     assert set(all_ops()) - used == set(), "add the new op to these specs"
 

@@ -116,9 +116,9 @@ def emit_torch(spec, overrides: dict[str, str] | None = None, *, notices: list[s
 
 def _program_of(graph: LayerGraph) -> ast.Program | None:
     """The parsed spec of a graph that the passes left as elaborated, or None."""
+    from cnncomp.errors import SOURCES
     from cnncomp.frontend.cnn.loader import elaborate_program
     from cnncomp.frontend.cnn.parser import parse, parse_file
-    from cnncomp.errors import SOURCES
 
     file = graph.meta.get("file")
     if graph.meta.get("passes") or not file:

@@ -25,8 +25,15 @@ from __future__ import annotations
 
 from cnncomp.emit.torch.names import Stmt, Var
 from cnncomp.emit.torch.prelude import PRELUDE
-from cnncomp.emit.torch.unsupported import NotSupported
-from cnncomp.emit.torch.values import BINOP_PREC, P_ATOM, TVal, literal, number_literal, paren
+from cnncomp.emit.torch.unsupported import NoTranslation, NotSupported
+from cnncomp.emit.torch.values import (
+    BINOP_PREC,
+    P_ATOM,
+    TVal,
+    literal,
+    number_literal,
+    paren,
+)
 from cnncomp.errors import Loc
 from cnncomp.ops.registry import Op, get_op
 
@@ -149,7 +156,7 @@ class LayerSource:
                     P_ATOM, v.depth + 1)
 
     def no_translation(self) -> TVal:
-        raise NotSupported(f"--emit torch: the layer '{self.op.name}' has no translation", self._loc)
+        raise NoTranslation(f"--emit torch: the layer '{self.op.name}' has no translation to PyTorch source", self._loc)
 
 
 class LayerTranslation:

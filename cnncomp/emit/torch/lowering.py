@@ -8,7 +8,14 @@ goes to its op's translation (layers.py), each block call to the block's class.
 
 from __future__ import annotations
 
-from cnncomp.emit.torch.counters import ast_names, count_stages, count_sym, sym_add, sym_mul, sym_names
+from cnncomp.emit.torch.counters import (
+    ast_names,
+    count_stages,
+    count_sym,
+    sym_add,
+    sym_mul,
+    sym_names,
+)
 from cnncomp.emit.torch.names import Binding, Stmt, Var, block_param_names
 from cnncomp.emit.torch.unsupported import NotSupported
 from cnncomp.emit.torch.values import P_ATOM, TVal

@@ -14,8 +14,19 @@ from pathlib import Path
 
 from cnncomp.emit.torch.classgen import ClassGen
 from cnncomp.emit.torch.comments import Comments, statement_comments
-from cnncomp.emit.torch.names import IMPORT_NAMES, PY_BUILTINS, camel, module_attributes, network_class_name
-from cnncomp.emit.torch.prelude import PRELUDE, PRELUDE_NAMES, TOP_HELPERS, helper_closure
+from cnncomp.emit.torch.names import (
+    IMPORT_NAMES,
+    PY_BUILTINS,
+    camel,
+    module_attributes,
+    network_class_name,
+)
+from cnncomp.emit.torch.prelude import (
+    PRELUDE,
+    PRELUDE_NAMES,
+    TOP_HELPERS,
+    helper_closure,
+)
 from cnncomp.emit.torch.values import is_literal, literal
 from cnncomp.emit.torch.writer import doc_escape, wrap_doc
 from cnncomp.frontend.cnn import ast
