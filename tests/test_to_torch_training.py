@@ -1,6 +1,7 @@
 """cnncomp.to_torch: a trainable module whose train() mode behaves like torch.nn's layers."""
 
 import numpy as np
+import pytest
 import torch
 
 import cnncomp
@@ -43,3 +44,21 @@ def test_eval_mode_is_deterministic_and_training_reduces_the_loss():
         optimizer.step()
         losses.append(loss.item())
     assert np.mean(losses[-5:]) < np.mean(losses[:5])
+
+
+def test_a_pytorch_state_dict_with_num_batches_tracked_loads_strictly():
+    module = cnncomp.to_torch(load_text(SPEC, "n.cnn"))
+    norm = torch.nn.BatchNorm2d(4).train()
+    norm(torch.randn(8, 4, 4, 4))  # running statistics and num_batches_tracked = 1, as after training
+    state = {k: v for k, v in module.state_dict().items() if not k.startswith("b.")}
+    state.update({f"b.{k}": v for k, v in norm.state_dict().items()})
+    assert "b.num_batches_tracked" in state
+    result = module.load_state_dict(state, strict=True)
+    assert not result.missing_keys and not result.unexpected_keys
+    torch.testing.assert_close(module.state_dict()["b.running_mean"], norm.running_mean)
+    torch.testing.assert_close(module.state_dict()["b.running_var"], norm.running_var)
+    assert "b.num_batches_tracked" not in module.state_dict()  # the keys stay the spec's weight names
+    # only a layer's own count is accepted: under another name it is still an unexpected key
+    state["nowhere.num_batches_tracked"] = torch.tensor(1)
+    with pytest.raises(RuntimeError, match="nowhere.num_batches_tracked"):
+        module.load_state_dict(state, strict=True)

@@ -13,6 +13,9 @@ running statistics are buffers. In eval() mode layers compute their inference
 form; in train() mode each op's `torch_train` form (batch norm normalizes with
 batch statistics and updates its running ones, dropout drops, rrelu samples its
 slope), as the matching torch.nn modules do; gradients flow to every Parameter.
+A real PyTorch state_dict loads with strict=True: the `num_batches_tracked` of
+a layer (nn.BatchNorm's, which cnncomp's weights lack and the interpreter never
+reads) is accepted and dropped.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cnncomp.ir.weights import check_weights, init_weights, load_weights
+from cnncomp.ir.weights import IGNORED_SUFFIXES, check_weights, init_weights, load_weights
 from cnncomp.errors import CnnError
 from cnncomp.ops.registry import all_ops, fmt_shape
 
@@ -115,6 +118,7 @@ class ReferenceModule(torch.nn.Module):
                 except KeyError as exc:
                     raise _clash(layer, suffix, exc) from None
         object.__setattr__(self, "_owners", owners)
+        self.register_load_state_dict_pre_hook(_drop_unused_buffers)
 
     def _module_at(self, path: str) -> torch.nn.Module:
         module: torch.nn.Module = self
@@ -145,6 +149,16 @@ class ReferenceModule(torch.nn.Module):
         values = execute(graph, feeds, lambda layer, suffix: getattr(owners[layer], suffix), training=self.training)
         outs = tuple(values[layer] for layer in graph.outputs)
         return outs[0] if len(outs) == 1 else outs
+
+
+def _drop_unused_buffers(module: ReferenceModule, state_dict, prefix: str, *args) -> None:
+    """A PyTorch state_dict's buffers the interpreter never reads (nn.BatchNorm's
+    num_batches_tracked) are dropped for the network's own layers, so that it loads with
+    strict=True; under any other name they stay unexpected keys."""
+    for key in [k for k in state_dict if k.startswith(prefix)]:
+        layer, _, suffix = key[len(prefix):].rpartition(".")
+        if suffix in IGNORED_SUFFIXES and layer in module._owners and suffix not in module._owners[layer]._buffers:
+            del state_dict[key]
 
 
 def _clash(layer, part: str, exc: KeyError) -> CnnError:
