@@ -35,7 +35,7 @@ WITHOUT_TORCH_SOURCE: dict[str, str] = {}
 
 @pytest.mark.parametrize("name", OPS)
 def test_every_op_has_a_pytorch_source_translation_or_a_reason(name):
-    has_one = getattr(type(all_ops()[name]), "torch_source") is not Op.torch_source
+    has_one = type(all_ops()[name]).torch_source is not Op.torch_source
     if name in WITHOUT_TORCH_SOURCE:
         assert not has_one and WITHOUT_TORCH_SOURCE[name], f"{name}: translated, or give the reason it is not"
     else:

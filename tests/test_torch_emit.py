@@ -13,6 +13,7 @@ different order: errors seen are about 3e-7).
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -492,3 +493,16 @@ def test_compile_emit_torch(tmp_path, capsys):
     graph = load_spec(ROOT / "specs" / "lenet.cnn")
     net = network_class(source, execute(source))()
     net.load_state_dict(tensors(init_weights(graph, 0)), strict=True)
+
+
+def test_source_is_written_without_torch():
+    # the prelude is read as package data, not imported: torch is needed only to check the result
+    script = ("import sys\nsys.modules['torch'] = None  # as if torch were not installed\n"
+              "from cnncomp.emit.torch.emit import emit_torch\nnotices = []\n"
+              "sys.stdout.write(emit_torch(sys.argv[1], notices=notices))\nsys.stderr.write(repr(notices))\n")
+    lenet = ROOT / "specs" / "lenet.cnn"
+    done = subprocess.run([sys.executable, "-c", script, str(lenet)], capture_output=True, text=True, check=False,
+                          cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0, done.stderr
+    assert "torch is not installed: the generated module was not checked" in done.stderr
+    assert done.stdout == emit_torch(lenet)

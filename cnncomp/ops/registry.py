@@ -4,9 +4,10 @@ An op is a subclass of `Op`, registered with `@register`. It defines, in one
 place: its language arguments and defaults (`params`), how they normalize
 against its input shapes (`normalize`), its shape rule (`infer_shape`), its
 weights (`weight_specs`, with initializers), its multiply-accumulate count
-(`macs`), its receptive-field step (`window`), its ONNX lowering (`to_onnx`)
-and its PyTorch reference (`torch_ref`). `tests/test_ops_registry.py` checks
-that every registered op overrides every facet it must.
+(`macs`), its receptive-field step (`window`), its ONNX lowering (`to_onnx`),
+its PyTorch reference (`torch_ref`) and its PyTorch source for --emit torch
+(`torch_source`). `tests/test_ops_registry.py` checks that every registered op
+overrides every facet it must.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """The helpers a generated PyTorch file may contain (`--emit torch`).
 
 This module is real Python, so it is linted and imported like any other, but its main use is as
-text: cnncomp/emit/torch/ copies the sections a network needs into the file it writes.
+text: cnncomp/emit/torch/ copies the sections a network needs into the file it writes (read
+through cnncomp.ops.torch_source.prelude_sections(); the ops' torch_source facets name them).
 Each section starts with a `# @ NAME: DEPENDENCIES` line. The sections mirror the op registry's
 shape rules (normalize/infer_shape) and PyTorch references (torch_ref); tests/test_torch_emit.py
 checks that generated files match the reference.

@@ -22,7 +22,8 @@ the elaborator's statement counter (cnncomp/frontend/cnn/elaborate.py), also acr
 repeats (`self.features[5 + 2 * i]`) and conditional stages. Layers with
 weights are torch modules built by small factories (`conv(x_shape, 64, k=3)`
 returns an nn.Conv2d with an `out_shape`); weight-free layers are calls in
-forward (`F.relu`, `maxpool(y, k=3, s=2, p=1)`). Helpers that carry the exact
+forward (`F.relu`, `maxpool(y, k=3, s=2, p=1)`); each op writes its layers
+itself, through its `torch_source` facet (layers.py). Helpers that carry the exact
 semantics of the op registry (asymmetric `same` padding, avgpool's
 count_pad, minpool, lppool, kmaxpool, shuffle, deform_conv, ...) are emitted
 into the file, only those the network uses.
@@ -46,6 +47,9 @@ channels()/spatial()/rank() of an unnamed tensor expression, an `if` with a
 tensor in one branch and a value in the other. Every emitted source is
 checked before it is returned: built on the meta device, its state_dict keys
 and shapes must be the graph's weights.
+
+The modules of this package, one role each, are listed in
+docs/architecture-emit-torch.md; this one is the driver.
 
 The generated module is float32 (cast it with .half() or .double()); it
 computes what cnncomp's reference computes in eval() mode. In train() mode it

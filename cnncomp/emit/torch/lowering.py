@@ -202,11 +202,10 @@ class StatementLowering:
             raise NotSupported(f"--emit torch: {what}: unknown argument '{min(unknown)}'")
         return bound
 
-    def written_args(self, args: list, mode: str, skip: str | None = None, rename: dict | None = None) -> list[str]:
+    def written_args(self, args: list, mode: str, rename: dict | None = None) -> list[str]:
+        """Spec arguments as written (positional, then `name=` ones), keyword names renamed."""
         out = []
         for a in args:
-            if skip is not None and a.name == skip:
-                continue
             code = self.vcode(a.value, mode)[0]
             out.append(code if a.name is None else f"{(rename or {}).get(a.name, a.name)}={code}")
         return out
