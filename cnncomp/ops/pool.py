@@ -48,8 +48,8 @@ class _WindowPool(Op):
 
     def torch_source(self, s):
         args = s.written()
-        shape = f"{s.helper('shape_pool')}({', '.join([s.shape, s.arg('k', 'init')] + s.keywords(['s', 'p', 'd', 'ceil']))})"
-        return s.function(s.helper(self.name), *args, shape=shape)
+        shape_args = [s.shape, s.arg("k", "init")] + s.keywords(["s", "p", "d", "ceil"])
+        return s.function(s.helper(self.name), *args, shape=f"{s.helper('shape_pool')}({', '.join(shape_args)})")
 
 
 def _pool_window(attrs: dict) -> Window:

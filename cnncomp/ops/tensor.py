@@ -224,7 +224,8 @@ class Slice(Op):
             code = f"{s.atom()}[{':, ' * axis}{start}:{end}]"
         else:
             code = f"{s.atom()}.narrow({s.arg('axis')}, {start}, {end} - {start})"
-        return s.expression(code, f"{s.helper('shape_slice')}({', '.join([s.shape] + s.keywords(['start', 'end', 'axis']))})")
+        shape_args = [s.shape] + s.keywords(["start", "end", "axis"])
+        return s.expression(code, f"{s.helper('shape_slice')}({', '.join(shape_args)})")
 
 
 @register
@@ -278,4 +279,5 @@ class Pad(Op):
 
     def torch_source(self, s):
         args = s.written()
-        return s.function(s.helper("pad"), *args, shape=f"{s.helper('shape_pad')}({', '.join([s.shape] + s.keywords(['p']))})")
+        shape = f"{s.helper('shape_pad')}({', '.join([s.shape] + s.keywords(['p']))})"
+        return s.function(s.helper("pad"), *args, shape=shape)

@@ -80,6 +80,7 @@ class LayerSource:
         return paren((v.fwd, v.prec), P_ATOM)
 
     def given(self, name: str) -> bool:
+        """Whether the spec gives the argument (by position or name)."""
         return name in self._bound
 
     def arg(self, name: str, mode: str = "fwd") -> str | None:
@@ -120,12 +121,15 @@ class LayerSource:
     # ---- ways to write the layer ----------------------------------------------------------------
 
     def unchanged(self) -> TVal:
+        """The input itself (identity)."""
         return self.operands[0]
 
     def function(self, fn: str, *args: str, shape: str | None = None) -> TVal:
+        """`fn(x, *args)` in forward (fn: `F.relu`, or a helper from s.helper)."""
         return self.expression(f"{fn}({', '.join([self.x, *args])})", shape)
 
     def infix(self, symbol: str, shape: str) -> TVal:
+        """The operands joined by a Python operator (`+`, `*`), parenthesized as needed."""
         prec = BINOP_PREC[symbol.strip()]
         code = f" {symbol} ".join(paren((o.fwd, o.prec), prec + (i > 0)) for i, o in enumerate(self.operands))
         return self.expression(code, shape, prec)
@@ -142,6 +146,7 @@ class LayerSource:
         return TVal(code, out_shape, prec, depth, ends_line=not self.op.variadic)
 
     def module(self) -> TVal:
+        """A layer with weights: `self.PATH = OP(x_shape, ...)` in __init__, `self.PATH(x)` in forward."""
         gen, v = self._gen, self.operands[0]
         if self._path is None:
             raise NotSupported(f"--emit torch: {self.op.name} cannot be a module here", self._loc)
@@ -156,6 +161,7 @@ class LayerSource:
                     P_ATOM, v.depth + 1)
 
     def no_translation(self) -> TVal:
+        """Op's default: stop with an error located at the layer (see unsupported.NoTranslation)."""
         raise NoTranslation(f"--emit torch: the layer '{self.op.name}' has no translation to PyTorch source", self._loc)
 
 
