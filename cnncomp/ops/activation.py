@@ -18,6 +18,10 @@ class _Pointwise(Op):
 def _simple(name: str, onnx_op: str, torch_fn: str, doc: str, **onnx_attrs):
     """An activation that is one ONNX op and one torch.nn.functional call."""
 
+    def torch_source(self, s):
+        # F.sigmoid and F.tanh are deprecated aliases of torch.sigmoid and torch.tanh
+        return s.function(f"torch.{torch_fn}" if torch_fn in ("sigmoid", "tanh") else f"F.{torch_fn}")
+
     def to_onnx(self, b, layer, inputs, weights):
         return b.node(onnx_op, [inputs[0]], layer.name, **onnx_attrs)
 
@@ -28,13 +32,10 @@ def _simple(name: str, onnx_op: str, torch_fn: str, doc: str, **onnx_attrs):
         fn = getattr(F, torch_fn, None) or getattr(torch, torch_fn)
         return fn(inputs[0])
 
-    def torch_source(self, s):
-        # F.sigmoid and F.tanh are deprecated aliases of torch.sigmoid and torch.tanh
-        return s.function(f"torch.{torch_fn}" if torch_fn in ("sigmoid", "tanh") else f"F.{torch_fn}")
-
     cls = type(name.title().replace("_", ""), (_Pointwise,),
-               {"name": name, "doc": doc, "to_onnx": to_onnx, "torch_ref": torch_ref, "torch_source": torch_source})
+               {"name": name, "doc": doc, "to_onnx": to_onnx, "torch_ref": torch_ref})
     register(cls)
+    cls.torch_source = torch_source
     return cls
 
 
