@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.run(args)
     except UsageError as e:
-        sys.stderr.write(f"cnncomp {args.command}: error: {e}\n")
+        sys.stderr.write(f"cnncomp {args.command}: error: {e.message}\n")
         return 2
     except CnnError as e:
         if args.debug:
