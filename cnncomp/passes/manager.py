@@ -49,14 +49,14 @@ class PassInfo:
     fn: Callable[..., int]
     exact: bool
     level: int  # the lowest -O level that runs it (0 = only when named)
-    options: dict[str, type]
+    options: dict[str, Callable[[str], Any]]  # option -> its type, or a converter such as `fraction`
     doc: str
 
 
 PASSES: dict[str, PassInfo] = {}
 
 
-def register_pass(name: str, exact: bool, level: int = 0, options: dict[str, type] | None = None):
+def register_pass(name: str, exact: bool, level: int = 0, options: dict[str, Callable[[str], Any]] | None = None):
     """Decorator: register a pass under `name` (see the module docstring)."""
 
     def wrap(fn):

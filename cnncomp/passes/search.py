@@ -48,17 +48,16 @@ def apply_within_budget(runner: PassRunner, output_error: OutputError, max_error
     ctx = runner.ctx
     budget = DEFAULT_MAX_ERROR if max_error is None else max_error
     kept_count = 0
-    layers = sorted(candidates(ctx.graph), key=lambda l: -layer_macs(ctx.graph, l))
+    # names, not Layer objects: a committed rewrite renames the layer it replaces
+    layers = [l.name for l in sorted(candidates(ctx.graph), key=lambda l: -layer_macs(ctx.graph, l))]
     for layer in progress(layers, label="-O3 rewrites"):
-        kept = _choose(runner, layer.name, output_error, budget, speedup)
+        kept = _choose(runner, layer, output_error, budget, speedup)
         if kept is None:
-            ctx.refuse("-O3", layer.name, f"no rewrite keeps the output error within {budget:g}")
+            ctx.refuse("-O3", layer, f"no rewrite keeps the output error within {budget:g}")
             continue
         setting, error = kept
-        step = PassStep(setting.name, {**setting.options, "only": layer.name})
-        runner.run_step(step, label=f"{setting}@{layer.name}")
-        ctx.note(setting.name, f"{layer.name}: kept {setting}, network relative error {error:.3g} "
-                               f"(budget {budget:g})")
+        runner.run_step(PassStep(setting.name, {**setting.options, "only": layer}), label=f"{setting}@{layer}")
+        ctx.note(setting.name, f"{layer}: kept {setting}, network relative error {error:.3g} (budget {budget:g})")
         kept_count += 1
     ctx.graph.meta["approximate"] = True
     return kept_count
