@@ -11,9 +11,9 @@ import argparse
 import importlib
 import sys
 
-from cnncomp import __version__
 from cnncomp.cli.args import UsageError, Parser, add_spec_arguments, parse_defines  # noqa: F401
 from cnncomp.errors import CnnError
+from cnncomp.version import __version__
 
 # Each command is a module in cnncomp/cli with add_arguments(parser) and run(args) -> int.
 COMMANDS = {
