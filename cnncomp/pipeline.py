@@ -11,6 +11,10 @@ dataclasses that the callers print.
 Plugging in: a precision is one function in PRECISIONS (int8 goes beside fp16);
 an emitter is one branch of `emit_text` (or, for a model format, of `write_model`);
 a deployment target is one job function like `deploy_spec`.
+
+Why one module of about 600 lines: it is the job's table of contents, read top to
+bottom in the order the stages run; each stage is a short function over the layers
+below, and splitting it would scatter the one place that shows how they connect.
 """
 
 from __future__ import annotations
