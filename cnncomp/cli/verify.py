@@ -9,6 +9,7 @@ Give --atol/--rtol once for every output or as OUTPUT=VALUE for one.
 
 --per-layer compares every layer's output and names the first layer that
 diverges, with its spec location. --verify-each runs the check after each pass
+(with -O3, after each approximate rewrite the search keeps, judged by --max-error)
 and names the first pass that broke agreement. Exit status 1 on a mismatch.
 
 --precision fp16 converts the emitted model to float16 (weights and compute, after
