@@ -1,7 +1,6 @@
 """cnncomp: a compiler for convolutional networks written in the .cnn language."""
 
-__version__ = "0.1.0"
+from cnncomp.api import compile, deploy, load, to_torch, verify
+from cnncomp.version import __version__
 
-from cnncomp.api import compile, load, to_torch, verify  # noqa: E402
-
-__all__ = ["load", "compile", "verify", "to_torch", "__version__"]
+__all__ = ["load", "compile", "verify", "deploy", "to_torch", "__version__"]

@@ -1,48 +1,74 @@
-"""The Python API: cnncomp.load, compile, verify, to_torch."""
+"""The Python API: cnncomp.load, compile, verify, deploy, to_torch (thin over cnncomp.pipeline).
+
+Everything `cnncomp compile`, `verify` and `deploy` can do is here too. Bad options raise
+cnncomp.errors.UsageError (a CnnError); a failed numeric check raises CheckFailed, with its report.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from cnncomp.ir.graph import LayerGraph
+from cnncomp.errors import CnnError
+from cnncomp.pipeline import CheckOptions, Source, load  # noqa: F401  (load is the public face of the pipeline's)
 
 
-def load(spec: str | Path, defines: dict[str, str] | None = None) -> LayerGraph:
-    """Parse and elaborate a .cnn spec into a LayerGraph (every shape known, every layer named)."""
-    from cnncomp.frontend.cnn.loader import load_spec
+class CheckFailed(CnnError):
+    """compile(..., verify=True): the emitted model does not match the reference; `.report` says how."""
 
-    return load_spec(spec, defines)
+    def __init__(self, report):
+        super().__init__(f"the emitted model does not match the reference; nothing written\n{report.format()}")
+        self.report = report
 
 
 def compile(spec, output: str | Path | None = None, opt_level: int = 1, passes=None, weights=None, seed: int = 0,
-            opset: int = 17, defines: dict[str, str] | None = None):
-    """Compile a spec to an ONNX ModelProto (optimized at -O<opt_level> or by `passes`); save it if `output`."""
-    from cnncomp.emit.onnx import save_onnx
-    from cnncomp.pipeline import emit_model, optimize
+            opset: int = 17, defines: dict[str, str] | None = None, *, emit: str = "onnx", precision: str = "fp32",
+            keep_io_fp32: bool = False, target: str = "onnx", verify: bool = False, provider: str = "cpu",
+            atol=None, rtol=None, max_error: float | None = None, calibration: dict | None = None,
+            autotune: bool = False, min_batch: int = 1, opt_batch: int | None = None, max_batch: int = 8,
+            log=None):
+    """Compile a spec (optimized at -O<opt_level> or by `passes`) and return the ONNX ModelProto in its
+    `precision` (fp32, fp16), or the text for emit="cnn"/"dot"/"torch". With `output`, write it there
+    (target="tensorrt": a TensorRT engine). With `verify`, check it against the reference first and raise
+    CheckFailed, writing nothing, on a mismatch. `log` receives warnings and notes, one line each."""
+    from cnncomp.pipeline import compile_spec, silent
 
-    compiled = optimize(spec, defines, weights, seed, opt_level, passes)
-    model = emit_model(compiled, opset)
-    if output is not None:
-        save_onnx(model, output)
-    return model
+    source = Source(spec, defines, weights, seed, opt_level, passes, max_error, autotune, calibration, opset)
+    options = CheckOptions(provider, seed, atol=atol, rtol=rtol, max_error=max_error)
+    result = compile_spec(source, output, emit, precision, keep_io_fp32, target, (min_batch, opt_batch, max_batch),
+                          verify, options, log=log or silent)
+    if result.report is not None and not result.report.ok:
+        raise CheckFailed(result.report)
+    return result.text if emit != "onnx" else result.model
 
 
 def verify(spec, passes=None, opt_level: int = 1, weights=None, seed: int = 0, provider: str = "cpu",
-           atol=None, rtol=None, per_layer: bool = False, defines: dict[str, str] | None = None, opset: int = 17):
+           atol=None, rtol=None, per_layer: bool = False, defines: dict[str, str] | None = None, opset: int = 17,
+           *, precision: str = "fp32", verify_each: bool = False, inputs: dict | None = None,
+           max_error: float | None = None, calibration: dict | None = None, batch: int = 2, log=None):
     """Compile a spec and compare ONNX Runtime's outputs with the PyTorch reference; returns a VerifyReport (.ok)."""
-    from cnncomp.verification.harness import verify as run_verify
-    from cnncomp.pipeline import emit_model, optimize
+    from cnncomp.pipeline import silent, verify_spec
 
-    compiled = optimize(spec, defines, weights, seed, opt_level, passes)
-    model = emit_model(compiled, opset)
-    report, _, _ = run_verify(compiled.ref_graph, compiled.ref_weights, model, compiled.graph, provider=provider,
-                              seed=seed, atol=atol, rtol=rtol, per_layer=per_layer)
-    return report
+    source = Source(spec, defines, weights, seed, opt_level, passes, max_error, False, calibration, opset)
+    options = CheckOptions(provider, seed, batch=batch, atol=atol, rtol=rtol, max_error=max_error,
+                           per_layer=per_layer)
+    return verify_spec(source, options, precision, inputs, verify_each, log=log or silent).report
+
+
+def deploy(spec, repo: str | Path, max_batch: int = 8, precision: str = "fp32", keep_io_fp32: bool = False,
+           tensorrt: bool = False, instances: int = 1, kind: str = "gpu", name: str | None = None,
+           opt_level: int = 1, passes=None, weights=None, seed: int = 0, opset: int = 17,
+           defines: dict[str, str] | None = None, log=None) -> Path:
+    """Write a Triton model repository for a spec, REPO/<name>/config.pbtxt and REPO/<name>/1/model.onnx;
+    returns the model's folder."""
+    from cnncomp.pipeline import deploy_spec, silent
+
+    source = Source(spec, defines, weights, seed, opt_level, passes, opset=opset)
+    return deploy_spec(source, repo, max_batch, instances, kind, tensorrt, precision, keep_io_fp32, name,
+                       log=log or silent).folder
 
 
 def to_torch(spec, weights=None, seed: int = 0, defines: dict[str, str] | None = None):
     """The spec as a trainable torch nn.Module whose state_dict keys are the layer weight names."""
     from cnncomp.run.reference import to_torch as build
-    from cnncomp.pipeline import load_graph
 
-    return build(load_graph(spec, defines), weights, seed)
+    return build(load(spec, defines), weights, seed)

@@ -59,6 +59,10 @@ class CnnError(Exception):
         return self.format(SOURCES)
 
 
+class UsageError(CnnError):
+    """Bad usage: an option out of its range, or naming something that is not there (the command line exits 2)."""
+
+
 def _quote(sources: "SourceCache | None", loc: Loc) -> list[str]:
     if sources is None:
         return []

@@ -1,15 +1,68 @@
-"""The main job, as functions the API and the command line share: load a spec and
-its weights, run the passes, emit a model, verify it."""
+"""The whole job, as functions that the Python API and the command line share.
+
+    load -> weights -> optimize (the passes; -O3's search) -> emit -> precision -> check -> write / deploy
+
+Each stage is one function here, and the jobs at the bottom (`compile_spec`,
+`verify_spec`, `deploy_spec`, `infer`, `write_seeded_weights`, `draw`) chain them.
+Messages for the user (warnings and notes) go to a `log` function that takes one
+line ending in a newline (the CLI passes sys.stderr.write); results come back as
+dataclasses that the callers print.
+
+Plugging in: a precision is one function in PRECISIONS (int8 goes beside fp16);
+an emitter is one branch of `emit_text` (or, for a model format, of `write_model`);
+a deployment target is one job function like `deploy_spec`.
+
+Why one module of about 600 lines: it is the job's table of contents, read top to
+bottom in the order the stages run; each stage is a short function over the layers
+below, and splitting it would scatter the one place that shows how they connect.
+"""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
-from cnncomp.errors import CnnError
+from cnncomp.errors import CnnError, UsageError
 from cnncomp.ir.graph import LayerGraph
+
+Log = Callable[[str], None]  # takes one line of text, ending in a newline
+EMITTERS = ("onnx", "cnn", "dot", "torch")
+TARGETS = ("onnx", "tensorrt")
+
+
+def silent(text: str) -> None:
+    """The default log: say nothing."""
+
+
+# ---- load and weights --------------------------------------------------------------------------------
+
+
+def load(spec, defines: dict[str, str] | None = None) -> LayerGraph:
+    """Parse and elaborate a .cnn spec into a LayerGraph (every shape known, every layer named); a graph
+    that is already loaded passes through."""
+    if isinstance(spec, LayerGraph):
+        return spec
+    from cnncomp.frontend.cnn.loader import load_spec
+
+    return load_spec(spec, defines)
+
+
+def weights_for(graph: LayerGraph, weights=None, seed: int = 0) -> dict[str, np.ndarray]:
+    """Weights from a file (safetensors or a PyTorch checkpoint), a dict, or seeded initialization."""
+    from cnncomp.ir.weights import check_weights, init_weights, load_weights
+
+    if weights is None:
+        return init_weights(graph, seed)
+    if isinstance(weights, (str, Path)):
+        return load_weights(weights, graph)
+    return check_weights(dict(weights), graph, "the weights dict")
+
+
+# ---- optimize ----------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -26,57 +79,72 @@ class Compiled:
     fp16_warnings: list[str] = field(default_factory=list)
 
 
-def load_graph(spec, defines: dict | None = None) -> LayerGraph:
-    """A LayerGraph from a path to a .cnn file (or an already loaded graph)."""
-    if isinstance(spec, LayerGraph):
-        return spec
-    from cnncomp.frontend.cnn.loader import load_spec
-
-    return load_spec(spec, defines)
-
-
-def load_weights_for(graph: LayerGraph, weights=None, seed: int = 0) -> dict[str, np.ndarray]:
-    """Weights from a file (safetensors or a PyTorch checkpoint), a dict, or seeded initialization."""
-    from cnncomp.ir.weights import check_weights, init_weights, load_weights
-
-    if weights is None:
-        return init_weights(graph, seed)
-    if isinstance(weights, (str, Path)):
-        return load_weights(weights, graph)
-    return check_weights(dict(weights), graph, "the weights dict")
-
-
 def resolve_steps(opt_level: int = 1, passes=None):
-    """The pass steps for -O<level> or an explicit --passes list (a string or a list of strings)."""
-    from cnncomp.passes import level_pipeline, parse_pass_list
+    """The pass steps for -O<level>, or for an explicit list (text, a list of texts, or of PassSteps)."""
+    from cnncomp.passes import PassStep, level_pipeline, parse_pass_list
 
     if passes is not None:
-        text = passes if isinstance(passes, str) else ",".join(passes)
-        return parse_pass_list(text)
+        if isinstance(passes, str):
+            return parse_pass_list(passes)
+        if all(isinstance(p, PassStep) for p in passes):
+            return list(passes)
+        return parse_pass_list(",".join(passes))
     if not 0 <= opt_level <= 3:
-        raise CnnError(f"optimization level must be 0 to 3, got {opt_level}")
+        raise UsageError(f"optimization level must be 0 to 3, got {opt_level}")
     return level_pipeline(min(opt_level, 2))
+
+
+def check_max_error(max_error: float | None) -> None:
+    """The -O3 / approximate-rewrite budget must be a number in (0, inf)."""
+    if max_error is not None and not (0 < max_error < math.inf):
+        raise UsageError(f"--max-error takes a number greater than 0 and finite, got {max_error:g}")
+
+
+def output_error_meter(ref_graph: LayerGraph, ref_weights: dict, feeds: dict):
+    """The -O3 search's measure: (graph, weights) -> the network's relative L2 output error against the
+    unoptimized graph in float64, on these inputs."""
+    import torch
+
+    from cnncomp.run.reference import run_reference
+    from cnncomp.verification.compare import relative_output_error
+
+    reference = run_reference(ref_graph, ref_weights, feeds, dtype=torch.float64)
+    return lambda graph, weights: relative_output_error(run_reference(graph, weights, feeds), reference)
 
 
 def optimize(spec, defines=None, weights=None, seed: int = 0, opt_level: int = 1, passes=None,
              lint: bool = False, after_each=None, max_error: float | None = None, autotune: bool = False,
              provider: str = "cpu", calibration: dict | None = None) -> Compiled:
-    """Load a spec and run its passes: -O<level>, or an explicit list."""
-    from cnncomp.passes import PassContext, run_pipeline
+    """Load a spec and run its passes through the pass manager: -O<level> (-O3 adds the per-layer search of
+    approximate rewrites under `max_error`, measured on `calibration` inputs or seeded ones), or a list."""
+    from cnncomp.passes import PassContext, PassRunner
 
-    ref_graph = load_graph(spec, defines)
-    ref_weights = load_weights_for(ref_graph, weights, seed)
+    check_max_error(max_error)
+    ref_graph = load(spec, defines)
+    ref_weights = weights_for(ref_graph, weights, seed)
+    steps = resolve_steps(opt_level, passes)
     ctx = PassContext(ref_graph.copy(), dict(ref_weights))
     ctx.graph.meta["passes"] = []
-    steps = resolve_steps(opt_level, passes)
-    records = run_pipeline(ctx, steps, lint=lint, after_each=after_each)
+    runner = PassRunner(ctx, lint=lint, after_each=after_each)
+    runner.run_steps(steps)
     if opt_level >= 3 and passes is None:
         from cnncomp.passes.search import apply_within_budget
+        from cnncomp.verification.harness import make_inputs
 
-        records += apply_within_budget(ctx, ref_graph, ref_weights, max_error=max_error, autotune=autotune,
-                                       seed=seed, provider=provider, calibration=calibration)
-    return Compiled(ref_graph, ref_weights, ctx.graph, ctx.weights, records, ctx.log, ctx.warnings,
+        feeds = calibration if calibration is not None else make_inputs(ref_graph, seed, batch=2)
+        speedup = None
+        if autotune:
+            from cnncomp.run.timing import rewrite_speedup
+
+            def speedup(old, new, layer):
+                return rewrite_speedup(old, new, layer, provider)
+
+        apply_within_budget(runner, output_error_meter(ref_graph, ref_weights, feeds), max_error, speedup)
+    return Compiled(ref_graph, ref_weights, ctx.graph, ctx.weights, runner.records, ctx.log, ctx.warnings,
                     ctx.fp16_warnings)
+
+
+# ---- emit --------------------------------------------------------------------------------------------
 
 
 def emit_model(compiled: Compiled, opset: int = 17, notices: list[str] | None = None):
@@ -86,3 +154,460 @@ def emit_model(compiled: Compiled, opset: int = 17, notices: list[str] | None = 
     model = emit_onnx(compiled.graph, compiled.weights, opset=opset, notices=notices)
     check_onnx(model)
     return model
+
+
+def emit_text(compiled: Compiled, emit: str, log: Log = silent) -> str:
+    """The optimized graph as text: a .cnn spec (`cnn`), Graphviz DOT (`dot`) or PyTorch source (`torch`)."""
+    title = f"{compiled.graph.name} after passes: {', '.join(compiled.graph.meta.get('passes', [])) or 'none'}"
+    if emit == "cnn":
+        from cnncomp.ir.printer import emit_cnn
+
+        return emit_cnn(compiled.graph, header=title)
+    if emit == "dot":
+        from cnncomp.emit.dot import to_dot
+
+        return to_dot(compiled.graph, title=title)
+    if emit == "torch":
+        from cnncomp.emit.torch.emit import emit_torch
+
+        notices: list[str] = []
+        text = emit_torch(compiled.graph, notices=notices)
+        for n in notices:
+            log(f"note: {n}\n")
+        return text
+    raise UsageError(f"unknown emitter '{emit}'; known: {', '.join(EMITTERS)}")
+
+
+# ---- precision ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class PrecisionRequest:
+    """What a precision converter may use: keep float32 I/O, inputs to cast for a check, the provider to
+    probe for missing kernels, and the tolerances given (a check's note says what it is judged by)."""
+
+    keep_io_fp32: bool = False
+    inputs: dict | None = None
+    probe_provider: str | None = None
+    atol: object = None
+    rtol: object = None
+
+
+@dataclass
+class Converted:
+    """A model in its target precision, the inputs cast to its input types, the graph that describes it
+    (for per-layer checks), and notes for the check's report."""
+
+    model: object
+    inputs: dict | None
+    graph: LayerGraph
+    precision: str
+    notes: list[str] = field(default_factory=list)
+
+
+def keep_fp32(model, graph: LayerGraph, request: PrecisionRequest, log: Log = silent) -> Converted:
+    """fp32: the model as emitted."""
+    return Converted(model, request.inputs, graph, "fp32")
+
+
+def convert_fp16(model, graph: LayerGraph, request: PrecisionRequest, log: Log = silent) -> Converted:
+    """fp16: weights and compute in float16 after the passes (see precision/fp16.py)."""
+    from cnncomp.precision.fp16 import cast_feeds, fp16_graph, fp16_note, log_report, to_fp16
+
+    converted, report = to_fp16(model, keep_io_fp32=request.keep_io_fp32, probe_provider=request.probe_provider)
+    log_report(report, log)
+    inputs = cast_feeds(converted, request.inputs) if request.inputs is not None else None
+    return Converted(converted, inputs, fp16_graph(graph), "fp16", [fp16_note(request.atol, request.rtol)])
+
+
+# A precision is a converter (model, graph, PrecisionRequest, log) -> Converted; int8 plugs in here.
+PRECISIONS: dict[str, Callable[..., Converted]] = {"fp32": keep_fp32, "fp16": convert_fp16}
+
+
+def convert_precision(model, graph: LayerGraph, precision: str = "fp32", request: PrecisionRequest | None = None,
+                      log: Log = silent) -> Converted:
+    """The emitted float32 model converted to `precision` (one of PRECISIONS)."""
+    if precision not in PRECISIONS:
+        raise UsageError(f"unknown precision '{precision}'; known: {', '.join(PRECISIONS)}")
+    return PRECISIONS[precision](model, graph, request or PrecisionRequest(), log)
+
+
+# ---- check -------------------------------------------------------------------------------------------
+
+
+@dataclass
+class CheckOptions:
+    """How a numeric check runs and what it accepts (--provider, --atol/--rtol, --val-range, --batch, ...)."""
+
+    provider: str = "cpu"
+    seed: int = 0
+    val_range: tuple[float, float] = (-1.0, 1.0)
+    batch: int = 2
+    atol: float | dict[str, float] | None = None
+    rtol: float | dict[str, float] | None = None
+    max_error: float | None = None
+    session_options: dict = field(default_factory=dict)
+    per_layer: bool = False
+
+    def validate(self, graph: LayerGraph) -> None:
+        """Usage errors: a batch below 1, a tolerance that is negative or NaN or names no output of `graph`."""
+        if self.batch < 1:
+            raise UsageError(f"--batch takes 1 or more, got {self.batch}")
+        check_max_error(self.max_error)
+        for flag, given in (("--atol", self.atol), ("--rtol", self.rtol)):
+            values = given if isinstance(given, dict) else {"": given} if given is not None else {}
+            for name, value in values.items():
+                if name and name not in graph.output_names:
+                    raise UsageError(f"{flag} {name}=...: the network has no output '{name}' "
+                                     f"(its outputs: {', '.join(graph.output_names)})")
+                if not value >= 0:  # NaN fails this too
+                    raise UsageError(f"{flag} takes a number 0 or more, got {value:g}")
+
+
+@dataclass
+class Checked:
+    """A check's report, the inputs it ran on, and the model's outputs."""
+
+    report: object  # verification.harness.VerifyReport
+    feeds: dict
+    outputs: dict
+
+
+def check_inputs(graph: LayerGraph, options: CheckOptions) -> dict[str, np.ndarray]:
+    """Seeded uniform inputs in options.val_range; a symbolic batch dim takes options.batch."""
+    from cnncomp.verification.harness import make_inputs
+
+    return make_inputs(graph, options.seed, options.val_range, options.batch)
+
+
+def check(compiled: Compiled, converted: Converted, options: CheckOptions) -> Checked:
+    """Run the converted model under ONNX Runtime against the float64 reference of the unoptimized graph."""
+    from cnncomp.verification.harness import verify
+
+    report, feeds, outputs = verify(
+        compiled.ref_graph, compiled.ref_weights, converted.model, converted.graph, provider=options.provider,
+        inputs=converted.inputs, seed=options.seed, val_range=options.val_range, batch=options.batch,
+        atol=options.atol, rtol=options.rtol, per_layer=options.per_layer, precision=converted.precision,
+        session_options=options.session_options, max_error=options.max_error)
+    report.notes += converted.notes
+    return Checked(report, feeds, outputs)
+
+
+class PassChecker:
+    """--verify-each: the pass manager's after-each hook that emits the graph after every pass run (the -O3
+    search's rewrites included) and checks it against the reference; it remembers the first that broke."""
+
+    def __init__(self, ref_graph: LayerGraph, ref_weights: dict, inputs: dict, options: CheckOptions):
+        self.ref_graph, self.ref_weights, self.inputs, self.options = ref_graph, ref_weights, inputs, options
+        self.checked: list[str] = []
+        self.approximate: list[str] = []
+        self.broken: str | None = None
+
+    def __call__(self, step, ctx) -> None:
+        if self.broken:
+            return
+        from cnncomp.emit.onnx import emit_onnx
+        from cnncomp.passes import all_passes
+        from cnncomp.verification.harness import verify
+
+        o = self.options
+        report, _, _ = verify(self.ref_graph, self.ref_weights, emit_onnx(ctx.graph, ctx.weights), ctx.graph,
+                              inputs=self.inputs, provider=o.provider, seed=o.seed, val_range=o.val_range,
+                              batch=o.batch, atol=o.atol, rtol=o.rtol, max_error=o.max_error,
+                              session_options=o.session_options)
+        self.checked.append(str(step))
+        if not all_passes()[step.name].exact:
+            self.approximate.append(str(step))
+        if not report.ok:
+            self.broken = str(step)
+
+    def notes(self) -> list[str]:
+        if self.broken:
+            return [f"the first pass that broke agreement: {self.broken}"]
+        line = f"verify-each: checked after each of {len(self.checked)} pass runs, all agree"
+        if self.approximate:
+            line += f"; approximate rewrites checked: {', '.join(self.approximate)}"
+        return [line]
+
+
+# ---- write -------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Written:
+    """A file written: its path, what it holds (onnx, tensorrt, cnn, dot, torch) and, for an engine, its size."""
+
+    path: str
+    kind: str
+    size: int | None = None
+
+
+def write_model(model, output, target: str = "onnx", engine_profile=None, fp16: bool = False,
+                log: Log = silent) -> Written:
+    """Write the ONNX model, or build a TensorRT engine from it (`engine_profile` from deployment.tensorrt)."""
+    if target == "tensorrt":
+        from cnncomp.deployment.tensorrt import write_engine
+
+        size = write_engine(model, engine_profile, output, fp16=fp16, log=lambda line: log(f"note: {line}\n"))
+        return Written(str(output), "tensorrt", size)
+    from cnncomp.emit.onnx import save_onnx
+
+    save_onnx(model, output)
+    return Written(str(output), "onnx")
+
+
+# ---- the jobs ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class Source:
+    """What to compile and how to optimize it: a spec (path or graph), -D overrides, weights, seed, the passes
+    (-O level or a list), the -O3 budget and its calibration inputs, autotuning, and the ONNX opset."""
+
+    spec: object
+    defines: dict[str, str] | None = None
+    weights: object = None
+    seed: int = 0
+    opt_level: int = 1
+    passes: object = None
+    max_error: float | None = None
+    autotune: bool = False
+    calibration: dict | None = None
+    opset: int = 17
+
+
+def _optimize(source: Source, graph: LayerGraph, provider: str = "cpu", after_each=None, weights=None) -> Compiled:
+    return optimize(graph, None, source.weights if weights is None else weights, source.seed, source.opt_level,
+                    source.passes, after_each=after_each, max_error=source.max_error, autotune=source.autotune,
+                    provider=provider, calibration=source.calibration)
+
+
+def _warn(compiled: Compiled, precision: str, log: Log) -> None:
+    for w in compiled.warnings + (compiled.fp16_warnings if precision == "fp16" else []):
+        log(f"warning: {w}\n")
+
+
+def compile_problem(emit: str = "onnx", precision: str = "fp32", keep_io_fp32: bool = False,
+                    target: str = "onnx") -> str | None:
+    """Why these compile options cannot go together, or None."""
+    if target == "tensorrt" and emit != "onnx":
+        return f"--target tensorrt builds from the ONNX model; it cannot go with --emit {emit}"
+    if keep_io_fp32 and precision != "fp16":
+        return "--keep-io-fp32 goes with --precision fp16"
+    if precision != "fp32" and emit != "onnx":
+        return f"--precision {precision} converts the ONNX model; it cannot go with --emit {emit}"
+    return None
+
+
+@dataclass
+class CompileResult:
+    """What compile did: the passes' result, the model (None for a text emitter) or text, the check's report
+    (None without one), and the file written (None when nothing was asked or the check failed)."""
+
+    compiled: Compiled
+    model: object = None
+    text: str | None = None
+    report: object = None
+    written: Written | None = None
+
+
+def compile_spec(source: Source, output=None, emit: str = "onnx", precision: str = "fp32",
+                 keep_io_fp32: bool = False, target: str = "onnx", batches: tuple = (1, None, 8),
+                 verify: bool = False, options: CheckOptions | None = None, log: Log = silent) -> CompileResult:
+    """`cnncomp compile`: optimize, emit, convert the precision, check (when `verify`), write `output`
+    (an ONNX file, a TensorRT engine or text) unless the check failed. `batches`: TensorRT min/opt/max."""
+    problem = compile_problem(emit, precision, keep_io_fp32, target)
+    if problem:
+        raise UsageError(problem)
+    options = options or CheckOptions()
+    ref_graph = load(source.spec, source.defines)
+    if verify:
+        options.validate(ref_graph)
+    compiled = _optimize(source, ref_graph, options.provider)
+    _warn(compiled, precision, log)
+    if emit != "onnx":
+        from cnncomp.fileio import write_text
+
+        text = emit_text(compiled, emit, log)
+        if output is not None:
+            write_text(output, text)
+        return CompileResult(compiled, text=text, written=Written(str(output), emit) if output is not None else None)
+    notices: list[str] = []
+    model = emit_model(compiled, source.opset, notices)
+    for n in notices:
+        log(f"note: {n}\n")
+    request = PrecisionRequest(keep_io_fp32, check_inputs(compiled.ref_graph, options) if verify else None,
+                               options.provider if verify else None, options.atol, options.rtol)
+    converted = convert_precision(model, compiled.graph, precision, request, log)
+    profile = None
+    if target == "tensorrt":
+        from cnncomp.deployment.tensorrt import engine_profile
+
+        profile = engine_profile(converted.model, *batches)
+    result = CompileResult(compiled, converted.model)
+    if verify:
+        result.report = check(compiled, converted, options).report
+        if not result.report.ok:
+            return result
+    if output is not None:
+        result.written = write_model(converted.model, output, target, profile, precision == "fp16", log)
+    return result
+
+
+@dataclass
+class VerifyResult:
+    """What verify found: the report, the inputs it ran on, the model's outputs, and the passes' result."""
+
+    report: object
+    feeds: dict
+    outputs: dict
+    compiled: Compiled
+
+
+def verify_spec(source: Source, options: CheckOptions | None = None, precision: str = "fp32",
+                inputs: dict | None = None, verify_each: bool = False, save_inputs=None, save_outputs=None,
+                log: Log = silent) -> VerifyResult:
+    """`cnncomp verify`: compile in memory and compare ONNX Runtime with the reference (per layer when
+    options.per_layer; after every pass, the -O3 rewrites included, with `verify_each`); save the inputs
+    and outputs when asked."""
+    from cnncomp.fileio import save_arrays
+
+    options = options or CheckOptions()
+    ref_graph = load(source.spec, source.defines)
+    options.validate(ref_graph)
+    feeds = inputs if inputs is not None else check_inputs(ref_graph, options)
+    checker, weights = None, None
+    if verify_each:
+        weights = weights_for(ref_graph, source.weights, source.seed)
+        checker = PassChecker(ref_graph, weights, feeds, options)
+    compiled = _optimize(source, ref_graph, options.provider, checker, weights)
+    model = emit_model(compiled, source.opset)
+    request = PrecisionRequest(inputs=feeds, probe_provider=options.provider, atol=options.atol, rtol=options.rtol)
+    checked = check(compiled, convert_precision(model, compiled.graph, precision, request, log), options)
+    if checker is not None:
+        checked.report.notes += checker.notes()
+        if checker.broken:
+            checked.report.ok = False
+    if save_inputs:
+        save_arrays(save_inputs, checked.feeds)
+    if save_outputs:
+        save_arrays(save_outputs, checked.outputs)
+    return VerifyResult(checked.report, checked.feeds, checked.outputs, compiled)
+
+
+def deploy_problem(max_batch: int = 8, instances: int = 1, kind: str = "gpu", tensorrt: bool = False,
+                   precision: str = "fp32", keep_io_fp32: bool = False) -> str | None:
+    """Why these deploy options cannot go together, or None."""
+    if keep_io_fp32 and precision != "fp16":
+        return "--keep-io-fp32 goes with --precision fp16"
+    if max_batch < 0:
+        return f"--max-batch takes 0 or more, got {max_batch}"
+    if instances < 1:
+        return f"--instances takes 1 or more, got {instances}"
+    if tensorrt and kind == "cpu":
+        return "--tensorrt needs GPU instances (TensorRT runs only on NVIDIA GPUs); drop --kind cpu"
+    return None
+
+
+@dataclass
+class Deployed:
+    """A Triton model folder written: where, its config, and the precision of its model."""
+
+    folder: Path
+    config: object  # deployment.triton.TritonConfig
+    precision: str
+
+
+def deploy_spec(source: Source, repo, max_batch: int = 8, instances: int = 1, kind: str = "gpu",
+                tensorrt: bool = False, precision: str = "fp32", keep_io_fp32: bool = False,
+                name: str | None = None, log: Log = silent) -> Deployed:
+    """`cnncomp deploy`: compile and write a Triton model repository, REPO/<name>/config.pbtxt and
+    REPO/<name>/1/model.onnx, atomically."""
+    from cnncomp.deployment.triton import triton_config, write_repository
+    from cnncomp.run.session import Session
+
+    problem = deploy_problem(max_batch, instances, kind, tensorrt, precision, keep_io_fp32)
+    if problem:
+        raise UsageError(problem)
+    compiled = _optimize(source, load(source.spec, source.defines))
+    _warn(compiled, precision, log)
+    notices: list[str] = []
+    model = emit_model(compiled, source.opset, notices)
+    for n in notices:
+        log(f"note: {n}\n")
+    # the batch dims and names are checked on the float32 model, before anything is converted or written
+    triton_config(model, compiled.graph, max_batch, instances, kind, tensorrt, precision, name)
+    # CPU instances run on ONNX Runtime's CPU provider: keep in float32 what it has no float16 kernel for
+    request = PrecisionRequest(keep_io_fp32, probe_provider="cpu" if kind == "cpu" else None)
+    model = convert_precision(model, compiled.graph, precision, request, log).model
+    if tensorrt:
+        from cnncomp.deployment.tensorrt import check_tensorrt_compatible
+
+        for problem in check_tensorrt_compatible(model):
+            log(f"warning: TensorRT: {problem} (Triton's ONNX Runtime backend then runs those nodes without "
+                "TensorRT)\n")
+    Session(model, "cpu", quiet=True)  # ONNX Runtime (CPU) must load what Triton's backend will load
+    config = triton_config(model, compiled.graph, max_batch, instances, kind, tensorrt, precision, name)
+    try:
+        folder = write_repository(model, config, repo)
+    except OSError as e:
+        raise CnnError(f"cannot write the model repository '{repo}': {e}") from None
+    return Deployed(folder, config, precision)
+
+
+def read_inputs(path, names: list[str]) -> dict[str, np.ndarray]:
+    """Inputs from a .npy (a one-input model) or a .npz keyed by input name."""
+    try:
+        data = np.load(path)
+    except (OSError, ValueError) as e:
+        raise CnnError(f"cannot read {path}: {e}") from None
+    if isinstance(data, np.ndarray):
+        if len(names) != 1:
+            raise CnnError(f"the model has {len(names)} inputs ({', '.join(names)}): give a .npz keyed by name")
+        return {names[0]: data}
+    with data:
+        return {k: data[k] for k in data.files}
+
+
+def infer(model, inputs, provider: str = "cpu", defines=None, weights=None, seed: int = 0) -> dict[str, np.ndarray]:
+    """`cnncomp run`: the outputs of an ONNX model (a path or ModelProto) or of a .cnn spec (compiled in
+    memory at -O1) on `inputs` (a dict, or a .npy/.npz path)."""
+    from cnncomp.run.session import Session
+
+    if isinstance(model, (str, Path)) and str(model).endswith(".cnn"):
+        model = emit_model(optimize(model, defines, weights, seed))
+    session = Session(str(model) if isinstance(model, Path) else model, provider)
+    feeds = inputs if isinstance(inputs, dict) else read_inputs(inputs, session.input_names)
+    return session.run(feeds)
+
+
+def write_seeded_weights(spec, output, defines=None, seed: int = 0) -> dict[str, np.ndarray]:
+    """`cnncomp init`: a spec's seeded weights written to .safetensors, keyed by layer weight names."""
+    from cnncomp.ir.weights import init_weights, save_safetensors
+
+    weights = init_weights(load(spec, defines), seed)
+    save_safetensors(weights, output)
+    return weights
+
+
+def draw(source: Source, output, rankdir: str = "TB", title: str | None = None) -> LayerGraph:
+    """`cnncomp graph`: draw the graph (after the passes, unless -O0) to .svg/.png/.pdf through Graphviz's
+    `dot`, or write its DOT text (.dot); returns the graph drawn."""
+    from cnncomp.emit.dot import dot_program, output_format, render, to_dot
+
+    fmt = output_format(output)  # an unknown suffix is an error before any work
+    if fmt is not None and dot_program() is None:
+        raise CnnError(f"cannot draw '{output}': Graphviz's `dot` program is not installed (or not on PATH); "
+                       "install Graphviz (apt-get install graphviz, brew install graphviz, conda install graphviz), "
+                       "or write the DOT text with -o model.dot")
+    folder = Path(output).parent
+    if not folder.is_dir():
+        raise CnnError(f"cannot write '{output}': the folder '{folder}' does not exist")
+    if source.opt_level == 0 and source.passes is None:
+        graph, done = load(source.spec, source.defines), []
+    else:
+        graph = _optimize(source, load(source.spec, source.defines)).graph
+        done = [str(p) for p in graph.meta.get("passes", [])]
+    title = title or (f"{graph.name} (passes: {', '.join(done)})" if done else graph.name)
+    render(to_dot(graph, title=title, rankdir=rankdir), output)
+    return graph

@@ -124,7 +124,7 @@ def test_max_batch_zero_and_cpu_instances(tmp_path, capsys):
 
 def test_model_keeps_dynamic_batch_and_runs_at_every_batch_size(tmp_path, capsys):
     from cnncomp.run.reference import run_reference
-    from cnncomp.pipeline import load_graph
+    from cnncomp.pipeline import load as load_graph
     from cnncomp.ir.weights import init_weights
 
     repo = tmp_path / "repo"

@@ -13,7 +13,7 @@ import pytest
 
 from cnncomp.emit.dot import build_clusters, op_text, to_dot
 from cnncomp.cli import main
-from cnncomp.pipeline import load_graph
+from cnncomp.pipeline import load as load_graph
 
 ROOT = Path(__file__).resolve().parents[1]
 needs_dot = pytest.mark.skipif(shutil.which("dot") is None,

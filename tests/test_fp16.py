@@ -100,7 +100,7 @@ def test_bundled_specs_in_fp16(spec, defines):
 
 def test_overflow_and_subnormal_weights_are_reported(tmp_path):
     from cnncomp.ir.weights import init_weights
-    from cnncomp.pipeline import load_graph
+    from cnncomp.pipeline import load as load_graph
 
     spec = tmp_path / "net.cnn"
     spec.write_text(MIXED)

@@ -36,7 +36,7 @@ def emit_with_zero_weights(spec: str):
     not depend on weight values, so zeros stand in for the seeded ones."""
     from cnncomp.emit.onnx import emit_onnx
     from cnncomp.ir.weights import expected_weights
-    from cnncomp.pipeline import load_graph
+    from cnncomp.pipeline import load as load_graph
 
     graph = load_graph(str(ROOT / "specs" / spec), SHRINK.get(spec))
     weights = {name: np.zeros(w.shape, np.float32) for name, w in expected_weights(graph).items()}

@@ -11,9 +11,9 @@ import argparse
 import importlib
 import sys
 
-from cnncomp import __version__
 from cnncomp.cli.args import UsageError, Parser, add_spec_arguments, parse_defines  # noqa: F401
 from cnncomp.errors import CnnError
+from cnncomp.version import __version__
 
 # Each command is a module in cnncomp/cli with add_arguments(parser) and run(args) -> int.
 COMMANDS = {
@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.run(args)
     except UsageError as e:
-        sys.stderr.write(f"cnncomp {args.command}: error: {e}\n")
+        sys.stderr.write(f"cnncomp {args.command}: error: {e.message}\n")
         return 2
     except CnnError as e:
         if args.debug:

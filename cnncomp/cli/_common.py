@@ -101,6 +101,24 @@ def load_npz(path: str) -> dict:
         raise CnnError(f"cannot read {path}: {e}") from None
 
 
+def source(args, default_level: int = 1):
+    """The spec and how to optimize it, from SPEC, -D, -O/--passes, --weights, --seed, --opset, --max-error,
+    --calibration and --autotune."""
+    from cnncomp.pipeline import Source
+
+    return Source(args.spec, defines(args), args.weights, args.seed, opt_level(args, default_level), passes_arg(args),
+                  args.max_error, args.autotune, calibration(args), args.opset)
+
+
+def check_options(args, per_layer: bool = False):
+    """How the numeric check runs, from --provider, --atol/--rtol, --val-range, --batch, --max-error, --trt-*."""
+    from cnncomp.pipeline import CheckOptions
+
+    return CheckOptions(args.provider, args.seed, val_range(args.val_range), args.batch,
+                        tolerance(args.atol, "--atol"), tolerance(args.rtol, "--rtol"), args.max_error,
+                        session_options(args), per_layer)
+
+
 def session_options(args) -> dict:
     """ONNX Runtime session options from the command line (the TensorRT provider's, passed through)."""
     if args.provider not in ("tensorrt", "auto") or not (args.trt_fp16 or args.trt_engine_cache):

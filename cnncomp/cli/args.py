@@ -5,9 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-
-class UsageError(Exception):
-    """Bad usage of the command line (exit status 2)."""
+from cnncomp.errors import UsageError  # noqa: F401  (re-exported: raised by commands for exit status 2)
 
 
 class Parser(argparse.ArgumentParser):

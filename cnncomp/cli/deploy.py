@@ -18,7 +18,8 @@ Start the server with `tritonserver --model-repository=REPO` (see docs/deploy.md
 
 import sys
 
-from cnncomp.cli._common import add_compile_arguments, calibration, defines, opt_level, passes_arg
+from cnncomp.cli._common import add_compile_arguments, source
+from cnncomp.pipeline import PRECISIONS
 
 
 def add_arguments(p):
@@ -27,7 +28,7 @@ def add_arguments(p):
     p.add_argument("--max-batch", type=int, default=8, metavar="N",
                    help="Triton's max_batch_size: requests batched up to N along the batch dim; 0 turns "
                         "batching off (default 8)")
-    p.add_argument("--precision", choices=("fp32", "fp16"), default="fp32",
+    p.add_argument("--precision", choices=tuple(PRECISIONS), default="fp32",
                    help="fp16: float16 weights and compute, converted after the passes (default fp32)")
     p.add_argument("--keep-io-fp32", action="store_true",
                    help="with --precision fp16: keep float32 inputs and outputs (Cast nodes inside the model)")
@@ -39,61 +40,14 @@ def add_arguments(p):
 
 
 def run(args) -> int:
-    from cnncomp.cli.args import UsageError
-    from cnncomp.pipeline import emit_model, optimize
+    from cnncomp.pipeline import deploy_spec
 
-    if args.keep_io_fp32 and args.precision != "fp16":
-        raise UsageError("--keep-io-fp32 goes with --precision fp16")
-    if args.max_batch < 0:
-        raise UsageError(f"--max-batch takes 0 or more, got {args.max_batch}")
-    if args.instances < 1:
-        raise UsageError(f"--instances takes 1 or more, got {args.instances}")
-    if args.tensorrt and args.kind == "cpu":
-        raise UsageError("--tensorrt needs GPU instances (TensorRT runs only on NVIDIA GPUs); drop --kind cpu")
-    from cnncomp.deployment.triton import triton_config, write_repository
-
-    compiled = optimize(args.spec, defines(args), args.weights, args.seed, opt_level(args), passes_arg(args),
-                        max_error=args.max_error, autotune=args.autotune, calibration=calibration(args))
-    for w in compiled.warnings + (compiled.fp16_warnings if args.precision == "fp16" else []):
-        sys.stderr.write(f"warning: {w}\n")
-    notices: list[str] = []
-    model = emit_model(compiled, args.opset, notices)
-    for n in notices:
-        sys.stderr.write(f"note: {n}\n")
-    # the batch dims and names are checked on the float32 model, before anything is converted or written
-    triton_config(model, compiled.graph, args.max_batch, args.instances, args.kind, args.tensorrt,
-                  args.precision, args.name)
-    if args.precision == "fp16":
-        from cnncomp.precision.fp16 import log_report, to_fp16
-
-        # CPU instances run on ONNX Runtime's CPU provider: keep in float32 what it has no float16 kernel for
-        model, report = to_fp16(model, args.keep_io_fp32, probe_provider="cpu" if args.kind == "cpu" else None)
-        log_report(report, sys.stderr.write)
-    if args.tensorrt:
-        from cnncomp.deployment.tensorrt import check_tensorrt_compatible
-
-        for problem in check_tensorrt_compatible(model):
-            sys.stderr.write(f"warning: TensorRT: {problem} (Triton's ONNX Runtime backend then runs those "
-                             "nodes without TensorRT)\n")
-    _check_loads(model)
-    config = triton_config(model, compiled.graph, args.max_batch, args.instances, args.kind, args.tensorrt,
-                           args.precision, args.name)
-    try:
-        folder = write_repository(model, config, args.triton)
-    except OSError as e:
-        from cnncomp.errors import CnnError
-
-        raise CnnError(f"cannot write the model repository '{args.triton}': {e}") from None
+    deployed = deploy_spec(source(args), args.triton, args.max_batch, args.instances, args.kind, args.tensorrt,
+                           args.precision, args.keep_io_fp32, args.name, log=sys.stderr.write)
+    folder, config = deployed.folder, deployed.config
     shown = ", ".join(f"{t.name} {t.data_type} {t.dims}" for t in config.inputs)
     print(f"wrote {folder}/config.pbtxt and {folder}/1/model.onnx: {config.name}, max_batch_size "
           f"{config.max_batch_size}, {args.precision}, {config.instances} x {config.kind}"
           + (", TensorRT accelerator" if config.tensorrt else "") + f"; inputs {shown}")
     print(f"serve it with: tritonserver --model-repository={args.triton}")
     return 0
-
-
-def _check_loads(model) -> None:
-    """ONNX Runtime (CPU) must load what Triton's ONNX Runtime backend will load."""
-    from cnncomp.run.session import Session
-
-    Session(model, "cpu", quiet=True)

@@ -12,11 +12,8 @@ def add_arguments(p):
 
 
 def run(args) -> int:
-    from cnncomp.ir.weights import init_weights, save_safetensors
-    from cnncomp.pipeline import load_graph
+    from cnncomp.pipeline import write_seeded_weights
 
-    graph = load_graph(args.spec, defines(args))
-    weights = init_weights(graph, args.seed)
-    save_safetensors(weights, args.output)
+    weights = write_seeded_weights(args.spec, args.output, defines(args), args.seed)
     print(f"wrote {args.output}: {len(weights)} tensors, {sum(w.size for w in weights.values()):,} values")
     return 0

@@ -2,10 +2,7 @@
 weights). Inputs: a .npy for a one-input model, or a .npz keyed by input name. Outputs go to -o
 (.npy for one output, .npz for several), or a short description is printed."""
 
-import numpy as np
-
-from cnncomp.cli.args import UsageError
-from cnncomp.errors import CnnError
+from cnncomp.cli.args import UsageError, parse_defines
 
 
 def add_arguments(p):
@@ -19,35 +16,13 @@ def add_arguments(p):
     p.add_argument("--provider", default="cpu", choices=("cpu", "cuda", "tensorrt", "auto"))
 
 
-def _read_input(path: str, names: list[str]) -> dict:
-    try:
-        data = np.load(path)
-    except (OSError, ValueError) as e:
-        raise CnnError(f"cannot read {path}: {e}") from None
-    if isinstance(data, np.ndarray):
-        if len(names) != 1:
-            raise CnnError(f"the model has {len(names)} inputs ({', '.join(names)}): give a .npz keyed by name")
-        return {names[0]: data}
-    with data:
-        return {k: data[k] for k in data.files}
-
-
 def run(args) -> int:
-    from cnncomp.run.session import Session
     from cnncomp.fileio import save_arrays
-    from cnncomp.cli.args import parse_defines
+    from cnncomp.pipeline import infer
 
-    if args.model.endswith(".cnn"):
-        from cnncomp.pipeline import emit_model, optimize
-
-        model = emit_model(optimize(args.model, parse_defines(args.defines), args.weights, args.seed))
-    elif args.model.endswith(".onnx"):
-        model = args.model
-    else:
+    if not args.model.endswith((".cnn", ".onnx")):
         raise UsageError(f"expected a .onnx model or a .cnn spec, got '{args.model}'")
-    session = Session(model, args.provider)
-    feeds = _read_input(args.input, session.input_names)
-    outputs = session.run(feeds)
+    outputs = infer(args.model, args.input, args.provider, parse_defines(args.defines), args.weights, args.seed)
     if args.output:
         save_arrays(args.output, outputs)
         print(f"wrote {args.output}")

@@ -9,6 +9,7 @@ Give --atol/--rtol once for every output or as OUTPUT=VALUE for one.
 
 --per-layer compares every layer's output and names the first layer that
 diverges, with its spec location. --verify-each runs the check after each pass
+(with -O3, after each approximate rewrite the search keeps, judged by --max-error)
 and names the first pass that broke agreement. Exit status 1 on a mismatch.
 
 --precision fp16 converts the emitted model to float16 (weights and compute, after
@@ -19,78 +20,32 @@ rtol = 1e-2; the report says so. The per-pass checks of --verify-each stay float
 import json
 import sys
 
-from cnncomp.cli._common import (
-    add_check_arguments, add_compile_arguments, calibration, defines, load_npz, opt_level, passes_arg, session_options,
-    tolerance, val_range,
-)
+from cnncomp.cli._common import add_check_arguments, add_compile_arguments, check_options, load_npz, source
+from cnncomp.pipeline import PRECISIONS
 
 
 def add_arguments(p):
     add_compile_arguments(p)
     add_check_arguments(p)
     p.add_argument("--per-layer", action="store_true", help="compare every layer and name the first that diverges")
-    p.add_argument("--verify-each", action="store_true", help="check after every pass; name the first that breaks")
+    p.add_argument("--verify-each", action="store_true",
+                   help="check after every pass (the -O3 rewrites included); name the first that breaks")
     p.add_argument("--save-inputs", metavar="NPZ", help="save the inputs used (npz)")
     p.add_argument("--load-inputs", metavar="NPZ", help="use these inputs (npz, keyed by input name)")
     p.add_argument("--save-outputs", metavar="NPZ", help="save ONNX Runtime's outputs (npz)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--precision", choices=("fp32", "fp16"), default="fp32",
+    p.add_argument("--precision", choices=tuple(PRECISIONS), default="fp32",
                    help="fp16: convert the model to float16 after the passes and judge it by the float16 "
                         "tolerances (atol = 1e-2 * max|ref|, rtol = 1e-2)")
 
 
 def run(args) -> int:
-    from cnncomp.verification.harness import make_inputs, verify
-    from cnncomp.fileio import save_arrays
-    from cnncomp.pipeline import emit_model, load_graph, optimize
+    from cnncomp.pipeline import verify_spec
 
-    common = dict(provider=args.provider, seed=args.seed, val_range=val_range(args.val_range), batch=args.batch,
-                  atol=tolerance(args.atol, "--atol"), rtol=tolerance(args.rtol, "--rtol"),
-                  max_error=args.max_error, session_options=session_options(args))
-    ref_graph = load_graph(args.spec, defines(args))
-    inputs = load_npz(args.load_inputs) if args.load_inputs else \
-        make_inputs(ref_graph, args.seed, common["val_range"], args.batch)
-    broken: list[str] = []
-
-    def check_after(step, ctx):
-        if broken:
-            return
-        from cnncomp.emit.onnx import emit_onnx
-
-        model = emit_onnx(ctx.graph, ctx.weights)
-        report, _, _ = verify(ref_graph, compiled_ref_weights[0], model, ctx.graph, inputs=inputs, **common)
-        if not report.ok:
-            broken.append(str(step))
-
-    compiled_ref_weights = []
-    if args.verify_each:
-        from cnncomp.pipeline import load_weights_for
-
-        compiled_ref_weights.append(load_weights_for(ref_graph, args.weights, args.seed))
-    compiled = optimize(ref_graph, None, compiled_ref_weights[0] if compiled_ref_weights else args.weights,
-                        args.seed, opt_level(args), passes_arg(args), after_each=check_after if args.verify_each else None,
-                        max_error=args.max_error, autotune=args.autotune, provider=args.provider,
-                        calibration=calibration(args))
-    model = emit_model(compiled, args.opset)
-    opt_graph = compiled.graph
-    if args.precision == "fp16":
-        from cnncomp.precision.fp16 import convert_for_check
-
-        model, inputs, opt_graph = convert_for_check(model, inputs, compiled.graph, args.provider,
-                                                     write=sys.stderr.write)
-    report, feeds, outputs = verify(compiled.ref_graph, compiled.ref_weights, model, opt_graph, inputs=inputs,
-                                    per_layer=args.per_layer, precision=args.precision, **common)
-    if args.precision == "fp16":
-        from cnncomp.precision.fp16 import fp16_note
-
-        report.notes.append(fp16_note(args.atol, args.rtol))
-    if broken:
-        report.ok = False
-        report.notes.append(f"the first pass that broke agreement: {broken[0]}")
-    if args.save_inputs:
-        save_arrays(args.save_inputs, feeds)
-    if args.save_outputs:
-        save_arrays(args.save_outputs, outputs)
+    options = check_options(args, per_layer=args.per_layer)
+    inputs = load_npz(args.load_inputs) if args.load_inputs else None
+    report = verify_spec(source(args), options, args.precision, inputs, args.verify_each, args.save_inputs,
+                         args.save_outputs, log=sys.stderr.write).report
     if args.json:
         print(json.dumps(report.to_json(), indent=1))
     else:

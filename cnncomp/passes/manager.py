@@ -6,6 +6,11 @@ It declares whether it is exact (the result must pass the fp32 numeric check)
 or approximate (it reports its measured error and savings). The manager runs a
 pipeline, reruns it until nothing changes, lints the graph after each pass when
 asked, and names the failing pass and the passes before it when one breaks.
+
+Every pass run goes through one step runner (`PassRunner.run_step`), whose
+instruments are lint after each pass, an `after_each` hook (`--verify-each`)
+and a `PassRecord` per run (`--stats`). The -O3 search (search.py) commits the
+rewrites it keeps through the same runner, so the instruments see them too.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from cnncomp.errors import CnnError
+from cnncomp.errors import CnnError, UsageError
 from cnncomp.ir.cost import graph_cost  # noqa: F401  (re-exported for the passes)
 from cnncomp.ir.graph import LayerGraph
 
@@ -44,14 +49,14 @@ class PassInfo:
     fn: Callable[..., int]
     exact: bool
     level: int  # the lowest -O level that runs it (0 = only when named)
-    options: dict[str, type]
+    options: dict[str, Callable[[str], Any]]  # option -> its type, or a converter such as `fraction`
     doc: str
 
 
 PASSES: dict[str, PassInfo] = {}
 
 
-def register_pass(name: str, exact: bool, level: int = 0, options: dict[str, type] | None = None):
+def register_pass(name: str, exact: bool, level: int = 0, options: dict[str, Callable[[str], Any]] | None = None):
     """Decorator: register a pass under `name` (see the module docstring)."""
 
     def wrap(fn):
@@ -101,30 +106,44 @@ def parse_pass_list(text: str) -> list[PassStep]:
     while pos < len(text):
         m = _STEP.match(text, pos)
         if not m or m.end() == pos:
-            raise CnnError(f"--passes: cannot read '{text[pos:]}'; expected NAME or NAME(key=value, ...)")
+            raise UsageError(f"--passes: cannot read '{text[pos:]}'; expected NAME or NAME(key=value, ...)")
         name, arg_text = m.group(1), m.group(2)
         if name not in passes:
-            raise CnnError(f"--passes: unknown pass '{name}'; known: {', '.join(sorted(passes))}")
+            raise UsageError(f"--passes: unknown pass '{name}'; known: {', '.join(sorted(passes))}")
         options = {}
         for item in filter(None, (a.strip() for a in (arg_text or "").split(","))):
             key, eq, value = item.partition("=")
             key = key.strip()
             if not eq or key not in passes[name].options:
                 known = ", ".join(passes[name].options) or "none"
-                raise CnnError(f"--passes: {name} has no option '{item}' (options: {known})")
+                raise UsageError(f"--passes: {name} has no option '{item}' (options: {known})")
             options[key] = _convert(name, key, value.strip(), passes[name].options[key])
         steps.append(PassStep(name, options))
         pos = m.end()
     return steps
 
 
-def _convert(pass_name: str, key: str, value: str, kind: type):
+def fraction(text: str) -> float:
+    """A pass option in (0, 1] (a share of channels or of energy); anything else is a ValueError."""
+    value = float(text)
+    if not 0 < value <= 1:  # NaN fails this too
+        raise ValueError(text)
+    return value
+
+
+fraction.describes = "a number in (0, 1]"
+
+
+def _convert(pass_name: str, key: str, value: str, kind):
+    """An option's text as its declared kind: a type (int, float, tuple of ints a:b) or a converter like
+    `fraction`, which raises ValueError for a value out of its range."""
     try:
         if kind is tuple:
             return tuple(int(v) for v in value.strip("()").split(":")) if value else ()
         return kind(value)
     except ValueError:
-        raise CnnError(f"--passes: {pass_name}({key}=...) needs {kind.__name__}, got '{value}'") from None
+        wanted = getattr(kind, "describes", kind.__name__)
+        raise UsageError(f"--passes: {pass_name}({key}=...) needs {wanted}, got '{value}'") from None
 
 
 @dataclass
@@ -140,41 +159,60 @@ class PassRecord:
     macs_after: int
 
 
+class PassRunner:
+    """Runs pass steps on one context under the manager's instruments: lint after each pass (when asked),
+    `after_each(step, ctx)` (--verify-each) and a PassRecord per run (--stats)."""
+
+    def __init__(self, ctx: PassContext, lint: bool = False,
+                 after_each: Callable[[PassStep, PassContext], None] | None = None):
+        self.ctx = ctx
+        self.lint = lint
+        self.after_each = after_each
+        self.records: list[PassRecord] = []
+        self.done: list[str] = []
+        self.passes = all_passes()
+
+    def run_step(self, step: PassStep, round_: int = 1, label: str | None = None) -> int:
+        """Run one pass; `label` is how the graph's list of applied passes names it (default: the step)."""
+        ctx, info = self.ctx, self.passes[step.name]
+        before = graph_cost(ctx.graph)
+        try:
+            count = info.fn(ctx, **step.options)
+            if self.lint:
+                ctx.graph.lint()
+        except CnnError:
+            raise
+        except Exception as e:  # a broken pass: name it and what ran before it
+            prior = ", ".join(self.done) or "none"
+            raise CnnError(f"pass '{step}' failed: {type(e).__name__}: {e} (passes before it: {prior})") from e
+        after = graph_cost(ctx.graph)
+        self.records.append(PassRecord(str(step), round_, count, before[0], after[0], before[1], after[1]))
+        self.done.append(str(step))
+        applied = ctx.graph.meta.setdefault("passes", [])
+        if count and (label or str(step)) not in applied:
+            applied.append(label or str(step))
+        if count and not info.exact:
+            ctx.graph.meta["approximate"] = True
+        if self.after_each is not None:  # after the meta, so a check judges an approximate graph as one
+            self.after_each(step, ctx)
+        return count
+
+    def run_steps(self, steps: list[PassStep], fixed_point: bool = True, max_rounds: int = 10) -> None:
+        """Run the steps in order, repeating the whole list until no pass changes anything
+        (only when every step is exact: an approximate pass would approximate again)."""
+        for round_ in range(1, max_rounds + 1):
+            changed = sum(self.run_step(step, round_) for step in steps)
+            if not fixed_point or not changed or not all(self.passes[s.name].exact for s in steps):
+                break
+
+
 def run_pipeline(ctx: PassContext, steps: list[PassStep], fixed_point: bool = True, lint: bool = False,
                  after_each: Callable[[PassStep, PassContext], None] | None = None,
                  max_rounds: int = 10) -> list[PassRecord]:
     """Run the steps in order, repeating the whole list until no pass changes anything."""
-    passes = all_passes()
-    records: list[PassRecord] = []
-    done: list[str] = []
-    for round_ in range(1, max_rounds + 1):
-        changed = 0
-        for step in steps:
-            info = passes[step.name]
-            before = graph_cost(ctx.graph)
-            try:
-                count = info.fn(ctx, **step.options)
-                if lint:
-                    ctx.graph.lint()
-            except CnnError:
-                raise
-            except Exception as e:  # a broken pass: name it and what ran before it
-                prior = ", ".join(done) or "none"
-                raise CnnError(f"pass '{step}' failed: {type(e).__name__}: {e} (passes before it: {prior})") from e
-            after = graph_cost(ctx.graph)
-            records.append(PassRecord(str(step), round_, count, before[0], after[0], before[1], after[1]))
-            done.append(str(step))
-            if after_each is not None:
-                after_each(step, ctx)
-            changed += count
-            ctx.graph.meta.setdefault("passes", [])
-            if count and str(step) not in ctx.graph.meta["passes"]:
-                ctx.graph.meta["passes"].append(str(step))
-            if count and not info.exact:
-                ctx.graph.meta["approximate"] = True
-        if not fixed_point or not changed or not all(passes[s.name].exact for s in steps):
-            break
-    return records
+    runner = PassRunner(ctx, lint, after_each)
+    runner.run_steps(steps, fixed_point, max_rounds)
+    return runner.records
 
 
 def format_stats(records: list[PassRecord]) -> str:

@@ -56,7 +56,7 @@ def ir_version_for(opset: int) -> int:
 
 
 def _cnncomp_version() -> str:
-    from cnncomp import __version__
+    from cnncomp.version import __version__
 
     return __version__
 

@@ -29,7 +29,7 @@ from cnncomp.ops.registry import numel
 from cnncomp.passes.approx._lowrank import (
     conv_layer, leading_left_vectors, rank_for_energy, rank_for_ratio, relative_error, replace_with_chain,
 )
-from cnncomp.passes.manager import register_pass
+from cnncomp.passes.manager import fraction, register_pass
 from cnncomp.passes._rewrite import weight
 
 
@@ -70,7 +70,7 @@ def candidates(graph, only: str = "") -> list:
             and (selected is None or l.name in selected)]
 
 
-@register_pass("bottleneck", exact=False, options={"ratio": float, "energy": float, "ranks": tuple, "hooi": int,
+@register_pass("bottleneck", exact=False, options={"ratio": fraction, "energy": fraction, "ranks": tuple, "hooi": int,
                                                     "only": str, "always": int})
 def bottleneck(ctx, ratio: float | None = None, energy: float | None = None, ranks: tuple = (), hooi: int = 0,
                only: str = "", always: int = 0) -> int:

@@ -24,7 +24,7 @@ import numpy as np
 from cnncomp.ir.cost import layer_macs
 from cnncomp.ops.registry import numel
 from cnncomp.passes.approx._lowrank import conv_layer, rank_for_energy, relative_error, replace_with_chain
-from cnncomp.passes.manager import register_pass
+from cnncomp.passes.manager import fraction, register_pass
 from cnncomp.passes._rewrite import weight
 from cnncomp.passes.approx.bottleneck import candidates
 
@@ -58,7 +58,7 @@ def multiplier_for_energy(w: np.ndarray, energy: float) -> int:
     return max(rank_for_energy(row, energy) for row in s)
 
 
-@register_pass("depthwise", exact=False, options={"m": int, "energy": float, "only": str, "always": int})
+@register_pass("depthwise", exact=False, options={"m": int, "energy": fraction, "only": str, "always": int})
 def depthwise(ctx, m: int | None = None, energy: float | None = None, only: str = "", always: int = 0) -> int:
     """Depthwise-separable (per-input-channel SVD) rewrite of k x k convs."""
     graph, count = ctx.graph, 0
