@@ -46,3 +46,10 @@ def to_torch(spec, weights=None, seed: int = 0, defines: dict[str, str] | None =
     from cnncomp.pipeline import load_graph
 
     return build(load_graph(spec, defines), weights, seed)
+
+
+def import_onnx(path: str | Path, output: str | Path, weights_out: str | Path | None = None):
+    """Import an ONNX model: write OUTPUT (.cnn spec) and its weights (default: OUTPUT with .safetensors)."""
+    from cnncomp.pipeline import import_onnx_model
+
+    return import_onnx_model(path, output, weights_out)

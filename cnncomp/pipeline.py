@@ -86,3 +86,24 @@ def emit_model(compiled: Compiled, opset: int = 17, notices: list[str] | None = 
     model = emit_onnx(compiled.graph, compiled.weights, opset=opset, notices=notices)
     check_onnx(model)
     return model
+
+
+def import_onnx_model(path, output, weights_out=None):
+    """An ONNX model to a .cnn spec and a .safetensors file keyed by its layer names; returns the ImportResult.
+
+    Nothing is written unless the whole model imports and the spec elaborates with the weights."""
+    from cnncomp.fileio import write_text
+    from cnncomp.frontend.onnx import import_model
+    from cnncomp.ir.weights import save_safetensors
+
+    output = Path(output)
+    weights_out = Path(weights_out) if weights_out is not None else output.with_suffix(".safetensors")
+    if weights_out.resolve() == output.resolve():
+        raise CnnError(f"the spec and the weights would both be written to {output}; choose another --weights-out")
+    for target in (output, weights_out):
+        if not target.parent.is_dir():
+            raise CnnError(f"{target}: the folder {target.parent} does not exist")
+    result = import_model(path, output.stem)
+    save_safetensors(result.weights, weights_out)
+    write_text(output, result.text)
+    return result

@@ -156,7 +156,7 @@ def _known_opset(model: onnx.ModelProto, source: str) -> onnx.ModelProto:
 def _inferred_shapes(model: onnx.ModelProto) -> tuple[dict, dict]:
     """Tensor name -> shape (ints, dim_param strings, None where unknown) and element type."""
     try:
-        inferred = onnx.shape_inference.infer_shapes(model)
+        inferred = onnx.shape_inference.infer_shapes(_without_large_weights(model), data_prop=True)
     except Exception:  # noqa: BLE001 - without inference, shapes come from the graph's own declarations
         inferred = model
     shapes, dtypes = {}, {}
@@ -169,6 +169,31 @@ def _inferred_shapes(model: onnx.ModelProto) -> tuple[dict, dict]:
                                   for d in t.shape.dim)
         dtypes[info.name] = t.elem_type
     return shapes, dtypes
+
+
+def _without_large_weights(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of the model whose large initializers are typed graph inputs: shape inference
+    needs their shapes, not their values, and serializes the whole model otherwise."""
+    from onnx import helper
+
+    light = onnx.ModelProto()
+    light.ir_version, light.producer_name = model.ir_version, model.producer_name
+    light.opset_import.extend(model.opset_import)
+    g = model.graph
+    small = [t for t in g.initializer if _numel(t.dims) <= 4096]
+    declared = {i.name for i in g.input}
+    large = [helper.make_tensor_value_info(t.name, t.data_type, list(t.dims))
+             for t in g.initializer if _numel(t.dims) > 4096 and t.name not in declared]
+    light.graph.CopyFrom(helper.make_graph(list(g.node), g.name, list(g.input) + large, list(g.output), small,
+                                           value_info=list(g.value_info)))
+    return light
+
+
+def _numel(dims) -> int:
+    n = 1
+    for d in dims:
+        n *= d
+    return n
 
 
 def _attr(node: onnx.NodeProto, name: str, default=None):

@@ -192,11 +192,13 @@ def gemm(m: OnnxModel, node):
         raise Unsupported("transA=1 is not a linear layer")
     w = _const_input(m, node, 1, "weight")
     w = w if a.get("transB", 0) else w.T
-    w = w * float(a.get("alpha", 1.0))
+    if a.get("alpha", 1.0) != 1.0:
+        w = w * float(a["alpha"])
     c = _const_input(m, node, 2, "bias")
     weights = {"weight": np.ascontiguousarray(w)}
     if c is not None:
-        c = c * float(a.get("beta", 1.0))
+        if a.get("beta", 1.0) != 1.0:
+            c = c * float(a["beta"])
         if c.size not in (1, w.shape[0]):
             raise Unsupported(f"its bias has shape {list(c.shape)}, not [{w.shape[0]}]")
         weights["bias"] = np.broadcast_to(c.reshape(-1), (w.shape[0],)).copy()
