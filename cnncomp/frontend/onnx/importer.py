@@ -28,27 +28,42 @@ class ImportResult:
 
 def import_model(path: str | Path, network: str | None = None) -> ImportResult:
     """Read an ONNX model and return the equivalent .cnn spec and weights (nothing is written)."""
-    from cnncomp.frontend.cnn.loader import load_text
     from cnncomp.frontend.onnx.writer import write_spec
+    from cnncomp.ir.printer import emit_cnn
     from cnncomp.ir.weights import check_weights
 
     model = load_onnx(path)
     graph, weights = build_graph(model, network or Path(path).stem)
     header = f"Imported from {Path(path).name} by cnncomp import."
+    source = f"<import of {Path(path).name}>"
     text = write_spec(graph, header)
-    try:
-        spec_graph = load_text(text, f"<import of {Path(path).name}>")
-    except CnnError as err:  # a writer bug, not the user's: say so, with the offending text
-        raise CnnError(f"{path}: the imported spec does not elaborate ({err.message}); "
-                       "please report this with the model") from None
-    _check_same(graph, spec_graph, path)
+    spec_graph, problem = _elaborate_same(text, graph, source)
+    if spec_graph is None:  # the block writer missed: the flat listing names every layer explicitly
+        text = emit_cnn(graph, header)
+        spec_graph, flat_problem = _elaborate_same(text, graph, source)
+        if spec_graph is None:
+            raise CnnError(f"{path}: the imported spec does not reproduce the model ({problem}; flat: "
+                           f"{flat_problem}); please report this with the model")
     check_weights(weights, spec_graph, f"the weights imported from {path}")
     return ImportResult(text, spec_graph, weights)
 
 
-def _check_same(imported: LayerGraph, spec: LayerGraph, path) -> None:
+def _elaborate_same(text: str, imported: LayerGraph, source: str) -> tuple[LayerGraph | None, str]:
+    """The spec text elaborated, if it has the imported graph's layers, ops, shapes and wiring; else why not."""
+    from cnncomp.frontend.cnn.loader import load_text
+
+    try:
+        spec = load_text(text, source)
+    except CnnError as err:
+        return None, err.message
     for layer in imported.layers():
-        if layer.name not in spec or spec.layer(layer.name).shape != layer.shape \
-                or spec.layer(layer.name).op != layer.op:
-            raise CnnError(f"{path}: the imported spec does not reproduce layer '{layer.name}'; "
-                           "please report this with the model")
+        if layer.name not in spec:
+            return None, f"layer '{layer.name}' is missing"
+        other = spec.layer(layer.name)
+        if (other.op, other.shape, other.attrs) != (layer.op, layer.shape, layer.attrs):
+            return None, f"layer '{layer.name}' differs"
+        if spec.input_names(layer.name) != imported.input_names(layer.name):
+            return None, f"layer '{layer.name}' reads other inputs"
+    if len(spec) != len(imported) or spec.outputs != imported.outputs:
+        return None, "the layers or outputs differ"
+    return spec, ""
