@@ -2,6 +2,6 @@
 
 __version__ = "0.1.0"
 
-from cnncomp.api import compile, load, to_torch, verify  # noqa: E402
+from cnncomp.api import compile, import_onnx, load, to_torch, verify  # noqa: E402
 
-__all__ = ["load", "compile", "verify", "to_torch", "__version__"]
+__all__ = ["load", "compile", "verify", "to_torch", "import_onnx", "__version__"]

@@ -280,6 +280,34 @@ def _group_norm(m: OnnxModel, node) -> Match | None:
 # ---- pooling ------------------------------------------------------------------
 
 
+def _ceil_form(m: OnnxModel, node, args: dict, rank: int) -> dict:
+    """Floor-mode pooling with extra end padding, as cnncomp lowers `ceil=true`, back to ceil mode.
+
+    The two agree whenever the windows do: the same begin padding, and an output size that ceil mode
+    with symmetric padding gives too (the extra end padding only lets the last window fit)."""
+    pads = args["p"] if isinstance(args["p"], tuple) and len(args["p"]) == 2 * rank else None
+    if args.get("ceil") or pads is None or any(e < b for b, e in zip(pads[:rank], pads[rank:])):
+        return args
+    shape, out = m.shapes.get(node.input[0]), m.shapes.get(node.output[0])
+    if shape is None or out is None or not all(isinstance(d, int) for d in tuple(shape[2:]) + tuple(out[2:])):
+        return args
+    kernel = _as_list(args["k"], rank)
+    stride = _as_list(args["s"], rank)
+    dilation = _as_list(args.get("d", 1), rank)
+    for n, k, s, d, b, o in zip(shape[2:], kernel, stride, dilation, pads[:rank], out[2:]):
+        span = n + 2 * b - d * (k - 1) - 1
+        ceil_out = -(-span // s) + 1
+        if (ceil_out - 1) * s >= n + b:
+            ceil_out -= 1
+        if span < 0 or ceil_out != o or 2 * b > d * (k - 1) + 1:
+            return args
+    return {**args, "p": compact(tuple(pads[:rank])), "ceil": True}
+
+
+def _as_list(value, rank: int) -> list:
+    return list(value) if isinstance(value, tuple) else [value] * rank
+
+
 @matcher("MaxPool")
 def max_pool(m: OnnxModel, node):
     if len([o for o in node.output if o]) > 1:
@@ -287,7 +315,7 @@ def max_pool(m: OnnxModel, node):
     a = attrs_of(node)
     _auto_pad(m, node, a)
     rank = len(a["kernel_shape"])
-    args = {**_window_args(a, rank), "ceil": bool(a.get("ceil_mode", 0))}
+    args = _ceil_form(m, node, {**_window_args(a, rank), "ceil": bool(a.get("ceil_mode", 0))}, rank)
     return Match("maxpool", args, [node.input[0]], node.output[0], [node])
 
 
@@ -298,6 +326,8 @@ def average_pool(m: OnnxModel, node):
     rank = len(a["kernel_shape"])
     args = {**_window_args(a, rank, with_dilation=False), "ceil": bool(a.get("ceil_mode", 0)),
             "count_pad": bool(a.get("count_include_pad", 0))}
+    if not args["count_pad"]:  # with count_pad the extra end padding would be counted: not the same
+        args = _ceil_form(m, node, args, rank)
     if any(d != 1 for d in a.get("dilations", [])):
         if not _has_param("avgpool", "d"):
             raise Unsupported("a dilated AveragePool maps to avgpool(d=...), which this cnncomp does not register yet")

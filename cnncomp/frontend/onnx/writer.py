@@ -4,7 +4,8 @@ Statements are pipelines: a stage whose only input is the tail of an open
 pipeline, read by nothing else, extends it. Every layer keeps its imported
 name through `as NAME`; a block call is named `as PREFIX` (its layers are
 named under it), and a run of calls `PARENT.k, PARENT.k+1, ...` of one block
-becomes `repeat n as i { blk(...) as "PARENT.{i + k}" }`, a parameter that
+(or `PARENTk` for names such as `denselayer1`) becomes
+`repeat n as i { blk(...) as "PARENT.{i + k}" }`, a parameter that
 changes only in the first call written `if i == 0 then A else B` (one such
 argument at most: separate calls read better than several).
 """
@@ -227,8 +228,9 @@ def _called(unit: Unit) -> Unit:
 
 
 def _split_index(prefix: str) -> tuple[str, int] | None:
-    parent, _, last = prefix.rpartition(".")
-    return (parent, int(last)) if last.isdigit() and parent else None
+    """('layer1.', 2) for 'layer1.2'; ('features.denseblock1.denselayer', 3) for '...denselayer3'."""
+    found = re.match(r"(.*\D)(\d+)$", prefix)
+    return (found.group(1), int(found.group(2))) if found else None
 
 
 def _run_from(chain: list[Unit], start: int) -> list[Unit]:
@@ -273,4 +275,4 @@ def _repeat_text(run: list[Unit]) -> str:
     args = ", ".join(e if not e.startswith("if ") or len(exprs) == 1 else f"({e})" for e in exprs)
     call = f"{template.name}({args})" if exprs else template.name
     index = "{i}" if k == 0 else "{i + %d}" % k
-    return f'repeat {len(run)} as i {{ {call} as "{parent}.{index}" }}'
+    return f'repeat {len(run)} as i {{ {call} as "{parent}{index}" }}'
