@@ -121,7 +121,7 @@ def _add_layer(graph: LayerGraph, match: Match, name: str, tensor_layer: dict, m
         raise CnnError(f"{m.source}: {where} reads '{missing[0]}', which no layer computes")
     sources = [tensor_layer[t] for t in match.inputs]
     shapes = [graph.layer(s).shape for s in sources]
-    args = dict(match.args)
+    args = _spelled_for(op, match.args, where, m.source)
     for p in op.params:  # the language defaults for what the pattern left out
         if p.name not in args and p.kind != "tensor":
             args[p.name] = p.default
@@ -145,6 +145,24 @@ def _add_layer(graph: LayerGraph, match: Match, name: str, tensor_layer: dict, m
     dtype = graph.layer(sources[0]).dtype if sources else "float32"
     layer = Layer(name, match.op, attrs, shape, dtype, weights=specs, args={k: v for k, v in match.args.items()})
     graph.add_layer(layer, sources)
+
+
+# Argument names the contract and PyTorch spell differently; a layer registered with the other spelling
+# still takes the pattern's value.
+_ALIASES = {"g": "groups", "groups": "g", "ceil": "ceil_mode", "count_pad": "count_include_pad"}
+
+
+def _spelled_for(op, args: dict, where: str, source: str) -> dict:
+    names = {p.name for p in op.params}
+    out = {}
+    for key, value in args.items():
+        if key not in names and _ALIASES.get(key) in names:
+            key = _ALIASES[key]
+        if key not in names:
+            raise CnnError(f"{source}: {where} needs {op.name}({key}=...), which this cnncomp's {op.name} "
+                           "does not take")
+        out[key] = value
+    return out
 
 
 def _input_shape(m: OnnxModel, info: onnx.ValueInfoProto) -> tuple:

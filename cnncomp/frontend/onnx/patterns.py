@@ -13,7 +13,8 @@ are visited on their own.
     Gemm; MatMul(x, W) [+ Add(., b)]       -> linear
     BatchNormalization                     -> bn
     Reshape-InstanceNorm-Reshape-Mul-Add   -> gn
-    MaxPool AveragePool LpPool             -> maxpool avgpool lppool
+    MaxPool AveragePool LpPool             -> maxpool avgpool lppool (ceil mode recovered from end padding)
+    a pool over the whole static input     -> gmp gap
     Neg-MaxPool-Neg                        -> minpool
     GlobalAveragePool GlobalMaxPool        -> gap gmp
     TopK-TopK-GatherElements x2            -> kmaxpool
@@ -308,12 +309,24 @@ def _as_list(value, rank: int) -> list:
     return list(value) if isinstance(value, tuple) else [value] * rank
 
 
+def _global(m: OnnxModel, node, a: dict, op: str) -> Match | None:
+    """A pool whose one unpadded window covers the whole (static) input: gap or gmp (adaptive pooling to 1)."""
+    shape = m.shapes.get(node.input[0])
+    if shape is None or list(shape[2:]) != list(a["kernel_shape"]) or any(a.get("pads", [])) \
+            or any(d != 1 for d in a.get("dilations", [])):
+        return None
+    return Match(op, {}, [node.input[0]], node.output[0], [node])
+
+
 @matcher("MaxPool")
 def max_pool(m: OnnxModel, node):
     if len([o for o in node.output if o]) > 1:
         raise Unsupported("MaxPool with an Indices output has no layer")
     a = attrs_of(node)
     _auto_pad(m, node, a)
+    whole = _global(m, node, a, "gmp")
+    if whole is not None:
+        return whole
     rank = len(a["kernel_shape"])
     args = _ceil_form(m, node, {**_window_args(a, rank), "ceil": bool(a.get("ceil_mode", 0))}, rank)
     return Match("maxpool", args, [node.input[0]], node.output[0], [node])
@@ -323,6 +336,9 @@ def max_pool(m: OnnxModel, node):
 def average_pool(m: OnnxModel, node):
     a = attrs_of(node)
     _auto_pad(m, node, a)
+    whole = _global(m, node, a, "gap")
+    if whole is not None:
+        return whole
     rank = len(a["kernel_shape"])
     args = {**_window_args(a, rank, with_dilation=False), "ceil": bool(a.get("ceil_mode", 0)),
             "count_pad": bool(a.get("count_include_pad", 0))}

@@ -56,7 +56,14 @@ def layer_call(op_name: str, args: dict, n_tensor_args: int) -> str:
     op = get_op(op_name)
     defaults = {p.name: p.default for p in op.params}
     leading = [p.name for p in op.params if p.kind != "tensor"]
-    parts = ["{%d}" % i for i in range(n_tensor_args)]
+    tensor_params = [p.name for p in op.params if p.kind == "tensor"]
+    parts = []
+    for i in range(n_tensor_args):  # tensor arguments: by position while they lead, by name after that
+        if op.variadic or op.params[i].kind == "tensor" and i < len(tensor_params) \
+                and all(p.kind == "tensor" for p in op.params[:i + 1]):
+            parts.append("{%d}" % i)
+        else:
+            parts.append(f"{tensor_params[i]}={{{i}}}")
     positional = []
     for key in leading:
         if defaults[key] is REQUIRED and key in args and leading[len(positional)] == key:
