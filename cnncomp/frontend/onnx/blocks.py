@@ -161,7 +161,7 @@ def _parameterize(graph: LayerGraph, template: Template) -> None:
         signature = tuple(map(repr, column))
         if signature not in names:
             last = first.members[i][len(first.prefix) + 1:].split(".")[-1]
-            base = f"{last}_{key}" if last and not last.isdigit() else f"{key}_{len(names) + 1}"
+            base = f"{last}_{key}" if last and not last.isdigit() else key
             base = "".join(c if c.isalnum() or c == "_" else "_" for c in base)
             if base[0].isdigit():
                 base = "p_" + base

@@ -35,6 +35,7 @@ class Unit:
     text: str  # the stage without its tensor arguments' variables filled in: {0}, {1}, ... for inputs 1..
     call: tuple[Template, Instance] | None = None
     head: bool = False  # written as a pipeline's head expression, all inputs as arguments (a merge named by its block)
+    hint: str = ""  # what to name a variable holding it (a call: its path, not its exit layer's)
 
 
 class Param:
@@ -115,7 +116,8 @@ def _top_units(graph: LayerGraph, templates: list[Template]) -> list[Unit]:
         if layer.name in first_of:
             t, inst = first_of[layer.name]
             args = ", ".join(fmt_value(v) for v in call_values(t, inst))
-            units.append(Unit(inst.exit, [inst.entry], f"{t.name}({args})" if args else t.name, (t, inst)))
+            units.append(Unit(inst.exit, [inst.entry], f"{t.name}({args})" if args else t.name, (t, inst),
+                              hint=inst.prefix))
         elif layer.name not in covered:
             units.append(_layer_unit(graph, layer.name, layer.name, spec_args(graph, layer.name)))
     return units
@@ -155,6 +157,7 @@ def _statements(graph: LayerGraph, units: list[Unit], variables: dict[str, str],
                 taken: set[str], returned: str | None) -> list[str]:
     """Pipelines for the units, in order; `returned` (in a block) is the layer the last pipeline returns."""
     taken = set(taken)
+    hints = {u.name: u.hint for u in units if u.hint}
     users: dict[str, int] = {}
     for u in units:
         for s in u.inputs:
@@ -163,7 +166,7 @@ def _statements(graph: LayerGraph, units: list[Unit], variables: dict[str, str],
     def variable_for(name: str) -> str:
         if name in output_of:
             return output_of[name]
-        base = re.sub(r"\W", "_", name)
+        base = re.sub(r"\W", "_", hints.get(name, name))
         if not re.match(r"[A-Za-z_]", base):
             base = "t_" + base
         var, k = base, 1
