@@ -69,7 +69,8 @@ def find_layers(m: OnnxModel) -> list[Match]:
                  for op, (count, first, reason) in sorted(unsupported.items())]
         total = sum(c for c, _, _ in unsupported.values())
         raise CnnError(f"{m.source}: {total} node{'s' if total > 1 else ''} of {len(unsupported)} op "
-                       f"type{'s' if len(unsupported) > 1 else ''} have no layer in the language:\n"
+                       f"type{'s' if len(unsupported) > 1 else ''} {'have' if total > 1 else 'has'} no layer "
+                       "in the language:\n"
                        + "\n".join(lines))
     return [match for _, match in sorted(matches, key=lambda item: item[0])]
 
