@@ -110,8 +110,7 @@ def _is_output_rename(m: OnnxModel, match: Match, tensor_layer: dict) -> bool:
     anchor = match.anchor
     source = match.inputs[0] if match.inputs else None
     return (anchor.op_type == "Identity" and match.output in m.outputs and source in tensor_layer
-            and source not in m.outputs and source not in {i.name for i in m.inputs}
-            and len(m.users(source)) == 1)
+            and source not in m.outputs and source not in {i.name for i in m.inputs})
 
 
 def _add_layer(graph: LayerGraph, match: Match, name: str, tensor_layer: dict, m: OnnxModel) -> None:
