@@ -26,6 +26,7 @@ F = torch.nn.functional
 
 import cnncomp  # noqa: E402
 from cnncomp.cli import main  # noqa: E402
+from cnncomp.errors import CnnError  # noqa: E402
 from cnncomp.frontend.onnx import import_model  # noqa: E402
 from cnncomp.ops.registry import get_op  # noqa: E402
 
@@ -224,3 +225,62 @@ def test_import_command_runs_as_a_program(tmp_path):
                            str(tmp_path / "m.cnn")], capture_output=True, text=True, cwd=ROOT,
                           env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
     assert proc.returncode == 1 and "Sin: 2 nodes" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_view_flatten_with_a_dynamic_batch_folds_its_shape_subgraph(tmp_path):
+    """Shape -> Gather(0) -> Unsqueeze -> Concat([., -1]) -> Reshape with batch N: a flatten, not an error."""
+    module = ViewFlatten().eval()
+    x = torch.randn(3, 3, 7, 7, generator=torch.Generator().manual_seed(0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, (x,), str(tmp_path / "m.onnx"), opset_version=17, dynamo=False,
+                          input_names=["x"], output_names=["y"], dynamic_axes={"x": {0: "batch"}})
+    ops = {n.op_type for n in onnx.load(str(tmp_path / "m.onnx")).graph.node}
+    assert {"Shape", "Gather", "Reshape"} <= ops  # the subgraph is there to fold
+    result = cnncomp.import_onnx(tmp_path / "m.onnx", tmp_path / "m.cnn")
+    assert "input x: [batch, 3, 7, 7]" in result.text and "flatten" in result.text, result.text
+    compiled = cnncomp.compile(tmp_path / "m.cnn", weights=tmp_path / "m.safetensors", opt_level=0)
+    got = ort.InferenceSession(compiled.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, {"x": x.numpy()})[0]
+    with torch.no_grad():
+        np.testing.assert_allclose(got, module(x).numpy(), rtol=1e-4, atol=1e-5)
+
+
+def one_node_model(path: Path, node, in_shape, out_shape, initializers=()) -> None:
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, in_shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, out_shape)], list(initializers))
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+
+
+@pytest.mark.parametrize("node, in_shape, out_shape, reason", [
+    (helper.make_node("DepthToSpace", ["x"], ["y"], name="d2s", blocksize=2, mode="DCR"), [1, 8, 2, 2], [1, 2, 4, 4],
+     "DCR mode orders channels unlike pixel_shuffle"),
+    (helper.make_node("SpaceToDepth", ["x"], ["y"], name="s2d", blocksize=2), [1, 2, 4, 4], [1, 8, 2, 2],
+     "block offset before the channel"),
+    (helper.make_node("Clip", ["x", "lo", "hi"], ["y"], name="clip"), [1, 2, 4, 4], [1, 2, 4, 4],
+     "neither relu6 (0, 6) nor relu"),
+    (helper.make_node("MatMul", ["x", "x"], ["y"], name="mm"), [4, 4], [4, 4], "constant 2-D weight"),
+    (helper.make_node("Resize", ["x", "", "scales"], ["y"], name="rs", mode="nearest"), [1, 2, 4, 4], [1, 2, 8, 8],
+     "not F.interpolate's nearest"),
+])
+def test_refused_patterns_say_why(tmp_path, node, in_shape, out_shape, reason):
+    consts = [onnx.numpy_helper.from_array(np.array(-1.0, np.float32), "lo"),
+              onnx.numpy_helper.from_array(np.array(1.0, np.float32), "hi"),
+              onnx.numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales")]
+    one_node_model(tmp_path / "m.onnx", node, in_shape, out_shape, [c for c in consts if c.name in node.input])
+    with pytest.raises(CnnError) as err:
+        import_model(tmp_path / "m.onnx")
+    assert f"{node.op_type}: 1 node, first '{node.name}'" in err.value.message
+    assert reason in err.value.message
+
+
+def test_gemm_without_transposed_weight_and_with_alpha(tmp_path):
+    w = np.arange(12, dtype=np.float32).reshape(4, 3) / 10  # [in, out]: transB=0
+    b = np.array([1.0, -1.0, 0.5], np.float32)
+    node = helper.make_node("Gemm", ["x", "w", "b"], ["y"], name="fc", alpha=2.0, beta=0.5)
+    one_node_model(tmp_path / "m.onnx", node, ["N", 4], ["N", 3],
+                   [onnx.numpy_helper.from_array(w, "w"), onnx.numpy_helper.from_array(b, "b")])
+    result = import_model(tmp_path / "m.onnx")
+    assert "linear(3) as fc" in result.text
+    np.testing.assert_array_equal(result.weights["fc.weight"], 2.0 * w.T)
+    np.testing.assert_array_equal(result.weights["fc.bias"], 0.5 * b)

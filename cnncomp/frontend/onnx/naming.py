@@ -67,7 +67,7 @@ class Namer:
         scoped = torch_module_path(node_name)
         if scoped is not None:
             path, op = scoped
-            op_part = re.sub(r"_\d+$", lambda m: m.group(0), op).lower()
+            op_part = op.lower()
             if not path:
                 base = op_part
             elif path in self.containers:
