@@ -10,10 +10,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import onnx
 
 from cnncomp.errors import CnnError
 from cnncomp.frontend.onnx.build import build_graph
-from cnncomp.frontend.onnx.model import load_onnx
+from cnncomp.frontend.onnx.model import OnnxModel, load_onnx
 from cnncomp.ir.graph import LayerGraph
 
 
@@ -26,16 +27,20 @@ class ImportResult:
     weights: dict[str, np.ndarray]
 
 
-def import_model(path: str | Path, network: str | None = None) -> ImportResult:
-    """Read an ONNX model and return the equivalent .cnn spec and weights (nothing is written)."""
+def import_model(path, network: str | None = None) -> ImportResult:
+    """Read an ONNX model (a file, or an onnx.ModelProto) and return the equivalent .cnn spec and weights
+    (nothing is written)."""
     from cnncomp.frontend.onnx.writer import write_spec
     from cnncomp.ir.printer import emit_cnn
     from cnncomp.ir.weights import check_weights
 
-    model = load_onnx(path)
-    graph, weights = build_graph(model, network or Path(path).stem)
-    header = f"Imported from {Path(path).name} by cnncomp import."
-    source = f"<import of {Path(path).name}>"
+    if isinstance(path, onnx.ModelProto):
+        model, label = OnnxModel(path, "<model>"), network or path.graph.name or "model"
+    else:
+        model, label = load_onnx(path), Path(path).name
+    graph, weights = build_graph(model, network or Path(label).stem)
+    header = f"Imported from {label} by cnncomp import."
+    source = f"<import of {label}>"
     text = write_spec(graph, header)
     spec_graph, problem = _elaborate_same(text, graph, source)
     if spec_graph is None:  # the block writer missed: the flat listing names every layer explicitly
