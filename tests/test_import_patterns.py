@@ -284,3 +284,33 @@ def test_gemm_without_transposed_weight_and_with_alpha(tmp_path):
     assert "linear(3) as fc" in result.text
     np.testing.assert_array_equal(result.weights["fc.weight"], 2.0 * w.T)
     np.testing.assert_array_equal(result.weights["fc.bias"], 0.5 * b)
+
+
+@pytest.mark.parametrize("with_mask", [False, True], ids=["dcn", "dcnv2_mask"])
+def test_deform_conv_imports_with_its_offsets_and_mask(tmp_path, with_mask):
+    if with_mask and not registered("deform_conv(mask)"):
+        pytest.skip("op deform_conv(mask) not registered yet")
+    rng = np.random.default_rng(0)
+    w = rng.uniform(-0.3, 0.3, (6, 4, 3, 3)).astype(np.float32)
+    b = rng.uniform(-0.1, 0.1, 6).astype(np.float32)
+    ins = ["x", "w", "off", "b"] + (["mask"] if with_mask else [])
+    node = helper.make_node("DeformConv", ins, ["y"], name="dcn", kernel_shape=[3, 3], pads=[1, 1, 1, 1])
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 6, 6]),
+              helper.make_tensor_value_info("off", TensorProto.FLOAT, [1, 18, 6, 6])]
+    if with_mask:
+        inputs.append(helper.make_tensor_value_info("mask", TensorProto.FLOAT, [1, 9, 6, 6]))
+    graph = helper.make_graph([node], "g", inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 6, 6, 6])],
+                              [onnx.numpy_helper.from_array(w, "w"), onnx.numpy_helper.from_array(b, "b")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)])
+    model.ir_version = 9
+    onnx.save(model, str(tmp_path / "m.onnx"))
+    result = cnncomp.import_onnx(tmp_path / "m.onnx", tmp_path / "m.cnn")
+    assert "deform_conv(off, 6, 3, p=1" in result.text, result.text
+    compiled = cnncomp.compile(tmp_path / "m.cnn", weights=tmp_path / "m.safetensors", opt_level=0)
+    feeds = {"x": rng.standard_normal((1, 4, 6, 6)).astype(np.float32),
+             "off": rng.uniform(-1, 1, (1, 18, 6, 6)).astype(np.float32)}
+    if with_mask:
+        feeds["mask"] = rng.uniform(0, 1, (1, 9, 6, 6)).astype(np.float32)
+    run = [ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+           for m in (model, compiled)]
+    np.testing.assert_allclose(run[1], run[0], rtol=1e-5, atol=1e-6)
