@@ -125,3 +125,33 @@ def test_resnet50_import_reads_like_the_spec(tmp_path):
     text = import_model(tmp_path / "r.onnx").text
     assert len(text.splitlines()) < 60, text
     assert 'repeat 5 as i { ' in text and 'as "layer3.{i + 1}" }' in text
+
+
+OWN_PATTERNS = """
+network patterns
+input x: [N, 4, 12, 12]
+input t: [N, 6, 20]
+a = x -> conv(8, k=3, p=(1, 0, 1, 2), bias=false) -> gn(2) -> prelu -> minpool(k=2, s=1)
+      -> conv(8, k=1) -> silu -> gelu -> elu(alpha=0.5) -> hardswish -> hardsigmoid -> leaky_relu(a=0.1)
+b = a -> avgpool(k=3, s=2, p=1, ceil=true, count_pad=true) -> upsample(scale=2, mode="linear")
+      -> pad(p=(1, 0, 0, 2), value=0.5) -> lppool(k=2, norm=3) -> slice(2, 6) -> shuffle(2)
+      -> maxpool(k=3, s=2, p=1, ceil=true) -> prelu(shared=true) -> tanh
+c = t -> kmaxpool(3) -> linear(5) -> rrelu -> linear(4, bias=false) -> softmax(axis=2)
+d = concat(b, b * b, axis=1) -> gap -> flatten -> linear(3) -> log_softmax
+output d, c
+"""
+
+
+def test_every_lowering_pattern_of_cnncomp_round_trips(tmp_path):
+    """The multi-node lowerings (gn, minpool, silu, gelu, shuffle, kmaxpool, MatMul linear...) come back as their layers."""
+    (tmp_path / "p.cnn").write_text(OWN_PATTERNS)
+    original = cnncomp.compile(tmp_path / "p.cnn", output=tmp_path / "p.onnx", opt_level=0)
+    result = cnncomp.import_onnx(tmp_path / "p.onnx", tmp_path / "back.cnn")
+    graph = cnncomp.load(tmp_path / "p.cnn")
+    ops = {l.op for l in graph.layers()} - {"input", "rrelu", "avgpool"}  # rrelu lowers as leaky_relu
+    assert ops <= {l.op for l in result.graph.layers()}, result.text
+    assert {l.name for l in result.graph.layers()} == {l.name for l in graph.layers()}
+    again = cnncomp.compile(tmp_path / "back.cnn", opt_level=0, weights=tmp_path / "back.safetensors")
+    feeds = seeded_feeds(original)
+    for want, got in zip(run(original, feeds), run(again, feeds)):
+        np.testing.assert_array_equal(got, want)

@@ -1,7 +1,7 @@
 """An ONNX model to a LayerGraph and its weights, through the patterns of `patterns.py`.
 
 Anchors are visited last to first so that a pattern absorbs the nodes before
-it; the layers are then added first to last (ONNX graphs are topologically
+it (and nodes whose outputs nothing reads are left out); the layers are then added first to last (ONNX graphs are topologically
 sorted), each normalized and shaped by its op in the registry exactly as the
 elaborator would. Every node that no pattern takes is collected, so that one
 error lists every unsupported op type with its count and first node name.
@@ -45,9 +45,11 @@ def find_layers(m: OnnxModel) -> list[Match]:
     matches: list[tuple[int, Match]] = []
     unsupported: dict[str, list] = {}  # op type -> [count, first node name, reason]
     position = {id(n): i for i, n in enumerate(m.nodes)}
+    live = set(m.outputs)  # tensors something reads: a node computing none of them is dead code
     for node in reversed(m.nodes):
-        if id(node) in m.folded or id(node) in absorbed:
+        if id(node) in m.folded or id(node) in absorbed or not live.intersection(node.output):
             continue
+        live.update(node.input)
         reason = "no layer of the language computes it"
         found = None
         for match in MATCHERS.get(node.op_type, []):
@@ -63,6 +65,7 @@ def find_layers(m: OnnxModel) -> list[Match]:
             entry[1], entry[2] = node.name or node.output[0], reason  # walking backwards: keep the first
             continue
         absorbed.update(id(n) for n in found.nodes)
+        live.update(name for n in found.nodes for name in n.input)
         matches.append((position[id(node)], found))
     if unsupported:
         lines = [f"  {op}: {count} node{'s' if count > 1 else ''}, first '{first}': {reason}"
@@ -85,7 +88,7 @@ def build_graph(m: OnnxModel, name: str) -> tuple[LayerGraph, dict[str, np.ndarr
         input_name = identifier(info.name, taken, "input")
         graph.add_layer(Layer(input_name, "input", {}, _input_shape(m, info), _dtype(info, m.source)))
         tensor_layer[info.name] = input_name
-    namer = Namer([match.anchor.name for match in matches], taken | set(m.outputs))
+    namer = Namer([match.anchor.name for match in matches], taken)
     weights: dict[str, np.ndarray] = {}
     for match in matches:
         if _is_output_rename(m, match, tensor_layer):
