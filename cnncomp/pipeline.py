@@ -105,5 +105,9 @@ def import_onnx_model(path, output, weights_out=None):
             raise CnnError(f"{target}: the folder {target.parent} does not exist")
     result = import_model(path, output.stem)
     save_safetensors(result.weights, weights_out)
-    write_text(output, result.text)
+    try:
+        write_text(output, result.text)
+    except BaseException:
+        weights_out.unlink(missing_ok=True)  # no weights without their spec
+        raise
     return result

@@ -213,6 +213,12 @@ def test_cli_errors(tmp_path, capsys):
     (tmp_path / "junk.onnx").write_bytes(b"not a model")
     assert main(["import", str(tmp_path / "junk.onnx"), "-o", str(tmp_path / "m.cnn")]) == 1
     assert "not a readable ONNX model" in capsys.readouterr().err
+    unsupported_model(tmp_path / "u.onnx")
+    assert main(["import", str(tmp_path / "u.onnx"), "-o", str(tmp_path / "no" / "m.cnn")]) == 1
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["import", str(tmp_path / "u.onnx"), "-o", str(tmp_path / "m.cnn"),
+                 "--weights-out", str(tmp_path / "m.cnn")]) == 1
+    assert "both be written to" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_:
         main(["import", str(tmp_path / "junk.onnx")])  # no -o: bad usage
     assert exit_.value.code == 2
