@@ -72,3 +72,10 @@ def to_torch(spec, weights=None, seed: int = 0, defines: dict[str, str] | None =
     from cnncomp.run.reference import to_torch as build
 
     return build(load(spec, defines), weights, seed)
+
+
+def import_onnx(path: str | Path, output: str | Path, weights_out: str | Path | None = None):
+    """Import an ONNX model: write OUTPUT (.cnn spec) and its weights (default: OUTPUT with .safetensors)."""
+    from cnncomp.pipeline import import_onnx_model
+
+    return import_onnx_model(path, output, weights_out)

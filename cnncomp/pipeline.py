@@ -611,3 +611,31 @@ def draw(source: Source, output, rankdir: str = "TB", title: str | None = None) 
     title = title or (f"{graph.name} (passes: {', '.join(done)})" if done else graph.name)
     render(to_dot(graph, title=title, rankdir=rankdir), output)
     return graph
+
+
+# ---- import ------------------------------------------------------------------------------------------
+
+
+def import_onnx_model(path, output, weights_out=None):
+    """An ONNX model to a .cnn spec and a .safetensors file keyed by its layer names; returns the ImportResult.
+
+    Nothing is written unless the whole model imports and the spec elaborates with the weights."""
+    from cnncomp.fileio import write_text
+    from cnncomp.frontend.onnx import import_model
+    from cnncomp.ir.weights import save_safetensors
+
+    output = Path(output)
+    weights_out = Path(weights_out) if weights_out is not None else output.with_suffix(".safetensors")
+    if weights_out.resolve() == output.resolve():
+        raise CnnError(f"the spec and the weights would both be written to {output}; choose another --weights-out")
+    for target in (output, weights_out):
+        if not target.parent.is_dir():
+            raise CnnError(f"{target}: the folder {target.parent} does not exist")
+    result = import_model(path, output.stem)
+    save_safetensors(result.weights, weights_out)
+    try:
+        write_text(output, result.text)
+    except BaseException:
+        weights_out.unlink(missing_ok=True)  # no weights without their spec
+        raise
+    return result

@@ -25,7 +25,9 @@ COMMANDS = {
     "init": "write a spec's seeded weights to .safetensors",
     "deploy": "write a Triton Inference Server model repository (config.pbtxt and model.onnx)",
     "graph": "draw the layer graph (Graphviz), blocks as clusters",
+    "import": "an ONNX model back to a readable .cnn spec plus its weights (.safetensors)",
 }
+MODULE_OF = {"import": "import_model"}  # a command whose name is a Python keyword
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show Python tracebacks for errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     for name, help_text in COMMANDS.items():
-        module = importlib.import_module(f"cnncomp.cli.{name}")
+        module = importlib.import_module(f"cnncomp.cli.{MODULE_OF.get(name, name)}")
         p = sub.add_parser(name, help=help_text, description=module.__doc__,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)

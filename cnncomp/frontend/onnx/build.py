@@ -1,0 +1,190 @@
+"""An ONNX model to a LayerGraph and its weights, through the patterns of `patterns.py`.
+
+Anchors are visited last to first so that a pattern absorbs the nodes before
+it (and nodes whose outputs nothing reads are left out); the layers are then added first to last (ONNX graphs are topologically
+sorted), each normalized and shaped by its op in the registry exactly as the
+elaborator would. Every node that no pattern takes is collected, so that one
+error lists every unsupported op type with its count and first node name.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import onnx
+
+from cnncomp.errors import CnnError
+from cnncomp.frontend.onnx.model import OnnxModel
+from cnncomp.frontend.onnx.naming import Namer
+from cnncomp.frontend.onnx.patterns import MATCHERS, Match, Unsupported
+from cnncomp.ir.graph import Layer, LayerGraph, unique_name
+from cnncomp.ops.registry import fmt_shape, get_op
+
+_DTYPES = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.FLOAT16: "float16",
+           onnx.TensorProto.DOUBLE: "float64"}
+_KEYWORDS = {"network", "input", "output", "let", "block", "return", "repeat", "as", "if", "then", "else", "and",
+             "or", "not", "true", "false", "import", "in"}
+
+
+def identifier(text: str, taken: set[str], fallback: str) -> str:
+    """A valid, unused identifier made from `text`."""
+    name = re.sub(r"\W", "_", text) or fallback
+    if not re.match(r"[A-Za-z_]", name):
+        name = f"{fallback}_{name}"
+    if name in _KEYWORDS:
+        name += "_"
+    name = unique_name(name, taken)
+    taken.add(name)
+    return name
+
+
+def find_layers(m: OnnxModel) -> list[Match]:
+    """Every layer of the model, first to last; a CnnError listing every node no pattern takes."""
+    absorbed: set[int] = set()
+    matches: list[tuple[int, Match]] = []
+    unsupported: dict[str, list] = {}  # op type -> [count, first node name, reason]
+    position = {id(n): i for i, n in enumerate(m.nodes)}
+    live = set(m.outputs)  # tensors something reads: a node computing none of them is dead code
+    for node in reversed(m.nodes):
+        if id(node) in m.folded or id(node) in absorbed or not live.intersection(node.output):
+            continue
+        live.update(node.input)
+        reason = "no layer of the language computes it"
+        found = None
+        for match in MATCHERS.get(node.op_type, []):
+            try:
+                found = match(m, node)
+            except Unsupported as why:
+                reason = str(why)
+            if found is not None:
+                break
+        if found is None:
+            entry = unsupported.setdefault(node.op_type, [0, node.name or node.output[0], reason])
+            entry[0] += 1
+            entry[1], entry[2] = node.name or node.output[0], reason  # walking backwards: keep the first
+            continue
+        absorbed.update(id(n) for n in found.nodes)
+        live.update(name for n in found.nodes for name in n.input)
+        matches.append((position[id(node)], found))
+    if unsupported:
+        lines = [f"  {op}: {count} node{'s' if count > 1 else ''}, first '{first}': {reason}"
+                 for op, (count, first, reason) in sorted(unsupported.items())]
+        total = sum(c for c, _, _ in unsupported.values())
+        raise CnnError(f"{m.source}: {total} node{'s' if total > 1 else ''} of {len(unsupported)} op "
+                       f"type{'s' if len(unsupported) > 1 else ''} {'have' if total > 1 else 'has'} no layer "
+                       "in the language:\n"
+                       + "\n".join(lines))
+    return [match for _, match in sorted(matches, key=lambda item: item[0])]
+
+
+def build_graph(m: OnnxModel, name: str) -> tuple[LayerGraph, dict[str, np.ndarray]]:
+    """The model as a LayerGraph (every shape inferred by the registry) and its weights keyed by layer name."""
+    matches = find_layers(m)
+    graph = LayerGraph(identifier(name, set(), "network"))
+    taken: set[str] = set()
+    tensor_layer: dict[str, str] = {}  # ONNX tensor -> the layer that computes it
+    for info in m.inputs:
+        input_name = identifier(info.name, taken, "input")
+        graph.add_layer(Layer(input_name, "input", {}, _input_shape(m, info), _dtype(info, m.source)))
+        tensor_layer[info.name] = input_name
+    namer = Namer([match.anchor.name for match in matches], taken)
+    weights: dict[str, np.ndarray] = {}
+    for match in matches:
+        if _is_output_rename(m, match, tensor_layer):
+            tensor_layer[match.output] = tensor_layer[match.inputs[0]]
+            continue
+        layer_name = namer.name_for(match.anchor.name, match.anchor.op_type)
+        _add_layer(graph, match, layer_name, tensor_layer, m)
+        for suffix, value in match.weights.items():
+            weights[f"{layer_name}.{suffix}"] = np.ascontiguousarray(value, dtype=np.float32)
+        tensor_layer[match.output] = layer_name
+    output_taken = set(graph.inputs)
+    for out in m.outputs:
+        if out not in tensor_layer:
+            raise CnnError(f"{m.source}: the graph output '{out}' is a constant; the language has no constant outputs")
+        graph.outputs.append(tensor_layer[out])
+        graph.output_names.append(identifier(out, output_taken, "output"))
+    return graph, weights
+
+
+def _is_output_rename(m: OnnxModel, match: Match, tensor_layer: dict) -> bool:
+    """An Identity that only gives a layer's output the graph output's name: no layer of its own."""
+    anchor = match.anchor
+    source = match.inputs[0] if match.inputs else None
+    return (anchor.op_type == "Identity" and match.output in m.outputs and source in tensor_layer
+            and source not in m.outputs and source not in {i.name for i in m.inputs})
+
+
+def _add_layer(graph: LayerGraph, match: Match, name: str, tensor_layer: dict, m: OnnxModel) -> None:
+    op = get_op(match.op)
+    where = f"node '{match.anchor.name or match.output}' ({match.anchor.op_type})"
+    missing = [t for t in match.inputs if t not in tensor_layer]
+    if missing:
+        raise CnnError(f"{m.source}: {where} reads '{missing[0]}', which no layer computes")
+    sources = [tensor_layer[t] for t in match.inputs]
+    shapes = [graph.layer(s).shape for s in sources]
+    args = _spelled_for(op, match.args, where, m.source)
+    for p in op.params:  # the language defaults for what the pattern left out
+        if p.name not in args and p.kind != "tensor":
+            args[p.name] = p.default
+    try:
+        attrs = op.normalize(args, shapes)
+        shape = op.infer_shape(attrs, shapes)
+        specs = op.weight_specs(attrs, shapes)
+    except CnnError as err:
+        raise CnnError(f"{m.source}: {where} as {match.op}: {err.message}") from None
+    for suffix, spec in specs.items():
+        value = match.weights.get(suffix)
+        if value is None or tuple(value.shape) != tuple(spec.shape):
+            got = "none" if value is None else fmt_shape(value.shape)
+            raise CnnError(f"{m.source}: {where} as {match.op}: weight '{suffix}' has shape {got}, "
+                           f"the layer needs {fmt_shape(spec.shape)}")
+    expected = m.shapes.get(match.output)
+    if expected is not None and len(expected) == len(shape) and any(
+            isinstance(e, int) and isinstance(s, int) and e != s for e, s in zip(expected, shape)):
+        raise CnnError(f"{m.source}: {where} as {match.op}: the layer gives shape {fmt_shape(shape)}, "
+                       f"the model {fmt_shape(expected)}")
+    dtype = graph.layer(sources[0]).dtype if sources else "float32"
+    layer = Layer(name, match.op, attrs, shape, dtype, weights=specs, args={k: v for k, v in match.args.items()})
+    graph.add_layer(layer, sources)
+
+
+# Argument names the contract and PyTorch spell differently; a layer registered with the other spelling
+# still takes the pattern's value.
+_ALIASES = {"g": "groups", "groups": "g", "ceil": "ceil_mode", "count_pad": "count_include_pad"}
+
+
+def _spelled_for(op, args: dict, where: str, source: str) -> dict:
+    names = {p.name for p in op.params}
+    out = {}
+    for key, value in args.items():
+        if key not in names and _ALIASES.get(key) in names:
+            key = _ALIASES[key]
+        if key not in names:
+            raise CnnError(f"{source}: {where} needs {op.name}({key}=...), which this cnncomp's {op.name} "
+                           "does not take")
+        out[key] = value
+    return out
+
+
+def _input_shape(m: OnnxModel, info: onnx.ValueInfoProto) -> tuple:
+    dims: list = []
+    for i, d in enumerate(info.type.tensor_type.shape.dim):
+        if d.HasField("dim_value"):
+            dims.append(d.dim_value)
+        elif d.dim_param:
+            dims.append(identifier(d.dim_param, set(), "N"))
+        else:
+            dims.append("N" if i == 0 else f"D{i}")
+    if not dims:
+        raise CnnError(f"{m.source}: input '{info.name}' has no declared shape")
+    return tuple(dims)
+
+
+def _dtype(info: onnx.ValueInfoProto, source: str) -> str:
+    elem = info.type.tensor_type.elem_type
+    if elem not in _DTYPES:
+        raise CnnError(f"{source}: input '{info.name}' has element type "
+                       f"{onnx.TensorProto.DataType.Name(elem)}; the language's inputs are float16/32/64")
+    return _DTYPES[elem]
