@@ -25,6 +25,7 @@ COMMANDS = {
     "init": "write a spec's seeded weights to .safetensors",
     "deploy": "write a Triton Inference Server model repository (config.pbtxt and model.onnx)",
     "graph": "draw the layer graph (Graphviz), blocks as clusters",
+    "serve": "run Triton Inference Server on 127.0.0.1 over a model repository until interrupted",
 }
 
 

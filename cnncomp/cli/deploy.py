@@ -13,7 +13,7 @@ model to float16 after the passes (--keep-io-fp32 keeps float32 inputs and outpu
 
 The model's folder is written under a temporary name and renamed into place, so a
 failure leaves nothing half-written; an existing model folder is replaced.
-Start the server with `tritonserver --model-repository=REPO` (see docs/deploy.md).
+Start a server with `cnncomp serve REPO` (or `tritonserver --model-repository=REPO`; see docs/deploy.md).
 """
 
 import sys
@@ -34,7 +34,8 @@ def add_arguments(p):
     p.add_argument("--tensorrt", action="store_true",
                    help="run the model through TensorRT inside Triton (the ONNX Runtime backend's accelerator)")
     p.add_argument("--instances", type=int, default=1, metavar="K", help="model instances (default 1)")
-    p.add_argument("--kind", choices=("gpu", "cpu"), default="gpu", help="where instances run (default gpu)")
+    p.add_argument("--kind", choices=("gpu", "cpu"),
+                   help="where instances run (default: left to Triton, GPU where the server has one, else CPU)")
     p.add_argument("--name", help="the model's name in Triton (default: the spec's network name)")
 
 
@@ -66,8 +67,9 @@ def run(args) -> int:
     if args.precision == "fp16":
         from cnncomp.precision.fp16 import log_report, to_fp16
 
-        # CPU instances run on ONNX Runtime's CPU provider: keep in float32 what it has no float16 kernel for
-        model, report = to_fp16(model, args.keep_io_fp32, probe_provider="cpu" if args.kind == "cpu" else None)
+        # CPU instances (or Triton's choice, on a CPU-only server) run on ONNX Runtime's CPU provider: keep in
+        # float32 what it has no float16 kernel for
+        model, report = to_fp16(model, args.keep_io_fp32, probe_provider=None if args.kind == "gpu" else "cpu")
         log_report(report, sys.stderr.write)
     if args.tensorrt:
         from cnncomp.deployment.tensorrt import check_tensorrt_compatible
@@ -86,9 +88,9 @@ def run(args) -> int:
         raise CnnError(f"cannot write the model repository '{args.triton}': {e}") from None
     shown = ", ".join(f"{t.name} {t.data_type} {t.dims}" for t in config.inputs)
     print(f"wrote {folder}/config.pbtxt and {folder}/1/model.onnx: {config.name}, max_batch_size "
-          f"{config.max_batch_size}, {args.precision}, {config.instances} x {config.kind}"
+          f"{config.max_batch_size}, {args.precision}, {config.instances} x {config.kind or 'the kind Triton picks'}"
           + (", TensorRT accelerator" if config.tensorrt else "") + f"; inputs {shown}")
-    print(f"serve it with: tritonserver --model-repository={args.triton}")
+    print(f"serve it with: cnncomp serve {args.triton} (or tritonserver --model-repository={args.triton})")
     return 0
 
 

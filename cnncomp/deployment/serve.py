@@ -299,3 +299,25 @@ class TritonServer:
     def endpoints(self) -> dict[str, str]:
         return {"HTTP": f"http://{HOST}:{self.ports.http}", "gRPC": f"{HOST}:{self.ports.grpc}",
                 "metrics": f"http://{HOST}:{self.ports.metrics}/metrics"}
+
+    def model_metadata(self, name: str) -> dict:
+        """The server's metadata of one model: its inputs and outputs with names, datatypes and shapes."""
+        import json
+
+        with urllib.request.urlopen(f"http://{HOST}:{self.ports.http}/v2/models/{name}", timeout=5) as r:
+            return json.loads(r.read())
+
+
+def client_example(grpc_endpoint: str, metadata: dict) -> str:
+    """A one-line Python command that sends zeros to a served model over gRPC and prints the output shapes."""
+    inputs = metadata["inputs"]
+    shapes = {i["name"]: [1 if d < 0 else d for d in i["shape"]] for i in inputs}
+    numpy_types = {"FP32": "float32", "FP16": "float16", "FP64": "float64", "INT64": "int64", "INT32": "int32",
+                   "INT8": "int8", "UINT8": "uint8", "BOOL": "bool_"}
+    make = "; ".join(f"i{k} = g.InferInput('{i['name']}', {shapes[i['name']]}, '{i['datatype']}'); "
+                     f"i{k}.set_data_from_numpy(np.zeros({tuple(shapes[i['name']])}, np.{numpy_types.get(i['datatype'], 'float32')}))"
+                     for k, i in enumerate(inputs))
+    listed = ", ".join(f"i{k}" for k in range(len(inputs)))
+    outputs = ", ".join(f"r.as_numpy('{o['name']}').shape" for o in metadata["outputs"])
+    return (f"python -c \"import numpy as np, tritonclient.grpc as g; c = g.InferenceServerClient('{grpc_endpoint}'); "
+            f"{make}; r = c.infer('{metadata['name']}', [{listed}]); print({outputs})\"")
