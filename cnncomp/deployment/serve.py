@@ -45,6 +45,7 @@ from cnncomp.errors import CnnError
 HOST = "127.0.0.1"  # never any other address: the server is local by design
 SERVE_EXTRA = "pip install 'cnncomp[serve]' (or pip install -e '.[serve]' in a checkout)"
 BACKEND_SOURCE = Path(__file__).parent / "triton_backend"
+ERROR_LINE = re.compile(r"^E\d{4} ")  # Triton's glog error lines: E1201 14:16:04.630006 ...
 UNAVAILABLE_ROW = re.compile(r"^\|\s*(\S+)\s*\|\s*(\S+)\s*\|\s*UNAVAILABLE:\s*(.*?)\s*\|\s*$")
 
 
@@ -110,6 +111,8 @@ def check_ports_free(ports: Ports) -> None:
         raise CnnError(f"the HTTP, gRPC and metrics ports must differ, got {named}")
     for what, port in named.items():
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            # as the server binds: a port left in TIME_WAIT by a previous server's clients is free to it
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 s.bind((HOST, port))
             except OSError as e:
@@ -153,15 +156,17 @@ def _write_backends(server: BundledServer, folder: Path) -> Path:
 
 def load_errors(log: str) -> list[str]:
     """Why models or the server failed, in Triton's own words, from its log."""
-    errors = []
+    models, server, other = [], [], []
     for line in log.splitlines():
         row = UNAVAILABLE_ROW.match(line)
         if row:
-            errors.append(f"model '{row[1]}' version {row[2]} failed to load: {row[3]}")
-        elif line.startswith("error: ") or (line.startswith("E") and "failed to" in line.lower()
-                                             and "model_lifecycle" not in line):
-            errors.append(line.split('] ', 1)[-1].strip('"'))
-    return list(dict.fromkeys(errors))
+            models.append(f"model '{row[1]}' version {row[2]} failed to load: {row[3]}")
+        elif line.startswith("error: "):
+            server.append(line)
+        elif ERROR_LINE.match(line):
+            other.append(line.split("] ", 1)[-1].strip('"'))
+    # a Python traceback inside a reason arrives as escaped newlines: keep the message, drop the frames
+    return list(dict.fromkeys(e.split("\\n")[0] for e in (models or other) + server))
 
 
 class TritonServer:
@@ -321,3 +326,33 @@ def client_example(grpc_endpoint: str, metadata: dict) -> str:
     outputs = ", ".join(f"r.as_numpy('{o['name']}').shape" for o in metadata["outputs"])
     return (f"python -c \"import numpy as np, tritonclient.grpc as g; c = g.InferenceServerClient('{grpc_endpoint}'); "
             f"{make}; r = c.infer('{metadata['name']}', [{listed}]); print({outputs})\"")
+
+
+def serve_extra_missing() -> str | None:
+    """Why `cnncomp serve` cannot run here (the `serve` extra absent or incomplete), or None."""
+    try:
+        bundled_server()
+        import tritonclient.grpc  # noqa: F401
+        import tritonclient.http  # noqa: F401
+    except CnnError as e:
+        return e.message
+    except (ImportError, RuntimeError) as e:  # tritonclient.grpc raises RuntimeError without grpcio
+        return f"tritonclient is incomplete ({e}); {SERVE_EXTRA}"
+    return None
+
+
+def processes_under(pid: int) -> list[int]:
+    """The live descendants of a process (from /proc), to check that none outlives a server."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
