@@ -237,6 +237,6 @@ def test_banner_names_every_model_and_its_example_runs(server):
     assert f"gRPC     {server['grpc']}" in banner and f"HTTP     http://{server['http']}" in banner
     command = banner.splitlines()[-1].removeprefix("try: ")
     started = time.monotonic()
-    done = subprocess.run(command, shell=True, capture_output=True, text=True, timeout=REQUEST_TIMEOUT_S)
+    done = subprocess.run(command, shell=True, capture_output=True, text=True, timeout=REQUEST_TIMEOUT_S, check=False)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() and time.monotonic() - started < REQUEST_TIMEOUT_S

@@ -116,6 +116,17 @@ def test_a_model_that_fails_to_load_reports_tritons_reason(tmp_path, capsys):
 
 
 @needs_server
+def test_a_server_not_ready_in_time_is_stopped(tmp_path):
+    repo = tmp_path / "repo"
+    assert main(["deploy", LENET, "--triton", str(repo)]) == 0
+    server = serve_module.TritonServer(repo, serve_module.Ports(*free_ports()))
+    with pytest.raises(CnnError, match=r"Triton was not ready after 0 s \(models not ready: lenet\)"):
+        server.start(timeout=0)
+    assert not server.running() and server.process is None
+    server.cleanup()
+
+
+@needs_server
 def test_serving_a_spec_deploys_it_and_sigint_stops_everything(tmp_path):
     spec = tmp_path / "tiny.cnn"
     spec.write_text("network tiny\nlet classes = 4\ninput x: [N, 3, 8, 8]\n"
@@ -179,11 +190,11 @@ def test_the_generated_config_matches_its_model(lenet):
     ({"inputs": [TensorConfig("x", "TYPE_FP16", [1, 28, 28])]},
      ["input 'x' is TYPE_FP16 in the config but FLOAT in the model"]),
     ({"outputs": [TensorConfig("logits", "TYPE_FP32", [12])]},
-     ["output 'logits' has shape [-1, 10] in the model but [-1, 12] in the config (max_batch_size 8: a dynamic "
-      "batch dim, then the config's dims)"]),
+     [("output 'logits' has shape [-1, 10] in the model but [-1, 12] in the config (max_batch_size 8: a dynamic "
+       "batch dim, then the config's dims)")]),
     ({"inputs": [TensorConfig("x", "TYPE_FP32", [-1, 1, 28, 28])]},  # the batch dim written twice
-     ["input 'x' has shape [-1, 1, 28, 28] in the model but [-1, -1, 1, 28, 28] in the config (max_batch_size 8: "
-      "a dynamic batch dim, then the config's dims)"]),
+     [("input 'x' has shape [-1, 1, 28, 28] in the model but [-1, -1, 1, 28, 28] in the config (max_batch_size 8: "
+       "a dynamic batch dim, then the config's dims)")]),
     ({"max_batch_size": 0}, ["input 'x' has shape [-1, 1, 28, 28] in the model but [1, 28, 28] in the config",
                              "output 'logits' has shape [-1, 10] in the model but [10] in the config"]),
 ])
@@ -202,8 +213,8 @@ def test_a_static_batch_dim_under_batching_is_a_mismatch(lenet):
     static.CopyFrom(model)
     static.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 1
     assert config_problems(config, static) == [
-        "input 'x' has shape [1, 1, 28, 28] in the model but [-1, 1, 28, 28] in the config (max_batch_size 8: a "
-        "dynamic batch dim, then the config's dims)"]
+        ("input 'x' has shape [1, 1, 28, 28] in the model but [-1, 1, 28, 28] in the config (max_batch_size 8: a "
+         "dynamic batch dim, then the config's dims)")]
 
 
 def test_instance_kind_left_to_triton_unless_given(tmp_path, capsys):

@@ -36,12 +36,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tools"))
 
-import numpy as np  # noqa: E402
-import onnxruntime as ort  # noqa: E402
-from bench_compile import machine  # noqa: E402
+import numpy as np
+import onnxruntime as ort
+from bench_compile import machine
 
-from cnncomp.cli import build_parser, main  # noqa: E402
-from cnncomp.deployment.serve import HOST, Ports, TritonServer, free_ports, serve_extra_missing  # noqa: E402
+from cnncomp.cli import build_parser, main
+from cnncomp.deployment.serve import HOST, Ports, TritonServer, free_ports, serve_extra_missing
 
 WARMUP_S = 1.0
 
@@ -162,8 +162,8 @@ def main_bench() -> int:
         names = {(m, p): deploy(repo, m, p, args.threads) for m in args.models.split(",") for p in precisions}
         with TritonServer(repo, Ports(*free_ports())) as server:
             grpc_url = f"{HOST}:{server.ports.grpc}"
-            print(f"\n| model | precision | concurrency | in-process req/s | p50 / p95 / p99 ms | served req/s "
-                  f"| p50 / p95 / p99 ms | mean batch | served / in-process |")
+            print("\n| model | precision | concurrency | in-process req/s | p50 / p95 / p99 ms | served req/s "
+                  "| p50 / p95 / p99 ms | mean batch | served / in-process |")
             print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
             for (model, precision), name in names.items():
                 path = repo / name / "1" / "model.onnx"

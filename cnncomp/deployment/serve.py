@@ -75,7 +75,7 @@ def bundled_server() -> BundledServer:
     if spec is None or not spec.submodule_search_locations:
         raise CnnError(f"no Triton server found: the `serve` extra provides one; {SERVE_EXTRA}, "
                        "or give --tritonserver PATH")
-    root = Path(list(spec.submodule_search_locations)[0])
+    root = Path(next(iter(spec.submodule_search_locations)))
     dist = root / "tritonserver"
     version = f"{sys.version_info.major}.{sys.version_info.minor}"
     libraries = root.parent / "nvidia_pytriton.libs"
@@ -243,14 +243,19 @@ class TritonServer:
             if self._ready():
                 return
             if time.monotonic() > deadline:
-                raise CnnError(f"Triton was not ready after {timeout:.0f} s; its log: {self.log_path}")
+                waiting = [name for name in self.models if not self._http_ok_quietly(f"/v2/models/{name}/ready")]
+                tail = self.log().strip().splitlines()[-5:]
+                raise CnnError(f"Triton was not ready after {timeout:.0f} s (models not ready: "
+                               f"{', '.join(waiting) or 'none'}); the end of its log:\n  " + "\n  ".join(tail))
             time.sleep(0.2)
 
     def _ready(self) -> bool:
+        return self._http_ok_quietly("/v2/health/ready") and all(
+            self._http_ok_quietly(f"/v2/models/{name}/ready") for name in self.models)
+
+    def _http_ok_quietly(self, path: str) -> bool:
         try:
-            if not self._http_ok("/v2/health/ready"):
-                return False
-            return all(self._http_ok(f"/v2/models/{name}/ready") for name in self.models)
+            return self._http_ok(path)
         except OSError:
             return False
 
@@ -294,7 +299,7 @@ class TritonServer:
             shutil.rmtree(self._workdir, ignore_errors=True)
             self._workdir = None
 
-    def __enter__(self) -> "TritonServer":
+    def __enter__(self) -> TritonServer:
         self.start()
         return self
 
@@ -332,7 +337,7 @@ def serve_extra_missing() -> str | None:
     """Why `cnncomp serve` cannot run here (the `serve` extra absent or incomplete), or None."""
     try:
         bundled_server()
-        import tritonclient.grpc  # noqa: F401
+        import tritonclient.grpc
         import tritonclient.http  # noqa: F401
     except CnnError as e:
         return e.message
