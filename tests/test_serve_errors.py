@@ -108,10 +108,16 @@ def test_a_model_that_fails_to_load_reports_tritons_reason(tmp_path, capsys):
     assert main(["deploy", LENET, "--triton", str(repo)]) == 0
     config = repo / "lenet" / "config.pbtxt"
     config.write_text(config.read_text().replace("dims: [ 1, 28, 28 ]", "dims: [ 1, 28, 27 ]"))
+    gpu_less = not Path("/dev/nvidiactl").exists()
+    if gpu_less:  # and GPU instances on a server without a GPU
+        assert main(["deploy", LENET, "--triton", str(repo), "--kind", "gpu", "--name", "lenet_gpu"]) == 0
     code, _, err = cli(capsys, "serve", repo, *ports_args())
     assert code == 1
     assert "model 'lenet' version 1 failed to load" in err
     assert "input 'x' has shape [-1, 1, 28, 28] in the model but the configuration gives [-1, 1, 28, 27]" in err
+    if gpu_less:
+        assert "model 'lenet_gpu' version 1 failed to load" in err and "KIND_GPU but no GPUs are available" in err
+        assert "hint: this server has no GPU; redeploy without --kind gpu" in err
     assert not [p for p in processes_under(os.getpid()) if "tritonserver" in _cmdline(p)]
 
 

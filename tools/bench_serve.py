@@ -1,7 +1,7 @@
 """Load generator: a model served by `cnncomp serve` (Triton, gRPC) against the same model in process.
 
 Run by hand: `python tools/bench_serve.py [--models resnet50,mobilenet_v2] [--precisions fp32,int8]
-[--concurrency 1,2,4,8] [--seconds 5] [--threads 2]`. Not a test; needs the `serve` extra.
+[--concurrency 1,2,4,8] [--seconds 10] [--threads 2]`. Not a test; needs the `serve` extra.
 
 Each model is deployed once (`cnncomp deploy SPEC --triton REPO`, -O1, seeded weights, max batch 8)
 and both sides run that repository's model.onnx with ONNX Runtime's CPU provider and --threads
@@ -11,12 +11,14 @@ C++ onnxruntime backend reads too). At concurrency C:
 - served:     C coroutines of tritonclient's asyncio gRPC client, each sending one batch-1 request
               after the other to Triton on 127.0.0.1, whose dynamic batching may gather the
               outstanding requests into one batch;
-- in-process: C threads, each calling `InferenceSession.run` on batch-1 inputs after the other
-              (one shared session, as the server has one instance).
+- in-process: C threads, each calling `InferenceSession.run` on batch-1 inputs after the other, on
+              one shared session, in two ways: *free* (the C runs overlap, each with its own calling
+              thread on top of the session's pool: up to C x threads busy threads) and *one at a time*
+              (a lock around run: the threads Triton's single instance has, but no batching).
 
-Each cell runs for --seconds after one second of warm-up; throughput is completed requests per
-second, latencies are per request (p50/p95/p99). The served column also shows the mean batch size
-Triton executed (from its statistics). The ratio is served/in-process throughput (aim: >= 0.9 at
+Each cell runs for --seconds after one second of warm-up; throughput is the requests completed
+within that window per second, latencies are those requests' (p50/p95/p99). The served column also shows the mean batch size
+Triton executed (from its statistics). The ratios are served/in-process throughput (aim: >= 0.9 at
 concurrency 4 and more). int8 runs when `deploy` has `--precision int8`; otherwise it is skipped,
 saying so.
 """
@@ -77,7 +79,7 @@ def percentiles(latencies: list[float]) -> tuple[float, float, float]:
     return tuple(float(np.percentile(ms, q)) for q in (50, 95, 99))
 
 
-def in_process(path: Path, x: np.ndarray, concurrency: int, seconds: float, threads: int) -> dict:
+def in_process(path: Path, x: np.ndarray, concurrency: int, seconds: float, threads: int, serial: bool) -> dict:
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.log_severity_level = 3
@@ -85,6 +87,7 @@ def in_process(path: Path, x: np.ndarray, concurrency: int, seconds: float, thre
     name = session.get_inputs()[0].name
     latencies: list[float] = []
     lock = threading.Lock()
+    one_at_a_time = threading.Lock() if serial else contextlib.nullcontext()
     start = time.perf_counter()
     measure_from, stop_at = start + WARMUP_S, start + WARMUP_S + seconds
 
@@ -93,9 +96,10 @@ def in_process(path: Path, x: np.ndarray, concurrency: int, seconds: float, thre
             t0 = time.perf_counter()
             if t0 >= stop_at:
                 return
-            session.run(None, {name: x})
+            with one_at_a_time:
+                session.run(None, {name: x})
             t1 = time.perf_counter()
-            if t0 >= measure_from and t1 <= stop_at:
+            if measure_from <= t1 <= stop_at:  # completions in the window: unbiased in steady state
                 with lock:
                     latencies.append(t1 - t0)
 
@@ -128,7 +132,7 @@ async def served(grpc_url: str, model: str, x: np.ndarray, concurrency: int, sec
                 return
             await client.infer(model, [inp], client_timeout=60)
             t1 = time.perf_counter()
-            if t0 >= measure_from and t1 <= stop_at:
+            if measure_from <= t1 <= stop_at:  # completions in the window: unbiased in steady state
                 latencies.append(t1 - t0)
 
     async def snapshot_after_warmup():
@@ -144,12 +148,16 @@ async def served(grpc_url: str, model: str, x: np.ndarray, concurrency: int, sec
     return {"rps": len(latencies) / seconds, "latency": percentiles(latencies), "batch": count / max(runs, 1)}
 
 
+def ratio(a: dict, b: dict) -> float:
+    return a["rps"] / b["rps"] if b["rps"] else float("nan")
+
+
 def main_bench() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="resnet50,mobilenet_v2")
     parser.add_argument("--precisions", default="fp32,int8")
     parser.add_argument("--concurrency", default="1,2,4,8")
-    parser.add_argument("--seconds", type=float, default=5.0, help="measured seconds per cell (default 5)")
+    parser.add_argument("--seconds", type=float, default=10.0, help="measured seconds per cell (default 10)")
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
                         help="ONNX Runtime intra-op threads on both sides (default: the usable cores)")
     args = parser.parse_args()
@@ -169,21 +177,23 @@ def main_bench() -> int:
         names = {(m, p): deploy(repo, m, p, args.threads) for m in args.models.split(",") for p in precisions}
         with TritonServer(repo, Ports(*free_ports())) as server:
             grpc_url = f"{HOST}:{server.ports.grpc}"
-            print("\n| model | precision | concurrency | in-process req/s | p50 / p95 / p99 ms | served req/s "
-                  "| p50 / p95 / p99 ms | mean batch | served / in-process |")
-            print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+            print("\n| model | precision | C | in-process free req/s (p50 ms) | in-process one at a time req/s "
+                  "(p50 ms) | served req/s | served p50 / p95 / p99 ms | mean batch | served / free | "
+                  "served / one at a time |")
+            print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
             for (model, precision), name in names.items():
                 path = repo / name / "1" / "model.onnx"
                 dtype = np.float16 if precision == "fp16" else np.float32
                 x = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(dtype)
                 for c in levels:
-                    local = in_process(path, x, c, args.seconds, args.threads)
+                    free = in_process(path, x, c, args.seconds, args.threads, serial=False)
+                    serial = in_process(path, x, c, args.seconds, args.threads, serial=True)
                     remote = asyncio.run(served(grpc_url, name, x, c, args.seconds))
-                    ratio = remote["rps"] / local["rps"] if local["rps"] else float("nan")
-                    lat = " / ".join(f"{v:.1f}" for v in local["latency"])
-                    rlat = " / ".join(f"{v:.1f}" for v in remote["latency"])
-                    print(f"| {model} | {precision} | {c} | {local['rps']:.1f} | {lat} | {remote['rps']:.1f} | "
-                          f"{rlat} | {remote['batch']:.2f} | {ratio:.2f} |", flush=True)
+                    rlat = " / ".join(f"{v:.0f}" for v in remote["latency"])
+                    print(f"| {model} | {precision} | {c} | {free['rps']:.1f} ({free['latency'][0]:.0f}) | "
+                          f"{serial['rps']:.1f} ({serial['latency'][0]:.0f}) | {remote['rps']:.1f} | {rlat} | "
+                          f"{remote['batch']:.2f} | {ratio(remote, free):.2f} | {ratio(remote, serial):.2f} |",
+                          flush=True)
     return 0
 
 

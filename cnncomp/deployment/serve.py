@@ -166,7 +166,10 @@ def load_errors(log: str) -> list[str]:
         elif ERROR_LINE.match(line):
             other.append(line.split("] ", 1)[-1].strip('"'))
     # a Python traceback inside a reason arrives as escaped newlines: keep the message, drop the frames
-    return list(dict.fromkeys(e.split("\\n")[0] for e in (models or other) + server))
+    errors = list(dict.fromkeys(e.split("\\n")[0] for e in (models or other) + server))
+    if any("KIND_GPU but no GPUs are available" in e for e in errors):
+        errors.append("hint: this server has no GPU; redeploy without --kind gpu (Triton then picks the CPU)")
+    return errors
 
 
 class TritonServer:
