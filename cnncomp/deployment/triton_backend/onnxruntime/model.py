@@ -47,21 +47,26 @@ class TritonPythonModel:
         _check_against_model(config, self.session, self.max_batch)
 
     def execute(self, requests):
-        # Dynamic batching hands over several requests at once: run them as one batch, then split.
+        # Dynamic batching hands over several requests at once: run them as one batch, then split. Should the
+        # batch fail, each request runs alone below, so that only a request at fault gets an error.
         if self.max_batch > 0 and len(requests) > 1:
             parts = [{n: _array(r, n) for n in self.inputs} for r in requests]
             feed = {n: np.concatenate([p[n] for p in parts]) for n in self.inputs}
-            results = self.session.run(self.outputs, feed)
-            sizes = np.cumsum([len(p[self.inputs[0]]) for p in parts])[:-1]
-            split = [np.split(r, sizes) for r in results]
-            return [pb_utils.InferenceResponse([_tensor(n, split[k][i]) for k, n in enumerate(self.outputs)])
-                    for i in range(len(requests))]
+            try:
+                results = self.session.run(self.outputs, feed)
+            except Exception:  # noqa: BLE001
+                results = None
+            if results is not None:
+                sizes = np.cumsum([len(p[self.inputs[0]]) for p in parts])[:-1]
+                split = [np.split(r, sizes) for r in results]
+                return [pb_utils.InferenceResponse([_tensor(n, split[k][i]) for k, n in enumerate(self.outputs)])
+                        for i in range(len(requests))]
         responses = []
         for r in requests:
             feed = {n: _array(r, n) for n in self.inputs}
             try:
                 results = self.session.run(self.outputs, feed)
-            except Exception as e:  # an error in one request answers that request, the model keeps serving
+            except Exception as e:  # noqa: BLE001  an error answers its request; the model keeps serving
                 responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(str(e))))
                 continue
             responses.append(pb_utils.InferenceResponse([_tensor(n, v) for n, v in zip(self.outputs, results)]))
