@@ -99,6 +99,38 @@ def test_ports_must_differ(tmp_path, capsys):
     assert code == 1 and "ports must differ" in err
 
 
+def test_load_errors_quote_tritons_reasons_without_the_noise():
+    log = "\n".join([
+        'I1201 14:16:19.346190 12820 model_lifecycle.cc:472] "loading: lenet:1"',
+        "Error: Failed to initialize NVML",
+        'E1201 14:16:20.1 12820 model_lifecycle.cc:642] "failed to load \'lenet\' version 1: Internal: boom"',
+        "| lenet     | 1       | UNAVAILABLE: Internal: TritonModelException: boom\\n\\nAt:\\n  model.py(9) |",
+        "| resnet18  | 1       | UNAVAILABLE: Invalid argument: instance group resnet18_0 of model resnet18 has kind "
+        "KIND_GPU but no GPUs are available |",
+        "| tiny      | 1       | READY  |",
+        "error: creating server: Internal - failed to load all models",
+    ])
+    assert serve_module.load_errors(log) == [
+        "model 'lenet' version 1 failed to load: Internal: TritonModelException: boom",
+        "model 'resnet18' version 1 failed to load: Invalid argument: instance group resnet18_0 of model resnet18 "
+        "has kind KIND_GPU but no GPUs are available",
+        "error: creating server: Internal - failed to load all models",
+        "hint: this server has no GPU; redeploy without --kind gpu (Triton then picks the CPU)",
+    ]
+
+
+def test_client_example_sends_zeros_of_every_input():
+    metadata = {"name": "two", "inputs": [{"name": "a", "datatype": "FP16", "shape": [-1, 3]},
+                                          {"name": "b", "datatype": "FP32", "shape": [2]}],
+                "outputs": [{"name": "y", "datatype": "FP32", "shape": [-1, 4]}]}
+    line = serve_module.client_example("127.0.0.1:9001", metadata)
+    assert line.startswith("python -c \"import numpy as np, tritonclient.grpc as g; "
+                           "c = g.InferenceServerClient('127.0.0.1:9001'); ")
+    assert "g.InferInput('a', [1, 3], 'FP16'); i0.set_data_from_numpy(np.zeros((1, 3), np.float16))" in line
+    assert "g.InferInput('b', [2], 'FP32'); i1.set_data_from_numpy(np.zeros((2,), np.float32))" in line
+    assert line.endswith("r = c.infer('two', [i0, i1]); print(r.as_numpy('y').shape)\"")
+
+
 # ---- with a server ----------------------------------------------------------------------------
 
 
