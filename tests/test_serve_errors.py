@@ -105,15 +105,15 @@ def test_load_errors_quote_tritons_reasons_without_the_noise():
         "Error: Failed to initialize NVML",
         'E1201 14:16:20.1 12820 model_lifecycle.cc:642] "failed to load \'lenet\' version 1: Internal: boom"',
         "| lenet     | 1       | UNAVAILABLE: Internal: TritonModelException: boom\\n\\nAt:\\n  model.py(9) |",
-        "| resnet18  | 1       | UNAVAILABLE: Invalid argument: instance group resnet18_0 of model resnet18 has kind "
-        "KIND_GPU but no GPUs are available |",
+        ("| resnet18  | 1       | UNAVAILABLE: Invalid argument: instance group resnet18_0 of model resnet18 has kind "
+         "KIND_GPU but no GPUs are available |"),
         "| tiny      | 1       | READY  |",
         "error: creating server: Internal - failed to load all models",
     ])
     assert serve_module.load_errors(log) == [
         "model 'lenet' version 1 failed to load: Internal: TritonModelException: boom",
-        "model 'resnet18' version 1 failed to load: Invalid argument: instance group resnet18_0 of model resnet18 "
-        "has kind KIND_GPU but no GPUs are available",
+        ("model 'resnet18' version 1 failed to load: Invalid argument: instance group resnet18_0 of model resnet18 "
+         "has kind KIND_GPU but no GPUs are available"),
         "error: creating server: Internal - failed to load all models",
         "hint: this server has no GPU; redeploy without --kind gpu (Triton then picks the CPU)",
     ]
