@@ -66,6 +66,10 @@ def deploy(repo: Path, model: str, precision: str, threads: int) -> str:
             "--max-batch", "8", "--kind", "cpu"]
     if precision != "fp32":
         args += ["--precision", precision]
+    if precision == "int8":  # calibrate on seeded images of the served shape
+        calibration = repo.parent / f"{model}.calibration.npz"
+        np.savez(calibration, x=np.random.default_rng(1).standard_normal((8, 3, 224, 224)).astype(np.float32))
+        args += ["--calibration", str(calibration)]
     if main(args) != 0:
         raise SystemExit(f"deploy {model} {precision} failed")
     config = repo / name / "config.pbtxt"
