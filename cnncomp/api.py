@@ -55,7 +55,7 @@ def verify(spec, passes=None, opt_level: int = 1, weights=None, seed: int = 0, p
 
 
 def deploy(spec, repo: str | Path, max_batch: int = 8, precision: str = "fp32", keep_io_fp32: bool = False,
-           tensorrt: bool = False, instances: int = 1, kind: str = "gpu", name: str | None = None,
+           tensorrt: bool = False, instances: int = 1, kind: str | None = None, name: str | None = None,
            opt_level: int = 1, passes=None, weights=None, seed: int = 0, opset: int = 17,
            defines: dict[str, str] | None = None, log=None) -> Path:
     """Write a Triton model repository for a spec, REPO/<name>/config.pbtxt and REPO/<name>/1/model.onnx;

@@ -495,7 +495,7 @@ def verify_spec(source: Source, options: CheckOptions | None = None, precision: 
     return VerifyResult(checked.report, checked.feeds, checked.outputs, compiled)
 
 
-def deploy_problem(max_batch: int = 8, instances: int = 1, kind: str = "gpu", tensorrt: bool = False,
+def deploy_problem(max_batch: int = 8, instances: int = 1, kind: str | None = None, tensorrt: bool = False,
                    precision: str = "fp32", keep_io_fp32: bool = False) -> str | None:
     """Why these deploy options cannot go together, or None."""
     if keep_io_fp32 and precision != "fp16":
@@ -518,7 +518,7 @@ class Deployed:
     precision: str
 
 
-def deploy_spec(source: Source, repo, max_batch: int = 8, instances: int = 1, kind: str = "gpu",
+def deploy_spec(source: Source, repo, max_batch: int = 8, instances: int = 1, kind: str | None = None,
                 tensorrt: bool = False, precision: str = "fp32", keep_io_fp32: bool = False,
                 name: str | None = None, log: Log = silent) -> Deployed:
     """`cnncomp deploy`: compile and write a Triton model repository, REPO/<name>/config.pbtxt and
@@ -537,8 +537,9 @@ def deploy_spec(source: Source, repo, max_batch: int = 8, instances: int = 1, ki
         log(f"note: {n}\n")
     # the batch dims and names are checked on the float32 model, before anything is converted or written
     triton_config(model, compiled.graph, max_batch, instances, kind, tensorrt, precision, name)
-    # CPU instances run on ONNX Runtime's CPU provider: keep in float32 what it has no float16 kernel for
-    request = PrecisionRequest(keep_io_fp32, probe_provider="cpu" if kind == "cpu" else None)
+    # CPU instances (or Triton's choice on a CPU-only server) run on ONNX Runtime's CPU provider: keep in
+    # float32 what it has no float16 kernel for
+    request = PrecisionRequest(keep_io_fp32, probe_provider=None if kind == "gpu" else "cpu")
     model = convert_precision(model, compiled.graph, precision, request, log).model
     if tensorrt:
         from cnncomp.deployment.tensorrt import check_tensorrt_compatible

@@ -75,7 +75,8 @@ def test_repository_layout_and_config_follow_triton_schema(tmp_path, capsys):
     assert [(i.name, i.data_type, list(i.dims)) for i in config.input] == [("x", mc.TYPE_FP32, [3, 224, 224])]
     assert [(o.name, o.data_type, list(o.dims)) for o in config.output] == [("logits", mc.TYPE_FP32, [10])]
     assert config.HasField("dynamic_batching")
-    assert [(g.count, g.kind) for g in config.instance_group] == [(2, mc.ModelInstanceGroup.KIND_GPU)]
+    # no --kind: the instance kind is left to Triton (KIND_AUTO), so the repository loads on CPU and GPU servers
+    assert [(g.count, g.kind) for g in config.instance_group] == [(2, mc.ModelInstanceGroup.KIND_AUTO)]
     assert not config.optimization.execution_accelerators.gpu_execution_accelerator
     assert "tritonserver --model-repository=" in out
 

@@ -26,6 +26,7 @@ COMMANDS = {
     "deploy": "write a Triton Inference Server model repository (config.pbtxt and model.onnx)",
     "graph": "draw the layer graph (Graphviz), blocks as clusters",
     "import": "an ONNX model back to a readable .cnn spec plus its weights (.safetensors)",
+    "serve": "run Triton Inference Server on 127.0.0.1 over a model repository until interrupted",
 }
 MODULE_OF = {"import": "import_model"}  # a command whose name is a Python keyword
 

@@ -13,7 +13,7 @@ model to float16 after the passes (--keep-io-fp32 keeps float32 inputs and outpu
 
 The model's folder is written under a temporary name and renamed into place, so a
 failure leaves nothing half-written; an existing model folder is replaced.
-Start the server with `tritonserver --model-repository=REPO` (see docs/deploy.md).
+Start a server with `cnncomp serve REPO` (or `tritonserver --model-repository=REPO`; see docs/deploy.md).
 """
 
 import sys
@@ -35,7 +35,8 @@ def add_arguments(p):
     p.add_argument("--tensorrt", action="store_true",
                    help="run the model through TensorRT inside Triton (the ONNX Runtime backend's accelerator)")
     p.add_argument("--instances", type=int, default=1, metavar="K", help="model instances (default 1)")
-    p.add_argument("--kind", choices=("gpu", "cpu"), default="gpu", help="where instances run (default gpu)")
+    p.add_argument("--kind", choices=("gpu", "cpu"),
+                   help="where instances run (default: left to Triton, GPU where the server has one, else CPU)")
     p.add_argument("--name", help="the model's name in Triton (default: the spec's network name)")
 
 
@@ -47,7 +48,7 @@ def run(args) -> int:
     folder, config = deployed.folder, deployed.config
     shown = ", ".join(f"{t.name} {t.data_type} {t.dims}" for t in config.inputs)
     print(f"wrote {folder}/config.pbtxt and {folder}/1/model.onnx: {config.name}, max_batch_size "
-          f"{config.max_batch_size}, {args.precision}, {config.instances} x {config.kind}"
+          f"{config.max_batch_size}, {args.precision}, {config.instances} x {config.kind or 'the kind Triton picks'}"
           + (", TensorRT accelerator" if config.tensorrt else "") + f"; inputs {shown}")
-    print(f"serve it with: tritonserver --model-repository={args.triton}")
+    print(f"serve it with: cnncomp serve {args.triton} (or tritonserver --model-repository={args.triton})")
     return 0

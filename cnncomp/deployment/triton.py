@@ -10,6 +10,11 @@ declares every input and output with its data type (TYPE_FP32 or TYPE_FP16) and
 dims. With `max_batch_size` > 0, Triton owns the first dim: the dims leave it out,
 the model must keep it dynamic (the spec's symbolic `N`), and `dynamic_batching {}`
 lets Triton gather requests into batches. A symbolic dim elsewhere is -1.
+The instance kind is left to Triton (GPU where the server has one, else CPU)
+unless given, so one repository loads on CPU and GPU servers. Before writing,
+the config is checked against the model as Triton's C++ onnxruntime backend
+checks it at load time (names, element types, dims with and without the batch
+dim), so a repository Triton would refuse is never written.
 
 With `tensorrt=True` the config asks the ONNX Runtime backend to run the model
 through TensorRT (`optimization { execution_accelerators { gpu_execution_accelerator
@@ -66,7 +71,7 @@ class TritonConfig:
     inputs: list[TensorConfig]
     outputs: list[TensorConfig]
     instances: int = 1
-    kind: str = "KIND_GPU"
+    kind: str | None = None  # None: Triton places instances (GPU where there is one, else CPU)
     tensorrt: bool = False
     precision: str = "fp32"
     workspace_bytes: int = WORKSPACE_BYTES
@@ -83,7 +88,8 @@ class TritonConfig:
             lines.append("]")
         if self.max_batch_size > 0:
             lines.append("dynamic_batching { }")
-        lines += ["instance_group [", "  {", f"    count: {self.instances}", f"    kind: {self.kind}", "  }", "]"]
+        kind = [f"    kind: {self.kind}"] if self.kind else []
+        lines += ["instance_group [", "  {", f"    count: {self.instances}", *kind, "  }", "]"]
         if self.tensorrt:
             mode = "FP16" if self.precision == "fp16" else "FP32"
             lines += ["optimization {", "  execution_accelerators {", "    gpu_execution_accelerator : [",
@@ -103,7 +109,7 @@ def _fmt(dims: list) -> str:
     return "[" + ", ".join("?" if d is None else str(d) for d in dims) + "]"
 
 
-def triton_config(model: onnx.ModelProto, graph, max_batch: int = 8, instances: int = 1, kind: str = "gpu",
+def triton_config(model: onnx.ModelProto, graph, max_batch: int = 8, instances: int = 1, kind: str | None = None,
                   tensorrt: bool = False, precision: str = "fp32", name: str | None = None) -> TritonConfig:
     """The Triton config of an emitted model; a spec whose batch dim is static is an error when max_batch > 0."""
     name = name or graph.name
@@ -113,10 +119,12 @@ def triton_config(model: onnx.ModelProto, graph, max_batch: int = 8, instances: 
         raise CnnError(f"--max-batch must be 0 or more, got {max_batch}")
     if instances < 1:
         raise CnnError(f"--instances must be 1 or more, got {instances}")
-    if kind not in ("gpu", "cpu"):
+    if kind not in (None, "gpu", "cpu"):
         raise CnnError(f"instance kind must be gpu or cpu, got '{kind}'")
-    if tensorrt and kind != "gpu":
+    if tensorrt and kind == "cpu":
         raise CnnError("--tensorrt needs GPU instances: TensorRT runs only on NVIDIA GPUs (drop --kind cpu)")
+    if tensorrt:
+        kind = "gpu"  # a TensorRT accelerator only means something on a GPU instance
     batch_symbol = None
     tensors: dict[str, list[TensorConfig]] = {"input": [], "output": []}
     for key, values in (("input", model.graph.input), ("output", model.graph.output)):
@@ -140,7 +148,7 @@ def triton_config(model: onnx.ModelProto, graph, max_batch: int = 8, instances: 
             tensors[key].append(TensorConfig(vi.name, TRITON_TYPES[elem],
                                              [d if isinstance(d, int) else -1 for d in dims]))
     return TritonConfig(name, max_batch, tensors["input"], tensors["output"], instances,
-                        "KIND_GPU" if kind == "gpu" else "KIND_CPU", tensorrt, precision)
+                        {None: None, "gpu": "KIND_GPU", "cpu": "KIND_CPU"}[kind], tensorrt, precision)
 
 
 def _static_batch_error(key: str, tensor: str, dims: list, graph, max_batch: int) -> CnnError:
@@ -156,10 +164,45 @@ def _static_batch_error(key: str, tensor: str, dims: list, graph, max_batch: int
                     f"to batch requests along it; {hint}, or deploy with --max-batch 0", loc)
 
 
+def config_problems(config: TritonConfig, model: onnx.ModelProto) -> list[str]:
+    """How a config disagrees with its ONNX model, checked as Triton's C++ onnxruntime backend checks at load:
+    names, element types, and dims (the model's first dim dynamic and left out of the config when batching)."""
+    initialized = {i.name for i in model.graph.initializer}
+    problems = []
+    for key, declared, values in (("input", config.inputs, model.graph.input), ("output", config.outputs,
+                                                                                  model.graph.output)):
+        actual = {vi.name: vi for vi in values if vi.name not in initialized}
+        if key == "input":
+            for name in actual:
+                if name not in {t.name for t in declared}:
+                    problems.append(f"the model's input '{name}' is missing from the config")
+        for t in declared:
+            vi = actual.get(t.name)
+            if vi is None:
+                problems.append(f"config {key} '{t.name}' is not a model {key} (the model has "
+                                f"{', '.join(actual) or 'none'})")
+                continue
+            elem = vi.type.tensor_type.elem_type
+            if TRITON_TYPES.get(elem) != t.data_type:
+                problems.append(f"{key} '{t.name}' is {t.data_type} in the config but "
+                                f"{TensorProto.DataType.Name(elem)} in the model")
+            dims = [d if isinstance(d, int) else -1 for d in _dims(vi)]
+            expected = ([-1] if config.max_batch_size > 0 else []) + list(t.dims)
+            batch = (f" (max_batch_size {config.max_batch_size}: a dynamic batch dim, then the config's dims)"
+                     if config.max_batch_size > 0 else "")
+            if len(dims) != len(expected) or any(m != -1 and m != c for m, c in zip(dims, expected)):
+                problems.append(f"{key} '{t.name}' has shape {dims} in the model but {expected} in the config{batch}")
+    return problems
+
+
 def write_repository(model: onnx.ModelProto, config: TritonConfig, repo: str | Path, version: int = 1) -> Path:
     """Write REPO/<name>/config.pbtxt and REPO/<name>/<version>/model.onnx atomically; return the model folder."""
     from cnncomp.emit.onnx.save import save_onnx
 
+    problems = config_problems(config, model)
+    if problems:
+        raise CnnError(f"the Triton config of '{config.name}' does not match its model, so Triton would refuse "
+                       "to load it:\n  " + "\n  ".join(problems))
     repo = Path(repo)
     if repo.exists() and not repo.is_dir():
         raise CnnError(f"the model repository '{repo}' exists and is not a folder")
