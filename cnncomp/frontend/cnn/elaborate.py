@@ -1,5 +1,9 @@
 """Elaboration: AST to LayerGraph. Evaluates constants, inlines blocks and repeats,
-infers every shape and names every layer by the language's naming rules."""
+infers every shape and names every layer by the language's naming rules.
+
+About 550 lines, over the ~500 guide: one walk over the AST whose cases share the
+scope, naming and call-chain state of the Elaborator; its value rules already live
+in values.py and the loading in loader.py."""
 
 from __future__ import annotations
 
