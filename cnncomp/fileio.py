@@ -1,44 +1,225 @@
-"""Writing files atomically: a failed write never leaves a half-written output behind."""
+"""Writing output files: one place decides where and how every output goes.
+
+Every writer (compile, emit, init, run, verify --save-*, deploy, graph) goes through
+`atomic_write`, so each output path gets the same treatment:
+
+- a regular file is written through a temporary file in the same folder and renamed
+  into place, so a failed write never leaves a half-written output behind;
+- a symbolic link is written through (the file it points to is replaced; the link stays);
+- a character device or FIFO (`/dev/stdout`, `/dev/null`, a named pipe) is written
+  directly, never replaced by a regular file;
+- `-` means standard output: text as it is, binary only when standard output is not a terminal;
+- a missing folder, a path that is a folder, or a path that is one of the command's inputs
+  (the spec, the weights) is a one-line error, before anything is written;
+- a new file gets the mode `open()` would give it (0666 less the umask); a replaced file keeps its mode.
+
+The inputs a command reads are noted with `note_input` while `guard_inputs()` is active
+(the command line activates it around each command), so that no output overwrites one.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
+import shutil
+import stat
+import sys
+import tempfile
+from contextvars import ContextVar
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Callable, Iterator, Mapping
 
 import numpy as np
 
+from cnncomp.errors import CnnError
 
-def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
-    """Write a file through a temporary file in the same folder, then rename it into place."""
-    path = Path(path)
-    tmp = str(path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"))
+STDOUT = "-"
+_inputs: ContextVar[set | None] = ContextVar("cnncomp_inputs", default=None)
+_stdout: ContextVar = ContextVar("cnncomp_stdout", default=None)
+
+
+# ---- inputs that outputs must not overwrite ----------------------------------------------
+
+
+@contextlib.contextmanager
+def guard_inputs(paths=()) -> Iterator[None]:
+    """While active, `note_input` records the files read, and writing to one of them is an error."""
+    token = _inputs.set(set())
+    try:
+        for p in paths:
+            note_input(p)
+        yield
+    finally:
+        _inputs.reset(token)
+
+
+def note_input(path) -> None:
+    """Record that `path` is an input of the running command (no effect outside `guard_inputs`)."""
+    seen = _inputs.get()
+    if seen is None or path is None or str(path) == STDOUT:
+        return
+    seen.add(_identity(path))
+
+
+def _identity(path) -> str:
+    try:
+        return os.path.realpath(path)
+    except (OSError, ValueError):
+        return str(path)
+
+
+# ---- standard output ---------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def stdout_reserved_for_output() -> Iterator[None]:
+    """For `-o -`: the output goes to the real standard output; everything else printed goes to stderr."""
+    real = sys.stdout
+    token = _stdout.set(real)
+    sys.stdout = sys.stderr
+    try:
+        yield
+    finally:
+        sys.stdout = real
+        _stdout.reset(token)
+
+
+def _stdout_stream():
+    reserved = _stdout.get()
+    return reserved if reserved is not None else sys.stdout
+
+
+def _isatty(stream) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
+
+
+# ---- checking an output path -------------------------------------------------------------
+
+
+def check_output_path(path, binary: bool = True) -> None:
+    """Raise a one-line CnnError when `path` cannot be an output (see the module docstring)."""
+    text = str(path)
+    if text == STDOUT:
+        if binary and _isatty(_stdout_stream()):
+            raise CnnError("not writing binary output to a terminal: give -o FILE, or pipe standard output")
+        return
+    if not text:
+        raise CnnError("the output path is empty")
+    p = Path(text)
+    if p.is_dir():
+        raise CnnError(f"cannot write '{text}': it is a folder; give a file name")
+    seen = _inputs.get()
+    if seen and _identity(p) in seen:
+        raise CnnError(f"cannot write '{text}': it is an input of this command; choose another output name")
+    target = Path(os.path.realpath(p))
+    if _is_stream(target):
+        return
+    folder = target.parent
+    if not folder.is_dir():
+        shown = p.parent if not p.is_symlink() else folder
+        raise CnnError(f"cannot write '{text}': the folder '{shown}' does not exist")
+
+
+def _is_stream(path: Path) -> bool:
+    """A character device or FIFO, written directly."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    return stat.S_ISCHR(mode) or stat.S_ISFIFO(mode)
+
+
+def _new_file_mode() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+# ---- writing -----------------------------------------------------------------------------
+
+
+def atomic_write(path: str | Path, write: Callable[[str], None], binary: bool = True) -> None:
+    """Write an output through `write(filename)`: atomically for a regular file, directly for a device
+    or FIFO, through a symbolic link, or to standard output for `-`. OS errors become one-line CnnErrors."""
+    check_output_path(path, binary)
+    text = str(path)
+    try:
+        if text == STDOUT:
+            _write_to_stdout(write, binary)
+            return
+        target = Path(os.path.realpath(text))
+        if _is_stream(target):
+            write(str(target))
+            return
+        _replace_atomically(target, write)
+    except CnnError:
+        raise
+    except OSError as e:
+        raise CnnError(f"cannot write '{text}': {e.strerror or e}") from None
+
+
+def _replace_atomically(target: Path, write: Callable[[str], None]) -> None:
+    try:
+        mode = stat.S_IMODE(os.stat(target).st_mode)
+    except OSError:
+        mode = _new_file_mode()
+    tmp = str(target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"))
     try:
         write(tmp)
-        os.replace(tmp, path)
+        os.chmod(tmp, mode)  # some writers (safetensors) create 0600 files
+        os.replace(tmp, target)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
 
 
+def _write_to_stdout(write: Callable[[str], None], binary: bool) -> None:
+    stream = _stdout_stream()
+    with tempfile.TemporaryDirectory(prefix="cnncomp-") as folder:
+        tmp = os.path.join(folder, "output")
+        write(tmp)
+        if binary:
+            stream.flush()
+            with open(tmp, "rb") as f:
+                shutil.copyfileobj(f, stream.buffer)
+            stream.buffer.flush()
+        else:
+            with open(tmp, encoding="utf-8") as f:
+                stream.write(f.read())
+            stream.flush()
+
+
 def write_text(path: str | Path, text: str) -> None:
-    """Write a text file atomically (UTF-8)."""
+    """Write a text file atomically (UTF-8); `-` prints it."""
+    if str(path) == STDOUT:
+        check_output_path(path, binary=False)
+        stream = _stdout_stream()
+        stream.write(text)
+        stream.flush()
+        return
 
     def write(tmp: str) -> None:
         with open(tmp, "w", encoding="utf-8") as f:
             f.write(text)
 
-    atomic_write(path, write)
+    atomic_write(path, write, binary=False)
 
 
 def save_arrays(path: str | Path, arrays: Mapping[str, np.ndarray]) -> None:
     """Save arrays atomically: one array to .npy, otherwise (or for .npz) keyed by name to .npz."""
 
+    if str(path).endswith(".npy") and len(arrays) != 1:
+        raise CnnError(f"cannot write '{path}': a .npy holds one array, and there are {len(arrays)} "
+                       f"({', '.join(arrays)}); name it .npz")
+
     def write(tmp: str) -> None:
         with open(tmp, "wb") as f:
-            if str(path).endswith(".npy") and len(arrays) == 1:
+            if str(path).endswith(".npy"):
                 np.save(f, next(iter(arrays.values())))
             else:
                 np.savez(f, **arrays)

@@ -62,11 +62,13 @@ def optimize(spec, defines=None, weights=None, seed: int = 0, opt_level: int = 1
              lint: bool = False, after_each=None, max_error: float | None = None, autotune: bool = False,
              provider: str = "cpu", calibration: dict | None = None) -> Compiled:
     """Load a spec and run its passes: -O<level>, or an explicit list."""
+    from cnncomp.ir.weights import nonfinite_weights
     from cnncomp.passes import PassContext, run_pipeline
 
     ref_graph = load_graph(spec, defines)
     ref_weights = load_weights_for(ref_graph, weights, seed)
     ctx = PassContext(ref_graph.copy(), dict(ref_weights))
+    ctx.warnings += [f"weights not finite: {w}" for w in nonfinite_weights(ref_weights)]
     ctx.graph.meta["passes"] = []
     steps = resolve_steps(opt_level, passes)
     records = run_pipeline(ctx, steps, lint=lint, after_each=after_each)

@@ -8,6 +8,7 @@ numeric check), 2 on bad usage. A user error never shows a traceback unless
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import sys
 
@@ -50,7 +51,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return 2
     try:
-        return args.run(args)
+        with guard_command_files(args):
+            return args.run(args)
     except UsageError as e:
         sys.stderr.write(f"cnncomp {args.command}: error: {e}\n")
         return 2
@@ -62,6 +64,28 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")
         return 130
+
+
+INPUT_ARGS = ("spec", "model", "weights", "calibration", "load_inputs", "input")
+OUTPUT_ARGS = ("output", "save_inputs", "save_outputs")
+TEXT_EMITS = ("cnn", "torch", "dot")
+
+
+@contextlib.contextmanager
+def guard_command_files(args):
+    """No output may overwrite an input, and every output path is checked before any work;
+    with `-o -` the output alone goes to standard output (messages go to standard error)."""
+    from cnncomp.fileio import STDOUT, check_output_path, guard_inputs, stdout_reserved_for_output
+
+    inputs = [getattr(args, name, None) for name in INPUT_ARGS]
+    outputs = [getattr(args, name, None) for name in OUTPUT_ARGS]
+    text = getattr(args, "emit", None) in TEXT_EMITS or str(getattr(args, "output", "")).endswith(".dot")
+    with guard_inputs([p for p in inputs if p]), contextlib.ExitStack() as stack:
+        for path in filter(None, outputs):
+            check_output_path(path, binary=not text)
+        if STDOUT in outputs:
+            stack.enter_context(stdout_reserved_for_output())
+        yield
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -85,20 +85,14 @@ def calibration(args):
     """The --calibration inputs, or None."""
     if not getattr(args, "calibration", None):
         return None
-    return load_npz(args.calibration)
+    return load_npz(args.calibration, "--calibration")
 
 
-def load_npz(path: str) -> dict:
-    """Arrays from an .npz file, keyed by name; an unreadable file is a CnnError."""
-    import numpy as np
+def load_npz(path: str, what: str = "--load-inputs") -> dict:
+    """Finite arrays from a .npz keyed by input name, or a .npy for a one-input network; else a CnnError."""
+    from cnncomp.inputs import load_arrays
 
-    from cnncomp.errors import CnnError
-
-    try:
-        with np.load(path) as data:
-            return {k: data[k] for k in data.files}
-    except (OSError, ValueError, AttributeError) as e:
-        raise CnnError(f"cannot read {path}: {e}") from None
+    return load_arrays(path, what)
 
 
 def session_options(args) -> dict:

@@ -137,7 +137,9 @@ def run(args) -> int:
         print(f"wrote {args.output} (TensorRT engine, {size:,} bytes)")
     elif status == 0:
         from cnncomp.emit.onnx import save_onnx
+        from cnncomp.run.session import refuse_unloadable
 
+        refuse_unloadable(model, args.output, strict=args.precision == "fp32", warn=sys.stderr.write)
         save_onnx(model, args.output)
         print(f"wrote {args.output}")
     else:

@@ -1,4 +1,4 @@
-"""Write the seeded weights of a spec to a .safetensors file, keyed by layer weight names
+"""Write the seeded weights of a spec to a .safetensors file (or a .pt/.pth PyTorch state_dict), keyed by layer weight names
 (LAYER.weight, LAYER.bias, LAYER.running_mean, LAYER.running_var), as PyTorch names them."""
 
 from cnncomp.cli._common import defines
@@ -7,16 +7,16 @@ from cnncomp.cli.args import add_spec_arguments
 
 def add_arguments(p):
     add_spec_arguments(p)
-    p.add_argument("-o", "--output", required=True, metavar="W", help="the .safetensors file to write")
+    p.add_argument("-o", "--output", required=True, metavar="W", help="the file to write: .safetensors, or .pt/.pth (a PyTorch state_dict)")
     p.add_argument("--seed", type=int, default=0, help="initialization seed (default 0)")
 
 
 def run(args) -> int:
-    from cnncomp.ir.weights import init_weights, save_safetensors
+    from cnncomp.ir.weights import init_weights, save_weights
     from cnncomp.pipeline import load_graph
 
     graph = load_graph(args.spec, defines(args))
     weights = init_weights(graph, args.seed)
-    save_safetensors(weights, args.output)
+    save_weights(weights, args.output)
     print(f"wrote {args.output}: {len(weights)} tensors, {sum(w.size for w in weights.values()):,} values")
     return 0

@@ -2,10 +2,8 @@
 weights). Inputs: a .npy for a one-input model, or a .npz keyed by input name. Outputs go to -o
 (.npy for one output, .npz for several), or a short description is printed."""
 
-import numpy as np
-
 from cnncomp.cli.args import UsageError
-from cnncomp.errors import CnnError
+from cnncomp.inputs import read_inputs
 
 
 def add_arguments(p):
@@ -17,19 +15,6 @@ def add_arguments(p):
     p.add_argument("-D", dest="defines", action="append", default=[], metavar="NAME=VALUE",
                    help="with a spec: override a top-level let constant")
     p.add_argument("--provider", default="cpu", choices=("cpu", "cuda", "tensorrt", "auto"))
-
-
-def _read_input(path: str, names: list[str]) -> dict:
-    try:
-        data = np.load(path)
-    except (OSError, ValueError) as e:
-        raise CnnError(f"cannot read {path}: {e}") from None
-    if isinstance(data, np.ndarray):
-        if len(names) != 1:
-            raise CnnError(f"the model has {len(names)} inputs ({', '.join(names)}): give a .npz keyed by name")
-        return {names[0]: data}
-    with data:
-        return {k: data[k] for k in data.files}
 
 
 def run(args) -> int:
@@ -46,7 +31,7 @@ def run(args) -> int:
     else:
         raise UsageError(f"expected a .onnx model or a .cnn spec, got '{args.model}'")
     session = Session(model, args.provider)
-    feeds = _read_input(args.input, session.input_names)
+    feeds = read_inputs(args.input, session.input_names, "--input")
     outputs = session.run(feeds)
     if args.output:
         save_arrays(args.output, outputs)

@@ -36,12 +36,14 @@ def apply_within_budget(ctx: PassContext, ref_graph, ref_weights, max_error: flo
     else on seeded uniform inputs in [-1, 1]."""
     import torch
 
+    from cnncomp.inputs import bind_inputs
     from cnncomp.run.reference import run_reference
     from cnncomp.verification.compare import relative_output_error
     from cnncomp.verification.harness import make_inputs
 
     budget = DEFAULT_MAX_ERROR if max_error is None else max_error
-    feeds = calibration if calibration is not None else make_inputs(ref_graph, seed, batch=2)
+    feeds = bind_inputs(calibration, ref_graph.inputs, "--calibration") if calibration is not None else \
+        make_inputs(ref_graph, seed, batch=2)
     reference = run_reference(ref_graph, ref_weights, feeds, dtype=torch.float64)
     passes = all_passes()
     records: list[PassRecord] = []
