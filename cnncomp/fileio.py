@@ -35,6 +35,17 @@ import numpy as np
 from cnncomp.errors import CnnError
 
 STDOUT = "-"
+
+
+class OutputError(CnnError, OSError):
+    """An output that cannot be written: a one-line CnnError that is also the OSError a writer would raise."""
+
+    def __init__(self, message: str):
+        CnnError.__init__(self, message)
+
+    def __str__(self) -> str:
+        return CnnError.__str__(self)
+
 _inputs: ContextVar[set | None] = ContextVar("cnncomp_inputs", default=None)
 _stdout: ContextVar = ContextVar("cnncomp_stdout", default=None)
 
@@ -105,23 +116,23 @@ def check_output_path(path, binary: bool = True) -> None:
     text = str(path)
     if text == STDOUT:
         if binary and _isatty(_stdout_stream()):
-            raise CnnError("not writing binary output to a terminal: give -o FILE, or pipe standard output")
+            raise OutputError("not writing binary output to a terminal: give -o FILE, or pipe standard output")
         return
     if not text:
-        raise CnnError("the output path is empty")
+        raise OutputError("the output path is empty")
     p = Path(text)
     if p.is_dir():
-        raise CnnError(f"cannot write '{text}': it is a folder; give a file name")
+        raise OutputError(f"cannot write '{text}': it is a folder; give a file name")
     seen = _inputs.get()
     if seen and _identity(p) in seen:
-        raise CnnError(f"cannot write '{text}': it is an input of this command; choose another output name")
+        raise OutputError(f"cannot write '{text}': it is an input of this command; choose another output name")
     target = Path(os.path.realpath(p))
     if _is_stream(target):
         return
     folder = target.parent
     if not folder.is_dir():
         shown = p.parent if not p.is_symlink() else folder
-        raise CnnError(f"cannot write '{text}': the folder '{shown}' does not exist")
+        raise OutputError(f"cannot write '{text}': the folder '{shown}' does not exist")
 
 
 def _is_stream(path: Path) -> bool:
@@ -159,7 +170,7 @@ def atomic_write(path: str | Path, write: Callable[[str], None], binary: bool = 
     except CnnError:
         raise
     except OSError as e:
-        raise CnnError(f"cannot write '{text}': {e.strerror or e}") from None
+        raise OutputError(f"cannot write '{text}': {e.strerror or e}") from None
 
 
 def _replace_atomically(target: Path, write: Callable[[str], None]) -> None:
@@ -214,7 +225,7 @@ def save_arrays(path: str | Path, arrays: Mapping[str, np.ndarray]) -> None:
     """Save arrays atomically: one array to .npy, otherwise (or for .npz) keyed by name to .npz."""
 
     if str(path).endswith(".npy") and len(arrays) != 1:
-        raise CnnError(f"cannot write '{path}': a .npy holds one array, and there are {len(arrays)} "
+        raise OutputError(f"cannot write '{path}': a .npy holds one array, and there are {len(arrays)} "
                        f"({', '.join(arrays)}); name it .npz")
 
     def write(tmp: str) -> None:

@@ -15,6 +15,7 @@ import sys
 from cnncomp import __version__
 from cnncomp.cli.args import UsageError, Parser, add_spec_arguments, parse_defines  # noqa: F401
 from cnncomp.errors import CnnError
+from cnncomp.progress import silenced
 
 # Each command is a module in cnncomp/cli with add_arguments(parser) and run(args) -> int.
 COMMANDS = {
@@ -33,12 +34,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="cnncomp", description="Compile .cnn network specs to optimized, verified ONNX.")
     parser.add_argument("--version", action="version", version=f"cnncomp {__version__}")
     parser.add_argument("--debug", action="store_true", help="show Python tracebacks for errors")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars on standard error")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     for name, help_text in COMMANDS.items():
         module = importlib.import_module(f"cnncomp.cli.{name}")
         p = sub.add_parser(name, help=help_text, description=module.__doc__,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+        p.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
         module.add_arguments(p)
         p.set_defaults(run=module.run)
     return parser
@@ -51,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return 2
     try:
-        with guard_command_files(args):
+        with guard_command_files(args), silenced(args.quiet):
             return args.run(args)
     except UsageError as e:
         sys.stderr.write(f"cnncomp {args.command}: error: {e}\n")

@@ -19,6 +19,7 @@ import numpy as np
 from cnncomp.errors import CnnError
 from cnncomp.ir.cost import graph_cost  # noqa: F401  (re-exported for the passes)
 from cnncomp.ir.graph import LayerGraph
+from cnncomp.progress import progress
 
 
 @dataclass
@@ -149,7 +150,7 @@ def run_pipeline(ctx: PassContext, steps: list[PassStep], fixed_point: bool = Tr
     done: list[str] = []
     for round_ in range(1, max_rounds + 1):
         changed = 0
-        for step in steps:
+        for step in progress(steps, label=f"passes (round {round_})"):
             info = passes[step.name]
             before = graph_cost(ctx.graph)
             try:
