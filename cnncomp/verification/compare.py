@@ -75,7 +75,7 @@ def compare(actual: np.ndarray, expected: np.ndarray, atol: float | None, rtol: 
         else:
             problem = counts
     finite = np.isfinite(actual) & np.isfinite(expected)
-    diff = np.abs(actual - expected)[finite] if finite.any() else np.zeros(1)
+    diff = np.abs(actual[finite] - expected[finite]) if finite.any() else np.zeros(1)
     ref = np.abs(expected)[finite] if finite.any() else np.ones(1)
     rel = diff / np.maximum(ref, 1e-12)
     rel_l2 = float(np.linalg.norm(diff) / max(float(np.linalg.norm(ref)), 1e-30))
