@@ -25,7 +25,8 @@ def add_compile_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-error", type=float, default=0.01, metavar="E",
                    help="with -O3: end-to-end relative error budget of the approximate rewrites (default 0.01)")
     p.add_argument("--calibration", metavar="NPZ",
-                   help="with -O3: inputs (npz keyed by input name) on which to measure the error budget")
+                   help="with -O3: inputs (.npz keyed by input name, or .npy for a one-input network; finite) "
+                        "on which to measure the error budget")
     p.add_argument("--autotune", action="store_true",
                    help="with -O3: keep a rewrite only where ONNX Runtime measures it faster on this machine")
 
