@@ -82,7 +82,9 @@ def guard_command_files(args):
 
     inputs = [getattr(args, name, None) for name in INPUT_ARGS]
     outputs = [getattr(args, name, None) for name in OUTPUT_ARGS]
-    text = getattr(args, "emit", None) in TEXT_EMITS or str(getattr(args, "output", "")).endswith(".dot")
+    output = str(getattr(args, "output", ""))
+    text = getattr(args, "emit", None) in TEXT_EMITS or output.endswith(".dot") or \
+        (args.command == "graph" and output == STDOUT)
     with guard_inputs([p for p in inputs if p]), contextlib.ExitStack() as stack:
         for path in filter(None, outputs):
             check_output_path(path, binary=not text)
