@@ -35,6 +35,7 @@ import numpy as np
 from cnncomp.errors import CnnError
 
 STDOUT = "-"
+STDOUT_NAMES = (STDOUT, "/dev/stdout", "/dev/fd/1", "/proc/self/fd/1")  # all written through sys.stdout
 
 
 class OutputError(CnnError, OSError):
@@ -68,7 +69,7 @@ def guard_inputs(paths=()) -> Iterator[None]:
 def note_input(path) -> None:
     """Record that `path` is an input of the running command (no effect outside `guard_inputs`)."""
     seen = _inputs.get()
-    if seen is None or path is None or str(path) == STDOUT:
+    if seen is None or path is None or is_stdout(path):
         return
     seen.add(_identity(path))
 
@@ -96,6 +97,11 @@ def stdout_reserved_for_output() -> Iterator[None]:
         _stdout.reset(token)
 
 
+def is_stdout(path) -> bool:
+    """`-` or a name of standard output: written through sys.stdout, so that it mixes with nothing else."""
+    return str(path) in STDOUT_NAMES
+
+
 def _stdout_stream():
     reserved = _stdout.get()
     return reserved if reserved is not None else sys.stdout
@@ -114,7 +120,7 @@ def _isatty(stream) -> bool:
 def check_output_path(path, binary: bool = True) -> None:
     """Raise a one-line CnnError when `path` cannot be an output (see the module docstring)."""
     text = str(path)
-    if text == STDOUT:
+    if is_stdout(text):
         if binary and _isatty(_stdout_stream()):
             raise OutputError("not writing binary output to a terminal: give -o FILE, or pipe standard output")
         return
@@ -126,22 +132,25 @@ def check_output_path(path, binary: bool = True) -> None:
     seen = _inputs.get()
     if seen and _identity(p) in seen:
         raise OutputError(f"cannot write '{text}': it is an input of this command; choose another output name")
-    target = Path(os.path.realpath(p))
-    if _is_stream(target):
+    if _written_directly(p):
         return
+    target = Path(os.path.realpath(p))
     folder = target.parent
     if not folder.is_dir():
         shown = p.parent if not p.is_symlink() else folder
         raise OutputError(f"cannot write '{text}': the folder '{shown}' does not exist")
 
 
-def _is_stream(path: Path) -> bool:
-    """A character device or FIFO, written directly."""
+def _written_directly(path: Path) -> bool:
+    """A character device, FIFO or socket (after links: /dev/stdout may be a pipe), or a path under
+    /dev or /proc (/dev/stdout redirected to a file: the shell holds that file open)."""
+    if str(path).startswith(("/dev/", "/proc/")) and path.exists():
+        return True
     try:
         mode = os.stat(path).st_mode
     except OSError:
         return False
-    return stat.S_ISCHR(mode) or stat.S_ISFIFO(mode)
+    return stat.S_ISCHR(mode) or stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)
 
 
 def _new_file_mode() -> int:
@@ -159,14 +168,13 @@ def atomic_write(path: str | Path, write: Callable[[str], None], binary: bool = 
     check_output_path(path, binary)
     text = str(path)
     try:
-        if text == STDOUT:
+        if is_stdout(text):
             _write_to_stdout(write, binary)
             return
-        target = Path(os.path.realpath(text))
-        if _is_stream(target):
-            write(str(target))
+        if _written_directly(Path(text)):
+            write(text)
             return
-        _replace_atomically(target, write)
+        _replace_atomically(Path(os.path.realpath(text)), write)
     except CnnError:
         raise
     except OSError as e:
@@ -207,7 +215,7 @@ def _write_to_stdout(write: Callable[[str], None], binary: bool) -> None:
 
 def write_text(path: str | Path, text: str) -> None:
     """Write a text file atomically (UTF-8); `-` prints it."""
-    if str(path) == STDOUT:
+    if is_stdout(path):
         check_output_path(path, binary=False)
         stream = _stdout_stream()
         stream.write(text)

@@ -34,6 +34,8 @@ _PROTOBUF_KEYS = {0x12, 0x1A, 0x22, 0x28, 0x32, 0x3A, 0x42}  # ModelProto fields
 def file_kind(path: str | Path) -> str | None:
     """What a file holds, from its first bytes: a key of KINDS, or None when it is none of them."""
     path = Path(path)
+    if not path.is_file():  # a pipe or device: reading its first bytes would consume them
+        return None
     try:
         with open(path, "rb") as f:
             head = f.read(64)

@@ -183,3 +183,19 @@ def test_compile_never_writes_a_model_onnx_runtime_cannot_load(tmp_path, capsys)
     code, _, err = cli(capsys, "compile", path, "-o", tmp_path / "pe.onnx")
     assert code == 1 and "not writing" in err and "Conv" in err
     assert not (tmp_path / "pe.onnx").exists()
+
+
+def test_dev_stdout_redirected_to_a_file_holds_the_output_alone(tmp_path, spec):
+    target = tmp_path / "out.cnn"
+    with open(target, "w") as out:
+        result = subprocess.run([sys.executable, "-m", "cnncomp", "compile", str(spec), "--emit", "cnn", "-o",
+                                 "/dev/stdout"], stdout=out, stderr=subprocess.PIPE, timeout=300,
+                                env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert result.returncode == 0, result.stderr
+    assert target.read_text().startswith("# n after passes") and b"wrote /dev/stdout" in result.stderr
+
+
+def test_a_reader_that_leaves_early_gets_no_traceback():
+    result = subprocess.run(f"'{sys.executable}' -m cnncomp summary '{ROOT / 'specs' / 'resnet50.cnn'}' | head -1",
+                            shell=True, capture_output=True, timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert result.stdout.count(b"\n") == 1 and b"Traceback" not in result.stderr

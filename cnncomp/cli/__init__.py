@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
+import os
 import sys
 
 from cnncomp import __version__
@@ -67,6 +68,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")
         return 130
+    except BrokenPipeError:  # `cnncomp ... | head`: the reader left; say nothing more
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 INPUT_ARGS = ("spec", "model", "weights", "calibration", "load_inputs", "input")
@@ -78,7 +82,7 @@ TEXT_EMITS = ("cnn", "torch", "dot")
 def guard_command_files(args):
     """No output may overwrite an input, and every output path is checked before any work;
     with `-o -` the output alone goes to standard output (messages go to standard error)."""
-    from cnncomp.fileio import STDOUT, check_output_path, guard_inputs, stdout_reserved_for_output
+    from cnncomp.fileio import STDOUT, check_output_path, guard_inputs, is_stdout, stdout_reserved_for_output
 
     inputs = [getattr(args, name, None) for name in INPUT_ARGS]
     outputs = [getattr(args, name, None) for name in OUTPUT_ARGS]
@@ -88,7 +92,7 @@ def guard_command_files(args):
     with guard_inputs([p for p in inputs if p]), contextlib.ExitStack() as stack:
         for path in filter(None, outputs):
             check_output_path(path, binary=not text)
-        if STDOUT in outputs:
+        if any(is_stdout(path) for path in outputs if path):
             stack.enter_context(stdout_reserved_for_output())
         yield
 
