@@ -63,7 +63,7 @@ def apply_within_budget(ctx: PassContext, ref_graph, ref_weights, max_error: flo
         kept = None
         for macs, setting, trial in sorted(trials, key=lambda t: t[0]):
             error = relative_output_error(run_reference(trial.graph, trial.weights, feeds), reference)
-            if error > budget:
+            if not error <= budget:  # also refuses a NaN error (NaN weights): it measures nothing
                 continue
             if autotune:
                 speedup = measure_speedup(ctx.graph, trial.graph, layer.name, provider)
