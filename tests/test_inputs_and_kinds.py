@@ -118,3 +118,14 @@ def test_load_inputs_of_the_wrong_kind(tmp_path, spec, capsys):
     assert cli(capsys, "init", spec, "-o", tmp_path / "w.safetensors")[0] == 0
     code, _, err = cli(capsys, "verify", spec, "--load-inputs", tmp_path / "w.safetensors")
     assert code == 1 and "is a safetensors weights file, not an inputs file for --load-inputs" in err
+
+
+def test_O3_keeps_no_rewrite_when_nan_weights_make_the_error_nan(tmp_path, spec, capsys):
+    from cnncomp.pipeline import optimize
+
+    weights = nan_weights(tmp_path, spec, capsys)
+    seeded = optimize(str(spec), opt_level=3, max_error=1.0)
+    assert any("@" in p for p in seeded.graph.meta["passes"])  # the rewrites fit with finite weights
+    compiled = optimize(str(spec), weights=str(weights), opt_level=3, max_error=1.0)
+    assert not any("@" in p for p in compiled.graph.meta["passes"])
+    assert any("weights not finite" in w for w in compiled.warnings)

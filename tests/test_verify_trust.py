@@ -121,3 +121,12 @@ def test_per_layer_names_the_layer_a_bottleneck_rewrote(spec, capsys):
     out = strict_json(capsys.readouterr().out)
     assert code == 1 and out["first_divergent_layer"] in ("c1", "c2")
     assert "." not in out["first_divergent_layer"]
+
+
+def test_relative_output_error_keeps_nan():
+    from cnncomp.verification.compare import relative_output_error
+
+    nan = np.full(4, np.nan)
+    assert math.isnan(relative_output_error({"y": nan}, {"y": nan}))
+    assert math.isnan(relative_output_error({"y": np.ones(4)}, {"y": nan}))
+    assert relative_output_error({"y": np.ones(4)}, {"y": np.ones(4)}) == 0.0

@@ -11,6 +11,7 @@ than the original on this machine (memory-bound depthwise convs often are not).
 
 from __future__ import annotations
 
+import numpy as np
 
 from cnncomp.ir.cost import layer_macs
 from cnncomp.passes.manager import PassContext, PassRecord, PassStep, all_passes, graph_cost
@@ -53,6 +54,9 @@ def apply_within_budget(ctx: PassContext, ref_graph, ref_weights, max_error: flo
 
     layers = sorted(candidates(ctx.graph), key=lambda l: -layer_macs(ctx.graph, l))
     for layer in progress(layers, label="-O3 rewrites"):
+        if not all(np.isfinite(ctx.weights[f"{layer.name}.{suffix}"]).all() for suffix in layer.weights):
+            ctx.refuse("-O3", layer.name, "its weights are not finite (NaN or Inf): no decomposition of them")
+            continue
         before = graph_cost(ctx.graph)
         trials = []
         for setting in _settings():

@@ -89,10 +89,11 @@ def compare(actual: np.ndarray, expected: np.ndarray, atol: float | None, rtol: 
 
 
 def relative_output_error(outputs: dict, reference: dict) -> float:
-    """max over outputs of ||y - y_ref|| / ||y_ref||."""
-    worst = 0.0
+    """max over outputs of ||y - y_ref|| / ||y_ref||; NaN when any output or reference holds NaN
+    (Python's max() would drop it and report 0: an all-NaN run would seem to agree)."""
+    errors = [0.0]
     for name, ref in reference.items():
         ref = np.asarray(ref, dtype=np.float64)
         diff = np.linalg.norm(np.asarray(outputs[name], dtype=np.float64) - ref)
-        worst = max(worst, float(diff / max(np.linalg.norm(ref), 1e-30)))
-    return worst
+        errors.append(float(diff / np.maximum(np.linalg.norm(ref), 1e-30)))
+    return float(np.max(errors))
