@@ -71,14 +71,19 @@ def note_input(path) -> None:
     seen = _inputs.get()
     if seen is None or path is None or is_stdout(path):
         return
-    seen.add(_identity(path))
+    seen.update(_identities(path))
 
 
-def _identity(path) -> str:
+def _identities(path) -> set:
+    """The resolved path and, for an existing file, its (device, inode): a hard link is the same file."""
+    out: set = set()
     try:
-        return os.path.realpath(path)
+        out.add(os.path.realpath(path))
+        info = os.stat(path)
+        out.add((info.st_dev, info.st_ino))
     except (OSError, ValueError):
-        return str(path)
+        out.add(str(path))
+    return out
 
 
 # ---- standard output ---------------------------------------------------------------------
@@ -130,7 +135,7 @@ def check_output_path(path, binary: bool = True) -> None:
     if p.is_dir():
         raise OutputError(f"cannot write '{text}': it is a folder; give a file name")
     seen = _inputs.get()
-    if seen and _identity(p) in seen:
+    if seen and _identities(p) & seen:
         raise OutputError(f"cannot write '{text}': it is an input of this command; choose another output name")
     if _written_directly(p):
         return

@@ -199,3 +199,10 @@ def test_a_reader_that_leaves_early_gets_no_traceback():
     result = subprocess.run(f"'{sys.executable}' -m cnncomp summary '{ROOT / 'specs' / 'resnet50.cnn'}' | head -1",
                             shell=True, capture_output=True, timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert result.stdout.count(b"\n") == 1 and b"Traceback" not in result.stderr
+
+
+def test_a_hard_link_to_the_spec_is_the_spec(tmp_path, spec, capsys):
+    link = tmp_path / "same.cnn"
+    os.link(spec, link)
+    code, _, err = cli(capsys, "compile", spec, "--emit", "cnn", "-o", link)
+    assert code == 1 and "it is an input of this command" in err and spec.read_text() == SPEC
