@@ -61,6 +61,7 @@ class CnnError(Exception):
 
 class UsageError(CnnError):
     """Bad usage: an option out of its range, or naming something that is not there (the command line exits 2)."""
+QUOTE_WIDTH = 200  # characters of a source line quoted around an error's caret
 
 
 def _quote(sources: "SourceCache | None", loc: Loc) -> list[str]:
@@ -70,9 +71,14 @@ def _quote(sources: "SourceCache | None", loc: Loc) -> list[str]:
     if text is None:
         return []
     caret_col = max(loc.col - 1, 0)
-    expanded = text.expandtabs(4)
-    prefix = text[:caret_col].expandtabs(4)
-    return ["    " + expanded, "    " + " " * len(prefix) + "^"]
+    start = 0
+    if len(text) > QUOTE_WIDTH:  # quote a window around the caret, not a whole huge line
+        start = max(0, min(caret_col - QUOTE_WIDTH // 2, len(text) - QUOTE_WIDTH))
+    lead = "..." if start > 0 else ""
+    trail = "..." if start + QUOTE_WIDTH < len(text) else ""
+    shown = lead + text[start:start + QUOTE_WIDTH].expandtabs(4) + trail
+    prefix = lead + text[start:caret_col].expandtabs(4)
+    return ["    " + shown, "    " + " " * len(prefix) + "^"]
 
 
 @dataclass

@@ -117,6 +117,7 @@ def optimize(spec, defines=None, weights=None, seed: int = 0, opt_level: int = 1
              provider: str = "cpu", calibration: dict | None = None) -> Compiled:
     """Load a spec and run its passes through the pass manager: -O<level> (-O3 adds the per-layer search of
     approximate rewrites under `max_error`, measured on `calibration` inputs or seeded ones), or a list."""
+    from cnncomp.ir.weights import nonfinite_weights
     from cnncomp.passes import PassContext, PassRunner
 
     check_max_error(max_error)
@@ -124,14 +125,17 @@ def optimize(spec, defines=None, weights=None, seed: int = 0, opt_level: int = 1
     ref_weights = weights_for(ref_graph, weights, seed)
     steps = resolve_steps(opt_level, passes)
     ctx = PassContext(ref_graph.copy(), dict(ref_weights))
+    ctx.warnings += [f"weights not finite: {w}" for w in nonfinite_weights(ref_weights)]
     ctx.graph.meta["passes"] = []
     runner = PassRunner(ctx, lint=lint, after_each=after_each)
     runner.run_steps(steps)
     if opt_level >= 3 and passes is None:
+        from cnncomp.inputs import bind_inputs
         from cnncomp.passes.search import apply_within_budget
         from cnncomp.verification.harness import make_inputs
 
-        feeds = calibration if calibration is not None else make_inputs(ref_graph, seed, batch=2)
+        feeds = bind_inputs(calibration, ref_graph.inputs, "--calibration") if calibration is not None else \
+            make_inputs(ref_graph, seed, batch=2)
         speedup = None
         if autotune:
             from cnncomp.run.timing import rewrite_speedup
@@ -351,7 +355,11 @@ def write_model(model, output, target: str = "onnx", engine_profile=None, fp16: 
         size = write_engine(model, engine_profile, output, fp16=fp16, log=lambda line: log(f"note: {line}\n"))
         return Written(str(output), "tensorrt", size)
     from cnncomp.emit.onnx import save_onnx
+    from cnncomp.precision.fp16 import model_precision
+    from cnncomp.run.session import refuse_unloadable
 
+    # a float32 model ONNX Runtime cannot load is refused; a float16 one may still run on a GPU provider
+    refuse_unloadable(model, output, strict=model_precision(model) == "fp32", warn=log)
     save_onnx(model, output)
     return Written(str(output), "onnx")
 
@@ -556,38 +564,26 @@ def deploy_spec(source: Source, repo, max_batch: int = 8, instances: int = 1, ki
     return Deployed(folder, config, precision)
 
 
-def read_inputs(path, names: list[str]) -> dict[str, np.ndarray]:
-    """Inputs from a .npy (a one-input model) or a .npz keyed by input name."""
-    try:
-        data = np.load(path)
-    except (OSError, ValueError) as e:
-        raise CnnError(f"cannot read {path}: {e}") from None
-    if isinstance(data, np.ndarray):
-        if len(names) != 1:
-            raise CnnError(f"the model has {len(names)} inputs ({', '.join(names)}): give a .npz keyed by name")
-        return {names[0]: data}
-    with data:
-        return {k: data[k] for k in data.files}
-
-
 def infer(model, inputs, provider: str = "cpu", defines=None, weights=None, seed: int = 0) -> dict[str, np.ndarray]:
     """`cnncomp run`: the outputs of an ONNX model (a path or ModelProto) or of a .cnn spec (compiled in
     memory at -O1) on `inputs` (a dict, or a .npy/.npz path)."""
+    from cnncomp.inputs import read_inputs
     from cnncomp.run.session import Session
 
     if isinstance(model, (str, Path)) and str(model).endswith(".cnn"):
         model = emit_model(optimize(model, defines, weights, seed))
     session = Session(str(model) if isinstance(model, Path) else model, provider)
-    feeds = inputs if isinstance(inputs, dict) else read_inputs(inputs, session.input_names)
+    feeds = inputs if isinstance(inputs, dict) else read_inputs(inputs, session.input_names, "--input")
     return session.run(feeds)
 
 
 def write_seeded_weights(spec, output, defines=None, seed: int = 0) -> dict[str, np.ndarray]:
-    """`cnncomp init`: a spec's seeded weights written to .safetensors, keyed by layer weight names."""
-    from cnncomp.ir.weights import init_weights, save_safetensors
+    """`cnncomp init`: a spec's seeded weights keyed by layer weight names, written to .safetensors (or a
+    .pt/.pth PyTorch state_dict, by the output's suffix)."""
+    from cnncomp.ir.weights import init_weights, save_weights
 
     weights = init_weights(load(spec, defines), seed)
-    save_safetensors(weights, output)
+    save_weights(weights, output)
     return weights
 
 

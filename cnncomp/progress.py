@@ -4,28 +4,45 @@
     for layer in progress(layers, label="verify"):
         ...
 
-It draws only when standard error is a terminal (never into logs, pipes or
-test output), and not when CNNCOMP_NO_PROGRESS is set or TERM is "dumb".
-It redraws at most every 0.1 s and erases itself when the loop ends, however
-it ends, so the lines printed after it stay clean.
+It draws only when standard error is a terminal (never into logs, pipes,
+test output or `--json` standard output), and not when CNNCOMP_NO_PROGRESS is
+set, TERM is "dumb" or `silenced()` is active (the command line's `--quiet`).
+Only the outermost loop draws: a reference run inside the -O3 search shows the
+search's bar, not its own. It redraws at most every 0.1 s, shows the time spent
+and the time left, and erases itself when the loop ends, however it ends, so
+the lines printed after it stay clean.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
+from contextvars import ContextVar
 from typing import Iterable, Iterator, TextIO, TypeVar
 
 T = TypeVar("T")
 WIDTH = 24  # characters of bar
 MIN_INTERVAL = 0.1  # seconds between redraws
+_silenced: ContextVar[bool] = ContextVar("cnncomp_progress_silenced", default=False)
+_drawing = [False]  # a bar is on screen (a module flag: a generator may be closed from another context)
+
+
+@contextlib.contextmanager
+def silenced(quiet: bool = True):
+    """No progress is drawn while active (when `quiet`)."""
+    token = _silenced.set(quiet or _silenced.get())
+    try:
+        yield
+    finally:
+        _silenced.reset(token)
 
 
 def enabled(stream: TextIO | None = None) -> bool:
     """Whether a bar would be drawn on this stream (standard error by default)."""
     stream = stream if stream is not None else sys.stderr
-    if os.environ.get("CNNCOMP_NO_PROGRESS") or os.environ.get("TERM") == "dumb":
+    if _silenced.get() or os.environ.get("CNNCOMP_NO_PROGRESS") or os.environ.get("TERM") == "dumb":
         return False
     try:
         return bool(stream.isatty())
@@ -59,9 +76,10 @@ def progress(iterable: Iterable[T], total: int | None = None, label: str = "",
             total = len(iterable)  # type: ignore[arg-type]
         except TypeError:
             total = None
-    if not enabled(stream):
+    if _drawing[0] or not enabled(stream):  # an inner loop stays silent under an outer bar
         yield from iterable
         return
+    _drawing[0] = True
     start = last = time.monotonic()
     done = 0
     width = 0
@@ -83,5 +101,6 @@ def progress(iterable: Iterable[T], total: int | None = None, label: str = "",
                 draw(now)
                 last = now
     finally:
+        _drawing[0] = False
         stream.write("\r" + " " * width + "\r")
         stream.flush()

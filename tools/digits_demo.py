@@ -32,6 +32,7 @@ from cnncomp.ir.weights import load_weights, save_safetensors  # noqa: E402
 from cnncomp.pipeline import Compiled, optimize  # noqa: E402
 from cnncomp.passes import PassContext, level_pipeline, run_pipeline  # noqa: E402
 from cnncomp.ir.cost import graph_cost  # noqa: E402
+from cnncomp.progress import progress, silenced  # noqa: E402
 
 SPEC = ROOT / "examples" / "digits" / "digits.cnn"
 
@@ -52,7 +53,7 @@ def train(module: torch.nn.Module, x, y, epochs: int, lr: float = 2e-3, seed: in
     module.train()
     optimizer = torch.optim.Adam(module.parameters(), lr=lr)
     xs, ys = torch.from_numpy(x), torch.from_numpy(y)
-    for _ in range(epochs):
+    for _ in progress(range(epochs), label="train epochs"):
         for idx in torch.randperm(len(xs)).split(64):
             optimizer.zero_grad()
             loss = torch.nn.functional.cross_entropy(module(xs[idx]), ys[idx])
@@ -84,7 +85,13 @@ def main() -> None:
     parser.add_argument("--max-error", type=float, default=0.05)
     parser.add_argument("--finetune", type=int, default=0, help="epochs of fine-tuning after -O3 (0: none)")
     parser.add_argument("--trained", metavar="W", help="reuse trained weights (.safetensors); written if missing")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars (training epochs, -O3) on stderr")
     args = parser.parse_args()
+    with silenced(args.quiet):
+        run_demo(args)
+
+
+def run_demo(args) -> None:
     torch.set_num_threads(2)
     x_train, y_train, x_test, y_test = load_data()
     graph = optimize(SPEC, opt_level=0).ref_graph

@@ -25,7 +25,8 @@ def add_compile_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-error", type=float, default=0.01, metavar="E",
                    help="with -O3: end-to-end relative error budget of the approximate rewrites (default 0.01)")
     p.add_argument("--calibration", metavar="NPZ",
-                   help="with -O3: inputs (npz keyed by input name) on which to measure the error budget")
+                   help="with -O3: inputs (.npz keyed by input name, or .npy for a one-input network; finite) "
+                        "on which to measure the error budget")
     p.add_argument("--autotune", action="store_true",
                    help="with -O3: keep a rewrite only where ONNX Runtime measures it faster on this machine")
 
@@ -85,20 +86,14 @@ def calibration(args):
     """The --calibration inputs, or None."""
     if not getattr(args, "calibration", None):
         return None
-    return load_npz(args.calibration)
+    return load_npz(args.calibration, "--calibration")
 
 
-def load_npz(path: str) -> dict:
-    """Arrays from an .npz file, keyed by name; an unreadable file is a CnnError."""
-    import numpy as np
+def load_npz(path: str, what: str = "--load-inputs") -> dict:
+    """Finite arrays from a .npz keyed by input name, or a .npy for a one-input network; else a CnnError."""
+    from cnncomp.inputs import load_arrays
 
-    from cnncomp.errors import CnnError
-
-    try:
-        with np.load(path) as data:
-            return {k: data[k] for k in data.files}
-    except (OSError, ValueError, AttributeError) as e:
-        raise CnnError(f"cannot read {path}: {e}") from None
+    return load_arrays(path, what)
 
 
 def source(args, default_level: int = 1):

@@ -24,7 +24,8 @@ from cnncomp.pipeline import EMITTERS, PRECISIONS, TARGETS
 
 def add_arguments(p):
     add_compile_arguments(p)
-    p.add_argument("-o", "--output", required=True, metavar="OUT", help="the file to write")
+    p.add_argument("-o", "--output", required=True, metavar="OUT",
+                   help="the file to write; - writes text (--emit cnn/torch/dot) to standard output")
     p.add_argument("--emit", choices=EMITTERS, default="onnx", help="what to write (default onnx)")
     p.add_argument("--verify", action="store_true", help="check the emitted model against the reference")
     p.add_argument("--precision", choices=tuple(PRECISIONS), default="fp32",

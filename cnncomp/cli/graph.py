@@ -13,7 +13,8 @@ from cnncomp.cli._common import add_compile_arguments, source
 def add_arguments(p):
     add_compile_arguments(p)
     p.set_defaults(opt_level=0)
-    p.add_argument("-o", "--output", required=True, metavar="PICTURE", help="model.svg, .png, .pdf or .dot")
+    p.add_argument("-o", "--output", required=True, metavar="PICTURE",
+                   help="model.svg, .png, .pdf or .dot (- prints the DOT text)")
     p.add_argument("--rankdir", choices=("TB", "LR"), default="TB",
                    help="layout direction: TB top to bottom (default), LR left to right")
     p.add_argument("--title", help="the title above the picture (default: the network and its passes)")

@@ -1,5 +1,6 @@
-"""Write the seeded weights of a spec to a .safetensors file, keyed by layer weight names
-(LAYER.weight, LAYER.bias, LAYER.running_mean, LAYER.running_var), as PyTorch names them."""
+"""Write the seeded weights of a spec to a .safetensors file (or a .pt/.pth PyTorch state_dict),
+keyed by layer weight names (LAYER.weight, LAYER.bias, LAYER.running_mean, LAYER.running_var),
+as PyTorch names them."""
 
 from cnncomp.cli._common import defines
 from cnncomp.cli.args import add_spec_arguments
@@ -7,7 +8,8 @@ from cnncomp.cli.args import add_spec_arguments
 
 def add_arguments(p):
     add_spec_arguments(p)
-    p.add_argument("-o", "--output", required=True, metavar="W", help="the .safetensors file to write")
+    p.add_argument("-o", "--output", required=True, metavar="W",
+                   help="the file to write: .safetensors, or .pt/.pth (a PyTorch state_dict)")
     p.add_argument("--seed", type=int, default=0, help="initialization seed (default 0)")
 
 

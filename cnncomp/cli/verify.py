@@ -31,7 +31,8 @@ def add_arguments(p):
     p.add_argument("--verify-each", action="store_true",
                    help="check after every pass (the -O3 rewrites included); name the first that breaks")
     p.add_argument("--save-inputs", metavar="NPZ", help="save the inputs used (npz)")
-    p.add_argument("--load-inputs", metavar="NPZ", help="use these inputs (npz, keyed by input name)")
+    p.add_argument("--load-inputs", metavar="NPZ",
+                   help="use these inputs (.npz keyed by input name, or .npy for a one-input network)")
     p.add_argument("--save-outputs", metavar="NPZ", help="save ONNX Runtime's outputs (npz)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--precision", choices=tuple(PRECISIONS), default="fp32",

@@ -281,6 +281,8 @@ def dot_program() -> str | None:
 
 def output_format(path: str | Path) -> str | None:
     """'svg', 'png' or 'pdf' for a rendered picture, None for DOT text; an unknown suffix is an error."""
+    if str(path) == "-":  # standard output: DOT text
+        return None
     suffix = Path(path).suffix.lower()
     if suffix not in FORMATS:
         raise CnnError(f"cannot tell the picture format of '{path}': use .svg, .png, .pdf, or .dot for DOT text")
@@ -289,11 +291,11 @@ def output_format(path: str | Path) -> str | None:
 
 def render(dot_text: str, path: str | Path, timeout: float = 300.0) -> None:
     """Write the picture (format from the suffix) through Graphviz's `dot`, atomically; DOT text needs no Graphviz."""
-    from cnncomp.ir.weights import atomic_write
+    from cnncomp.fileio import atomic_write, write_text
 
     fmt = output_format(path)
     if fmt is None:
-        atomic_write(path, lambda tmp: Path(tmp).write_text(dot_text))
+        write_text(path, dot_text)
         return
     program = dot_program()
     if program is None:

@@ -26,7 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from cnncomp.errors import CnnError
-from cnncomp.fileio import atomic_write  # noqa: F401  (re-exported: other modules import it from here)
+from cnncomp.fileio import atomic_write, note_input  # noqa: F401  (atomic_write re-exported for other modules)
+from cnncomp.inputs import count_nonfinite, refuse_kind
 from cnncomp.ops.registry import WeightSpec, init_weight
 
 # Entries a PyTorch checkpoint may hold that inference never reads.
@@ -61,8 +62,12 @@ def init_weights(graph, seed: int = 0) -> dict[str, np.ndarray]:
 def read_weights_file(path: str | Path) -> dict[str, np.ndarray]:
     """The tensors of a .safetensors file or a PyTorch checkpoint, keys as stored (prefix stripped)."""
     path = Path(path)
+    note_input(path)
+    if path.is_dir():
+        raise CnnError(f"weights file '{path}' is a folder; give a .safetensors file or a PyTorch checkpoint")
     if not path.is_file():
         raise CnnError(f"weights file '{path}' does not exist")
+    refuse_kind(path, "a weights file (.safetensors or a PyTorch checkpoint)", ("safetensors", "torch"))
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -160,6 +165,12 @@ def check_weights(weights: Mapping[str, np.ndarray], graph, source: str = "the w
     return out
 
 
+def nonfinite_weights(weights: Mapping[str, np.ndarray]) -> list[str]:
+    """'NAME holds 2 NaN and 0 Inf values (first at index (0, 1))' for every weight that is not finite."""
+    return [f"{name} holds {count_nonfinite(a)}" for name, a in weights.items()
+            if np.issubdtype(np.asarray(a).dtype, np.floating) and not np.isfinite(a).all()]
+
+
 def _mismatch_message(source: str, network: str, missing: list, unexpected: list, wrong: list) -> str:
     counts = [f"{len(v)} {what}" for v, what in ((missing, "missing"), (unexpected, "unexpected"),
                                                  (wrong, "with the wrong shape or type")) if v]
@@ -198,3 +209,22 @@ def save_safetensors(weights: Mapping[str, np.ndarray], path: str | Path) -> Non
 
     arrays = {name: np.ascontiguousarray(np.asarray(a)) for name, a in weights.items()}
     atomic_write(path, lambda tmp: save_file(arrays, tmp))
+
+
+WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth")
+
+
+def save_weights(weights: Mapping[str, np.ndarray], path: str | Path) -> None:
+    """Save weights in the format the name says: .safetensors, or a PyTorch state_dict (.pt, .pth); `-` is
+    safetensors. Any other name is refused: `--weights` could not read it back."""
+    suffix = Path(str(path)).suffix.lower()
+    if str(path) == "-" or suffix == ".safetensors":
+        save_safetensors(weights, path)
+    elif suffix in (".pt", ".pth"):
+        import torch
+
+        state = {name: torch.from_numpy(np.ascontiguousarray(np.asarray(a))) for name, a in weights.items()}
+        atomic_write(path, lambda tmp: torch.save(state, tmp))
+    else:
+        raise CnnError(f"cannot tell the weights format of '{path}': name it .safetensors, or .pt/.pth for a "
+                       "PyTorch state_dict (the formats --weights reads)")

@@ -24,6 +24,7 @@ import numpy as np
 from cnncomp.errors import CnnError, UsageError
 from cnncomp.ir.cost import graph_cost  # noqa: F401  (re-exported for the passes)
 from cnncomp.ir.graph import LayerGraph
+from cnncomp.progress import progress
 
 
 @dataclass
@@ -201,7 +202,7 @@ class PassRunner:
         """Run the steps in order, repeating the whole list until no pass changes anything
         (only when every step is exact: an approximate pass would approximate again)."""
         for round_ in range(1, max_rounds + 1):
-            changed = sum(self.run_step(step, round_) for step in steps)
+            changed = sum(self.run_step(step, round_) for step in progress(steps, label=f"passes (round {round_})"))
             if not fixed_point or not changed or not all(self.passes[s.name].exact for s in steps):
                 break
 

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 from typing import Callable
 
+import numpy as np
+
 from cnncomp.ir.cost import layer_macs
 from cnncomp.ir.graph import LayerGraph
 from cnncomp.passes.manager import PassContext, PassRunner, PassStep, graph_cost
@@ -51,6 +53,10 @@ def apply_within_budget(runner: PassRunner, output_error: OutputError, max_error
     # names, not Layer objects: a committed rewrite renames the layer it replaces
     layers = [l.name for l in sorted(candidates(ctx.graph), key=lambda l: -layer_macs(ctx.graph, l))]
     for layer in progress(layers, label="-O3 rewrites"):
+        weights = ctx.graph.layer(layer).weights
+        if not all(np.isfinite(ctx.weights[f"{layer}.{suffix}"]).all() for suffix in weights):
+            ctx.refuse("-O3", layer, "its weights are not finite (NaN or Inf): no decomposition of them")
+            continue
         kept = _choose(runner, layer, output_error, budget, speedup)
         if kept is None:
             ctx.refuse("-O3", layer, f"no rewrite keeps the output error within {budget:g}")
@@ -75,7 +81,7 @@ def _choose(runner: PassRunner, layer: str, output_error: OutputError, budget: f
         trials.append((graph_cost(trial.graph)[1], setting, trial))
     for _, setting, trial in sorted(trials, key=lambda t: t[0]):
         error = output_error(trial.graph, trial.weights)
-        if error > budget:
+        if not error <= budget:  # also refuses a NaN error (NaN weights): it measures nothing
             continue
         if speedup is not None:
             factor = speedup(ctx.graph, trial.graph, layer)

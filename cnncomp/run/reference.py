@@ -29,16 +29,19 @@ import torch
 from cnncomp.ir.weights import IGNORED_SUFFIXES, check_weights, init_weights, load_weights
 from cnncomp.errors import CnnError
 from cnncomp.ops.registry import all_ops, fmt_shape
+from cnncomp.progress import progress
 
 WeightGetter = Callable[[str, str], torch.Tensor]  # (layer name, suffix) -> tensor
 
 
 def execute(graph, feeds: Mapping[str, torch.Tensor], weight: WeightGetter,
-            training: bool = False) -> dict[str, torch.Tensor]:
-    """Run every layer in order on torch tensors (training form if asked); return every layer's output."""
+            training: bool = False, label: str = "") -> dict[str, torch.Tensor]:
+    """Run every layer in order on torch tensors (training form if asked); return every layer's output.
+    With a `label`, a progress bar counts the layers (on a terminal)."""
     ops = all_ops()
     values: dict[str, torch.Tensor] = {}
-    for layer in graph.layers():
+    layers = progress(list(graph.layers()), label=label) if label else graph.layers()
+    for layer in layers:
         if layer.op == "input":
             values[layer.name] = feeds[layer.name]
             continue
@@ -88,7 +91,8 @@ def run_reference(graph, weights: Mapping[str, np.ndarray], inputs: Mapping[str,
     arrays = check_weights(weights, graph, "the weights dict", allow_unexpected=True)
     tensors = {name: torch.from_numpy(np.ascontiguousarray(a)).to(dtype) for name, a in arrays.items()}
     with torch.no_grad():
-        values = execute(graph, _feeds(graph, inputs, dtype), lambda layer, suffix: tensors[f"{layer}.{suffix}"])
+        values = execute(graph, _feeds(graph, inputs, dtype), lambda layer, suffix: tensors[f"{layer}.{suffix}"],
+                         label="reference")
     outputs = {out: values[layer].numpy() for out, layer in zip(graph.output_names, graph.outputs)}
     if capture:
         return outputs, {name: t.numpy() for name, t in values.items()}

@@ -146,3 +146,24 @@ class Session:
         except Exception as e:
             raise CnnError(f"ONNX Runtime failed to run the model: {e}") from None
         return dict(zip(names, values))
+
+
+def runtime_load_problem(model) -> str | None:
+    """Why ONNX Runtime's CPU provider cannot load `model` (e.g. no float64 Conv kernel), or None when it can."""
+    try:
+        Session(model, "cpu", quiet=True, optimization="basic")
+    except CnnError as e:
+        return e.message
+    return None
+
+
+def refuse_unloadable(model, output, strict: bool = True, warn=None) -> None:
+    """Never write, silently, a model ONNX Runtime cannot load: an error (a warning when not `strict`,
+    e.g. float16 models that only a GPU provider runs)."""
+    problem = runtime_load_problem(model)
+    if problem is None:
+        return
+    if strict:
+        raise CnnError(f"not writing {output}: {problem}")
+    if warn is not None:
+        warn(f"warning: {problem}; its CPU provider will not run {output}\n")

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from cnncomp.errors import CnnError
+from cnncomp.inputs import bind_inputs
+from cnncomp.ir.weights import nonfinite_weights
 from cnncomp.ir.graph import LayerGraph
 from cnncomp.verification.compare import Comparison, compare
 from cnncomp.verification.tolerances import DEFAULT_MAX_ERROR, DEFAULT_TOLERANCES, tolerance_for  # noqa: F401
@@ -40,6 +42,7 @@ class VerifyReport:
     outputs: dict[str, Comparison]
     first_divergent_layer: str | None = None
     first_divergent_location: str | None = None
+    first_divergent_compared_with: str | None = None  # the unoptimized layer whose output it was compared with
     layers: list[LayerCheck] = field(default_factory=list)
     precision: str = "fp32"
     notes: list[str] = field(default_factory=list)
@@ -49,6 +52,7 @@ class VerifyReport:
                 "outputs": {k: v.to_json() for k, v in self.outputs.items()},
                 "first_divergent_layer": self.first_divergent_layer,
                 "first_divergent_location": self.first_divergent_location,
+                "first_divergent_compared_with": self.first_divergent_compared_with,
                 "layers": [{"layer": c.layer, "reference_layer": c.reference_layer, "location": c.location,
                             **c.comparison.to_json()} for c in self.layers],
                 "notes": self.notes}
@@ -59,7 +63,10 @@ class VerifyReport:
         for name, c in self.outputs.items():
             lines.append(f"  {name}: {c.describe()}")
         if self.first_divergent_layer:
-            lines.append(f"  first divergent layer: {self.first_divergent_layer} ({self.first_divergent_location})")
+            compared = self.first_divergent_compared_with
+            lines.append(f"  first divergent layer: {self.first_divergent_layer} ({self.first_divergent_location})"
+                         + (f", compared with the output of {compared} in the unoptimized graph"
+                            if compared and compared != self.first_divergent_layer else ""))
         lines += [f"  note: {n}" for n in self.notes]
         return "\n".join(lines)
 
@@ -74,6 +81,24 @@ def make_inputs(graph: LayerGraph, seed: int = 0, val_range: tuple[float, float]
         shape = tuple(d if isinstance(d, int) else batch for d in layer.shape)
         out[name] = rng.uniform(val_range[0], val_range[1], shape).astype(layer.dtype)
     return out
+
+
+def refuse_nonfinite_weights(weights: dict) -> None:
+    """A check against weights holding NaN or Inf proves nothing: refuse it, naming them."""
+    bad = nonfinite_weights(weights)
+    if bad:
+        raise CnnError("cannot verify with weights that are not finite: " + "; ".join(bad))
+
+
+def rewritten_layer(name: str, ref_graph: LayerGraph) -> str | None:
+    """The spec's layer an optimized layer comes from: itself, or the layer a rewrite named it under
+    (`conv1.2` of a bottleneck of `conv1`); None when there is none."""
+    parts = name.split(".")
+    for end in range(len(parts), 0, -1):
+        candidate = ".".join(parts[:end])
+        if candidate in ref_graph and ref_graph.layer(candidate).op != "input":
+            return candidate
+    return None
 
 
 def with_all_layer_outputs(model, graph: LayerGraph):
@@ -113,7 +138,9 @@ def verify(ref_graph: LayerGraph, ref_weights: dict, model, opt_graph: LayerGrap
 
     import torch
 
-    feeds = inputs if inputs is not None else make_inputs(ref_graph, seed, val_range, batch)
+    feeds = bind_inputs(inputs, ref_graph.inputs) if inputs is not None else \
+        make_inputs(ref_graph, seed, val_range, batch)
+    refuse_nonfinite_weights(ref_weights)
     for name in ref_graph.inputs:
         if name not in feeds:
             raise CnnError(f"the inputs have no '{name}' (they have {', '.join(feeds) or 'nothing'})")
@@ -149,6 +176,8 @@ def verify(ref_graph: LayerGraph, ref_weights: dict, model, opt_graph: LayerGrap
                         budget if budget is not None else None)
             report.layers.append(LayerCheck(layer.name, ref_name, ref_graph.layer(ref_name).where, c))
             if not c.ok and report.first_divergent_layer is None:
-                report.first_divergent_layer = ref_name
-                report.first_divergent_location = ref_graph.layer(ref_name).where
+                blamed = rewritten_layer(layer.name, ref_graph) or ref_name
+                report.first_divergent_layer = blamed
+                report.first_divergent_location = ref_graph.layer(blamed).where
+                report.first_divergent_compared_with = ref_name
     return report, feeds, {k: got[k] for k in ref_graph.output_names}

@@ -12,6 +12,7 @@ from cnncomp.frontend.cnn import ast
 from cnncomp.frontend.cnn.elaborate import Definitions, Elaborator, Scope
 from cnncomp.frontend.cnn.parser import deep_recursion, parse, parse_file
 from cnncomp.errors import CnnError, Loc
+from cnncomp.inputs import describe_kind, file_kind
 from cnncomp.ir.graph import LayerGraph
 from cnncomp.ops.registry import get_op
 
@@ -106,8 +107,13 @@ def _collect(program: ast.Program, defs: Definitions, overrides: dict, imported:
                 raise CnnError(f"import cycle: {cycle}", s.loc)
             if key in imported:
                 continue
+            if path.is_dir():
+                raise CnnError(f"import \"{s.path}\": {path} is a folder, not a .cnn spec", s.loc)
             if not path.is_file():
                 raise CnnError(f"import \"{s.path}\": no such file {path}", s.loc)
+            if path.suffix != ".cnn" or file_kind(path) not in ("cnn", None):
+                raise CnnError(f"import \"{s.path}\": {path} is {describe_kind(path)}, not a .cnn spec "
+                               "(only .cnn files can be imported)", s.loc)
             imported.add(key)
             try:
                 child = parse_file(path)

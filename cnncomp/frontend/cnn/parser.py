@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 from contextlib import contextmanager
 from functools import lru_cache
@@ -12,6 +13,8 @@ from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput
 
 from cnncomp.frontend.cnn import ast
 from cnncomp.errors import SOURCES, CnnError, Loc
+from cnncomp.fileio import note_input
+from cnncomp.inputs import refuse_kind
 
 GRAMMAR_PATH = Path(__file__).with_name("grammar.lark")
 
@@ -187,6 +190,10 @@ def parse_file(path: str | Path) -> ast.Program:
     """Read and parse a .cnn file; a missing or non-UTF-8 file is a located error."""
     path = Path(path)
     name = str(path)
+    note_input(path)
+    if path.is_dir():
+        raise CnnError(f"'{name}' is a folder, not a .cnn spec")
+    refuse_kind(path, "a .cnn spec", ("cnn",))
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
@@ -197,11 +204,16 @@ def parse_file(path: str | Path) -> ast.Program:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
         line = raw[: e.start].count(b"\n") + 1
-        col = e.start - (raw.rfind(b"\n", 0, e.start) + 1) + 1
+        col = len(raw[raw.rfind(b"\n", 0, e.start) + 1: e.start].decode("utf-8", errors="replace")) + 1
+        SOURCES.add(name, raw.decode("utf-8", errors="replace"))  # so that the error quotes the line
         raise CnnError(f"file is not valid UTF-8 (byte 0x{raw[e.start]:02x})", Loc(name, line, col)) from None
     if text.startswith("\ufeff"):
         text = text[1:]
     return parse(text, name)
+
+
+def _shorten(text: str, limit: int = 40) -> str:
+    return text if len(text) <= limit else f"{text[:limit // 2]}...{text[-limit // 2:]}"
 
 
 def _unclosed_before(open_brackets: list[Token], tok: Token) -> Token | None:
@@ -332,10 +344,18 @@ class _ToAst(Transformer):
         return ast.UnaryOp("-", items[1], self._loc(meta))
 
     def int_(self, items):
-        return ast.Num(int(items[0]), self._loc(items[0]))
+        try:
+            value = int(items[0])
+        except ValueError:  # over Python's limit on digits in an int conversion
+            raise CnnError(f"integer literal of {len(items[0])} digits is too long", self._loc(items[0])) from None
+        return ast.Num(value, self._loc(items[0]))
 
     def float_(self, items):
-        return ast.Num(float(items[0]), self._loc(items[0]))
+        value = float(items[0])
+        if math.isinf(value):
+            raise CnnError(f"number {_shorten(str(items[0]))} is too large: it overflows to infinity",
+                           self._loc(items[0]))
+        return ast.Num(value, self._loc(items[0]))
 
     def string(self, items):
         return ast.Str(items[0][1:-1], self._loc(items[0]))
