@@ -210,12 +210,13 @@ def conv(in_shape, out, k, s=1, p=0, d=1, g=1, bias=True):
     return module
 
 # @ deform_conv2d
-def deform_conv2d(x, offsets, weight, bias, stride, pads, dilation, groups, offset_groups):
+def deform_conv2d(x, offsets, weight, bias, stride, pads, dilation, groups, offset_groups, mask=None):
     """Deformable 2-D convolution (v1) with bilinear sampling, torchvision.ops.deform_conv2d's
     semantics: tap (i, j) of output position (ho, wo) samples the input at
     (ho * sh - pad_top + i * dh + dy, wo * sw - pad_left + j * dw + dx), a neighbour outside
     the input counting as zero; offsets are [N, 2 * offset_groups * kh * kw, Ho, Wo], ordered
-    (group, tap, (dy, dx))."""
+    (group, tap, (dy, dx)). A mask [N, offset_groups * kh * kw, Ho, Wo] (DCNv2) scales each
+    tap's sample."""
     n, c, h, w = x.shape
     out_c, cin_g, kh, kw = weight.shape
     sh, sw = stride
@@ -254,6 +255,8 @@ def deform_conv2d(x, offsets, weight, bias, stride, pads, dilation, groups, offs
         + corner(y0 + 1, x0) * flat(ly * (1 - lx))
         + corner(y0 + 1, x0 + 1) * flat(ly * lx)
     )
+    if mask is not None:
+        sampled = sampled * mask.reshape(n, og, 1, -1)
     cols = sampled.reshape(n, c, taps, ho * wo).reshape(n, groups, cin_g * taps, ho * wo)
     kernel = weight.reshape(groups, out_c // groups, cin_g * taps)
     out = torch.einsum("gok,ngkl->ngol", kernel, cols).reshape(n, out_c, ho, wo)
@@ -277,9 +280,10 @@ class DeformConv2d(nn.Module):
         else:
             self.register_parameter("bias", None)
 
-    def forward(self, x, offsets):
+    def forward(self, x, offsets, mask=None):
         return deform_conv2d(
-            x, offsets, self.weight, self.bias, self.stride, self.pads, self.dilation, self.groups, self.offset_groups
+            x, offsets, self.weight, self.bias, self.stride, self.pads, self.dilation, self.groups, self.offset_groups,
+            mask,
         )
 
 
