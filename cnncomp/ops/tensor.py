@@ -190,14 +190,16 @@ class Upsample(Op):
 
     def to_onnx(self, b, layer, inputs, weights):
         a = layer.attrs
-        if "size" in a:
+        # align_corners depends only on the sizes in PyTorch; ONNX, given scales, would use n * scale unrounded
+        if "size" in a or a.get("align_corners"):
+            spatial = tuple(layer.shape[2:])
             if all(isinstance(d, int) for d in layer.shape[:2]):
-                sizes = b.const_int64(list(layer.shape[:2]) + list(a["size"]), layer.name + "/sizes")
+                sizes = b.const_int64(list(layer.shape[:2]) + list(spatial), layer.name + "/sizes")
             else:
                 shape = b.node("Shape", [inputs[0]], b.fresh(layer.name + "/shape"))
                 lead = b.node("Slice", [shape, b.const_int64([0], layer.name + "/zero"),
                                         b.const_int64([2], layer.name + "/two")], b.fresh(layer.name + "/lead"))
-                sizes = b.node("Concat", [lead, b.const_int64(list(a["size"]), layer.name + "/spatial_sizes")],
+                sizes = b.node("Concat", [lead, b.const_int64(list(spatial), layer.name + "/spatial_sizes")],
                                b.fresh(layer.name + "/sizes"), axis=0)
             resize_inputs = [inputs[0], "", "", sizes]
         else:
