@@ -95,7 +95,9 @@ PRELUDE = _parse_prelude()
 
 # Names the generated file defines besides the prelude sections' own names.
 _PRELUDE_EXTRA_NAMES = {"PadFirst", "PaddedConv1d", "PaddedConv2d", "PaddedConv3d", "CONVS", "PADDED_CONVS",
-                        "DeformConv2d", "count_from_zero"}
+                        "DeformConv2d", "count_from_zero", "CropAfter", "CroppedConvTranspose1d",
+                        "CroppedConvTranspose2d", "CroppedConvTranspose3d", "CONV_TRANSPOSES",
+                        "CROPPED_CONV_TRANSPOSES"}
 _IMPORT_NAMES = {"math", "torch", "nn", "F"}
 # Helpers written before the classes: `div` may be called by constants and parameter defaults,
 # `Modules` is a base class.
@@ -107,15 +109,18 @@ _PY_BUILTINS = {"range", "tuple", "len", "min", "max", "str", "super", "isinstan
                 "hasattr", "ValueError", "TypeError", "Exception", "None", "True", "False"}
 
 # Weight layers: built in __init__ by a factory of the same name.
-_WEIGHT_OPS = {"conv", "deform_conv", "linear", "bn", "gn", "prelu"}
+_WEIGHT_OPS = {"conv", "conv_transpose", "deform_conv", "linear", "bn", "gn", "prelu"}
 # Weight-free layers that keep their input's shape.
 _SAME_SHAPE = {"relu", "sigmoid", "tanh", "silu", "gelu", "hardswish", "hardsigmoid", "elu", "relu6", "leaky_relu",
-               "rrelu", "softmax", "log_softmax", "dropout", "identity", "shuffle"}
+               "rrelu", "softmax", "log_softmax", "dropout", "identity", "shuffle", "selu", "mish"}
 # Weight-free layers written as a call of torch.nn.functional or torch: op -> (function, its
-# arguments after the tensor (the spec's parameters, in order), whether to write them when defaulted).
+# arguments after the tensor (the spec's parameters, in order; "*name" is passed by keyword), whether to
+# write them when defaulted).
 _TORCH_CALLS = {
     "relu": ("F.relu", [], False), "sigmoid": ("torch.sigmoid", [], False), "tanh": ("torch.tanh", [], False),
-    "silu": ("F.silu", [], False), "gelu": ("F.gelu", [], False), "hardswish": ("F.hardswish", [], False),
+    "silu": ("F.silu", [], False), "gelu": ("F.gelu", ["*approximate"], False),
+    "hardswish": ("F.hardswish", [], False), "selu": ("F.selu", [], False), "mish": ("F.mish", [], False),
+    "pixel_shuffle": ("F.pixel_shuffle", ["r"], True), "pixel_unshuffle": ("F.pixel_unshuffle", ["r"], True),
     "hardsigmoid": ("F.hardsigmoid", [], False), "relu6": ("F.relu6", [], False),
     "elu": ("F.elu", ["alpha"], False), "leaky_relu": ("F.leaky_relu", ["a"], False),
     "rrelu": ("F.rrelu", ["lower", "upper"], False),  # training=False: the mean slope, as the reference
@@ -1114,9 +1119,12 @@ class ClassGen:
                     raise NotSupported("--emit torch: deform_conv needs its offsets", stage.loc)
                 offsets_arg = positional[0]
             offsets = self.lower(offsets_arg.value, st)
-            args = [a for a in args if a is not offsets_arg]
-            self.bind_args(params[1:], args, op.name)
+            mask_arg = next((a for a in args if a.name == "mask"), None)
+            args = [a for a in args if a is not offsets_arg and a is not mask_arg]
+            self.bind_args([p for p in params[1:] if p != "mask"], args, op.name)
             extra_init, extra_fwd = f", {offsets.shape}", f", {offsets.fwd}"
+            if mask_arg is not None:
+                extra_fwd += f", {self.lower(mask_arg.value, st).fwd}"
         else:
             self.bind_args([p.name for p in op.params], args, op.name)
         call = ", ".join([v.shape + extra_init] + self.written_args(args, "init"))
@@ -1144,11 +1152,12 @@ class ClassGen:
             return v
         if name in _TORCH_CALLS:
             fn, names, always = _TORCH_CALLS[name]
-            values = [bound.get(n) for n in names]
+            values = [bound.get(n.lstrip("*")) for n in names]
             while values and values[-1] is None and not always:
                 values.pop()
             defaults = {p.name: p.default for p in op.params}
-            codes = [self.vcode(val, "fwd")[0] if val is not None else _literal(defaults[n])
+            codes = [("" if n[0] != "*" else n[1:] + "=")
+                     + (self.vcode(val, "fwd")[0] if val is not None else _literal(defaults[n.lstrip("*")]))
                      for n, val in zip(names, values)]
             fwd = f"{fn}({', '.join([x] + codes)})"
         elif name == "dropout":
@@ -1202,7 +1211,10 @@ class ClassGen:
             return f"shape_pad({', '.join([shape] + kw(['p']))})"
         if name == "upsample":
             self.em.helpers.add("shape_upsample")
-            return f"shape_upsample({', '.join([shape] + kw(['scale']))})"
+            return f"shape_upsample({', '.join([shape] + kw(['scale', 'size']))})"
+        if name in ("pixel_shuffle", "pixel_unshuffle"):
+            self.em.helpers.add(f"shape_{name}")
+            return f"shape_{name}({shape}, {self.vcode(bound['r'], 'init')[0]})"
         raise NotSupported(f"--emit torch: no shape rule for '{name}'")
 
     # ---- the class -------------------------------------------------------------------------------
@@ -1294,14 +1306,15 @@ class ClassGen:
         items = self.init.root.items
         for index in range(len(items) - 1, -1, -1):
             item = items[index]
+            # names read, not attributes: `m.out_shape` does not read a variable `out_shape`
             if isinstance(item, Block):
-                used |= set(re.findall(r"\w+", "\n".join(item.render(0))))
+                used |= set(re.findall(r"(?<![.\w])\w+", "\n".join(item.render(0))))
                 continue
             target, eq, _ = item.partition(" = ")
             if eq and target in shapes and target not in used:
                 del items[index]
                 continue
-            used |= set(re.findall(r"\w+", item))
+            used |= set(re.findall(r"(?<![.\w])\w+", item))
 
     def _bodies(self, forward_header: str) -> list[str]:
         self.place_containers()
