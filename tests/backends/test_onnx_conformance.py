@@ -80,7 +80,8 @@ def _window_args(a: dict, x_shape, kernel) -> list[str]:
     dilation = a.get("dilations", [1] * rank)
     pads = _auto_pads(a.get("auto_pad", b"NOTSET").decode(), x_shape[2:], kernel, stride, dilation)
     pads = pads if pads is not None else a.get("pads", [0] * (2 * rank))
-    return [f"k={_tuple(kernel)}", f"s={_tuple(stride)}", f"p={_tuple(pads)}", f"d={_tuple(dilation)}"]
+    return [f"k={_tuple(kernel)}", f"s={_tuple(stride)}", f"p={_tuple(pads)}"] + \
+        ([f"d={_tuple(dilation)}"] if set(dilation) != {1} else [])  # written only where needed
 
 
 def translate(op_type: str, node, inputs: list[np.ndarray]) -> tuple[str, dict, dict]:
@@ -120,6 +121,8 @@ def translate(op_type: str, node, inputs: list[np.ndarray]) -> tuple[str, dict, 
         args = [str(w.shape[1] * group), f"k={_tuple(kernel)}", f"s={_tuple(stride)}", f"p={_tuple(pads)}",
                 f"output_padding={_tuple(extra)}", f"d={_tuple(dilation)}", f"g={group}",
                 f"bias={'true' if len(inputs) > 2 else 'false'}"]
+        if set(extra) == {0}:
+            args.remove(f"output_padding={_tuple(extra)}")
         return f"conv_transpose({', '.join(args)})", feeds, weights
     if op_type == "DeformConv":
         w, offsets = inputs[1], inputs[2]
@@ -155,8 +158,8 @@ def translate(op_type: str, node, inputs: list[np.ndarray]) -> tuple[str, dict, 
         value = float(inputs[2]) if len(inputs) > 2 and inputs[2] is not None and inputs[2].size else 0.0
         spatial = pads[2:rank] + pads[rank + 2:]
         mode = {"edge": "replicate", "wrap": "circular"}.get(mode, mode)
-        extra = f", value={value!r}" if mode == "constant" else ""
-        return f"pad({_tuple(spatial)}, mode=\"{mode}\"{extra})", feeds, weights
+        extra = f", value={value!r}" if mode == "constant" else f", mode=\"{mode}\""
+        return f"pad({_tuple(spatial)}{extra})", feeds, weights
     if op_type == "Resize":
         return _resize(a, inputs), feeds, weights
     if op_type in ("Selu", "HardSigmoid"):
@@ -171,13 +174,14 @@ def translate(op_type: str, node, inputs: list[np.ndarray]) -> tuple[str, dict, 
     if op_type in ("Mish", "HardSwish"):
         return op_type.lower(), feeds, weights
     if op_type == "Gelu":
-        return f"gelu(approximate=\"{a.get('approximate', b'none').decode()}\")", feeds, weights
+        approximate = a.get("approximate", b"none").decode()
+        return "gelu" if approximate == "none" else f"gelu(approximate=\"{approximate}\")", feeds, weights
     if op_type in ("AveragePool", "LpPool"):
         kernel = a["kernel_shape"]
-        args = _window_args(a, x.shape, kernel) + [f"ceil={'true' if a.get('ceil_mode') else 'false'}"]
+        args = _window_args(a, x.shape, kernel) + (["ceil=true"] if a.get("ceil_mode") else [])
         if op_type == "AveragePool":
-            count_pad = "true" if a.get("count_include_pad") else "false"
-            return "avgpool(" + ", ".join(args + [f"count_pad={count_pad}"]) + ")", feeds, weights
+            count_pad = ["count_pad=true"] if a.get("count_include_pad") else []
+            return "avgpool(" + ", ".join(args + count_pad) + ")", feeds, weights
         return "lppool(" + ", ".join(args + [f"norm={a.get('p', 2)}"]) + ")", feeds, weights
     if op_type == "Flatten":
         return f"flatten(axis={a.get('axis', 1)})", feeds, weights
