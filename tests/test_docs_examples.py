@@ -133,8 +133,8 @@ def signature(op) -> str:
     for p in op.params:
         if p.default is REQUIRED:
             parts.append(p.name)
-        elif p.default is None:  # pooling strides default to the kernel
-            parts.append(f"{p.name}=k")
+        elif p.default is None:  # pooling strides default to the kernel; other optional arguments are absent
+            parts.append(f"{p.name}=k" if p.name == "s" else f"{p.name}=none")
         else:
             parts.append(f"{p.name}={fmt_default(p.default)}")
     return ", ".join(parts)

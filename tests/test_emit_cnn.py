@@ -48,3 +48,23 @@ def test_a_rewritten_graph_round_trips_with_its_weights():
     a = run_reference(again, compiled.weights, feeds)["logits"]
     b = run_reference(compiled.graph, compiled.weights, feeds)["logits"]
     np.testing.assert_array_equal(a, b)
+
+
+def test_the_decoder_layers_round_trip():
+    text = """network decoders
+input x: [N, 8, 12, 12]
+off = x -> conv(18, k=3, p=1)
+m = x -> conv(9, k=3, p=1) -> sigmoid
+d = x -> deform_conv(off, 8, k=3, p=1, mask=m, bias=false)
+y = d -> conv_transpose(8, k=3, s=2, p=(1, 0, 1, 0), output_padding=1, g=2) -> pixel_unshuffle(2)
+      -> pixel_shuffle(2) -> pad((1, 2, 0, 1), mode="reflect") -> pad(1, mode="circular") -> selu -> mish
+      -> gelu(approximate="tanh") -> upsample(size=(20, 21), mode="cubic", align_corners=true)
+      -> upsample(scale=0.5, mode="linear") -> avgpool(k=2, s=1, d=2, count_pad=true, p=1)
+      -> lppool(k=3, s=2, p=1, d=1, ceil=true, norm=1) -> flatten(axis=-3)
+output y
+"""
+    graph = load_text(text, "decoders.cnn")
+    emitted = emit_cnn(graph)
+    assert "mask=m_" in emitted
+    again = load_text(emitted, "emitted.cnn")
+    assert structure(again) == structure(graph)

@@ -99,8 +99,8 @@ CASES = {
         3, 10, 'conv: needs an input [N, C, *spatial] of rank 3 to 5, got rank 2 (tensor [N, 64])'),
     'deform_offsets_wrong': (H + 'o = x -> conv(4, k=3, p=1)\ny = x -> deform_conv(o, 8, k=3, p=1)\noutput y\n',
         4, 10, 'deform_conv: offsets must have 18 channels (2*offset_groups*prod(k)), got shape [N, 4, 32, 32]'),
-    'bad_choice': (H + 'y = x -> upsample(mode="cubic")\noutput y\n',
-        3, 19, 'upsample: argument \'mode\' must be "nearest" or "linear", got a string ("cubic")'),
+    'bad_choice': (H + 'y = x -> upsample(mode="area")\noutput y\n',  # "cubic" became a mode (issue 11)
+        3, 19, 'upsample: argument \'mode\' must be "nearest" or "linear" or "cubic", got a string ("area")'),
     'positional_after_named': (H + 'y = x -> conv(k=3, 8)\noutput y\n',
         3, 20, 'a positional argument follows a named one'),
     'too_many_arguments': (H + 'y = x -> relu(1)\noutput y\n',
@@ -131,6 +131,33 @@ CASES = {
         6, 12, "block 'f': parameters are values, not tensors; a block takes one tensor, `in`, through '->'"),
     'top_level_value_in_block': (H + 'c = 16\nblock f() {\n    return in -> conv(c, k=1)\n}\ny = x -> f\noutput y\n',
         5, 23, "'c' is a top-level value bound with '='; a block sees top-level constants only: write `let c = ...`"),
+    # the decoder layers
+    'conv_transpose_output_padding': (H + 'y = x -> conv_transpose(8, k=3, s=2, output_padding=2)\noutput y\n',
+        3, 10, 'conv_transpose: output_padding 2 must be smaller than the stride or the dilation (s=2, d=1)'),
+    'conv_transpose_same': (H + 'y = x -> conv_transpose(8, k=3, p=same)\noutput y\n',
+        3, 10, 'conv_transpose: p=same is not defined; give the padding explicitly'),
+    'pixel_shuffle_channels': (H + 'y = x -> pixel_shuffle(2)\noutput y\n',
+        3, 10, 'pixel_shuffle: the 3 channels are not a multiple of r*r = 4'),
+    'pixel_unshuffle_size': ('network n\ninput x: [N, 3, 32, 30]\ny = x -> pixel_unshuffle(4)\noutput y\n',
+        3, 10, 'pixel_unshuffle: the spatial size 30 is not a multiple of r=4'),
+    'pad_reflect_too_wide': (H + 'y = x -> pad(32, mode="reflect")\noutput y\n',
+        3, 10, 'pad: mode "reflect" pads at most 31 on a dim of size 32, got 32'),
+    'pad_mode_value': (H + 'y = x -> pad(1, mode="replicate", value=1)\noutput y\n',
+        3, 10, 'pad: value= only applies to mode "constant", not "replicate"'),
+    'pad_unknown_mode': (H + 'y = x -> pad(1, mode="mirror")\noutput y\n',
+        3, 17, 'pad: argument \'mode\' must be "constant" or "reflect" or "replicate" or "circular", '
+               'got a string ("mirror")'),
+    'upsample_scale_and_size': (H + 'y = x -> upsample(scale=2, size=64)\noutput y\n',
+        3, 10, 'upsample: give scale= or size=, not both'),
+    'upsample_cubic_3d': ('network n\ninput x: [N, 3, 4, 8, 8]\ny = x -> upsample(mode="cubic")\noutput y\n',
+        3, 10, 'upsample: mode "cubic" needs a 2-D input [N, C, H, W] (as F.interpolate), got rank 5'),
+    'upsample_nearest_align': (H + 'y = x -> upsample(align_corners=true)\noutput y\n',
+        3, 10, 'upsample: align_corners only applies to modes "linear" and "cubic"'),
+    'deform_mask_channels': (H + 'o = x -> conv(18, k=3, p=1)\nm = x -> conv(4, k=3, p=1)\n'
+                             'y = x -> deform_conv(o, 8, k=3, p=1, mask=m)\noutput y\n',
+        5, 10, 'deform_conv: mask must have 9 channels (offset_groups*prod(k)), got shape [N, 4, 32, 32]'),
+    'gelu_approximate': (H + 'y = x -> gelu(approximate="fast")\noutput y\n',
+        3, 15, 'gelu: argument \'approximate\' must be "none" or "tanh", got a string ("fast")'),
 }
 
 

@@ -24,7 +24,8 @@ def test_the_language_table_ops_are_all_registered():
     table = {"conv", "deform_conv", "linear", "bn", "gn", "relu", "sigmoid", "tanh", "silu", "gelu", "hardswish",
              "hardsigmoid", "elu", "relu6", "leaky_relu", "prelu", "rrelu", "softmax", "log_softmax", "maxpool",
              "avgpool", "minpool", "lppool", "gap", "gmp", "kmaxpool", "flatten", "dropout", "identity", "shuffle",
-             "upsample", "concat", "add", "mul"}
+             "upsample", "concat", "add", "mul", "conv_transpose", "mish", "selu", "pixel_shuffle", "pixel_unshuffle",
+             "pad"}
     assert table <= set(OPS)
 
 

@@ -45,6 +45,9 @@ EXPECTED = {
     "textcnn": (154_502, None, ["N", 2]),
     "c3d": (79_991_015, None, ["N", 487]),
     "deformable_net": (526_834, None, ["N", 10]),
+    "unet": (31_037_698, None, ["N", 2, 256, 256]),
+    "espcn": (59_657, None, ["N", 1, 672, 672]),
+    "deeplabv3_resnet50": (42_004_074, None, [["N", 21, 224, 224], ["N", 21, 224, 224]]),  # out, aux
 }
 
 # A few torchvision state_dict keys per spec that reproduces a torchvision model.
@@ -122,7 +125,8 @@ def test_params_macs_and_outputs(name):
     assert summary.total_params == params
     if macs is not None:
         assert summary.total_macs == pytest.approx(macs, rel=0.02)
-    assert [list(s) for s in summary.outputs.values()] == [out_shape]
+    several = isinstance(out_shape[0], list)  # a spec with several outputs lists each shape
+    assert [list(s) for s in summary.outputs.values()] == (out_shape if several else [out_shape])
 
 
 # ---- (c) golden summaries --------------------------------------------------------------------

@@ -34,12 +34,16 @@ from cnncomp.ops.registry import all_ops  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 SPECS = sorted((ROOT / "specs").glob("*.cnn"))
 REL_TOL = 1e-5  # of max|reference|
-HELPER_CLASSES = {"Modules", "PadFirst", "PaddedConv1d", "PaddedConv2d", "PaddedConv3d", "DeformConv2d"}
+HELPER_CLASSES = {"Modules", "PadFirst", "PaddedConv1d", "PaddedConv2d", "PaddedConv3d", "DeformConv2d", "CropAfter",
+                  "CroppedConvTranspose1d", "CroppedConvTranspose2d", "CroppedConvTranspose3d"}
 
 # How the large specs are compared: (-D overrides for emitting and the reference, smaller input shape).
 REDUCED = {
     "alexnet": ({}, (2, 3, 64, 64)),
     "c3d": ({"width": "8", "size": "32"}, None),
+    "deeplabv3_resnet50": ({"size": "48"}, None),
+    "espcn": ({"size": "16"}, None),
+    "unet": ({"size": "32"}, None),
     "densenet121": ({}, (1, 3, 64, 64)),
     "googlenet": ({}, (2, 3, 64, 64)),
     "hdc_segnet": ({"width": "32"}, (2, 3, 64, 64)),
@@ -234,7 +238,14 @@ c = x -> conv(6, k=3, s=2, p=same, d=1, g=2, bias=false) -> bn(eps=0.001) -> shu
       -> identity -> slice(1, 5) -> softmax -> log_softmax(axis=2) -> gmp -> flatten -> linear(3, bias=false)
 d = concat(x, x -> slice(0, 3, axis=2) -> pad(p=(0, 0, 9, 0)), axis=1) -> avgpool(k=(2, 3), s=(1, 2), p=(1, 0))
 e = add(x, x -> relu, x -> gap) * (x -> gmp)
-output a, b, c, d, e
+f = x -> conv_transpose(8, k=3, s=2, p=1, output_padding=1) -> pixel_unshuffle(2) -> pixel_shuffle(2) -> selu
+      -> mish -> gelu(approximate="tanh") -> pad(2, mode="reflect") -> pad(1, mode="circular")
+      -> pad((1, 0, 0, 1), mode="replicate") -> upsample(size=(9, 11), mode="cubic", align_corners=true)
+      -> lppool(k=3, s=2, p=1, ceil=true) -> avgpool(k=2, s=1, d=2) -> conv_transpose(4, k=2, p=(1, 0, 0, 1), g=2)
+off = x -> conv(18, k=3, p=1)
+m = x -> conv(9, k=3, p=1) -> sigmoid
+g = x -> deform_conv(off, 8, k=3, p=1, mask=m) -> upsample(scale=0.5, mode="linear")
+output a, b, c, d, e, f, g
 """
 
 OPS_1D_3D = """network ops13d
@@ -244,7 +255,10 @@ one = t -> conv(4, k=4, p=same) -> bn -> kmaxpool(3) -> upsample(scale=3, mode="
         -> linear(5) -> softmax
 three = v -> conv(4, k=3, p=1) -> bn -> maxpool(k=2) -> avgpool(k=(1, 2, 2), p=(0, 1, 1), ceil=true) -> gap
           -> flatten -> linear(2)
-output one, three
+one_up = t -> conv_transpose(3, k=3, s=2, p=(1, 2), bias=false) -> pad(2, mode="replicate") -> lppool(k=2, d=2)
+three_up = v -> conv_transpose(2, k=2, s=2, d=1, g=2) -> upsample(size=(7, 9, 9), mode="linear")
+             -> pad(1, mode="reflect")
+output one, three, one_up, three_up
 """
 
 NAMING = """# Naming corner cases.

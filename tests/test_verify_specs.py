@@ -13,7 +13,7 @@ from cnncomp.verification.harness import make_inputs, verify
 from cnncomp.pipeline import emit_model, optimize
 
 SPECS = sorted(str(p) for p in (Path(__file__).parents[1] / "specs").glob("*.cnn"))
-HEAVY = {"c3d", "vgg16", "alexnet", "densenet121", "mobilenet_v2"}  # batch 1 keeps the float64 reference quick
+HEAVY = {"c3d", "vgg16", "alexnet", "densenet121", "mobilenet_v2", "unet", "deeplabv3_resnet50"}  # batch 1 keeps the float64 reference quick
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=lambda s: Path(s).stem)

@@ -26,8 +26,13 @@ def _stage_name(name: str) -> str:
 
 
 def _call(op_name: str, args: dict, tensor_args: list[str]) -> str:
-    parts = list(tensor_args)
     op = get_op(op_name)
+    # required tensor arguments go first, by position; optional ones (deform_conv's mask) by name
+    tensor_params = [p for p in op.params if p.kind == "tensor"]
+    optional = [i < len(tensor_params) and tensor_params[i].default is not REQUIRED for i in range(len(tensor_args))]
+    parts = [var for var, named in zip(tensor_args, optional) if not named]
+    named_tensors = [f"{tensor_params[i].name}={var}" for i, (var, named) in enumerate(zip(tensor_args, optional))
+                     if named]
     defaults = {p.name: p.default for p in op.params}
     leading = [p.name for p in op.params if p.kind != "tensor"]
     positional = []
@@ -41,6 +46,7 @@ def _call(op_name: str, args: dict, tensor_args: list[str]) -> str:
         if key in defaults and defaults[key] == value and not isinstance(value, tuple):
             continue
         parts.append(f"{key}={fmt_value(value)}")
+    parts += named_tensors
     return f"{op_name}({', '.join(parts)})" if parts else op_name
 
 

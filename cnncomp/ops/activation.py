@@ -68,22 +68,67 @@ class Silu(_Pointwise):
 
 @register
 class Gelu(_Pointwise):
+    """x * Phi(x). approximate="tanh" is PyTorch's tanh form:
+    0.5 * x * (1 + tanh(sqrt(2/pi) * (x + 0.044715 * x^3)))."""
+
     name = "gelu"
-    doc = "x * Phi(x), the exact (erf) form"
+    params = (Param("approximate", "str", "none", ("none", "tanh")),)
+    doc = "x * Phi(x): the exact (erf) form, or approximate=\"tanh\""
 
     def to_onnx(self, b, layer, inputs, weights):
+        # Written out (ONNX's Gelu op needs opset 20).
         x = inputs[0]
         dtype = layer.dtype
-        scaled = b.node("Mul", [x, b.const_scalar(1 / math.sqrt(2), dtype)], b.fresh(layer.name + "/scaled"))
-        erf = b.node("Erf", [scaled], b.fresh(layer.name + "/erf"))
-        one_plus = b.node("Add", [erf, b.const_scalar(1.0, dtype)], b.fresh(layer.name + "/one_plus"))
+        if layer.attrs.get("approximate", "none") == "tanh":
+            cube = b.node("Mul", [x, b.node("Mul", [x, x], b.fresh(layer.name + "/square"))],
+                          b.fresh(layer.name + "/cube"))
+            inner = b.node("Add", [x, b.node("Mul", [cube, b.const_scalar(0.044715, dtype)],
+                                             b.fresh(layer.name + "/cube_scaled"))], b.fresh(layer.name + "/inner"))
+            scaled = b.node("Mul", [inner, b.const_scalar(math.sqrt(2 / math.pi), dtype)],
+                            b.fresh(layer.name + "/scaled"))
+            curve = b.node("Tanh", [scaled], b.fresh(layer.name + "/tanh"))
+        else:
+            scaled = b.node("Mul", [x, b.const_scalar(1 / math.sqrt(2), dtype)], b.fresh(layer.name + "/scaled"))
+            curve = b.node("Erf", [scaled], b.fresh(layer.name + "/erf"))
+        one_plus = b.node("Add", [curve, b.const_scalar(1.0, dtype)], b.fresh(layer.name + "/one_plus"))
         half_x = b.node("Mul", [x, b.const_scalar(0.5, dtype)], b.fresh(layer.name + "/half_x"))
         return b.node("Mul", [half_x, one_plus], layer.name)
 
     def torch_ref(self, attrs, inputs, weights):
         import torch.nn.functional as F
 
-        return F.gelu(inputs[0])
+        return F.gelu(inputs[0], approximate=attrs.get("approximate", "none"))
+
+
+@register
+class Selu(_Pointwise):
+    name = "selu"
+    doc = "scale * (x if x > 0 else alpha * (exp(x) - 1)), PyTorch's (and ONNX's) alpha and scale"
+
+    def to_onnx(self, b, layer, inputs, weights):
+        return b.node("Selu", [inputs[0]], layer.name)  # ONNX's defaults are PyTorch's constants
+
+    def torch_ref(self, attrs, inputs, weights):
+        import torch.nn.functional as F
+
+        return F.selu(inputs[0])
+
+
+@register
+class Mish(_Pointwise):
+    name = "mish"
+    doc = "x * tanh(softplus(x))"
+
+    def to_onnx(self, b, layer, inputs, weights):
+        # Written out (ONNX's Mish op needs opset 18).
+        soft = b.node("Softplus", [inputs[0]], b.fresh(layer.name + "/softplus"))
+        curve = b.node("Tanh", [soft], b.fresh(layer.name + "/tanh"))
+        return b.node("Mul", [inputs[0], curve], layer.name)
+
+    def torch_ref(self, attrs, inputs, weights):
+        import torch.nn.functional as F
+
+        return F.mish(inputs[0])
 
     def torch_source(self, s):
         return s.function("F.gelu")

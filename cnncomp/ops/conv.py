@@ -1,4 +1,4 @@
-"""Convolutions and dense layers: conv, deform_conv, linear."""
+"""Convolutions and dense layers: conv, conv_transpose, deform_conv, linear."""
 
 from __future__ import annotations
 
@@ -129,15 +129,109 @@ class Conv(_ConvFamily):
         return s.module()
 
 
+_CONV_TRANSPOSE_PARAMS = (
+    Param("out", "int"), Param("k", "spatial"), Param("s", "spatial", 1), Param("p", "padding", 0),
+    Param("output_padding", "spatial", 0), Param("d", "spatial", 1), Param("g", "int", 1), Param("bias", "bool", True),
+)
+
+
+@register
+class ConvTranspose(Op):
+    """Transposed convolution, as nn.ConvTranspose1d/2d/3d.
+
+    Along each spatial dim the output has (n - 1)*s - p_begin - p_end + d*(k - 1) + output_padding + 1
+    positions: the full transposed convolution, output_padding more positions at the end, then
+    p_begin cropped at the start and p_end at the end. The weight is [in, out/g, *k].
+    """
+
+    name = "conv_transpose"
+    params = _CONV_TRANSPOSE_PARAMS
+    spatial_only = True
+    doc = "transposed convolution (nn.ConvTranspose1d/2d/3d), weight [in, out/g, *k]"
+
+    def normalize(self, args, shapes):
+        if args["p"] == "same":
+            raise CnnError("conv_transpose: p=same is not defined; give the padding explicitly")
+        attrs = _conv_attrs(self.name, args, shapes[0])
+        rank = len(attrs["kernel"])
+        extra = positive_ints(as_tuple(args["output_padding"], rank, "output_padding"), "output_padding",
+                              allow_zero=True)
+        for e, s, d in zip(extra, attrs["stride"], attrs["dilation"]):
+            if e >= max(s, d):
+                raise CnnError(f"conv_transpose: output_padding {e} must be smaller than the stride or the dilation "
+                               f"(s={s}, d={d})")
+        attrs["output_padding"] = extra
+        return attrs
+
+    def infer_shape(self, attrs, shapes):
+        rank = len(attrs["kernel"])
+        out = []
+        for i, n in enumerate(shapes[0][2:]):
+            if isinstance(n, str):
+                raise CnnError(f"conv_transpose: the dynamic size '{n}' must be static")
+            size = ((n - 1) * attrs["stride"][i] - attrs["pads"][i] - attrs["pads"][i + rank]
+                    + attrs["dilation"][i] * (attrs["kernel"][i] - 1) + attrs["output_padding"][i] + 1)
+            if size < 1:
+                raise CnnError(f"conv_transpose: output size {size} is not positive (the padding crops too much)")
+            out.append(size)
+        return (shapes[0][0], attrs["out"]) + tuple(out)
+
+    def spec_args(self, attrs):
+        return {**_conv_spec_args(attrs), "output_padding": compact(attrs["output_padding"])}
+
+    def weight_specs(self, attrs, shapes):
+        # nn.ConvTranspose's initialization: fan_in from weight.size(1) * prod(k) = out/g * prod(k).
+        fan_in = attrs["out"] // attrs["groups"] * math.prod(attrs["kernel"])
+        specs = {"weight": WeightSpec((attrs["in_channels"], attrs["out"] // attrs["groups"]) + attrs["kernel"],
+                                      fan_in=fan_in)}
+        if attrs["bias"]:
+            specs["bias"] = WeightSpec((attrs["out"],), fan_in=fan_in)
+        return specs
+
+    def macs(self, attrs, shapes, out):
+        # every input position scatters into out/g channels times the kernel
+        return numel(shapes[0]) * (attrs["out"] // attrs["groups"]) * math.prod(attrs["kernel"])
+
+    def window(self, attrs, shapes):
+        # an output position sees ceil(effective kernel / s) input positions; positions get 1/s apart
+        eff = (d * (k - 1) + 1 for k, d in zip(attrs["kernel"], attrs["dilation"]))
+        return Window(tuple(float(-(-e // s)) for e, s in zip(eff, attrs["stride"])),
+                      tuple(1.0 / s for s in attrs["stride"]))
+
+    def to_onnx(self, b, layer, inputs, weights):
+        a = layer.attrs
+        ins = [inputs[0], weights["weight"]] + ([weights["bias"]] if "bias" in weights else [])
+        return b.node("ConvTranspose", ins, layer.name, kernel_shape=list(a["kernel"]), strides=list(a["stride"]),
+                      pads=list(a["pads"]), dilations=list(a["dilation"]), group=a["groups"],
+                      output_padding=list(a["output_padding"]))
+
+    def torch_ref(self, attrs, inputs, weights):
+        import torch.nn.functional as F
+
+        # F.conv_transpose pads symmetrically: use the smaller pad of each dim, crop the rest.
+        rank = len(attrs["kernel"])
+        pads = attrs["pads"]
+        common = tuple(min(pads[i], pads[i + rank]) for i in range(rank))
+        conv = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}[rank]
+        y = conv(inputs[0], weights["weight"], weights.get("bias"), attrs["stride"], common,
+                 attrs["output_padding"], attrs["groups"], attrs["dilation"])
+        for i in range(rank):
+            begin, end = pads[i] - common[i], pads[i + rank] - common[i]
+            if begin or end:
+                y = y.narrow(2 + i, begin, y.shape[2 + i] - begin - end)
+        return y
+
+
 @register
 class DeformConv(_ConvFamily):
     name = "deform_conv"
-    params = (Param("offsets", "tensor"),) + _CONV_PARAMS + (Param("offset_groups", "int", 1),)
+    params = (Param("offsets", "tensor"),) + _CONV_PARAMS + (Param("offset_groups", "int", 1),
+                                                              Param("mask", "tensor", None))
     spatial_only = True
-    doc = "deformable convolution; offsets tensor with 2*offset_groups*prod(k) channels"
+    doc = "deformable convolution; offsets tensor with 2*offset_groups*prod(k) channels; a mask makes it DCNv2"
 
     def normalize(self, args, shapes):
-        x, off = shapes
+        x = shapes[0]
         if len(x) != 4:
             raise CnnError(f"deform_conv: needs a 2-D input [N, C, H, W], got rank {len(x)}")
         attrs = _conv_attrs(self.name, args, x)
@@ -145,17 +239,22 @@ class DeformConv(_ConvFamily):
         if og < 1 or attrs["in_channels"] % og:
             raise CnnError(f"deform_conv: offset_groups={og} does not divide the {attrs['in_channels']} input channels")
         attrs["offset_groups"] = og
+        attrs["mask"] = len(shapes) == 3
         return attrs
 
     def infer_shape(self, attrs, shapes):
         out = _conv_shape(self.name, attrs, shapes[0])
-        off = shapes[1]
-        want = 2 * attrs["offset_groups"] * math.prod(attrs["kernel"])
-        if len(off) != 4 or off[1] != want:
-            raise CnnError(f"deform_conv: offsets must have {want} channels (2*offset_groups*prod(k)), "
-                           f"got shape [{', '.join(map(str, off))}]")
-        if tuple(off[2:]) != tuple(out[2:]):
-            raise CnnError(f"deform_conv: offsets spatial size {list(off[2:])} must equal the output's {list(out[2:])}")
+        taps = attrs["offset_groups"] * math.prod(attrs["kernel"])
+        for what, shape, want, rule in (("offsets", shapes[1], 2 * taps, "2*offset_groups*prod(k)"),
+                                        ("mask", shapes[2] if attrs["mask"] else None, taps, "offset_groups*prod(k)")):
+            if shape is None:
+                continue
+            if len(shape) != 4 or shape[1] != want:
+                raise CnnError(f"deform_conv: {what} must have {want} channels ({rule}), "
+                               f"got shape [{', '.join(map(str, shape))}]")
+            if tuple(shape[2:]) != tuple(out[2:]):
+                raise CnnError(f"deform_conv: {what} spatial size {list(shape[2:])} must equal the output's "
+                               f"{list(out[2:])}")
         return out
 
     def spec_args(self, attrs):
@@ -165,6 +264,8 @@ class DeformConv(_ConvFamily):
         a = layer.attrs
         b.require_opset(19, "DeformConv")
         ins = [inputs[0], weights["weight"], inputs[1]] + ([weights["bias"]] if "bias" in weights else [])
+        if a.get("mask"):
+            ins = ins + ([] if "bias" in weights else [""]) + [inputs[2]]
         return b.node("DeformConv", ins, layer.name, kernel_shape=list(a["kernel"]), strides=list(a["stride"]),
                       pads=list(a["pads"]), dilations=list(a["dilation"]), group=a["groups"],
                       offset_group=a["offset_groups"])
@@ -172,7 +273,8 @@ class DeformConv(_ConvFamily):
     def torch_ref(self, attrs, inputs, weights):
         from cnncomp.ops.deform import deform_conv2d_reference
 
-        return deform_conv2d_reference(inputs[0], inputs[1], weights["weight"], weights.get("bias"), attrs)
+        mask = inputs[2] if attrs.get("mask") else None
+        return deform_conv2d_reference(inputs[0], inputs[1], weights["weight"], weights.get("bias"), attrs, mask)
 
     def torch_source(self, s):
         return s.module()

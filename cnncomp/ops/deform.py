@@ -14,6 +14,10 @@ ordered (group, tap i*kw + j, (dy, dx)), as torchvision.ops.deform_conv2d and
 ONNX DeformConv read it. The sampled columns are then multiplied by the
 weight [out, C / groups, kh, kw] group by group, and the bias added.
 
+With a mask (modulated deformable convolution, DCNv2) the sample of tap k for
+output position p in offset group g is multiplied by mask[g, k, ho, wo]; the
+mask is [N, offset_groups * kh * kw, Ho, Wo], ordered (group, tap).
+
 Only the end padding's size matters through Ho and Wo (taken from the
 offsets), since sampling outside the input gives zeros anyway.
 """
@@ -21,7 +25,7 @@ offsets), since sampling outside the input gives zeros anyway.
 from __future__ import annotations
 
 
-def deform_conv2d_reference(x, offsets, weight, bias, attrs: dict):
+def deform_conv2d_reference(x, offsets, weight, bias, attrs: dict, mask=None):
     """Deformable 2-D convolution with bilinear sampling (torchvision.ops.deform_conv2d semantics).
 
     The implementation is the one `--emit torch` copies into generated files
@@ -29,4 +33,4 @@ def deform_conv2d_reference(x, offsets, weight, bias, attrs: dict):
     from cnncomp.ops.torch_prelude import deform_conv2d
 
     return deform_conv2d(x, offsets, weight, bias, attrs["stride"], attrs["pads"], attrs["dilation"],
-                         attrs["groups"], attrs["offset_groups"])
+                         attrs["groups"], attrs["offset_groups"], mask)

@@ -89,6 +89,37 @@ def _onnx_pad(b, layer, x: str, pads: list, value: float) -> str:
                   b.fresh(layer.name + "/padded"), mode="constant")
 
 
+def _avgpool_wide_pads(b, layer, x: str, pads: list, dilations: dict) -> str:
+    """Average pooling whose padding reaches the kernel size (a dilated window), which ONNX Runtime
+    refuses: pad with zeros, take the mean over the whole window, and rescale by prod(k) / count,
+    the count of each window's positions inside the input (and the spec's padding with count_pad),
+    a constant of the static shapes."""
+    import numpy as np
+
+    a = layer.attrs
+    rank = len(a["kernel"])
+    spatial = tuple(b.shape(x)[2:])
+    if not all(isinstance(n, int) for n in spatial):
+        raise CnnError("avgpool: padding as large as the kernel needs static spatial sizes")
+    counted = np.ones(spatial)
+    counted_pads = a["pads"] if a["count_pad"] else (0,) * (2 * rank)
+    counted = np.pad(counted, [(counted_pads[i], counted_pads[i + rank]) for i in range(rank)], constant_values=1)
+    counted = np.pad(counted, [(pads[i] - counted_pads[i], pads[i + rank] - counted_pads[i + rank])
+                               for i in range(rank)])
+    out = tuple(layer.shape[2:])
+    count = np.zeros(out)
+    for tap in np.ndindex(*a["kernel"]):
+        window = tuple(slice(t * d, t * d + (o - 1) * s + 1, s)
+                       for t, d, s, o in zip(tap, a["dilation"], a["stride"], out))
+        count += counted[window]
+    x = _onnx_pad(b, layer, x, pads, 0.0)
+    mean = b.node("AveragePool", [x], b.fresh(layer.name + "/window_mean"), count_include_pad=1, **dilations,
+                  **_pool_onnx_attrs(a, [0] * len(pads)))
+    rescale = b.add_initializer(b.fresh(layer.name + "/rescale"),
+                                (np.prod(a["kernel"]) / count).reshape((1, 1) + out).astype(np.dtype(layer.dtype)))
+    return b.node("Mul", [mean, rescale], layer.name)
+
+
 def _ceil_extra(shape_in: tuple, attrs: dict, out_spatial: tuple) -> tuple:
     """Extra end padding that ceil mode needs so that the last window fits."""
     rank = len(attrs["kernel"])
@@ -118,14 +149,23 @@ def _torch_max(x, attrs):
     return pool(x, attrs["kernel"], attrs["stride"], 0, attrs["dilation"])
 
 
-def _sum_pool(x, kernel, stride):
+def _sum_pool(x, kernel, stride, dilation=1):
     import torch
     import torch.nn.functional as F
 
     c = x.shape[1]
     ones = torch.ones((c, 1) + tuple(kernel), dtype=x.dtype)
     conv = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[len(kernel)]
-    return conv(x, ones, None, tuple(stride), 0, 1, c)
+    return conv(x, ones, None, tuple(stride), 0, dilation, c)
+
+
+def _dilation_onnx(b, layer, what: str, opset: int) -> dict:
+    """The dilations attribute of AveragePool / LpPool, which need a newer opset; none when 1."""
+    dilation = layer.attrs["dilation"]
+    if all(d == 1 for d in dilation):
+        return {}
+    b.require_opset(opset, f"{what} with d= (dilations)")
+    return {"dilations": list(dilation)}
 
 
 MAXPOOL_PARAMS = (Param("k", "spatial"), Param("s", "spatial", None), Param("p", "padding", 0),
@@ -188,9 +228,9 @@ class MinPool(_WindowPool):
 @register
 class AvgPool(_WindowPool):
     name = "avgpool"
-    params = MAXPOOL_PARAMS + (Param("count_pad", "bool", False),)
+    params = MAXPOOL_PARAMS + (Param("count_pad", "bool", False), Param("d", "spatial", 1))
     spatial_only = True
-    doc = "average pooling; count_pad counts padded positions in the divisor"
+    doc = "average pooling; count_pad counts padded positions in the divisor; d= dilates the window"
 
     def normalize(self, args, shapes):
         attrs = _pool_attrs(self.name, args, shapes[0])
@@ -209,12 +249,16 @@ class AvgPool(_WindowPool):
         # made explicit zeros (counted as data) and only the extra is left to AveragePool.
         a, x = layer.attrs, inputs[0]
         pads = _onnx_pool_pads(b, layer, x)
+        dilations = _dilation_onnx(b, layer, "avgpool", 19)
+        if max(pads) >= min(a["kernel"]):
+            return _avgpool_wide_pads(b, layer, x, pads, dilations)
         if a["count_pad"] and pads != list(a["pads"]):
             if any(a["pads"]):
                 x = _onnx_pad(b, layer, x, list(a["pads"]), 0.0)
             pads = [p - q for p, q in zip(pads, a["pads"])]
-            return b.node("AveragePool", [x], layer.name, count_include_pad=0, **_pool_onnx_attrs(a, pads))
-        return b.node("AveragePool", [x], layer.name, count_include_pad=int(a["count_pad"]),
+            return b.node("AveragePool", [x], layer.name, count_include_pad=0, **dilations,
+                          **_pool_onnx_attrs(a, pads))
+        return b.node("AveragePool", [x], layer.name, count_include_pad=int(a["count_pad"]), **dilations,
                       **_pool_onnx_attrs(a, pads))
 
     def torch_ref(self, attrs, inputs, weights):
@@ -238,17 +282,18 @@ class AvgPool(_WindowPool):
             mask = F.pad(ones, mask_pads)
         else:
             mask = F.pad(ones, torch_pads)
-        total = _sum_pool(F.pad(x, torch_pads), attrs["kernel"], attrs["stride"])
-        count = _sum_pool(mask, attrs["kernel"], attrs["stride"])
+        total = _sum_pool(F.pad(x, torch_pads), attrs["kernel"], attrs["stride"], attrs["dilation"])
+        count = _sum_pool(mask, attrs["kernel"], attrs["stride"], attrs["dilation"])
         return total / count
 
 
 @register
 class LpPool(_WindowPool):
     name = "lppool"
-    params = (Param("k", "spatial"), Param("s", "spatial", None), Param("norm", "int", 2))
+    params = (Param("k", "spatial"), Param("s", "spatial", None), Param("norm", "int", 2), Param("p", "padding", 0),
+              Param("d", "spatial", 1), Param("ceil", "bool", False))
     spatial_only = True
-    doc = "Lp-norm pooling: (sum |x|^norm)^(1/norm) over each window"
+    doc = "Lp-norm pooling: (sum |x|^norm)^(1/norm) over each window (padding adds zeros)"
 
     def normalize(self, args, shapes):
         attrs = _pool_attrs(self.name, args, shapes[0])
@@ -264,13 +309,23 @@ class LpPool(_WindowPool):
         return _pool_window(attrs)
 
     def to_onnx(self, b, layer, inputs, weights):
+        # Ceil mode is extra end padding (see _onnx_pool_pads): padded zeros add nothing to the sum.
         a = layer.attrs
-        return b.node("LpPool", [inputs[0]], layer.name, kernel_shape=list(a["kernel"]), strides=list(a["stride"]),
-                      pads=list(a["pads"]), p=a["norm"])
+        pads = _onnx_pool_pads(b, layer, inputs[0])
+        return b.node("LpPool", [inputs[0]], layer.name, p=a["norm"], **_dilation_onnx(b, layer, "lppool", 18),
+                      **_pool_onnx_attrs(a, pads))
 
     def torch_ref(self, attrs, inputs, weights):
-        p = attrs["norm"]
-        return _sum_pool(inputs[0].abs() ** p, attrs["kernel"], attrs["stride"]) ** (1.0 / p)
+        import torch.nn.functional as F
+
+        x, p = inputs[0], attrs["norm"]
+        rank = len(attrs["kernel"])
+        out_spatial = _pool_shape(self.name, attrs, tuple(x.shape))[2:]
+        extra = _ceil_extra(tuple(x.shape[2:]), attrs, out_spatial)
+        pads = attrs["pads"]
+        torch_pads = [v for i in reversed(range(rank)) for v in (pads[i], pads[i + rank] + extra[i])]
+        powered = F.pad(x.abs() ** p, torch_pads)
+        return _sum_pool(powered, attrs["kernel"], attrs["stride"], attrs["dilation"]) ** (1.0 / p)
 
 
 class _GlobalPool(Op):

@@ -1,4 +1,5 @@
-"""Layers that move or select data: flatten, dropout, identity, shuffle, upsample, slice, pad."""
+"""Layers that move or select data: flatten, dropout, identity, shuffle, upsample, pixel_shuffle,
+pixel_unshuffle, slice, pad."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ import math
 
 from cnncomp.errors import CnnError
 from cnncomp.ops.registry import (
-    Op, Param, Window, as_tuple, check_channels, padding_arg, register, resolve_padding, spatial_rank,
+    Op, Param, Window, as_tuple, check_channels, compact, padding_arg, positive_ints, register, resolve_padding,
+    spatial_rank,
 )
 
 
@@ -22,7 +24,7 @@ class Flatten(Op):
         axis = args["axis"]
         if not -rank <= axis <= rank:
             raise CnnError(f"flatten: axis {axis} is out of range for rank {rank}")
-        return {"axis": axis % (rank + 1) if axis < 0 else axis}
+        return {"axis": axis + rank if axis < 0 else axis}  # as ONNX Flatten and numpy: -1 is the last dim
 
     def infer_shape(self, attrs, shapes):
         shape, axis = shapes[0], attrs["axis"]
@@ -132,21 +134,57 @@ class Shuffle(Op):
         return s.function(s.helper("shuffle"), *s.written())
 
 
+_INTERPOLATE = {"linear": {3: "linear", 4: "bilinear", 5: "trilinear"}, "cubic": {4: "bicubic"}}
+
+
 @register
 class Upsample(Op):
+    """Resize, exactly as F.interpolate (antialias off).
+
+    Output size: `size`, or floor(n * scale). Each output position x maps to an input
+    coordinate with r = 1/scale when a scale is given (as F.interpolate uses it), else n_in/n_out:
+    nearest: floor(x * r) (ONNX `asymmetric`, `floor`); linear and cubic: (x + 0.5) * r - 0.5
+    (ONNX `half_pixel`; linear clamps it at 0), or with align_corners x * (n_in - 1)/(n_out - 1).
+    Cubic uses a = -0.75 and repeats the border.
+    """
+
     name = "upsample"
-    params = (Param("scale", "scale", 2), Param("mode", "str", "nearest", ("nearest", "linear")))
+    params = (Param("scale", "scale", None), Param("mode", "str", "nearest", ("nearest", "linear", "cubic")),
+              Param("size", "spatial", None), Param("align_corners", "bool", False))
     spatial_only = True
-    doc = "resize by a scale factor, nearest or (bi/tri)linear"
+    doc = "resize by a scale factor or to a size: nearest, (bi/tri)linear or bicubic, as F.interpolate"
 
     def normalize(self, args, shapes):
         rank = spatial_rank(shapes[0])
-        scale = as_tuple(args["scale"], rank, "scale")
+        mode = args["mode"]
+        if mode == "cubic" and rank != 2:
+            raise CnnError(f"upsample: mode \"cubic\" needs a 2-D input [N, C, H, W] (as F.interpolate), "
+                           f"got rank {rank + 2}")
+        if mode == "nearest" and args["align_corners"]:
+            raise CnnError("upsample: align_corners only applies to modes \"linear\" and \"cubic\"")
+        attrs = {"mode": mode, "align_corners": bool(args["align_corners"])}
+        if args["size"] is not None:
+            if args["scale"] is not None:
+                raise CnnError("upsample: give scale= or size=, not both")
+            attrs["size"] = positive_ints(as_tuple(args["size"], rank, "size"), "size")
+            return attrs
+        scale = as_tuple(2 if args["scale"] is None else args["scale"], rank, "scale")
         if any(not isinstance(s, (int, float)) or isinstance(s, bool) or s <= 0 for s in scale):
             raise CnnError(f"upsample: scale must be positive numbers, got {scale}")
-        return {"scale": tuple(float(s) for s in scale), "mode": args["mode"]}
+        attrs["scale"] = tuple(float(s) for s in scale)
+        return attrs
+
+    def spec_args(self, attrs):
+        args = {"mode": attrs["mode"], "align_corners": attrs.get("align_corners", False)}
+        if "size" in attrs:
+            args["size"] = compact(attrs["size"])
+        else:
+            args["scale"] = compact(attrs["scale"])
+        return args
 
     def infer_shape(self, attrs, shapes):
+        if "size" in attrs:
+            return tuple(shapes[0][:2]) + tuple(attrs["size"])
         out = []
         for n, s in zip(shapes[0][2:], attrs["scale"]):
             if isinstance(n, str):
@@ -158,25 +196,156 @@ class Upsample(Op):
         return tuple(shapes[0][:2]) + tuple(out)
 
     def window(self, attrs, shapes):
-        return Window((1.0,) * len(attrs["scale"]), tuple(1.0 / s for s in attrs["scale"]))
+        if "size" in attrs:
+            spatial = shapes[0][2:]
+            ratios = tuple(m / n if isinstance(n, int) else 1.0 for n, m in zip(spatial, attrs["size"]))
+        else:
+            ratios = attrs["scale"]
+        return Window((1.0,) * len(ratios), tuple(1.0 / s for s in ratios))
 
     def to_onnx(self, b, layer, inputs, weights):
         a = layer.attrs
-        scales = b.const_float([1.0, 1.0] + list(a["scale"]), layer.name + "/scales")
+        # align_corners depends only on the sizes in PyTorch; ONNX, given scales, would use n * scale unrounded
+        if "size" in a or a.get("align_corners"):
+            spatial = tuple(layer.shape[2:])
+            if all(isinstance(d, int) for d in layer.shape[:2]):
+                sizes = b.const_int64(list(layer.shape[:2]) + list(spatial), layer.name + "/sizes")
+            else:
+                shape = b.node("Shape", [inputs[0]], b.fresh(layer.name + "/shape"))
+                lead = b.node("Slice", [shape, b.const_int64([0], layer.name + "/zero"),
+                                        b.const_int64([2], layer.name + "/two")], b.fresh(layer.name + "/lead"))
+                sizes = b.node("Concat", [lead, b.const_int64(list(spatial), layer.name + "/spatial_sizes")],
+                               b.fresh(layer.name + "/sizes"), axis=0)
+            resize_inputs = [inputs[0], "", "", sizes]
+        else:
+            scales = _float32_scales(b.shape(inputs[0])[2:], a["scale"], layer.shape[2:])
+            resize_inputs = [inputs[0], "", b.const_float([1.0, 1.0] + scales, layer.name + "/scales")]
         if a["mode"] == "nearest":
             extra = {"mode": "nearest", "coordinate_transformation_mode": "asymmetric", "nearest_mode": "floor"}
         else:
-            extra = {"mode": "linear", "coordinate_transformation_mode": "pytorch_half_pixel"}
-        return b.node("Resize", [inputs[0], "", scales], layer.name, **extra)
+            coords = "align_corners" if a.get("align_corners") else "half_pixel"
+            extra = {"mode": a["mode"], "coordinate_transformation_mode": coords}
+            if a["mode"] == "cubic":
+                extra["cubic_coeff_a"] = -0.75
+        return b.node("Resize", resize_inputs, layer.name, **extra)
 
     def torch_ref(self, attrs, inputs, weights):
         import torch.nn.functional as F
 
         x = inputs[0]
+        where = {"size": attrs["size"]} if "size" in attrs else {"scale_factor": attrs["scale"]}
         if attrs["mode"] == "nearest":
-            return F.interpolate(x, scale_factor=attrs["scale"], mode="nearest")
-        mode = {3: "linear", 4: "bilinear", 5: "trilinear"}[x.dim()]
-        return F.interpolate(x, scale_factor=attrs["scale"], mode=mode, align_corners=False)
+            return F.interpolate(x, mode="nearest", **where)
+        return F.interpolate(x, mode=_INTERPOLATE[attrs["mode"]][x.dim()],
+                             align_corners=attrs.get("align_corners", False), **where)
+
+
+def _float32_scales(sizes: tuple, scales: tuple, out: tuple) -> list[float]:
+    """Resize's float32 scales, nudged up where float32 rounding would give a smaller output than
+    floor(n * scale) in double, as PyTorch computes it (10 * float32(1.3) is 12.9999995)."""
+    import numpy as np
+
+    result = []
+    for n, scale, want in zip(sizes, scales, out):
+        s32 = np.float32(scale)
+        while isinstance(n, int) and min(np.floor(np.float32(n) * s32), np.floor(n * float(s32))) < want:
+            s32 = np.nextafter(s32, np.float32(np.inf))
+        result.append(float(s32))
+    return result
+
+
+class _PixelShuffleBase(Op):
+    params = (Param("r", "int"),)
+
+    def check(self, shape: tuple, r: int) -> None:
+        if len(shape) != 4:
+            raise CnnError(f"{self.name}: needs a 2-D input [N, C, H, W] (as nn.{self.torch_name}), "
+                           f"got rank {len(shape)}")
+        if r < 1:
+            raise CnnError(f"{self.name}: r must be positive, got {r}")
+
+
+@register
+class PixelShuffle(_PixelShuffleBase):
+    """[N, C*r*r, H, W] -> [N, C, H*r, W*r]: channel c*r*r + i*r + j goes to row h*r + i, column w*r + j
+    (ONNX DepthToSpace in mode CRD)."""
+
+    name = "pixel_shuffle"
+    torch_name = "PixelShuffle"
+    doc = "channels to space, as nn.PixelShuffle(r) (ONNX DepthToSpace, CRD order)"
+
+    def normalize(self, args, shapes):
+        shape, r = shapes[0], args["r"]
+        self.check(shape, r)
+        c = check_channels(shape, self.name)
+        if c % (r * r):
+            raise CnnError(f"pixel_shuffle: the {c} channels are not a multiple of r*r = {r * r}")
+        return {"r": r}
+
+    def infer_shape(self, attrs, shapes):
+        n, c, h, w = shapes[0]
+        r = attrs["r"]
+        return (n, c // (r * r)) + tuple(d * r if isinstance(d, int) else _dynamic(self.name, d) for d in (h, w))
+
+    def window(self, attrs, shapes):
+        return Window((1.0, 1.0), (1.0 / attrs["r"],) * 2)
+
+    def to_onnx(self, b, layer, inputs, weights):
+        return b.node("DepthToSpace", [inputs[0]], layer.name, blocksize=layer.attrs["r"], mode="CRD")
+
+    def torch_ref(self, attrs, inputs, weights):
+        # written from the definition, not with F.pixel_shuffle
+        x, r = inputs[0], attrs["r"]
+        n, c, h, w = x.shape
+        return x.reshape(n, c // (r * r), r, r, h, w).permute(0, 1, 4, 2, 5, 3).reshape(n, c // (r * r), h * r, w * r)
+
+
+@register
+class PixelUnshuffle(_PixelShuffleBase):
+    """[N, C, H*r, W*r] -> [N, C*r*r, H, W], the inverse of pixel_shuffle. ONNX SpaceToDepth orders
+    the channels (i, j, c), PyTorch (c, i, j): lowered as Reshape-Transpose-Reshape."""
+
+    name = "pixel_unshuffle"
+    torch_name = "PixelUnshuffle"
+    doc = "space to channels, as nn.PixelUnshuffle(r)"
+
+    def normalize(self, args, shapes):
+        shape, r = shapes[0], args["r"]
+        self.check(shape, r)
+        check_channels(shape, self.name)
+        for d in shape[2:]:
+            if isinstance(d, str):
+                _dynamic(self.name, d)
+            if d % r:
+                raise CnnError(f"pixel_unshuffle: the spatial size {d} is not a multiple of r={r}")
+        return {"r": r}
+
+    def infer_shape(self, attrs, shapes):
+        n, c, h, w = shapes[0]
+        r = attrs["r"]
+        return (n, c * r * r, h // r, w // r)
+
+    def window(self, attrs, shapes):
+        r = float(attrs["r"])
+        return Window((r, r), (r, r))
+
+    def to_onnx(self, b, layer, inputs, weights):
+        r = layer.attrs["r"]
+        n, c, h, w = layer.shape
+        c //= r * r
+        split = b.node("Reshape", [inputs[0], b.const_int64([0, c, h, r, w, r], layer.name + "/split_shape")],
+                       b.fresh(layer.name + "/split"))
+        moved = b.node("Transpose", [split], b.fresh(layer.name + "/moved"), perm=[0, 1, 3, 5, 2, 4])
+        return b.node("Reshape", [moved, b.const_int64([0, c * r * r, h, w], layer.name + "/shape")], layer.name)
+
+    def torch_ref(self, attrs, inputs, weights):
+        x, r = inputs[0], attrs["r"]
+        n, c, h, w = x.shape
+        return x.reshape(n, c, h // r, r, w // r, r).permute(0, 1, 3, 5, 2, 4).reshape(n, c * r * r, h // r, w // r)
+
+
+def _dynamic(op_name: str, dim: str):
+    raise CnnError(f"{op_name}: the dynamic size '{dim}' must be static")
 
     def torch_source(self, s):
         args = s.written()
@@ -228,22 +397,38 @@ class Slice(Op):
         return s.expression(code, f"{s.helper('shape_slice')}({', '.join(shape_args)})")
 
 
+_PAD_MODES = {"constant": "constant", "reflect": "reflect", "replicate": "edge", "circular": "wrap"}
+
+
 @register
 class Pad(Op):
+    """Padding of the spatial dims, as F.pad: `constant` (with `value`), `reflect` (mirror without
+    repeating the border), `replicate` (repeat the border), `circular` (wrap around)."""
+
     name = "pad"
-    params = (Param("p", "padding"), Param("value", "number", 0.0))
+    params = (Param("p", "padding"), Param("mode", "str", "constant", tuple(_PAD_MODES)),
+              Param("value", "number", 0.0))
     spatial_only = True
-    doc = "explicit constant padding of the spatial dims"
+    doc = "padding of the spatial dims: constant, reflect, replicate or circular (F.pad)"
 
     def normalize(self, args, shapes):
         rank = spatial_rank(shapes[0])
         if args["p"] == "same":
             raise CnnError("pad: p=same needs a kernel; give the padding explicitly")
         pads = resolve_padding(args["p"], rank, (1,) * rank, (1,) * rank, (1,) * rank, shapes[0][2:])
-        return {"pads": pads, "value": float(args["value"])}
+        mode = args["mode"]
+        if mode != "constant":
+            if args["value"] != 0:
+                raise CnnError(f"pad: value= only applies to mode \"constant\", not \"{mode}\"")
+            for i, n in enumerate(shapes[0][2:]):
+                limit = n - 1 if mode == "reflect" else n
+                most = max(pads[i], pads[i + rank])
+                if mode != "replicate" and isinstance(n, int) and most > limit:
+                    raise CnnError(f"pad: mode \"{mode}\" pads at most {limit} on a dim of size {n}, got {most}")
+        return {"pads": pads, "mode": mode, "value": float(args["value"])}
 
     def spec_args(self, attrs):
-        return {"p": padding_arg(attrs["pads"]), "value": attrs["value"]}
+        return {"p": padding_arg(attrs["pads"]), "mode": attrs.get("mode", "constant"), "value": attrs["value"]}
 
     def infer_shape(self, attrs, shapes):
         rank = spatial_rank(shapes[0])
@@ -266,8 +451,13 @@ class Pad(Op):
         rank = len(layer.shape) - 2
         p = layer.attrs["pads"]
         full = [0, 0] + list(p[:rank]) + [0, 0] + list(p[rank:])
-        return b.node("Pad", [inputs[0], b.const_int64(full, layer.name + "/pads"),
-                              b.const_scalar(layer.attrs["value"], layer.dtype)], layer.name, mode="constant")
+        mode = _PAD_MODES[layer.attrs.get("mode", "constant")]
+        if mode == "wrap":
+            b.require_opset(19, "pad(mode=\"circular\") (ONNX Pad mode wrap)")
+        ins = [inputs[0], b.const_int64(full, layer.name + "/pads")]
+        if mode == "constant":
+            ins.append(b.const_scalar(layer.attrs["value"], layer.dtype))
+        return b.node("Pad", ins, layer.name, mode=mode)
 
     def torch_ref(self, attrs, inputs, weights):
         import torch.nn.functional as F
@@ -275,7 +465,10 @@ class Pad(Op):
         p = attrs["pads"]
         rank = len(p) // 2
         torch_pads = [v for i in reversed(range(rank)) for v in (p[i], p[i + rank])]
-        return F.pad(inputs[0], torch_pads, value=attrs["value"])
+        mode = attrs.get("mode", "constant")
+        if mode == "constant":
+            return F.pad(inputs[0], torch_pads, value=attrs["value"])
+        return F.pad(inputs[0], torch_pads, mode=mode)
 
     def torch_source(self, s):
         args = s.written()

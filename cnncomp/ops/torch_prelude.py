@@ -122,7 +122,7 @@ def dims_product(dims):
 def shape_flatten(shape, axis=1):
     """The output shape of flatten: the dims before axis in one, the dims from it in another."""
     if axis < 0:
-        axis %= len(shape) + 1
+        axis += len(shape)
     return (dims_product(shape[:axis]), dims_product(shape[axis:]))
 
 # @ shape_slice
@@ -131,7 +131,7 @@ def shape_slice(shape, start, end, axis=1):
     return tuple(shape[:axis]) + (end - start,) + tuple(shape[axis + 1 :])
 
 # @ shape_pad: spatial_pads
-def shape_pad(shape, p, value=0.0):
+def shape_pad(shape, p, mode="constant", value=0.0):
     """The output shape of pad."""
     rank = len(shape) - 2
     pads = spatial_pads(p, (1,) * rank, (1,) * rank, (1,) * rank, shape[2:])
@@ -139,10 +139,22 @@ def shape_pad(shape, p, value=0.0):
     return tuple(shape[:2]) + tuple(sizes)
 
 # @ shape_upsample: ntuple, math
-def shape_upsample(shape, scale=2, mode="nearest"):
-    """The output shape of upsample: floor(n * scale)."""
-    scale = ntuple(scale, len(shape) - 2)
+def shape_upsample(shape, scale=None, mode="nearest", size=None, align_corners=False):
+    """The output shape of upsample: `size`, or floor(n * scale)."""
+    if size is not None:
+        return tuple(shape[:2]) + ntuple(size, len(shape) - 2)
+    scale = ntuple(2 if scale is None else scale, len(shape) - 2)
     return tuple(shape[:2]) + tuple(math.floor(n * f) for n, f in zip(shape[2:], scale))
+
+# @ shape_pixel_shuffle
+def shape_pixel_shuffle(shape, r):
+    """The output shape of pixel_shuffle: r*r channels into an r x r block."""
+    return (shape[0], shape[1] // (r * r), shape[2] * r, shape[3] * r)
+
+# @ shape_pixel_unshuffle
+def shape_pixel_unshuffle(shape, r):
+    """The output shape of pixel_unshuffle: each r x r block into r*r channels."""
+    return (shape[0], shape[1] * r * r, shape[2] // r, shape[3] // r)
 
 # @ shape_concat
 def shape_concat(shapes, axis=1):
@@ -210,13 +222,57 @@ def conv(in_shape, out, k, s=1, p=0, d=1, g=1, bias=True):
     module.out_shape = (in_shape[0], out) + tuple(sizes)
     return module
 
+# @ conv_transpose: ntuple
+class CropAfter:
+    """Mixin for nn.ConvTranspose1d/2d/3d: crop `self.crop` (begin, end per spatial dim) off the
+    output; for asymmetric padding, which nn.ConvTranspose cannot express."""
+
+    def forward(self, x):
+        y = super().forward(x)
+        for i, (begin, end) in enumerate(self.crop):
+            y = y.narrow(2 + i, begin, y.shape[2 + i] - begin - end)
+        return y
+
+
+class CroppedConvTranspose1d(CropAfter, nn.ConvTranspose1d):
+    pass
+
+
+class CroppedConvTranspose2d(CropAfter, nn.ConvTranspose2d):
+    pass
+
+
+class CroppedConvTranspose3d(CropAfter, nn.ConvTranspose3d):
+    pass
+
+
+CONV_TRANSPOSES = {1: nn.ConvTranspose1d, 2: nn.ConvTranspose2d, 3: nn.ConvTranspose3d}
+CROPPED_CONV_TRANSPOSES = {1: CroppedConvTranspose1d, 2: CroppedConvTranspose2d, 3: CroppedConvTranspose3d}
+
+
+def conv_transpose(in_shape, out, k, s=1, p=0, output_padding=0, d=1, g=1, bias=True):
+    """`conv_transpose`: an nn.ConvTranspose1d/2d/3d (by the input's rank) for inputs of `in_shape`."""
+    rank = len(in_shape) - 2
+    k, s, d, extra = ntuple(k, rank), ntuple(s, rank), ntuple(d, rank), ntuple(output_padding, rank)
+    pads = p if isinstance(p, tuple) and len(p) == 2 * rank else ntuple(p, rank) * 2
+    common = tuple(min(pads[i], pads[i + rank]) for i in range(rank))
+    crop = tuple((pads[i] - common[i], pads[i + rank] - common[i]) for i in range(rank))
+    cls = CONV_TRANSPOSES[rank] if not any(map(any, crop)) else CROPPED_CONV_TRANSPOSES[rank]
+    module = cls(in_shape[1], out, k, s, common, extra, g, bias, d)
+    module.crop = crop
+    sizes = ((n - 1) * s[i] - pads[i] - pads[i + rank] + d[i] * (k[i] - 1) + extra[i] + 1
+             for i, n in enumerate(in_shape[2:]))
+    module.out_shape = (in_shape[0], out) + tuple(sizes)
+    return module
+
 # @ deform_conv2d
-def deform_conv2d(x, offsets, weight, bias, stride, pads, dilation, groups, offset_groups):
+def deform_conv2d(x, offsets, weight, bias, stride, pads, dilation, groups, offset_groups, mask=None):
     """Deformable 2-D convolution (v1) with bilinear sampling, torchvision.ops.deform_conv2d's
     semantics: tap (i, j) of output position (ho, wo) samples the input at
     (ho * sh - pad_top + i * dh + dy, wo * sw - pad_left + j * dw + dx), a neighbour outside
     the input counting as zero; offsets are [N, 2 * offset_groups * kh * kw, Ho, Wo], ordered
-    (group, tap, (dy, dx))."""
+    (group, tap, (dy, dx)). A mask [N, offset_groups * kh * kw, Ho, Wo] (DCNv2) scales each
+    tap's sample."""
     n, c, h, w = x.shape
     out_c, cin_g, kh, kw = weight.shape
     sh, sw = stride
@@ -255,6 +311,8 @@ def deform_conv2d(x, offsets, weight, bias, stride, pads, dilation, groups, offs
         + corner(y0 + 1, x0) * flat(ly * (1 - lx))
         + corner(y0 + 1, x0 + 1) * flat(ly * lx)
     )
+    if mask is not None:
+        sampled = sampled * mask.reshape(n, og, 1, -1)
     cols = sampled.reshape(n, c, taps, ho * wo).reshape(n, groups, cin_g * taps, ho * wo)
     kernel = weight.reshape(groups, out_c // groups, cin_g * taps)
     out = torch.einsum("gok,ngkl->ngol", kernel, cols).reshape(n, out_c, ho, wo)
@@ -278,9 +336,10 @@ class DeformConv2d(nn.Module):
         else:
             self.register_parameter("bias", None)
 
-    def forward(self, x, offsets):
+    def forward(self, x, offsets, mask=None):
         return deform_conv2d(
-            x, offsets, self.weight, self.bias, self.stride, self.pads, self.dilation, self.groups, self.offset_groups
+            x, offsets, self.weight, self.bias, self.stride, self.pads, self.dilation, self.groups, self.offset_groups,
+            mask,
         )
 
 
@@ -350,24 +409,24 @@ def minpool(x, k, s=None, p=0):
     return -maxpool(-x, k, s, p)
 
 # @ sum_pool
-def sum_pool(x, k, s):
+def sum_pool(x, k, s, d=1):
     """The sum over each window (no padding): a grouped convolution with ones."""
     c = x.shape[1]
     ones = torch.ones((c, 1) + tuple(k), dtype=x.dtype, device=x.device)
-    return (F.conv1d, F.conv2d, F.conv3d)[len(k) - 1](x, ones, None, tuple(s), 0, 1, c)
+    return (F.conv1d, F.conv2d, F.conv3d)[len(k) - 1](x, ones, None, tuple(s), 0, d, c)
 
 # @ avgpool: ntuple, spatial_pads, torch_pads, end_pads, sum_pool
-def avgpool(x, k, s=None, p=0, ceil=False, count_pad=False):
+def avgpool(x, k, s=None, p=0, ceil=False, count_pad=False, d=1):
     """`avgpool`: F.avg_pool1d/2d/3d. The divisor counts the window's positions inside the
     input (and inside the padding with count_pad, never the extra end ceil mode adds)."""
     rank = x.dim() - 2
-    k = ntuple(k, rank)
+    k, d = ntuple(k, rank), ntuple(d, rank)
     s = k if s is None else ntuple(s, rank)
-    ones = (1,) * rank
+    ones = d
     pads = spatial_pads(p, k, s, ones, tuple(x.shape[2:]))
-    if pads[:rank] == pads[rank:]:
+    if pads[:rank] == pads[rank:] and d == (1,) * rank:
         return (F.avg_pool1d, F.avg_pool2d, F.avg_pool3d)[rank - 1](x, k, s, pads[:rank], ceil, count_pad)
-    # Asymmetric padding: a sum over each window divided by the positions it covers.
+    # Asymmetric padding or dilation: a sum over each window divided by the positions it covers.
     padded = torch_pads(tuple(pads[:rank]) + end_pads(tuple(x.shape), k, s, pads, ones, ceil))
     mask = torch.ones((1, 1) + tuple(x.shape[2:]), dtype=x.dtype, device=x.device)
     if count_pad:
@@ -375,15 +434,17 @@ def avgpool(x, k, s=None, p=0, ceil=False, count_pad=False):
         mask = F.pad(mask, [b - a for a, b in zip(torch_pads(pads), padded)])
     else:
         mask = F.pad(mask, padded)
-    return sum_pool(F.pad(x, padded), k, s) / sum_pool(mask, k, s)
+    return sum_pool(F.pad(x, padded), k, s, d) / sum_pool(mask, k, s, d)
 
-# @ lppool: ntuple, sum_pool
-def lppool(x, k, s=None, norm=2):
-    """`lppool`: (sum of |x|^norm)^(1 / norm) over each window."""
+# @ lppool: ntuple, spatial_pads, torch_pads, end_pads, sum_pool
+def lppool(x, k, s=None, norm=2, p=0, d=1, ceil=False):
+    """`lppool`: (sum of |x|^norm)^(1 / norm) over each window; padding adds zeros."""
     rank = x.dim() - 2
-    k = ntuple(k, rank)
+    k, d = ntuple(k, rank), ntuple(d, rank)
     s = k if s is None else ntuple(s, rank)
-    return sum_pool(x.abs() ** norm, k, s) ** (1.0 / norm)
+    pads = spatial_pads(p, k, s, d, tuple(x.shape[2:]))
+    padded = torch_pads(tuple(pads[:rank]) + end_pads(tuple(x.shape), k, s, pads, d, ceil))
+    return sum_pool(F.pad(x.abs() ** norm, padded), k, s, d) ** (1.0 / norm)
 
 # @ gap
 def gap(x):
@@ -403,9 +464,10 @@ def kmaxpool(x, k):
 
 # @ flatten: math
 def flatten(x, axis=1):
-    """`flatten`: a 2-D tensor, the dims before axis in one and the dims from it in the other."""
+    """`flatten`: a 2-D tensor, the dims before axis in one and the dims from it in the other
+    (a negative axis counts from the end, as in ONNX: -1 keeps the last dim apart)."""
     if axis < 0:
-        axis %= x.dim() + 1
+        axis += x.dim()
     return x.reshape(math.prod(x.shape[:axis]), -1)
 
 # @ shuffle
@@ -415,17 +477,23 @@ def shuffle(x, groups):
     return x.reshape(n, groups, c // groups, *x.shape[2:]).transpose(1, 2).reshape(x.shape)
 
 # @ upsample: ntuple
-def upsample(x, scale=2, mode="nearest"):
-    """`upsample`: resize by `scale`, nearest neighbour or (bi/tri)linear."""
-    scale = tuple(float(f) for f in ntuple(scale, x.dim() - 2))
+def upsample(x, scale=None, mode="nearest", size=None, align_corners=False):
+    """`upsample`: F.interpolate to `size` or by `scale`: nearest, (bi/tri)linear or bicubic."""
+    rank = x.dim() - 2
+    if size is not None:
+        where = {"size": ntuple(size, rank)}
+    else:
+        where = {"scale_factor": tuple(float(f) for f in ntuple(2 if scale is None else scale, rank))}
     if mode == "nearest":
-        return F.interpolate(x, scale_factor=scale, mode="nearest")
-    linear_mode = ("linear", "bilinear", "trilinear")[x.dim() - 3]
-    return F.interpolate(x, scale_factor=scale, mode=linear_mode, align_corners=False)
+        return F.interpolate(x, mode="nearest", **where)
+    mode = {"linear": ("linear", "bilinear", "trilinear")[rank - 1], "cubic": "bicubic"}[mode]
+    return F.interpolate(x, mode=mode, align_corners=align_corners, **where)
 
 # @ pad: spatial_pads, torch_pads
-def pad(x, p, value=0.0):
-    """`pad`: constant padding of the spatial dims."""
+def pad(x, p, mode="constant", value=0.0):
+    """`pad`: padding of the spatial dims, F.pad's modes (constant, reflect, replicate, circular)."""
     rank = x.dim() - 2
     pads = spatial_pads(p, (1,) * rank, (1,) * rank, (1,) * rank, tuple(x.shape[2:]))
+    if mode != "constant":
+        return F.pad(x, torch_pads(pads), mode=mode)
     return F.pad(x, torch_pads(pads), value=float(value))

@@ -86,3 +86,10 @@ def test_the_exact_pipeline_keeps_real_specs_within_fp32(run_passes, spec):
     opt = run_passes(spec, "drop-identity,fold-pad,fold-bn,merge-pointwise,dce")
     assert "bn" not in opt.ops() and "dropout" not in opt.ops()
     assert opt.max_error() < 1e-4
+
+
+def test_fold_pad_refuses_a_non_constant_mode(run_passes):
+    opt = run_passes(H + "y = x -> pad(1, mode=\"reflect\") -> conv(8, k=3)\noutput y\n", "fold-pad")
+    assert opt.rewrites("fold-pad") == 0 and "pad" in opt.ops()
+    assert any("mode \"reflect\"" in line for line in opt.log)
+    assert opt.max_error() < FP32

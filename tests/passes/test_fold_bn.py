@@ -86,3 +86,18 @@ def test_folded_weights_leaving_the_float16_range_are_reported():
     assert ctx.warnings == []
     assert len(ctx.fp16_warnings) == 1 and "exceed the float16 range" in ctx.fp16_warnings[0]
     assert "most in c" in ctx.fp16_warnings[0]
+
+
+@pytest.mark.parametrize("stage", ["conv_transpose(12, k=3, s=2, p=1, output_padding=1, bias=false)",
+                                   "conv_transpose(12, k=2, s=2, g=4)",
+                                   "conv_transpose(6, k=(3, 1), d=2, g=2)"])
+def test_conv_transpose_then_bn_scales_the_output_axis_per_group(run_passes, stage):
+    opt = run_passes(H + f"y = x -> {stage} -> bn -> relu\noutput y\n", "fold-bn")
+    assert (opt.rewrites("fold-bn"), opt.ops()) == (1, ["conv_transpose", "relu"])
+    assert opt.max_error() < FP32
+
+
+def test_bn_before_conv_transpose_is_not_folded(run_passes):
+    opt = run_passes(H + "y = x -> relu -> bn -> conv_transpose(4, k=2, s=2)\noutput y\n", "fold-bn")
+    assert (opt.rewrites("fold-bn"), opt.ops()) == (0, ["relu", "bn", "conv_transpose"])
+    assert opt.max_error() < FP32

@@ -108,3 +108,12 @@ def test_full_rank_rewrites_are_exact_end_to_end(cin, cout, k, s, p, d, seed):
     ctx = PassContext(opt.graph, opt.weights)
     assert depthwise(ctx, m=min(cout, k * k), always=1) == 1
     assert opt.max_error(onnx_runtime=False) < 1e-6  # the factors are stored in float32
+
+
+def test_rewrites_skip_conv_transpose_with_the_reason(run_passes):
+    text = H + "y = x -> conv_transpose(32, k=3, s=2, p=1) -> relu -> conv(8, k=3, p=1)\noutput y\n"
+    for name in ("bottleneck", "depthwise"):
+        opt = run_passes(text, f"{name}(always=1)")
+        assert opt.rewrites(name) == 1  # the conv only
+        assert opt.graph.layer("y.0").op == "conv_transpose"
+        assert any(line.startswith(f"{name}: skipped y.0: conv_transpose is not rewritten") for line in opt.log)

@@ -70,12 +70,23 @@ def candidates(graph, only: str = "") -> list:
             and (selected is None or l.name in selected)]
 
 
+def refuse_transposed(ctx, pass_name: str, only: str = "") -> None:
+    """Log why the conv rewrites leave conv_transpose layers alone."""
+    selected = set(only.split(":")) if only else None
+    for layer in ctx.graph.layers():
+        if layer.op == "conv_transpose" and (selected is None or layer.name in selected):
+            ctx.refuse(pass_name, layer.name, "conv_transpose is not rewritten: the factorization is written for "
+                                              "conv weights [out, in, *k], and its output would need a transposed "
+                                              "conv chain")
+
+
 @register_pass("bottleneck", exact=False, options={"ratio": fraction, "energy": fraction, "ranks": tuple, "hooi": int,
                                                     "only": str, "always": int})
 def bottleneck(ctx, ratio: float | None = None, energy: float | None = None, ranks: tuple = (), hooi: int = 0,
                only: str = "", always: int = 0) -> int:
     """Tucker-2 (1x1 -> k x k core -> 1x1) rewrite of k x k convs."""
     graph, count = ctx.graph, 0
+    refuse_transposed(ctx, "bottleneck", only)
     for layer in candidates(graph, only):
         name = layer.name  # the rewrite renames the old layer
         w = weight(ctx, name, "weight").astype(np.float64)

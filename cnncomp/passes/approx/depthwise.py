@@ -26,7 +26,7 @@ from cnncomp.ops.registry import numel
 from cnncomp.passes.approx._lowrank import conv_layer, rank_for_energy, relative_error, replace_with_chain
 from cnncomp.passes.manager import fraction, register_pass
 from cnncomp.passes._rewrite import weight
-from cnncomp.passes.approx.bottleneck import candidates
+from cnncomp.passes.approx.bottleneck import candidates, refuse_transposed
 
 
 def split_channels(w: np.ndarray, m: int):
@@ -62,6 +62,7 @@ def multiplier_for_energy(w: np.ndarray, energy: float) -> int:
 def depthwise(ctx, m: int | None = None, energy: float | None = None, only: str = "", always: int = 0) -> int:
     """Depthwise-separable (per-input-channel SVD) rewrite of k x k convs."""
     graph, count = ctx.graph, 0
+    refuse_transposed(ctx, "depthwise", only)
     for layer in candidates(graph, only):
         name = layer.name  # the rewrite renames the old layer
         w = weight(ctx, name, "weight").astype(np.float64)

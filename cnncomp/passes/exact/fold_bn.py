@@ -5,6 +5,9 @@ With s = weight / sqrt(running_var + eps) and t = bias - running_mean * s
 
 - conv/deform_conv/linear -> bn:  W'[o, ...] = W[o, ...] * s[o],  b'[o] = b[o] * s[o] + t[o]
   (the output-channel axis, axis 0 of the weight, is scaled).
+- conv_transpose -> bn: the weight is [in, out/g, *k] and output channel o = g*(out/g) + j
+  reads W[i, j] for the input channels i of group g, so W'[i, j, ...] = W[i, j, ...] * s[g(i)*(out/g) + j]
+  (axis 1 scaled, per group); the bias as above.
 - bn -> conv/linear:  W'[o, i, ...] = W[o, i, ...] * s[c(i)],
   b'[o] = b[o] + sum_{i, k} W[o, i, k] * t[c(i)], with c(i) the input channel that
   group-local index i reads; only when the conv has no padding (a padded border
@@ -23,7 +26,7 @@ import numpy as np
 from cnncomp.passes.manager import register_pass
 from cnncomp.passes._rewrite import bypass, only_user, record_alias, set_weight, weight
 
-PRODUCERS = ("conv", "deform_conv", "linear")  # output channel o is sum(W[o] * something) + b[o]
+PRODUCERS = ("conv", "conv_transpose", "deform_conv", "linear")  # output channel o is sum(W[o] * something) + b[o]
 FP16_MAX = 65504.0
 FP16_MIN_NORMAL = 6.103515625e-05
 
@@ -85,8 +88,13 @@ def _fold_into_producer(ctx, layer, bn, fp16: dict) -> None:
     s, t = bn_scale_shift(ctx, bn.name, bn.attrs["eps"])
     w = weight(ctx, layer.name, "weight").astype(np.float64)
     b = weight(ctx, layer.name, "bias").astype(np.float64) if layer.attrs["bias"] else np.zeros(len(s))
-    view = (-1,) + (1,) * (w.ndim - 1)
-    _store(ctx, layer, w, w * s.reshape(view), b * s + t, fp16)
+    if layer.op == "conv_transpose":
+        groups, cin, per_group = layer.attrs["groups"], w.shape[0], w.shape[1]
+        out_channel = (np.arange(cin) // (cin // groups))[:, None] * per_group + np.arange(per_group)[None, :]
+        scale = s[out_channel].reshape(out_channel.shape + (1,) * (w.ndim - 2))
+    else:
+        scale = s.reshape((-1,) + (1,) * (w.ndim - 1))
+    _store(ctx, layer, w, w * scale, b * s + t, fp16)
     record_alias(ctx.graph, layer.name, bn.name)
     bypass(ctx, bn.name)
 

@@ -41,6 +41,9 @@ def fold_pad(ctx) -> int:
 
 def _refusal(pad, consumer) -> str | None:
     value = pad.attrs["value"]
+    mode = pad.attrs.get("mode", "constant")
+    if mode != "constant":
+        return f"pads in mode \"{mode}\"; a {consumer.op} pads with a constant"
     if consumer.op in ("avgpool", "maxpool"):
         rank = len(consumer.attrs["kernel"])
         pads = [a + b for a, b in zip(consumer.attrs["pads"], pad.attrs["pads"])]
