@@ -99,6 +99,9 @@ class Gelu(_Pointwise):
 
         return F.gelu(inputs[0], approximate=attrs.get("approximate", "none"))
 
+    def torch_source(self, s):
+        return s.function("F.gelu", *([f"approximate={s.arg('approximate')}"] if s.given("approximate") else []))
+
 
 @register
 class Selu(_Pointwise):
@@ -112,6 +115,9 @@ class Selu(_Pointwise):
         import torch.nn.functional as F
 
         return F.selu(inputs[0])
+
+    def torch_source(self, s):
+        return s.function("F.selu")
 
 
 @register
@@ -131,7 +137,7 @@ class Mish(_Pointwise):
         return F.mish(inputs[0])
 
     def torch_source(self, s):
-        return s.function("F.gelu")
+        return s.function("F.mish")
 
 
 @register

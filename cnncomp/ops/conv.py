@@ -221,6 +221,9 @@ class ConvTranspose(Op):
                 y = y.narrow(2 + i, begin, y.shape[2 + i] - begin - end)
         return y
 
+    def torch_source(self, s):
+        return s.module()
+
 
 @register
 class DeformConv(_ConvFamily):

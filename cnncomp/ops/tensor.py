@@ -239,6 +239,10 @@ class Upsample(Op):
         return F.interpolate(x, mode=_INTERPOLATE[attrs["mode"]][x.dim()],
                              align_corners=attrs.get("align_corners", False), **where)
 
+    def torch_source(self, s):
+        shape = f"{s.helper('shape_upsample')}({', '.join([s.shape] + s.keywords(['scale', 'size']))})"
+        return s.function(s.helper("upsample"), *s.written(), shape=shape)
+
 
 def _float32_scales(sizes: tuple, scales: tuple, out: tuple) -> list[float]:
     """Resize's float32 scales, nudged up where float32 rounding would give a smaller output than
@@ -299,6 +303,10 @@ class PixelShuffle(_PixelShuffleBase):
         n, c, h, w = x.shape
         return x.reshape(n, c // (r * r), r, r, h, w).permute(0, 1, 4, 2, 5, 3).reshape(n, c // (r * r), h * r, w * r)
 
+    def torch_source(self, s):
+        shape = f"{s.helper('shape_' + self.name)}({s.shape}, {s.arg('r', 'init')})"
+        return s.function(f"F.{self.name}", s.arg("r"), shape=shape)
+
 
 @register
 class PixelUnshuffle(_PixelShuffleBase):
@@ -343,14 +351,13 @@ class PixelUnshuffle(_PixelShuffleBase):
         n, c, h, w = x.shape
         return x.reshape(n, c, h // r, r, w // r, r).permute(0, 1, 3, 5, 2, 4).reshape(n, c * r * r, h // r, w // r)
 
+    def torch_source(self, s):
+        shape = f"{s.helper('shape_' + self.name)}({s.shape}, {s.arg('r', 'init')})"
+        return s.function(f"F.{self.name}", s.arg("r"), shape=shape)
+
 
 def _dynamic(op_name: str, dim: str):
     raise CnnError(f"{op_name}: the dynamic size '{dim}' must be static")
-
-    def torch_source(self, s):
-        args = s.written()
-        return s.function(s.helper("upsample"), *args,
-                          shape=f"{s.helper('shape_upsample')}({', '.join([s.shape] + s.keywords(['scale']))})")
 
 
 @register

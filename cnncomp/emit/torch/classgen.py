@@ -120,13 +120,14 @@ class ClassGen(LayerTranslation, StatementLowering, LayerPaths, ValuePrinter, Na
         for index in range(len(items) - 1, -1, -1):
             item = items[index]
             if isinstance(item, Block):
-                used |= set(re.findall(r"\w+", "\n".join(item.render(0))))
+                # names read, not attributes: `m.out_shape` does not read a variable `out_shape`
+                used |= set(re.findall(r"(?<![.\w])\w+", "\n".join(item.render(0))))
                 continue
             target, eq, _ = item.partition(" = ")
             if eq and target in shapes and target not in used:
                 del items[index]
                 continue
-            used |= set(re.findall(r"\w+", item))
+            used |= set(re.findall(r"(?<![.\w])\w+", item))
 
     def _bodies(self, forward_header: str) -> list[str]:
         self.place_containers()

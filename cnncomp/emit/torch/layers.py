@@ -47,18 +47,20 @@ class LayerSource:
         self.operands = operands
         self._gen, self._st, self._target, self._path, self._loc = gen, st, target, path, loc
         args = list(args)
-        self._tensor_args = []
+        self._tensor_args = []  # (argument, required): an optional tensor (deform_conv's mask) goes by name
         for param in op.params:
             if param.kind != "tensor":
                 continue
             arg = next((a for a in args if a.name == param.name), None)
+            if arg is None and param.default is None:
+                continue
             if arg is None:
                 positional = [a for a in args if a.name is None]
                 if not positional:
                     raise NotSupported(f"--emit torch: {op.name} needs its {param.name}", loc)
                 arg = positional[0]
             args = [a for a in args if a is not arg]
-            self._tensor_args.append(arg)
+            self._tensor_args.append((arg, param.default is not None))
         self._args = args
         self._bound = gen.bind_args([p.name for p in op.params if p.kind != "tensor"], args, op.name)
 
@@ -154,10 +156,12 @@ class LayerSource:
         target_init = gen.path_code(self._path, "init")
         target_fwd = gen.path_code(self._path, "fwd")
         factory = self.helper(self.op.name)
-        tensors = [gen.lower(a.value, self._st) for a in self._tensor_args]
-        call = ", ".join([v.shape] + [t.shape for t in tensors] + gen.written_args(self._args, "init"))
+        tensors = [(gen.lower(a.value, self._st), required) for a, required in self._tensor_args]
+        # the factory sizes the layer from the required tensors' shapes; forward takes every tensor
+        call = ", ".join([v.shape] + [t.shape for t, required in tensors if required]
+                         + gen.written_args(self._args, "init"))
         gen.init.line(f"{target_init} = {factory}({call})")
-        return TVal(f"{target_fwd}({', '.join([v.fwd] + [t.fwd for t in tensors])})", f"{target_init}.out_shape",
+        return TVal(f"{target_fwd}({', '.join([v.fwd] + [t.fwd for t, _ in tensors])})", f"{target_init}.out_shape",
                     P_ATOM, v.depth + 1)
 
     def no_translation(self) -> TVal:
