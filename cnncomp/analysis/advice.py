@@ -8,11 +8,11 @@ from functools import reduce
 
 from cnncomp.errors import Loc
 from cnncomp.ir.graph import Layer, LayerGraph
+from cnncomp.ops.registry import get_op
 
-# Layers that keep the sampling grid: a dilated-conv stack is traced through them.
-_GRID_NEUTRAL = {"bn", "gn", "relu", "relu6", "leaky_relu", "prelu", "rrelu", "sigmoid", "tanh", "silu", "gelu",
-                 "hardswish", "hardsigmoid", "elu", "dropout", "identity"}
-_WINDOWED = {"conv", "deform_conv", "maxpool", "avgpool", "minpool", "lppool"}
+
+def _sliding(layer: Layer) -> bool:
+    return layer.op != "input" and get_op(layer.op).sliding_window
 
 
 @dataclass
@@ -85,7 +85,7 @@ def _previous_conv(graph: LayerGraph, layer: Layer) -> Layer | None:
             return None  # a new resolution: rates before it count on another grid
         if p.op == "conv" and max(p.attrs["kernel"]) > 1:
             return p
-        if p.op in _GRID_NEUTRAL or (p.op == "conv" and max(p.attrs["kernel"]) == 1 and max(p.attrs["stride"]) == 1):
+        if (p.op != "input" and get_op(p.op).keeps_grid) or (p.op == "conv" and max(p.attrs["kernel"]) == 1 and max(p.attrs["stride"]) == 1):
             preds = graph.inputs_of(p.name)
             continue
         return None
@@ -130,7 +130,7 @@ def _rate_groups(chain: list[Layer]) -> list[list[Layer]]:
 def _asymmetric_padding(graph: LayerGraph) -> list[LintWarning]:
     out = []
     for layer in graph.layers():
-        if layer.op not in _WINDOWED or layer.args.get("p") != "same":
+        if not _sliding(layer) or layer.args.get("p") != "same":
             continue
         pads = layer.attrs["pads"]
         rank = len(pads) // 2
@@ -152,7 +152,7 @@ def _eff(layer: Layer) -> list[int]:
 def _dropped_border(graph: LayerGraph) -> list[LintWarning]:
     out = []
     for layer in graph.layers():
-        if layer.op not in _WINDOWED or layer.attrs.get("ceil"):
+        if not _sliding(layer) or layer.attrs.get("ceil"):
             continue
         in_shape = graph.inputs_of(layer.name)[0].shape
         pads = layer.attrs["pads"]

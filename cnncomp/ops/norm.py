@@ -10,6 +10,8 @@ from cnncomp.ops.registry import Op, Param, WeightSpec, check_channels, register
 class BatchNorm(Op):
     name = "bn"
     params = (Param("eps", "number", 1e-5),)
+    category = "norm"
+    keeps_grid = True
     doc = "batch norm, inference form: (x - running_mean) / sqrt(running_var + eps) * weight + bias"
 
     def normalize(self, args, shapes):
@@ -49,6 +51,8 @@ class BatchNorm(Op):
 class GroupNorm(Op):
     name = "gn"
     params = (Param("groups", "int"), Param("eps", "number", 1e-5))
+    category = "norm"
+    keeps_grid = True  # its statistics span the whole map, but each output reads its own position
     spatial_only = True
     doc = "group norm: normalize each group of channels over the group and the spatial dims"
 

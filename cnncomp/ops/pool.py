@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from cnncomp.errors import CnnError
 from cnncomp.ops.registry import (
-    Op, Param, Window, as_tuple, compact, padding_arg, positive_ints, register, resolve_padding, spatial_rank,
-    window_output,
+    Op, Param, Window, as_tuple, compact, padding_arg, positive_ints, register, resolve_padding,
+    sliding_window_step, spatial_rank, window_output,
 )
 
 
@@ -39,16 +39,23 @@ def _pool_shape(op_name: str, attrs: dict, shape: tuple) -> tuple:
 
 
 class _WindowPool(Op):
-    """Shared by the sliding-window pools: arguments back from attributes."""
+    """Shared by the sliding-window pools: arguments, shape rule and window from the pool attributes."""
 
     spatial_only = True
+    category = "pool"
+    sliding_window = True
+
+    def normalize(self, args, shapes):
+        return _pool_attrs(self.name, args, shapes[0])
+
+    def infer_shape(self, attrs, shapes):
+        return _pool_shape(self.name, attrs, shapes[0])
 
     def spec_args(self, attrs):
         return _pool_spec_args(self, attrs)
 
-
-def _pool_window(attrs: dict) -> Window:
-    return Window(tuple(d * (k - 1) + 1 for k, d in zip(attrs["kernel"], attrs["dilation"])), attrs["stride"])
+    def window(self, attrs, shapes):
+        return sliding_window_step(attrs)
 
 
 def _pool_onnx_attrs(a: dict, pads: list | None = None) -> dict:
@@ -134,15 +141,6 @@ class MaxPool(_WindowPool):
     spatial_only = True
     doc = "max pooling"
 
-    def normalize(self, args, shapes):
-        return _pool_attrs(self.name, args, shapes[0])
-
-    def infer_shape(self, attrs, shapes):
-        return _pool_shape(self.name, attrs, shapes[0])
-
-    def window(self, attrs, shapes):
-        return _pool_window(attrs)
-
     def to_onnx(self, b, layer, inputs, weights):
         a, x = layer.attrs, inputs[0]
         pads = _onnx_pool_pads(b, layer, x)
@@ -162,15 +160,6 @@ class MinPool(_WindowPool):
     spatial_only = True
     doc = "min pooling, -maxpool(-x)"
 
-    def normalize(self, args, shapes):
-        return _pool_attrs(self.name, args, shapes[0])
-
-    def infer_shape(self, attrs, shapes):
-        return _pool_shape(self.name, attrs, shapes[0])
-
-    def window(self, attrs, shapes):
-        return _pool_window(attrs)
-
     def to_onnx(self, b, layer, inputs, weights):
         neg = b.node("Neg", [inputs[0]], b.fresh(layer.name + "/neg"))
         pooled = b.node("MaxPool", [neg], b.fresh(layer.name + "/max"), **_pool_onnx_attrs(layer.attrs))
@@ -188,15 +177,9 @@ class AvgPool(_WindowPool):
     doc = "average pooling; count_pad counts padded positions in the divisor"
 
     def normalize(self, args, shapes):
-        attrs = _pool_attrs(self.name, args, shapes[0])
+        attrs = super().normalize(args, shapes)
         attrs["count_pad"] = bool(args["count_pad"])
         return attrs
-
-    def infer_shape(self, attrs, shapes):
-        return _pool_shape(self.name, attrs, shapes[0])
-
-    def window(self, attrs, shapes):
-        return _pool_window(attrs)
 
     def to_onnx(self, b, layer, inputs, weights):
         # Ceil mode becomes extra end padding (see _onnx_pool_pads). PyTorch never counts that
@@ -246,17 +229,11 @@ class LpPool(_WindowPool):
     doc = "Lp-norm pooling: (sum |x|^norm)^(1/norm) over each window"
 
     def normalize(self, args, shapes):
-        attrs = _pool_attrs(self.name, args, shapes[0])
+        attrs = super().normalize(args, shapes)
         if args["norm"] < 1:
             raise CnnError(f"lppool: norm must be a positive integer, got {args['norm']}")
         attrs["norm"] = args["norm"]
         return attrs
-
-    def infer_shape(self, attrs, shapes):
-        return _pool_shape(self.name, attrs, shapes[0])
-
-    def window(self, attrs, shapes):
-        return _pool_window(attrs)
 
     def to_onnx(self, b, layer, inputs, weights):
         a = layer.attrs
@@ -270,6 +247,7 @@ class LpPool(_WindowPool):
 
 class _GlobalPool(Op):
     spatial_only = True
+    category = "pool"
 
     def infer_shape(self, attrs, shapes):
         return tuple(shapes[0][:2]) + (1,) * (len(shapes[0]) - 2)
@@ -309,6 +287,7 @@ class GlobalMaxPool(_GlobalPool):
 class KMaxPool(Op):
     name = "kmaxpool"
     params = (Param("k", "int"),)
+    category = "pool"
     spatial_only = True
     doc = "k-max pooling over the last spatial axis, keeping the original order"
 
