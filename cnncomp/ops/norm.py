@@ -61,6 +61,8 @@ class GroupNorm(Op):
         g = args["groups"]
         if g < 1 or c % g:
             raise CnnError(f"gn: groups={g} does not divide the {c} channels")
+        if args["eps"] <= 0:
+            raise CnnError(f"gn: eps must be positive, got {args['eps']}")
         return {"groups": g, "eps": float(args["eps"]), "channels": c}
 
     def infer_shape(self, attrs, shapes):

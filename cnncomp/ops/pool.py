@@ -35,7 +35,24 @@ def _pool_shape(op_name: str, attrs: dict, shape: tuple) -> tuple:
         window_output(n, k, s, attrs["pads"][i], attrs["pads"][i + rank], d, attrs["ceil"], op_name)
         for i, (n, k, s, d) in enumerate(zip(shape[2:], attrs["kernel"], attrs["stride"], attrs["dilation"]))
     )
+    _check_windows_see_input(op_name, attrs, tuple(shape[2:]), spatial)
     return tuple(shape[:2]) + spatial
+
+
+def _check_windows_see_input(op_name: str, attrs: dict, in_spatial: tuple, out_spatial: tuple) -> None:
+    """Every window must read at least one input position: a dilated window can straddle a small
+    input with every tap in the padding (a max over nothing is -inf, an average 0/0)."""
+    rank = len(attrs["kernel"])
+    for i, (n, out) in enumerate(zip(in_spatial, out_spatial)):
+        k, s, d, begin = attrs["kernel"][i], attrs["stride"][i], attrs["dilation"][i], attrs["pads"][i]
+        if d == 1 or not isinstance(n, int) or not isinstance(out, int):
+            continue  # padding is at most half the window: an undilated window always reaches the input
+        for o in range(out):
+            start = o * s - begin
+            if not any(0 <= start + j * d < n for j in range(k)):
+                raise CnnError(f"{op_name}: the window at output position {o} of spatial dim {i} reads only "
+                               f"padding (kernel {k}, dilation {d}, padding {begin}, {attrs['pads'][i + rank]} "
+                               f"on {n} positions); use less padding or dilation")
 
 
 class _WindowPool(Op):
@@ -319,7 +336,9 @@ class KMaxPool(Op):
     def torch_ref(self, attrs, inputs, weights):
         import torch
 
+        # Equal values: the lower position wins, as ONNX TopK says (torch.topk leaves ties open,
+        # and after a padded conv or a relu ties are common).
         x = inputs[0]
-        idx = torch.topk(x, attrs["k"], dim=-1, largest=True, sorted=True).indices
+        idx = torch.sort(x, dim=-1, descending=True, stable=True).indices[..., :attrs["k"]]
         idx, _ = torch.sort(idx, dim=-1)
         return torch.gather(x, -1, idx)

@@ -150,7 +150,9 @@ class Upsample(Op):
         if a["mode"] == "nearest":
             extra = {"mode": "nearest", "coordinate_transformation_mode": "asymmetric", "nearest_mode": "floor"}
         else:
-            extra = {"mode": "linear", "coordinate_transformation_mode": "pytorch_half_pixel"}
+            # half_pixel, not pytorch_half_pixel: the latter maps an output of length 1 to
+            # position 0, where F.interpolate samples (0 + 0.5) / scale - 0.5 (found by the fuzzer)
+            extra = {"mode": "linear", "coordinate_transformation_mode": "half_pixel"}
         return b.node("Resize", [inputs[0], "", scales], layer.name, **extra)
 
     def torch_ref(self, attrs, inputs, weights):

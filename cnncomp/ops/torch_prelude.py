@@ -120,13 +120,14 @@ def dims_product(dims):
 # @ shape_flatten: dims_product
 def shape_flatten(shape, axis=1):
     """The output shape of flatten: the dims before axis in one, the dims from it in another."""
-    if axis < 0:
-        axis %= len(shape) + 1
+    if axis < 0:  # counts from the back, as ONNX Flatten
+        axis += len(shape)
     return (dims_product(shape[:axis]), dims_product(shape[axis:]))
 
 # @ shape_slice
 def shape_slice(shape, start, end, axis=1):
     """The output shape of slice: end - start positions along axis."""
+    axis %= len(shape)  # a negative axis counts from the back
     return tuple(shape[:axis]) + (end - start,) + tuple(shape[axis + 1 :])
 
 # @ shape_pad: spatial_pads
@@ -397,14 +398,15 @@ def gmp(x):
 # @ kmaxpool
 def kmaxpool(x, k):
     """`kmaxpool`: the k largest values along the last axis, in their original order."""
-    index = torch.topk(x, k, dim=-1).indices.sort(dim=-1).values
+    # equal values: the lower position wins (as ONNX TopK; torch.topk leaves ties open)
+    index = torch.sort(x, dim=-1, descending=True, stable=True).indices[..., :k].sort(dim=-1).values
     return torch.gather(x, -1, index)
 
 # @ flatten: math
 def flatten(x, axis=1):
     """`flatten`: a 2-D tensor, the dims before axis in one and the dims from it in the other."""
-    if axis < 0:
-        axis %= x.dim() + 1
+    if axis < 0:  # counts from the back, as ONNX Flatten
+        axis += x.dim()
     return x.reshape(math.prod(x.shape[:axis]), -1)
 
 # @ shuffle

@@ -50,6 +50,14 @@ def reconstruct(u_in: np.ndarray, core: np.ndarray, u_out: np.ndarray) -> np.nda
 
 def choose_ranks(w: np.ndarray, ratio: float | None, energy: float | None, ranks: tuple) -> tuple[int, int]:
     cout, cin = w.shape[:2]
+    # the ranks of the mode-1 and mode-0 unfoldings bound what the factors can have
+    cap_in, cap_out = min(cin, w.size // cin), min(cout, w.size // cout)
+    r1, r2 = _requested_ranks(w, ratio, energy, ranks)
+    return min(r1, cap_in), min(r2, cap_out)
+
+
+def _requested_ranks(w: np.ndarray, ratio: float | None, energy: float | None, ranks: tuple) -> tuple[int, int]:
+    cout, cin = w.shape[:2]
     if ranks:
         return min(ranks[0], cin), min(ranks[1] if len(ranks) > 1 else ranks[0], cout)
     if energy is not None:
