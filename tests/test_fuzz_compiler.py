@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from cnncomp.ops.registry import all_ops
 from cnncomp.verification.fuzz import (
-    NOT_GENERATED, TENSOR_RECIPES, DrawChooser, RandomChooser, check, generatable_ops, generate, needs_recipe,
+    ARGUMENT_CHOICES, NOT_GENERATED, TENSOR_RECIPES, DrawChooser, RandomChooser, check, generatable_ops, generate, needs_recipe,
     spec_text,
 )
 
@@ -37,6 +37,8 @@ def test_every_registered_op_is_generated_or_listed_with_a_reason():
         made.update(layer.op for layer in generate(RandomChooser(seed)).layers())
     assert set(generatable_ops()) - set(made) == set(), "ops the generator never managed to make"
     assert set(NOT_GENERATED) <= set(all_ops()) and all(NOT_GENERATED.values())
+    for (op, param), (values, why) in ARGUMENT_CHOICES.items():
+        assert param in {p.name for p in all_ops()[op].params} and values and why
     unreachable = {n for n, op in all_ops().items() if needs_recipe(op) and n not in TENSOR_RECIPES}
     assert unreachable <= set(NOT_GENERATED), \
         "give these ops a recipe for their tensor arguments, or list them in NOT_GENERATED with the reason"

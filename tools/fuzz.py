@@ -22,7 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from cnncomp.verification.fuzz import NOT_GENERATED, generatable_ops, run_case  # noqa: E402
+from cnncomp.verification.fuzz import ARGUMENT_CHOICES, NOT_GENERATED, generatable_ops, run_case  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -37,7 +37,7 @@ def main(argv=None) -> int:
     out = Path(args.out)
     made, rewrote, failed = Counter(), Counter(), []
     start = time.perf_counter()
-    for seed in seeds:
+    for done, seed in enumerate(seeds, 1):
         case = run_case(seed, args.max_layers)
         made.update(case.ops)
         rewrote.update(case.rewrote)
@@ -48,7 +48,10 @@ def main(argv=None) -> int:
             out.mkdir(parents=True, exist_ok=True)
             header = "".join(f"# {line}\n" for f in case.findings for line in str(f).splitlines()[:6])
             (out / f"seed{seed}.cnn").write_text(f"# tools/fuzz.py --seed {seed}\n{header}{case.text}")
-            print(f"seed {seed}: {len(case.findings)} finding(s), first: {str(case.findings[0]).splitlines()[0]}")
+            print(f"seed {seed}: {len(case.findings)} finding(s), first: {str(case.findings[0]).splitlines()[0]}",
+                  flush=True)
+        if done % 250 == 0:
+            print(f"... {done} cases, {len(failed)} failed, {time.perf_counter() - start:.0f} s", flush=True)
     elapsed = time.perf_counter() - start
     print(f"{len(seeds)} cases, {len(seeds) - len(failed)} clean, {len(failed)} failed, in {elapsed:.0f} s"
           + (f"; specs in {out}/" if failed else ""))
@@ -61,6 +64,8 @@ def main(argv=None) -> int:
         print("never generated in these cases: " + ", ".join(never))
     for op, why in sorted(NOT_GENERATED.items()):
         print(f"not generated: {op}: {why}")
+    for (op, param), (values, why) in sorted(ARGUMENT_CHOICES.items()):
+        print(f"{op} {param} drawn from {values} only: {why}")
     return 1 if failed else 0
 
 
