@@ -59,3 +59,32 @@ def test_dense_heavy():
 def test_warnings_in_standard_blocks_point_at_the_spec_line():
     text = H + "a = x -> conv(64, k=3, p=1)\ny = a -> sepconv(64, k=4, p=same)\noutput y\n"
     assert codes(text) == [("asymmetric-padding", 4)]
+
+
+def test_gridding_checks_each_spatial_axis_and_names_it():
+    # dilated only along the width: the height rates are all 1, the width rates (2, 4, 8) grid
+    text = H + ("y = x -> conv(64, k=3, p=(1, 2), d=(1, 2)) -> relu -> conv(64, k=3, p=(1, 4), d=(1, 4))\n"
+                "      -> conv(64, k=3, p=(1, 8), d=(1, 8))\noutput y\n")
+    warnings = lint(load_text(text, "lint.cnn"))
+    assert [(w.code, w.layer) for w in warnings] == [("gridding", "y.0")]
+    assert "along width;" in warnings[0].message and "(2, 4, 8)" in warnings[0].message
+    both = H + "y = x -> conv(64, k=3, p=2, d=2) -> conv(64, k=3, p=4, d=4) -> conv(64, k=3, p=8, d=8)\noutput y\n"
+    (warning,) = lint(load_text(both, "lint.cnn"))
+    assert "along height and width;" in warning.message
+    # HDC-clean along the height (1, 2, 5), gridded along the width (2, 4, 8)
+    mixed = H + ("y = x -> conv(64, k=3, p=(1, 2), d=(1, 2)) -> conv(64, k=3, p=(2, 4), d=(2, 4))\n"
+                 "      -> conv(64, k=3, p=(5, 8), d=(5, 8))\noutput y\n")
+    (warning,) = lint(load_text(mixed, "lint.cnn"))
+    assert "along width;" in warning.message
+
+
+def test_a_conv_one_wide_along_an_axis_keeps_that_axis_grid():
+    # the 1x3 conv in the middle does not break the height stack (2, 4, 8); along the width it
+    # starts a new group (1, 4, 8), which leaves holes too
+    text = H + ("y = x -> conv(64, k=3, p=2, d=2) -> conv(64, k=(1, 3), p=(0, 1))\n"
+                "      -> conv(64, k=3, p=4, d=4) -> conv(64, k=3, p=8, d=8)\noutput y\n")
+    messages = sorted(w.message for w in lint(load_text(text, "lint.cnn")))
+    assert len(messages) == 2
+    assert messages[0].startswith("dilation rates (1, 4, 8) leave holes") and "along width; layers y.1 .. y.3" in messages[0]
+    assert messages[1].startswith("dilation rates (2, 4, 8) share the factor 2") and \
+        messages[1].endswith("along height; layers y.0 .. y.3")

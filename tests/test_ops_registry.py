@@ -2,7 +2,7 @@
 
 import pytest
 
-from cnncomp.ops.registry import FACETS, Op, all_ops
+from cnncomp.ops.registry import CATEGORIES, FACETS, REQUIRED, Op, all_ops
 
 OPS = sorted(all_ops())
 
@@ -55,3 +55,79 @@ def test_an_op_without_translation_stops_emit_torch_at_its_layer(tmp_path, monke
     with pytest.raises(CnnError, match="the layer 'gelu' has no translation") as err:
         emit_torch(spec, check=False)
     assert (err.value.loc.line, err.value.loc.col) == (3, 18)  # the gelu stage
+# ---- the facts other parts of the compiler ask the registry ------------------------------
+
+def _sample_input(op, rank: int = 4) -> tuple:
+    return ("N", 8) + (12,) * (rank - 2) if rank > 2 else ("N", 8)
+
+
+@pytest.mark.parametrize("name", OPS)
+def test_every_op_has_a_known_category(name):
+    assert all_ops()[name].category in CATEGORIES, f"{name}: category must be one of {CATEGORIES}"
+
+
+@pytest.mark.parametrize("name", OPS)
+def test_merges_are_the_variadic_ops(name):
+    op = all_ops()[name]
+    assert (op.category == "merge") == op.variadic, f"{name}: a merge takes any number of tensors, and only a merge"
+
+
+@pytest.mark.parametrize("name", [n for n in OPS if all_ops()[n].folds_bn or all_ops()[n].folds_bn_before])
+def test_ops_that_fold_bn_have_a_channel_axis_and_a_weight_on_it(name):
+    op = all_ops()[name]
+    for rank in range(max(op.min_rank, 3 if op.spatial_only else 2), 6 if op.spatial_only else 5):
+        axis = op.channel_axis({}, rank)
+        assert isinstance(axis, int) and 0 < axis < rank, f"{name}: channel_axis({rank}) = {axis}"
+    assert op.weight_specs is not Op.weight_specs and any(p.name == "bias" for p in op.params), \
+        f"{name}: folding needs a weight and a bias"
+
+
+@pytest.mark.parametrize("name", [n for n in OPS if not (all_ops()[n].folds_bn or all_ops()[n].folds_bn_before)])
+def test_ops_that_do_not_fold_bn_have_no_channel_axis(name):
+    assert all_ops()[name].channel_axis({}, 4) is None
+
+
+@pytest.mark.parametrize("name", [n for n in OPS if all_ops()[n].sliding_window])
+def test_sliding_window_ops_have_window_attributes_and_a_window(name):
+    op = all_ops()[name]
+    assert op.spatial_only and any(p.name == "k" for p in op.params)
+    args = {"out": 4, "k": 3, "offsets": None} if any(p.name == "out" for p in op.params) else {"k": 3}
+    if name == "deform_conv":
+        shapes = [("N", 8, 12, 12), ("N", 18, 10, 10)]
+    else:
+        shapes = [_sample_input(op)]
+    attrs, shape, _ = op.instantiate({k: v for k, v in args.items() if k != "offsets"}, shapes)
+    assert {"kernel", "stride", "pads", "dilation"} <= set(attrs)
+    window = op.window(attrs, shapes)
+    assert window is not None and window.kernel == (3, 3) and tuple(window.stride) == tuple(attrs["stride"])
+
+
+@pytest.mark.parametrize("name", [n for n in OPS if all_ops()[n].keeps_grid])
+def test_ops_that_keep_the_grid_keep_the_shape_and_have_no_window(name):
+    op = all_ops()[name]
+    args = {p.name: 2 for p in op.params if p.default is REQUIRED}
+    shapes = [_sample_input(op)]
+    attrs, shape, _ = op.instantiate(args, shapes)
+    assert shape == shapes[0], f"{name} keeps the grid but changes the shape"
+    assert op.window(attrs, shapes) is None
+
+
+def test_axis_arguments_normalize_alike():
+    from cnncomp.errors import CnnError
+    from cnncomp.ops.registry import normalize_axis
+
+    assert [normalize_axis("t", a, 4) for a in (-4, -1, 0, 3)] == [0, 3, 0, 3]
+    assert normalize_axis("t", 4, 4, allow_end=True) == 4
+    with pytest.raises(CnnError, match="t: axis 4 is out of range for rank 4"):
+        normalize_axis("t", 4, 4)
+    # flatten follows ONNX Flatten: a negative axis counts from the back
+    flatten = all_ops()["flatten"]
+    assert flatten.instantiate({"axis": -1}, [(2, 3, 4, 5)])[1] == (24, 5)
+    assert flatten.instantiate({"axis": 4}, [(2, 3, 4, 5)])[1] == (120, 1)
+
+
+def test_pools_share_one_window_base():
+    sliding_pools = [op for op in all_ops().values() if op.category == "pool" and op.sliding_window]
+    assert {op.name for op in sliding_pools} >= {"maxpool", "avgpool", "minpool", "lppool"}
+    assert len({type(op).infer_shape for op in sliding_pools}) == 1
+    assert len({type(op).window for op in sliding_pools}) == 1

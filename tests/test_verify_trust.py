@@ -111,7 +111,7 @@ def test_per_layer_names_the_rewritten_layer_not_the_folded_one(spec, break_fold
 
 def test_per_layer_names_the_layer_a_bottleneck_rewrote(spec, capsys):
     from cnncomp.verification.harness import rewritten_layer
-    from cnncomp.pipeline import load_graph
+    from cnncomp.pipeline import load as load_graph
 
     graph = load_graph(spec)
     assert rewritten_layer("c2.1", graph) == "c2" and rewritten_layer("c1", graph) == "c1"

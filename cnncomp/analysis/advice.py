@@ -8,11 +8,12 @@ from functools import reduce
 
 from cnncomp.errors import Loc
 from cnncomp.ir.graph import Layer, LayerGraph
+from cnncomp.ops.merge import dim_name
+from cnncomp.ops.registry import get_op
 
-# Layers that keep the sampling grid: a dilated-conv stack is traced through them.
-_GRID_NEUTRAL = {"bn", "gn", "relu", "relu6", "leaky_relu", "prelu", "rrelu", "sigmoid", "tanh", "silu", "gelu",
-                 "hardswish", "hardsigmoid", "elu", "dropout", "identity"}
-_WINDOWED = {"conv", "deform_conv", "maxpool", "avgpool", "minpool", "lppool"}
+
+def _sliding(layer: Layer) -> bool:
+    return layer.op != "input" and get_op(layer.op).sliding_window
 
 
 @dataclass
@@ -64,7 +65,7 @@ def hdc_violation(rates: list[int], kernel: int) -> str | None:
     """
     common = reduce(math.gcd, rates)
     if common > 1:
-        return f"dilation rates {tuple(rates)} share the factor {common}: the stack sees one pixel in {common} along each axis"
+        return f"dilation rates {tuple(rates)} share the factor {common}: the stack sees one pixel in {common}"
     m = rates[-1]
     ms = [m]
     for r in reversed(rates[:-1]):
@@ -77,49 +78,61 @@ def hdc_violation(rates: list[int], kernel: int) -> str | None:
     return None
 
 
-def _previous_conv(graph: LayerGraph, layer: Layer) -> Layer | None:
+def _previous_conv(graph: LayerGraph, layer: Layer, axis: int) -> Layer | None:
+    """The conv before `layer` whose kernel spans spatial axis `axis` on the same sampling grid, or None."""
     preds = graph.inputs_of(layer.name)
     while len(preds) == 1:
         p = preds[0]
-        if p.op == "conv" and max(p.attrs["stride"]) > 1:
+        if p.op == "conv" and p.attrs["stride"][axis] > 1:
             return None  # a new resolution: rates before it count on another grid
-        if p.op == "conv" and max(p.attrs["kernel"]) > 1:
+        if p.op == "conv" and p.attrs["kernel"][axis] > 1:
             return p
-        if p.op in _GRID_NEUTRAL or (p.op == "conv" and max(p.attrs["kernel"]) == 1 and max(p.attrs["stride"]) == 1):
-            preds = graph.inputs_of(p.name)
+        if p.op == "conv" or (p.op != "input" and get_op(p.op).keeps_grid):
+            preds = graph.inputs_of(p.name)  # a conv 1 wide along the axis, or a point-wise layer
             continue
         return None
     return None
 
 
 def _gridding(graph: LayerGraph) -> list[LintWarning]:
-    convs = [l for l in graph.layers() if l.op == "conv" and max(l.attrs["kernel"]) > 1]
-    prev = {c.name: _previous_conv(graph, c) for c in convs}
-    has_next = {p.name for p in prev.values() if p is not None}
-    out = []
-    for last in convs:
-        if last.name in has_next:
-            continue
-        chain = [last]
-        while prev[chain[-1].name] is not None and prev[chain[-1].name].name not in {c.name for c in chain}:
-            chain.append(prev[chain[-1].name])
-        chain.reverse()
-        for group in _rate_groups(chain):
-            rates = [c.attrs["dilation"][0] for c in group]
-            if len(group) < 2 or max(rates) == 1:
+    """HDC's rule along each spatial axis: one warning per dilated stack, naming the axes it grids along."""
+    found: dict[tuple, list[int]] = {}  # (first dilated layer, group names, why) -> spatial axes
+    layers = {}
+    for axis in range(max((len(l.shape) - 2 for l in graph.layers() if l.op == "conv"), default=0)):
+        convs = [l for l in graph.layers() if l.op == "conv" and l.attrs["kernel"][axis] > 1]
+        prev = {c.name: _previous_conv(graph, c, axis) for c in convs}
+        has_next = {p.name for p in prev.values() if p is not None}
+        for last in convs:
+            if last.name in has_next:
                 continue
-            why = hdc_violation(rates, min(c.attrs["kernel"][0] for c in group))
-            if why:
-                first = next(c for c in group if c.attrs["dilation"][0] > 1)
-                out.append(_warn(graph, first, "gridding", f"{why}; layers {group[0].name} .. {group[-1].name}"))
+            chain = [last]
+            while prev[chain[-1].name] is not None and prev[chain[-1].name].name not in {c.name for c in chain}:
+                chain.append(prev[chain[-1].name])
+            chain.reverse()
+            for group in _rate_groups(chain, axis):
+                rates = [c.attrs["dilation"][axis] for c in group]
+                if len(group) < 2 or max(rates) == 1:
+                    continue
+                why = hdc_violation(rates, min(c.attrs["kernel"][axis] for c in group))
+                if why:
+                    first = next(c for c in group if c.attrs["dilation"][axis] > 1)
+                    key = (first.name, group[0].name, group[-1].name, why)
+                    layers[key] = first
+                    found.setdefault(key, []).append(axis)
+    out = []
+    for (first_name, head, tail, why), axes in found.items():
+        first = layers[(first_name, head, tail, why)]
+        rank = len(first.shape)
+        where = " and ".join(dim_name(2 + a, rank) for a in axes)
+        out.append(_warn(graph, first, "gridding", f"{why} along {where}; layers {head} .. {tail}"))
     return out
 
 
-def _rate_groups(chain: list[Layer]) -> list[list[Layer]]:
+def _rate_groups(chain: list[Layer], axis: int) -> list[list[Layer]]:
     """Split a conv stack where the rate drops: HDC's rule holds per repeated group (1, 2, 5, 1, 2, 5)."""
     groups = [[chain[0]]]
     for conv in chain[1:]:
-        if conv.attrs["dilation"][0] < groups[-1][-1].attrs["dilation"][0]:
+        if conv.attrs["dilation"][axis] < groups[-1][-1].attrs["dilation"][axis]:
             groups.append([])
         groups[-1].append(conv)
     return groups
@@ -130,7 +143,7 @@ def _rate_groups(chain: list[Layer]) -> list[list[Layer]]:
 def _asymmetric_padding(graph: LayerGraph) -> list[LintWarning]:
     out = []
     for layer in graph.layers():
-        if layer.op not in _WINDOWED or layer.args.get("p") != "same":
+        if not _sliding(layer) or layer.args.get("p") != "same":
             continue
         pads = layer.attrs["pads"]
         rank = len(pads) // 2
@@ -152,7 +165,7 @@ def _eff(layer: Layer) -> list[int]:
 def _dropped_border(graph: LayerGraph) -> list[LintWarning]:
     out = []
     for layer in graph.layers():
-        if layer.op not in _WINDOWED or layer.attrs.get("ceil"):
+        if not _sliding(layer) or layer.attrs.get("ceil"):
             continue
         in_shape = graph.inputs_of(layer.name)[0].shape
         pads = layer.attrs["pads"]

@@ -64,7 +64,8 @@ def receptive_fields(graph: LayerGraph) -> dict[str, Field | None]:
     """Receptive field of every layer's output, relative to the network's input pixels.
 
     r_out = r_in + (k_eff - 1) * j_in and j_out = j_in * s along each spatial dim; a merge
-    takes the largest field of its inputs; a global layer covers its whole input.
+    takes the largest field of its inputs and the jump of those not broadcast along the
+    dim; a global layer covers its whole input.
     """
     fields: dict[str, Field | None] = {}
     for layer in graph.layers():
@@ -72,13 +73,12 @@ def receptive_fields(graph: LayerGraph) -> dict[str, Field | None]:
             rank = len(layer.shape) - 2
             fields[layer.name] = Field((1.0,) * rank, (1.0,) * rank) if rank > 0 else None
             continue
-        ins = [fields[n] for n in graph.input_names(layer.name)]
-        ins = [f for f in ins if f is not None]
-        if not ins:
+        sources = [(fields[t.name], t.shape) for t in graph.inputs_of(layer.name)]
+        sources = [(f, shape) for f, shape in sources if f is not None]
+        if not sources:
             fields[layer.name] = None
             continue
-        base = Field(tuple(max(vals) for vals in zip(*(f.size for f in ins))),
-                     tuple(max(vals) for vals in zip(*(f.jump for f in ins))))
+        base = _merged_field(sources, layer.shape)
         in_shape = graph.inputs_of(layer.name)[0].shape
         window = get_op(layer.op).window(layer.attrs, [t.shape for t in graph.inputs_of(layer.name)])
         if window is None:
@@ -97,6 +97,25 @@ def receptive_fields(graph: LayerGraph) -> dict[str, Field | None]:
                 jump[i] = jump[i] * window.stride[i]
         fields[layer.name] = Field(tuple(size), tuple(jump))
     return fields
+
+
+def _merged_field(sources: list[tuple[Field, tuple]], out_shape: tuple) -> Field:
+    """The field of a layer's output before its own window: the largest field of its inputs.
+
+    The step between neighbouring outputs comes only from inputs that vary along that
+    axis: one broadcast along it (size 1, as an SE block's channel scales) is read whole
+    by every output, so its field counts but its jump does not."""
+    size, jump = [], []
+    for i in range(len(sources[0][0].size)):
+        size.append(max(f.size[i] for f, _ in sources))
+        varying = [f.jump[i] for f, shape in sources if not _broadcast_along(shape, out_shape, 2 + i)]
+        jump.append(max(varying or [f.jump[i] for f, _ in sources]))
+    return Field(tuple(size), tuple(jump))
+
+
+def _broadcast_along(shape: tuple, out_shape: tuple, axis: int) -> bool:
+    return (len(shape) == len(out_shape) and axis < len(shape) and shape[axis] == 1
+            and out_shape[axis] != 1)
 
 
 def _num(v: float):

@@ -26,19 +26,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cnncomp.errors import CnnError
+from cnncomp.ops.registry import get_op
 
-MERGES = {"add", "mul", "concat"}
-STYLE = {  # op category -> fill colour
+STYLE = {  # Op.category (or a graph input) -> fill colour
     "input": "#d9d9d9", "conv": "#cfe2f3", "norm": "#fff2cc", "act": "#d9ead3", "pool": "#fce5cd",
     "merge": "#f4cccc", "linear": "#d9d2e9", "other": "#efefef",
-}
-CATEGORY = {
-    "conv": "conv", "deform_conv": "conv", "linear": "linear", "bn": "norm", "gn": "norm",
-    "maxpool": "pool", "minpool": "pool", "avgpool": "pool", "lppool": "pool", "gap": "pool", "gmp": "pool",
-    "kmaxpool": "pool", "add": "merge", "mul": "merge", "concat": "merge", "input": "input",
-    "relu": "act", "relu6": "act", "leaky_relu": "act", "rrelu": "act", "prelu": "act", "elu": "act",
-    "gelu": "act", "silu": "act", "sigmoid": "act", "tanh": "act", "softmax": "act", "log_softmax": "act",
-    "hardswish": "act", "hardsigmoid": "act", "mish": "act",
 }
 CLUSTER_FILL = ("#f8f9fb", "#eef1f6", "#e3e8f0", "#d8dfea")
 FORMATS = {".svg": "svg", ".png": "png", ".pdf": "pdf", ".dot": None, ".gv": None}
@@ -166,7 +158,7 @@ def _fmt_value(v) -> str:
 
 def op_text(layer) -> str:
     """The op with its non-default arguments, as a spec writes it: conv(64, k=7, s=2, p=3)."""
-    from cnncomp.ops.registry import REQUIRED, get_op
+    from cnncomp.ops.registry import REQUIRED
 
     op = get_op(layer.op)
     if op is None or not layer.args:
@@ -210,7 +202,7 @@ def _node_line(layer, prefix: str, outputs: dict) -> str:
 
     e = html.escape
     name = _relative(layer.name, prefix)
-    category = CATEGORY.get(layer.op, "other")
+    category = "input" if layer.op == "input" else get_op(layer.op).category
     rows = [f"<b>{e(name)}</b>"]
     if layer.op == "input":
         rows.append(f'<font point-size="9">input {e(_shape(layer.shape))} {e(layer.dtype)}</font>')
@@ -259,7 +251,7 @@ def to_dot(graph, title: str | None = None, rankdir: str = "TB") -> str:
     emit(build_clusters(graph), "  ")
     for layer in graph.layers():
         ins = graph.inputs_of(layer.name)
-        merge = layer.op in MERGES
+        merge = layer.op != "input" and get_op(layer.op).category == "merge"
         labeled = merge and (layer.op == "concat" or len({tuple(t.shape) for t in ins}) > 1)
         for src in ins:
             attrs = []

@@ -5,11 +5,13 @@ from __future__ import annotations
 import math
 
 from cnncomp.errors import CnnError
-from cnncomp.ops.registry import Op, Param, WeightSpec, check_channels, register
+from cnncomp.ops.registry import Op, Param, WeightSpec, check_channels, normalize_axis, register
 
 
 class _Pointwise(Op):
     min_rank = 1
+    category = "act"
+    keeps_grid = True
 
     def infer_shape(self, attrs, shapes):
         return tuple(shapes[0])
@@ -254,14 +256,11 @@ class PRelu(_Pointwise):
 
 class _SoftmaxBase(_Pointwise):
     params = (Param("axis", "int", 1),)
+    keeps_grid = False  # along a spatial axis every output reads the whole axis
     onnx_op = ""
 
     def normalize(self, args, shapes):
-        rank = len(shapes[0])
-        axis = args["axis"]
-        if not -rank <= axis < rank:
-            raise CnnError(f"{self.name}: axis {axis} is out of range for rank {rank}")
-        return {"axis": axis % rank}
+        return {"axis": normalize_axis(self.name, args["axis"], len(shapes[0]))}
 
     def to_onnx(self, b, layer, inputs, weights):
         return b.node(self.onnx_op, [inputs[0]], layer.name, axis=layer.attrs["axis"])

@@ -7,7 +7,7 @@ import math
 from cnncomp.errors import CnnError
 from cnncomp.ops.registry import (
     Op, Param, WeightSpec, Window, as_tuple, check_channels, compact, numel, padding_arg, positive_ints, register,
-    resolve_padding, spatial_rank, window_output,
+    resolve_padding, sliding_window_step, spatial_rank, window_output,
 )
 
 _CONV_PARAMS = (
@@ -64,10 +64,6 @@ def _conv_macs(attrs: dict, out: tuple) -> int:
     return numel(out) * (attrs["in_channels"] // attrs["groups"]) * math.prod(attrs["kernel"])
 
 
-def _conv_window(attrs: dict) -> Window:
-    return Window(tuple(d * (k - 1) + 1 for k, d in zip(attrs["kernel"], attrs["dilation"])), attrs["stride"])
-
-
 def torch_pad_then(x, pads: tuple, value: float = 0.0):
     """Apply ONNX-order pads with F.pad when they are asymmetric; return (x, symmetric pads)."""
     import torch.nn.functional as F
@@ -85,6 +81,13 @@ def torch_pad_then(x, pads: tuple, value: float = 0.0):
 class _ConvFamily(Op):
     """What conv and deform_conv share: weights, MACs and window follow from the conv attributes."""
 
+    category = "conv"
+    sliding_window = True
+    folds_bn = True
+
+    def channel_axis(self, attrs, rank):
+        return 1
+
     def weight_specs(self, attrs, shapes):
         return _conv_weights(attrs)
 
@@ -92,13 +95,14 @@ class _ConvFamily(Op):
         return _conv_macs(attrs, out)
 
     def window(self, attrs, shapes):
-        return _conv_window(attrs)
+        return sliding_window_step(attrs)
 
 
 @register
 class Conv(_ConvFamily):
     name = "conv"
     params = _CONV_PARAMS
+    folds_bn_before = True  # a deform_conv's samples off the grid would see the shift: only conv
     spatial_only = True
     doc = "convolution, 1-D to 3-D by input rank"
 
@@ -148,6 +152,19 @@ class ConvTranspose(Op):
     params = _CONV_TRANSPOSE_PARAMS
     spatial_only = True
     doc = "transposed convolution (nn.ConvTranspose1d/2d/3d), weight [in, out/g, *k]"
+    category = "conv"
+    folds_bn = True  # into the weight's axis 1, per group (output_channel_scale)
+
+    def channel_axis(self, attrs, rank):
+        return 1
+
+    def output_channel_scale(self, attrs, scale, weight_shape):
+        # weight [in, out/g, *k]: output channel o = g * (out/g) + j reads W[i, j] for the inputs i of group g
+        import numpy as np
+
+        groups, cin, per_group = attrs["groups"], weight_shape[0], weight_shape[1]
+        out_channel = (np.arange(cin) // (cin // groups))[:, None] * per_group + np.arange(per_group)[None, :]
+        return scale[out_channel].reshape(out_channel.shape + (1,) * (len(weight_shape) - 2))
 
     def normalize(self, args, shapes):
         if args["p"] == "same":
@@ -287,6 +304,11 @@ class DeformConv(_ConvFamily):
 class Linear(Op):
     name = "linear"
     params = (Param("out", "int"), Param("bias", "bool", True))
+    category = "linear"
+    folds_bn = folds_bn_before = True
+
+    def channel_axis(self, attrs, rank):
+        return rank - 1  # linear acts on the last axis, whatever the rank
     doc = "fully connected layer on the last dim"
 
     def normalize(self, args, shapes):

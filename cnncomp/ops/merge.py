@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from cnncomp.errors import CnnError
-from cnncomp.ops.registry import Op, Param, fmt_shape, register
+from cnncomp.ops.registry import Op, Param, fmt_shape, normalize_axis, register
 
 
 def dim_name(axis: int, rank: int) -> str:
@@ -39,6 +39,7 @@ def broadcast(op_name: str, shapes: list[tuple]) -> tuple:
 class _Merge(Op):
     variadic = True
     min_rank = 1
+    category = "merge"
 
 
 @register
@@ -93,11 +94,7 @@ class Concat(_Merge):
     doc = "concatenation along channels (axis=1) or another axis"
 
     def normalize(self, args, shapes):
-        rank = len(shapes[0])
-        axis = args["axis"]
-        if not -rank <= axis < rank:
-            raise CnnError(f"concat: axis {axis} is out of range for rank {rank}")
-        return {"axis": axis % rank}
+        return {"axis": normalize_axis(self.name, args["axis"], len(shapes[0]))}
 
     def infer_shape(self, attrs, shapes):
         axis, rank = attrs["axis"], len(shapes[0])

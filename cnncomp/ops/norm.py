@@ -10,6 +10,8 @@ from cnncomp.ops.registry import Op, Param, WeightSpec, check_channels, register
 class BatchNorm(Op):
     name = "bn"
     params = (Param("eps", "number", 1e-5),)
+    category = "norm"
+    keeps_grid = True
     doc = "batch norm, inference form: (x - running_mean) / sqrt(running_var + eps) * weight + bias"
 
     def normalize(self, args, shapes):
@@ -52,6 +54,8 @@ class BatchNorm(Op):
 class GroupNorm(Op):
     name = "gn"
     params = (Param("groups", "int"), Param("eps", "number", 1e-5))
+    category = "norm"
+    keeps_grid = True  # its statistics span the whole map, but each output reads its own position
     spatial_only = True
     doc = "group norm: normalize each group of channels over the group and the spatial dims"
 
@@ -60,6 +64,8 @@ class GroupNorm(Op):
         g = args["groups"]
         if g < 1 or c % g:
             raise CnnError(f"gn: groups={g} does not divide the {c} channels")
+        if args["eps"] <= 0:
+            raise CnnError(f"gn: eps must be positive, got {args['eps']}")
         return {"groups": g, "eps": float(args["eps"]), "channels": c}
 
     def infer_shape(self, attrs, shapes):

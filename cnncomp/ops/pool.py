@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from cnncomp.errors import CnnError
 from cnncomp.ops.registry import (
-    Op, Param, Window, as_tuple, compact, padding_arg, positive_ints, register, resolve_padding, spatial_rank,
-    window_output,
+    Op, Param, Window, as_tuple, compact, padding_arg, positive_ints, register, resolve_padding,
+    sliding_window_step, spatial_rank, window_output,
 )
 
 
@@ -35,25 +35,49 @@ def _pool_shape(op_name: str, attrs: dict, shape: tuple) -> tuple:
         window_output(n, k, s, attrs["pads"][i], attrs["pads"][i + rank], d, attrs["ceil"], op_name)
         for i, (n, k, s, d) in enumerate(zip(shape[2:], attrs["kernel"], attrs["stride"], attrs["dilation"]))
     )
+    _check_windows_see_input(op_name, attrs, tuple(shape[2:]), spatial)
     return tuple(shape[:2]) + spatial
 
 
+def _check_windows_see_input(op_name: str, attrs: dict, in_spatial: tuple, out_spatial: tuple) -> None:
+    """Every window must read at least one input position: a dilated window can straddle a small
+    input with every tap in the padding (a max over nothing is -inf, an average 0/0)."""
+    rank = len(attrs["kernel"])
+    for i, (n, out) in enumerate(zip(in_spatial, out_spatial)):
+        k, s, d, begin = attrs["kernel"][i], attrs["stride"][i], attrs["dilation"][i], attrs["pads"][i]
+        if d == 1 or not isinstance(n, int) or not isinstance(out, int):
+            continue  # padding is at most half the window: an undilated window always reaches the input
+        for o in range(out):
+            start = o * s - begin
+            if not any(0 <= start + j * d < n for j in range(k)):
+                raise CnnError(f"{op_name}: the window at output position {o} of spatial dim {i} reads only "
+                               f"padding (kernel {k}, dilation {d}, padding {begin}, {attrs['pads'][i + rank]} "
+                               f"on {n} positions); use less padding or dilation")
+
+
 class _WindowPool(Op):
-    """Shared by the sliding-window pools: arguments back from attributes."""
+    """Shared by the sliding-window pools: arguments, shape rule and window from the pool attributes."""
 
     spatial_only = True
+    category = "pool"
+    sliding_window = True
+
+    def normalize(self, args, shapes):
+        return _pool_attrs(self.name, args, shapes[0])
+
+    def infer_shape(self, attrs, shapes):
+        return _pool_shape(self.name, attrs, shapes[0])
 
     def spec_args(self, attrs):
         return _pool_spec_args(self, attrs)
+
+    def window(self, attrs, shapes):
+        return sliding_window_step(attrs)
 
     def torch_source(self, s):
         args = s.written()
         shape_args = [s.shape, s.arg("k", "init")] + s.keywords(["s", "p", "d", "ceil"])
         return s.function(s.helper(self.name), *args, shape=f"{s.helper('shape_pool')}({', '.join(shape_args)})")
-
-
-def _pool_window(attrs: dict) -> Window:
-    return Window(tuple(d * (k - 1) + 1 for k, d in zip(attrs["kernel"], attrs["dilation"])), attrs["stride"])
 
 
 def _pool_onnx_attrs(a: dict, pads: list | None = None) -> dict:
@@ -179,15 +203,6 @@ class MaxPool(_WindowPool):
     spatial_only = True
     doc = "max pooling"
 
-    def normalize(self, args, shapes):
-        return _pool_attrs(self.name, args, shapes[0])
-
-    def infer_shape(self, attrs, shapes):
-        return _pool_shape(self.name, attrs, shapes[0])
-
-    def window(self, attrs, shapes):
-        return _pool_window(attrs)
-
     def to_onnx(self, b, layer, inputs, weights):
         a, x = layer.attrs, inputs[0]
         pads = _onnx_pool_pads(b, layer, x)
@@ -207,15 +222,6 @@ class MinPool(_WindowPool):
     spatial_only = True
     doc = "min pooling, -maxpool(-x)"
 
-    def normalize(self, args, shapes):
-        return _pool_attrs(self.name, args, shapes[0])
-
-    def infer_shape(self, attrs, shapes):
-        return _pool_shape(self.name, attrs, shapes[0])
-
-    def window(self, attrs, shapes):
-        return _pool_window(attrs)
-
     def to_onnx(self, b, layer, inputs, weights):
         neg = b.node("Neg", [inputs[0]], b.fresh(layer.name + "/neg"))
         pooled = b.node("MaxPool", [neg], b.fresh(layer.name + "/max"), **_pool_onnx_attrs(layer.attrs))
@@ -233,15 +239,9 @@ class AvgPool(_WindowPool):
     doc = "average pooling; count_pad counts padded positions in the divisor; d= dilates the window"
 
     def normalize(self, args, shapes):
-        attrs = _pool_attrs(self.name, args, shapes[0])
+        attrs = super().normalize(args, shapes)
         attrs["count_pad"] = bool(args["count_pad"])
         return attrs
-
-    def infer_shape(self, attrs, shapes):
-        return _pool_shape(self.name, attrs, shapes[0])
-
-    def window(self, attrs, shapes):
-        return _pool_window(attrs)
 
     def to_onnx(self, b, layer, inputs, weights):
         # Ceil mode becomes extra end padding (see _onnx_pool_pads). PyTorch never counts that
@@ -296,17 +296,11 @@ class LpPool(_WindowPool):
     doc = "Lp-norm pooling: (sum |x|^norm)^(1/norm) over each window (padding adds zeros)"
 
     def normalize(self, args, shapes):
-        attrs = _pool_attrs(self.name, args, shapes[0])
+        attrs = super().normalize(args, shapes)
         if args["norm"] < 1:
             raise CnnError(f"lppool: norm must be a positive integer, got {args['norm']}")
         attrs["norm"] = args["norm"]
         return attrs
-
-    def infer_shape(self, attrs, shapes):
-        return _pool_shape(self.name, attrs, shapes[0])
-
-    def window(self, attrs, shapes):
-        return _pool_window(attrs)
 
     def to_onnx(self, b, layer, inputs, weights):
         # Ceil mode is extra end padding (see _onnx_pool_pads): padded zeros add nothing to the sum.
@@ -330,6 +324,7 @@ class LpPool(_WindowPool):
 
 class _GlobalPool(Op):
     spatial_only = True
+    category = "pool"
 
     def infer_shape(self, attrs, shapes):
         return tuple(shapes[0][:2]) + (1,) * (len(shapes[0]) - 2)
@@ -372,6 +367,7 @@ class GlobalMaxPool(_GlobalPool):
 class KMaxPool(Op):
     name = "kmaxpool"
     params = (Param("k", "int"),)
+    category = "pool"
     spatial_only = True
     doc = "k-max pooling over the last spatial axis, keeping the original order"
 
@@ -403,8 +399,10 @@ class KMaxPool(Op):
     def torch_ref(self, attrs, inputs, weights):
         import torch
 
+        # Equal values: the lower position wins, as ONNX TopK says (torch.topk leaves ties open,
+        # and after a padded conv or a relu ties are common).
         x = inputs[0]
-        idx = torch.topk(x, attrs["k"], dim=-1, largest=True, sorted=True).indices
+        idx = torch.sort(x, dim=-1, descending=True, stable=True).indices[..., :attrs["k"]]
         idx, _ = torch.sort(idx, dim=-1)
         return torch.gather(x, -1, idx)
 

@@ -6,8 +6,13 @@ against its input shapes (`normalize`), its shape rule (`infer_shape`), its
 weights (`weight_specs`, with initializers), its multiply-accumulate count
 (`macs`), its receptive-field step (`window`), its ONNX lowering (`to_onnx`),
 its PyTorch reference (`torch_ref`) and its PyTorch source for --emit torch
-(`torch_source`). `tests/test_ops_registry.py` checks that every registered op
-overrides every facet it must.
+(`torch_source`); and the facts other parts of the compiler ask about it: its
+`category` (pictures), whether a kernel slides over its input
+(`sliding_window`: advice), whether it keeps the sampling grid (`keeps_grid`:
+advice), and whether a batch norm folds into it along which axis (`folds_bn`,
+`folds_bn_before`, `channel_axis`: the fold-bn pass).
+`tests/test_ops_registry.py` checks that every registered op overrides every
+facet it must and that the facts agree with the shape rules.
 """
 
 from __future__ import annotations
@@ -24,6 +29,9 @@ REQUIRED = object()
 
 # Facets every op must define itself (never inherit from Op).
 FACETS = ("infer_shape", "to_onnx", "torch_ref")
+
+# The categories of `Op.category` (a picture gives each its colour).
+CATEGORIES = ("conv", "linear", "norm", "act", "pool", "merge", "other")
 
 
 @dataclass(frozen=True)
@@ -65,6 +73,29 @@ class Op:
     spatial_only: bool = False  # needs rank 3..5 (N, C, *spatial)
     doc: str = ""
 
+    # ---- facts other parts of the compiler ask about -----------------------
+
+    category: str = "other"  # one of CATEGORIES
+    # A kernel slides over the spatial dims: attrs has kernel, stride, pads and dilation.
+    sliding_window: bool = False
+    # Output position p of every spatial axis reads only input position p (a dilated-conv
+    # stack is traced through the layer when looking for gridding).
+    keeps_grid: bool = False
+    # out[.., o, ..] = sum_i W[o, i, ..] x[.., i, ..] + b[o] along `channel_axis`: a batch norm
+    # on that axis after the layer folds into `weight` (axis 0) and `bias`; with
+    # folds_bn_before, one before it folds into the weight's input axis (axis 1).
+    folds_bn: bool = False
+    folds_bn_before: bool = False
+
+    def channel_axis(self, attrs: dict[str, Any], rank: int) -> int | None:
+        """The axis of the input and output tensors that the weight's channel axes index (folds_bn ops)."""
+        return None
+
+    def output_channel_scale(self, attrs: dict[str, Any], scale: np.ndarray, weight_shape: tuple) -> np.ndarray:
+        """`scale` (one value per output channel) shaped to multiply the weight (folds_bn ops): by default
+        the output channels are the weight's axis 0."""
+        return scale.reshape((-1,) + (1,) * (len(weight_shape) - 1))
+
     # ---- shapes and arguments -------------------------------------------
 
     def normalize(self, args: dict[str, Any], shapes: list[tuple]) -> dict[str, Any]:
@@ -77,6 +108,15 @@ class Op:
     def spec_args(self, attrs: dict[str, Any]) -> dict[str, Any]:
         """Language arguments that recreate these normalized attributes (for --emit cnn)."""
         return {p.name: attrs[p.name] for p in self.params if p.name in attrs and p.kind != "tensor"}
+
+    def instantiate(self, args: dict[str, Any], shapes: list[tuple]) -> tuple[dict, tuple, dict]:
+        """(attributes, output shape, weight specs) of a layer with these arguments, defaults filled in.
+
+        How a pass makes a new layer: the same normalization, shape rule and weights as a spec's."""
+        given = {p.name: p.default for p in self.params if p.default is not REQUIRED and p.kind != "tensor"}
+        given.update(args)
+        attrs = self.normalize(given, shapes)
+        return attrs, self.infer_shape(attrs, shapes), self.weight_specs(attrs, shapes)
 
     # ---- weights and cost -----------------------------------------------
 
@@ -150,6 +190,19 @@ def as_tuple(value, rank: int, what: str) -> tuple:
             raise CnnError(f"{what} has {len(value)} values, expected {rank} (one per spatial dim)")
         return value
     raise CnnError(f"{what} must be a number or a tuple, got {describe(value)}")
+
+
+def normalize_axis(op_name: str, axis: int, rank: int, allow_end: bool = False) -> int:
+    """An axis in [-rank, rank) (or [-rank, rank] with allow_end) as a non-negative index."""
+    top = rank if allow_end else rank - 1
+    if not -rank <= axis <= top:
+        raise CnnError(f"{op_name}: axis {axis} is out of range for rank {rank}")
+    return axis + rank if axis < 0 else axis
+
+
+def sliding_window_step(attrs: dict[str, Any]) -> Window:
+    """The receptive-field step of a sliding window: effective kernel d*(k-1)+1 and stride per dim."""
+    return Window(tuple(d * (k - 1) + 1 for k, d in zip(attrs["kernel"], attrs["dilation"])), attrs["stride"])
 
 
 def positive_ints(values: tuple, what: str, allow_zero: bool = False) -> tuple:

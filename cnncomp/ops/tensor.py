@@ -7,7 +7,8 @@ import math
 
 from cnncomp.errors import CnnError
 from cnncomp.ops.registry import (
-    Op, Param, Window, as_tuple, check_channels, compact, padding_arg, positive_ints, register, resolve_padding,
+    Op, Param, Window, as_tuple, check_channels, compact, normalize_axis, padding_arg, positive_ints, register,
+    resolve_padding,
     spatial_rank,
 )
 
@@ -20,11 +21,8 @@ class Flatten(Op):
     doc = "flatten the dims from axis on into one"
 
     def normalize(self, args, shapes):
-        rank = len(shapes[0])
-        axis = args["axis"]
-        if not -rank <= axis <= rank:
-            raise CnnError(f"flatten: axis {axis} is out of range for rank {rank}")
-        return {"axis": axis + rank if axis < 0 else axis}  # as ONNX Flatten and numpy: -1 is the last dim
+        # ONNX Flatten's axis: up to the rank (all dims in front), negative counts from the back
+        return {"axis": normalize_axis(self.name, args["axis"], len(shapes[0]), allow_end=True)}
 
     def infer_shape(self, attrs, shapes):
         shape, axis = shapes[0], attrs["axis"]
@@ -61,6 +59,7 @@ def _product(dims: tuple):
 
 class _Passthrough(Op):
     min_rank = 1
+    keeps_grid = True
 
     def infer_shape(self, attrs, shapes):
         return tuple(shapes[0])
@@ -368,9 +367,7 @@ class Slice(Op):
 
     def normalize(self, args, shapes):
         shape = shapes[0]
-        axis = args["axis"]
-        if not 0 <= axis < len(shape):
-            raise CnnError(f"slice: axis {axis} is out of range for rank {len(shape)}")
+        axis = normalize_axis(self.name, args["axis"], len(shape))
         size = shape[axis]
         start, end = args["start"], args["end"]
         if not isinstance(size, int):

@@ -128,6 +128,7 @@ def shape_flatten(shape, axis=1):
 # @ shape_slice
 def shape_slice(shape, start, end, axis=1):
     """The output shape of slice: end - start positions along axis."""
+    axis %= len(shape)  # a negative axis counts from the back
     return tuple(shape[:axis]) + (end - start,) + tuple(shape[axis + 1 :])
 
 # @ shape_pad: spatial_pads
@@ -459,7 +460,8 @@ def gmp(x):
 # @ kmaxpool
 def kmaxpool(x, k):
     """`kmaxpool`: the k largest values along the last axis, in their original order."""
-    index = torch.topk(x, k, dim=-1).indices.sort(dim=-1).values
+    # equal values: the lower position wins (as ONNX TopK; torch.topk leaves ties open)
+    index = torch.sort(x, dim=-1, descending=True, stable=True).indices[..., :k].sort(dim=-1).values
     return torch.gather(x, -1, index)
 
 # @ flatten: math

@@ -35,6 +35,20 @@ def test_bn_then_linear(run_passes):
     assert opt.max_error() < FP32
 
 
+def test_linear_on_a_rank_3_tensor_keeps_its_bn(run_passes):
+    # linear acts on the last axis, bn on axis 1: folding would scale the wrong axis (issue 10: 1.37 off)
+    opt = run_passes("network lb\ninput x: [N, 6, 10]\na = x -> linear(6) -> bn\noutput a\n", "fold-bn")
+    assert (opt.rewrites("fold-bn"), opt.ops()) == (0, ["linear", "bn"])
+    assert any("along axis 2" in line and "axis 1" in line for line in opt.log)
+    assert opt.max_error() < FP32
+
+
+def test_bn_before_a_linear_on_a_rank_3_tensor_stays(run_passes):
+    opt = run_passes("network lb\ninput x: [N, 6, 6]\na = x -> relu -> bn -> linear(4)\noutput a\n", "fold-bn")
+    assert (opt.rewrites("fold-bn"), opt.ops()) == (0, ["relu", "bn", "linear"])
+    assert opt.max_error() < FP32
+
+
 def test_refuses_when_the_conv_output_has_other_users(run_passes):
     text = H + "c = x -> conv(8, k=3, p=1)\ny = c -> bn\nz = c + y\noutput z\n"
     opt = run_passes(text, "fold-bn")

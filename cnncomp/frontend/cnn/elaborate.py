@@ -24,7 +24,6 @@ MAX_TENSOR_ELEMENTS = 2**31  # per sample (batch 1)
 MAX_DIM = 2**31 - 1
 
 BUILTINS = ("channels", "spatial", "rank", "min", "max")
-MERGES = ("concat", "add", "mul")
 DTYPES = ("float32", "float16", "float64")
 
 
@@ -275,8 +274,8 @@ class Elaborator:
     def eval_call(self, e: ast.Call, scope: Scope, stmt: Statement):
         if e.func in BUILTINS and e.func not in self.defs.blocks:
             return self.eval_builtin(e, scope, stmt)
-        if e.func in MERGES and e.func not in self.defs.blocks:
-            op = get_op(e.func)
+        op = get_op(e.func)
+        if op is not None and op.variadic and e.func not in self.defs.blocks:
             positional, named = self.eval_args(e.args, scope, stmt)
             values = [v for v, _ in positional]
             if not values:

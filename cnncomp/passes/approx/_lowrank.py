@@ -7,7 +7,7 @@ import math
 import numpy as np
 
 from cnncomp.ir.graph import Layer
-from cnncomp.ops.registry import WeightSpec
+from cnncomp.ops.registry import get_op
 from cnncomp.passes._rewrite import record_alias
 
 
@@ -30,19 +30,24 @@ def leading_left_vectors(matrix: np.ndarray, rank: int) -> tuple[np.ndarray, np.
     return u[:, :rank], s
 
 
-def conv_layer(name: str, like: Layer, out: int, cin: int, kernel: tuple, stride: tuple, pads: tuple,
-               dilation: tuple, groups: int, bias: bool, shape: tuple) -> Layer:
-    """A new conv layer that keeps the location and call chain of the layer it replaces."""
-    attrs = {"out": out, "kernel": kernel, "stride": stride, "pads": pads, "dilation": dilation,
-             "groups": groups, "bias": bias, "in_channels": cin}
-    fan_in = cin // groups * math.prod(kernel)
-    weights = {"weight": WeightSpec((out, cin // groups) + kernel, fan_in=fan_in)}
-    if bias:
-        weights["bias"] = WeightSpec((out,), fan_in=fan_in)
-    rank = len(kernel)
-    args = {"out": out, "k": kernel, "s": stride, "p": pads if pads[:rank] != pads[rank:] else pads[:rank],
-            "d": dilation, "g": groups, "bias": bias}
-    return Layer(name, "conv", attrs, shape, like.dtype, like.loc, like.chain, weights, args)
+def conv_layer(name: str, like: Layer, in_shape: tuple, out: int, kernel: tuple, stride: tuple = 1,
+               pads: tuple = 0, dilation: tuple = 1, groups: int = 1, bias: bool = True) -> Layer:
+    """A new conv layer made by the conv op (attributes, shape, weights) reading a tensor of `in_shape`.
+
+    It keeps the location and call chain of the layer it replaces."""
+    op = get_op("conv")
+    args = {"out": out, "k": kernel, "s": stride, "p": pads, "d": dilation, "g": groups, "bias": bias}
+    attrs, shape, weights = op.instantiate(args, [tuple(in_shape)])
+    return Layer(name, "conv", attrs, shape, like.dtype, like.loc, like.chain, weights, op.spec_args(attrs))
+
+
+def chain_macs(in_shape: tuple, layers: list[Layer]) -> int:
+    """Multiply-accumulates (batch 1) of a chain of new layers, the first reading `in_shape`."""
+    total, shape = 0, tuple(in_shape)
+    for layer in layers:
+        total += get_op(layer.op).macs(layer.attrs, [shape], layer.shape)
+        shape = layer.shape
+    return total
 
 
 def relative_error(original: np.ndarray, approx: np.ndarray) -> float:

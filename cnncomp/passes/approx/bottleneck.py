@@ -20,14 +20,11 @@ nn.Sequential.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from cnncomp.ir.cost import layer_macs
-from cnncomp.ops.registry import numel
 from cnncomp.passes.approx._lowrank import (
-    conv_layer, leading_left_vectors, rank_for_energy, rank_for_ratio, relative_error, replace_with_chain,
+    chain_macs, conv_layer, leading_left_vectors, rank_for_energy, rank_for_ratio, relative_error, replace_with_chain,
 )
 from cnncomp.passes.manager import fraction, register_pass
 from cnncomp.passes._rewrite import weight
@@ -52,6 +49,14 @@ def reconstruct(u_in: np.ndarray, core: np.ndarray, u_out: np.ndarray) -> np.nda
 
 
 def choose_ranks(w: np.ndarray, ratio: float | None, energy: float | None, ranks: tuple) -> tuple[int, int]:
+    cout, cin = w.shape[:2]
+    # the ranks of the mode-1 and mode-0 unfoldings bound what the factors can have
+    cap_in, cap_out = min(cin, w.size // cin), min(cout, w.size // cout)
+    r1, r2 = _requested_ranks(w, ratio, energy, ranks)
+    return min(r1, cap_in), min(r2, cap_out)
+
+
+def _requested_ranks(w: np.ndarray, ratio: float | None, energy: float | None, ranks: tuple) -> tuple[int, int]:
     cout, cin = w.shape[:2]
     if ranks:
         return min(ranks[0], cin), min(ranks[1] if len(ranks) > 1 else ranks[0], cout)
@@ -92,14 +97,14 @@ def bottleneck(ctx, ratio: float | None = None, energy: float | None = None, ran
         w = weight(ctx, name, "weight").astype(np.float64)
         r1, r2 = choose_ranks(w, ratio, energy, ranks)
         in_shape = graph.inputs_of(layer.name)[0].shape
-        k = math.prod(layer.attrs["kernel"])
-        after = numel(in_shape[2:]) * r1 * layer.attrs["in_channels"] + numel(layer.shape[2:]) * (r2 * r1 * k + layer.attrs["out"] * r2)
+        new_layers = _tucker_chain(layer, in_shape, r1, r2)
+        after = chain_macs(in_shape, new_layers)
         before = layer_macs(graph, layer)
         if after >= before and not always:
             ctx.refuse("bottleneck", layer.name, f"ranks ({r1}, {r2}) would not lower MACs ({after:,} >= {before:,})")
             continue
         u_in, core, u_out = tucker2(w, r1, r2, hooi)
-        _rewrite(ctx, layer, u_in, core, u_out, in_shape)
+        _rewrite(ctx, layer, new_layers, u_in, core, u_out)
         err = relative_error(w, reconstruct(u_in, core, u_out))
         ctx.note("bottleneck", f"{name}: ranks ({r1}, {r2}), MACs {before:,} -> {after:,}, "
                                f"weight error {err:.3g}")
@@ -107,20 +112,23 @@ def bottleneck(ctx, ratio: float | None = None, energy: float | None = None, ran
     return count
 
 
-def _rewrite(ctx, layer, u_in, core, u_out, in_shape) -> None:
+def _tucker_chain(layer, in_shape: tuple, r1: int, r2: int) -> list:
+    """The 1x1 (Cin -> r1), core (r1 -> r2) and 1x1 (r2 -> Cout) convs that replace a conv."""
     a, name = layer.attrs, layer.name
-    rank = len(a["kernel"])
+    reduce_ = conv_layer(f"{name}.0", layer, in_shape, r1, 1, bias=False)
+    core = conv_layer(f"{name}.1", layer, reduce_.shape, r2, a["kernel"], a["stride"], a["pads"], a["dilation"],
+                      bias=False)
+    expand = conv_layer(f"{name}.2", layer, core.shape, a["out"], 1, bias=a["bias"])
+    return [reduce_, core, expand]
+
+
+def _rewrite(ctx, layer, new_layers: list, u_in, core, u_out) -> None:
+    a, name = layer.attrs, layer.name
+    ones = (1,) * len(a["kernel"])
     r1, r2 = u_in.shape[1], u_out.shape[1]
-    ones, zeros = (1,) * rank, (0,) * (2 * rank)
-    n = layer.shape[0]
-    reduce_ = conv_layer(f"{name}.0", layer, r1, a["in_channels"], ones, ones, zeros, ones, 1, False,
-                         (n, r1) + tuple(in_shape[2:]))
-    core_l = conv_layer(f"{name}.1", layer, r2, r1, a["kernel"], a["stride"], a["pads"], a["dilation"], 1, False,
-                        (n, r2) + tuple(layer.shape[2:]))
-    expand = conv_layer(f"{name}.2", layer, a["out"], r2, ones, ones, zeros, ones, 1, a["bias"], layer.shape)
     weights = {f"{name}.0.weight": u_in.T.reshape((r1, a["in_channels"]) + ones),
                f"{name}.1.weight": core,
                f"{name}.2.weight": u_out.reshape((a["out"], r2) + ones)}
     if a["bias"]:
         weights[f"{name}.2.bias"] = weight(ctx, name, "bias")
-    replace_with_chain(ctx, layer, [reduce_, core_l, expand], weights)
+    replace_with_chain(ctx, layer, new_layers, weights)

@@ -22,8 +22,9 @@ import math
 import numpy as np
 
 from cnncomp.ir.cost import layer_macs
-from cnncomp.ops.registry import numel
-from cnncomp.passes.approx._lowrank import conv_layer, rank_for_energy, relative_error, replace_with_chain
+from cnncomp.passes.approx._lowrank import (
+    chain_macs, conv_layer, rank_for_energy, relative_error, replace_with_chain,
+)
 from cnncomp.passes.manager import fraction, register_pass
 from cnncomp.passes._rewrite import weight
 from cnncomp.passes.approx.bottleneck import candidates, refuse_transposed
@@ -70,30 +71,35 @@ def depthwise(ctx, m: int | None = None, energy: float | None = None, only: str 
         k = math.prod(layer.attrs["kernel"])
         mult = multiplier_for_energy(w, energy) if energy is not None else (m or 1)
         mult = max(1, min(mult, min(cout, k)))
-        after = numel(layer.shape[2:]) * (cin * mult * k + cout * cin * mult)
+        in_shape = graph.inputs_of(layer.name)[0].shape
+        new_layers = _separable_chain(layer, in_shape, mult)
+        after = chain_macs(in_shape, new_layers)
         before = layer_macs(graph, layer)
         if after >= before and not always:
             ctx.refuse("depthwise", layer.name, f"m={mult} would not lower MACs ({after:,} >= {before:,})")
             continue
         dw, pw = split_channels(w, mult)
-        _rewrite(ctx, layer, dw, pw, mult)
+        _rewrite(ctx, layer, new_layers, dw, pw)
         err = relative_error(w, reconstruct(dw, pw, cin))
         ctx.note("depthwise", f"{name}: m={mult}, MACs {before:,} -> {after:,}, weight error {err:.3g}")
         count += 1
     return count
 
 
-def _rewrite(ctx, layer, dw: np.ndarray, pw: np.ndarray, mult: int) -> None:
+def _separable_chain(layer, in_shape: tuple, mult: int) -> list:
+    """The depthwise (groups Cin, Cin*m outputs) and 1x1 (Cin*m -> Cout) convs that replace a conv."""
     a, name = layer.attrs, layer.name
-    rank = len(a["kernel"])
     cin = a["in_channels"]
-    ones, zeros = (1,) * rank, (0,) * (2 * rank)
-    n = layer.shape[0]
-    dw_layer = conv_layer(f"{name}.0", layer, cin * mult, cin, a["kernel"], a["stride"], a["pads"], a["dilation"],
-                          cin, False, (n, cin * mult) + tuple(layer.shape[2:]))
-    pw_layer = conv_layer(f"{name}.1", layer, a["out"], cin * mult, ones, ones, zeros, ones, 1, a["bias"],
-                          layer.shape)
+    dw = conv_layer(f"{name}.0", layer, in_shape, cin * mult, a["kernel"], a["stride"], a["pads"], a["dilation"],
+                    groups=cin, bias=False)
+    pw = conv_layer(f"{name}.1", layer, dw.shape, a["out"], 1, bias=a["bias"])
+    return [dw, pw]
+
+
+def _rewrite(ctx, layer, new_layers: list, dw: np.ndarray, pw: np.ndarray) -> None:
+    a, name = layer.attrs, layer.name
+    ones = (1,) * len(a["kernel"])
     weights = {f"{name}.0.weight": dw, f"{name}.1.weight": pw.reshape(pw.shape + ones)}
     if a["bias"]:
         weights[f"{name}.1.bias"] = weight(ctx, name, "bias")
-    replace_with_chain(ctx, layer, [dw_layer, pw_layer], weights)
+    replace_with_chain(ctx, layer, new_layers, weights)

@@ -3,15 +3,20 @@
 With s = weight / sqrt(running_var + eps) and t = bias - running_mean * s
 (per channel, eps as given on the bn):
 
-- conv/deform_conv/linear -> bn:  W'[o, ...] = W[o, ...] * s[o],  b'[o] = b[o] * s[o] + t[o]
+- producer -> bn (an op with `folds_bn`: conv, deform_conv, linear; conv_transpose below):
+  W'[o, ...] = W[o, ...] * s[o],  b'[o] = b[o] * s[o] + t[o]
   (the output-channel axis, axis 0 of the weight, is scaled).
 - conv_transpose -> bn: the weight is [in, out/g, *k] and output channel o = g*(out/g) + j
   reads W[i, j] for the input channels i of group g, so W'[i, j, ...] = W[i, j, ...] * s[g(i)*(out/g) + j]
   (axis 1 scaled, per group); the bias as above.
-- bn -> conv/linear:  W'[o, i, ...] = W[o, i, ...] * s[c(i)],
+- bn -> consumer (an op with `folds_bn_before`: conv, linear):
+  W'[o, i, ...] = W[o, i, ...] * s[c(i)],
   b'[o] = b[o] + sum_{i, k} W[o, i, k] * t[c(i)], with c(i) the input channel that
   group-local index i reads; only when the conv has no padding (a padded border
   would see t instead of 0).
+
+Both only where the bn's channel axis (axis 1) is the layer's `channel_axis`: a
+linear on [N, C, F] acts on F, so a bn on C next to it does not fold.
 
 Folding is done in float64 and cast back to float32. A fold is refused, with the
 reason logged, when the producer's output has other users (they would see the
@@ -23,10 +28,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from cnncomp.ops.registry import get_op
 from cnncomp.passes.manager import register_pass
 from cnncomp.passes._rewrite import bypass, only_user, record_alias, set_weight, weight
 
-PRODUCERS = ("conv", "conv_transpose", "deform_conv", "linear")  # output channel o is sum(W[o] * something) + b[o]
 FP16_MAX = 65504.0
 FP16_MIN_NORMAL = 6.103515625e-05
 
@@ -50,25 +55,22 @@ def fold_bn(ctx) -> int:
         if bn.name not in graph:
             continue
         (src,) = graph.inputs_of(bn.name)
-        if src.op in PRODUCERS:
-            if only_user(graph, src.name) != bn.name:
-                ctx.refuse("fold-bn", bn.name, f"{src.op} output {src.name} has other users")
-            else:
-                _fold_into_producer(ctx, src, bn, fp16)
-                count += 1
-                continue
+        producer_refusal = _producer_refusal(graph, src, bn)
+        if producer_refusal is None:
+            _fold_into_producer(ctx, src, bn, fp16)
+            count += 1
+            continue
         user = only_user(graph, bn.name)
-        if user is not None and graph.layer(user).op in ("conv", "linear"):
-            consumer = graph.layer(user)
+        consumer = graph.layer(user) if user is not None else None
+        if consumer is not None and get_op(consumer.op).folds_bn_before:
             reason = _consumer_refusal(consumer, bn)
             if reason is None:
                 _fold_into_consumer(ctx, bn, consumer, fp16)
                 count += 1
                 continue
-            ctx.refuse("fold-bn", bn.name, reason)
-        elif src.op not in PRODUCERS:
-            ctx.refuse("fold-bn", bn.name, f"follows {src.op}, not a conv or linear, and no conv or linear reads "
-                                           "only it")
+            ctx.refuse("fold-bn", bn.name, f"{producer_refusal}; and {reason}")
+        else:
+            ctx.refuse("fold-bn", bn.name, f"{producer_refusal}; and no conv or linear reads only it")
     _report_fp16(ctx, fp16)
     return count
 
@@ -88,22 +90,33 @@ def _fold_into_producer(ctx, layer, bn, fp16: dict) -> None:
     s, t = bn_scale_shift(ctx, bn.name, bn.attrs["eps"])
     w = weight(ctx, layer.name, "weight").astype(np.float64)
     b = weight(ctx, layer.name, "bias").astype(np.float64) if layer.attrs["bias"] else np.zeros(len(s))
-    if layer.op == "conv_transpose":
-        groups, cin, per_group = layer.attrs["groups"], w.shape[0], w.shape[1]
-        out_channel = (np.arange(cin) // (cin // groups))[:, None] * per_group + np.arange(per_group)[None, :]
-        scale = s[out_channel].reshape(out_channel.shape + (1,) * (w.ndim - 2))
-    else:
-        scale = s.reshape((-1,) + (1,) * (w.ndim - 1))
+    scale = get_op(layer.op).output_channel_scale(layer.attrs, s, w.shape)
     _store(ctx, layer, w, w * scale, b * s + t, fp16)
     record_alias(ctx.graph, layer.name, bn.name)
     bypass(ctx, bn.name)
 
 
+def _producer_refusal(graph, src, bn) -> str | None:
+    """Why the bn cannot fold into the layer before it, or None."""
+    if src.op == "input" or not get_op(src.op).folds_bn:
+        return f"follows {src.op}, which has no weight to fold into"
+    axis = get_op(src.op).channel_axis(src.attrs, len(src.shape))
+    if axis != 1:
+        return (f"{src.op} {src.name} computes channels along axis {axis} of its rank-{len(src.shape)} output, "
+                "the bn normalizes axis 1")
+    if only_user(graph, src.name) != bn.name:
+        return f"{src.op} output {src.name} has other users"
+    return None
+
+
 def _consumer_refusal(consumer, bn) -> str | None:
-    if consumer.op == "conv" and any(consumer.attrs["pads"]):
-        return f"conv {consumer.name} pads its input: the border would see the shift instead of 0"
-    if consumer.op == "linear" and len(bn.shape) != 2:
-        return f"linear {consumer.name} reads a rank-{len(bn.shape)} tensor"
+    """Why the bn cannot fold into the layer after it, or None."""
+    axis = get_op(consumer.op).channel_axis(consumer.attrs, len(bn.shape))
+    if axis != 1:
+        return (f"{consumer.op} {consumer.name} reads channels along axis {axis} of its rank-{len(bn.shape)} "
+                "input, the bn normalizes axis 1")
+    if any(consumer.attrs.get("pads", ())):
+        return f"{consumer.op} {consumer.name} pads its input: the border would see the shift instead of 0"
     return None
 
 
