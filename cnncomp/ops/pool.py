@@ -305,8 +305,12 @@ class LpPool(_WindowPool):
     def to_onnx(self, b, layer, inputs, weights):
         # Ceil mode is extra end padding (see _onnx_pool_pads): padded zeros add nothing to the sum.
         a = layer.attrs
-        pads = _onnx_pool_pads(b, layer, inputs[0])
-        return b.node("LpPool", [inputs[0]], layer.name, p=a["norm"], **_dilation_onnx(b, layer, "lppool", 18),
+        x, pads = inputs[0], _onnx_pool_pads(b, layer, inputs[0])
+        rank = len(a["kernel"])
+        if any(max(pads[i], pads[i + rank]) >= k for i, k in enumerate(a["kernel"])):
+            # ONNX Runtime wants pads below the (undilated) kernel; zeros padded first are the same sum
+            x, pads = _onnx_pad(b, layer, x, pads, 0.0), [0] * len(pads)
+        return b.node("LpPool", [x], layer.name, p=a["norm"], **_dilation_onnx(b, layer, "lppool", 18),
                       **_pool_onnx_attrs(a, pads))
 
     def torch_ref(self, attrs, inputs, weights):

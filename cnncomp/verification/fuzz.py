@@ -178,7 +178,9 @@ class Generator:
 
         try:
             params = {p.name: p for p in op.params}
-            checked = {k: check_arg(op_name, params[k], v) for k, v in args.items() if params[k].kind != "tensor"}
+            # None is an optional argument left out (upsample's size): nothing to check
+            checked = {k: v if v is None else check_arg(op_name, params[k], v)
+                       for k, v in args.items() if params[k].kind != "tensor"}
             attrs, shape, weights = op.instantiate(checked, shapes)
         except CnnError:  # anything else escapes: an op must refuse bad arguments with a located error
             return None

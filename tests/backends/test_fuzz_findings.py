@@ -69,3 +69,17 @@ def test_bottleneck_at_full_rank_on_a_conv_with_more_outputs_than_its_unfolding_
     want = run_reference(graph, weights, feeds, dtype=torch.float64)["y"]
     got = run_reference(ctx.graph, ctx.weights, feeds, dtype=torch.float64)["y"]
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+
+
+def test_lppool_padding_past_its_kernel_runs_under_onnx_runtime(helpers):
+    # a dilated window allows padding up to half its effective size; ONNX Runtime's LpPool wants
+    # pads below the kernel itself: the zeros are padded by a Pad node first (the same sum)
+    helpers.compare(chain("[N, 1, 2, 2, 3]", "lppool((1, 1, 2), s=(1, 1, 2), norm=1, p=(0, 0, 2, 0, 0, 1), d=3)"),
+                    atol=1e-5, rtol=1e-4)
+
+
+def test_conv_transpose_output_padding_at_the_stride_is_a_located_error():
+    # PyTorch takes output_padding below the dilation too; ONNX Runtime's ConvTranspose does not
+    with pytest.raises(CnnError, match="output_padding 1 must be smaller than the stride 1") as err:
+        load_text(chain("[N, 1, 5]", "conv_transpose(1, 1, d=2, output_padding=1)"), "t.cnn")
+    assert (err.value.loc.line, err.value.loc.col) == (3, 10)
