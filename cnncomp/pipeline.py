@@ -86,3 +86,13 @@ def emit_model(compiled: Compiled, opset: int = 17, notices: list[str] | None = 
     model = emit_onnx(compiled.graph, compiled.weights, opset=opset, notices=notices)
     check_onnx(model)
     return model
+
+
+def quantize_model(compiled: Compiled, model, calibration=None, preprocess: str | None = None,
+                   method: str | None = None, max_error: float | None = None, sensitivity: bool = False,
+                   seed: int = 0, activations: str = "uint8"):
+    """The emitted float32 model as QDQ int8 within `max_error` (see cnncomp.precision.int8): (model, Int8Report)."""
+    from cnncomp.precision.int8 import DEFAULT_METHOD, quantize_int8
+
+    return quantize_int8(model, compiled.graph, compiled.ref_graph, compiled.ref_weights, calibration, preprocess,
+                         method or DEFAULT_METHOD, max_error, sensitivity, seed, activations)

@@ -10,7 +10,12 @@ class, so use -O0 for the spec's blocks). --verify then runs the numeric check
 
 --precision fp16 converts the weights and compute to float16 after the passes (which
 run in float32/float64), warning about weights that overflow or lose precision;
---keep-io-fp32 keeps float32 inputs and outputs. --target tensorrt builds a serialized
+--keep-io-fp32 keeps float32 inputs and outputs. --precision int8 quantizes the emitted model
+to QDQ int8 (per-channel int8 weights, per-tensor activations), calibrated on --calibration
+(.npz, .npy or an image folder with --preprocess; seeded inputs with a warning otherwise), keeping
+the most sensitive layers in float32 until the outputs' relative L2 error on held-out samples is
+within --max-error (with -O3 the rewrites get half of it); --stats prints the per-layer table.
+--target tensorrt builds a serialized
 TensorRT engine (-o model.plan) with one optimization profile over the batch dim
 (--min-batch/--opt-batch/--max-batch); it needs the tensorrt package and an NVIDIA GPU,
 and says what is missing otherwise.
@@ -19,8 +24,8 @@ and says what is missing otherwise.
 import sys
 
 from cnncomp.cli._common import (
-    add_check_arguments, add_compile_arguments, calibration, defines, opt_level, passes_arg, session_options, tolerance,
-    val_range,
+    add_check_arguments, add_compile_arguments, calibration, defines, int8_model, opt_level, passes_arg,
+    session_options, tolerance, val_range,
 )
 
 EMITTERS = ("onnx", "cnn", "dot", "torch")
@@ -31,8 +36,9 @@ def add_arguments(p):
     p.add_argument("-o", "--output", required=True, metavar="OUT", help="the file to write")
     p.add_argument("--emit", choices=EMITTERS, default="onnx", help="what to write (default onnx)")
     p.add_argument("--verify", action="store_true", help="check the emitted model against the reference")
-    p.add_argument("--precision", choices=("fp32", "fp16"), default="fp32",
-                   help="fp16: float16 weights and compute, converted after the passes (default fp32)")
+    p.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp32",
+                   help="fp16: float16 weights and compute, converted after the passes; int8: calibrated QDQ int8 "
+                        "within --max-error (default fp32)")
     p.add_argument("--keep-io-fp32", action="store_true",
                    help="with --precision fp16: keep float32 inputs and outputs (Cast nodes inside the model)")
     p.add_argument("--target", choices=("onnx", "tensorrt"), default="onnx",
@@ -50,8 +56,8 @@ def _check_flags(args) -> None:
         raise UsageError(f"--target tensorrt builds from the ONNX model; it cannot go with --emit {args.emit}")
     if args.keep_io_fp32 and args.precision != "fp16":
         raise UsageError("--keep-io-fp32 goes with --precision fp16")
-    if args.precision == "fp16" and args.emit != "onnx":
-        raise UsageError(f"--precision fp16 converts the ONNX model; it cannot go with --emit {args.emit}")
+    if args.precision in ("fp16", "int8") and args.emit != "onnx":
+        raise UsageError(f"--precision {args.precision} converts the ONNX model; it cannot go with --emit {args.emit}")
 
 
 def run(args) -> int:
@@ -61,7 +67,8 @@ def run(args) -> int:
     _check_flags(args)
     level = opt_level(args, default=0 if args.emit == "torch" else 1)  # torch source keeps the spec's blocks
     compiled = optimize(args.spec, defines(args), args.weights, args.seed, level, passes_arg(args),
-                        max_error=args.max_error, autotune=args.autotune, provider=args.provider,
+                        max_error=args.max_error / 2 if args.precision == "int8" else args.max_error,  # int8 takes
+                        autotune=args.autotune, provider=args.provider,  # the rest of the budget
                         calibration=calibration(args))
     for w in compiled.warnings + (compiled.fp16_warnings if args.precision == "fp16" else []):
         sys.stderr.write(f"warning: {w}\n")
@@ -109,6 +116,10 @@ def run(args) -> int:
             inputs = make_inputs(compiled.ref_graph, args.seed, val_range(args.val_range), args.batch)
         model, inputs, opt_graph = convert_for_check(model, inputs, compiled.graph, args.provider if args.verify
                                                      else None, args.keep_io_fp32, sys.stderr.write)
+    if args.precision == "int8":  # symmetric int8 activations for TensorRT, which takes no zero point
+        model, int8 = int8_model(args, compiled, model, sys.stderr.write,
+                                 "int8" if args.target == "tensorrt" else "uint8")
+        inputs = int8.inputs  # verified on the held-out samples, not on noise the scales never saw
     engine_profile = None
     if args.target == "tensorrt":
         from cnncomp.deployment.tensorrt import engine_profile as prepare
@@ -133,6 +144,7 @@ def run(args) -> int:
         from cnncomp.deployment.tensorrt import write_engine
 
         size = write_engine(model, engine_profile, args.output, fp16=args.precision == "fp16",
+                            int8=args.precision == "int8",
                             log=lambda line: sys.stderr.write(f"note: {line}\n"))
         print(f"wrote {args.output} (TensorRT engine, {size:,} bytes)")
     elif status == 0:

@@ -7,7 +7,8 @@
 With --max-batch N > 0 (default 8) Triton batches requests along the first dim,
 so the spec's inputs need a symbolic batch dim (`input x: [N, 3, 224, 224]`);
 --max-batch 0 serves the shapes exactly as declared. --precision fp16 converts the
-model to float16 after the passes (--keep-io-fp32 keeps float32 inputs and outputs).
+model to float16 after the passes (--keep-io-fp32 keeps float32 inputs and outputs);
+--precision int8 writes the calibrated QDQ int8 model (see `cnncomp compile --help`).
 --tensorrt asks Triton's ONNX Runtime backend to run the model through TensorRT
 (precision_mode FP16 with --precision fp16, else FP32; 1 GiB workspace).
 
@@ -18,7 +19,7 @@ Start the server with `tritonserver --model-repository=REPO` (see docs/deploy.md
 
 import sys
 
-from cnncomp.cli._common import add_compile_arguments, calibration, defines, opt_level, passes_arg
+from cnncomp.cli._common import add_compile_arguments, calibration, defines, int8_model, opt_level, passes_arg
 
 
 def add_arguments(p):
@@ -27,8 +28,9 @@ def add_arguments(p):
     p.add_argument("--max-batch", type=int, default=8, metavar="N",
                    help="Triton's max_batch_size: requests batched up to N along the batch dim; 0 turns "
                         "batching off (default 8)")
-    p.add_argument("--precision", choices=("fp32", "fp16"), default="fp32",
-                   help="fp16: float16 weights and compute, converted after the passes (default fp32)")
+    p.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp32",
+                   help="fp16: float16 weights and compute, converted after the passes; int8: calibrated QDQ int8 "
+                        "within --max-error, float32 inputs and outputs (default fp32)")
     p.add_argument("--keep-io-fp32", action="store_true",
                    help="with --precision fp16: keep float32 inputs and outputs (Cast nodes inside the model)")
     p.add_argument("--tensorrt", action="store_true",
@@ -63,6 +65,8 @@ def run(args) -> int:
     # the batch dims and names are checked on the float32 model, before anything is converted or written
     triton_config(model, compiled.graph, args.max_batch, args.instances, args.kind, args.tensorrt,
                   args.precision, args.name)
+    if args.precision == "int8":  # TensorRT takes no zero point: symmetric int8 activations for it
+        model, _ = int8_model(args, compiled, model, sys.stderr.write, "int8" if args.tensorrt else "uint8")
     if args.precision == "fp16":
         from cnncomp.precision.fp16 import log_report, to_fp16
 

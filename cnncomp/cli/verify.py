@@ -14,14 +14,17 @@ and names the first pass that broke agreement. Exit status 1 on a mismatch.
 --precision fp16 converts the emitted model to float16 (weights and compute, after
 the passes) and judges it by the float16 tolerances instead: atol = 1e-2 * max|ref|,
 rtol = 1e-2; the report says so. The per-pass checks of --verify-each stay float32.
+--precision int8 quantizes it (see `cnncomp compile --help`) and judges the outputs by their
+relative L2 error against --max-error, on the calibration samples held out from calibration;
+with --per-layer it also names the layer where the int8 error jumps most.
 """
 
 import json
 import sys
 
 from cnncomp.cli._common import (
-    add_check_arguments, add_compile_arguments, calibration, defines, load_npz, opt_level, passes_arg, session_options,
-    tolerance, val_range,
+    add_check_arguments, add_compile_arguments, calibration, defines, int8_model, load_npz, opt_level, passes_arg,
+    session_options, tolerance, val_range,
 )
 
 
@@ -34,9 +37,10 @@ def add_arguments(p):
     p.add_argument("--load-inputs", metavar="NPZ", help="use these inputs (npz, keyed by input name)")
     p.add_argument("--save-outputs", metavar="NPZ", help="save ONNX Runtime's outputs (npz)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--precision", choices=("fp32", "fp16"), default="fp32",
+    p.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp32",
                    help="fp16: convert the model to float16 after the passes and judge it by the float16 "
-                        "tolerances (atol = 1e-2 * max|ref|, rtol = 1e-2)")
+                        "tolerances (atol = 1e-2 * max|ref|, rtol = 1e-2); int8: quantize it (see --calibration) "
+                        "and judge it by the relative L2 error against --max-error")
 
 
 def run(args) -> int:
@@ -69,10 +73,14 @@ def run(args) -> int:
         compiled_ref_weights.append(load_weights_for(ref_graph, args.weights, args.seed))
     compiled = optimize(ref_graph, None, compiled_ref_weights[0] if compiled_ref_weights else args.weights,
                         args.seed, opt_level(args), passes_arg(args), after_each=check_after if args.verify_each else None,
-                        max_error=args.max_error, autotune=args.autotune, provider=args.provider,
+                        max_error=args.max_error / 2 if args.precision == "int8" else args.max_error,
+                        autotune=args.autotune, provider=args.provider,
                         calibration=calibration(args))
     model = emit_model(compiled, args.opset)
     opt_graph = compiled.graph
+    if args.precision == "int8":
+        model, int8 = int8_model(args, compiled, model, sys.stderr.write)
+        inputs = inputs if args.load_inputs else int8.inputs  # held out from calibration
     if args.precision == "fp16":
         from cnncomp.precision.fp16 import convert_for_check
 
@@ -84,6 +92,13 @@ def run(args) -> int:
         from cnncomp.precision.fp16 import fp16_note
 
         report.notes.append(fp16_note(args.atol, args.rtol))
+    if args.precision == "int8" and args.per_layer:
+        from cnncomp.precision.int8 import largest_error_jump
+
+        jump = largest_error_jump(report.layers)
+        if jump:
+            report.notes.append(f"the int8 error jumps most at {jump[0]} ({compiled.ref_graph.layer(jump[0]).where}): "
+                                f"relative L2 {jump[1]:.3g} before it, {jump[2]:.3g} after")
     if broken:
         report.ok = False
         report.notes.append(f"the first pass that broke agreement: {broken[0]}")

@@ -13,7 +13,7 @@ lets Triton gather requests into batches. A symbolic dim elsewhere is -1.
 
 With `tensorrt=True` the config asks the ONNX Runtime backend to run the model
 through TensorRT (`optimization { execution_accelerators { gpu_execution_accelerator
-[ { name: "tensorrt" ... } ] } }`), with precision_mode FP16 or FP32 and a 1 GiB
+[ { name: "tensorrt" ... } ] } }`), with precision_mode FP16, INT8 (a QDQ model) or FP32 and a 1 GiB
 workspace.
 
 The repository entry is written in a temporary folder beside it and renamed
@@ -85,7 +85,7 @@ class TritonConfig:
             lines.append("dynamic_batching { }")
         lines += ["instance_group [", "  {", f"    count: {self.instances}", f"    kind: {self.kind}", "  }", "]"]
         if self.tensorrt:
-            mode = "FP16" if self.precision == "fp16" else "FP32"
+            mode = {"fp16": "FP16", "int8": "INT8"}.get(self.precision, "FP32")  # INT8: the QDQ model's own scales
             lines += ["optimization {", "  execution_accelerators {", "    gpu_execution_accelerator : [",
                       "      {", '        name : "tensorrt"',
                       f'        parameters {{ key: "precision_mode" value: "{mode}" }}',

@@ -103,13 +103,22 @@ def seeded_calibration(graph: LayerGraph, seed: int = 0, samples: int = SEEDED_S
     return out
 
 
-def split_held_out(feeds: dict[str, np.ndarray]) -> tuple[dict, dict, list[str]]:
-    """(calibration samples, held-out samples, warnings): the last quarter (at least one) is held out."""
+def fixed_batch(graph: LayerGraph) -> int | None:
+    """The batch size every input fixes in its first dim, or None when the batch dim is symbolic."""
+    sizes = {graph.layer(n).shape[0] for n in graph.inputs}
+    return next(iter(sizes)) if len(sizes) == 1 and all(isinstance(d, int) for d in sizes) else None
+
+
+def split_held_out(feeds: dict[str, np.ndarray], batch: int = 1) -> tuple[dict, dict, list[str]]:
+    """(calibration samples, held-out samples, warnings): the last quarter (at least one batch) is held out."""
     count = len(next(iter(feeds.values())))
-    if count < 2:
+    if count % batch:
+        raise CnnError(f"the calibration data has {count} samples; the network's fixed batch of {batch} needs "
+                       "a multiple of it")
+    if count < 2 * batch:
         return feeds, feeds, ["int8: one calibration sample: the error is measured on the sample that set the "
                               "scales (give two or more to hold some out)"]
-    held = max(1, count // 4)
+    held = max(batch, count // 4 // batch * batch)
     return ({k: v[:count - held] for k, v in feeds.items()}, {k: v[count - held:] for k, v in feeds.items()}, [])
 
 

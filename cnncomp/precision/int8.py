@@ -72,6 +72,7 @@ class Int8Report:
     kernels: dict[str, int] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    inputs: dict = field(default_factory=dict, repr=False)  # the held-out samples the error was measured on
 
     @property
     def ok(self) -> bool:
@@ -126,10 +127,10 @@ def _quiet_quantizer():
 class FeedReader:
     """An onnxruntime CalibrationDataReader over samples: one sample per get_next()."""
 
-    def __init__(self, feeds: dict[str, np.ndarray]):
+    def __init__(self, feeds: dict[str, np.ndarray], batch: int = 1):
         from cnncomp.precision.calibration import batches
 
-        self._batches = list(batches(feeds, 1))
+        self._batches = list(batches(feeds, batch))
         self._next = 0
 
     def get_next(self):
@@ -149,7 +150,7 @@ class Quantizer:
     """A float32 model calibrated once; `quantize` then gives its QDQ int8 model with any layers left in float32."""
 
     def __init__(self, model: onnx.ModelProto, calibration: dict[str, np.ndarray], method: str = DEFAULT_METHOD,
-                 activations: str = "uint8"):
+                 activations: str = "uint8", batch: int = 1):
         if method not in METHODS:
             raise CnnError(f"unknown calibration method '{method}'; choose one of {', '.join(METHODS)}")
         if activations not in ("uint8", "int8"):
@@ -161,6 +162,7 @@ class Quantizer:
         self.groups = layer_groups(model)
         self.method = method
         self.activations = activations
+        self.batch = batch  # samples per calibration run (an input's fixed batch dim, else 1)
         self._tmp = tempfile.TemporaryDirectory(prefix="cnncomp-int8-")
         self._cache = Path(self._tmp.name) / "ranges.json"
         # a path, not the ModelProto: quantize_static moves a proto's weights into external files it then deletes
@@ -183,7 +185,7 @@ class Quantizer:
                  "CalibMaxIntermediateOutputs": 8}  # bounds the memory of calibration on large networks
         with _quiet_quantizer():
             try:
-                quantize_static(self._float_path, out, FeedReader(calibration) if calibration is not None else None,
+                quantize_static(self._float_path, out, FeedReader(calibration, self.batch) if calibration is not None else None,
                                 quant_format=QuantFormat.QDQ, per_channel=True,
                                 activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
                                 weight_type=QuantType.QInt8,
@@ -291,14 +293,18 @@ def top1_agreement(outputs: dict, reference: dict) -> dict[str, float]:
 class ErrorProbe:
     """Relative output error of a model against fixed float64 reference outputs on held-out inputs."""
 
-    def __init__(self, feeds: dict[str, np.ndarray], reference: dict[str, np.ndarray]):
-        self.feeds, self.reference = feeds, reference
+    def __init__(self, feeds: dict[str, np.ndarray], reference: dict[str, np.ndarray], batch: int | None = None):
+        self.feeds, self.reference, self.batch = feeds, reference, batch
 
     def outputs(self, model: onnx.ModelProto) -> dict[str, np.ndarray]:
+        from cnncomp.precision.calibration import batches
         from cnncomp.run.session import Session
 
         session = Session(model, "cpu", quiet=True)
-        return session.run(self.feeds, list(self.reference))
+        if self.batch is None:
+            return session.run(self.feeds, list(self.reference))
+        parts = [session.run(chunk, list(self.reference)) for chunk in batches(self.feeds, self.batch)]
+        return {name: np.concatenate([p[name] for p in parts]) for name in self.reference}
 
     def error(self, model: onnx.ModelProto) -> float:
         from cnncomp.verification.compare import relative_output_error
@@ -318,24 +324,25 @@ def quantize_int8(model: onnx.ModelProto, graph: LayerGraph, ref_graph: LayerGra
     import torch
 
     from cnncomp.precision.calibration import (
-        NOT_REPRESENTATIVE, load_calibration, seeded_calibration, split_held_out,
+        NOT_REPRESENTATIVE, SEEDED_SAMPLES, fixed_batch, load_calibration, seeded_calibration, split_held_out,
     )
     from cnncomp.run.reference import run_reference
 
     warnings = []
+    batch = fixed_batch(ref_graph)
     if calibration is None:
-        feeds, source = seeded_calibration(ref_graph, seed), "seeded uniform inputs"
+        feeds, source = seeded_calibration(ref_graph, seed, SEEDED_SAMPLES * (batch or 1)), "seeded uniform inputs"
         warnings.append(NOT_REPRESENTATIVE)
     else:
         feeds = load_calibration(calibration, ref_graph, preprocess)
         source = str(calibration) if not isinstance(calibration, dict) else "the given arrays"
-    calib, held, split_warnings = split_held_out(feeds)
+    calib, held, split_warnings = split_held_out(feeds, batch or 1)
     warnings += split_warnings
     reference = run_reference(ref_graph, ref_weights, held, dtype=torch.float64)
-    probe = ErrorProbe(held, reference)
+    probe = ErrorProbe(held, reference, batch)
     report = Int8Report(method, source, len(next(iter(calib.values()))), len(next(iter(held.values()))),
                         max_error=max_error, warnings=warnings)
-    quantizer = Quantizer(model, calib, method, activations)
+    quantizer = Quantizer(model, calib, method, activations, batch or 1)
     try:
         quantized = quantizer.quantize()
         report.full_int8_error = report.error = probe.error(quantized)
@@ -348,6 +355,7 @@ def quantize_int8(model: onnx.ModelProto, graph: LayerGraph, ref_graph: LayerGra
                 entry.precision = "float32" if entry.layer in report.float_layers else "int8"
     finally:
         quantizer.close()
+    report.inputs = held
     report.top1_agreement = top1_agreement(probe.outputs(quantized), reference)
     report.kernels = {k: v for k, v in session_kernels(quantized).items()
                       if k.startswith(("QLinear", "QGemm", "MatMulInteger", "ConvInteger", "Conv", "Gemm"))}
