@@ -15,13 +15,25 @@ def load(spec: str | Path, defines: dict[str, str] | None = None) -> LayerGraph:
 
 
 def compile(spec, output: str | Path | None = None, opt_level: int = 1, passes=None, weights=None, seed: int = 0,
-            opset: int = 17, defines: dict[str, str] | None = None):
-    """Compile a spec to an ONNX ModelProto (optimized at -O<opt_level> or by `passes`); save it if `output`."""
-    from cnncomp.emit.onnx import save_onnx
-    from cnncomp.pipeline import emit_model, optimize
+            opset: int = 17, defines: dict[str, str] | None = None, precision: str = "fp32", calibration=None,
+            preprocess: str | None = None, calibration_method: str | None = None, max_error: float = 0.01):
+    """Compile a spec to an ONNX ModelProto (optimized at -O<opt_level> or by `passes`); save it if `output`.
 
+    precision="int8" quantizes it to QDQ int8, calibrated on `calibration` (a path to .npz/.npy/an image
+    folder, or a dict of arrays), keeping sensitive layers in float32 to stay within `max_error`."""
+    from cnncomp.emit.onnx import save_onnx
+    from cnncomp.errors import CnnError
+    from cnncomp.pipeline import emit_model, optimize, quantize_model
+
+    if precision not in ("fp32", "int8"):
+        raise CnnError(f"compile() takes precision 'fp32' or 'int8', not '{precision}'")
     compiled = optimize(spec, defines, weights, seed, opt_level, passes)
     model = emit_model(compiled, opset)
+    if precision == "int8":
+        model, report = quantize_model(compiled, model, calibration, preprocess, calibration_method, max_error,
+                                       seed=seed)
+        if not report.ok:
+            raise CnnError(f"int8: relative error {report.error:.3g} exceeds max_error {max_error:g}")
     if output is not None:
         save_onnx(model, output)
     return model

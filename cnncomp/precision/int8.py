@@ -167,7 +167,8 @@ class Quantizer:
         self._cache = Path(self._tmp.name) / "ranges.json"
         # a path, not the ModelProto: quantize_static moves a proto's weights into external files it then deletes
         self._float_path = Path(self._tmp.name) / "float32.onnx"
-        onnx.save(model, str(self._float_path), save_as_external_data=True, location="float32.data")
+        copy = onnx.ModelProto.FromString(model.SerializeToString())  # saving to external data edits the proto
+        onnx.save(copy, str(self._float_path), save_as_external_data=True, location="float32.data")
         self.quantize(calibration=calibration)  # fills the range cache
 
     def close(self) -> None:
@@ -181,11 +182,11 @@ class Quantizer:
                    "entropy": CalibrationMethod.Entropy}
         symmetric = self.activations == "int8"
         out = Path(self._tmp.name) / "int8.onnx"
-        extra = {"WeightSymmetric": True, "ActivationSymmetric": symmetric,
-                 "CalibMaxIntermediateOutputs": 8}  # bounds the memory of calibration on large networks
+        extra = {"WeightSymmetric": True, "ActivationSymmetric": symmetric}
         with _quiet_quantizer():
             try:
-                quantize_static(self._float_path, out, FeedReader(calibration, self.batch) if calibration is not None else None,
+                reader = FeedReader(calibration, self.batch) if calibration is not None else None
+                quantize_static(self._float_path, out, reader,
                                 quant_format=QuantFormat.QDQ, per_channel=True,
                                 activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
                                 weight_type=QuantType.QInt8,
