@@ -109,7 +109,7 @@ class Int8Report:
 
 
 @contextlib.contextmanager
-def _quiet_quantizer():
+def quiet_quantizer():
     """ONNX Runtime's quantizer logs advice through the root logger and its calibrators print progress to
     standard output; keep both out of ours."""
     import io
@@ -183,7 +183,7 @@ class Quantizer:
         symmetric = self.activations == "int8"
         out = Path(self._tmp.name) / "int8.onnx"
         extra = {"WeightSymmetric": True, "ActivationSymmetric": symmetric}
-        with _quiet_quantizer():
+        with quiet_quantizer():
             try:
                 reader = FeedReader(calibration, self.batch) if calibration is not None else None
                 quantize_static(self._float_path, out, reader,
