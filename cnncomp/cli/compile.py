@@ -15,10 +15,11 @@ to QDQ int8 (per-channel int8 weights, per-tensor activations), calibrated on --
 (.npz, .npy or an image folder with --preprocess; seeded inputs with a warning otherwise), keeping
 the most sensitive layers in float32 until the outputs' relative L2 error on held-out samples is
 within --max-error (with -O3 the rewrites get half of it); --stats prints the per-layer table.
---target tensorrt builds a serialized
-TensorRT engine (-o model.plan) with one optimization profile over the batch dim
-(--min-batch/--opt-batch/--max-batch); it needs the tensorrt package and an NVIDIA GPU,
-and says what is missing otherwise.
+
+--target tensorrt builds a serialized TensorRT engine (-o model.plan) with one optimization
+profile over the batch dim (--min-batch/--opt-batch/--max-batch); with --precision int8, from
+the QDQ model (explicit quantization, symmetric int8 activations). It needs the tensorrt
+package and an NVIDIA GPU, and says what is missing otherwise.
 """
 
 import sys
