@@ -81,7 +81,8 @@ class Int8Report:
     def summary(self) -> str:
         """One paragraph for stderr: method, data, error against the budget, kernels, agreement."""
         budget = f" (budget {self.max_error:g})" if self.max_error is not None else ""
-        kept = (f"; {len(self.float_layers)} layers kept in float32 ({', '.join(self.float_layers[:6])}"
+        count = len(self.float_layers)
+        kept = (f"; {count} layer{'s' if count > 1 else ''} kept in float32 ({', '.join(self.float_layers[:6])}"
                 + (", ..." if len(self.float_layers) > 6 else "") + ")") if self.float_layers else ""
         lines = [f"int8: {self.method} calibration on {self.samples} samples ({self.calibration}), "
                  f"relative L2 error {self.error:.3g} on {self.held_out} held-out samples{budget}{kept}"]
