@@ -23,22 +23,37 @@ class CheckFailed(CnnError):
 def compile(spec, output: str | Path | None = None, opt_level: int = 1, passes=None, weights=None, seed: int = 0,
             opset: int = 17, defines: dict[str, str] | None = None, *, emit: str = "onnx", precision: str = "fp32",
             keep_io_fp32: bool = False, target: str = "onnx", verify: bool = False, provider: str = "cpu",
-            atol=None, rtol=None, max_error: float | None = None, calibration: dict | None = None,
+            atol=None, rtol=None, max_error: float | None = None, calibration=None,
             autotune: bool = False, min_batch: int = 1, opt_batch: int | None = None, max_batch: int = 8,
-            log=None):
+            preprocess: str | None = None, calibration_method: str | None = None, log=None):
     """Compile a spec (optimized at -O<opt_level> or by `passes`) and return the ONNX ModelProto in its
-    `precision` (fp32, fp16), or the text for emit="cnn"/"dot"/"torch". With `output`, write it there
+    `precision` (fp32, fp16, int8), or the text for emit="cnn"/"dot"/"torch". With `output`, write it there
     (target="tensorrt": a TensorRT engine). With `verify`, check it against the reference first and raise
-    CheckFailed, writing nothing, on a mismatch. `log` receives warnings and notes, one line each."""
-    from cnncomp.pipeline import compile_spec, silent
+    CheckFailed, writing nothing, on a mismatch. `log` receives warnings and notes, one line each.
 
-    source = Source(spec, defines, weights, seed, opt_level, passes, max_error, autotune, calibration, opset)
+    `calibration`: inputs (a dict of arrays, or a .npz/.npy path) on which -O3 measures its error budget and
+    int8 calibrates; for int8 also a folder of images (with `preprocess`). int8 keeps the most sensitive
+    layers in float32 so that the outputs stay within `max_error` on held-out samples."""
+    from cnncomp.pipeline import Int8Options, compile_spec, silent
+
+    source = Source(spec, defines, weights, seed, opt_level, passes, max_error, autotune,
+                    _o3_calibration(calibration), opset)
     options = CheckOptions(provider, seed, atol=atol, rtol=rtol, max_error=max_error)
+    int8 = Int8Options(calibration, preprocess, calibration_method, max_error, seed=seed)
     result = compile_spec(source, output, emit, precision, keep_io_fp32, target, (min_batch, opt_batch, max_batch),
-                          verify, options, log=log or silent)
+                          verify, options, log=log or silent, int8=int8)
     if result.report is not None and not result.report.ok:
         raise CheckFailed(result.report)
     return result.text if emit != "onnx" else result.model
+
+
+def _o3_calibration(calibration):
+    """The arrays -O3 measures on: a dict as given, a .npz/.npy read; an image folder serves int8 alone."""
+    if calibration is None or isinstance(calibration, dict) or Path(calibration).is_dir():
+        return calibration if isinstance(calibration, dict) else None
+    from cnncomp.inputs import load_arrays
+
+    return load_arrays(calibration, "calibration")
 
 
 def verify(spec, passes=None, opt_level: int = 1, weights=None, seed: int = 0, provider: str = "cpu",

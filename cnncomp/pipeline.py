@@ -195,6 +195,25 @@ class PrecisionRequest:
     probe_provider: str | None = None
     atol: object = None
     rtol: object = None
+    int8: "Int8Options | None" = None
+    compiled: "Compiled | None" = None  # the reference graph and weights int8 measures its error against
+    inputs_given: bool = False  # the user's inputs (--load-inputs): int8 checks on them, not on its held-out ones
+
+
+@dataclass
+class Int8Options:
+    """How int8 calibrates: the data (a .npz/.npy path, an image folder or a dict; None: seeded, with a
+    warning), the image preprocessing, the calibration method, the error budget on held-out samples, whether
+    to measure every layer's sensitivity (--stats), the seed, and the activation type (int8 for TensorRT,
+    which takes no zero point; else uint8)."""
+
+    calibration: object = None
+    preprocess: str | None = None
+    method: str | None = None
+    max_error: float | None = None
+    sensitivity: bool = False
+    seed: int = 0
+    activations: str = "uint8"
 
 
 @dataclass
@@ -207,6 +226,7 @@ class Converted:
     graph: LayerGraph
     precision: str
     notes: list[str] = field(default_factory=list)
+    details: object = None  # the converter's own report (int8: the sensitivity table of --stats)
 
 
 def keep_fp32(model, graph: LayerGraph, request: PrecisionRequest, log: Log = silent) -> Converted:
@@ -224,8 +244,28 @@ def convert_fp16(model, graph: LayerGraph, request: PrecisionRequest, log: Log =
     return Converted(converted, inputs, fp16_graph(graph), "fp16", [fp16_note(request.atol, request.rtol)])
 
 
-# A precision is a converter (model, graph, PrecisionRequest, log) -> Converted; int8 plugs in here.
-PRECISIONS: dict[str, Callable[..., Converted]] = {"fp32": keep_fp32, "fp16": convert_fp16}
+def convert_int8(model, graph: LayerGraph, request: PrecisionRequest, log: Log = silent) -> Converted:
+    """int8: calibrated QDQ int8, the most sensitive layers kept in float32 within the budget
+    (see precision/int8.py); checked on the calibration samples held out from calibration."""
+    from cnncomp.precision.int8 import DEFAULT_METHOD, quantize_int8
+
+    if request.compiled is None:
+        raise ValueError("int8 needs the compiled graph's reference (PrecisionRequest.compiled)")
+    o, c = request.int8 or Int8Options(), request.compiled
+    quantized, report = quantize_int8(model, graph, c.ref_graph, c.ref_weights, o.calibration, o.preprocess,
+                                      o.method or DEFAULT_METHOD, o.max_error, o.sensitivity, o.seed, o.activations)
+    for w in report.warnings:
+        log(f"warning: {w}\n")
+    log(report.summary() + "\n")
+    if not report.ok:
+        raise CnnError(f"int8: relative error {report.error:.3g} exceeds --max-error {o.max_error:g} even with "
+                       "every layer in float32")
+    inputs = request.inputs if request.inputs_given else report.inputs
+    return Converted(quantized, inputs, graph, "int8", [], report)  # report.summary() was logged, notes included
+
+
+# A precision is a converter (model, graph, PrecisionRequest, log) -> Converted.
+PRECISIONS: dict[str, Callable[..., Converted]] = {"fp32": keep_fp32, "fp16": convert_fp16, "int8": convert_int8}
 
 
 def convert_precision(model, graph: LayerGraph, precision: str = "fp32", request: PrecisionRequest | None = None,
@@ -347,12 +387,13 @@ class Written:
 
 
 def write_model(model, output, target: str = "onnx", engine_profile=None, fp16: bool = False,
-                log: Log = silent) -> Written:
+                log: Log = silent, int8: bool = False) -> Written:
     """Write the ONNX model, or build a TensorRT engine from it (`engine_profile` from deployment.tensorrt)."""
     if target == "tensorrt":
         from cnncomp.deployment.tensorrt import write_engine
 
-        size = write_engine(model, engine_profile, output, fp16=fp16, log=lambda line: log(f"note: {line}\n"))
+        size = write_engine(model, engine_profile, output, fp16=fp16, log=lambda line: log(f"note: {line}\n"),
+                            int8=int8)
         return Written(str(output), "tensorrt", size)
     from cnncomp.emit.onnx import save_onnx
     from cnncomp.precision.fp16 import model_precision
@@ -395,6 +436,23 @@ def _warn(compiled: Compiled, precision: str, log: Log) -> None:
         log(f"warning: {w}\n")
 
 
+def _with_int8_share(source: Source, precision: str) -> Source:
+    """With int8, -O3's rewrites get half of the budget (quantization measures against the whole)."""
+    if precision != "int8" or source.opt_level < 3 or source.passes is not None:
+        return source
+    from dataclasses import replace
+
+    return replace(source, max_error=(0.01 if source.max_error is None else source.max_error) / 2)
+
+
+def _int8_for(int8: Int8Options | None, source: Source, tensorrt: bool) -> Int8Options:
+    """The int8 options with the seed and budget of the job, and int8 activations for TensorRT."""
+    from dataclasses import replace
+
+    int8 = int8 or Int8Options(max_error=source.max_error, seed=source.seed)
+    return replace(int8, activations="int8" if tensorrt else int8.activations)
+
+
 def compile_problem(emit: str = "onnx", precision: str = "fp32", keep_io_fp32: bool = False,
                     target: str = "onnx") -> str | None:
     """Why these compile options cannot go together, or None."""
@@ -417,13 +475,16 @@ class CompileResult:
     text: str | None = None
     report: object = None
     written: Written | None = None
+    details: object = None  # the precision converter's report (int8: the sensitivity table)
 
 
 def compile_spec(source: Source, output=None, emit: str = "onnx", precision: str = "fp32",
                  keep_io_fp32: bool = False, target: str = "onnx", batches: tuple = (1, None, 8),
-                 verify: bool = False, options: CheckOptions | None = None, log: Log = silent) -> CompileResult:
+                 verify: bool = False, options: CheckOptions | None = None, log: Log = silent,
+                 int8: Int8Options | None = None) -> CompileResult:
     """`cnncomp compile`: optimize, emit, convert the precision, check (when `verify`), write `output`
-    (an ONNX file, a TensorRT engine or text) unless the check failed. `batches`: TensorRT min/opt/max."""
+    (an ONNX file, a TensorRT engine or text) unless the check failed. `batches`: TensorRT min/opt/max.
+    With int8, -O3's rewrites get half of the error budget and quantization the whole of it."""
     problem = compile_problem(emit, precision, keep_io_fp32, target)
     if problem:
         raise UsageError(problem)
@@ -431,7 +492,7 @@ def compile_spec(source: Source, output=None, emit: str = "onnx", precision: str
     ref_graph = load(source.spec, source.defines)
     if verify:
         options.validate(ref_graph)
-    compiled = _optimize(source, ref_graph, options.provider)
+    compiled = _optimize(_with_int8_share(source, precision), ref_graph, options.provider)
     _warn(compiled, precision, log)
     if emit != "onnx":
         from cnncomp.fileio import write_text
@@ -445,20 +506,22 @@ def compile_spec(source: Source, output=None, emit: str = "onnx", precision: str
     for n in notices:
         log(f"note: {n}\n")
     request = PrecisionRequest(keep_io_fp32, check_inputs(compiled.ref_graph, options) if verify else None,
-                               options.provider if verify else None, options.atol, options.rtol)
+                               options.provider if verify else None, options.atol, options.rtol,
+                               _int8_for(int8, source, target == "tensorrt"), compiled)
     converted = convert_precision(model, compiled.graph, precision, request, log)
     profile = None
     if target == "tensorrt":
         from cnncomp.deployment.tensorrt import engine_profile
 
         profile = engine_profile(converted.model, *batches)
-    result = CompileResult(compiled, converted.model)
+    result = CompileResult(compiled, converted.model, details=converted.details)
     if verify:
         result.report = check(compiled, converted, options).report
         if not result.report.ok:
             return result
     if output is not None:
-        result.written = write_model(converted.model, output, target, profile, precision == "fp16", log)
+        result.written = write_model(converted.model, output, target, profile, precision == "fp16", log,
+                                     int8=precision == "int8")
     return result
 
 
@@ -470,11 +533,12 @@ class VerifyResult:
     feeds: dict
     outputs: dict
     compiled: Compiled
+    details: object = None  # the precision converter's report (int8: the sensitivity table)
 
 
 def verify_spec(source: Source, options: CheckOptions | None = None, precision: str = "fp32",
                 inputs: dict | None = None, verify_each: bool = False, save_inputs=None, save_outputs=None,
-                log: Log = silent) -> VerifyResult:
+                log: Log = silent, int8: Int8Options | None = None) -> VerifyResult:
     """`cnncomp verify`: compile in memory and compare ONNX Runtime with the reference (per layer when
     options.per_layer; after every pass, the -O3 rewrites included, with `verify_each`); save the inputs
     and outputs when asked."""
@@ -488,10 +552,21 @@ def verify_spec(source: Source, options: CheckOptions | None = None, precision: 
     if verify_each:
         weights = weights_for(ref_graph, source.weights, source.seed)
         checker = PassChecker(ref_graph, weights, feeds, options)
-    compiled = _optimize(source, ref_graph, options.provider, checker, weights)
+    compiled = _optimize(_with_int8_share(source, precision), ref_graph, options.provider, checker, weights)
     model = emit_model(compiled, source.opset)
-    request = PrecisionRequest(inputs=feeds, probe_provider=options.provider, atol=options.atol, rtol=options.rtol)
-    checked = check(compiled, convert_precision(model, compiled.graph, precision, request, log), options)
+    request = PrecisionRequest(inputs=feeds, probe_provider=options.provider, atol=options.atol, rtol=options.rtol,
+                               int8=_int8_for(int8, source, False), compiled=compiled,
+                               inputs_given=inputs is not None)
+    converted = convert_precision(model, compiled.graph, precision, request, log)
+    checked = check(compiled, converted, options)
+    if precision == "int8" and options.per_layer:
+        from cnncomp.precision.int8 import largest_error_jump
+
+        jump = largest_error_jump(checked.report.layers)
+        if jump:
+            checked.report.notes.append(f"the int8 error jumps most at {jump[0]} "
+                                        f"({compiled.ref_graph.layer(jump[0]).where}): relative L2 "
+                                        f"{jump[1]:.3g} before it, {jump[2]:.3g} after")
     if checker is not None:
         checked.report.notes += checker.notes()
         if checker.broken:
@@ -500,7 +575,7 @@ def verify_spec(source: Source, options: CheckOptions | None = None, precision: 
         save_arrays(save_inputs, checked.feeds)
     if save_outputs:
         save_arrays(save_outputs, checked.outputs)
-    return VerifyResult(checked.report, checked.feeds, checked.outputs, compiled)
+    return VerifyResult(checked.report, checked.feeds, checked.outputs, compiled, converted.details)
 
 
 def deploy_problem(max_batch: int = 8, instances: int = 1, kind: str | None = None, tensorrt: bool = False,
@@ -528,7 +603,7 @@ class Deployed:
 
 def deploy_spec(source: Source, repo, max_batch: int = 8, instances: int = 1, kind: str | None = None,
                 tensorrt: bool = False, precision: str = "fp32", keep_io_fp32: bool = False,
-                name: str | None = None, log: Log = silent) -> Deployed:
+                name: str | None = None, log: Log = silent, int8: Int8Options | None = None) -> Deployed:
     """`cnncomp deploy`: compile and write a Triton model repository, REPO/<name>/config.pbtxt and
     REPO/<name>/1/model.onnx, atomically."""
     from cnncomp.deployment.triton import triton_config, write_repository
@@ -537,7 +612,7 @@ def deploy_spec(source: Source, repo, max_batch: int = 8, instances: int = 1, ki
     problem = deploy_problem(max_batch, instances, kind, tensorrt, precision, keep_io_fp32)
     if problem:
         raise UsageError(problem)
-    compiled = _optimize(source, load(source.spec, source.defines))
+    compiled = _optimize(_with_int8_share(source, precision), load(source.spec, source.defines))
     _warn(compiled, precision, log)
     notices: list[str] = []
     model = emit_model(compiled, source.opset, notices)
@@ -547,7 +622,8 @@ def deploy_spec(source: Source, repo, max_batch: int = 8, instances: int = 1, ki
     triton_config(model, compiled.graph, max_batch, instances, kind, tensorrt, precision, name)
     # CPU instances (or Triton's choice on a CPU-only server) run on ONNX Runtime's CPU provider: keep in
     # float32 what it has no float16 kernel for
-    request = PrecisionRequest(keep_io_fp32, probe_provider=None if kind == "gpu" else "cpu")
+    request = PrecisionRequest(keep_io_fp32, probe_provider=None if kind == "gpu" else "cpu",
+                               int8=_int8_for(int8, source, tensorrt), compiled=compiled)
     model = convert_precision(model, compiled.graph, precision, request, log).model
     if tensorrt:
         from cnncomp.deployment.tensorrt import check_tensorrt_compatible

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from cnncomp.cli.args import UsageError, add_spec_arguments, parse_defines
 
@@ -23,10 +24,18 @@ def add_compile_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
     p.add_argument("--stats", action="store_true", help="print, per pass, the rewrites and params/MACs before and after")
     p.add_argument("--max-error", type=float, default=0.01, metavar="E",
-                   help="with -O3: end-to-end relative error budget of the approximate rewrites (default 0.01)")
-    p.add_argument("--calibration", metavar="NPZ",
-                   help="with -O3: inputs (.npz keyed by input name, or .npy for a one-input network; finite) "
-                        "on which to measure the error budget")
+                   help="with -O3 or --precision int8: end-to-end relative L2 error budget of the outputs against "
+                        "the float64 reference (default 0.01)")
+    p.add_argument("--calibration", metavar="DATA",
+                   help="inputs on which to measure the error budget (-O3: .npz keyed by input name, or .npy for a "
+                        "one-input network; finite) and, with --precision int8, to calibrate (.npz, .npy, or a "
+                        "folder of images with --preprocess)")
+    p.add_argument("--preprocess", choices=("imagenet", "unit"),
+                   help="with an image folder as --calibration: imagenet (resize 256, center crop 224, ImageNet "
+                        "mean/std; the default) or unit (resize, scale to [0, 1])")
+    p.add_argument("--calibration-method", choices=("minmax", "percentile", "entropy"),
+                   help="with --precision int8: how activation ranges are set from the calibration data "
+                        "(default percentile)")
     p.add_argument("--autotune", action="store_true",
                    help="with -O3: keep a rewrite only where ONNX Runtime measures it faster on this machine")
 
@@ -86,6 +95,8 @@ def calibration(args):
     """The --calibration inputs, or None."""
     if not getattr(args, "calibration", None):
         return None
+    if getattr(args, "precision", None) == "int8" and Path(args.calibration).is_dir():
+        return None  # an image folder calibrates int8 only (-O3 then measures on seeded inputs)
     return load_npz(args.calibration, "--calibration")
 
 
@@ -105,6 +116,14 @@ def source(args, default_level: int = 1):
                   args.max_error, args.autotune, calibration(args), args.opset)
 
 
+def int8_options(args, sensitivity: bool = False):
+    """How --precision int8 calibrates: --calibration, --preprocess, --calibration-method, --max-error, --seed."""
+    from cnncomp.pipeline import Int8Options
+
+    return Int8Options(getattr(args, "calibration", None), args.preprocess, args.calibration_method, args.max_error,
+                       sensitivity, args.seed)
+
+
 def check_options(args, per_layer: bool = False):
     """How the numeric check runs, from --provider, --atol/--rtol, --val-range, --batch, --max-error, --trt-*."""
     from cnncomp.pipeline import CheckOptions
@@ -121,3 +140,21 @@ def session_options(args) -> dict:
     from cnncomp.run.session import TensorRTOptions
 
     return {"trt": TensorRTOptions(fp16=args.trt_fp16, engine_cache=args.trt_engine_cache)}
+
+
+def int8_model(args, compiled, model, write, activations: str = "uint8"):
+    """--precision int8: quantize the emitted model (calibration, budget); notes and warnings go to `write`."""
+    from cnncomp.errors import CnnError
+    from cnncomp.pipeline import quantize_model
+
+    model, report = quantize_model(compiled, model, args.calibration, args.preprocess, args.calibration_method,
+                                   args.max_error, sensitivity=args.stats, seed=args.seed, activations=activations)
+    for w in report.warnings:
+        write(f"warning: {w}\n")
+    write(report.summary() + "\n")
+    if args.stats:
+        print(report.table())
+    if not report.ok:
+        raise CnnError(f"int8: relative error {report.error:.3g} exceeds --max-error {args.max_error:g} even with "
+                       "every layer in float32")
+    return model, report

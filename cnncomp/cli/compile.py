@@ -10,15 +10,21 @@ class, so use -O0 for the spec's blocks). --verify then runs the numeric check
 
 --precision fp16 converts the weights and compute to float16 after the passes (which
 run in float32/float64), warning about weights that overflow or lose precision;
---keep-io-fp32 keeps float32 inputs and outputs. --target tensorrt builds a serialized
-TensorRT engine (-o model.plan) with one optimization profile over the batch dim
-(--min-batch/--opt-batch/--max-batch); it needs the tensorrt package and an NVIDIA GPU,
-and says what is missing otherwise.
+--keep-io-fp32 keeps float32 inputs and outputs. --precision int8 quantizes the emitted model
+to QDQ int8 (per-channel int8 weights, per-tensor activations), calibrated on --calibration
+(.npz, .npy or an image folder with --preprocess; seeded inputs with a warning otherwise), keeping
+the most sensitive layers in float32 until the outputs' relative L2 error on held-out samples is
+within --max-error (with -O3 the rewrites get half of it); --stats prints the per-layer table.
+
+--target tensorrt builds a serialized TensorRT engine (-o model.plan) with one optimization
+profile over the batch dim (--min-batch/--opt-batch/--max-batch); with --precision int8, from
+the QDQ model (explicit quantization, symmetric int8 activations). It needs the tensorrt
+package and an NVIDIA GPU, and says what is missing otherwise.
 """
 
 import sys
 
-from cnncomp.cli._common import add_check_arguments, add_compile_arguments, check_options, source
+from cnncomp.cli._common import add_check_arguments, add_compile_arguments, check_options, int8_options, source
 from cnncomp.pipeline import EMITTERS, PRECISIONS, TARGETS
 
 
@@ -29,7 +35,8 @@ def add_arguments(p):
     p.add_argument("--emit", choices=EMITTERS, default="onnx", help="what to write (default onnx)")
     p.add_argument("--verify", action="store_true", help="check the emitted model against the reference")
     p.add_argument("--precision", choices=tuple(PRECISIONS), default="fp32",
-                   help="fp16: float16 weights and compute, converted after the passes (default fp32)")
+                   help="fp16: float16 weights and compute, converted after the passes; int8: calibrated QDQ int8 "
+                        "within --max-error (default fp32)")
     p.add_argument("--keep-io-fp32", action="store_true",
                    help="with --precision fp16: keep float32 inputs and outputs (Cast nodes inside the model)")
     p.add_argument("--target", choices=TARGETS, default="onnx",
@@ -46,13 +53,15 @@ def run(args) -> int:
     default_level = 0 if args.emit == "torch" else 1  # torch source keeps the spec's blocks
     result = compile_spec(source(args, default_level), args.output, args.emit, args.precision, args.keep_io_fp32,
                           args.target, (args.min_batch, args.opt_batch, args.max_batch), args.verify,
-                          check_options(args), log=sys.stderr.write)
+                          check_options(args), log=sys.stderr.write, int8=int8_options(args, args.stats))
     if args.stats:
         from cnncomp.passes import format_stats
 
         print(format_stats(result.compiled.records))
         for line in result.compiled.log:
             print(f"  {line}")
+        if args.precision == "int8":
+            print(result.details.table())
     if result.report is not None:
         print(result.report.format())
     if result.written is not None and result.written.kind == "tensorrt":

@@ -7,7 +7,8 @@
 With --max-batch N > 0 (default 8) Triton batches requests along the first dim,
 so the spec's inputs need a symbolic batch dim (`input x: [N, 3, 224, 224]`);
 --max-batch 0 serves the shapes exactly as declared. --precision fp16 converts the
-model to float16 after the passes (--keep-io-fp32 keeps float32 inputs and outputs).
+model to float16 after the passes (--keep-io-fp32 keeps float32 inputs and outputs);
+--precision int8 writes the calibrated QDQ int8 model (see `cnncomp compile --help`).
 --tensorrt asks Triton's ONNX Runtime backend to run the model through TensorRT
 (precision_mode FP16 with --precision fp16, else FP32; 1 GiB workspace).
 
@@ -18,7 +19,7 @@ Start a server with `cnncomp serve REPO` (or `tritonserver --model-repository=RE
 
 import sys
 
-from cnncomp.cli._common import add_compile_arguments, source
+from cnncomp.cli._common import add_compile_arguments, int8_options, source
 from cnncomp.pipeline import PRECISIONS
 
 
@@ -29,7 +30,8 @@ def add_arguments(p):
                    help="Triton's max_batch_size: requests batched up to N along the batch dim; 0 turns "
                         "batching off (default 8)")
     p.add_argument("--precision", choices=tuple(PRECISIONS), default="fp32",
-                   help="fp16: float16 weights and compute, converted after the passes (default fp32)")
+                   help="fp16: float16 weights and compute, converted after the passes; int8: calibrated QDQ int8 "
+                        "within --max-error, float32 inputs and outputs (default fp32)")
     p.add_argument("--keep-io-fp32", action="store_true",
                    help="with --precision fp16: keep float32 inputs and outputs (Cast nodes inside the model)")
     p.add_argument("--tensorrt", action="store_true",
@@ -44,7 +46,7 @@ def run(args) -> int:
     from cnncomp.pipeline import deploy_spec
 
     deployed = deploy_spec(source(args), args.triton, args.max_batch, args.instances, args.kind, args.tensorrt,
-                           args.precision, args.keep_io_fp32, args.name, log=sys.stderr.write)
+                           args.precision, args.keep_io_fp32, args.name, log=sys.stderr.write, int8=int8_options(args))
     folder, config = deployed.folder, deployed.config
     shown = ", ".join(f"{t.name} {t.data_type} {t.dims}" for t in config.inputs)
     print(f"wrote {folder}/config.pbtxt and {folder}/1/model.onnx: {config.name}, max_batch_size "

@@ -15,12 +15,17 @@ and names the first pass that broke agreement. Exit status 1 on a mismatch.
 --precision fp16 converts the emitted model to float16 (weights and compute, after
 the passes) and judges it by the float16 tolerances instead: atol = 1e-2 * max|ref|,
 rtol = 1e-2; the report says so. The per-pass checks of --verify-each stay float32.
+--precision int8 quantizes it (see `cnncomp compile --help`) and judges the outputs by their
+relative L2 error against --max-error, on the calibration samples held out from calibration;
+with --per-layer it also names the layer where the int8 error jumps most.
 """
 
 import json
 import sys
 
-from cnncomp.cli._common import add_check_arguments, add_compile_arguments, check_options, load_npz, source
+from cnncomp.cli._common import (
+    add_check_arguments, add_compile_arguments, check_options, int8_options, load_npz, source,
+)
 from cnncomp.pipeline import PRECISIONS
 
 
@@ -37,7 +42,8 @@ def add_arguments(p):
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--precision", choices=tuple(PRECISIONS), default="fp32",
                    help="fp16: convert the model to float16 after the passes and judge it by the float16 "
-                        "tolerances (atol = 1e-2 * max|ref|, rtol = 1e-2)")
+                        "tolerances (atol = 1e-2 * max|ref|, rtol = 1e-2); int8: quantize it (see --calibration) "
+                        "and judge it by the relative L2 error against --max-error")
 
 
 def run(args) -> int:
@@ -45,8 +51,11 @@ def run(args) -> int:
 
     options = check_options(args, per_layer=args.per_layer)
     inputs = load_npz(args.load_inputs) if args.load_inputs else None
-    report = verify_spec(source(args), options, args.precision, inputs, args.verify_each, args.save_inputs,
-                         args.save_outputs, log=sys.stderr.write).report
+    result = verify_spec(source(args), options, args.precision, inputs, args.verify_each, args.save_inputs,
+                         args.save_outputs, log=sys.stderr.write, int8=int8_options(args, args.stats))
+    report = result.report
+    if args.stats and args.precision == "int8" and not args.json:
+        print(result.details.table())
     if args.json:
         print(json.dumps(report.to_json(), indent=1))
     else:

@@ -251,12 +251,15 @@ def trt_version(trt) -> tuple[int, int]:
 
 
 def build_engine(model: onnx.ModelProto, profile: Profile, fp16: bool = False,
-                 workspace_bytes: int = WORKSPACE_BYTES, log=None) -> bytes:
+                 workspace_bytes: int = WORKSPACE_BYTES, log=None, int8: bool = False) -> bytes:
     """A serialized TensorRT engine (a .plan) for the model, with one optimization profile.
 
     With fp16, a float16 model (see cnncomp.precision.fp16) is parsed into a strongly typed network
     where TensorRT has that flag, so the engine computes in the model's types; otherwise the FP16
-    builder flag lets TensorRT pick float16 kernels."""
+    builder flag lets TensorRT pick float16 kernels. With int8, the model is a QDQ model
+    (cnncomp.precision.int8, symmetric int8 activations) and the engine uses explicit quantization:
+    strongly typed where TensorRT has that flag (the Q/DQ scales decide what runs in int8), else the
+    INT8 builder flag."""
     missing = tensorrt_missing()
     if missing:
         raise CnnError("cannot build a TensorRT engine here: " + "; ".join(missing))
@@ -266,7 +269,7 @@ def build_engine(model: onnx.ModelProto, profile: Profile, fp16: bool = False,
     if builder is None:
         raise CnnError("TensorRT could not create a builder (is the GPU usable?)")
     flags = 0
-    strongly_typed = fp16 and hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED")
+    strongly_typed = (fp16 or int8) and hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED")
     if strongly_typed:
         flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
     network = builder.create_network(flags)  # TensorRT 10: explicit batch always
@@ -279,6 +282,8 @@ def build_engine(model: onnx.ModelProto, profile: Profile, fp16: bool = False,
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_bytes))
     if fp16 and not strongly_typed:
         config.set_flag(trt.BuilderFlag.FP16)
+    if int8 and not strongly_typed:
+        config.set_flag(trt.BuilderFlag.INT8)
     opt = builder.create_optimization_profile()
     for i in range(network.num_inputs):
         tensor = network.get_input(i)
@@ -289,7 +294,7 @@ def build_engine(model: onnx.ModelProto, profile: Profile, fp16: bool = False,
     config.add_optimization_profile(opt)
     if log:
         log(f"building a TensorRT {'.'.join(map(str, trt_version(trt)))} engine "
-            f"({'fp16' if fp16 else 'fp32'}, workspace {workspace_bytes >> 20} MiB)")
+            f"({'int8' if int8 else 'fp16' if fp16 else 'fp32'}, workspace {workspace_bytes >> 20} MiB)")
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise CnnError("TensorRT failed to build the engine (its log above says why)")
@@ -325,12 +330,12 @@ def engine_profile(model: onnx.ModelProto, min_batch: int = 1, opt_batch: int | 
 
 
 def write_engine(model: onnx.ModelProto, profile: Profile, path, fp16: bool = False,
-                 workspace_bytes: int = WORKSPACE_BYTES, log=None) -> int:
+                 workspace_bytes: int = WORKSPACE_BYTES, log=None, int8: bool = False) -> int:
     """Build the engine and write it atomically to `path`; return its size in bytes."""
     from cnncomp.ir.weights import atomic_write
 
     _check_folder(path)
-    plan = build_engine(model, profile, fp16=fp16, workspace_bytes=workspace_bytes, log=log)
+    plan = build_engine(model, profile, fp16=fp16, workspace_bytes=workspace_bytes, log=log, int8=int8)
     atomic_write(path, lambda tmp: Path(tmp).write_bytes(plan))
     return len(plan)
 

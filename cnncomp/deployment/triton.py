@@ -18,7 +18,7 @@ dim), so a repository Triton would refuse is never written.
 
 With `tensorrt=True` the config asks the ONNX Runtime backend to run the model
 through TensorRT (`optimization { execution_accelerators { gpu_execution_accelerator
-[ { name: "tensorrt" ... } ] } }`), with precision_mode FP16 or FP32 and a 1 GiB
+[ { name: "tensorrt" ... } ] } }`), with precision_mode FP16, INT8 (a QDQ model) or FP32 and a 1 GiB
 workspace.
 
 The repository entry is written in a temporary folder beside it and renamed
@@ -91,7 +91,7 @@ class TritonConfig:
         kind = [f"    kind: {self.kind}"] if self.kind else []
         lines += ["instance_group [", "  {", f"    count: {self.instances}", *kind, "  }", "]"]
         if self.tensorrt:
-            mode = "FP16" if self.precision == "fp16" else "FP32"
+            mode = {"fp16": "FP16", "int8": "INT8"}.get(self.precision, "FP32")  # INT8: the QDQ model's own scales
             lines += ["optimization {", "  execution_accelerators {", "    gpu_execution_accelerator : [",
                       "      {", '        name : "tensorrt"',
                       f'        parameters {{ key: "precision_mode" value: "{mode}" }}',

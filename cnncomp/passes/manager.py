@@ -71,7 +71,7 @@ def register_pass(name: str, exact: bool, level: int = 0, options: dict[str, Cal
 
 def all_passes() -> dict[str, PassInfo]:
     from cnncomp.passes.approx import bottleneck, depthwise  # noqa: F401
-    from cnncomp.passes.exact import dce, drop_identity, fold_bn, fold_pad, merge_pointwise  # noqa: F401
+    from cnncomp.passes.exact import dce, drop_identity, equalize, fold_bn, fold_pad, merge_pointwise  # noqa: F401
 
     return PASSES
 

@@ -153,7 +153,7 @@ def verify(ref_graph: LayerGraph, ref_weights: dict, model, opt_graph: LayerGrap
     got = session.run({k: v for k, v in feeds.items() if k in session.input_names})
     outputs = {}
     budget = None
-    if opt_graph.meta.get("approximate"):
+    if opt_graph.meta.get("approximate") or precision == "int8":  # int8 is an approximation too
         budget = DEFAULT_MAX_ERROR if max_error is None else max_error
     for name in ref_graph.output_names:
         outputs[name] = compare(got[name], ref_out[name], tolerance_for(name, atol), tolerance_for(name, rtol),
@@ -161,7 +161,8 @@ def verify(ref_graph: LayerGraph, ref_weights: dict, model, opt_graph: LayerGrap
     report = VerifyReport(all(c.ok for c in outputs.values()), list(opt_graph.meta.get("passes", [])),
                           session.provider, outputs, precision=precision)
     if budget is not None:
-        report.notes.append(f"approximate rewrites ran: outputs are judged by relative L2 error <= {budget:g}")
+        report.notes.append(f"{'int8' if precision == 'int8' else 'approximate rewrites ran'}: outputs are judged "
+                            f"by relative L2 error <= {budget:g}")
     if per_layer:
         from cnncomp.progress import progress
 

@@ -1,0 +1,183 @@
+"""Calibration data for int8: arrays from .npz / .npy files or a folder of images, checked and split.
+
+- `.npz`: one array per network input, keyed by input name; the first dim is the sample dim.
+- `.npy`: one array, for a network with a single input.
+- a folder of images (`.jpg`, `.jpeg`, `.png`, `.bmp`, `.ppm`, `.webp`), read with Pillow (the optional
+  `cnncomp[images]` extra) and preprocessed as `--preprocess` says:
+    - `imagenet`: resize the shorter side to 256/224 of the input's height (256 for a 224 input),
+      center-crop to the input's height x width, scale to [0, 1], subtract the ImageNet mean
+      (0.485, 0.456, 0.406) and divide by its std (0.229, 0.224, 0.225), channels first;
+    - `unit`: resize to height x width and scale to [0, 1], channels first (no normalization).
+  One-channel inputs read images as grayscale (the mean/std of `imagenet` then use their averages).
+
+Without calibration data, seeded uniform inputs in [-1, 1] stand in, with a warning that the
+scales they give are not representative of real data. Empty data, missing inputs, shapes that
+do not fit the input and non-finite values are CnnErrors naming the source.
+
+The error budget is measured on held-out inputs: the last quarter of the samples (at least one)
+when there are two or more, the rest calibrate. One sample calibrates and is also measured on, with
+a warning.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from cnncomp.errors import CnnError
+from cnncomp.ir.graph import LayerGraph
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".webp")
+PREPROCESS = ("imagenet", "unit")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+SEEDED_SAMPLES = 8
+NOT_REPRESENTATIVE = ("int8: no --calibration data: the activation scales come from seeded uniform inputs in "
+                      "[-1, 1] and are not representative of real inputs; calibrate with real data")
+
+
+def load_calibration(source, graph: LayerGraph, preprocess: str | None = None) -> dict[str, np.ndarray]:
+    """Calibration samples from a path (.npz, .npy or an image folder) or a dict of arrays, checked against `graph`."""
+    if isinstance(source, dict):
+        return check_calibration(source, graph, "the calibration data")
+    path = Path(source)
+    if path.is_dir():
+        return check_calibration(load_images(path, graph, preprocess or "imagenet"), graph, str(path))
+    if preprocess is not None:
+        raise CnnError(f"--preprocess applies to a folder of images; {path} is a file")
+    if not path.exists():
+        raise CnnError(f"calibration data {path} does not exist")
+    if path.suffix == ".npz":
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                arrays = {k: data[k] for k in data.files}
+        except (OSError, ValueError, AttributeError) as e:
+            raise CnnError(f"cannot read {path}: {e}") from None
+        return check_calibration(arrays, graph, str(path))
+    if path.suffix == ".npy":
+        if len(graph.inputs) != 1:
+            raise CnnError(f"{path}: a .npy file calibrates a single-input network; this one has inputs "
+                           f"{', '.join(graph.inputs)} (use .npz keyed by input name)")
+        try:
+            array = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise CnnError(f"cannot read {path}: {e}") from None
+        return check_calibration({graph.inputs[0]: array}, graph, str(path))
+    raise CnnError(f"calibration data {path}: expected a .npz file, a .npy file or a folder of images")
+
+
+def check_calibration(feeds: dict, graph: LayerGraph, source: str) -> dict[str, np.ndarray]:
+    """The arrays as float32, after checking every input is there, non-empty, finite and shaped like the input."""
+    out = {}
+    for name in graph.inputs:
+        if name not in feeds:
+            raise CnnError(f"{source}: no array for input '{name}' (it has {', '.join(feeds) or 'nothing'})")
+        array = np.asarray(feeds[name])
+        layer = graph.layer(name)
+        if array.size == 0:
+            raise CnnError(f"{source}: input '{name}' is empty (shape {list(array.shape)})")
+        if not np.issubdtype(array.dtype, np.number):
+            raise CnnError(f"{source}: input '{name}' holds {array.dtype}, not numbers")
+        if len(array.shape) != len(layer.shape) or any(isinstance(d, int) and d != a
+                                                      for d, a in zip(layer.shape[1:], array.shape[1:])):
+            raise CnnError(f"{source}: input '{name}' has shape {list(array.shape)}; the network takes "
+                           f"{list(layer.shape)} (samples along the first dim)")
+        bad = int(np.size(array) - np.isfinite(array).sum())
+        if bad:
+            raise CnnError(f"{source}: input '{name}' has {bad} non-finite values (NaN or Inf)")
+        out[name] = array.astype(np.float32)
+    counts = {len(a) for a in out.values()}
+    if len(counts) > 1:
+        raise CnnError(f"{source}: the inputs have different sample counts ({sorted(counts)})")
+    return out
+
+
+def seeded_calibration(graph: LayerGraph, seed: int = 0, samples: int = SEEDED_SAMPLES) -> dict[str, np.ndarray]:
+    """Seeded uniform samples in [-1, 1] for every input (a stand-in for real data)."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for name in graph.inputs:
+        layer = graph.layer(name)
+        out[name] = rng.uniform(-1, 1, (samples,) + tuple(d for d in layer.shape[1:])).astype(np.float32)
+    return out
+
+
+def fixed_batch(graph: LayerGraph) -> int | None:
+    """The batch size every input fixes in its first dim, or None when the batch dim is symbolic."""
+    sizes = {graph.layer(n).shape[0] for n in graph.inputs}
+    return next(iter(sizes)) if len(sizes) == 1 and all(isinstance(d, int) for d in sizes) else None
+
+
+def split_held_out(feeds: dict[str, np.ndarray], batch: int = 1) -> tuple[dict, dict, list[str]]:
+    """(calibration samples, held-out samples, warnings): the last quarter (at least one batch) is held out."""
+    count = len(next(iter(feeds.values())))
+    if count % batch:
+        raise CnnError(f"the calibration data has {count} samples; the network's fixed batch of {batch} needs "
+                       "a multiple of it")
+    if count < 2 * batch:
+        return feeds, feeds, ["int8: one calibration sample: the error is measured on the sample that set the "
+                              "scales (give two or more to hold some out)"]
+    held = max(batch, count // 4 // batch * batch)
+    return ({k: v[:count - held] for k, v in feeds.items()}, {k: v[count - held:] for k, v in feeds.items()}, [])
+
+
+def batches(feeds: dict[str, np.ndarray], batch: int = 1):
+    """Yield {input: samples[i:i+batch]} over the samples."""
+    count = len(next(iter(feeds.values())))
+    for start in range(0, count, batch):
+        yield {k: v[start:start + batch] for k, v in feeds.items()}
+
+
+def load_images(folder: Path, graph: LayerGraph, preprocess: str) -> dict[str, np.ndarray]:
+    """The images of a folder (sorted by name), preprocessed into one batch for a single image input."""
+    if preprocess not in PREPROCESS:
+        raise CnnError(f"unknown --preprocess '{preprocess}'; choose one of {', '.join(PREPROCESS)}")
+    if len(graph.inputs) != 1:
+        raise CnnError(f"{folder}: a folder of images calibrates a single-input network; this one has "
+                       f"{', '.join(graph.inputs)}")
+    name = graph.inputs[0]
+    shape = graph.layer(name).shape
+    if len(shape) != 4 or not all(isinstance(d, int) for d in shape[1:]) or shape[1] not in (1, 3):
+        raise CnnError(f"{folder}: images calibrate an input shaped [N, 1 or 3, H, W]; '{name}' is {list(shape)}")
+    try:
+        from PIL import Image
+    except ImportError:
+        raise CnnError("calibrating from a folder of images needs Pillow: pip install 'cnncomp[images]' "
+                       "(or pip install pillow)") from None
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise CnnError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)}) in the folder")
+    channels, height, width = shape[1:]
+    samples = []
+    for path in files:
+        try:
+            with Image.open(path) as image:
+                image = image.convert("L" if channels == 1 else "RGB")
+                samples.append(preprocess_image(image, height, width, preprocess))
+        except OSError as e:
+            raise CnnError(f"cannot read image {path}: {e}") from None
+    return {name: np.stack(samples)}
+
+
+def preprocess_image(image, height: int, width: int, preprocess: str) -> np.ndarray:
+    """One Pillow image as a float32 [C, H, W] array (see the module docstring for the two recipes)."""
+    from PIL import Image
+
+    if preprocess == "imagenet":
+        short = round(min(height, width) * 256 / 224)
+        scale = short / min(image.size)
+        image = image.resize((max(width, round(image.size[0] * scale)), max(height, round(image.size[1] * scale))),
+                             Image.BILINEAR)
+        left, top = (image.size[0] - width) // 2, (image.size[1] - height) // 2
+        image = image.crop((left, top, left + width, top + height))
+    else:
+        image = image.resize((width, height), Image.BILINEAR)
+    array = np.asarray(image, dtype=np.float32) / 255.0
+    array = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
+    if preprocess == "imagenet":
+        mean, std = np.array(IMAGENET_MEAN, np.float32), np.array(IMAGENET_STD, np.float32)
+        if array.shape[0] == 1:
+            mean, std = mean.mean(keepdims=True), std.mean(keepdims=True)
+        array = (array - mean[:, None, None]) / std[:, None, None]
+    return np.ascontiguousarray(array, dtype=np.float32)

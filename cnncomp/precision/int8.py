@@ -1,0 +1,420 @@
+"""Int8 models: calibrated QDQ quantization of an emitted float32 ONNX model, within an error budget.
+
+The quantization runs on the ONNX model after the passes (batch norms are folded into the convs
+first, in float64, so only the folded weights are quantized). The QDQ model is standard ONNX:
+float32 inputs and outputs, QuantizeLinear/DequantizeLinear pairs around every quantized tensor,
+int8 weights quantized per output channel and symmetrically, activations per tensor (uint8 with
+a zero point for ONNX Runtime's CPU kernels; int8 symmetric for TensorRT, which takes no zero
+point). ONNX Runtime's QDQ quantizer places the pairs (`onnxruntime.quantization.quantize_static`,
+QuantFormat.QDQ); it drops a Relu/Clip whose output range the uint8 zero point already clips, so
+ONNX Runtime fuses Conv + activation into one QLinearConv (`session_kernels` shows the kernels of
+the optimized session graph).
+
+Calibration (ranges of every activation) runs once per `Quantizer`, with a method from METHODS:
+`minmax` (the observed range), `percentile` (99.999th percentile of |x|, ignoring outliers) or
+`entropy` (the threshold minimizing the KL divergence of the int8 histogram). Its ranges are
+cached, so that the per-layer sensitivity search re-quantizes without recalibrating.
+
+The error budget (`max_error`) is the relative L2 error ||y - y_ref|| / ||y_ref|| of every output
+against the float64 reference of the unoptimized graph, on held-out inputs. When full int8 misses
+it, each conv/linear layer is quantized alone to measure its error contribution ("error alone"),
+and the most sensitive layers are kept in float32, as few as meet the budget (a binary search
+over the ranked list, checked once more at the end).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from cnncomp.errors import CnnError
+from cnncomp.ir.graph import LayerGraph
+
+METHODS = ("minmax", "percentile", "entropy")
+DEFAULT_METHOD = "percentile"
+# ops that pass their input's quantization through (no new scale): kept with the layer that feeds them
+PASS_THROUGH_OPS = ("Relu", "Clip", "MaxPool", "Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Pad",
+                    "Slice", "Split", "Gather", "GatherElements", "Where", "TopK", "Identity", "Resize")
+MIN_OPSET = 13  # per-channel QuantizeLinear/DequantizeLinear
+
+
+@dataclass
+class LayerSensitivity:
+    """One conv/linear layer's int8 error alone, and the precision the budget search gave it."""
+
+    layer: str
+    location: str
+    error_alone: float
+    macs_share: float
+    precision: str = "int8"
+
+
+@dataclass
+class Int8Report:
+    """What int8 quantization did: the method, the data, the errors, the layers kept in float32."""
+
+    method: str
+    calibration: str
+    samples: int
+    held_out: int
+    error: float = 0.0  # relative L2 of the final model on the held-out inputs
+    full_int8_error: float = 0.0
+    max_error: float | None = None
+    layers: list[LayerSensitivity] = field(default_factory=list)
+    float_layers: list[str] = field(default_factory=list)
+    top1_agreement: dict[str, float] = field(default_factory=dict)
+    kernels: dict[str, int] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    inputs: dict = field(default_factory=dict, repr=False)  # the held-out samples the error was measured on
+
+    @property
+    def ok(self) -> bool:
+        return self.max_error is None or self.error <= self.max_error
+
+    def summary(self) -> str:
+        """One paragraph for stderr: method, data, error against the budget, kernels, agreement."""
+        budget = f" (budget {self.max_error:g})" if self.max_error is not None else ""
+        count = len(self.float_layers)
+        kept = (f"; {count} layer{'s' if count > 1 else ''} kept in float32 ({', '.join(self.float_layers[:6])}"
+                + (", ..." if len(self.float_layers) > 6 else "") + ")") if self.float_layers else ""
+        lines = [f"int8: {self.method} calibration on {self.samples} samples ({self.calibration}), "
+                 f"relative L2 error {self.error:.3g} on {self.held_out} held-out samples{budget}{kept}"]
+        if self.float_layers:
+            lines.append(f"int8: full int8 would be off by {self.full_int8_error:.3g}")
+        for name, agree in self.top1_agreement.items():
+            lines.append(f"int8: {name}: top-1 agrees with the reference on {agree:.1%} of the held-out samples")
+        if self.kernels:
+            lines.append("int8: ONNX Runtime CPU kernels: " + ", ".join(f"{k} {v}" for k, v in
+                                                                       sorted(self.kernels.items())))
+        return "\n".join(lines + self.notes)
+
+    def table(self) -> str:
+        """The sensitivity table of --stats: layer, error alone, precision kept, MACs share."""
+        if not self.layers:
+            return "int8 sensitivity: not measured (full int8 met the budget; --stats with --max-error measures it)"
+        width = max(len(l.layer) for l in self.layers)
+        lines = [f"{'layer':<{width}}  {'error alone':>11}  {'kept':>7}  {'MACs':>6}"]
+        for l in self.layers:
+            lines.append(f"{l.layer:<{width}}  {l.error_alone:>11.3g}  {l.precision:>7}  {l.macs_share:>6.1%}")
+        int8_share = sum(l.macs_share for l in self.layers if l.precision == "int8")
+        lines.append(f"{len(self.layers) - len(self.float_layers)} of {len(self.layers)} layers in int8, "
+                     f"{int8_share:.1%} of the MACs")
+        return "\n".join(lines)
+
+
+@contextlib.contextmanager
+def quiet_quantizer():
+    """ONNX Runtime's quantizer logs advice through the root logger and its calibrators print progress to
+    standard output; keep both out of ours."""
+    import io
+
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        root.setLevel(level)
+
+
+class FeedReader:
+    """An onnxruntime CalibrationDataReader over samples: one sample per get_next()."""
+
+    def __init__(self, feeds: dict[str, np.ndarray], batch: int = 1):
+        from cnncomp.precision.calibration import batches
+
+        self._batches = list(batches(feeds, batch))
+        self._next = 0
+
+    def get_next(self):
+        if self._next >= len(self._batches):
+            return None
+        self._next += 1
+        return self._batches[self._next - 1]
+
+    def __len__(self):
+        return len(self._batches)
+
+    def set_range(self, start_index: int, end_index: int):  # the reader protocol of CalibStridedMinMax
+        self._next = start_index
+
+
+class Quantizer:
+    """A float32 model calibrated once; `quantize` then gives its QDQ int8 model with any layers left in float32."""
+
+    def __init__(self, model: onnx.ModelProto, calibration: dict[str, np.ndarray], method: str = DEFAULT_METHOD,
+                 activations: str = "uint8", batch: int = 1):
+        if method not in METHODS:
+            raise CnnError(f"unknown calibration method '{method}'; choose one of {', '.join(METHODS)}")
+        if activations not in ("uint8", "int8"):
+            raise CnnError(f"activations are quantized to uint8 or int8, not {activations}")
+        opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+        if opset < MIN_OPSET:
+            raise CnnError(f"int8 needs opset {MIN_OPSET} or later (per-channel QuantizeLinear); got --opset {opset}")
+        self.model = model
+        self.groups = layer_groups(model)
+        self.method = method
+        self.activations = activations
+        self.batch = batch  # samples per calibration run (an input's fixed batch dim, else 1)
+        self._tmp = tempfile.TemporaryDirectory(prefix="cnncomp-int8-")
+        self._cache = Path(self._tmp.name) / "ranges.json"
+        # a path, not the ModelProto: quantize_static moves a proto's weights into external files it then deletes
+        self._float_path = Path(self._tmp.name) / "float32.onnx"
+        copy = onnx.ModelProto.FromString(model.SerializeToString())  # saving to external data edits the proto
+        onnx.save(copy, str(self._float_path), save_as_external_data=True, location="float32.data")
+        self.quantize(calibration=calibration)  # fills the range cache
+
+    def close(self) -> None:
+        self._tmp.cleanup()
+
+    def quantize(self, exclude=(), only=None, calibration: dict | None = None) -> onnx.ModelProto:
+        """The QDQ model; layers in `exclude` stay float32; with `only`, just those layers are quantized."""
+        from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+        methods = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
+                   "entropy": CalibrationMethod.Entropy}
+        symmetric = self.activations == "int8"
+        out = Path(self._tmp.name) / "int8.onnx"
+        extra = {"WeightSymmetric": True, "ActivationSymmetric": symmetric}
+        with quiet_quantizer():
+            try:
+                reader = FeedReader(calibration, self.batch) if calibration is not None else None
+                quantize_static(self._float_path, out, reader,
+                                quant_format=QuantFormat.QDQ, per_channel=True,
+                                activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
+                                weight_type=QuantType.QInt8,
+                                nodes_to_exclude=[n for name in exclude for n in self.groups[name]],
+                                nodes_to_quantize=[n for name in only for n in self.groups[name]] if only else None,
+                                calibrate_method=methods[self.method], extra_options=extra,
+                                calibration_cache_path=self._cache)
+            except (ValueError, RuntimeError, onnx.checker.ValidationError) as e:
+                raise CnnError(f"int8 quantization failed: {e}") from None
+        return float_outputs(onnx.load(str(out)))
+
+
+def layer_groups(model: onnx.ModelProto) -> dict[str, list[str]]:
+    """{node: [node, the pass-through nodes after it]} for every node that sets a new quantization scale
+    (conv, gemm, add, pools, ...), in graph order: the unit that the budget search keeps in float32 or not.
+
+    A pass-through node (relu, max pool, reshape) joins the group of the node that feeds it, so that keeping
+    a layer in float32 keeps its activation in float32 too instead of rounding it through a lone Q/DQ pair."""
+    from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
+
+    quantizable = set(QDQRegistry) | set(QLinearOpsRegistry)
+    weights = {t.name for t in model.graph.initializer}
+    consumers: dict[str, list] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    groups = {}
+    for node in model.graph.node:
+        if node.op_type not in quantizable or node.op_type in PASS_THROUGH_OPS:
+            continue
+        members, frontier = [node.name], list(node.output)
+        while frontier:
+            for user in consumers.get(frontier.pop(), []):
+                if user.op_type in PASS_THROUGH_OPS and user.name not in members and \
+                        sum(1 for i in user.input if i and i not in weights) == 1:
+                    members.append(user.name)
+                    frontier += list(user.output)
+        groups[node.name] = members
+    return groups
+
+
+def quantizable_layers(model: onnx.ModelProto) -> list[str]:
+    """The nodes a sensitivity search ranks (those that set a new scale), in graph order."""
+    return list(layer_groups(model))
+
+
+def float_outputs(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Drop the QuantizeLinear -> DequantizeLinear pair in front of a graph output: the output is float32
+    anyway, and the pair would only round it (and clip the logits a percentile calibration cut)."""
+    producer = {o: n for n in model.graph.node for o in n.output}
+    uses: dict[str, int] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            uses[name] = uses.get(name, 0) + 1
+    drop, renames = set(), {}
+    for output in model.graph.output:
+        dq = producer.get(output.name)
+        if dq is None or dq.op_type != "DequantizeLinear":
+            continue
+        q = producer.get(dq.input[0])
+        if q is None or q.op_type != "QuantizeLinear" or uses.get(dq.input[0], 0) != 1:
+            continue
+        drop |= {dq.name, q.name}
+        renames[q.input[0]] = output.name
+    if not drop:
+        return model
+    kept = [n for n in model.graph.node if n.name not in drop]
+    for node in kept:
+        for i, name in enumerate(node.input):
+            node.input[i] = renames.get(name, name)
+        for i, name in enumerate(node.output):
+            node.output[i] = renames.get(name, name)
+    del model.graph.node[:]
+    model.graph.node.extend(kept)
+    return model
+
+
+def session_kernels(model: onnx.ModelProto) -> dict[str, int]:
+    """Op types (and counts) of ONNX Runtime's optimized CPU session graph: shows which int8 kernels run."""
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory(prefix="cnncomp-int8-") as tmp:
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED  # no layout (Nchwc) changes
+        options.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
+        ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        optimized = onnx.load(options.optimized_model_filepath, load_external_data=False)
+    counts: dict[str, int] = {}
+    for node in optimized.graph.node:
+        counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    return counts
+
+
+def top1_agreement(outputs: dict, reference: dict) -> dict[str, float]:
+    """For classification-shaped outputs ([N, classes], classes > 1): the fraction of samples whose argmax agrees."""
+    out = {}
+    for name, ref in reference.items():
+        ref = np.asarray(ref)
+        if ref.ndim == 2 and ref.shape[1] > 1:
+            out[name] = float(np.mean(np.argmax(outputs[name], axis=1) == np.argmax(ref, axis=1)))
+    return out
+
+
+class ErrorProbe:
+    """Relative output error of a model against fixed float64 reference outputs on held-out inputs."""
+
+    def __init__(self, feeds: dict[str, np.ndarray], reference: dict[str, np.ndarray], batch: int | None = None):
+        self.feeds, self.reference, self.batch = feeds, reference, batch
+
+    def outputs(self, model: onnx.ModelProto) -> dict[str, np.ndarray]:
+        from cnncomp.precision.calibration import batches
+        from cnncomp.run.session import Session
+
+        session = Session(model, "cpu", quiet=True)
+        if self.batch is None:
+            return session.run(self.feeds, list(self.reference))
+        parts = [session.run(chunk, list(self.reference)) for chunk in batches(self.feeds, self.batch)]
+        return {name: np.concatenate([p[name] for p in parts]) for name in self.reference}
+
+    def error(self, model: onnx.ModelProto) -> float:
+        from cnncomp.verification.compare import relative_output_error
+
+        return relative_output_error(self.outputs(model), self.reference)
+
+
+def quantize_int8(model: onnx.ModelProto, graph: LayerGraph, ref_graph: LayerGraph, ref_weights: dict,
+                  calibration=None, preprocess: str | None = None, method: str = DEFAULT_METHOD,
+                  max_error: float | None = None, sensitivity: bool = False, seed: int = 0,
+                  activations: str = "uint8") -> tuple[onnx.ModelProto, Int8Report]:
+    """Quantize an emitted float32 model (of `graph`) to QDQ int8, keeping layers in float32 to meet `max_error`.
+
+    `calibration` is a path (.npz, .npy, image folder), a dict of arrays, or None (seeded stand-ins, with a
+    warning). The error is measured against the float64 reference of `ref_graph` on held-out samples.
+    With `sensitivity`, every layer's error alone is measured even when full int8 meets the budget."""
+    import torch
+
+    from cnncomp.precision.calibration import (
+        NOT_REPRESENTATIVE, SEEDED_SAMPLES, fixed_batch, load_calibration, seeded_calibration, split_held_out,
+    )
+    from cnncomp.run.reference import run_reference
+
+    warnings = []
+    batch = fixed_batch(ref_graph)
+    if calibration is None:
+        feeds, source = seeded_calibration(ref_graph, seed, SEEDED_SAMPLES * (batch or 1)), "seeded uniform inputs"
+        warnings.append(NOT_REPRESENTATIVE)
+    else:
+        feeds = load_calibration(calibration, ref_graph, preprocess)
+        source = str(calibration) if not isinstance(calibration, dict) else "the given arrays"
+    calib, held, split_warnings = split_held_out(feeds, batch or 1)
+    warnings += split_warnings
+    reference = run_reference(ref_graph, ref_weights, held, dtype=torch.float64)
+    probe = ErrorProbe(held, reference, batch)
+    report = Int8Report(method, source, len(next(iter(calib.values()))), len(next(iter(held.values()))),
+                        max_error=max_error, warnings=warnings)
+    quantizer = Quantizer(model, calib, method, activations, batch or 1)
+    try:
+        quantized = quantizer.quantize()
+        report.full_int8_error = report.error = probe.error(quantized)
+        if sensitivity or (max_error is not None and report.error > max_error):
+            report.layers = rank_layers(quantizer, probe, graph)
+        if max_error is not None and report.error > max_error:
+            quantized, report.error, report.float_layers = keep_sensitive_in_float(quantizer, probe, report.layers,
+                                                                                   max_error)
+            for entry in report.layers:
+                entry.precision = "float32" if entry.layer in report.float_layers else "int8"
+    finally:
+        quantizer.close()
+    report.inputs = held
+    report.top1_agreement = top1_agreement(probe.outputs(quantized), reference)
+    report.kernels = {k: v for k, v in session_kernels(quantized).items()
+                      if k.startswith(("QLinear", "QGemm", "MatMulInteger", "ConvInteger", "Conv", "Gemm"))}
+    return quantized, report
+
+
+def rank_layers(quantizer: Quantizer, probe: ErrorProbe, graph: LayerGraph) -> list[LayerSensitivity]:
+    """Every conv/linear layer quantized alone: its output error, most sensitive first."""
+    from cnncomp.ir.cost import graph_cost, layer_macs
+    from cnncomp.progress import progress
+
+    total = max(graph_cost(graph)[1], 1)
+    ranked = []
+    for name in progress(quantizable_layers(quantizer.model), label="int8 sensitivity"):
+        error = probe.error(quantizer.quantize(only=[name]))
+        layer = graph.layer(name) if name in graph else None
+        macs = layer_macs(graph, layer) if layer is not None else 0
+        ranked.append(LayerSensitivity(name, layer.where if layer is not None else "", error, macs / total))
+    return sorted(ranked, key=lambda l: -l.error_alone)
+
+
+def keep_sensitive_in_float(quantizer: Quantizer, probe: ErrorProbe, ranked: list[LayerSensitivity],
+                            max_error: float) -> tuple[onnx.ModelProto, float, list[str]]:
+    """The fewest most-sensitive layers to keep in float32 so the error meets the budget: (model, error, layers).
+
+    Errors are not exactly monotone in the number kept, so the binary search's answer is checked and,
+    if it misses, more layers are kept one at a time until the budget holds (all in float32 always does)."""
+    names = [l.layer for l in ranked]
+    tried: dict[int, tuple[onnx.ModelProto, float]] = {}
+
+    def attempt(k: int):
+        if k not in tried:
+            model = quantizer.quantize(exclude=names[:k])
+            tried[k] = (model, probe.error(model))
+        return tried[k]
+
+    lo, hi = 1, len(names)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if attempt(mid)[1] <= max_error:
+            hi = mid
+        else:
+            lo = mid + 1
+    k = lo
+    while attempt(k)[1] > max_error and k < len(names):
+        k += 1
+    model, error = attempt(k)
+    return model, error, names[:k]
+
+
+def largest_error_jump(layers) -> tuple[str, float, float] | None:
+    """From verify --per-layer checks (in graph order): the layer whose relative L2 error rises most above the
+    largest error of the layers before it, as (layer, error before, error after)."""
+    best, previous = None, 0.0
+    for check in layers:
+        error = check.comparison.rel_l2_err
+        if best is None or error - previous > best[2] - best[1]:
+            best = (check.reference_layer, previous, error)
+        previous = max(previous, error)
+    return best
