@@ -107,7 +107,7 @@ def check_finite(array: np.ndarray, where: str) -> None:
         return
     bad = ~np.isfinite(array)
     if bad.any():
-        raise CnnError(f"{where} holds {count_nonfinite(array)}; inputs must be finite")
+        raise CnnError(f"{where} holds non-finite values, {count_nonfinite(array)}; inputs must be finite")
 
 
 def count_nonfinite(array: np.ndarray) -> str:
