@@ -34,7 +34,8 @@ def compile(spec, output: str | Path | None = None, opt_level: int = 1, passes=N
     `calibration`: inputs (a dict of arrays, or a .npz/.npy path) on which -O3 measures its error budget and
     int8 calibrates; for int8 also a folder of images (with `preprocess`). int8 keeps the most sensitive
     layers in float32 so that the outputs stay within `max_error` on held-out samples."""
-    from cnncomp.pipeline import Int8Options, compile_spec, silent
+    from cnncomp.log import silent
+    from cnncomp.pipeline import Int8Options, compile_spec
 
     source = Source(spec, defines, weights, seed, opt_level, passes, max_error, autotune,
                     _o3_calibration(calibration), opset)
@@ -61,7 +62,8 @@ def verify(spec, passes=None, opt_level: int = 1, weights=None, seed: int = 0, p
            *, precision: str = "fp32", verify_each: bool = False, inputs: dict | None = None,
            max_error: float | None = None, calibration: dict | None = None, batch: int = 2, log=None):
     """Compile a spec and compare ONNX Runtime's outputs with the PyTorch reference; returns a VerifyReport (.ok)."""
-    from cnncomp.pipeline import silent, verify_spec
+    from cnncomp.log import silent
+    from cnncomp.pipeline import verify_spec
 
     source = Source(spec, defines, weights, seed, opt_level, passes, max_error, False, calibration, opset)
     options = CheckOptions(provider, seed, batch=batch, atol=atol, rtol=rtol, max_error=max_error,
@@ -75,7 +77,8 @@ def deploy(spec, repo: str | Path, max_batch: int = 8, precision: str = "fp32", 
            defines: dict[str, str] | None = None, log=None) -> Path:
     """Write a Triton model repository for a spec, REPO/<name>/config.pbtxt and REPO/<name>/1/model.onnx;
     returns the model's folder."""
-    from cnncomp.pipeline import deploy_spec, silent
+    from cnncomp.log import silent
+    from cnncomp.pipeline import deploy_spec
 
     source = Source(spec, defines, weights, seed, opt_level, passes, opset=opset)
     return deploy_spec(source, repo, max_batch, instances, kind, tensorrt, precision, keep_io_fp32, name,

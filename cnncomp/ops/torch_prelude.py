@@ -6,6 +6,9 @@ through cnncomp.ops.torch_source.prelude_sections(); the ops' torch_source facet
 Each section starts with a `# @ NAME: DEPENDENCIES` line. The sections mirror the op registry's
 shape rules (normalize/infer_shape) and PyTorch references (torch_ref); tests/test_torch_emit.py
 checks that generated files match the reference.
+
+About 500 lines, at the ~500 guide: one section per op that needs a helper, each short; the
+file is the prelude's single source, so splitting it would only add a loader over several files.
 """
 # ruff: noqa: E501
 

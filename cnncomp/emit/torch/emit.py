@@ -49,7 +49,7 @@ checked before it is returned: built on the meta device, its state_dict keys
 and shapes must be the graph's weights.
 
 The modules of this package, one role each, are listed in
-docs/architecture-emit-torch.md; this one is the driver.
+docs/architecture.md (emit/torch/); this one is the driver.
 
 The generated module is float32 (cast it with .half() or .double()); it
 computes what cnncomp's reference computes in eval() mode. In train() mode it
