@@ -11,8 +11,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-
-from cnncomp.cli import main
+from cli_helpers import cli
 
 ROOT = Path(__file__).resolve().parents[1]
 RESNET18 = str(ROOT / "specs" / "resnet18.cnn")
@@ -37,13 +36,6 @@ def parse_config(path: Path):
 
     mc = model_config_pb2()
     return text_format.Parse(path.read_text(), mc.ModelConfig()), mc
-
-
-def cli(capsys, *args: str) -> tuple[int, str, str]:
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    assert "Traceback" not in err
-    return code, out, err
 
 
 def write(tmp_path: Path, name: str, text: str) -> str:
@@ -124,9 +116,9 @@ def test_max_batch_zero_and_cpu_instances(tmp_path, capsys):
 
 
 def test_model_keeps_dynamic_batch_and_runs_at_every_batch_size(tmp_path, capsys):
-    from cnncomp.run.reference import run_reference
-    from cnncomp.pipeline import load as load_graph
     from cnncomp.ir.weights import init_weights
+    from cnncomp.pipeline import load as load_graph
+    from cnncomp.run.reference import run_reference
 
     repo = tmp_path / "repo"
     assert cli(capsys, "deploy", RESNET18, *SMALL, "--triton", repo, "--max-batch", 8)[0] == 0

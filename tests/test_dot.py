@@ -10,9 +10,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from cli_helpers import cli
 
 from cnncomp.emit.dot import build_clusters, op_text, to_dot
-from cnncomp.cli import main
 from cnncomp.pipeline import load as load_graph
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -22,13 +22,6 @@ needs_dot = pytest.mark.skipif(shutil.which("dot") is None,
 
 def spec(name: str) -> str:
     return str(ROOT / "specs" / name)
-
-
-def cli(capsys, *args):
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    assert "Traceback" not in err
-    return code, out, err
 
 
 def labels(cluster) -> list[str]:

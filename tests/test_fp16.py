@@ -8,14 +8,19 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from cli_helpers import cli
 from onnx import TensorProto
 
+from cnncomp.pipeline import emit_model, optimize
 from cnncomp.precision.fp16 import (
-    FP16_MAX, cast_feeds, convert_fp16, fp16_graph, missing_kernel, to_fp16,
+    FP16_MAX,
+    cast_feeds,
+    convert_fp16,
+    fp16_graph,
+    missing_kernel,
+    to_fp16,
 )
 from cnncomp.verification.harness import make_inputs, verify
-from cnncomp.cli import main
-from cnncomp.pipeline import emit_model, optimize
 
 ROOT = Path(__file__).resolve().parents[1]
 FLOAT, FLOAT16 = TensorProto.FLOAT, TensorProto.FLOAT16
@@ -167,13 +172,6 @@ def test_missing_fp16_kernel_is_kept_in_fp32(tmp_path, monkeypatch):
 
 
 # ---- the command line --------------------------------------------------------------------
-
-
-def cli(capsys, *args):
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    assert "Traceback" not in err
-    return code, out, err
 
 
 def test_verify_precision_fp16_says_so(tmp_path, capsys):

@@ -8,8 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from cnncomp.cli import main
+from cli_helpers import cli
 
 SPEC = "network n\ninput x: [N, 3, 8, 8]\ny = x -> conv(4, k=3, p=1) -> bn -> relu -> conv(8, k=3, p=1)\n" \
        "    -> gap -> flatten -> linear(2)\noutput y\n"
@@ -20,13 +19,6 @@ def spec(tmp_path):
     path = tmp_path / "n.cnn"
     path.write_text(SPEC)
     return path
-
-
-def cli(capsys, *args):
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    assert "Traceback" not in err
-    return code, out, err
 
 
 def inputs(value=0.5, shape=(2, 3, 8, 8)):

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from cli_helpers import cli
 
 from cnncomp.cli import main
 
@@ -28,13 +29,6 @@ def spec(tmp_path):
     path = tmp_path / "n.cnn"
     path.write_text(SPEC)
     return path
-
-
-def cli(capsys, *args):
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    assert "Traceback" not in err
-    return code, out, err
 
 
 def test_symlink_is_written_through(tmp_path, spec, capsys):

@@ -17,11 +17,22 @@ from pathlib import Path
 
 import onnx
 import pytest
+from cli_helpers import cli
 
 from cnncomp.cli import main
 from cnncomp.deployment import serve as serve_module
-from cnncomp.deployment.serve import HOST, free_ports, processes_under, serve_extra_missing
-from cnncomp.deployment.triton import TensorConfig, config_problems, triton_config, write_repository
+from cnncomp.deployment.serve import (
+    HOST,
+    free_ports,
+    processes_under,
+    serve_extra_missing,
+)
+from cnncomp.deployment.triton import (
+    TensorConfig,
+    config_problems,
+    triton_config,
+    write_repository,
+)
 from cnncomp.errors import CnnError
 from cnncomp.pipeline import emit_model, optimize
 
@@ -29,13 +40,6 @@ ROOT = Path(__file__).resolve().parents[1]
 LENET = str(ROOT / "specs" / "lenet.cnn")
 needs_server = pytest.mark.skipif(serve_extra_missing() is not None,
                                   reason=f"no Triton server to test against: {serve_extra_missing()}")
-
-
-def cli(capsys, *args) -> tuple[int, str, str]:
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    assert "Traceback" not in err
-    return code, out, err
 
 
 def fake_repository(tmp_path: Path) -> Path:

@@ -10,13 +10,18 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from cli_helpers import cli
 from onnx import TensorProto, helper, numpy_helper
 
 import cnncomp.deployment.tensorrt as trt_backend
 from cnncomp.deployment.tensorrt import (
-    build_engine, check_tensorrt_compatible, engine_profile, profile_shapes, tensorrt_missing, write_engine,
+    build_engine,
+    check_tensorrt_compatible,
+    engine_profile,
+    profile_shapes,
+    tensorrt_missing,
+    write_engine,
 )
-from cnncomp.cli import main
 from cnncomp.errors import CnnError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -113,8 +118,8 @@ def test_crafted_bad_model_is_flagged():
 
 def test_problems_name_the_spec_location():
     from cnncomp.emit.onnx import emit_onnx
-    from cnncomp.ir.weights import init_weights
     from cnncomp.frontend.cnn.loader import load_text
+    from cnncomp.ir.weights import init_weights
 
     graph = load_text("network n\ninput x: [N, 4, 32]\ny = x -> maxpool(k=2) as pool\noutput y\n", "seq.cnn")
     problems = check_tensorrt_compatible(emit_onnx(graph, init_weights(graph)))
@@ -256,13 +261,6 @@ def test_parser_errors_are_reported(monkeypatch, pretend_gpu):
 
 
 # ---- the command line ------------------------------------------------------------------------
-
-
-def cli(capsys, *args):
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    assert "Traceback" not in err
-    return code, out, err
 
 
 @pytest.mark.skipif(not tensorrt_missing(), reason="TensorRT and a GPU are present here")
