@@ -98,16 +98,50 @@ def check_max_error(max_error: float | None) -> None:
         raise UsageError(f"--max-error takes a number greater than 0 and finite, got {max_error:g}")
 
 
-def output_error_meter(ref_graph: LayerGraph, ref_weights: dict, feeds: dict):
-    """The -O3 search's measure: (graph, weights) -> the network's relative L2 output error against the
-    unoptimized graph in float64, on these inputs."""
-    import torch
+class OutputErrorMeter:
+    """The -O3 search's measure: the network's relative L2 output error against the unoptimized graph
+    (run in float64), on these inputs; the graph measured runs in the reference's float32.
 
-    from cnncomp.run.reference import run_reference
-    from cnncomp.verification.compare import relative_output_error
+    Called as (graph, weights), it runs the whole graph. The search uses `error` and `commit`:
+    `commit` keeps the current graph's layer outputs, and `error` reruns only the layers of a
+    trial graph that differ from it (run/incremental.py), which gives the same error."""
 
-    reference = run_reference(ref_graph, ref_weights, feeds, dtype=torch.float64)
-    return lambda graph, weights: relative_output_error(run_reference(graph, weights, feeds), reference)
+    def __init__(self, ref_graph: LayerGraph, ref_weights: dict, feeds: dict):
+        import torch
+
+        from cnncomp.run.reference import run_reference
+
+        self.feeds = feeds
+        self.reference = run_reference(ref_graph, ref_weights, feeds, dtype=torch.float64)
+        self._incremental = None
+
+    def __call__(self, graph: LayerGraph, weights: dict) -> float:
+        from cnncomp.run.reference import run_reference
+        from cnncomp.verification.compare import relative_output_error
+
+        return relative_output_error(run_reference(graph, weights, self.feeds), self.reference)
+
+    def commit(self, graph: LayerGraph, weights: dict) -> None:
+        from cnncomp.run.incremental import IncrementalReference
+
+        if self._incremental is None:
+            self._incremental = IncrementalReference(graph, weights, self.feeds)
+        else:
+            self._incremental.commit(graph, weights)
+
+    def error(self, graph: LayerGraph, weights: dict, layer: str | None = None) -> float:
+        """The error of a trial graph, rerunning only what differs from the last committed graph
+        (`layer`, the rewritten one, is a hint this meter does not need: it finds the changes)."""
+        from cnncomp.verification.compare import relative_output_error
+
+        if self._incremental is None:
+            return self(graph, weights)
+        return relative_output_error(self._incremental.run(graph, weights), self.reference)
+
+
+def output_error_meter(ref_graph: LayerGraph, ref_weights: dict, feeds: dict) -> OutputErrorMeter:
+    """The -O3 search's measure (see OutputErrorMeter)."""
+    return OutputErrorMeter(ref_graph, ref_weights, feeds)
 
 
 def optimize(spec, defines=None, weights=None, seed: int = 0, opt_level: int = 1, passes=None,

@@ -10,13 +10,17 @@ where it also measures at least MIN_SPEEDUP faster than the original layer.
 The search measures nothing itself: the caller passes in `output_error` (the
 pipeline runs the reference interpreter on calibration or seeded inputs) and
 `speedup` (ONNX Runtime timing), so passes/ stays below run/ and verification/.
+`output_error` is a function (graph, weights) -> error, or an `ErrorMeter`: one whose
+`error(graph, weights, layer)` is told the rewritten layer and whose `commit(graph, weights)`
+is told each graph the search moves to (its start and every kept rewrite), so that it can
+rerun only what a trial changed (the pipeline's meter does).
 A kept rewrite is committed by running its pass on the real graph through the
 manager's step runner, so lint, --verify-each and --stats see it like any pass.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Protocol
 
 import numpy as np
 
@@ -36,40 +40,71 @@ OutputError = Callable[[LayerGraph, dict], float]
 Speedup = Callable[[LayerGraph, LayerGraph, str], float]
 
 
+class ErrorMeter(Protocol):
+    """An output-error measure told the rewritten layer and the graph the search stands on."""
+
+    def error(self, graph: LayerGraph, weights: dict, layer: str) -> float: ...
+
+    def commit(self, graph: LayerGraph, weights: dict) -> None: ...
+
+
+class _PlainMeter:
+    """An `OutputError` function as an `ErrorMeter` (it measures each trial whole)."""
+
+    def __init__(self, fn: OutputError):
+        self.fn = fn
+
+    def error(self, graph: LayerGraph, weights: dict, layer: str) -> float:
+        return self.fn(graph, weights)
+
+    def commit(self, graph: LayerGraph, weights: dict) -> None:
+        pass
+
+
+def as_meter(output_error: OutputError | ErrorMeter) -> ErrorMeter:
+    """The search's meter: an ErrorMeter as given, a plain OutputError function wrapped."""
+    return output_error if hasattr(output_error, "error") and hasattr(output_error, "commit") \
+        else _PlainMeter(output_error)
+
+
 def settings() -> list[PassStep]:
     """The settings tried on each layer (the search orders them by the MACs they leave)."""
     return [PassStep("bottleneck", {"ratio": r}) for r in RATIOS] + \
         [PassStep("depthwise", {"m": m}) for m in MULTIPLIERS]
 
 
-def apply_within_budget(runner: PassRunner, output_error: OutputError, max_error: float | None = None,
+def apply_within_budget(runner: PassRunner, output_error: OutputError | ErrorMeter, max_error: float | None = None,
                         speedup: Speedup | None = None) -> int:
     """Apply bottleneck/depthwise rewrites to the layers where they fit the error budget; returns how many."""
     from cnncomp.passes.approx.bottleneck import candidates
 
     ctx = runner.ctx
+    meter = as_meter(output_error)
     budget = DEFAULT_MAX_ERROR if max_error is None else max_error
     kept_count = 0
     # names, not Layer objects: a committed rewrite renames the layer it replaces
     layers = [l.name for l in sorted(candidates(ctx.graph), key=lambda l: -layer_macs(ctx.graph, l))]
+    if layers:
+        meter.commit(ctx.graph, ctx.weights)
     for layer in progress(layers, label="-O3 rewrites"):
         weights = ctx.graph.layer(layer).weights
         if not all(np.isfinite(ctx.weights[f"{layer}.{suffix}"]).all() for suffix in weights):
             ctx.refuse("-O3", layer, "its weights are not finite (NaN or Inf): no decomposition of them")
             continue
-        kept = _choose(runner, layer, output_error, budget, speedup)
+        kept = _choose(runner, layer, meter, budget, speedup)
         if kept is None:
             ctx.refuse("-O3", layer, f"no rewrite keeps the output error within {budget:g}")
             continue
         setting, error = kept
         runner.run_step(PassStep(setting.name, {**setting.options, "only": layer}), label=f"{setting}@{layer}")
+        meter.commit(ctx.graph, ctx.weights)
         ctx.note(setting.name, f"{layer}: kept {setting}, network relative error {error:.3g} (budget {budget:g})")
         kept_count += 1
     ctx.graph.meta["approximate"] = True
     return kept_count
 
 
-def _choose(runner: PassRunner, layer: str, output_error: OutputError, budget: float,
+def _choose(runner: PassRunner, layer: str, meter: ErrorMeter, budget: float,
             speedup: Speedup | None) -> tuple[PassStep, float] | None:
     """The cheapest setting whose trial (on a copy) keeps the error within budget (and is faster), or None."""
     ctx = runner.ctx
@@ -80,7 +115,7 @@ def _choose(runner: PassRunner, layer: str, output_error: OutputError, budget: f
             continue
         trials.append((graph_cost(trial.graph)[1], setting, trial))
     for _, setting, trial in sorted(trials, key=lambda t: t[0]):
-        error = output_error(trial.graph, trial.weights)
+        error = meter.error(trial.graph, trial.weights, layer)
         if not error <= budget:  # also refuses a NaN error (NaN weights): it measures nothing
             continue
         if speedup is not None:

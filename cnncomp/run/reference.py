@@ -45,18 +45,24 @@ def execute(graph, feeds: Mapping[str, torch.Tensor], weight: WeightGetter,
         if layer.op == "input":
             values[layer.name] = feeds[layer.name]
             continue
-        try:
-            op = ops[layer.op]
-            ins = [values[u] for u in graph.input_names(layer.name)]
-            ws = {suffix: weight(layer.name, suffix) for suffix in layer.weights}
-            out = (op.torch_train if training else op.torch_ref)(layer.attrs, ins, ws)
-            _check_shape(layer, out)
-        except Exception as exc:
-            detail = exc.message if isinstance(exc, CnnError) else f"{type(exc).__name__}: {exc}"
-            raise CnnError(f"while executing layer '{layer.name}' ({layer.where or 'no location'}): {detail}",
-                           layer.loc, layer.chain) from exc
-        values[layer.name] = out
+        values[layer.name] = run_layer(ops, graph, layer, values, weight, training)
     return values
+
+
+def run_layer(ops, graph, layer, values: Mapping[str, torch.Tensor], weight: WeightGetter,
+              training: bool = False) -> torch.Tensor:
+    """One layer's output from its inputs' outputs in `values` (a failure names the layer and its spec line)."""
+    try:
+        op = ops[layer.op]
+        ins = [values[u] for u in graph.input_names(layer.name)]
+        ws = {suffix: weight(layer.name, suffix) for suffix in layer.weights}
+        out = (op.torch_train if training else op.torch_ref)(layer.attrs, ins, ws)
+        _check_shape(layer, out)
+    except Exception as exc:
+        detail = exc.message if isinstance(exc, CnnError) else f"{type(exc).__name__}: {exc}"
+        raise CnnError(f"while executing layer '{layer.name}' ({layer.where or 'no location'}): {detail}",
+                       layer.loc, layer.chain) from exc
+    return out
 
 
 def _check_shape(layer, out) -> None:
