@@ -7,6 +7,8 @@ graph load into the printed spec. Chains of single-use layers become one pipelin
 
 from __future__ import annotations
 
+from typing import Callable
+
 import re
 
 from cnncomp.ir.graph import LayerGraph
@@ -14,13 +16,14 @@ from cnncomp.ops.registry import REQUIRED, fmt_value, get_op
 
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*$")
 _DOTTED = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*$")
-_KEYWORDS = {"network", "input", "output", "let", "block", "return", "repeat", "as", "if", "then", "else", "and",
+KEYWORDS = {"network", "input", "output", "let", "block", "return", "repeat", "as", "if", "then", "else", "and",
              "or", "not", "true", "false", "import", "in"}
 
 
-def _stage_name(name: str) -> str:
+def stage_name(name: str) -> str:
+    """A layer name as written after `as`: bare when it is a dotted identifier, else quoted."""
     first = name.split(".")[0]
-    if _DOTTED.match(name) and first not in _KEYWORDS:
+    if _DOTTED.match(name) and first not in KEYWORDS:
         return name
     return '"' + name + '"'
 
@@ -33,27 +36,33 @@ def _call(op_name: str, args: dict, tensor_args: list[str]) -> str:
     parts = [var for var, named in zip(tensor_args, optional) if not named]
     named_tensors = [f"{tensor_params[i].name}={var}" for i, (var, named) in enumerate(zip(tensor_args, optional))
                      if named]
+    parts += value_arguments(op, args) + named_tensors
+    return f"{op_name}({', '.join(parts)})" if parts else op_name
+
+
+def value_arguments(op, args: dict, fmt: Callable[[object], str] = fmt_value) -> list[str]:
+    """An op's value arguments as written in a stage: the required ones in order, positionally; the others
+    by name, unless they are the default."""
     defaults = {p.name: p.default for p in op.params}
     leading = [p.name for p in op.params if p.kind != "tensor"]
     positional = []
-    for key in leading:  # required arguments in order, written positionally
+    for key in leading:
         if defaults[key] is REQUIRED and key in args and leading[len(positional)] == key:
             positional.append(key)
-    parts += [fmt_value(args[k]) for k in positional]
+    parts = [fmt(args[k]) for k in positional]
     for key, value in args.items():
         if key in positional:
             continue
         if key in defaults and defaults[key] == value and not isinstance(value, tuple):
             continue
-        parts.append(f"{key}={fmt_value(value)}")
-    parts += named_tensors
-    return f"{op_name}({', '.join(parts)})" if parts else op_name
+        parts.append(f"{key}={fmt(value)}")
+    return parts
 
 
 def emit_cnn(graph: LayerGraph, header: str = "") -> str:
     """The graph as .cnn source text."""
     variables: dict[str, str] = {}  # layer name -> the variable bound to it
-    taken = set(_KEYWORDS)
+    taken = set(KEYWORDS)
     output_of = dict(zip(graph.outputs, graph.output_names))
     taken |= set(graph.output_names)
 
@@ -86,7 +95,7 @@ def emit_cnn(graph: LayerGraph, header: str = "") -> str:
         op = get_op(layer.op)
         ins = graph.input_names(layer.name)
         args = op.spec_args(layer.attrs)
-        stage_suffix = f" as {_stage_name(layer.name)}"
+        stage_suffix = f" as {stage_name(layer.name)}"
         extendable = (len(ins) == 1 and ins[0] in chain_of and tails[chain_of[ins[0]]] == ins[0]
                       and len(graph.users(ins[0])) == 1 and ins[0] not in output_of)
         if extendable:

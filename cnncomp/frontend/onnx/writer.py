@@ -19,11 +19,8 @@ from cnncomp.frontend.onnx.blocks import (
     Instance, Template, block_params, call_values, find_blocks, relative_names, spec_args,
 )
 from cnncomp.ir.graph import LayerGraph
-from cnncomp.ops.registry import REQUIRED, fmt_value, get_op
-
-_DOTTED = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*$")
-_KEYWORDS = {"network", "input", "output", "let", "block", "return", "repeat", "as", "if", "then", "else", "and",
-             "or", "not", "true", "false", "import", "in"}
+from cnncomp.ir.printer import KEYWORDS, stage_name, value_arguments
+from cnncomp.ops.registry import fmt_value, get_op
 
 
 @dataclass
@@ -45,18 +42,9 @@ class Param:
         self.name = name
 
 
-def stage_name(name: str) -> str:
-    first = name.split(".")[0]
-    if _DOTTED.match(name) and first not in _KEYWORDS:
-        return name
-    return '"' + name + '"'
-
-
 def layer_call(op_name: str, args: dict, n_tensor_args: int) -> str:
     """`op(args)`: required arguments positionally, others by name unless they are the default."""
     op = get_op(op_name)
-    defaults = {p.name: p.default for p in op.params}
-    leading = [p.name for p in op.params if p.kind != "tensor"]
     tensor_params = [p.name for p in op.params if p.kind == "tensor"]
     parts = []
     for i in range(n_tensor_args):  # tensor arguments: by position while they lead, by name after that
@@ -65,17 +53,7 @@ def layer_call(op_name: str, args: dict, n_tensor_args: int) -> str:
             parts.append("{%d}" % i)
         else:
             parts.append(f"{tensor_params[i]}={{{i}}}")
-    positional = []
-    for key in leading:
-        if defaults[key] is REQUIRED and key in args and leading[len(positional)] == key:
-            positional.append(key)
-    parts += [_value(args[k]) for k in positional]
-    for key, value in args.items():
-        if key in positional:
-            continue
-        if not isinstance(value, Param) and key in defaults and defaults[key] == value and not isinstance(value, tuple):
-            continue
-        parts.append(f"{key}={_value(value)}")
+    parts += value_arguments(op, args, _value)
     return f"{op_name}({', '.join(parts)})" if parts else op_name
 
 
@@ -95,7 +73,7 @@ def write_spec(graph: LayerGraph, header: str = "") -> str:
     for template in templates:
         lines += _block_text(graph, template) + [""]
     units = _top_units(graph, templates)
-    taken = set(_KEYWORDS) | set(graph.inputs) | set(graph.output_names) | {t.name for t in templates}
+    taken = set(KEYWORDS) | set(graph.inputs) | set(graph.output_names) | {t.name for t in templates}
     lines += _statements(graph, units, {n: n for n in graph.inputs}, dict(zip(graph.outputs, graph.output_names)),
                          taken, None)
     lines += ["", "output " + ", ".join(graph.output_names)]
@@ -147,7 +125,7 @@ def _block_text(graph: LayerGraph, template: Template) -> list[str]:
         unit.name = rel[m]
         units.append(unit)
     params = block_params(template)
-    taken = set(_KEYWORDS) | set(params)
+    taken = set(KEYWORDS) | set(params)
     body = _statements(graph, units, {"in": "in"}, {}, taken, rel[first.exit])
     indented = ["    " + line for statement in body for line in statement.split("\n")]
     return [f"block {template.name}({', '.join(params)}) {{"] + indented + ["}"]
@@ -180,8 +158,8 @@ def _statements(graph: LayerGraph, units: list[Unit], variables: dict[str, str],
     tail_chain: dict[str, int] = {}  # the layer at the tail of an open chain -> its index
     for unit in units:
         src = unit.inputs[0]
-        extend = (not unit.head and len(unit.inputs) == 1 and src in tail_chain and users.get(src, 0) == 1 and src not in output_of
-                  and src != returned)
+        extend = (not unit.head and len(unit.inputs) == 1 and src in tail_chain and users.get(src, 0) == 1
+                  and src not in output_of and src != returned)
         if extend:
             index = tail_chain.pop(src)
             chains[index].append(unit)
