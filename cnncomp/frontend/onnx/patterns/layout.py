@@ -52,15 +52,24 @@ def reshape(m: OnnxModel, node):
     raise Unsupported(f"a Reshape from {list(shape)} to {target} is not a flatten, shuffle or pixel shuffle")
 
 
-def _shuffle(m: OnnxModel, node) -> Match | None:
-    """Reshape(Transpose(Reshape(x, [N, g, C/g, ...]), swap 1 and 2), shape of x) -> shuffle(g)."""
+def _reshape_transpose_reshape(m: OnnxModel, node):
+    """(the first Reshape, the Transpose, their input x) when `node`, a Reshape, ends Reshape-Transpose-Reshape
+    with each feeding only the next; else None."""
     transpose = single(m, node.input[0], node, "Transpose")
     if transpose is None:
         return None
     split = single(m, transpose.input[0], transpose, "Reshape")
     if split is None:
         return None
-    x = split.input[0]
+    return split, transpose, split.input[0]
+
+
+def _shuffle(m: OnnxModel, node) -> Match | None:
+    """Reshape(Transpose(Reshape(x, [N, g, C/g, ...]), swap 1 and 2), shape of x) -> shuffle(g)."""
+    chain = _reshape_transpose_reshape(m, node)
+    if chain is None:
+        return None
+    split, transpose, x = chain
     shape, out_shape, target = m.shapes.get(x), m.shapes.get(node.output[0]), reshape_target(m, split)
     perm = list(attrs_of(transpose).get("perm", []))
     if shape is None or target is None or out_shape is None or len(target) < 3 or tuple(out_shape) != tuple(shape):
@@ -75,13 +84,10 @@ def _shuffle(m: OnnxModel, node) -> Match | None:
 
 def _pixel_shuffle(m: OnnxModel, node) -> Match | None:
     """The 6-D Reshape-Transpose-Reshape of F.pixel_shuffle / F.pixel_unshuffle (2-D) -> pixel_(un)shuffle(r)."""
-    transpose = single(m, node.input[0], node, "Transpose")
-    if transpose is None:
+    chain = _reshape_transpose_reshape(m, node)
+    if chain is None:
         return None
-    split = single(m, transpose.input[0], transpose, "Reshape")
-    if split is None:
-        return None
-    x = split.input[0]
+    split, transpose, x = chain
     shape, out, target = m.shapes.get(x), m.shapes.get(node.output[0]), reshape_target(m, split)
     perm = list(attrs_of(transpose).get("perm", []))
     if shape is None or out is None or target is None or len(shape) != 4 or len(target) != 6 or len(out) != 4:
