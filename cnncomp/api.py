@@ -25,7 +25,7 @@ def compile(spec, output: str | Path | None = None, opt_level: int = 1, passes=N
             keep_io_fp32: bool = False, target: str = "onnx", verify: bool = False, provider: str = "cpu",
             atol=None, rtol=None, max_error: float | None = None, calibration=None,
             autotune: bool = False, min_batch: int = 1, opt_batch: int | None = None, max_batch: int = 8,
-            preprocess: str | None = None, calibration_method: str | None = None, log=None):
+            preprocess: str | None = None, calibration_method: str | None = None, jobs: int = 1, log=None):
     """Compile a spec (optimized at -O<opt_level> or by `passes`) and return the ONNX ModelProto in its
     `precision` (fp32, fp16, int8), or the text for emit="cnn"/"dot"/"torch". With `output`, write it there
     (target="tensorrt": a TensorRT engine). With `verify`, check it against the reference first and raise
@@ -38,7 +38,7 @@ def compile(spec, output: str | Path | None = None, opt_level: int = 1, passes=N
     from cnncomp.pipeline import Int8Options, compile_spec
 
     source = Source(spec, defines, weights, seed, opt_level, passes, max_error, autotune,
-                    _o3_calibration(calibration), opset)
+                    _o3_calibration(calibration), opset, jobs)
     options = CheckOptions(provider, seed, atol=atol, rtol=rtol, max_error=max_error)
     int8 = Int8Options(calibration, preprocess, calibration_method, max_error, seed=seed)
     result = compile_spec(source, output, emit, precision, keep_io_fp32, target, (min_batch, opt_batch, max_batch),

@@ -106,12 +106,12 @@ class OutputErrorMeter:
     `commit` keeps the current graph's layer outputs, and `error` reruns only the layers of a
     trial graph that differ from it (run/incremental.py), which gives the same error."""
 
-    def __init__(self, ref_graph: LayerGraph, ref_weights: dict, feeds: dict):
+    def __init__(self, ref_graph: LayerGraph, ref_weights: dict, feeds: dict, jobs: int = 1):
         import torch
 
         from cnncomp.run.reference import run_reference
 
-        self.feeds = feeds
+        self.feeds, self.jobs = feeds, jobs
         self.reference = run_reference(ref_graph, ref_weights, feeds, dtype=torch.float64)
         self._incremental = None
 
@@ -138,21 +138,55 @@ class OutputErrorMeter:
             return self(graph, weights)
         return relative_output_error(self._incremental.run(graph, weights), self.reference)
 
+    def errors(self, trials: list[tuple]) -> list[float]:
+        """The errors of several trial graphs, (graph, weights, layer) each, measured in `jobs` processes.
 
-def output_error_meter(ref_graph: LayerGraph, ref_weights: dict, feeds: dict) -> OutputErrorMeter:
-    """The -O3 search's measure (see OutputErrorMeter)."""
-    return OutputErrorMeter(ref_graph, ref_weights, feeds)
+        The processes are forked after the trials are built, so they inherit the trials and the
+        committed layer outputs instead of receiving copies; each runs torch on one thread."""
+        if self.jobs <= 1 or len(trials) <= 1:
+            return [self.error(*trial) for trial in trials]
+        import multiprocessing
+
+        global _PENDING
+        _PENDING = (self, trials)
+        try:
+            with multiprocessing.get_context("fork").Pool(min(self.jobs, len(trials)), _one_thread) as pool:
+                return pool.map(_pending_error, range(len(trials)))
+        finally:
+            _PENDING = None
+
+
+_PENDING: tuple | None = None  # (meter, trials) for the forked measuring processes
+
+
+def _one_thread() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def _pending_error(index: int) -> float:
+    meter, trials = _PENDING
+    return meter.error(*trials[index])
+
+
+def output_error_meter(ref_graph: LayerGraph, ref_weights: dict, feeds: dict, jobs: int = 1) -> OutputErrorMeter:
+    """The -O3 search's measure (see OutputErrorMeter); `jobs` processes measure a layer's trials at once."""
+    return OutputErrorMeter(ref_graph, ref_weights, feeds, jobs)
 
 
 def optimize(spec, defines=None, weights=None, seed: int = 0, opt_level: int = 1, passes=None,
              lint: bool = False, after_each=None, max_error: float | None = None, autotune: bool = False,
-             provider: str = "cpu", calibration: dict | None = None) -> Compiled:
+             provider: str = "cpu", calibration: dict | None = None, jobs: int = 1) -> Compiled:
     """Load a spec and run its passes through the pass manager: -O<level> (-O3 adds the per-layer search of
-    approximate rewrites under `max_error`, measured on `calibration` inputs or seeded ones), or a list."""
+    approximate rewrites under `max_error`, measured on `calibration` inputs or seeded ones, a layer's
+    candidate settings in `jobs` processes at once), or a list."""
     from cnncomp.ir.weights import nonfinite_weights
     from cnncomp.passes import PassContext, PassRunner
 
     check_max_error(max_error)
+    if jobs < 1:
+        raise UsageError(f"--jobs takes 1 or more, got {jobs}")
     ref_graph = load(spec, defines)
     ref_weights = weights_for(ref_graph, weights, seed)
     steps = resolve_steps(opt_level, passes)
@@ -175,7 +209,7 @@ def optimize(spec, defines=None, weights=None, seed: int = 0, opt_level: int = 1
             def speedup(old, new, layer):
                 return rewrite_speedup(old, new, layer, provider)
 
-        apply_within_budget(runner, output_error_meter(ref_graph, ref_weights, feeds), max_error, speedup)
+        apply_within_budget(runner, output_error_meter(ref_graph, ref_weights, feeds, jobs), max_error, speedup)
     return Compiled(ref_graph, ref_weights, ctx.graph, ctx.weights, runner.records, ctx.log, ctx.warnings,
                     ctx.fp16_warnings)
 
@@ -361,12 +395,13 @@ class Source:
     autotune: bool = False
     calibration: dict | None = None
     opset: int = 17
+    jobs: int = 1  # processes measuring -O3's candidate settings
 
 
 def _optimize(source: Source, graph: LayerGraph, provider: str = "cpu", after_each=None, weights=None) -> Compiled:
     return optimize(graph, None, source.weights if weights is None else weights, source.seed, source.opt_level,
                     source.passes, after_each=after_each, max_error=source.max_error, autotune=source.autotune,
-                    provider=provider, calibration=source.calibration)
+                    provider=provider, calibration=source.calibration, jobs=source.jobs)
 
 
 def _warn(compiled: Compiled, precision: str, log: Log) -> None:

@@ -1,11 +1,22 @@
 """-O3's per-layer search runs through the pass manager: lint, --verify-each and --stats see its rewrites."""
 
+import pathlib
+
 import pytest
 
 from cnncomp.cli import main
 from cnncomp.passes import PassContext, PassRunner
 from cnncomp.passes.search import apply_within_budget
-from cnncomp.pipeline import CheckOptions, PassChecker, check_inputs, load, optimize, weights_for
+from cnncomp.pipeline import (
+    CheckOptions,
+    PassChecker,
+    check_inputs,
+    load,
+    optimize,
+    weights_for,
+)
+
+LENET = pathlib.Path(__file__).resolve().parents[1] / "specs" / "lenet.cnn"
 
 SPEC = ("network n\ninput x: [N, 16, 16, 16]\n"
         "y = x -> conv(64, k=3, p=1) as c1 -> bn -> relu -> conv(64, k=3, p=1) as c2 -> relu -> gap -> flatten\n"
@@ -55,3 +66,17 @@ def test_compile_O3_stats_lists_each_approximate_rewrite(spec, tmp_path, capsys)
     rows = [line for line in out.splitlines() if "only=" in line]
     assert rows and rows[0].startswith("depthwise(m=2, only=c1)")
     assert "depthwise: c1: kept depthwise(m=2), network relative error" in out
+
+
+def test_jobs_measure_a_layers_trials_in_parallel_and_keep_the_same_rewrites():
+    spec = str(LENET)
+    one = optimize(spec, opt_level=3, max_error=0.05)
+    two = optimize(spec, opt_level=3, max_error=0.05, jobs=2)
+    assert one.graph.meta["passes"] == two.graph.meta["passes"] and any("@" in p for p in one.graph.meta["passes"])
+    assert [line for line in one.log if "kept" in line] == [line for line in two.log if "kept" in line]
+
+
+def test_jobs_below_one_is_a_usage_error(capsys):
+    spec = str(LENET)
+    assert main(["verify", spec, "-O3", "--jobs", "0"]) == 2
+    assert "--jobs takes 1 or more, got 0" in capsys.readouterr().err

@@ -36,6 +36,8 @@ def add_compile_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--calibration-method", choices=("minmax", "percentile", "entropy"),
                    help="with --precision int8: how activation ranges are set from the calibration data "
                         "(default percentile)")
+    p.add_argument("--jobs", type=int, default=1, metavar="N",
+                   help="with -O3: measure each layer's candidate rewrites in N processes at once (default 1)")
     p.add_argument("--autotune", action="store_true",
                    help="with -O3: keep a rewrite only where ONNX Runtime measures it faster on this machine")
 
@@ -113,7 +115,7 @@ def source(args, default_level: int = 1):
     from cnncomp.pipeline import Source
 
     return Source(args.spec, defines(args), args.weights, args.seed, opt_level(args, default_level), passes_arg(args),
-                  args.max_error, args.autotune, calibration(args), args.opset)
+                  args.max_error, args.autotune, calibration(args), args.opset, args.jobs)
 
 
 def int8_options(args, sensitivity: bool = False):

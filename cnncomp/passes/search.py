@@ -13,7 +13,9 @@ pipeline runs the reference interpreter on calibration or seeded inputs) and
 `output_error` is a function (graph, weights) -> error, or an `ErrorMeter`: one whose
 `error(graph, weights, layer)` is told the rewritten layer and whose `commit(graph, weights)`
 is told each graph the search moves to (its start and every kept rewrite), so that it can
-rerun only what a trial changed (the pipeline's meter does).
+rerun only what a trial changed (the pipeline's meter does). A meter whose `jobs` is above 1
+also has `errors([(graph, weights, layer), ...])`: the search then measures all of a layer's
+trials at once (in parallel) and still keeps the cheapest within budget, as one at a time would.
 A kept rewrite is committed by running its pass on the real graph through the
 manager's step runner, so lint, --verify-each and --stats see it like any pass.
 """
@@ -114,8 +116,12 @@ def _choose(runner: PassRunner, layer: str, meter: ErrorMeter, budget: float,
         if not runner.passes[setting.name].fn(trial, only=layer, **setting.options):
             continue
         trials.append((graph_cost(trial.graph)[1], setting, trial))
-    for _, setting, trial in sorted(trials, key=lambda t: t[0]):
-        error = meter.error(trial.graph, trial.weights, layer)
+    trials.sort(key=lambda t: t[0])
+    measured = None
+    if getattr(meter, "jobs", 1) > 1:  # measure every trial at once, in parallel (more work, less waiting)
+        measured = meter.errors([(trial.graph, trial.weights, layer) for _, _, trial in trials])
+    for i, (_, setting, trial) in enumerate(trials):
+        error = measured[i] if measured is not None else meter.error(trial.graph, trial.weights, layer)
         if not error <= budget:  # also refuses a NaN error (NaN weights): it measures nothing
             continue
         if speedup is not None:
