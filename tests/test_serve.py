@@ -9,8 +9,6 @@ is stopped (SIGTERM) at the end, with a check that none of its processes outlive
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
-import io
 import os
 import signal
 import subprocess
@@ -21,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cnncomp.cli import build_parser, main
+from cnncomp.cli import main
 from cnncomp.deployment.serve import HOST, free_ports, processes_under, serve_extra_missing
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,16 +40,6 @@ SMALL_RESNET = ["-D", "width=8", "-D", "num_classes=10"]
 INT8_DEPLOY_FAILURE: list[str | None] = []
 
 
-def int8_available() -> bool:
-    """Whether `deploy` takes --precision int8 (the int8 issue adds it)."""
-    try:
-        with contextlib.redirect_stderr(io.StringIO()):
-            build_parser().parse_args(["deploy", "net.cnn", "--triton", "repo", "--precision", "int8"])
-    except SystemExit:
-        return False
-    return True
-
-
 def deploy(repo: Path, spec: str, *args: str) -> None:
     code = main(["deploy", spec, "--triton", str(repo), *args])
     assert code == 0, f"deploy {spec} {args} failed"
@@ -68,12 +56,12 @@ def repo(tmp_path_factory) -> Path:
     deploy(repo, str(ROOT / "specs" / "resnet18.cnn"), *SMALL_RESNET, "--max-batch", "8")
     deploy(repo, str(folder / "twohead.cnn"), "--max-batch", "4")
     deploy(repo, str(folder / "clip3d.cnn"))
-    if int8_available():  # a failure here fails the int8 tests alone, not the module
-        calibration = folder / "calibration.npz"
-        np.savez(calibration, x=np.random.default_rng(7).standard_normal((16, 1, 28, 28)).astype(np.float32))
-        code = main(["deploy", str(ROOT / "specs" / "lenet.cnn"), "--triton", str(repo), "--precision", "int8",
-                     "--calibration", str(calibration), "--name", "lenet_int8"])
-        INT8_DEPLOY_FAILURE.append(None if code == 0 else f"deploy --precision int8 exited {code}")
+    # a failure here fails the int8 tests alone, not the module
+    calibration = folder / "calibration.npz"
+    np.savez(calibration, x=np.random.default_rng(7).standard_normal((16, 1, 28, 28)).astype(np.float32))
+    code = main(["deploy", str(ROOT / "specs" / "lenet.cnn"), "--triton", str(repo), "--precision", "int8",
+                 "--calibration", str(calibration), "--name", "lenet_int8"])
+    INT8_DEPLOY_FAILURE.append(None if code == 0 else f"deploy --precision int8 exited {code}")
     return repo
 
 
@@ -170,11 +158,8 @@ OUTPUTS = {"lenet": ["logits"], "lenet_fp16": ["logits"], "lenet_int8": ["logits
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
 @pytest.mark.parametrize("model", ["lenet", "lenet_fp16", "lenet_int8", "twohead", "clip3d"])
 def test_outputs_equal_cnncomp_run(server, repo, tmp_path, protocol, model):
-    if model == "lenet_int8":
-        if not int8_available():
-            pytest.skip("deploy has no --precision int8 yet (the int8 issue); this test runs once it has")
-        if INT8_DEPLOY_FAILURE and INT8_DEPLOY_FAILURE[0]:
-            pytest.fail(INT8_DEPLOY_FAILURE[0])
+    if model == "lenet_int8" and INT8_DEPLOY_FAILURE and INT8_DEPLOY_FAILURE[0]:
+        pytest.fail(INT8_DEPLOY_FAILURE[0])
     x = inputs_for(model, 3)
     expected = cnncomp_run(repo, model, x, tmp_path)
     result = infer(server, protocol, model, {"x": x})

@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import io
 import os
 import sys
 import tempfile
@@ -44,20 +43,10 @@ import numpy as np
 import onnxruntime as ort
 from bench_compile import machine
 
-from cnncomp.cli import build_parser, main
+from cnncomp.cli import main
 from cnncomp.deployment.serve import HOST, Ports, TritonServer, free_ports, serve_extra_missing
 
 WARMUP_S = 1.0
-
-
-def int8_available() -> bool:
-    """Whether `deploy` takes --precision int8 (the int8 issue adds it)."""
-    try:
-        with contextlib.redirect_stderr(io.StringIO()):
-            build_parser().parse_args(["deploy", "net.cnn", "--triton", "repo", "--precision", "int8"])
-    except SystemExit:
-        return False
-    return True
 
 
 def deploy(repo: Path, model: str, precision: str, threads: int) -> str:
@@ -170,9 +159,6 @@ def main_bench() -> int:
         print(f"cannot benchmark serving: {missing}", file=sys.stderr)
         return 1
     precisions = args.precisions.split(",")
-    if "int8" in precisions and not int8_available():
-        print("int8: skipped (deploy has no --precision int8 yet)")
-        precisions.remove("int8")
     levels = [int(c) for c in args.concurrency.split(",")]
     print(machine())
     print(f"threads {args.threads}, {args.seconds:g} s per cell after {WARMUP_S:g} s warm-up, batch-1 requests")
