@@ -142,21 +142,3 @@ def session_options(args) -> dict:
     from cnncomp.run.session import TensorRTOptions
 
     return {"trt": TensorRTOptions(fp16=args.trt_fp16, engine_cache=args.trt_engine_cache)}
-
-
-def int8_model(args, compiled, model, write, activations: str = "uint8"):
-    """--precision int8: quantize the emitted model (calibration, budget); notes and warnings go to `write`."""
-    from cnncomp.errors import CnnError
-    from cnncomp.pipeline import quantize_model
-
-    model, report = quantize_model(compiled, model, args.calibration, args.preprocess, args.calibration_method,
-                                   args.max_error, sensitivity=args.stats, seed=args.seed, activations=activations)
-    for w in report.warnings:
-        write(f"warning: {w}\n")
-    write(report.summary() + "\n")
-    if args.stats:
-        print(report.table())
-    if not report.ok:
-        raise CnnError(f"int8: relative error {report.error:.3g} exceeds --max-error {args.max_error:g} even with "
-                       "every layer in float32")
-    return model, report
