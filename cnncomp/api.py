@@ -25,7 +25,8 @@ def compile(spec, output: str | Path | None = None, opt_level: int = 1, passes=N
             keep_io_fp32: bool = False, target: str = "onnx", verify: bool = False, provider: str = "cpu",
             atol=None, rtol=None, max_error: float | None = None, calibration=None,
             autotune: bool = False, min_batch: int = 1, opt_batch: int | None = None, max_batch: int = 8,
-            preprocess: str | None = None, calibration_method: str | None = None, jobs: int = 1, log=None):
+            preprocess: str | None = None, calibration_method: str | None = None, jobs: int = 1,
+            bias_correction: str = "auto", log=None):
     """Compile a spec (optimized at -O<opt_level> or by `passes`) and return the ONNX ModelProto in its
     `precision` (fp32, fp16, int8), or the text for emit="cnn"/"dot"/"torch". With `output`, write it there
     (target="tensorrt": a TensorRT engine). With `verify`, check it against the reference first and raise
@@ -33,14 +34,16 @@ def compile(spec, output: str | Path | None = None, opt_level: int = 1, passes=N
 
     `calibration`: inputs (a dict of arrays, or a .npz/.npy path) on which -O3 measures its error budget and
     int8 calibrates; for int8 also a folder of images (with `preprocess`). int8 keeps the most sensitive
-    layers in float32 so that the outputs stay within `max_error` on held-out samples."""
+    layers in float32 so that the outputs stay within `max_error` on held-out samples, and corrects the biases
+    for the mean shift of int8 weights (`bias_correction`: auto, where it lowers the error; on; off)."""
     from cnncomp.log import silent
     from cnncomp.pipeline import Int8Options, compile_spec
 
     source = Source(spec, defines, weights, seed, opt_level, passes, max_error, autotune,
                     _o3_calibration(calibration), opset, jobs)
     options = CheckOptions(provider, seed, atol=atol, rtol=rtol, max_error=max_error)
-    int8 = Int8Options(calibration, preprocess, calibration_method, max_error, seed=seed)
+    int8 = Int8Options(calibration, preprocess, calibration_method, max_error, seed=seed,
+                       bias_correction=bias_correction)
     result = compile_spec(source, output, emit, precision, keep_io_fp32, target, (min_batch, opt_batch, max_batch),
                           verify, options, log=log or silent, int8=int8)
     if result.report is not None and not result.report.ok:

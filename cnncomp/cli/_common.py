@@ -36,6 +36,9 @@ def add_compile_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--calibration-method", choices=("minmax", "percentile", "entropy"),
                    help="with --precision int8: how activation ranges are set from the calibration data "
                         "(default percentile)")
+    p.add_argument("--bias-correction", choices=("auto", "on", "off"), default="auto",
+                   help="with --precision int8: subtract the mean shift that rounding the weights adds to each "
+                        "conv/linear output (auto: only where it lowers the error on calibration samples; default)")
     p.add_argument("--jobs", type=int, default=1, metavar="N",
                    help="with -O3: measure each layer's candidate rewrites in N processes at once (default 1)")
     p.add_argument("--autotune", action="store_true",
@@ -119,11 +122,12 @@ def source(args, default_level: int = 1):
 
 
 def int8_options(args, sensitivity: bool = False):
-    """How --precision int8 calibrates: --calibration, --preprocess, --calibration-method, --max-error, --seed."""
+    """How --precision int8 calibrates: --calibration, --preprocess, --calibration-method, --max-error, --seed,
+    --bias-correction."""
     from cnncomp.pipeline import Int8Options
 
     return Int8Options(getattr(args, "calibration", None), args.preprocess, args.calibration_method, args.max_error,
-                       sensitivity, args.seed)
+                       sensitivity, args.seed, bias_correction=args.bias_correction)
 
 
 def check_options(args, per_layer: bool = False):

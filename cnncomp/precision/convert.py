@@ -33,8 +33,8 @@ class PrecisionRequest:
 class Int8Options:
     """How int8 calibrates: the data (a .npz/.npy path, an image folder or a dict; None: seeded, with a
     warning), the image preprocessing, the calibration method, the error budget on held-out samples, whether
-    to measure every layer's sensitivity (--stats), the seed, and the activation type (int8 for TensorRT,
-    which takes no zero point; else uint8)."""
+    to measure every layer's sensitivity (--stats), the seed, the activation type (int8 for TensorRT,
+    which takes no zero point; else uint8) and the bias correction (auto, on, off)."""
 
     calibration: object = None
     preprocess: str | None = None
@@ -43,6 +43,7 @@ class Int8Options:
     sensitivity: bool = False
     seed: int = 0
     activations: str = "uint8"
+    bias_correction: str = "auto"  # auto (where it lowers the error on calibration samples), on, off
 
 
 @dataclass
@@ -82,7 +83,8 @@ def convert_int8(model, graph: LayerGraph, request: PrecisionRequest, log: Log =
         raise ValueError("int8 needs the compiled graph's reference (PrecisionRequest.compiled)")
     o, c = request.int8 or Int8Options(), request.compiled
     quantized, report = quantize_int8(model, graph, c.ref_graph, c.ref_weights, o.calibration, o.preprocess,
-                                      o.method or DEFAULT_METHOD, o.max_error, o.sensitivity, o.seed, o.activations)
+                                      o.method or DEFAULT_METHOD, o.max_error, o.sensitivity, o.seed, o.activations,
+                                      o.bias_correction)
     for w in report.warnings:
         log(f"warning: {w}\n")
     log(report.summary() + "\n")

@@ -33,8 +33,10 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from cnncomp.errors import CnnError
+from cnncomp.errors import CnnError, UsageError
 from cnncomp.ir.graph import LayerGraph
+from cnncomp.precision.bias_correction import DEFAULT_MODE, apply_bias_corrections, bias_corrections
+from cnncomp.precision.bias_correction import MODES as BIAS_CORRECTION_MODES
 
 METHODS = ("minmax", "percentile", "entropy")
 DEFAULT_METHOD = "percentile"
@@ -166,6 +168,7 @@ class Quantizer:
         self.batch = batch  # samples per calibration run (an input's fixed batch dim, else 1)
         self._tmp = tempfile.TemporaryDirectory(prefix="cnncomp-int8-")
         self._cache = Path(self._tmp.name) / "ranges.json"
+        self.bias_shifts: dict[str, np.ndarray] = {}  # bias correction per node (see bias_correction.py)
         # a path, not the ModelProto: quantize_static moves a proto's weights into external files it then deletes
         self._float_path = Path(self._tmp.name) / "float32.onnx"
         copy = onnx.ModelProto.FromString(model.SerializeToString())  # saving to external data edits the proto
@@ -197,7 +200,8 @@ class Quantizer:
                                 calibration_cache_path=self._cache)
             except (ValueError, RuntimeError, onnx.checker.ValidationError) as e:
                 raise CnnError(f"int8 quantization failed: {e}") from None
-        return float_outputs(onnx.load(str(out)))
+        quantized = float_outputs(onnx.load(str(out)))
+        return apply_bias_corrections(quantized, self.bias_shifts) if self.bias_shifts else quantized
 
 
 def layer_groups(model: onnx.ModelProto) -> dict[str, list[str]]:
@@ -317,12 +321,14 @@ class ErrorProbe:
 def quantize_int8(model: onnx.ModelProto, graph: LayerGraph, ref_graph: LayerGraph, ref_weights: dict,
                   calibration=None, preprocess: str | None = None, method: str = DEFAULT_METHOD,
                   max_error: float | None = None, sensitivity: bool = False, seed: int = 0,
-                  activations: str = "uint8") -> tuple[onnx.ModelProto, Int8Report]:
+                  activations: str = "uint8", bias_correction: str = DEFAULT_MODE
+                  ) -> tuple[onnx.ModelProto, Int8Report]:
     """Quantize an emitted float32 model (of `graph`) to QDQ int8, keeping layers in float32 to meet `max_error`.
 
     `calibration` is a path (.npz, .npy, image folder), a dict of arrays, or None (seeded stand-ins, with a
     warning). The error is measured against the float64 reference of `ref_graph` on held-out samples.
-    With `sensitivity`, every layer's error alone is measured even when full int8 meets the budget."""
+    With `sensitivity`, every layer's error alone is measured even when full int8 meets the budget.
+    `bias_correction`: auto (where it lowers the error on the calibration samples), on or off."""
     import torch
 
     from cnncomp.precision.calibration import (
@@ -330,6 +336,8 @@ def quantize_int8(model: onnx.ModelProto, graph: LayerGraph, ref_graph: LayerGra
     )
     from cnncomp.run.reference import run_reference
 
+    if bias_correction not in BIAS_CORRECTION_MODES:
+        raise UsageError(f"unknown bias correction '{bias_correction}'; choose one of {', '.join(BIAS_CORRECTION_MODES)}")
     warnings = []
     batch = fixed_batch(ref_graph)
     if calibration is None:
@@ -347,6 +355,9 @@ def quantize_int8(model: onnx.ModelProto, graph: LayerGraph, ref_graph: LayerGra
     quantizer = Quantizer(model, calib, method, activations, batch or 1)
     try:
         quantized = quantizer.quantize()
+        if bias_correction != "off":
+            quantized, note = correct_biases(quantizer, quantized, calib, batch or 1, bias_correction == "auto")
+            report.notes.append(note)
         report.full_int8_error = report.error = probe.error(quantized)
         if sensitivity or (max_error is not None and report.error > max_error):
             report.layers = rank_layers(quantizer, probe, graph)
@@ -362,6 +373,36 @@ def quantize_int8(model: onnx.ModelProto, graph: LayerGraph, ref_graph: LayerGra
     report.kernels = {k: v for k, v in session_kernels(quantized).items()
                       if k.startswith(("QLinear", "QGemm", "MatMulInteger", "ConvInteger", "Conv", "Gemm"))}
     return quantized, report
+
+
+def correct_biases(quantizer: Quantizer, quantized: onnx.ModelProto, calibration: dict, batch: int,
+                   only_if_better: bool) -> tuple[onnx.ModelProto, str]:
+    """Bias correction (bias_correction.py) on the quantizer, for this and every later quantize(); with
+    `only_if_better`, kept only where it lowers the error against the float32 model on calibration samples
+    other than those its means were measured on."""
+    from cnncomp.precision.bias_correction import MAX_SAMPLES
+
+    count = len(next(iter(calibration.values())))
+    half = max(batch, count // 2 // batch * batch) if only_if_better and count >= 2 * batch else count
+    cap = max(batch, MAX_SAMPLES // batch * batch)
+    estimate = {k: v[:min(half, cap)] for k, v in calibration.items()}
+    check = {k: v[half:half + cap] if half < count else v[:cap] for k, v in calibration.items()}
+    shifts = bias_corrections(quantizer.model, quantized, estimate, batch)
+    if not shifts:
+        return quantized, "int8: bias correction: no quantized conv/gemm to correct"
+    quantizer.bias_shifts = shifts
+    corrected = quantizer.quantize()
+    if not only_if_better:
+        return corrected, f"int8: bias correction applied to {len(shifts)} layers"
+    names = dict.fromkeys(o.name for o in quantizer.model.graph.output)
+    float_probe = ErrorProbe(check, ErrorProbe(check, names, batch).outputs(quantizer.model), batch)
+    before, after = float_probe.error(quantized), float_probe.error(corrected)
+    if after < before:
+        return corrected, (f"int8: bias correction applied to {len(shifts)} layers (error against float32 on "
+                           f"calibration samples {before:.3g} -> {after:.3g})")
+    quantizer.bias_shifts = {}
+    return quantized, (f"int8: bias correction not applied: it would raise the error against float32 on "
+                       f"calibration samples from {before:.3g} to {after:.3g}")
 
 
 def rank_layers(quantizer: Quantizer, probe: ErrorProbe, graph: LayerGraph) -> list[LayerSensitivity]:

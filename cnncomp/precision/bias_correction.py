@@ -1,0 +1,185 @@
+"""Bias correction for int8 (Nagel et al. 2019, data-free quantization, section 4.2; empirical form).
+
+Rounding a layer's weights to int8 shifts the mean of its outputs: with W_q the dequantized int8
+weights, E[W_q x] - E[W x] = (W_q - W) E[x], which is not zero where the rounding errors of an
+output channel's weights do not cancel (a 3x3 depthwise kernel has only 9 of them) and the inputs
+have a non-zero mean (after a ReLU they always do). The correction subtracts that shift from the
+bias: for each quantized Conv/Gemm, E[x] is the mean input of the layer *in the int8 model* on the
+calibration samples (so the upstream layers' quantization is included), the shift per output
+channel is the spatial mean of conv(W_q - W, E[x]) (exact for the mean, padding included: the conv
+is linear), and the int32 bias of the QDQ model is rewritten to round((b - shift) / scale).
+
+It is exact in expectation only, and measured, not assumed: on seeded ResNet-18/MobileNetV2 it
+lowered the int8 error by 10-12%, on a trained MobileNetV2 it raised it. So `auto` (the default)
+applies it only where it lowers the error on the calibration samples (against the float32 model;
+the held-out samples stay for the reported error); `on` always, `off` never.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+MODES = ("auto", "on", "off")
+DEFAULT_MODE = "auto"
+CORRECTED_OPS = ("Conv", "Gemm")
+MAX_SAMPLES = 32  # calibration samples for the input means and the auto choice (the means settle long before)
+
+
+def _initializers(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
+    return {t.name: t for t in model.graph.initializer}
+
+
+def _attrs(node: onnx.NodeProto) -> dict:
+    return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+
+
+def _dequantized_constants(model: onnx.ModelProto) -> dict[str, tuple[onnx.NodeProto, np.ndarray, np.ndarray]]:
+    """{DequantizeLinear output: (node, dequantized value, scale broadcast to it)} for every constant DQ."""
+    inits = _initializers(model)
+    out = {}
+    for node in model.graph.node:
+        if node.op_type != "DequantizeLinear" or node.input[0] not in inits:
+            continue
+        q = numpy_helper.to_array(inits[node.input[0]]).astype(np.float64)
+        scale = numpy_helper.to_array(inits[node.input[1]]).astype(np.float64)
+        zero = (numpy_helper.to_array(inits[node.input[2]]).astype(np.float64)
+                if len(node.input) > 2 and node.input[2] else np.zeros_like(scale))
+        if scale.ndim == 1 and q.ndim > 1:
+            shape = [1] * q.ndim
+            shape[_attrs(node).get("axis", 1) % q.ndim] = -1
+            scale, zero = scale.reshape(shape), zero.reshape(shape)
+        out[node.output[0]] = (node, (q - zero) * scale, scale)
+    return out
+
+
+def _quantized_layers(quantized: onnx.ModelProto, float_model: onnx.ModelProto):
+    """(int8 node, float node) for every Conv/Gemm whose weights the int8 model dequantizes from int8."""
+    constants = _dequantized_constants(quantized)
+    float_nodes = {n.name: n for n in float_model.graph.node}
+    for node in quantized.graph.node:
+        if node.op_type in CORRECTED_OPS and len(node.input) > 1 and node.input[1] in constants \
+                and node.name in float_nodes and float_nodes[node.name].op_type == node.op_type:
+            yield node, float_nodes[node.name]
+
+
+def _mean_inputs(quantized: onnx.ModelProto, names: list[str], calibration: dict, batch: int) -> dict:
+    """The mean over the calibration samples of each named tensor of the int8 model (one array per name)."""
+    from cnncomp.precision.calibration import batches
+    from cnncomp.run.session import Session
+
+    probe = onnx.ModelProto.FromString(quantized.SerializeToString())
+    present = {o.name for o in probe.graph.output}
+    probe.graph.output.extend(onnx.helper.make_empty_tensor_value_info(n) for n in dict.fromkeys(names)
+                              if n not in present)
+    session = Session(probe, "cpu", quiet=True)
+    sums: dict[str, np.ndarray] = {}
+    count = 0
+    for feeds in batches(calibration, batch):
+        for name, value in session.run(feeds, list(dict.fromkeys(names))).items():
+            total = np.asarray(value, dtype=np.float64).sum(axis=0)
+            sums[name] = sums[name] + total if name in sums else total
+        count += len(next(iter(feeds.values())))
+    return {name: s / count for name, s in sums.items()}
+
+
+def _output_shift(node: onnx.NodeProto, weight_error: np.ndarray, mean_input: np.ndarray) -> np.ndarray | None:
+    """Per output channel, the mean that the weight error adds to the node's output; None when not handled."""
+    import torch
+
+    attrs = _attrs(node)
+    if node.op_type == "Gemm":
+        if attrs.get("transA", 0) or mean_input.ndim != 1:
+            return None
+        w = weight_error if attrs.get("transB", 0) else weight_error.T
+        return attrs.get("alpha", 1.0) * (w @ mean_input)
+    rank = weight_error.ndim - 2
+    if attrs.get("auto_pad", "NOTSET") not in ("NOTSET", b"NOTSET") or rank not in (1, 2, 3) \
+            or mean_input.ndim != rank + 1:
+        return None
+    pads = attrs.get("pads", [0] * 2 * rank)
+    torch_pads = [p for axis in reversed(range(rank)) for p in (pads[axis], pads[axis + rank])]
+    x = torch.nn.functional.pad(torch.from_numpy(mean_input)[None], torch_pads)
+    conv = (torch.nn.functional.conv1d, torch.nn.functional.conv2d, torch.nn.functional.conv3d)[rank - 1]
+    y = conv(x, torch.from_numpy(weight_error), stride=attrs.get("strides", [1] * rank),
+             dilation=attrs.get("dilations", [1] * rank), groups=attrs.get("group", 1))
+    return y.mean(dim=tuple(range(2, rank + 2)))[0].numpy()
+
+
+def bias_corrections(float_model: onnx.ModelProto, quantized: onnx.ModelProto, calibration: dict,
+                     batch: int = 1) -> dict[str, np.ndarray]:
+    """{node name: the output shift its int8 weights cause, per output channel}, measured on `calibration`
+    with the layers' inputs taken from the int8 model `quantized`."""
+    float_inits = _initializers(float_model)
+    constants = _dequantized_constants(quantized)
+    layers = [(q, f) for q, f in _quantized_layers(quantized, float_model) if f.input[1] in float_inits]
+    if not layers:
+        return {}
+    calibration = {k: v[:max(batch, MAX_SAMPLES // batch * batch)] for k, v in calibration.items()}
+    means = _mean_inputs(quantized, [q.input[0] for q, _ in layers], calibration, batch)
+    shifts = {}
+    for q, f in layers:
+        weight = numpy_helper.to_array(float_inits[f.input[1]]).astype(np.float64)
+        shift = _output_shift(q, constants[q.input[1]][1] - weight, means[q.input[0]])
+        if shift is not None and np.all(np.isfinite(shift)):
+            shifts[q.name] = shift
+    return shifts
+
+
+def apply_bias_corrections(quantized: onnx.ModelProto, shifts: dict[str, np.ndarray]) -> onnx.ModelProto:
+    """Subtract each node's shift from its bias in the int8 model (in place): an int32 bias is re-rounded at its
+    scale, a float bias adjusted, and a node without a bias given an int32 one at scale x_scale * w_scale."""
+    inits = _initializers(quantized)
+    constants = _dequantized_constants(quantized)
+    uses: dict[str, int] = {}
+    for node in quantized.graph.node:
+        for name in node.input:
+            uses[name] = uses.get(name, 0) + 1
+    for node in quantized.graph.node:
+        shift = shifts.get(node.name)
+        if shift is None or node.op_type not in CORRECTED_OPS or node.input[1] not in constants:
+            continue
+        scale_of = 1.0 if node.op_type == "Conv" else _attrs(node).get("beta", 1.0)
+        bias = node.input[2] if len(node.input) > 2 and node.input[2] else None
+        if bias in constants and uses.get(constants[bias][0].input[0]) == 1:
+            dq, value, scale = constants[bias]
+            tensor = inits[dq.input[0]]
+            q = np.round((value.reshape(-1) - shift / scale_of) / scale.reshape(-1))
+            info = np.iinfo(numpy_helper.to_array(tensor).dtype)
+            tensor.CopyFrom(numpy_helper.from_array(np.clip(q, info.min, info.max).astype(info.dtype), tensor.name))
+        elif bias in inits and uses.get(bias) == 1:
+            value = numpy_helper.to_array(inits[bias])
+            inits[bias].CopyFrom(numpy_helper.from_array((value - shift / scale_of).astype(value.dtype), bias))
+        elif bias is None and node.input[0] in _activation_scales(quantized):
+            _add_int32_bias(quantized, node, -shift, _activation_scales(quantized)[node.input[0]],
+                            constants[node.input[1]][2].reshape(-1))
+    return quantized
+
+
+def _activation_scales(model: onnx.ModelProto) -> dict[str, float]:
+    """{DequantizeLinear output: its per-tensor scale} for the activations (non-constant DQ inputs)."""
+    inits = _initializers(model)
+    return {n.output[0]: float(numpy_helper.to_array(inits[n.input[1]]).reshape(-1)[0])
+            for n in model.graph.node
+            if n.op_type == "DequantizeLinear" and n.input[0] not in inits and n.input[1] in inits
+            and numpy_helper.to_array(inits[n.input[1]]).size == 1}
+
+
+def _add_int32_bias(model: onnx.ModelProto, node: onnx.NodeProto, bias: np.ndarray, x_scale: float,
+                    w_scale: np.ndarray) -> None:
+    """Give a bias-less Conv/Gemm an int32 bias (a DequantizeLinear at scale x_scale * w_scale, the layout ONNX
+    Runtime fuses into QLinearConv/QGemm)."""
+    scale = (x_scale * np.broadcast_to(w_scale, bias.shape)).astype(np.float32)
+    q = np.clip(np.round(bias / scale), np.iinfo(np.int32).min, np.iinfo(np.int32).max).astype(np.int32)
+    base = f"{node.name}_bias_correction"
+    model.graph.initializer.extend([numpy_helper.from_array(q, base + "_quantized"),
+                                    numpy_helper.from_array(scale, base + "_scale"),
+                                    numpy_helper.from_array(np.zeros_like(q), base + "_zero_point")])
+    dq = onnx.helper.make_node("DequantizeLinear", [base + "_quantized", base + "_scale", base + "_zero_point"],
+                               [base], name=base + "_DequantizeLinear", axis=0)
+    position = list(model.graph.node).index(node)
+    model.graph.node.insert(position, dq)
+    while len(node.input) < 3:
+        node.input.append("")
+    node.input[2] = base
