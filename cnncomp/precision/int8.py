@@ -35,8 +35,8 @@ import onnx
 
 from cnncomp.errors import CnnError, UsageError
 from cnncomp.ir.graph import LayerGraph
-from cnncomp.precision.bias_correction import DEFAULT_MODE, apply_bias_corrections, bias_corrections
-from cnncomp.precision.bias_correction import MODES as BIAS_CORRECTION_MODES
+from cnncomp.precision.bias_correction import DEFAULT_MODE, MODES as BIAS_CORRECTION_MODES, apply_bias_corrections
+from cnncomp.precision.bias_correction import bias_corrections
 
 METHODS = ("minmax", "percentile", "entropy")
 DEFAULT_METHOD = "percentile"
