@@ -57,6 +57,7 @@ CONFIGS = (
     ("-O2", 2),
     ("bottleneck at full rank", "bottleneck(ratio=1.0, always=1)"),
     ("depthwise at full rank", "depthwise(m=4096, always=1)"),
+    ("equalize", "fold-bn,equalize"),
 )
 
 
