@@ -177,10 +177,12 @@ def output_error_meter(ref_graph: LayerGraph, ref_weights: dict, feeds: dict, jo
 
 def optimize(spec, defines=None, weights=None, seed: int = 0, opt_level: int = 1, passes=None,
              lint: bool = False, after_each=None, max_error: float | None = None, autotune: bool = False,
-             provider: str = "cpu", calibration: dict | None = None, jobs: int = 1) -> Compiled:
+             provider: str = "cpu", calibration: dict | None = None, jobs: int = 1,
+             timing_precision: str = "fp32") -> Compiled:
     """Load a spec and run its passes through the pass manager: -O<level> (-O3 adds the per-layer search of
     approximate rewrites under `max_error`, measured on `calibration` inputs or seeded ones, a layer's
-    candidate settings in `jobs` processes at once), or a list."""
+    candidate settings in `jobs` processes at once; with `autotune`, a rewrite is kept only where ONNX Runtime
+    runs it faster, timed in `timing_precision`), or a list."""
     from cnncomp.ir.weights import nonfinite_weights
     from cnncomp.passes import PassContext, PassRunner
 
@@ -206,12 +208,28 @@ def optimize(spec, defines=None, weights=None, seed: int = 0, opt_level: int = 1
         if autotune:
             from cnncomp.run.timing import rewrite_speedup
 
+            convert = _timing_converter(timing_precision)
+
             def speedup(old, new, layer):
-                return rewrite_speedup(old, new, layer, provider)
+                return rewrite_speedup(old, new, layer, provider, convert=convert)
 
         apply_within_budget(runner, output_error_meter(ref_graph, ref_weights, feeds, jobs), max_error, speedup)
     return Compiled(ref_graph, ref_weights, ctx.graph, ctx.weights, runner.records, ctx.log, ctx.warnings,
                     ctx.fp16_warnings)
+
+
+def _timing_converter(precision: str):
+    """What -O3 --autotune does to a layer's model before timing it: the conversion of the job's precision (int8
+    kernels and float32 ones do not rank rewrites alike), or None for float32."""
+    if precision == "int8":
+        from cnncomp.precision.int8 import quantized_for_timing
+
+        return quantized_for_timing
+    if precision == "fp16":
+        from cnncomp.precision.fp16 import to_fp16
+
+        return lambda model: to_fp16(model, keep_io_fp32=True)[0]
+    return None
 
 
 # ---- emit --------------------------------------------------------------------------------------------
@@ -398,10 +416,11 @@ class Source:
     jobs: int = 1  # processes measuring -O3's candidate settings
 
 
-def _optimize(source: Source, graph: LayerGraph, provider: str = "cpu", after_each=None, weights=None) -> Compiled:
+def _optimize(source: Source, graph: LayerGraph, provider: str = "cpu", after_each=None, weights=None,
+              precision: str = "fp32") -> Compiled:
     return optimize(graph, None, source.weights if weights is None else weights, source.seed, source.opt_level,
                     source.passes, after_each=after_each, max_error=source.max_error, autotune=source.autotune,
-                    provider=provider, calibration=source.calibration, jobs=source.jobs)
+                    provider=provider, calibration=source.calibration, jobs=source.jobs, timing_precision=precision)
 
 
 def _warn(compiled: Compiled, precision: str, log: Log) -> None:
@@ -465,7 +484,7 @@ def compile_spec(source: Source, output=None, emit: str = "onnx", precision: str
     ref_graph = load(source.spec, source.defines)
     if verify:
         options.validate(ref_graph)
-    compiled = _optimize(_with_int8_share(source, precision), ref_graph, options.provider)
+    compiled = _optimize(_with_int8_share(source, precision), ref_graph, options.provider, precision=precision)
     _warn(compiled, precision, log)
     if emit != "onnx":
         from cnncomp.fileio import write_text
@@ -525,7 +544,8 @@ def verify_spec(source: Source, options: CheckOptions | None = None, precision: 
     if verify_each:
         weights = weights_for(ref_graph, source.weights, source.seed)
         checker = PassChecker(ref_graph, weights, feeds, options)
-    compiled = _optimize(_with_int8_share(source, precision), ref_graph, options.provider, checker, weights)
+    compiled = _optimize(_with_int8_share(source, precision), ref_graph, options.provider, checker, weights,
+                         precision)
     model = emit_model(compiled, source.opset)
     request = PrecisionRequest(inputs=feeds, probe_provider=options.provider, atol=options.atol, rtol=options.rtol,
                                int8=_int8_for(int8, source, False), compiled=compiled,
@@ -585,7 +605,8 @@ def deploy_spec(source: Source, repo, max_batch: int = 8, instances: int = 1, ki
     problem = deploy_problem(max_batch, instances, kind, tensorrt, precision, keep_io_fp32)
     if problem:
         raise UsageError(problem)
-    compiled = _optimize(_with_int8_share(source, precision), load(source.spec, source.defines))
+    compiled = _optimize(_with_int8_share(source, precision), load(source.spec, source.defines),
+                         precision=precision)
     _warn(compiled, precision, log)
     notices: list[str] = []
     model = emit_model(compiled, source.opset, notices)

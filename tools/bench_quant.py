@@ -9,7 +9,8 @@ calibration samples (8 seeded uniform images; 4 more held out for the error):
                     (QDQ, per-tensor QInt8 weights and activations, min-max)
   cnncomp int8      cnncomp's int8 (per-channel symmetric weights, uint8 activations, the default
                     calibration method), full int8: no layer kept in float32
-  cnncomp int8 -O3  the same after -O3's rewrites (with --o3; slow: the rewrite search measures every layer)
+  cnncomp int8 -O3  the same after -O3's rewrites (with --o3; with --autotune, only rewrites that ONNX Runtime
+                    measures faster in int8 are kept)
 
 Latency: ONNX Runtime CPU, median of `--repeats` runs per round, rounds interleaved across the
 models, the median over rounds reported (the machine may be shared: interleaving keeps the ratios
@@ -54,7 +55,8 @@ def ort_default(model: onnx.ModelProto, calibration: dict) -> onnx.ModelProto:
         return onnx.load(str(out))
 
 
-def build(spec: str, method: str, o3: bool) -> tuple[list[tuple[str, onnx.ModelProto]], dict, dict]:
+def build(spec: str, method: str, o3: bool,
+          autotune: bool = False) -> tuple[list[tuple[str, onnx.ModelProto]], dict, dict]:
     """The models to compare, the held-out inputs and their float64 reference outputs."""
     compiled = optimize(spec)
     model = emit_model(compiled)
@@ -69,7 +71,7 @@ def build(spec: str, method: str, o3: bool) -> tuple[list[tuple[str, onnx.ModelP
     models = [("fp32 -O1", model), ("ort default", ort_default(model, calibration)), ("cnncomp int8", int8)]
     if o3:
         start = time.perf_counter()
-        fast = optimize(spec, opt_level=3, calibration=held)
+        fast = optimize(spec, opt_level=3, calibration=held, autotune=autotune, timing_precision="int8")
         fast_model = emit_model(fast)
         o3_int8, _ = quantize_int8(fast_model, fast.graph, fast.ref_graph, fast.ref_weights, calibration,
                                    method=method)
@@ -87,6 +89,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--method", default=DEFAULT_METHOD)
     parser.add_argument("--o3", action="store_true", help="also cnncomp int8 after -O3 (slow)")
+    parser.add_argument("--autotune", action="store_true", help="with --o3: -O3 keeps only rewrites measured faster in int8")
     args = parser.parse_args()
     print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores, load average "
           f"{os.getloadavg()[0]:.1f}, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, onnxruntime "
@@ -94,7 +97,7 @@ def main() -> None:
     print(f"{'network':<14} {'batch':>5} {'thr':>3} {'model':<17} {'ms':>9} {'speedup':>8} {'rel L2 err':>10} "
           f"{'top-1 agree':>11}")
     for name in args.specs.split(","):
-        models, held, reference = build(str(ROOT / "specs" / f"{name}.cnn"), args.method, args.o3)
+        models, held, reference = build(str(ROOT / "specs" / f"{name}.cnn"), args.method, args.o3, args.autotune)
         errors, agree = {}, {}
         for label, model in models:
             got = Session(model, quiet=True).run(held)

@@ -42,7 +42,8 @@ def add_compile_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--jobs", type=int, default=1, metavar="N",
                    help="with -O3: measure each layer's candidate rewrites in N processes at once (default 1)")
     p.add_argument("--autotune", action="store_true",
-                   help="with -O3: keep a rewrite only where ONNX Runtime measures it faster on this machine")
+                   help="with -O3: keep a rewrite only where ONNX Runtime measures it faster on this machine, "
+                        "timed in the --precision of the job (int8 layers as int8)")
 
 
 def add_check_arguments(p: argparse.ArgumentParser) -> None:

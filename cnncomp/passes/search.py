@@ -93,9 +93,10 @@ def apply_within_budget(runner: PassRunner, output_error: OutputError | ErrorMet
         if not all(np.isfinite(ctx.weights[f"{layer}.{suffix}"]).all() for suffix in weights):
             ctx.refuse("-O3", layer, "its weights are not finite (NaN or Inf): no decomposition of them")
             continue
-        kept = _choose(runner, layer, meter, budget, speedup)
+        kept, within_budget = _choose(runner, layer, meter, budget, speedup)
         if kept is None:
-            ctx.refuse("-O3", layer, f"no rewrite keeps the output error within {budget:g}")
+            ctx.refuse("-O3", layer, f"no rewrite within the error budget {budget:g} measured faster" if within_budget
+                       else f"no rewrite keeps the output error within {budget:g}")
             continue
         setting, error = kept
         runner.run_step(PassStep(setting.name, {**setting.options, "only": layer}), label=f"{setting}@{layer}")
@@ -107,8 +108,9 @@ def apply_within_budget(runner: PassRunner, output_error: OutputError | ErrorMet
 
 
 def _choose(runner: PassRunner, layer: str, meter: ErrorMeter, budget: float,
-            speedup: Speedup | None) -> tuple[PassStep, float] | None:
-    """The cheapest setting whose trial (on a copy) keeps the error within budget (and is faster), or None."""
+            speedup: Speedup | None) -> tuple[tuple[PassStep, float] | None, bool]:
+    """(the cheapest setting whose trial (on a copy) keeps the error within budget and is faster, with its error,
+    or None; whether any setting kept the error within budget)."""
     ctx = runner.ctx
     trials = []
     for setting in settings():
@@ -117,17 +119,18 @@ def _choose(runner: PassRunner, layer: str, meter: ErrorMeter, budget: float,
             continue
         trials.append((graph_cost(trial.graph)[1], setting, trial))
     trials.sort(key=lambda t: t[0])
-    measured = None
+    measured, within_budget = None, False
     if getattr(meter, "jobs", 1) > 1:  # measure every trial at once, in parallel (more work, less waiting)
         measured = meter.errors([(trial.graph, trial.weights, layer) for _, _, trial in trials])
     for i, (_, setting, trial) in enumerate(trials):
         error = measured[i] if measured is not None else meter.error(trial.graph, trial.weights, layer)
         if not error <= budget:  # also refuses a NaN error (NaN weights): it measures nothing
             continue
+        within_budget = True
         if speedup is not None:
             factor = speedup(ctx.graph, trial.graph, layer)
             if factor < MIN_SPEEDUP:
                 ctx.refuse(setting.name, layer, f"{setting} measured {factor:.2f}x under ONNX Runtime")
                 continue
-        return setting, error
-    return None
+        return (setting, error), within_budget
+    return None, within_budget

@@ -204,6 +204,21 @@ class Quantizer:
         return apply_bias_corrections(quantized, self.bias_shifts) if self.bias_shifts else quantized
 
 
+def quantized_for_timing(model: onnx.ModelProto, samples: int = 2, seed: int = 0) -> onnx.ModelProto:
+    """The model as `--precision int8` emits it (per-channel int8 weights, uint8 activations, fused kernels),
+    calibrated on seeded normal inputs: for timing a few layers (-O3 --autotune), not for its accuracy."""
+    rng = np.random.default_rng(seed)
+    initializers = {t.name for t in model.graph.initializer}
+    feeds = {i.name: rng.standard_normal((samples,) + tuple(max(d.dim_value, 1) for d in
+                                                             i.type.tensor_type.shape.dim[1:])).astype(np.float32)
+             for i in model.graph.input if i.name not in initializers}
+    quantizer = Quantizer(model, feeds, "minmax")
+    try:
+        return quantizer.quantize()
+    finally:
+        quantizer.close()
+
+
 def layer_groups(model: onnx.ModelProto) -> dict[str, list[str]]:
     """{node: [node, the pass-through nodes after it]} for every node that sets a new quantization scale
     (conv, gemm, add, pools, ...), in graph order: the unit that the budget search keeps in float32 or not.

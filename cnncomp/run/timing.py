@@ -25,23 +25,26 @@ def extract(graph: LayerGraph, names: list[str]) -> LayerGraph:
     return sub
 
 
-def time_subgraph(graph: LayerGraph, names: list[str], provider: str = "cpu", repeats: int = 20) -> float:
-    """Median seconds per run of these layers alone (seeded weights, batch 1)."""
+def time_subgraph(graph: LayerGraph, names: list[str], provider: str = "cpu", repeats: int = 20,
+                  convert=None) -> float:
+    """Median seconds per run of these layers alone (seeded weights, batch 1), their ONNX model first passed
+    through `convert` (a precision conversion: int8 layers are timed as int8) when given."""
     from cnncomp.emit.onnx import emit_onnx
     from cnncomp.run.session import Session
     from cnncomp.ir.weights import init_weights
 
     sub = extract(graph, names)
-    session = Session(emit_onnx(sub, init_weights(sub, 0)), provider, quiet=True)
+    model = emit_onnx(sub, init_weights(sub, 0))
+    session = Session(convert(model) if convert is not None else model, provider, quiet=True)
     x = np.random.default_rng(0).standard_normal(sub.layer("x").shape).astype(np.float32)
     return session.median_seconds({"x": x}, repeats)
 
 
 def rewrite_speedup(old_graph: LayerGraph, new_graph: LayerGraph, layer: str, provider: str = "cpu",
-                    repeats: int = 20) -> float:
+                    repeats: int = 20, convert=None) -> float:
     """How many times faster the layers that replaced `layer` run than `layer` did, each alone under ONNX Runtime
-    (the speedup meter that -O3 --autotune hands to the search)."""
-    original = time_subgraph(old_graph, [layer], provider, repeats)
+    (the speedup meter that -O3 --autotune hands to the search); `convert` as in time_subgraph."""
+    original = time_subgraph(old_graph, [layer], provider, repeats, convert)
     replaced = [n for n in new_graph.g.nodes if n.startswith(layer + ".") and n not in old_graph.g]
-    rewritten = time_subgraph(new_graph, replaced, provider, repeats)
+    rewritten = time_subgraph(new_graph, replaced, provider, repeats, convert)
     return original / rewritten if rewritten > 0 else 1.0

@@ -56,3 +56,29 @@ def test_autotune_times_layers_alone_and_decides(tmp_path):
     o3 = optimize(_spec(tmp_path), opt_level=3, max_error=0.5, autotune=True)
     decided = [line for line in o3.log if "measured" in line or "kept" in line]
     assert decided, o3.log
+
+
+def test_autotune_times_rewrites_in_the_jobs_precision(tmp_path, monkeypatch):
+    """With --precision int8, -O3 --autotune times each layer as the int8 kernels ONNX Runtime will run
+    (float32 timings rank the rewrites differently there)."""
+    from cnncomp.cli import main
+    from cnncomp.precision.int8 import quantized_for_timing, session_kernels
+    import cnncomp.run.timing as timing
+
+    graph = load_text(SPEC, "n.cnn")
+    int8_part = quantized_for_timing(emit_model(optimize(graph, opt_level=1)))
+    assert session_kernels(int8_part).get("QLinearConv") == 2
+    seen = []
+    real = timing.rewrite_speedup
+
+    def spy(old, new, layer, provider="cpu", repeats=20, convert=None):
+        seen.append(convert)
+        return real(old, new, layer, provider, 3, convert)
+
+    monkeypatch.setattr(timing, "rewrite_speedup", spy)
+    optimize(_spec(tmp_path), opt_level=3, max_error=0.5, autotune=True)
+    assert seen and all(c is None for c in seen)
+    seen.clear()
+    assert main(["compile", _spec(tmp_path), "-O3", "--autotune", "--max-error", "0.5", "--precision", "int8",
+                 "-o", str(tmp_path / "n.onnx")]) == 0
+    assert seen and all(c is quantized_for_timing for c in seen)
