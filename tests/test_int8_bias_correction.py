@@ -129,3 +129,17 @@ def test_bias_correction_choices(tmp_path):
     quantized = cnncomp.compile(str(spec), precision="int8", bias_correction="off")
     assert isinstance(quantized, onnx.ModelProto)
     assert not any(t.name.endswith("_bias_correction_quantized") for t in quantized.graph.initializer)
+
+
+@pytest.mark.parametrize("mode,said", [("on", "bias correction applied to 5 layers"), ("off", None)])
+def test_compile_bias_correction_flag(tmp_path, capsys, mode, said):
+    from cnncomp.cli import main
+
+    spec = tmp_path / "net.cnn"
+    spec.write_text(DEPTHWISE)
+    out = tmp_path / "net.int8.onnx"
+    assert main(["compile", str(spec), "--precision", "int8", "--bias-correction", mode, "-o", str(out),
+                 "--verify", "--max-error", "0.05"]) == 0
+    err = capsys.readouterr().err
+    assert (said in err) if said else ("bias correction" not in err)
+    assert out.exists()

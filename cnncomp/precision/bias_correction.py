@@ -132,6 +132,7 @@ def apply_bias_corrections(quantized: onnx.ModelProto, shifts: dict[str, np.ndar
     scale, a float bias adjusted, and a node without a bias given an int32 one at scale x_scale * w_scale."""
     inits = _initializers(quantized)
     constants = _dequantized_constants(quantized)
+    activation_scales = _activation_scales(quantized)
     uses: dict[str, int] = {}
     for node in quantized.graph.node:
         for name in node.input:
@@ -140,19 +141,21 @@ def apply_bias_corrections(quantized: onnx.ModelProto, shifts: dict[str, np.ndar
         shift = shifts.get(node.name)
         if shift is None or node.op_type not in CORRECTED_OPS or node.input[1] not in constants:
             continue
-        scale_of = 1.0 if node.op_type == "Conv" else _attrs(node).get("beta", 1.0)
+        bias_factor = 1.0 if node.op_type == "Conv" else _attrs(node).get("beta", 1.0)  # Gemm: beta * C
+        if bias_factor == 0:
+            continue
         bias = node.input[2] if len(node.input) > 2 and node.input[2] else None
         if bias in constants and uses.get(constants[bias][0].input[0]) == 1:
             dq, value, scale = constants[bias]
             tensor = inits[dq.input[0]]
-            q = np.round((value.reshape(-1) - shift / scale_of) / scale.reshape(-1))
+            q = np.round((value.reshape(-1) - shift / bias_factor) / scale.reshape(-1))
             info = np.iinfo(numpy_helper.to_array(tensor).dtype)
             tensor.CopyFrom(numpy_helper.from_array(np.clip(q, info.min, info.max).astype(info.dtype), tensor.name))
         elif bias in inits and uses.get(bias) == 1:
             value = numpy_helper.to_array(inits[bias])
-            inits[bias].CopyFrom(numpy_helper.from_array((value - shift / scale_of).astype(value.dtype), bias))
-        elif bias is None and node.input[0] in _activation_scales(quantized):
-            _add_int32_bias(quantized, node, -shift, _activation_scales(quantized)[node.input[0]],
+            inits[bias].CopyFrom(numpy_helper.from_array((value - shift / bias_factor).astype(value.dtype), bias))
+        elif bias is None and node.input[0] in activation_scales:
+            _add_int32_bias(quantized, node, -shift / bias_factor, activation_scales[node.input[0]],
                             constants[node.input[1]][2].reshape(-1))
     return quantized
 
