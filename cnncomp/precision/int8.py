@@ -37,6 +37,8 @@ from cnncomp.errors import CnnError, UsageError
 from cnncomp.ir.graph import LayerGraph
 from cnncomp.precision.bias_correction import DEFAULT_MODE, MODES as BIAS_CORRECTION_MODES, apply_bias_corrections
 from cnncomp.precision.bias_correction import bias_corrections
+from cnncomp.precision.int8_support import failing_node, known_unsupported, neighbourhood, nonfinite_activations
+from cnncomp.precision.int8_support import short_reason
 
 METHODS = ("minmax", "percentile", "entropy")
 DEFAULT_METHOD = "percentile"
@@ -163,6 +165,14 @@ class Quantizer:
             raise CnnError(f"int8 needs opset {MIN_OPSET} or later (per-channel QuantizeLinear); got --opset {opset}")
         self.model = model
         self.groups = layer_groups(model)
+        self.kept_float: dict[str, str] = {}  # layer group -> why ONNX Runtime cannot run it in int8 here
+        self._float_nodes: set[str] = set()  # nodes never quantized: those of kept_float and their neighbours
+        self.notes: list[str] = []
+        for node, why in known_unsupported(model).items():
+            group = self._group_of(node)
+            if group is not None:
+                self.kept_float[group] = why
+                self._float_nodes |= set(self.groups[group])
         self.method = method
         self.activations = activations
         self.batch = batch  # samples per calibration run (an input's fixed batch dim, else 1)
@@ -173,13 +183,78 @@ class Quantizer:
         self._float_path = Path(self._tmp.name) / "float32.onnx"
         copy = onnx.ModelProto.FromString(model.SerializeToString())  # saving to external data edits the proto
         onnx.save(copy, str(self._float_path), save_as_external_data=True, location="float32.data")
-        self.quantize(calibration=calibration)  # fills the range cache
+        if not self.groups:
+            self.notes.append("int8: no layer of this network has an int8 kernel in ONNX Runtime: it stays float32")
+        else:
+            self._first_quantization(calibration)  # fills the range cache
 
     def close(self) -> None:
         self._tmp.cleanup()
 
+    def _group_of(self, node: str) -> str | None:
+        return next((group for group, members in self.groups.items() if node in members), None)
+
+    def _first_quantization(self, calibration: dict) -> None:
+        """Calibrate (filling the range cache) and make sure ONNX Runtime loads and runs the result: a node it
+        refuses is kept in float32 (with the reason) and the model quantized again (int8_support.py)."""
+        from cnncomp.precision.calibration import batches
+
+        try:
+            quantized = self.quantize(calibration=calibration)
+        except CnnError as e:
+            if "Histogram has not been collected" in str(e) and self.method != "minmax":
+                # the histogram calibrators collect no graph input or output: a network that is one layer deep
+                self.notes.append(f"int8: {self.method} calibration has nothing to collect in this network; "
+                                  "used minmax")
+                self.method = "minmax"
+                quantized = self.quantize(calibration=calibration)
+            elif "not finite" in str(e):
+                self._raise_for_nonfinite(calibration, e)
+            else:
+                raise
+        sample = next(batches(calibration, self.batch))
+        refused: dict[str, int] = {}
+        for _ in range(len(self.model.graph.node)):
+            failure = failing_node(quantized, sample)
+            if failure is None:
+                break
+            node, message = failure
+            known = {n.name for n in self.model.graph.node}
+            if node not in known:
+                raise CnnError(f"int8: ONNX Runtime cannot run the quantized model: {message.splitlines()[0]}")
+            # ONNX Runtime fuses DequantizeLinear -> node -> QuantizeLinear into its int8 kernel even when the
+            # quantizer left the node alone, so its neighbours stay float32 too, one more hop at each refusal
+            refused[node] = refused.get(node, 0) + 1
+            self._float_nodes |= neighbourhood(self.model, node, refused[node])
+            group = self._group_of(node) or node
+            self.kept_float.setdefault(group, short_reason(message))
+            quantized = self.quantize()
+        else:
+            raise CnnError("int8: ONNX Runtime cannot run the quantized model with any layer in int8")
+        if self.kept_float:
+            self.notes.append("int8: kept in float32, no usable ONNX Runtime int8 kernel for them here: " + "; ".join(
+                f"{group} ({why})" for group, why in self.kept_float.items()))
+
+    def _raise_for_nonfinite(self, calibration: dict, error: Exception) -> None:
+        from cnncomp.precision.calibration import batches
+
+        for feeds in list(batches(calibration, self.batch))[:8]:
+            found = nonfinite_activations(self.model, feeds)
+            if found:
+                node, what = found[0]
+                where = (f"the output of layer {node}" if "/" not in node else
+                         f"a tensor of layer {node.split('/')[0]} (ONNX node {node})")
+                raise CnnError(f"int8: {where} is {what} on the calibration data; int8 needs a finite range for "
+                               "every activation") from None
+        raise CnnError(f"int8 quantization failed: {error}") from None
+
     def quantize(self, exclude=(), only=None, calibration: dict | None = None) -> onnx.ModelProto:
-        """The QDQ model; layers in `exclude` stay float32; with `only`, just those layers are quantized."""
+        """The QDQ model; layers in `exclude` (and those ONNX Runtime cannot run in int8) stay float32; with
+        `only`, just those layers are quantized."""
+        if not self.groups:
+            return onnx.ModelProto.FromString(self.model.SerializeToString())
+        excluded = [n for name in exclude for n in self.groups[name]]
+        excluded += sorted(self._float_nodes - set(excluded))
         from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
         methods = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
@@ -194,7 +269,7 @@ class Quantizer:
                                 quant_format=QuantFormat.QDQ, per_channel=True,
                                 activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
                                 weight_type=QuantType.QInt8,
-                                nodes_to_exclude=[n for name in exclude for n in self.groups[name]],
+                                nodes_to_exclude=excluded,
                                 nodes_to_quantize=[n for name in only for n in self.groups[name]] if only else None,
                                 calibrate_method=methods[self.method], extra_options=extra,
                                 calibration_cache_path=self._cache)
@@ -368,11 +443,13 @@ def quantize_int8(model: onnx.ModelProto, graph: LayerGraph, ref_graph: LayerGra
     report = Int8Report(method, source, len(next(iter(calib.values()))), len(next(iter(held.values()))),
                         max_error=max_error, warnings=warnings)
     quantizer = Quantizer(model, calib, method, activations, batch or 1)
+    report.method = quantizer.method
+    report.notes += quantizer.notes
     try:
         quantized = quantizer.quantize()
         if bias_correction != "off":
             quantized, note = correct_biases(quantizer, quantized, calib, batch or 1, bias_correction == "auto")
-            report.notes.append(note)
+            report.notes += [note] if note else []
         report.full_int8_error = report.error = probe.error(quantized)
         if sensitivity or (max_error is not None and report.error > max_error):
             report.layers = rank_layers(quantizer, probe, graph)
@@ -391,7 +468,7 @@ def quantize_int8(model: onnx.ModelProto, graph: LayerGraph, ref_graph: LayerGra
 
 
 def correct_biases(quantizer: Quantizer, quantized: onnx.ModelProto, calibration: dict, batch: int,
-                   only_if_better: bool) -> tuple[onnx.ModelProto, str]:
+                   only_if_better: bool) -> tuple[onnx.ModelProto, str | None]:
     """Bias correction (bias_correction.py) on the quantizer, for this and every later quantize(); with
     `only_if_better`, kept only where it lowers the error against the float32 model on calibration samples
     other than those its means were measured on."""
@@ -404,7 +481,7 @@ def correct_biases(quantizer: Quantizer, quantized: onnx.ModelProto, calibration
     check = {k: v[half:half + cap] if half < count else v[:cap] for k, v in calibration.items()}
     shifts = bias_corrections(quantizer.model, quantized, estimate, batch)
     if not shifts:
-        return quantized, "int8: bias correction: no quantized conv/gemm to correct"
+        return quantized, None  # no quantized conv/gemm: nothing to say
     quantizer.bias_shifts = shifts
     corrected = quantizer.quantize()
     if not only_if_better:
@@ -427,7 +504,8 @@ def rank_layers(quantizer: Quantizer, probe: ErrorProbe, graph: LayerGraph) -> l
 
     total = max(graph_cost(graph)[1], 1)
     ranked = []
-    for name in progress(quantizable_layers(quantizer.model), label="int8 sensitivity"):
+    layers = [name for name in quantizable_layers(quantizer.model) if name not in quantizer.kept_float]
+    for name in progress(layers, label="int8 sensitivity"):
         error = probe.error(quantizer.quantize(only=[name]))
         layer = graph.layer(name) if name in graph else None
         macs = layer_macs(graph, layer) if layer is not None else 0
