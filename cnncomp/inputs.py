@@ -85,6 +85,8 @@ def load_arrays(path: str | Path, what: str = "inputs") -> dict[str, np.ndarray]
         raise CnnError(f"{what} '{path}' is a folder; give a .npz keyed by input name or a .npy")
     if not path.exists():
         raise CnnError(f"{what} '{path}' does not exist")
+    if path.is_block_device() or path.is_char_device() or path.is_socket():
+        raise CnnError(f"{what} '{path}' is a device or socket, not a .npz or .npy file")
     refuse_kind(path, f"an inputs file for {what} (a .npz keyed by input name, or a .npy)", ("npy", "npz"))
     try:
         data = np.load(path, allow_pickle=False)

@@ -70,6 +70,12 @@ def test_bad_calibration_data_is_a_clear_error(spec, tmp_path, data, message):
     assert "bad.npz" in str(info.value)
 
 
+@pytest.mark.skipif(not Path("/dev/zero").is_char_device(), reason="no /dev/zero on this system")
+def test_a_device_as_calibration_data_is_refused(spec):
+    with pytest.raises(CnnError, match="'/dev/zero' is a device or socket, not a .npz or .npy file"):
+        load_calibration("/dev/zero", load_graph(spec))
+
+
 def test_npy_needs_a_single_input_network(tmp_path):
     path = tmp_path / "two.cnn"
     path.write_text(TWO_INPUTS)
