@@ -71,9 +71,13 @@ def test_bad_calibration_data_is_a_clear_error(spec, tmp_path, data, message):
 
 
 @pytest.mark.skipif(not Path("/dev/zero").is_char_device(), reason="no /dev/zero on this system")
-def test_a_device_as_calibration_data_is_refused(spec):
-    with pytest.raises(CnnError, match="'/dev/zero' is a device or socket, not a .npz or .npy file"):
+def test_a_device_as_calibration_data_is_refused(spec, tmp_path, capsys):
+    with pytest.raises(CnnError, match="calibration data /dev/zero: expected a .npz file, a .npy file or a folder"):
         load_calibration("/dev/zero", load_graph(spec))
+    out = tmp_path / "o.onnx"
+    assert main(["compile", spec, "--precision", "int8", "--calibration", "/dev/zero", "-o", str(out)]) == 1
+    assert "'/dev/zero' is a device or socket, not a .npz or .npy file" in capsys.readouterr().err
+    assert not out.exists()
 
 
 def test_npy_needs_a_single_input_network(tmp_path):
