@@ -139,35 +139,11 @@ class OutputErrorMeter:
         return relative_output_error(self._incremental.run(graph, weights), self.reference)
 
     def errors(self, trials: list[tuple]) -> list[float]:
-        """The errors of several trial graphs, (graph, weights, layer) each, measured in `jobs` processes.
+        """The errors of several trial graphs, (graph, weights, layer) each, measured in `jobs` forked
+        processes (run/parallel.py), which inherit the trials and the committed layer outputs."""
+        from cnncomp.run.parallel import forked_map
 
-        The processes are forked after the trials are built, so they inherit the trials and the
-        committed layer outputs instead of receiving copies; each runs torch on one thread."""
-        if self.jobs <= 1 or len(trials) <= 1:
-            return [self.error(*trial) for trial in trials]
-        import multiprocessing
-
-        global _PENDING
-        _PENDING = (self, trials)
-        try:
-            with multiprocessing.get_context("fork").Pool(min(self.jobs, len(trials)), _one_thread) as pool:
-                return pool.map(_pending_error, range(len(trials)))
-        finally:
-            _PENDING = None
-
-
-_PENDING: tuple | None = None  # (meter, trials) for the forked measuring processes
-
-
-def _one_thread() -> None:
-    import torch
-
-    torch.set_num_threads(1)
-
-
-def _pending_error(index: int) -> float:
-    meter, trials = _PENDING
-    return meter.error(*trials[index])
+        return forked_map(lambda i: self.error(*trials[i]), len(trials), self.jobs)
 
 
 def output_error_meter(ref_graph: LayerGraph, ref_weights: dict, feeds: dict, jobs: int = 1) -> OutputErrorMeter:
@@ -438,11 +414,11 @@ def _with_int8_share(source: Source, precision: str) -> Source:
 
 
 def _int8_for(int8: Int8Options | None, source: Source, tensorrt: bool) -> Int8Options:
-    """The int8 options with the seed and budget of the job, and int8 activations for TensorRT."""
+    """The int8 options with the seed, budget and --jobs of the job, and int8 activations for TensorRT."""
     from dataclasses import replace
 
     int8 = int8 or Int8Options(max_error=source.max_error, seed=source.seed)
-    return replace(int8, activations="int8" if tensorrt else int8.activations)
+    return replace(int8, activations="int8" if tensorrt else int8.activations, jobs=max(int8.jobs, source.jobs))
 
 
 def compile_problem(emit: str = "onnx", precision: str = "fp32", keep_io_fp32: bool = False,

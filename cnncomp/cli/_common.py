@@ -40,7 +40,8 @@ def add_compile_arguments(p: argparse.ArgumentParser) -> None:
                    help="with --precision int8: subtract the mean shift that rounding the weights adds to each "
                         "conv/linear output (auto: only where it lowers the error on calibration samples; default)")
     p.add_argument("--jobs", type=int, default=1, metavar="N",
-                   help="with -O3: measure each layer's candidate rewrites in N processes at once (default 1)")
+                   help="with -O3: measure each layer's candidate rewrites in N processes at once; with "
+                        "--precision int8 and a search (--stats, or a missed --max-error): its layers (default 1)")
     p.add_argument("--autotune", action="store_true",
                    help="with -O3: keep a rewrite only where ONNX Runtime measures it faster on this machine, "
                         "timed in the --precision of the job (int8 layers as int8)")

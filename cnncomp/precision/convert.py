@@ -44,6 +44,7 @@ class Int8Options:
     seed: int = 0
     activations: str = "uint8"
     bias_correction: str = "auto"  # auto (where it lowers the error on calibration samples), on, off
+    jobs: int = 1  # processes measuring the sensitivity search's layers
 
 
 @dataclass
@@ -84,7 +85,7 @@ def convert_int8(model, graph: LayerGraph, request: PrecisionRequest, log: Log =
     o, c = request.int8 or Int8Options(), request.compiled
     quantized, report = quantize_int8(model, graph, c.ref_graph, c.ref_weights, o.calibration, o.preprocess,
                                       o.method or DEFAULT_METHOD, o.max_error, o.sensitivity, o.seed, o.activations,
-                                      o.bias_correction)
+                                      o.bias_correction, o.jobs)
     for w in report.warnings:
         log(f"warning: {w}\n")
     log(report.summary() + "\n")

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -181,6 +182,7 @@ class Quantizer:
         self.bias_shifts: dict[str, np.ndarray] = {}  # bias correction per node (see bias_correction.py)
         # a path, not the ModelProto: quantize_static moves a proto's weights into external files it then deletes
         self._float_path = Path(self._tmp.name) / "float32.onnx"
+        self._owner = os.getpid()
         copy = onnx.ModelProto.FromString(model.SerializeToString())  # saving to external data edits the proto
         onnx.save(copy, str(self._float_path), save_as_external_data=True, location="float32.data")
         if not self.groups:
@@ -190,6 +192,16 @@ class Quantizer:
 
     def close(self) -> None:
         self._tmp.cleanup()
+
+    def _model_path(self) -> Path:
+        """The float model's file for this process: the quantizer writes a shape-inferred copy beside it, so a
+        forked worker of a search gets its own name (a hard link to the same file)."""
+        if os.getpid() == self._owner:
+            return self._float_path
+        path = self._float_path.with_name(f"float32-{os.getpid()}.onnx")
+        if not path.exists():
+            os.link(self._float_path, path)
+        return path
 
     def _group_of(self, node: str) -> str | None:
         return next((group for group, members in self.groups.items() if node in members), None)
@@ -260,12 +272,12 @@ class Quantizer:
         methods = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
                    "entropy": CalibrationMethod.Entropy}
         symmetric = self.activations == "int8"
-        out = Path(self._tmp.name) / "int8.onnx"
+        out = Path(self._tmp.name) / f"int8-{os.getpid()}.onnx"  # one per process: the searches fork workers
         extra = {"WeightSymmetric": True, "ActivationSymmetric": symmetric}
         with quiet_quantizer():
             try:
                 reader = FeedReader(calibration, self.batch) if calibration is not None else None
-                quantize_static(self._float_path, out, reader,
+                quantize_static(self._model_path(), out, reader,
                                 quant_format=QuantFormat.QDQ, per_channel=True,
                                 activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
                                 weight_type=QuantType.QInt8,
@@ -411,14 +423,15 @@ class ErrorProbe:
 def quantize_int8(model: onnx.ModelProto, graph: LayerGraph, ref_graph: LayerGraph, ref_weights: dict,
                   calibration=None, preprocess: str | None = None, method: str = DEFAULT_METHOD,
                   max_error: float | None = None, sensitivity: bool = False, seed: int = 0,
-                  activations: str = "uint8", bias_correction: str = DEFAULT_MODE
+                  activations: str = "uint8", bias_correction: str = DEFAULT_MODE, jobs: int = 1
                   ) -> tuple[onnx.ModelProto, Int8Report]:
     """Quantize an emitted float32 model (of `graph`) to QDQ int8, keeping layers in float32 to meet `max_error`.
 
     `calibration` is a path (.npz, .npy, image folder), a dict of arrays, or None (seeded stand-ins, with a
     warning). The error is measured against the float64 reference of `ref_graph` on held-out samples.
     With `sensitivity`, every layer's error alone is measured even when full int8 meets the budget.
-    `bias_correction`: auto (where it lowers the error on the calibration samples), on or off."""
+    `bias_correction`: auto (where it lowers the error on the calibration samples), on or off. The sensitivity
+    search measures its layers in `jobs` processes."""
     import torch
 
     from cnncomp.precision.calibration import (
@@ -452,7 +465,7 @@ def quantize_int8(model: onnx.ModelProto, graph: LayerGraph, ref_graph: LayerGra
             report.notes += [note] if note else []
         report.full_int8_error = report.error = probe.error(quantized)
         if sensitivity or (max_error is not None and report.error > max_error):
-            report.layers = rank_layers(quantizer, probe, graph)
+            report.layers = rank_layers(quantizer, probe, graph, jobs)
         if max_error is not None and report.error > max_error:
             quantized, report.error, report.float_layers = keep_sensitive_in_float(quantizer, probe, report.layers,
                                                                                    max_error)
@@ -497,16 +510,18 @@ def correct_biases(quantizer: Quantizer, quantized: onnx.ModelProto, calibration
                        f"calibration samples from {before:.3g} to {after:.3g}")
 
 
-def rank_layers(quantizer: Quantizer, probe: ErrorProbe, graph: LayerGraph) -> list[LayerSensitivity]:
-    """Every conv/linear layer quantized alone: its output error, most sensitive first."""
+def rank_layers(quantizer: Quantizer, probe: ErrorProbe, graph: LayerGraph, jobs: int = 1) -> list[LayerSensitivity]:
+    """Every conv/linear layer quantized alone: its output error, most sensitive first (measured in `jobs`
+    forked processes)."""
     from cnncomp.ir.cost import graph_cost, layer_macs
-    from cnncomp.progress import progress
+    from cnncomp.run.parallel import forked_map
 
     total = max(graph_cost(graph)[1], 1)
-    ranked = []
     layers = [name for name in quantizable_layers(quantizer.model) if name not in quantizer.kept_float]
-    for name in progress(layers, label="int8 sensitivity"):
-        error = probe.error(quantizer.quantize(only=[name]))
+    errors = forked_map(lambda i: probe.error(quantizer.quantize(only=[layers[i]])), len(layers), jobs,
+                        label="int8 sensitivity")
+    ranked = []
+    for name, error in zip(layers, errors):
         layer = graph.layer(name) if name in graph else None
         macs = layer_macs(graph, layer) if layer is not None else 0
         ranked.append(LayerSensitivity(name, layer.where if layer is not None else "", error, macs / total))

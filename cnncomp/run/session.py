@@ -89,9 +89,13 @@ class Session:
                  optimization: str = "all", quiet: bool = False, spinning: bool = True):
         import onnxruntime as ort
 
+        from cnncomp.run.parallel import in_worker
+
         self.providers = resolve_providers(provider, trt, quiet)
         options = ort.SessionOptions()
         options.log_severity_level = 3
+        if not threads and in_worker():  # a search's forked worker: one core each
+            threads = 1
         if threads:
             options.intra_op_num_threads = threads
         if not spinning:  # idle worker threads would steal the cores of other sessions timed beside this one
