@@ -7,7 +7,7 @@ that N workers use N cores rather than N times the session's pool.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 _PENDING: Callable[[int], object] | None = None  # the function the forked workers call
 
