@@ -110,6 +110,21 @@ def with_all_layer_outputs(model, graph: LayerGraph):
     produced = {o for node in model.graph.node for o in node.output}
     existing = {o.name for o in model.graph.output}
     out_alias = dict(zip(graph.outputs, graph.output_names))
+    consumers: dict[str, list] = {}
+    for node in model.graph.node:
+        for i in node.input:
+            consumers.setdefault(i, []).append(node)
+
+    def seen_downstream(name: str) -> str:
+        """In a QDQ (int8) model, the value after the tensor's QuantizeLinear -> DequantizeLinear pair: what the
+        next layers read (the quantizer may have folded a Relu into that pair, leaving its name on the conv)."""
+        for q in consumers.get(name, []):
+            if q.op_type == "QuantizeLinear":
+                dq = next((d for d in consumers.get(q.output[0], []) if d.op_type == "DequantizeLinear"), None)
+                if dq is not None:
+                    return dq.output[0]
+        return name
+
     tensors = {}
     for layer in graph.layers():
         if layer.op == "input":
@@ -117,6 +132,7 @@ def with_all_layer_outputs(model, graph: LayerGraph):
         name = layer.name if layer.name in produced else out_alias.get(layer.name)
         if name is None or name not in produced:
             continue
+        name = seen_downstream(name)
         tensors[layer.name] = name
         if name not in existing:
             elem = helper.np_dtype_to_tensor_dtype(np.dtype(layer.dtype))
