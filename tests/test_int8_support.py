@@ -117,3 +117,11 @@ def test_random_networks_quantize_or_say_why(tmp_path, seed):
     feeds = {name: np.random.default_rng(seed).uniform(-1, 1, (1,) + tuple(graph.layer(name).shape[1:]))
              .astype(np.float32) for name in graph.inputs}
     assert failing_node(model, feeds) is None
+
+
+def test_the_stats_table_lists_the_layers_without_an_int8_kernel(tmp_path, capsys):
+    spec = _write(tmp_path, CASES["grouped conv_transpose"][0])
+    assert main(["compile", spec, "--precision", "int8", "--stats", "--max-error", "0.05",
+                 "-o", str(tmp_path / "net.onnx")]) == 0
+    table = capsys.readouterr().out
+    assert "float32" in table and "no int8 kernel: a grouped ConvTranspose" in table, table

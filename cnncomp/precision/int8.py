@@ -78,6 +78,7 @@ class Int8Report:
     warnings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     inputs: dict = field(default_factory=dict, repr=False)  # the held-out samples the error was measured on
+    no_int8_kernel: dict[str, str] = field(default_factory=dict)  # layer -> why ONNX Runtime runs it in float32
 
     @property
     def ok(self) -> bool:
@@ -104,12 +105,15 @@ class Int8Report:
         """The sensitivity table of --stats: layer, error alone, precision kept, MACs share."""
         if not self.layers:
             return "int8 sensitivity: not measured (full int8 met the budget; --stats with --max-error measures it)"
-        width = max(len(l.layer) for l in self.layers)
+        width = max(len(name) for name in [l.layer for l in self.layers] + list(self.no_int8_kernel))
         lines = [f"{'layer':<{width}}  {'error alone':>11}  {'kept':>7}  {'MACs':>6}"]
         for l in self.layers:
             lines.append(f"{l.layer:<{width}}  {l.error_alone:>11.3g}  {l.precision:>7}  {l.macs_share:>6.1%}")
+        for name, why in self.no_int8_kernel.items():
+            lines.append(f"{name:<{width}}  {'-':>11}  {'float32':>7}  {'':>6}  no int8 kernel: {why}")
         int8_share = sum(l.macs_share for l in self.layers if l.precision == "int8")
-        lines.append(f"{len(self.layers) - len(self.float_layers)} of {len(self.layers)} layers in int8, "
+        total = len(self.layers) + len(self.no_int8_kernel)
+        lines.append(f"{len(self.layers) - len(self.float_layers)} of {total} layers in int8, "
                      f"{int8_share:.1%} of the MACs")
         return "\n".join(lines)
 
@@ -458,6 +462,7 @@ def quantize_int8(model: onnx.ModelProto, graph: LayerGraph, ref_graph: LayerGra
     quantizer = Quantizer(model, calib, method, activations, batch or 1)
     report.method = quantizer.method
     report.notes += quantizer.notes
+    report.no_int8_kernel = dict(quantizer.kept_float)
     try:
         quantized = quantizer.quantize()
         if bias_correction != "off":
@@ -506,8 +511,8 @@ def correct_biases(quantizer: Quantizer, quantized: onnx.ModelProto, calibration
         return corrected, (f"int8: bias correction applied to {len(shifts)} layers (error against float32 on "
                            f"calibration samples {before:.3g} -> {after:.3g})")
     quantizer.bias_shifts = {}
-    return quantized, (f"int8: bias correction not applied: it would raise the error against float32 on "
-                       f"calibration samples from {before:.3g} to {after:.3g}")
+    return quantized, (f"int8: bias correction not applied: it does not lower the error against float32 on "
+                       f"calibration samples ({before:.3g} -> {after:.3g})")
 
 
 def rank_layers(quantizer: Quantizer, probe: ErrorProbe, graph: LayerGraph, jobs: int = 1) -> list[LayerSensitivity]:
