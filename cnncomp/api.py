@@ -37,13 +37,12 @@ def compile(spec, output: str | Path | None = None, opt_level: int = 1, passes=N
     layers in float32 so that the outputs stay within `max_error` on held-out samples, and corrects the biases
     for the mean shift of int8 weights (`bias_correction`: auto, where it lowers the error; on; off)."""
     from cnncomp.log import silent
-    from cnncomp.pipeline import Int8Options, compile_spec
+    from cnncomp.pipeline import compile_spec
 
     source = Source(spec, defines, weights, seed, opt_level, passes, max_error, autotune,
                     _o3_calibration(calibration), opset, jobs)
     options = CheckOptions(provider, seed, atol=atol, rtol=rtol, max_error=max_error)
-    int8 = Int8Options(calibration, preprocess, calibration_method, max_error, seed=seed,
-                       bias_correction=bias_correction)
+    int8 = _int8_options(calibration, preprocess, calibration_method, max_error, seed, bias_correction)
     result = compile_spec(source, output, emit, precision, keep_io_fp32, target, (min_batch, opt_batch, max_batch),
                           verify, options, log=log or silent, int8=int8)
     if result.report is not None and not result.report.ok:
@@ -63,29 +62,45 @@ def _o3_calibration(calibration):
 def verify(spec, passes=None, opt_level: int = 1, weights=None, seed: int = 0, provider: str = "cpu",
            atol=None, rtol=None, per_layer: bool = False, defines: dict[str, str] | None = None, opset: int = 17,
            *, precision: str = "fp32", verify_each: bool = False, inputs: dict | None = None,
-           max_error: float | None = None, calibration: dict | None = None, batch: int = 2, log=None):
-    """Compile a spec and compare ONNX Runtime's outputs with the PyTorch reference; returns a VerifyReport (.ok)."""
+           max_error: float | None = None, calibration=None, batch: int = 2, preprocess: str | None = None,
+           calibration_method: str | None = None, bias_correction: str = "auto", log=None):
+    """Compile a spec and compare ONNX Runtime's outputs with the PyTorch reference; returns a VerifyReport (.ok).
+    `calibration` as in compile (int8 calibrates on it and is checked on its held-out samples)."""
     from cnncomp.log import silent
     from cnncomp.pipeline import verify_spec
 
-    source = Source(spec, defines, weights, seed, opt_level, passes, max_error, False, calibration, opset)
+    source = Source(spec, defines, weights, seed, opt_level, passes, max_error, False,
+                    _o3_calibration(calibration), opset)
     options = CheckOptions(provider, seed, batch=batch, atol=atol, rtol=rtol, max_error=max_error,
                            per_layer=per_layer)
-    return verify_spec(source, options, precision, inputs, verify_each, log=log or silent).report
+    return verify_spec(source, options, precision, inputs, verify_each, log=log or silent,
+                       int8=_int8_options(calibration, preprocess, calibration_method, max_error, seed,
+                                          bias_correction)).report
 
 
 def deploy(spec, repo: str | Path, max_batch: int = 8, precision: str = "fp32", keep_io_fp32: bool = False,
            tensorrt: bool = False, instances: int = 1, kind: str | None = None, name: str | None = None,
            opt_level: int = 1, passes=None, weights=None, seed: int = 0, opset: int = 17,
-           defines: dict[str, str] | None = None, log=None) -> Path:
+           defines: dict[str, str] | None = None, *, calibration=None, preprocess: str | None = None,
+           calibration_method: str | None = None, max_error: float | None = None, bias_correction: str = "auto",
+           log=None) -> Path:
     """Write a Triton model repository for a spec, REPO/<name>/config.pbtxt and REPO/<name>/1/model.onnx;
-    returns the model's folder."""
+    returns the model's folder. With precision="int8", `calibration` etc. as in compile."""
     from cnncomp.log import silent
     from cnncomp.pipeline import deploy_spec
 
-    source = Source(spec, defines, weights, seed, opt_level, passes, opset=opset)
+    source = Source(spec, defines, weights, seed, opt_level, passes, max_error, False, _o3_calibration(calibration),
+                    opset)
     return deploy_spec(source, repo, max_batch, instances, kind, tensorrt, precision, keep_io_fp32, name,
-                       log=log or silent).folder
+                       log=log or silent, int8=_int8_options(calibration, preprocess, calibration_method, max_error,
+                                                             seed, bias_correction)).folder
+
+
+def _int8_options(calibration, preprocess, calibration_method, max_error, seed, bias_correction):
+    from cnncomp.pipeline import Int8Options
+
+    return Int8Options(calibration, preprocess, calibration_method, max_error, seed=seed,
+                       bias_correction=bias_correction)
 
 
 def to_torch(spec, weights=None, seed: int = 0, defines: dict[str, str] | None = None):

@@ -308,6 +308,19 @@ def test_api_compile_int8(spec, tmp_path):
     assert any(n.op_type == "QuantizeLinear" for n in model.graph.node) and (tmp_path / "m.onnx").exists()
 
 
+def test_api_verify_and_deploy_int8_calibrate_on_the_given_data(spec, tmp_path):
+    import cnncomp
+
+    for call in (lambda log: cnncomp.verify(spec, precision="int8", calibration={"x": samples(8)}, log=log),
+                 lambda log: cnncomp.deploy(spec, tmp_path / "repo", precision="int8", calibration={"x": samples(8)},
+                                            log=log)):
+        lines = []
+        call(lines.append)
+        said = "".join(lines)
+        assert "calibration on 6 samples (the given arrays)" in said and "seeded" not in said, said
+    assert (tmp_path / "repo" / "small" / "1" / "model.onnx").exists()
+
+
 def test_tensorrt_int8_engine_uses_explicit_quantization(spec, monkeypatch):
     import types
 
