@@ -21,6 +21,9 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from cnncomp.frontend.onnx.model import attrs_of
+from cnncomp.precision.int8_support import with_outputs
+
 MODES = ("auto", "on", "off")
 DEFAULT_MODE = "auto"
 CORRECTED_OPS = ("Conv", "Gemm")
@@ -29,10 +32,6 @@ MAX_SAMPLES = 32  # calibration samples for the input means and the auto choice 
 
 def _initializers(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
     return {t.name: t for t in model.graph.initializer}
-
-
-def _attrs(node: onnx.NodeProto) -> dict:
-    return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
 
 
 def _dequantized_constants(model: onnx.ModelProto) -> dict[str, tuple[onnx.NodeProto, np.ndarray, np.ndarray]]:
@@ -48,7 +47,7 @@ def _dequantized_constants(model: onnx.ModelProto) -> dict[str, tuple[onnx.NodeP
                 if len(node.input) > 2 and node.input[2] else np.zeros_like(scale))
         if scale.ndim == 1 and q.ndim > 1:
             shape = [1] * q.ndim
-            shape[_attrs(node).get("axis", 1) % q.ndim] = -1
+            shape[attrs_of(node).get("axis", 1) % q.ndim] = -1
             scale, zero = scale.reshape(shape), zero.reshape(shape)
         out[node.output[0]] = (node, (q - zero) * scale, scale)
     return out
@@ -69,11 +68,7 @@ def _mean_inputs(quantized: onnx.ModelProto, names: list[str], calibration: dict
     from cnncomp.precision.calibration import batches
     from cnncomp.run.session import Session
 
-    probe = onnx.ModelProto.FromString(quantized.SerializeToString())
-    present = {o.name for o in probe.graph.output}
-    probe.graph.output.extend(onnx.helper.make_empty_tensor_value_info(n) for n in dict.fromkeys(names)
-                              if n not in present)
-    session = Session(probe, "cpu", quiet=True)
+    session = Session(with_outputs(quantized, names), "cpu", quiet=True)
     sums: dict[str, np.ndarray] = {}
     count = 0
     for feeds in batches(calibration, batch):
@@ -88,14 +83,14 @@ def _output_shift(node: onnx.NodeProto, weight_error: np.ndarray, mean_input: np
     """Per output channel, the mean that the weight error adds to the node's output; None when not handled."""
     import torch
 
-    attrs = _attrs(node)
+    attrs = attrs_of(node)
     if node.op_type == "Gemm":
         if attrs.get("transA", 0) or mean_input.ndim != 1:
             return None
         w = weight_error if attrs.get("transB", 0) else weight_error.T
         return attrs.get("alpha", 1.0) * (w @ mean_input)
     rank = weight_error.ndim - 2
-    if attrs.get("auto_pad", "NOTSET") not in ("NOTSET", b"NOTSET") or rank not in (1, 2, 3) \
+    if attrs.get("auto_pad", "NOTSET") != "NOTSET" or rank not in (1, 2, 3) \
             or mean_input.ndim != rank + 1:
         return None
     pads = attrs.get("pads", [0] * 2 * rank)
@@ -141,7 +136,7 @@ def apply_bias_corrections(quantized: onnx.ModelProto, shifts: dict[str, np.ndar
         shift = shifts.get(node.name)
         if shift is None or node.op_type not in CORRECTED_OPS or node.input[1] not in constants:
             continue
-        bias_factor = 1.0 if node.op_type == "Conv" else _attrs(node).get("beta", 1.0)  # Gemm: beta * C
+        bias_factor = 1.0 if node.op_type == "Conv" else attrs_of(node).get("beta", 1.0)  # Gemm: beta * C
         if bias_factor == 0:
             continue
         bias = node.input[2] if len(node.input) > 2 and node.input[2] else None

@@ -230,12 +230,12 @@ class Quantizer:
                 raise
         sample = next(batches(calibration, self.batch))
         refused: dict[str, int] = {}
-        for _ in range(len(self.model.graph.node)):
+        known = {n.name for n in self.model.graph.node}
+        for _ in range(len(known)):
             failure = failing_node(quantized, sample)
             if failure is None:
                 break
             node, message = failure
-            known = {n.name for n in self.model.graph.node}
             if node not in known:
                 raise CnnError(f"int8: ONNX Runtime cannot run the quantized model: {message.splitlines()[0]}")
             # ONNX Runtime fuses DequantizeLinear -> node -> QuantizeLinear into its int8 kernel even when the

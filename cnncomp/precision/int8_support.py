@@ -20,6 +20,8 @@ import re
 import numpy as np
 import onnx
 
+from cnncomp.frontend.onnx.model import attrs_of
+
 # ONNX Runtime names the node it failed on in these shapes of message
 _NODE_IN_MESSAGE = (re.compile(r'In Node, \("([^"]+)"'), re.compile(r"Name:'([^']+)'"),
                     re.compile(r"Node \(([^)]+)\) Op \("))
@@ -37,8 +39,7 @@ def known_unsupported(model: onnx.ModelProto) -> dict[str, str]:
     """{node: why} for the float nodes ONNX Runtime's quantizer cannot quantize (it raises, naming none)."""
     out = {}
     for node in model.graph.node:
-        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-        if node.op_type == "ConvTranspose" and attrs.get("group", 1) > 1:
+        if node.op_type == "ConvTranspose" and attrs_of(node).get("group", 1) > 1:
             out[node.name] = "a grouped ConvTranspose (the quantizer's per-channel scales do not fit its bias)"
     return out
 
@@ -63,20 +64,21 @@ def failing_node(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> tuple[
     return None
 
 
+def with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
+    """A copy of the model that also outputs these tensors (to look inside it)."""
+    probe = onnx.ModelProto.FromString(model.SerializeToString())
+    present = {o.name for o in probe.graph.output}
+    probe.graph.output.extend(onnx.helper.make_empty_tensor_value_info(n) for n in dict.fromkeys(names)
+                              if n not in present)
+    return probe
+
+
 def nonfinite_activations(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[tuple[str, str]]:
     """(node, what) for every node output that is NaN or infinite on `feeds`, in graph order."""
     import onnxruntime as ort
 
-    probe = onnx.ModelProto.FromString(model.SerializeToString())
-    present = {o.name for o in probe.graph.output}
-    producer = {}
-    for node in probe.graph.node:
-        for name in node.output:
-            if name and name not in present:
-                producer[name] = node.name
-                probe.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
-            elif name:
-                producer[name] = node.name
+    producer = {name: node.name for node in model.graph.node for name in node.output if name}
+    probe = with_outputs(model, list(producer))
     options = ort.SessionOptions()
     options.log_severity_level = 4
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
