@@ -29,7 +29,7 @@ from cnncomp.errors import CnnError, UsageError
 from cnncomp.ir.graph import LayerGraph
 from cnncomp.log import Log, silent
 from cnncomp.precision.convert import (  # noqa: F401  (the converters are part of the job's public face)
-    PRECISIONS, Converted, Int8Options, PrecisionRequest, convert_precision,
+    PRECISIONS, Converted, Int8Options, PrecisionRequest, conversion_for_timing, convert_precision,
 )
 
 EMITTERS = ("onnx", "cnn", "dot", "torch")
@@ -184,7 +184,7 @@ def optimize(spec, defines=None, weights=None, seed: int = 0, opt_level: int = 1
         if autotune:
             from cnncomp.run.timing import rewrite_speedup
 
-            convert = _timing_converter(timing_precision)
+            convert = conversion_for_timing(timing_precision)
 
             def speedup(old, new, layer):
                 return rewrite_speedup(old, new, layer, provider, convert=convert)
@@ -192,20 +192,6 @@ def optimize(spec, defines=None, weights=None, seed: int = 0, opt_level: int = 1
         apply_within_budget(runner, output_error_meter(ref_graph, ref_weights, feeds, jobs), max_error, speedup)
     return Compiled(ref_graph, ref_weights, ctx.graph, ctx.weights, runner.records, ctx.log, ctx.warnings,
                     ctx.fp16_warnings)
-
-
-def _timing_converter(precision: str):
-    """What -O3 --autotune does to a layer's model before timing it: the conversion of the job's precision (int8
-    kernels and float32 ones do not rank rewrites alike), or None for float32."""
-    if precision == "int8":
-        from cnncomp.precision.int8 import quantized_for_timing
-
-        return quantized_for_timing
-    if precision == "fp16":
-        from cnncomp.precision.fp16 import to_fp16
-
-        return lambda model: to_fp16(model, keep_io_fp32=True)[0]
-    return None
 
 
 # ---- emit --------------------------------------------------------------------------------------------

@@ -106,3 +106,17 @@ def convert_precision(model, graph: LayerGraph, precision: str = "fp32", request
     if precision not in PRECISIONS:
         raise UsageError(f"unknown precision '{precision}'; known: {', '.join(PRECISIONS)}")
     return PRECISIONS[precision](model, graph, request or PrecisionRequest(), log)
+
+
+def conversion_for_timing(precision: str):
+    """What -O3 --autotune does to a layer's model before timing it: `precision`'s conversion, cheap and
+    calibrated on seeded data (int8 kernels and float32 ones do not rank rewrites alike), or None for fp32."""
+    if precision == "int8":
+        from cnncomp.precision.int8 import quantized_for_timing
+
+        return quantized_for_timing
+    if precision == "fp16":
+        from cnncomp.precision.fp16 import to_fp16
+
+        return lambda model: to_fp16(model, keep_io_fp32=True)[0]
+    return None
