@@ -160,7 +160,7 @@ class Quantizer:
     """A float32 model calibrated once; `quantize` then gives its QDQ int8 model with any layers left in float32."""
 
     def __init__(self, model: onnx.ModelProto, calibration: dict[str, np.ndarray], method: str = DEFAULT_METHOD,
-                 activations: str = "uint8", batch: int = 1):
+                 activations: str = "uint8", batch: int = 1, locate=None):
         if method not in METHODS:
             raise CnnError(f"unknown calibration method '{method}'; choose one of {', '.join(METHODS)}")
         if activations not in ("uint8", "int8"):
@@ -179,6 +179,7 @@ class Quantizer:
                 self.kept_float[group] = why
                 self._float_nodes |= set(self.groups[group])
         self.method = method
+        self.locate = locate or (lambda layer: "")  # a layer's place in the spec (file:line:col), for errors
         self.activations = activations
         self.batch = batch  # samples per calibration run (an input's fixed batch dim, else 1)
         self._tmp = tempfile.TemporaryDirectory(prefix="cnncomp-int8-")
@@ -258,8 +259,10 @@ class Quantizer:
             found = nonfinite_activations(self.model, feeds)
             if found:
                 node, what = found[0]
-                where = (f"the output of layer {node}" if "/" not in node else
-                         f"a tensor of layer {node.split('/')[0]} (ONNX node {node})")
+                layer = node.split("/")[0]
+                place = f" ({self.locate(layer)})" if self.locate(layer) else ""
+                where = (f"the output of layer {node}{place}" if "/" not in node else
+                         f"a tensor of layer {layer}{place}, ONNX node {node},")
                 raise CnnError(f"int8: {where} is {what} on the calibration data; int8 needs a finite range for "
                                "every activation") from None
         raise CnnError(f"int8 quantization failed: {error}") from None
@@ -459,7 +462,8 @@ def quantize_int8(model: onnx.ModelProto, graph: LayerGraph, ref_graph: LayerGra
     probe = ErrorProbe(held, reference, batch)
     report = Int8Report(method, source, len(next(iter(calib.values()))), len(next(iter(held.values()))),
                         max_error=max_error, warnings=warnings)
-    quantizer = Quantizer(model, calib, method, activations, batch or 1)
+    quantizer = Quantizer(model, calib, method, activations, batch or 1,
+                          locate=lambda layer: graph.layer(layer).where if layer in graph else "")
     report.method = quantizer.method
     report.notes += quantizer.notes
     report.no_int8_kernel = dict(quantizer.kept_float)
