@@ -6,8 +6,6 @@ import numpy as np
 import pytest
 
 from cnncomp.cli import main
-from cnncomp.passes.manager import PASSES, register_pass
-from cnncomp.passes._rewrite import weight
 from cnncomp.run.session import available_providers
 
 SPEC = "network n\ninput x: [N, 4, 10, 10]\ny = x -> conv(8, k=3, p=1, bias=false) as c1 -> bn as b1 -> relu\n" \
@@ -22,19 +20,9 @@ def spec(tmp_path):
 
 
 @pytest.fixture
-def broken_pass():
+def broken_pass(breaking_pass):
     """A deliberately wrong pass: it scales the second conv's weights by 1.5."""
-
-    @register_pass("test-break-c2", exact=True)
-    def break_c2(ctx):
-        if "c2" not in ctx.graph or ctx.graph.meta.get("broken"):
-            return 0
-        ctx.weights["c2.weight"] = weight(ctx, "c2", "weight") * 1.5
-        ctx.graph.meta["broken"] = True
-        return 1
-
-    yield "test-break-c2"
-    del PASSES["test-break-c2"]
+    return breaking_pass("c2")
 
 
 def test_verify_json_keys(spec, capsys):

@@ -10,8 +10,6 @@ import numpy as np
 import pytest
 
 from cnncomp.cli import main
-from cnncomp.passes.manager import PASSES, register_pass
-from cnncomp.passes._rewrite import weight
 from cnncomp.verification.compare import compare
 
 SPEC = "network n\ninput x: [N, 4, 10, 10]\ny = x -> conv(8, k=3, p=1, bias=false) as c1 -> bn as b1 -> relu\n" \
@@ -86,19 +84,9 @@ def spec(tmp_path):
 
 
 @pytest.fixture
-def break_folded_conv():
+def break_folded_conv(breaking_pass):
     """A deliberately wrong pass: it scales c1's weights by 1.5 after fold-bn folded b1 into it."""
-
-    @register_pass("test-break-c1", exact=True)
-    def break_c1(ctx):
-        if "c1" not in ctx.graph or ctx.graph.meta.get("broken"):
-            return 0
-        ctx.weights["c1.weight"] = weight(ctx, "c1", "weight") * 1.5
-        ctx.graph.meta["broken"] = True
-        return 1
-
-    yield "test-break-c1"
-    del PASSES["test-break-c1"]
+    return breaking_pass("c1")
 
 
 def test_per_layer_names_the_rewritten_layer_not_the_folded_one(spec, break_folded_conv, capsys):

@@ -1,0 +1,31 @@
+"""Fixtures shared by test modules."""
+
+import pytest
+
+from cnncomp.passes._rewrite import weight
+from cnncomp.passes.manager import PASSES, register_pass
+
+
+@pytest.fixture
+def breaking_pass():
+    """make(layer) registers a deliberately wrong exact pass, `test-break-<layer>`, that scales that layer's
+    weights by 1.5 (once per graph) and returns its name; the passes are unregistered afterwards."""
+    names = []
+
+    def make(layer: str) -> str:
+        name = f"test-break-{layer}"
+
+        @register_pass(name, exact=True)
+        def scale_weights(ctx):
+            if layer not in ctx.graph or ctx.graph.meta.get("broken"):
+                return 0
+            ctx.weights[f"{layer}.weight"] = weight(ctx, layer, "weight") * 1.5
+            ctx.graph.meta["broken"] = True
+            return 1
+
+        names.append(name)
+        return name
+
+    yield make
+    for name in names:
+        del PASSES[name]
