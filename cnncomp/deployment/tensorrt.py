@@ -34,6 +34,7 @@ import onnx
 from onnx import TensorProto, numpy_helper
 
 from cnncomp.errors import CnnError
+from cnncomp.frontend.onnx.model import attrs_of
 
 TRT_OPSETS = (9, 20)  # what TensorRT 10.0's ONNX parser reads; 10.15 reads up to 24
 DEFORM_CONV_SINCE = (10, 1)
@@ -59,13 +60,6 @@ ThresholdedRelu Tile TopK Transpose Trilu Unsqueeze Upsample Where Xor
 RESIZE_MODES = {"nearest", "linear"}
 RESIZE_COORDS = {"half_pixel", "pytorch_half_pixel", "tf_half_pixel_for_nn", "asymmetric", "align_corners"}
 RESIZE_NEAREST = {"floor", "ceil", "round_prefer_floor", "round_prefer_ceil"}
-
-
-def _attr(node: onnx.NodeProto, name: str, default=None):
-    for a in node.attribute:
-        if a.name == name:
-            return onnx.helper.get_attribute_value(a)
-    return default
 
 
 def _where(node: onnx.NodeProto) -> str:
@@ -118,12 +112,12 @@ def check_tensorrt_compatible(model: onnx.ModelProto, trt_version: tuple[int, in
 
 
 def _restrictions(node: onnx.NodeProto, constants: set, inits: dict, trt_version) -> list[str]:
-    op, out = node.op_type, []
+    op, out, attrs = node.op_type, [], attrs_of(node)
     if op in ("MaxPool", "AveragePool", "LpPool"):
-        kernel = _attr(node, "kernel_shape", [])
+        kernel = attrs.get("kernel_shape", [])
         if op != "LpPool" and len(kernel) not in (2, 3):
             out.append(f"{op} {_where(node)} pools over {len(kernel)} spatial dim(s); TensorRT pools in 2D or 3D only")
-        dil = _attr(node, "dilations", [])
+        dil = attrs.get("dilations", [])
         if dil and any(d != 1 for d in dil):
             out.append(f"{op} {_where(node)} has dilations {list(dil)}; TensorRT needs them all 1")
         if op == "MaxPool" and len(node.output) > 1 and node.output[1]:
@@ -132,15 +126,15 @@ def _restrictions(node: onnx.NodeProto, constants: set, inits: dict, trt_version
         if trt_version is not None and tuple(trt_version) < DEFORM_CONV_SINCE:
             out.append(f"DeformConv {_where(node)} needs TensorRT 10.1 or newer (this is "
                        f"{'.'.join(map(str, trt_version))})")
-        kernel = _attr(node, "kernel_shape", [])
+        kernel = attrs.get("kernel_shape", [])
         if kernel and len(kernel) not in (1, 2):
             out.append(f"DeformConv {_where(node)} has {len(kernel)} spatial dims; TensorRT takes 1 or 2")
-        pads = list(_attr(node, "pads", []) or [])
+        pads = list(attrs.get("pads", []) or [])
         half = len(pads) // 2
         if pads and pads[:half] != pads[half:]:
             out.append(f"DeformConv {_where(node)} has asymmetric pads {pads}; TensorRT needs begin == end")
     elif op == "TopK":
-        if _attr(node, "sorted", 1) != 1:
+        if attrs.get("sorted", 1) != 1:
             out.append(f"TopK {_where(node)} has sorted=0; TensorRT needs sorted=1")
         k = node.input[1] if len(node.input) > 1 else ""
         if k and k not in constants:
@@ -150,17 +144,16 @@ def _restrictions(node: onnx.NodeProto, constants: set, inits: dict, trt_version
             if value >= TOPK_MAX_K:
                 out.append(f"TopK {_where(node)} has K = {value}; TensorRT needs K < {TOPK_MAX_K}")
     elif op == "Resize":
-        mode = _attr(node, "mode", b"nearest")
-        coord = _attr(node, "coordinate_transformation_mode", b"half_pixel")
-        nearest = _attr(node, "nearest_mode", b"round_prefer_floor")
-        mode, coord, nearest = (v.decode() if isinstance(v, bytes) else v for v in (mode, coord, nearest))
+        mode = attrs.get("mode", "nearest")
+        coord = attrs.get("coordinate_transformation_mode", "half_pixel")
+        nearest = attrs.get("nearest_mode", "round_prefer_floor")
         if mode not in RESIZE_MODES:
             out.append(f"Resize {_where(node)} uses mode '{mode}'; TensorRT supports {', '.join(sorted(RESIZE_MODES))}")
         if coord not in RESIZE_COORDS:
             out.append(f"Resize {_where(node)} uses coordinate_transformation_mode '{coord}', which TensorRT lacks")
         if mode == "nearest" and nearest not in RESIZE_NEAREST:
             out.append(f"Resize {_where(node)} uses nearest_mode '{nearest}', which TensorRT lacks")
-        if _attr(node, "antialias", 0):
+        if attrs.get("antialias", 0):
             out.append(f"Resize {_where(node)} antialiases; TensorRT does not")
     return out
 

@@ -94,8 +94,8 @@ class OnnxModel:
             if node.op_type == "Shape" and self._shape_known(node.input[0]):
                 shape = np.array([SYMBOLIC_DIM if isinstance(d, str) else d for d in self.shapes[node.input[0]]],
                                  np.int64)
-                start = _attr(node, "start", 0)
-                end = _attr(node, "end", None)
+                start = attrs_of(node).get("start", 0)
+                end = attrs_of(node).get("end", None)
                 self.constants[node.output[0]] = shape[start:end]
                 self.folded.add(id(node))
                 continue
@@ -194,13 +194,6 @@ def _numel(dims) -> int:
     for d in dims:
         n *= d
     return n
-
-
-def _attr(node: onnx.NodeProto, name: str, default=None):
-    for a in node.attribute:
-        if a.name == name:
-            return onnx.helper.get_attribute_value(a)
-    return default
 
 
 def attrs_of(node: onnx.NodeProto) -> dict:
