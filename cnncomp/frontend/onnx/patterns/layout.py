@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -52,55 +53,66 @@ def reshape(m: OnnxModel, node):
     raise Unsupported(f"a Reshape from {list(shape)} to {target} is not a flatten, shuffle or pixel shuffle")
 
 
-def _reshape_transpose_reshape(m: OnnxModel, node):
-    """(the first Reshape, the Transpose, their input x) when `node`, a Reshape, ends Reshape-Transpose-Reshape
-    with each feeding only the next; else None."""
+@dataclass
+class _Chain:
+    """Reshape(Transpose(Reshape(x))) ending at a Reshape: its nodes, x, and the shapes and permutation a
+    matcher compares (None where a shape is unknown)."""
+
+    split: object
+    transpose: object
+    x: str
+    shape: tuple | None  # of x
+    out: tuple | None  # of the last Reshape's output
+    target: tuple | None  # the first Reshape's target shape
+    perm: list
+
+    def nodes(self, last) -> list:
+        return [self.split, self.transpose, last]
+
+
+def _reshape_transpose_reshape(m: OnnxModel, node) -> _Chain | None:
+    """The chain when `node`, a Reshape, ends Reshape-Transpose-Reshape with each feeding only the next; else
+    None."""
     transpose = single(m, node.input[0], node, "Transpose")
     if transpose is None:
         return None
     split = single(m, transpose.input[0], transpose, "Reshape")
     if split is None:
         return None
-    return split, transpose, split.input[0]
+    return _Chain(split, transpose, split.input[0], m.shapes.get(split.input[0]), m.shapes.get(node.output[0]),
+                  reshape_target(m, split), list(attrs_of(transpose).get("perm", [])))
 
 
 def _shuffle(m: OnnxModel, node) -> Match | None:
     """Reshape(Transpose(Reshape(x, [N, g, C/g, ...]), swap 1 and 2), shape of x) -> shuffle(g)."""
-    chain = _reshape_transpose_reshape(m, node)
-    if chain is None:
+    c = _reshape_transpose_reshape(m, node)
+    if c is None or c.shape is None or c.target is None or c.out is None or len(c.target) < 3 \
+            or tuple(c.out) != tuple(c.shape):
         return None
-    split, transpose, x = chain
-    shape, out_shape, target = m.shapes.get(x), m.shapes.get(node.output[0]), reshape_target(m, split)
-    perm = list(attrs_of(transpose).get("perm", []))
-    if shape is None or target is None or out_shape is None or len(target) < 3 or tuple(out_shape) != tuple(shape):
+    if c.perm != [0, 2, 1] + list(range(3, len(c.target))):
         return None
-    if perm != [0, 2, 1] + list(range(3, len(target))):
+    groups, per_group = c.target[1], c.target[2]
+    if not isinstance(c.shape[1], int) or not isinstance(groups, int) or groups * per_group != c.shape[1]:
         return None
-    groups, per_group = target[1], target[2]
-    if not isinstance(shape[1], int) or not isinstance(groups, int) or groups * per_group != shape[1]:
-        return None
-    return Match("shuffle", {"groups": groups}, [x], node.output[0], [split, transpose, node])
+    return Match("shuffle", {"groups": groups}, [c.x], node.output[0], c.nodes(node))
 
 
 def _pixel_shuffle(m: OnnxModel, node) -> Match | None:
     """The 6-D Reshape-Transpose-Reshape of F.pixel_shuffle / F.pixel_unshuffle (2-D) -> pixel_(un)shuffle(r)."""
-    chain = _reshape_transpose_reshape(m, node)
-    if chain is None:
+    c = _reshape_transpose_reshape(m, node)
+    if c is None or c.shape is None or c.out is None or c.target is None or len(c.shape) != 4 \
+            or len(c.target) != 6 or len(c.out) != 4:
         return None
-    split, transpose, x = chain
-    shape, out, target = m.shapes.get(x), m.shapes.get(node.output[0]), reshape_target(m, split)
-    perm = list(attrs_of(transpose).get("perm", []))
-    if shape is None or out is None or target is None or len(shape) != 4 or len(target) != 6 or len(out) != 4:
-        return None
+    shape, out, target, perm, x = c.shape, c.out, c.target, c.perm, c.x
     if perm == [0, 1, 4, 2, 5, 3] and isinstance(target[2], int) and target[2] == target[3]:
         r = target[2]
         if out[1] == shape[1] // (r * r) if isinstance(shape[1], int) else False:
             require_op("pixel_shuffle", "a pixel-shuffle Reshape-Transpose-Reshape")
-            return Match("pixel_shuffle", {"r": r}, [x], node.output[0], [split, transpose, node])
+            return Match("pixel_shuffle", {"r": r}, [x], node.output[0], c.nodes(node))
     if perm == [0, 1, 3, 5, 2, 4] and isinstance(target[3], int) and target[3] == target[5]:
         r = target[3]
         require_op("pixel_unshuffle", "a pixel-unshuffle Reshape-Transpose-Reshape")
-        return Match("pixel_unshuffle", {"r": r}, [x], node.output[0], [split, transpose, node])
+        return Match("pixel_unshuffle", {"r": r}, [x], node.output[0], c.nodes(node))
     return None
 
 
