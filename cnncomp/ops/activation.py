@@ -45,8 +45,82 @@ def _simple(name: str, onnx_op: str, torch_fn: str, doc: str, **onnx_attrs):
 _simple("relu", "Relu", "relu", "max(x, 0)")
 _simple("sigmoid", "Sigmoid", "sigmoid", "1 / (1 + exp(-x))")
 _simple("tanh", "Tanh", "tanh", "hyperbolic tangent")
-_simple("hardsigmoid", "HardSigmoid", "hardsigmoid", "clip(x/6 + 1/2, 0, 1)", alpha=1.0 / 6, beta=0.5)
 _simple("hardswish", "HardSwish", "hardswish", "x * hardsigmoid(x)")
+
+
+@register
+class HardSigmoid(_Pointwise):
+    """clip(alpha * x + beta, 0, 1). The defaults are PyTorch's (1/6, 1/2); ONNX's HardSigmoid defaults
+    to alpha 0.2 (PaddlePaddle's and Keras's), so the lowering always writes both attributes."""
+
+    name = "hardsigmoid"
+    params = (Param("alpha", "number", 1 / 6), Param("beta", "number", 0.5))
+    doc = "clip(alpha * x + beta, 0, 1): PyTorch's alpha=1/6, beta=0.5 by default"
+
+    def normalize(self, args, shapes):
+        return {"alpha": float(args["alpha"]), "beta": float(args["beta"])}
+
+    def to_onnx(self, b, layer, inputs, weights):
+        a = layer.attrs
+        return b.node("HardSigmoid", [inputs[0]], layer.name, alpha=a["alpha"], beta=a["beta"])
+
+    def torch_ref(self, attrs, inputs, weights):
+        return (inputs[0] * attrs["alpha"] + attrs["beta"]).clamp(0.0, 1.0)
+
+    def torch_source(self, s):
+        if not s.given("alpha") and not s.given("beta"):
+            return s.function("F.hardsigmoid")
+        return s.function(s.helper("hardsigmoid"), *s.written())
+
+
+@register
+class Clip(_Pointwise):
+    """min(max(x, min), max); a bound left out does not clip (with neither, clip is the identity)."""
+
+    name = "clip"
+    params = (Param("min", "number", None), Param("max", "number", None))
+    doc = "clamp to [min, max]; a bound left out does not clip (relu6 is clip(min=0, max=6))"
+
+    def normalize(self, args, shapes):
+        lo, hi = args.get("min"), args.get("max")
+        if lo is not None and hi is not None and lo > hi:
+            raise CnnError(f"clip: min={lo} is larger than max={hi}")
+        return {"min": None if lo is None else float(lo), "max": None if hi is None else float(hi)}
+
+    def spec_args(self, attrs):
+        return {k: attrs[k] for k in ("min", "max") if attrs.get(k) is not None}
+
+    def to_onnx(self, b, layer, inputs, weights):
+        bounds = [b.const_scalar(layer.attrs[k], layer.dtype) if layer.attrs.get(k) is not None else ""
+                  for k in ("min", "max")]
+        while bounds and bounds[-1] == "":
+            bounds.pop()
+        return b.node("Clip", [inputs[0], *bounds], layer.name)
+
+    def torch_ref(self, attrs, inputs, weights):
+        if attrs.get("min") is None and attrs.get("max") is None:
+            return inputs[0]
+        return inputs[0].clamp(attrs.get("min"), attrs.get("max"))
+
+    def torch_source(self, s):
+        if not s.given("min") and not s.given("max"):
+            return s.unchanged()
+        return s.function("torch.clamp", *s.written())
+
+
+@register
+class Neg(_Pointwise):
+    name = "neg"
+    doc = "-x"
+
+    def to_onnx(self, b, layer, inputs, weights):
+        return b.node("Neg", [inputs[0]], layer.name)
+
+    def torch_ref(self, attrs, inputs, weights):
+        return -inputs[0]
+
+    def torch_source(self, s):
+        return s.function("torch.neg")
 
 
 @register
