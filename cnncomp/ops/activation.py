@@ -5,7 +5,9 @@ from __future__ import annotations
 import math
 
 from cnncomp.errors import CnnError
-from cnncomp.ops.registry import Op, Param, WeightSpec, check_channels, normalize_axis, register
+from cnncomp.ops.registry import (
+    Op, Param, WeightSpec, check_channels, fmt_shape, fmt_value, normalize_axis, positive_ints, register,
+)
 
 
 class _Pointwise(Op):
@@ -302,27 +304,53 @@ class RRelu(_Pointwise):
 
 @register
 class PRelu(_Pointwise):
+    """x if x >= 0 else slope * x. The slope is per channel by default (nn.PReLU's [C]), one in all if
+    shared, or any shape that broadcasts against the input without its batch (`shape=(C, 1, 1)`,
+    `(1, 1, W)`, `(C, H, W)`: aligned from the right, as ONNX PRelu's slope)."""
+
     name = "prelu"
-    params = (Param("shared", "bool", False),)
+    params = (Param("shared", "bool", False), Param("shape", "ints", None))
     min_rank = 2
-    doc = "leaky ReLU with a learned slope per channel (one if shared)"
+    doc = "leaky ReLU with a learned slope per channel (one if shared, or of a broadcasting shape=)"
 
     def normalize(self, args, shapes):
-        channels = 1 if args["shared"] else check_channels(shapes[0], self.name)
-        return {"shared": bool(args["shared"]), "channels": channels}
+        x = shapes[0]
+        if args.get("shape") is None:
+            channels = 1 if args["shared"] else check_channels(x, self.name)
+            return {"shared": bool(args["shared"]), "channels": channels}
+        if args["shared"]:
+            raise CnnError("prelu: give shared=true or shape=, not both")
+        shape = args["shape"] if isinstance(args["shape"], tuple) else (args["shape"],)
+        positive_ints(shape, "prelu: shape")
+        if len(shape) > len(x) - 1:
+            raise CnnError(f"prelu: shape {fmt_value(shape)} has more dims than the input {fmt_shape(x)} "
+                           "without its batch")
+        for d, n in zip(reversed(shape), reversed(x)):
+            if d != 1 and d != n:
+                raise CnnError(f"prelu: shape {fmt_value(shape)} does not broadcast against {fmt_shape(x)}")
+        return {"shared": False, "shape": shape}
+
+    def spec_args(self, attrs):
+        return {"shape": attrs["shape"]} if "shape" in attrs else {"shared": attrs["shared"]}
 
     def weight_specs(self, attrs, shapes):
-        return {"weight": WeightSpec((attrs["channels"],), init="prelu")}
+        return {"weight": WeightSpec(attrs.get("shape") or (attrs["channels"],), init="prelu")}
 
     def to_onnx(self, b, layer, inputs, weights):
+        if "shape" in layer.attrs:
+            return b.node("PRelu", [inputs[0], weights["weight"]], layer.name)
         rank = len(layer.shape)
         slope = b.const_reshaped(weights["weight"], (layer.attrs["channels"],) + (1,) * (rank - 2))
         return b.node("PRelu", [inputs[0], slope], layer.name)
 
     def torch_ref(self, attrs, inputs, weights):
+        import torch
         import torch.nn.functional as F
 
-        return F.prelu(inputs[0], weights["weight"])
+        if "shape" not in attrs:
+            return F.prelu(inputs[0], weights["weight"])
+        x = inputs[0]
+        return torch.where(x >= 0, x, x * weights["weight"])
 
     def torch_source(self, s):
         return s.module()

@@ -386,9 +386,23 @@ def linear(in_shape, out, bias=True):
     return module
 
 # @ prelu
-def prelu(in_shape, shared=False):
-    """`prelu`: an nn.PReLU with one slope per channel (one in all if shared)."""
-    module = nn.PReLU(1 if shared else in_shape[1])
+class ShapedPReLU(nn.Module):
+    """PReLU whose slope has any shape that broadcasts against the input without its batch."""
+
+    def __init__(self, shape):
+        super().__init__()
+        self.weight = nn.Parameter(torch.full(tuple(shape), 0.25))
+
+    def forward(self, x):
+        return torch.where(x >= 0, x, x * self.weight)
+
+
+def prelu(in_shape, shared=False, shape=None):
+    """`prelu`: an nn.PReLU with one slope per channel (one in all if shared), or slopes of `shape`."""
+    if shape is not None:
+        module = ShapedPReLU(shape if isinstance(shape, tuple) else (shape,))
+    else:
+        module = nn.PReLU(1 if shared else in_shape[1])
     module.out_shape = tuple(in_shape)
     return module
 
