@@ -172,7 +172,7 @@ def all_ops() -> dict[str, Op]:
 
 
 def _load_all() -> None:
-    from cnncomp.ops import activation, arrange, conv, merge, norm, pool, reduce, tensor  # noqa: F401
+    from cnncomp.ops import activation, arrange, conv, merge, norm, pool, reduce, resize, tensor  # noqa: F401
 
 
 # ---- helpers shared by op definitions ---------------------------------------

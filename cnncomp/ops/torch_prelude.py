@@ -7,7 +7,7 @@ Each section starts with a `# @ NAME: DEPENDENCIES` line. The sections mirror th
 shape rules (normalize/infer_shape) and PyTorch references (torch_ref); tests/test_torch_emit.py
 checks that generated files match the reference.
 
-About 500 lines, at the ~500 guide: one section per op that needs a helper, each short; the
+About 650 lines, over the ~500 guide: one section per op that needs a helper, each short; the
 file is the prelude's single source, so splitting it would only add a loader over several files.
 """
 # ruff: noqa: E501
@@ -143,7 +143,8 @@ def shape_pad(shape, p, mode="constant", value=0.0):
     return tuple(shape[:2]) + tuple(sizes)
 
 # @ shape_upsample: ntuple, math
-def shape_upsample(shape, scale=None, mode="nearest", size=None, align_corners=False):
+def shape_upsample(shape, scale=None, mode="nearest", size=None, align_corners=False, coordinates=None,
+                   rounding=None):
     """The output shape of upsample: `size`, or floor(n * scale)."""
     if size is not None:
         return tuple(shape[:2]) + ntuple(size, len(shape) - 2)
@@ -495,16 +496,57 @@ def shuffle(x, groups):
     n, c = x.shape[:2]
     return x.reshape(n, groups, c // groups, *x.shape[2:]).transpose(1, 2).reshape(x.shape)
 
-# @ upsample: ntuple
-def upsample(x, scale=None, mode="nearest", size=None, align_corners=False):
-    """`upsample`: F.interpolate to `size` or by `scale`: nearest, (bi/tri)linear or bicubic."""
+# @ resample: math
+def resample(x, mode, coordinates, rounding=None, size=None, scale_factor=None):
+    """`upsample` with one of ONNX Resize's coordinate rules (`coordinates`), one spatial axis after
+    another: output position i reads the input at coordinate c(i), with r = 1 / scale (scale =
+    n_out / n_in when a size is given); mode "nearest" takes the index `rounding` gives (ONNX's
+    nearest_mode), "linear" interpolates between floor(c) and floor(c) + 1; indices past the
+    border repeat it."""
+    for i in range(x.dim() - 2):
+        axis, n = 2 + i, x.shape[2 + i]
+        if size is not None:
+            out = size[i]
+            scale = out / n
+        else:
+            scale = float(scale_factor[i])
+            out = math.floor(n * scale)
+        pos = torch.arange(out, dtype=torch.float64, device=x.device)
+        if coordinates == "asymmetric":
+            c = pos / scale
+        elif coordinates == "pytorch_half_pixel" and out == 1:
+            c = torch.zeros_like(pos)
+        elif coordinates == "half_pixel_symmetric":  # centred when n * scale is not a whole number
+            c = n / 2 * (1 - out / (n * scale)) + (pos + 0.5) / scale - 0.5
+        else:  # half_pixel, pytorch_half_pixel
+            c = (pos + 0.5) / scale - 0.5
+        view = [1] * x.dim()
+        view[axis] = out
+        if mode == "nearest":
+            index = {"floor": torch.floor(c), "ceil": torch.ceil(c), "round_prefer_floor": torch.ceil(c - 0.5),
+                     "round_prefer_ceil": torch.floor(c + 0.5)}[rounding]
+            x = x.index_select(axis, index.clamp(0, n - 1).long())
+        else:
+            low = torch.floor(c)
+            frac = (c - low).to(x.dtype).reshape(view)
+            first = x.index_select(axis, low.clamp(0, n - 1).long())
+            second = x.index_select(axis, (low + 1).clamp(0, n - 1).long())
+            x = first * (1 - frac) + second * frac
+    return x
+
+# @ upsample: ntuple, resample
+def upsample(x, scale=None, mode="nearest", size=None, align_corners=False, coordinates=None, rounding=None):
+    """`upsample`: F.interpolate to `size` or by `scale`: nearest, nearest-exact, (bi/tri)linear or bicubic;
+    with `coordinates`, ONNX Resize's coordinate rule of that name (see resample)."""
     rank = x.dim() - 2
     if size is not None:
         where = {"size": ntuple(size, rank)}
     else:
         where = {"scale_factor": tuple(float(f) for f in ntuple(2 if scale is None else scale, rank))}
-    if mode == "nearest":
-        return F.interpolate(x, mode="nearest", **where)
+    if coordinates is not None:
+        return resample(x, mode, coordinates, rounding or "round_prefer_floor", **where)
+    if mode in ("nearest", "nearest-exact"):
+        return F.interpolate(x, mode=mode, **where)
     mode = {"linear": ("linear", "bilinear", "trilinear")[rank - 1], "cubic": "bicubic"}[mode]
     return F.interpolate(x, mode=mode, align_corners=align_corners, **where)
 
