@@ -3,8 +3,6 @@ affine layers scale and shift."""
 
 from __future__ import annotations
 
-import math
-
 from cnncomp.errors import CnnError
 from cnncomp.ops.registry import Op, Param, WeightSpec, check_channels, normalize_axes, register
 
@@ -119,8 +117,8 @@ class LayerNorm(Op):
     """Layer norm over `axes`: (x - mean) / sqrt(var + eps) * weight + bias, the mean and the (biased)
     variance taken over `axes` at each position of the other axes; weight and bias have the
     normalized shape. axes=1 on [N, C, H, W] is ConvNeXt's LayerNorm2d (over channels at each
-    pixel); trailing axes are nn.LayerNorm. Lowered as LayerNormalization (opset 17) over trailing
-    axes, else written out (ReduceSum over a static count)."""
+    pixel); trailing axes are nn.LayerNorm. Lowered as LayerNormalization (opset 17), between two
+    Transposes where the axes are not trailing."""
 
     name = "layer_norm"
     params = (Param("axes", "ints", 1), Param("eps", "number", 1e-5))
@@ -149,28 +147,19 @@ class LayerNorm(Op):
         return {"weight": WeightSpec(shape, init="bn_weight"), "bias": WeightSpec(shape, init="bn_bias")}
 
     def to_onnx(self, b, layer, inputs, weights):
+        # LayerNormalization normalizes trailing axes (its epsilon an attribute, its statistics in float32 for
+        # a float16 input); other axes (1: a channel norm) are moved to the back and the result moved back
         a, x, rank = layer.attrs, inputs[0], len(layer.shape)
         axes = a["axes"]
+        b.require_opset(17, "layer_norm (LayerNormalization)")
+        ins = [x, weights["weight"], weights["bias"]]
         if axes == tuple(range(axes[0], rank)):
-            b.require_opset(17, "layer_norm (LayerNormalization)")
-            return b.node("LayerNormalization", [x, weights["weight"], weights["bias"]], layer.name,
-                          axis=axes[0], epsilon=a["eps"])
-        name, dtype = layer.name, layer.dtype
-        axes_const = b.const_int64(list(axes), name + "/axes")
-        count = b.const_scalar(float(math.prod(a["normalized_shape"])), dtype)
-
-        def mean(t: str, what: str) -> str:
-            total = b.node("ReduceSum", [t, axes_const], b.fresh(f"{name}/{what}_sum"), keepdims=1)
-            return b.node("Div", [total, count], b.fresh(f"{name}/{what}"))
-
-        centered = b.node("Sub", [x, mean(x, "mean")], b.fresh(name + "/centered"))
-        var = mean(b.node("Mul", [centered, centered], b.fresh(name + "/squared")), "var")
-        std = b.node("Sqrt", [b.node("Add", [var, b.const_scalar(a["eps"], dtype)], b.fresh(name + "/var_eps"))],
-                     b.fresh(name + "/std"))
-        normed = b.node("Div", [centered, std], b.fresh(name + "/normed"))
-        view = _affine_view(layer.shape, axes)
-        scaled = b.node("Mul", [normed, b.const_reshaped(weights["weight"], view)], b.fresh(name + "/scaled"))
-        return b.node("Add", [scaled, b.const_reshaped(weights["bias"], view)], name)
+            return b.node("LayerNormalization", ins, layer.name, axis=axes[0], epsilon=a["eps"])
+        perm = [i for i in range(rank) if i not in axes] + list(axes)
+        ins[0] = b.node("Transpose", [x], b.fresh(layer.name + "/axes_last"), perm=perm)
+        normed = b.node("LayerNormalization", ins, b.fresh(layer.name + "/normed"), axis=rank - len(axes),
+                        epsilon=a["eps"])
+        return b.node("Transpose", [normed], layer.name, perm=[perm.index(i) for i in range(rank)])
 
     def torch_ref(self, attrs, inputs, weights):
         # written from the definition, not with F.layer_norm
