@@ -499,27 +499,27 @@ def shuffle(x, groups):
 # @ resample: math
 def resample(x, mode, coordinates, rounding=None, size=None, scale_factor=None):
     """`upsample` with one of ONNX Resize's coordinate rules (`coordinates`), one spatial axis after
-    another: output position i reads the input at coordinate c(i), with r = 1 / scale (scale =
-    n_out / n_in when a size is given); mode "nearest" takes the index `rounding` gives (ONNX's
-    nearest_mode), "linear" interpolates between floor(c) and floor(c) + 1; indices past the
-    border repeat it."""
-    for i in range(x.dim() - 2):
-        axis, n = 2 + i, x.shape[2 + i]
-        if size is not None:
-            out = size[i]
-            scale = out / n
-        else:
-            scale = float(scale_factor[i])
-            out = math.floor(n * scale)
+    another: output position i reads the input at coordinate c(i), with r = 1 / scale (n_in / n_out
+    when a size is given), in double precision as ONNX's reference implementation computes it.
+    Mode "nearest" takes the index `rounding` gives (ONNX's nearest_mode), "linear" interpolates
+    between floor(c) and floor(c) + 1; indices past the border repeat it. Where the output has the
+    input's shape, nothing moves (ONNX Runtime copies the input then, whatever the rule)."""
+    sizes = [n for n in x.shape[2:]]
+    outs = list(size) if size is not None else [math.floor(n * f) for n, f in zip(sizes, scale_factor)]
+    if outs == sizes:
+        return x
+    for i, (n, out) in enumerate(zip(sizes, outs)):
+        axis = 2 + i
+        r = n / out if size is not None else 1 / scale_factor[i]
         pos = torch.arange(out, dtype=torch.float64, device=x.device)
         if coordinates == "asymmetric":
-            c = pos / scale
+            c = pos * r
         elif coordinates == "pytorch_half_pixel" and out == 1:
             c = torch.zeros_like(pos)
-        elif coordinates == "half_pixel_symmetric":  # centred when n * scale is not a whole number
-            c = n / 2 * (1 - out / (n * scale)) + (pos + 0.5) / scale - 0.5
+        elif coordinates == "half_pixel_symmetric":  # centred when n / r is not a whole number
+            c = (n / 2) * (1 - out * r / n) + (pos + 0.5) * r - 0.5
         else:  # half_pixel, pytorch_half_pixel
-            c = (pos + 0.5) / scale - 0.5
+            c = (pos + 0.5) * r - 0.5
         view = [1] * x.dim()
         view[axis] = out
         if mode == "nearest":
@@ -527,10 +527,11 @@ def resample(x, mode, coordinates, rounding=None, size=None, scale_factor=None):
                      "round_prefer_ceil": torch.floor(c + 0.5)}[rounding]
             x = x.index_select(axis, index.clamp(0, n - 1).long())
         else:
+            c = c.clamp(0, n - 1)
             low = torch.floor(c)
             frac = (c - low).to(x.dtype).reshape(view)
-            first = x.index_select(axis, low.clamp(0, n - 1).long())
-            second = x.index_select(axis, (low + 1).clamp(0, n - 1).long())
+            first = x.index_select(axis, low.long())
+            second = x.index_select(axis, (low + 1).clamp(max=n - 1).long())
             x = first * (1 - frac) + second * frac
     return x
 

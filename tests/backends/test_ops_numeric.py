@@ -223,6 +223,8 @@ CASES = {
     "upsample_half_pixel_symmetric": chain(X2, "upsample(scale=1.5, mode=\"linear\", coordinates=\"half_pixel_symmetric\")"),
     "upsample_half_pixel_symmetric_nearest": chain(
         X1, "upsample(scale=2.5, coordinates=\"half_pixel_symmetric\", rounding=\"round_prefer_ceil\")"),
+    # the output has the input's shape: ONNX Runtime copies the input, whatever the coordinate rule
+    "upsample_same_size_is_a_copy": chain("[N, 4, 3, 2]", "upsample(scale=1.3, mode=\"linear\", coordinates=\"asymmetric\")"),
     "upsample_pytorch_half_pixel": chain(X2, "upsample(size=(1, 5), mode=\"linear\", coordinates=\"pytorch_half_pixel\")"),
     "pixel_shuffle": chain("[N, 12, 5, 4]", "pixel_shuffle(2)"),
     "pixel_shuffle3": chain("[N, 18, 3, 2]", "pixel_shuffle(3)"),
