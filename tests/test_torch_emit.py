@@ -34,7 +34,7 @@ from cnncomp.ops.registry import all_ops  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 SPECS = sorted((ROOT / "specs").glob("*.cnn"))
 REL_TOL = 1e-5  # of max|reference|
-HELPER_CLASSES = {"LayerNorm", "Scale", "Shift", "ShapedPReLU", "Modules", "PadFirst", "PaddedConv1d", "PaddedConv2d", "PaddedConv3d", "DeformConv2d", "CropAfter",
+HELPER_CLASSES = {"LayerNorm", "ChannelVector", "ShapedPReLU", "Modules", "PadFirst", "PaddedConv1d", "PaddedConv2d", "PaddedConv3d", "DeformConv2d", "CropAfter",
                   "CroppedConvTranspose1d", "CroppedConvTranspose2d", "CroppedConvTranspose3d"}
 
 # How the large specs are compared: (-D overrides for emitting and the reference, smaller input shape).

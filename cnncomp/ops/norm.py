@@ -180,8 +180,10 @@ class _ChannelAffine(Op):
     min_rank = 2
     category = "norm"
     keeps_grid = True
-    weight_name = ""
+    weight_name = ""  # its one weight: weight (scale) or bias (shift)
     init = ""
+    onnx_op = ""  # Mul or Add
+    combine = None  # the same in torch: torch.mul, torch.add
 
     def normalize(self, args, shapes):
         return {"channels": check_channels(shapes[0], self.name)}
@@ -195,39 +197,40 @@ class _ChannelAffine(Op):
     def weight_specs(self, attrs, shapes):
         return {self.weight_name: WeightSpec((attrs["channels"],), init=self.init)}
 
-    def channel_vector(self, b, layer, weights) -> str:
-        return b.const_reshaped(weights[self.weight_name], (layer.attrs["channels"],) + (1,) * (len(layer.shape) - 2))
+    def to_onnx(self, b, layer, inputs, weights):
+        vector = b.const_reshaped(weights[self.weight_name],
+                                  (layer.attrs["channels"],) + (1,) * (len(layer.shape) - 2))
+        return b.node(self.onnx_op, [inputs[0], vector], layer.name)
 
-    def view(self, x, weights):
-        return weights[self.weight_name].reshape((1, -1) + (1,) * (x.dim() - 2))
+    def torch_ref(self, attrs, inputs, weights):
+        x = inputs[0]
+        return type(self).combine(x, weights[self.weight_name].reshape((1, -1) + (1,) * (x.dim() - 2)))
+
+    def constant_affine(self, attrs, weights):
+        import numpy as np
+
+        vector = np.asarray(weights[self.weight_name], np.float64)
+        if self.onnx_op == "Mul":
+            return vector, np.zeros_like(vector)
+        return np.ones_like(vector), vector
 
     def torch_source(self, s):
         return s.module()
 
 
-@register
-class Scale(_ChannelAffine):
-    name = "scale"
-    weight_name = "weight"
-    init = "bn_weight"
-    doc = "per-channel multiply by a learned vector weight [C] (layer scale, a constant Mul after a conv)"
+def _channel_affine(name: str, weight_name: str, init: str, onnx_op: str, torch_fn: str, doc: str) -> None:
+    def combine(x, vector):
+        import torch
 
-    def to_onnx(self, b, layer, inputs, weights):
-        return b.node("Mul", [inputs[0], self.channel_vector(b, layer, weights)], layer.name)
+        return getattr(torch, torch_fn)(x, vector)
 
-    def torch_ref(self, attrs, inputs, weights):
-        return inputs[0] * self.view(inputs[0], weights)
+    register(type(name.title(), (_ChannelAffine,), {
+        "name": name, "weight_name": weight_name, "init": init, "onnx_op": onnx_op, "doc": doc,
+        "combine": staticmethod(combine)}))
 
 
-@register
-class Shift(_ChannelAffine):
-    name = "shift"
-    weight_name = "bias"
-    init = "bn_bias"
-    doc = "per-channel add of a learned vector bias [C] (a constant Add after a conv)"
-
-    def to_onnx(self, b, layer, inputs, weights):
-        return b.node("Add", [inputs[0], self.channel_vector(b, layer, weights)], layer.name)
-
-    def torch_ref(self, attrs, inputs, weights):
-        return inputs[0] + self.view(inputs[0], weights)
+# name     weight    initializer  ONNX   torch  doc
+_channel_affine("scale", "weight", "bn_weight", "Mul", "mul",
+                "per-channel multiply by a learned vector weight [C] (layer scale, a constant Mul after a conv)")
+_channel_affine("shift", "bias", "bn_bias", "Add", "add",
+                "per-channel add of a learned vector bias [C] (a constant Add after a conv)")

@@ -614,36 +614,25 @@ def layer_norm(in_shape, axes=1, eps=1e-5):
     """`layer_norm`: a LayerNorm over `axes` for inputs of `in_shape`."""
     return LayerNorm(in_shape, axes if isinstance(axes, tuple) else (axes,), eps)
 
-# @ scale
-class Scale(nn.Module):
-    """`scale`: x times a learned weight per channel (axis 1)."""
+# @ channel_vector
+class ChannelVector(nn.Module):
+    """A learned vector per channel (axis 1), multiplied in (`scale`, its weight) or added (`shift`, its bias)."""
 
-    def __init__(self, in_shape):
+    def __init__(self, in_shape, name, fill, combine):
         super().__init__()
-        self.weight = nn.Parameter(torch.ones(in_shape[1]))
+        self.register_parameter(name, nn.Parameter(torch.full((in_shape[1],), fill)))
+        self.vector_name, self.combine = name, combine
         self.out_shape = tuple(in_shape)
 
     def forward(self, x):
-        return x * self.weight.reshape((-1,) + (1,) * (x.dim() - 2))
+        return self.combine(x, getattr(self, self.vector_name).reshape((-1,) + (1,) * (x.dim() - 2)))
 
-
+# @ scale: channel_vector
 def scale(in_shape):
-    """`scale`: a Scale for inputs of `in_shape`."""
-    return Scale(in_shape)
+    """`scale`: x times a learned weight per channel."""
+    return ChannelVector(in_shape, "weight", 1.0, torch.mul)
 
-# @ shift
-class Shift(nn.Module):
-    """`shift`: x plus a learned bias per channel (axis 1)."""
-
-    def __init__(self, in_shape):
-        super().__init__()
-        self.bias = nn.Parameter(torch.zeros(in_shape[1]))
-        self.out_shape = tuple(in_shape)
-
-    def forward(self, x):
-        return x + self.bias.reshape((-1,) + (1,) * (x.dim() - 2))
-
-
+# @ shift: channel_vector
 def shift(in_shape):
-    """`shift`: a Shift for inputs of `in_shape`."""
-    return Shift(in_shape)
+    """`shift`: x plus a learned bias per channel."""
+    return ChannelVector(in_shape, "bias", 0.0, torch.add)

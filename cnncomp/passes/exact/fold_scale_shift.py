@@ -1,7 +1,8 @@
 """fold-scale-shift: fold a per-channel `scale` or `shift` into the conv or linear next to it. Exact.
 
-A scale is x * s (s = its weight [C]), a shift x + t (t = its bias [C]): the batch-norm fold with
-(s, 0) or (1, t), done by fold-bn's machinery (`fold_channel_affine`):
+A scale is x * s (s = its weight [C]), a shift x + t (t = its bias [C]) (the op facet
+`constant_affine` gives (s, t)): the batch-norm fold with (s, 0) or (1, t), done by fold-bn's
+machinery (`fold_channel_affine`):
 
 - producer -> scale/shift (an op with `folds_bn`: conv, deform_conv, linear, conv_transpose):
   W'[o, ...] = W[o, ...] * s[o],  b'[o] = b[o] * s[o] + t[o]
@@ -20,20 +21,10 @@ PaddlePaddle exports as these layers; at -O1 they cost nothing.
 
 from __future__ import annotations
 
-import numpy as np
-
+from cnncomp.ops.registry import get_op
 from cnncomp.passes.exact.fold_bn import fold_channel_affine, report_fp16
 from cnncomp.passes.manager import register_pass
 from cnncomp.passes._rewrite import weight
-
-
-def scale_and_shift(ctx, layer) -> tuple[np.ndarray, np.ndarray]:
-    """(s, t) in float64 of a scale or shift layer: it computes x * s + t per channel."""
-    if layer.op == "scale":
-        s = weight(ctx, layer.name, "weight").astype(np.float64)
-        return s, np.zeros_like(s)
-    t = weight(ctx, layer.name, "bias").astype(np.float64)
-    return np.ones_like(t), t
 
 
 @register_pass("fold-scale-shift", exact=True, level=1)
@@ -41,10 +32,12 @@ def fold_scale_shift(ctx) -> int:
     """Fold per-channel scale and shift layers into the adjacent conv or linear (before or after it)."""
     graph, count = ctx.graph, 0
     fp16 = {"overflow": {}, "subnormal": {}}
-    for layer in [l for l in graph.layers() if l.op in ("scale", "shift")]:
-        if layer.name not in graph:
+    for layer in list(graph.layers()):
+        op = get_op(layer.op) if layer.op != "input" else None
+        if op is None or layer.name not in graph:
             continue
-        s, t = scale_and_shift(ctx, layer)
-        count += fold_channel_affine(ctx, "fold-scale-shift", layer, s, t, fp16)
+        affine = op.constant_affine(layer.attrs, {k: weight(ctx, layer.name, k) for k in layer.weights})
+        if affine is not None:
+            count += fold_channel_affine(ctx, "fold-scale-shift", layer, *affine, fp16)
     report_fp16(ctx, "fold-scale-shift", fp16)
     return count
