@@ -30,3 +30,8 @@ def parse_defines(items: list[str]) -> dict[str, str]:
             raise UsageError(f"-D takes NAME=VALUE, got '{item}'")
         out[name.strip()] = value.strip()
     return out
+
+
+def add_spec_argument(p: argparse.ArgumentParser) -> None:
+    """SPEC alone (the job's declared options, -D among them, come from cnncomp.job.add_options)."""
+    p.add_argument("spec", metavar="SPEC", help="the .cnn file")
