@@ -171,6 +171,7 @@ def optimize_job(job: Job, graph: LayerGraph | None = None, weights=None, lint: 
     from cnncomp.passes import PassContext, PassRunner
 
     o, source = job.optimize, job.source
+    calibration = job.o3_calibration()  # read (and refused when unreadable) before any work, whatever the level
     ref_graph = graph if graph is not None else load(job.spec, source.defines)
     ref_weights = weights if weights is not None else weights_for(ref_graph, source.weights, source.seed)
     steps = resolve_steps(o.opt_level, o.passes)
@@ -185,7 +186,6 @@ def optimize_job(job: Job, graph: LayerGraph | None = None, weights=None, lint: 
         from cnncomp.verification.harness import make_inputs
 
         precision = precision_of(job.precision_name)
-        calibration = job.o3_calibration()
         feeds = bind_inputs(calibration, ref_graph.inputs, "--calibration") if calibration is not None else \
             make_inputs(ref_graph, source.seed, batch=2)
         speedup = None
