@@ -377,10 +377,12 @@ def _request(job: Job, compiled: Compiled, **fields) -> PrecisionRequest:
 
 def compile_problem(job: Job) -> str | None:
     """Why these compile options cannot go together, or None."""
+    from cnncomp.deployment.targets import targets
+
     emit, precision, target = job.output.emit, job.precision_name, job.output.target
-    if target != "onnx" and emit != "onnx":
+    if targets()[target].from_onnx and emit != "onnx":
         return f"--target {target} builds from the ONNX model; it cannot go with --emit {emit}"
-    if precision != "fp32" and emit != "onnx":
+    if precision_of(precision).converts_model and emit != "onnx":
         return f"--precision {precision} converts the ONNX model; it cannot go with --emit {emit}"
     return None
 
@@ -427,22 +429,21 @@ def compile_job(job: Job, log: Log = silent) -> CompileResult:
     model = emit_model(compiled, job.optimize.opset, notices)
     for n in notices:
         log(f"note: {n}\n")
+    from cnncomp.deployment.targets import targets
+
+    target = targets()[out.target]
     request = _request(job, compiled, inputs=check_inputs(compiled.ref_graph, options) if verify else None,
                        probe_provider=options.provider if verify else None, atol=options.atol, rtol=options.rtol,
-                       tensorrt=out.target == "tensorrt")
+                       tensorrt=target.tensorrt)
     converted = convert_precision(model, compiled.graph, precision, request, log)
-    profile = None
-    if out.target == "tensorrt":
-        from cnncomp.deployment.tensorrt import engine_profile
-
-        profile = engine_profile(converted.model, out.min_batch, out.opt_batch, out.max_batch)
+    settings = target.settings(converted.model, out)  # e.g. the TensorRT profile, checked before the check runs
     result = CompileResult(compiled, converted.model, details=converted.details)
     if verify:
         result.report = check(compiled, converted, options).report
         if not result.report.ok:
             return result
     if out.output is not None:
-        result.written = write_model(converted.model, out.output, out.target, precision, log, profile=profile)
+        result.written = write_model(converted.model, out.output, out.target, precision, log, **settings)
     return result
 
 

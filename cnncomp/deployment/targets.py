@@ -35,6 +35,12 @@ class Target:
     help: str = ""
     writes: str = ""  # what it writes, in words
     compile_target: bool = True  # `compile --target NAME` writes it
+    from_onnx: bool = False  # it is built from the ONNX model (so it cannot go with a text --emit)
+    tensorrt: bool = False  # TensorRT consumes it (int8 then takes symmetric activations, no zero points)
+
+    def settings(self, model, output) -> dict:
+        """What `write` needs beyond the model, from the job's output settings (a TensorRT profile)."""
+        return {}
 
     def write(self, model, output, precision, log: Log = silent, **settings) -> Written:
         """Write `model` (in `precision`, a precision.convert.Precision) to `output`."""
@@ -82,6 +88,13 @@ class TensorRTEngine(Target):
     name = "tensorrt"
     help = "a serialized TensorRT engine; needs tensorrt and an NVIDIA GPU"
     writes = "OUT (.plan), one optimization profile over the batch dim (--min-batch/--opt-batch/--max-batch)"
+    from_onnx = True
+    tensorrt = True
+
+    def settings(self, model, output):
+        from cnncomp.deployment.tensorrt import engine_profile
+
+        return {"profile": engine_profile(model, output.min_batch, output.opt_batch, output.max_batch)}
 
     def write(self, model, output, precision, log=silent, profile=None, **settings):
         from cnncomp.deployment.tensorrt import write_engine
@@ -97,6 +110,7 @@ class TritonRepository(Target):
     help = "a Triton Inference Server model repository"
     writes = "REPO/<name>/config.pbtxt and REPO/<name>/1/model.onnx, atomically"
     compile_target = False  # `cnncomp deploy --triton REPO`
+    from_onnx = True
 
     def write(self, model, output, precision, log=silent, config=None, **settings):
         from cnncomp.deployment.triton import write_repository

@@ -66,6 +66,7 @@ class Precision:
     help: str = ""
     options: tuple[Option, ...] = ()  # its own options (group "precision")
     tolerances: tuple[float, float] = (1e-4, 1e-3)  # the check's default (atol per unit of max|ref|, rtol)
+    converts_model: bool = True  # it converts the ONNX model (so it cannot go with a text --emit)
     judged_by_budget: bool = False  # judged by the relative L2 error against --max-error instead
     calibrated: bool = False  # reads --calibration to convert (then an image folder serves it, not -O3)
     o3_budget_share: float = 1.0  # of --max-error, what -O3's rewrites get beside this precision
@@ -134,6 +135,7 @@ def precision_options() -> tuple[Option, ...]:
 class Fp32(Precision):
     name = "fp32"
     help = "float32, as emitted"
+    converts_model = False
     tolerances = (1e-4, 1e-3)
     triton_mode = "FP32"
 
