@@ -125,3 +125,31 @@ def test_no_module_branches_on_a_registered_name():
             if NAME_BRANCH.search(line):
                 found.append(f"{rel}:{number}: {line.strip()}")
     assert not found, "ask the registry instead:\n" + "\n".join(found)
+
+
+def test_a_precision_this_machine_cannot_run_says_what_it_lacks(tmp_path, capsys):
+    @register_precision
+    class Needy(Precision):
+        name = "needy"
+        help = "needs a CPU feature this test pretends is missing"
+        tolerances = (1e-4, 1e-3)
+        triton_mode = "FP32"
+
+        def convert(self, model, graph, request, log):
+            raise AssertionError("never converted here")
+
+        def for_timing(self):
+            return None
+
+        def missing(self):
+            return ["a CPU with avx512_bf16 (this one has avx2)"]
+
+    try:
+        spec = tmp_path / "n.cnn"
+        spec.write_text("network n\ninput x: [N, 3, 8, 8]\ny = x -> conv(4, k=3) as c -> relu\noutput y\n")
+        out = tmp_path / "n.onnx"
+        assert main(["compile", str(spec), "-o", str(out), "--precision", "needy"]) == 1
+        assert "--precision needy needs what this machine lacks: a CPU with avx512_bf16" in capsys.readouterr().err
+        assert not out.exists()
+    finally:
+        del PRECISIONS["needy"]

@@ -244,8 +244,13 @@ class Int8(Precision):
 
 def convert_precision(model, graph: LayerGraph, precision: str = "fp32", request: PrecisionRequest | None = None,
                       log: Log = silent) -> Converted:
-    """The emitted float32 model converted to `precision` (one of PRECISIONS)."""
-    return precision_of(precision).convert(model, graph, request or PrecisionRequest(), log)
+    """The emitted float32 model converted to `precision` (one of PRECISIONS); a precision this machine lacks
+    what it needs for (`missing`) is a CnnError saying what."""
+    chosen = precision_of(precision)
+    lacking = chosen.missing()
+    if lacking:
+        raise CnnError(f"--precision {precision} needs what this machine lacks: {'; '.join(lacking)}")
+    return chosen.convert(model, graph, request or PrecisionRequest(), log)
 
 
 def conversion_for_timing(precision: str):
