@@ -36,7 +36,7 @@ GROUPS = ("source", "optimize", "precision", "check", "output")
 EMITTERS = ("onnx", "cnn", "dot", "torch")
 
 
-def _parse_defines(items, flag: str = "-D") -> dict[str, str]:
+def parse_defines(items, flag: str = "-D") -> dict[str, str]:
     """-D NAME=VALUE (repeatable) as {NAME: VALUE}; the API takes the dict."""
     if isinstance(items, dict):
         return dict(items)
@@ -89,7 +89,7 @@ def _levels(value) -> str | None:
 OPTIONS: tuple[Option, ...] = (
     # ---- source: what to compile
     Option("defines", None, {}, "override a top-level `let` constant (repeatable), e.g. -D width=32",
-           COMPILING + ("serve", "run"), parse=_parse_defines, flags=("-D",), metavar="NAME=VALUE", action="append",
+           COMPILING + ("serve", "run"), parse=parse_defines, flags=("-D",), metavar="NAME=VALUE", action="append",
            group="source", overrides={"serve": {"help": "with a spec: override a top-level let constant"}}),
     Option("weights", str, None, "weights: .safetensors or a PyTorch checkpoint (default: seeded)",
            COMPILING + ("run",), metavar="W", group="source"),

@@ -3,7 +3,7 @@ packages import each other in a cycle. Every import counts, at the top of a modu
 
 The order, lowest first (a layer may import from the layers before it, never after):
 
-    utilities (errors, fileio, inputs, log, options, progress, version)  what every layer shares
+    utilities (errors, fileio, inputs, log, options, progress, registry, version)  what every layer shares
     ops                                    the registry: one class per op, all its facets
     ir                                     LayerGraph, weights, cost, the .cnn printer
     frontend                               .cnn text (or an ONNX model) to a LayerGraph
@@ -30,7 +30,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "cnncomp"
 
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("utilities", ("cnncomp.errors", "cnncomp.fileio", "cnncomp.inputs", "cnncomp.log", "cnncomp.options",
-                   "cnncomp.progress", "cnncomp.version")),
+                   "cnncomp.progress", "cnncomp.registry", "cnncomp.version")),
     ("ops", ("cnncomp.ops",)),
     ("ir", ("cnncomp.ir",)),
     ("frontend", ("cnncomp.frontend",)),

@@ -6,19 +6,17 @@ A target is one class: its name, a one-line help, what it writes (`writes`), whe
 `write`. The precision's facts that a target needs (its TensorRT build flags, its Triton precision
 mode, whether a model ONNX Runtime cannot load is refused) come from the precision registry.
 
-Adding one is one module in deployment/ with a `@register_target` class, listed in TARGET_MODULES,
+Adding one is one module in deployment/ with a `@register_target` class, listed in the `modules` of TARGETS,
 plus docs; `--target` takes it from then on.
 """
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
 
 from cnncomp.log import Log, silent
+from cnncomp.registry import Registry
 
-TARGETS: dict[str, "Target"] = {}
-TARGET_MODULES: tuple[str, ...] = ()
 
 
 @dataclass
@@ -47,18 +45,10 @@ class Target:
         raise NotImplementedError
 
 
-def register_target(cls):
-    target = cls()
-    if not target.name or target.name in TARGETS:
-        raise ValueError(f"target '{target.name}' is unnamed or registered twice")
-    TARGETS[target.name] = target
-    return cls
-
-
-def targets() -> dict[str, Target]:
-    for module in TARGET_MODULES:
-        importlib.import_module(module)
-    return TARGETS
+# Modules beside this one that register more targets go in `modules`.
+TARGETS = Registry("target", Target, ("name", "help", "writes", "write"), modules=())
+register_target = TARGETS.register  # class decorator
+targets = TARGETS.all  # every registered target, by name
 
 
 def compile_targets() -> dict[str, Target]:

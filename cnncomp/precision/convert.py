@@ -9,12 +9,11 @@ budget -O3's rewrites get beside it, what it sets in a Triton config and a Tenso
 warnings that concern it, and its --stats table.
 
 Adding one (bf16, say) is one module in precision/ with a registered Precision subclass, listed in
-PRECISION_MODULES below, plus docs; tests/test_registries.py checks that it defines every facet.
+the `modules` of PRECISIONS below, plus docs; tests/test_registries.py checks that it defines every facet.
 """
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -22,6 +21,7 @@ from cnncomp.errors import CnnError, UsageError
 from cnncomp.ir.graph import LayerGraph
 from cnncomp.log import Log, silent
 from cnncomp.options import Option
+from cnncomp.registry import Registry
 
 
 @dataclass
@@ -99,25 +99,10 @@ class Precision:
         return []
 
 
-PRECISIONS: dict[str, Precision] = {}
-PRECISION_MODULES: tuple[str, ...] = ()  # modules beside this one that register more precisions
-
-
-def register_precision(cls):
-    """Class decorator: add a precision to PRECISIONS under its name."""
-    precision = cls()
-    missing = [f for f in Precision.FACETS if f not in vars(cls) and getattr(cls, f) is getattr(Precision, f)]
-    if not precision.name or precision.name in PRECISIONS or missing:
-        raise ValueError(f"precision '{precision.name}': unnamed, registered twice, or without {missing}")
-    PRECISIONS[precision.name] = precision
-    return cls
-
-
-def precisions() -> dict[str, Precision]:
-    """Every registered precision, by name (the modules of PRECISION_MODULES imported)."""
-    for module in PRECISION_MODULES:
-        importlib.import_module(module)
-    return PRECISIONS
+# Modules beside this one that register more precisions (a bf16 module, say) go in `modules`.
+PRECISIONS = Registry("precision", Precision, Precision.FACETS, modules=())
+register_precision = PRECISIONS.register  # class decorator
+precisions = PRECISIONS.all  # every registered precision, by name
 
 
 def precision_of(name: str) -> Precision:

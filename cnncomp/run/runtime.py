@@ -12,15 +12,13 @@ RUNTIME_MODULES below, plus its line in docs/architecture.md; `--runtime` takes 
 
 from __future__ import annotations
 
-import importlib
 import sys
 
 from cnncomp.errors import CnnError
 from cnncomp.options import Option
+from cnncomp.registry import Registry
 
-RUNTIMES: dict[str, "Runtime"] = {}
 AUTO = "auto"  # not a runtime: the best one available (the GPU ones by `auto_rank`), else the CPU
-RUNTIME_MODULES: tuple[str, ...] = ()  # modules beside this one that register more runtimes
 
 
 class Runtime:
@@ -47,20 +45,10 @@ class Runtime:
                 f"(available: {', '.join(available_providers())}); {self.install_hint}")
 
 
-def register_runtime(cls):
-    """Class decorator: add a runtime to RUNTIMES under its name."""
-    runtime = cls()
-    if not runtime.name or runtime.name in RUNTIMES or runtime.name == AUTO:
-        raise ValueError(f"runtime '{runtime.name}' is unnamed or registered twice")
-    RUNTIMES[runtime.name] = runtime
-    return cls
-
-
-def runtimes() -> dict[str, Runtime]:
-    """Every registered runtime, by name (the modules of RUNTIME_MODULES imported)."""
-    for module in RUNTIME_MODULES:
-        importlib.import_module(module)
-    return RUNTIMES
+# Modules beside this one that register more runtimes (an OpenVINO module, say) go in `modules`.
+RUNTIMES = Registry("runtime", Runtime, ("name", "help", "provider"), modules=(), reserved=(AUTO,))
+register_runtime = RUNTIMES.register  # class decorator
+runtimes = RUNTIMES.all  # every registered runtime, by name
 
 
 def runtime_choices() -> tuple[str, ...]:
