@@ -64,6 +64,16 @@ def const_input(m: OnnxModel, node: onnx.NodeProto, index: int, what: str) -> np
     return value
 
 
+def unknown_shape(m: OnnxModel, tensor: str, what: str) -> Unsupported:
+    """The refusal of a pattern that needs a shape inference did not work out, naming the node where it was
+    lost."""
+    blocker = m.shape_blocker(tensor)
+    if blocker is None:
+        return Unsupported(f"{what} is unknown")
+    return Unsupported(f"{what} is unknown: ONNX shape inference loses it at node "
+                       f"'{blocker.name or blocker.output[0]}' ({blocker.op_type})")
+
+
 def single(m: OnnxModel, tensor: str, user: onnx.NodeProto, op_type: str) -> onnx.NodeProto | None:
     """The producer of `tensor` if it has op type `op_type` and `user` is its only reader."""
     node = m.producer_of(tensor, op_type)

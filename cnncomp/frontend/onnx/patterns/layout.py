@@ -10,6 +10,7 @@ import numpy as np
 from cnncomp.frontend.onnx.model import SYMBOLIC_DIM, OnnxModel, attrs_of
 from cnncomp.frontend.onnx.patterns.base import (
     Match, Unsupported, const_input, has_param, has_param_choice, matcher, num, require_op, scalar, single,
+    unknown_shape,
 )
 from cnncomp.ops.registry import compact, padding_arg
 
@@ -43,8 +44,10 @@ def reshape(m: OnnxModel, node):
         if found is not None:
             return found
     shape = m.shapes.get(node.input[0])
+    if shape is None:
+        raise unknown_shape(m, node.input[0], "the shape of the Reshape's input")
     target = reshape_target(m, node)
-    if shape is None or target is None:
+    if target is None:
         raise Unsupported("a Reshape whose target is computed at run time")
     if len(target) == 2 and (target[0] in ("dyn", shape[0]) or target[0] == shape[0]):
         rest = [d for d in shape[1:]]
@@ -223,9 +226,11 @@ def slice_(m: OnnxModel, node):
     shape = m.shapes.get(node.input[0])
     axis = int(axes.reshape(-1)[0]) if axes is not None else 0
     if shape is None:
-        raise Unsupported("the Slice input's shape is unknown")
+        raise unknown_shape(m, node.input[0], "the shape of the Slice's input")
     axis %= len(shape)
     size = shape[axis]
+    if size is None:
+        raise unknown_shape(m, node.input[0], f"dim {axis} of the Slice's input")
     if not isinstance(size, int):
         raise Unsupported("a Slice along a dynamic dim")
     start, end = (int(np.clip(v if v >= 0 else v + size, 0, size)) for v in (int(starts[0]), int(ends[0])))
