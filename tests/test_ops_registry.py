@@ -16,7 +16,7 @@ def test_every_op_defines_every_facet(name):
     # the optional facets fall back to Op's: no weights, no MACs, point-wise; the ones that have
     # weights count MACs, except the per-channel ones
     specs_method = getattr(type(op), "weight_specs")
-    if specs_method is not Op.weight_specs and name not in ("bn", "gn", "prelu"):
+    if specs_method is not Op.weight_specs and name not in ("bn", "gn", "prelu", "layer_norm", "scale", "shift"):
         assert getattr(type(op), "macs") is not Op.macs, f"{name} has weights but counts no MACs"
 
 
@@ -25,7 +25,7 @@ def test_the_language_table_ops_are_all_registered():
              "hardsigmoid", "elu", "relu6", "leaky_relu", "prelu", "rrelu", "softmax", "log_softmax", "maxpool",
              "avgpool", "minpool", "lppool", "gap", "gmp", "kmaxpool", "flatten", "dropout", "identity", "shuffle",
              "upsample", "concat", "add", "mul", "conv_transpose", "mish", "selu", "pixel_shuffle", "pixel_unshuffle",
-             "pad"}
+             "pad", "mean", "sum", "split", "permute", "layer_norm", "scale", "shift", "clip", "sub", "div", "neg"}
     assert table <= set(OPS)
 
 

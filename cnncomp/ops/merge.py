@@ -1,4 +1,4 @@
-"""Merges: layers that take several tensors (concat, add, mul)."""
+"""Merges: layers that take several tensors (concat, add, mul, sub, div)."""
 
 from __future__ import annotations
 
@@ -85,6 +85,44 @@ class Mul(_Merge):
 
     def torch_source(self, s):
         return s.infix("*", f"{s.helper('shape_broadcast')}({', '.join(o.shape for o in s.operands)})")
+
+
+class _Binary(_Merge):
+    """An element-wise merge of exactly two tensors, broadcasting like add and mul."""
+
+    onnx_op = ""
+
+    def infer_shape(self, attrs, shapes):
+        if len(shapes) != 2:
+            raise CnnError(f"{self.name}: takes two tensors, got {len(shapes)}")
+        return broadcast(self.name, shapes)
+
+    def to_onnx(self, b, layer, inputs, weights):
+        return b.node(self.onnx_op, inputs, layer.name)
+
+    def torch_source(self, s):
+        shape = f"{s.helper('shape_broadcast')}({', '.join(o.shape for o in s.operands)})"
+        return s.expression(f"torch.{self.name}({', '.join(o.fwd for o in s.operands)})", shape)
+
+
+@register
+class Sub(_Binary):
+    name = "sub"
+    onnx_op = "Sub"
+    doc = "element-wise difference a - b (broadcasting)"
+
+    def torch_ref(self, attrs, inputs, weights):
+        return inputs[0] - inputs[1]
+
+
+@register
+class Div(_Binary):
+    name = "div"
+    onnx_op = "Div"
+    doc = "element-wise quotient a / b (broadcasting)"
+
+    def torch_ref(self, attrs, inputs, weights):
+        return inputs[0] / inputs[1]
 
 
 @register

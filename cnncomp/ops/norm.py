@@ -1,9 +1,12 @@
-"""Normalization layers: bn (batch norm, inference form), gn (group norm)."""
+"""Normalization layers: bn (batch norm, inference form), gn (group norm), layer_norm, and the per-channel
+affine layers scale and shift."""
 
 from __future__ import annotations
 
+import math
+
 from cnncomp.errors import CnnError
-from cnncomp.ops.registry import Op, Param, WeightSpec, check_channels, register
+from cnncomp.ops.registry import Op, Param, WeightSpec, check_channels, normalize_axes, register
 
 
 @register
@@ -104,3 +107,138 @@ class GroupNorm(Op):
 
     def torch_source(self, s):
         return s.module()
+
+
+def _affine_view(shape: tuple, axes: tuple) -> tuple:
+    """The shape that broadcasts a tensor over `axes` of an input of `shape` against that input, batch left out."""
+    return tuple(d if i in axes else 1 for i, d in enumerate(shape) if i > 0)
+
+
+@register
+class LayerNorm(Op):
+    """Layer norm over `axes`: (x - mean) / sqrt(var + eps) * weight + bias, the mean and the (biased)
+    variance taken over `axes` at each position of the other axes; weight and bias have the
+    normalized shape. axes=1 on [N, C, H, W] is ConvNeXt's LayerNorm2d (over channels at each
+    pixel); trailing axes are nn.LayerNorm. Lowered as LayerNormalization (opset 17) over trailing
+    axes, else written out (ReduceSum over a static count)."""
+
+    name = "layer_norm"
+    params = (Param("axes", "ints", 1), Param("eps", "number", 1e-5))
+    category = "norm"
+    doc = "layer norm over axes (1: channels, ConvNeXt's LayerNorm2d; or trailing axes, nn.LayerNorm)"
+
+    def normalize(self, args, shapes):
+        shape = shapes[0]
+        axes = normalize_axes(self.name, args["axes"], len(shape))
+        for a in axes:
+            if not isinstance(shape[a], int):
+                raise CnnError(f"layer_norm: the normalized axis {a} has a dynamic size '{shape[a]}'")
+        if args["eps"] <= 0:
+            raise CnnError(f"layer_norm: eps must be positive, got {args['eps']}")
+        return {"axes": axes, "eps": float(args["eps"]), "normalized_shape": tuple(shape[a] for a in axes)}
+
+    def spec_args(self, attrs):
+        axes = attrs["axes"]
+        return {"axes": axes[0] if len(axes) == 1 else axes, "eps": attrs["eps"]}
+
+    def infer_shape(self, attrs, shapes):
+        return tuple(shapes[0])
+
+    def weight_specs(self, attrs, shapes):
+        shape = attrs["normalized_shape"]
+        return {"weight": WeightSpec(shape, init="bn_weight"), "bias": WeightSpec(shape, init="bn_bias")}
+
+    def to_onnx(self, b, layer, inputs, weights):
+        a, x, rank = layer.attrs, inputs[0], len(layer.shape)
+        axes = a["axes"]
+        if axes == tuple(range(axes[0], rank)):
+            b.require_opset(17, "layer_norm (LayerNormalization)")
+            return b.node("LayerNormalization", [x, weights["weight"], weights["bias"]], layer.name,
+                          axis=axes[0], epsilon=a["eps"])
+        name, dtype = layer.name, layer.dtype
+        axes_const = b.const_int64(list(axes), name + "/axes")
+        count = b.const_scalar(float(math.prod(a["normalized_shape"])), dtype)
+
+        def mean(t: str, what: str) -> str:
+            total = b.node("ReduceSum", [t, axes_const], b.fresh(f"{name}/{what}_sum"), keepdims=1)
+            return b.node("Div", [total, count], b.fresh(f"{name}/{what}"))
+
+        centered = b.node("Sub", [x, mean(x, "mean")], b.fresh(name + "/centered"))
+        var = mean(b.node("Mul", [centered, centered], b.fresh(name + "/squared")), "var")
+        std = b.node("Sqrt", [b.node("Add", [var, b.const_scalar(a["eps"], dtype)], b.fresh(name + "/var_eps"))],
+                     b.fresh(name + "/std"))
+        normed = b.node("Div", [centered, std], b.fresh(name + "/normed"))
+        view = _affine_view(layer.shape, axes)
+        scaled = b.node("Mul", [normed, b.const_reshaped(weights["weight"], view)], b.fresh(name + "/scaled"))
+        return b.node("Add", [scaled, b.const_reshaped(weights["bias"], view)], name)
+
+    def torch_ref(self, attrs, inputs, weights):
+        # written from the definition, not with F.layer_norm
+        x, axes = inputs[0], attrs["axes"]
+        mean = x.mean(dim=axes, keepdim=True)
+        var = ((x - mean) ** 2).mean(dim=axes, keepdim=True)
+        view = _affine_view(tuple(x.shape), axes)
+        return (x - mean) / (var + attrs["eps"]).sqrt() * weights["weight"].reshape(view) \
+            + weights["bias"].reshape(view)
+
+    def torch_source(self, s):
+        return s.module()
+
+
+class _ChannelAffine(Op):
+    """x * weight[c] or x + bias[c] along the channel axis (1): a constant scale or shift per channel."""
+
+    min_rank = 2
+    category = "norm"
+    keeps_grid = True
+    weight_name = ""
+    init = ""
+
+    def normalize(self, args, shapes):
+        return {"channels": check_channels(shapes[0], self.name)}
+
+    def spec_args(self, attrs):
+        return {}
+
+    def infer_shape(self, attrs, shapes):
+        return tuple(shapes[0])
+
+    def weight_specs(self, attrs, shapes):
+        return {self.weight_name: WeightSpec((attrs["channels"],), init=self.init)}
+
+    def channel_vector(self, b, layer, weights) -> str:
+        return b.const_reshaped(weights[self.weight_name], (layer.attrs["channels"],) + (1,) * (len(layer.shape) - 2))
+
+    def view(self, x, weights):
+        return weights[self.weight_name].reshape((1, -1) + (1,) * (x.dim() - 2))
+
+    def torch_source(self, s):
+        return s.module()
+
+
+@register
+class Scale(_ChannelAffine):
+    name = "scale"
+    weight_name = "weight"
+    init = "bn_weight"
+    doc = "per-channel multiply by a learned vector weight [C] (layer scale, a constant Mul after a conv)"
+
+    def to_onnx(self, b, layer, inputs, weights):
+        return b.node("Mul", [inputs[0], self.channel_vector(b, layer, weights)], layer.name)
+
+    def torch_ref(self, attrs, inputs, weights):
+        return inputs[0] * self.view(inputs[0], weights)
+
+
+@register
+class Shift(_ChannelAffine):
+    name = "shift"
+    weight_name = "bias"
+    init = "bn_bias"
+    doc = "per-channel add of a learned vector bias [C] (a constant Add after a conv)"
+
+    def to_onnx(self, b, layer, inputs, weights):
+        return b.node("Add", [inputs[0], self.channel_vector(b, layer, weights)], layer.name)
+
+    def torch_ref(self, attrs, inputs, weights):
+        return inputs[0] + self.view(inputs[0], weights)

@@ -39,7 +39,7 @@ class Param:
     """A language argument of an op: name, kind and default (REQUIRED if none)."""
 
     name: str
-    kind: str  # int, float, number, bool, str, spatial, padding, scale, tensor
+    kind: str  # int, float, number, bool, str, spatial, padding, scale, ints (an int or a tuple of them), tensor
     default: Any = REQUIRED
     choices: tuple[str, ...] = ()
 
@@ -172,7 +172,7 @@ def all_ops() -> dict[str, Op]:
 
 
 def _load_all() -> None:
-    from cnncomp.ops import activation, conv, merge, norm, pool, tensor  # noqa: F401
+    from cnncomp.ops import activation, arrange, conv, merge, norm, pool, reduce, tensor  # noqa: F401
 
 
 # ---- helpers shared by op definitions ---------------------------------------
@@ -198,6 +198,20 @@ def normalize_axis(op_name: str, axis: int, rank: int, allow_end: bool = False) 
     if not -rank <= axis <= top:
         raise CnnError(f"{op_name}: axis {axis} is out of range for rank {rank}")
     return axis + rank if axis < 0 else axis
+
+
+def normalize_axes(op_name: str, axes, rank: int) -> tuple[int, ...]:
+    """An int or a tuple of axes (ints or tuples, the `ints` kind) as sorted non-negative indices, each once;
+    never the batch axis 0, which every layer keeps."""
+    values = axes if isinstance(axes, tuple) else (axes,)
+    if not values:
+        raise CnnError(f"{op_name}: axes must name at least one axis")
+    out = tuple(sorted(normalize_axis(op_name, a, rank) for a in values))
+    if len(set(out)) != len(out):
+        raise CnnError(f"{op_name}: axes {fmt_value(axes)} name an axis twice")
+    if 0 in out:
+        raise CnnError(f"{op_name}: axes {fmt_value(axes)} include the batch axis 0, which stays")
+    return out
 
 
 def sliding_window_step(attrs: dict[str, Any]) -> Window:

@@ -386,9 +386,23 @@ def linear(in_shape, out, bias=True):
     return module
 
 # @ prelu
-def prelu(in_shape, shared=False):
-    """`prelu`: an nn.PReLU with one slope per channel (one in all if shared)."""
-    module = nn.PReLU(1 if shared else in_shape[1])
+class ShapedPReLU(nn.Module):
+    """PReLU whose slope has any shape that broadcasts against the input without its batch."""
+
+    def __init__(self, shape):
+        super().__init__()
+        self.weight = nn.Parameter(torch.full(tuple(shape), 0.25))
+
+    def forward(self, x):
+        return torch.where(x >= 0, x, x * self.weight)
+
+
+def prelu(in_shape, shared=False, shape=None):
+    """`prelu`: an nn.PReLU with one slope per channel (one in all if shared), or slopes of `shape`."""
+    if shape is not None:
+        module = ShapedPReLU(shape if isinstance(shape, tuple) else (shape,))
+    else:
+        module = nn.PReLU(1 if shared else in_shape[1])
     module.out_shape = tuple(in_shape)
     return module
 
@@ -502,3 +516,91 @@ def pad(x, p, mode="constant", value=0.0):
     if mode != "constant":
         return F.pad(x, torch_pads(pads), mode=mode)
     return F.pad(x, torch_pads(pads), value=float(value))
+
+# @ hardsigmoid
+def hardsigmoid(x, alpha=1 / 6, beta=0.5):
+    """`hardsigmoid` with its own slope and offset: clip(alpha * x + beta, 0, 1)."""
+    return torch.clamp(x * alpha + beta, 0.0, 1.0)
+
+# @ shape_reduce
+def shape_reduce(shape, axes=(2, 3), keepdims=False):
+    """The output shape of mean and sum: the axes kept as 1 (keepdims) or dropped."""
+    axes = {a % len(shape) for a in (axes if isinstance(axes, tuple) else (axes,))}
+    if keepdims:
+        return tuple(1 if i in axes else n for i, n in enumerate(shape))
+    return tuple(n for i, n in enumerate(shape) if i not in axes)
+
+# @ shape_permute
+def shape_permute(shape, dims):
+    """The output shape of permute."""
+    return tuple(shape[d] for d in dims)
+
+# @ shape_split
+def shape_split(shape, sizes, axis=1, part=0):
+    """The output shape of one part of split."""
+    axis %= len(shape)
+    return tuple(shape[:axis]) + (sizes[part],) + tuple(shape[axis + 1 :])
+
+# @ split_part
+def split_part(x, sizes, axis=1, part=0):
+    """`split`: part `part` of x cut along axis into pieces of `sizes`."""
+    return torch.split(x, list(sizes), dim=axis)[part]
+
+# @ layer_norm
+class LayerNorm(nn.Module):
+    """Layer norm over `axes` (any axes after the batch: 1 is ConvNeXt's LayerNorm2d, trailing axes
+    nn.LayerNorm); weight and bias have the normalized shape."""
+
+    def __init__(self, in_shape, axes, eps):
+        super().__init__()
+        self.axes = tuple(sorted(a % len(in_shape) for a in axes))
+        self.eps = eps
+        normalized = tuple(in_shape[a] for a in self.axes)
+        self.weight = nn.Parameter(torch.ones(normalized))
+        self.bias = nn.Parameter(torch.zeros(normalized))
+        self.view = tuple(n if i in self.axes else 1 for i, n in enumerate(in_shape) if i > 0)
+        self.out_shape = tuple(in_shape)
+
+    def forward(self, x):
+        mean = x.mean(dim=self.axes, keepdim=True)
+        var = (x - mean).square().mean(dim=self.axes, keepdim=True)
+        return (x - mean) / torch.sqrt(var + self.eps) * self.weight.reshape(self.view) + self.bias.reshape(self.view)
+
+
+def layer_norm(in_shape, axes=1, eps=1e-5):
+    """`layer_norm`: a LayerNorm over `axes` for inputs of `in_shape`."""
+    return LayerNorm(in_shape, axes if isinstance(axes, tuple) else (axes,), eps)
+
+# @ scale
+class Scale(nn.Module):
+    """`scale`: x times a learned weight per channel (axis 1)."""
+
+    def __init__(self, in_shape):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(in_shape[1]))
+        self.out_shape = tuple(in_shape)
+
+    def forward(self, x):
+        return x * self.weight.reshape((-1,) + (1,) * (x.dim() - 2))
+
+
+def scale(in_shape):
+    """`scale`: a Scale for inputs of `in_shape`."""
+    return Scale(in_shape)
+
+# @ shift
+class Shift(nn.Module):
+    """`shift`: x plus a learned bias per channel (axis 1)."""
+
+    def __init__(self, in_shape):
+        super().__init__()
+        self.bias = nn.Parameter(torch.zeros(in_shape[1]))
+        self.out_shape = tuple(in_shape)
+
+    def forward(self, x):
+        return x + self.bias.reshape((-1,) + (1,) * (x.dim() - 2))
+
+
+def shift(in_shape):
+    """`shift`: a Shift for inputs of `in_shape`."""
+    return Shift(in_shape)

@@ -139,7 +139,28 @@ def draw_arg(ch, kind: str, param, shape: tuple):
         return _spatial(ch, rank, (0, 1, 2))
     if kind == "scale":
         return _spatial(ch, rank, (1, 2, 1.5, 0.5))
+    if kind == "ints":
+        return _draw_ints(ch, shape)
     return param.default
+
+
+def _draw_ints(ch, shape: tuple) -> tuple:
+    """Axes, a permutation or sizes: what an `ints` argument holds (reductions' axes, permute's dims,
+    split's sizes); the op's checks refuse the ones that do not fit."""
+    full = len(shape)
+    if full < 2:
+        return (1,)
+    pick = ch.integer(0, 2)
+    if pick == 0:  # a permutation that keeps the batch first
+        rest, dims = list(range(1, full)), [0]
+        while rest:
+            dims.append(rest.pop(ch.integer(0, len(rest) - 1)))
+        return tuple(dims)
+    c = shape[1] if isinstance(shape[1], int) else 1
+    if pick == 1 and c > 1:  # sizes that add up to the channels
+        cut = ch.integer(1, c - 1)
+        return (cut, c - cut)
+    return tuple(sorted({ch.integer(1, full - 1) for _ in range(ch.integer(1, 2))}))
 
 
 def _deform_offsets(ch, g: "Generator", x: str, args: dict) -> list[str] | None:
