@@ -64,9 +64,10 @@ def find_layers(m: OnnxModel) -> list[Match]:
             entry[0] += 1
             entry[1], entry[2] = node.name or node.output[0], reason  # walking backwards: keep the first
             continue
-        absorbed.update(id(n) for n in found.nodes)
-        live.update(name for n in found.nodes for name in n.input)
-        matches.append((position[id(node)], found))
+        for part in found if isinstance(found, list) else [found]:  # a Split is a layer per part
+            absorbed.update(id(n) for n in part.nodes)
+            live.update(name for n in part.nodes for name in n.input)
+            matches.append((position[id(node)], part))
     if unsupported:
         lines = [f"  {op}: {count} node{'s' if count > 1 else ''}, first '{first}': {reason}"
                  for op, (count, first, reason) in sorted(unsupported.items())]

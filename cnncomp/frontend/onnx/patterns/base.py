@@ -32,7 +32,7 @@ class Match:
         return self.nodes[-1]
 
 
-Matcher = Callable[[OnnxModel, onnx.NodeProto], Match | None]
+Matcher = Callable[[OnnxModel, onnx.NodeProto], "Match | list[Match] | None"]  # a list: a layer per output
 MATCHERS: dict[str, list[Matcher]] = {}
 
 
