@@ -119,6 +119,8 @@ CASES = {
                                 "relu6"),
     "tensor_sub_div_neg": (conv_then(Lambda(lambda x: -((x - torch.sigmoid(x)) / (torch.sigmoid(x) + 1)))),
                            (1, 3, 5, 5), "div", None),
+    "squeeze_head": (conv_then(Lambda(lambda x: x.mean((2, 3), keepdim=True).squeeze(-1).squeeze(-1))),
+                     (2, 3, 5, 5), "flatten", None),
     "permute_before_flatten": (FaceHead(), (2, 3, 6, 7), "permute((0, 3, 2, 1))", None),
     "conv_transpose_bias_apart": (Lambda(lambda x: F.conv_transpose2d(x, torch.linspace(-1, 1, 4 * 3 * 9).reshape(
         4, 3, 3, 3), stride=2) + torch.tensor([0.5, -0.25, 1.0]).reshape(1, 3, 1, 1)), (1, 4, 3, 3),
@@ -194,3 +196,17 @@ def test_a_constant_that_is_not_per_channel_is_refused_with_the_reason(tmp_path,
     with pytest.raises(CnnError) as err:
         import_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
     assert reason in err.value.message, err.value.message
+
+
+def test_refused_ops_say_the_nearest_thing_the_language_has(tmp_path):
+    nodes = [helper.make_node("ReduceMax", ["x"], ["m"], name="channel_max", axes=[1], keepdims=1),
+             helper.make_node("Unsqueeze", ["m", "axes"], ["y"], name="unsqueeze")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1, 1, 4, 4])],
+                              [onnx.numpy_helper.from_array(np.array([1], np.int64), "axes")])
+    with pytest.raises(CnnError) as err:
+        import_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    assert "ReduceMax: 1 node, first 'channel_max': no layer of the language computes it; nearest in the " \
+           "language: gmp (the max over the spatial axes)" in err.value.message, err.value.message
+    assert "Unsqueeze: 1 node, first 'unsqueeze': no layer of the language computes it; nearest in the " \
+           "language: no layer adds an axis" in err.value.message

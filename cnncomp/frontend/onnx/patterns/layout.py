@@ -20,6 +20,17 @@ def flatten(m: OnnxModel, node):
     return Match("flatten", {"axis": int(attrs_of(node).get("axis", 1))}, [node.input[0]], node.output[0], [node])
 
 
+@matcher("Squeeze")
+def squeeze(m: OnnxModel, node):
+    """Squeeze of [N, C, 1, ...] down to [N, C] -> flatten (the same values in the same order)."""
+    shape, out = m.shapes.get(node.input[0]), m.shapes.get(node.output[0])
+    if shape is None or out is None:
+        raise unknown_shape(m, node.input[0], "the shape of the Squeeze's input")
+    if len(out) == 2 and len(shape) > 2 and tuple(shape[:2]) == tuple(out) and all(d == 1 for d in shape[2:]):
+        return Match("flatten", {"axis": 1}, [node.input[0]], node.output[0], [node])
+    raise Unsupported(f"a Squeeze from {list(shape)} to {list(out)} is not a flatten of [N, C, 1, ...]")
+
+
 def reshape_target(m: OnnxModel, node) -> list[int | str] | None:
     """The Reshape's target with 0 and the batch marker resolved against its input's shape; None if unknown."""
     target = m.const(node.input[1])
