@@ -22,12 +22,16 @@ def flatten(m: OnnxModel, node):
 
 @matcher("Squeeze")
 def squeeze(m: OnnxModel, node):
-    """Squeeze of [N, C, 1, ...] down to [N, C] -> flatten (the same values in the same order)."""
-    shape, out = m.shapes.get(node.input[0]), m.shapes.get(node.output[0])
+    """Squeezes of [N, C, 1, ...] down to [N, C] (one or a chain: `.squeeze(-1).squeeze(-1)`) -> flatten."""
+    nodes, source = [node], node.input[0]
+    while (earlier := single(m, source, nodes[0], "Squeeze")) is not None:
+        nodes.insert(0, earlier)
+        source = earlier.input[0]
+    shape, out = m.shapes.get(source), m.shapes.get(node.output[0])
     if shape is None or out is None:
-        raise unknown_shape(m, node.input[0], "the shape of the Squeeze's input")
+        raise unknown_shape(m, source, "the shape of the Squeeze's input")
     if len(out) == 2 and len(shape) > 2 and tuple(shape[:2]) == tuple(out) and all(d == 1 for d in shape[2:]):
-        return Match("flatten", {"axis": 1}, [node.input[0]], node.output[0], [node])
+        return Match("flatten", {"axis": 1}, [source], node.output[0], nodes)
     raise Unsupported(f"a Squeeze from {list(shape)} to {list(out)} is not a flatten of [N, C, 1, ...]")
 
 
