@@ -131,3 +131,21 @@ def test_pools_share_one_window_base():
     assert {op.name for op in sliding_pools} >= {"maxpool", "avgpool", "minpool", "lppool"}
     assert len({type(op).infer_shape for op in sliding_pools}) == 1
     assert len({type(op).window for op in sliding_pools}) == 1
+
+
+def test_constant_affine_ops_compute_x_times_s_plus_t():
+    import numpy as np
+    import torch
+
+    x = torch.randn(2, 5, 3, 4, dtype=torch.float64)
+    vector = np.linspace(-1.0, 2.0, 5)
+    affine_ops = [n for n in OPS if type(all_ops()[n]).constant_affine is not Op.constant_affine]
+    assert set(affine_ops) == {"scale", "shift"}
+    for name in affine_ops:
+        op = all_ops()[name]
+        attrs, _, specs = op.instantiate({}, [tuple(x.shape)])
+        weights = {k: vector for k in specs}
+        s, t = op.constant_affine(attrs, weights)
+        got = op.torch_ref(attrs, [x], {k: torch.from_numpy(v) for k, v in weights.items()})
+        want = x * torch.from_numpy(s).reshape(1, -1, 1, 1) + torch.from_numpy(t).reshape(1, -1, 1, 1)
+        torch.testing.assert_close(got, want)

@@ -91,6 +91,7 @@ class _Binary(_Merge):
     """An element-wise merge of exactly two tensors, broadcasting like add and mul."""
 
     onnx_op = ""
+    combine = None  # the torch function: torch.sub, torch.div
 
     def infer_shape(self, attrs, shapes):
         if len(shapes) != 2:
@@ -100,29 +101,29 @@ class _Binary(_Merge):
     def to_onnx(self, b, layer, inputs, weights):
         return b.node(self.onnx_op, inputs, layer.name)
 
+    def torch_ref(self, attrs, inputs, weights):
+        return type(self).combine(inputs[0], inputs[1])
+
     def torch_source(self, s):
         shape = f"{s.helper('shape_broadcast')}({', '.join(o.shape for o in s.operands)})"
         return s.expression(f"torch.{self.name}({', '.join(o.fwd for o in s.operands)})", shape)
 
 
-@register
-class Sub(_Binary):
-    name = "sub"
-    onnx_op = "Sub"
-    doc = "element-wise difference a - b (broadcasting)"
+def _binary(name: str, onnx_op: str, torch_fn: str, doc: str) -> None:
+    """Register an element-wise merge of two tensors that is one ONNX op and one torch function."""
 
-    def torch_ref(self, attrs, inputs, weights):
-        return inputs[0] - inputs[1]
+    def combine(a, b):
+        import torch
+
+        return getattr(torch, torch_fn)(a, b)
+
+    register(type(name.title(), (_Binary,), {"name": name, "onnx_op": onnx_op, "doc": doc,
+                                             "combine": staticmethod(combine)}))
 
 
-@register
-class Div(_Binary):
-    name = "div"
-    onnx_op = "Div"
-    doc = "element-wise quotient a / b (broadcasting)"
-
-    def torch_ref(self, attrs, inputs, weights):
-        return inputs[0] / inputs[1]
+# name   ONNX op  torch function  doc
+_binary("sub", "Sub", "sub", "element-wise difference a - b (broadcasting)")
+_binary("div", "Div", "div", "element-wise quotient a / b (broadcasting)")
 
 
 @register

@@ -3,8 +3,6 @@ affine layers scale and shift."""
 
 from __future__ import annotations
 
-import math
-
 from cnncomp.errors import CnnError
 from cnncomp.ops.registry import Op, Param, WeightSpec, check_channels, normalize_axes, register
 
@@ -119,8 +117,8 @@ class LayerNorm(Op):
     """Layer norm over `axes`: (x - mean) / sqrt(var + eps) * weight + bias, the mean and the (biased)
     variance taken over `axes` at each position of the other axes; weight and bias have the
     normalized shape. axes=1 on [N, C, H, W] is ConvNeXt's LayerNorm2d (over channels at each
-    pixel); trailing axes are nn.LayerNorm. Lowered as LayerNormalization (opset 17) over trailing
-    axes, else written out (ReduceSum over a static count)."""
+    pixel); trailing axes are nn.LayerNorm. Lowered as LayerNormalization (opset 17), between two
+    Transposes where the axes are not trailing."""
 
     name = "layer_norm"
     params = (Param("axes", "ints", 1), Param("eps", "number", 1e-5))
@@ -149,28 +147,19 @@ class LayerNorm(Op):
         return {"weight": WeightSpec(shape, init="bn_weight"), "bias": WeightSpec(shape, init="bn_bias")}
 
     def to_onnx(self, b, layer, inputs, weights):
+        # LayerNormalization normalizes trailing axes (its epsilon an attribute, its statistics in float32 for
+        # a float16 input); other axes (1: a channel norm) are moved to the back and the result moved back
         a, x, rank = layer.attrs, inputs[0], len(layer.shape)
         axes = a["axes"]
+        b.require_opset(17, "layer_norm (LayerNormalization)")
+        ins = [x, weights["weight"], weights["bias"]]
         if axes == tuple(range(axes[0], rank)):
-            b.require_opset(17, "layer_norm (LayerNormalization)")
-            return b.node("LayerNormalization", [x, weights["weight"], weights["bias"]], layer.name,
-                          axis=axes[0], epsilon=a["eps"])
-        name, dtype = layer.name, layer.dtype
-        axes_const = b.const_int64(list(axes), name + "/axes")
-        count = b.const_scalar(float(math.prod(a["normalized_shape"])), dtype)
-
-        def mean(t: str, what: str) -> str:
-            total = b.node("ReduceSum", [t, axes_const], b.fresh(f"{name}/{what}_sum"), keepdims=1)
-            return b.node("Div", [total, count], b.fresh(f"{name}/{what}"))
-
-        centered = b.node("Sub", [x, mean(x, "mean")], b.fresh(name + "/centered"))
-        var = mean(b.node("Mul", [centered, centered], b.fresh(name + "/squared")), "var")
-        std = b.node("Sqrt", [b.node("Add", [var, b.const_scalar(a["eps"], dtype)], b.fresh(name + "/var_eps"))],
-                     b.fresh(name + "/std"))
-        normed = b.node("Div", [centered, std], b.fresh(name + "/normed"))
-        view = _affine_view(layer.shape, axes)
-        scaled = b.node("Mul", [normed, b.const_reshaped(weights["weight"], view)], b.fresh(name + "/scaled"))
-        return b.node("Add", [scaled, b.const_reshaped(weights["bias"], view)], name)
+            return b.node("LayerNormalization", ins, layer.name, axis=axes[0], epsilon=a["eps"])
+        perm = [i for i in range(rank) if i not in axes] + list(axes)
+        ins[0] = b.node("Transpose", [x], b.fresh(layer.name + "/axes_last"), perm=perm)
+        normed = b.node("LayerNormalization", ins, b.fresh(layer.name + "/normed"), axis=rank - len(axes),
+                        epsilon=a["eps"])
+        return b.node("Transpose", [normed], layer.name, perm=[perm.index(i) for i in range(rank)])
 
     def torch_ref(self, attrs, inputs, weights):
         # written from the definition, not with F.layer_norm
@@ -191,8 +180,10 @@ class _ChannelAffine(Op):
     min_rank = 2
     category = "norm"
     keeps_grid = True
-    weight_name = ""
+    weight_name = ""  # its one weight: weight (scale) or bias (shift)
     init = ""
+    onnx_op = ""  # Mul or Add
+    combine = None  # the same in torch: torch.mul, torch.add
 
     def normalize(self, args, shapes):
         return {"channels": check_channels(shapes[0], self.name)}
@@ -206,39 +197,40 @@ class _ChannelAffine(Op):
     def weight_specs(self, attrs, shapes):
         return {self.weight_name: WeightSpec((attrs["channels"],), init=self.init)}
 
-    def channel_vector(self, b, layer, weights) -> str:
-        return b.const_reshaped(weights[self.weight_name], (layer.attrs["channels"],) + (1,) * (len(layer.shape) - 2))
+    def to_onnx(self, b, layer, inputs, weights):
+        vector = b.const_reshaped(weights[self.weight_name],
+                                  (layer.attrs["channels"],) + (1,) * (len(layer.shape) - 2))
+        return b.node(self.onnx_op, [inputs[0], vector], layer.name)
 
-    def view(self, x, weights):
-        return weights[self.weight_name].reshape((1, -1) + (1,) * (x.dim() - 2))
+    def torch_ref(self, attrs, inputs, weights):
+        x = inputs[0]
+        return type(self).combine(x, weights[self.weight_name].reshape((1, -1) + (1,) * (x.dim() - 2)))
+
+    def constant_affine(self, attrs, weights):
+        import numpy as np
+
+        vector = np.asarray(weights[self.weight_name], np.float64)
+        if self.onnx_op == "Mul":
+            return vector, np.zeros_like(vector)
+        return np.ones_like(vector), vector
 
     def torch_source(self, s):
         return s.module()
 
 
-@register
-class Scale(_ChannelAffine):
-    name = "scale"
-    weight_name = "weight"
-    init = "bn_weight"
-    doc = "per-channel multiply by a learned vector weight [C] (layer scale, a constant Mul after a conv)"
+def _channel_affine(name: str, weight_name: str, init: str, onnx_op: str, torch_fn: str, doc: str) -> None:
+    def combine(x, vector):
+        import torch
 
-    def to_onnx(self, b, layer, inputs, weights):
-        return b.node("Mul", [inputs[0], self.channel_vector(b, layer, weights)], layer.name)
+        return getattr(torch, torch_fn)(x, vector)
 
-    def torch_ref(self, attrs, inputs, weights):
-        return inputs[0] * self.view(inputs[0], weights)
+    register(type(name.title(), (_ChannelAffine,), {
+        "name": name, "weight_name": weight_name, "init": init, "onnx_op": onnx_op, "doc": doc,
+        "combine": staticmethod(combine)}))
 
 
-@register
-class Shift(_ChannelAffine):
-    name = "shift"
-    weight_name = "bias"
-    init = "bn_bias"
-    doc = "per-channel add of a learned vector bias [C] (a constant Add after a conv)"
-
-    def to_onnx(self, b, layer, inputs, weights):
-        return b.node("Add", [inputs[0], self.channel_vector(b, layer, weights)], layer.name)
-
-    def torch_ref(self, attrs, inputs, weights):
-        return inputs[0] + self.view(inputs[0], weights)
+# name     weight    initializer  ONNX   torch  doc
+_channel_affine("scale", "weight", "bn_weight", "Mul", "mul",
+                "per-channel multiply by a learned vector weight [C] (layer scale, a constant Mul after a conv)")
+_channel_affine("shift", "bias", "bn_bias", "Add", "add",
+                "per-channel add of a learned vector bias [C] (a constant Add after a conv)")

@@ -87,6 +87,11 @@ class Op:
     folds_bn: bool = False
     folds_bn_before: bool = False
 
+    def constant_affine(self, attrs: dict[str, Any], weights: dict[str, np.ndarray]):
+        """(s, t), float64 vectors over the channels (axis 1), when the layer computes x * s + t from its weights
+        alone (scale, shift: the fold-scale-shift pass folds it into a conv or linear beside it); else None."""
+        return None
+
     def channel_axis(self, attrs: dict[str, Any], rank: int) -> int | None:
         """The axis of the input and output tensors that the weight's channel axes index (folds_bn ops)."""
         return None
@@ -172,7 +177,7 @@ def all_ops() -> dict[str, Op]:
 
 
 def _load_all() -> None:
-    from cnncomp.ops import activation, arrange, conv, merge, norm, pool, reduce, tensor  # noqa: F401
+    from cnncomp.ops import activation, arrange, conv, merge, norm, pool, reduce, resize, tensor  # noqa: F401
 
 
 # ---- helpers shared by op definitions ---------------------------------------

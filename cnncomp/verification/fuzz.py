@@ -48,6 +48,10 @@ NOT_GENERATED: dict[str, str] = {}
 ARGUMENT_CHOICES: dict[tuple[str, str], tuple[tuple, str]] = {
     ("lppool", "norm"): ((1, 2, 3, 4), "|x|^norm underflows float32 for a large norm (|x|^27 < 1e-38 when "
                                        "|x| < 0.04): a precision limit of LpPool, not a compiler bug"),
+    ("upsample", "rounding"): ((None, "round_prefer_floor", "round_prefer_ceil"),
+                               "floor or ceil of a coordinate that is a whole number in exact arithmetic falls "
+                               "either way in ONNX Runtime's float32 (it floors 7 * 0.5 - 0.5 to 2): an ambiguity "
+                               "of Resize's rule at ties, not a compiler bug"),
 }
 
 # Configurations a case is compiled with: (label, opt level or pass list).
@@ -178,6 +182,17 @@ def _deform_offsets(ch, g: "Generator", x: str, args: dict) -> list[str] | None:
 TENSOR_RECIPES = {"deform_conv": _deform_offsets}
 
 
+def _away_from_zero(g: "Generator", inputs: list[str]) -> list[str] | None:
+    """div's divisor clipped to [0.5, inf): a quotient by (nearly) zero is inf or NaN, and NaN's way through
+    a max pool differs between runtimes (a finding about NaN, not about the compiler)."""
+    divisor = g.add("clip", {"min": 0.5}, [inputs[1]])
+    return [inputs[0], divisor] if divisor else None
+
+
+# merge name -> a function that puts its operands in the op's domain (after _merge_partners drew them)
+OPERAND_RECIPES = {"div": _away_from_zero}
+
+
 # ---- the generator ---------------------------------------------------------------------------
 
 @dataclass
@@ -302,6 +317,10 @@ def _try_layer(g: Generator, op_name: str, source: str | None = None) -> str | N
     inputs = [source]
     if op.variadic:
         inputs += _merge_partners(g, op, source, args)
+        if op_name in OPERAND_RECIPES:
+            inputs = OPERAND_RECIPES[op_name](g, inputs)
+            if inputs is None:
+                return None
     elif op_name in TENSOR_RECIPES:
         extra = TENSOR_RECIPES[op_name](ch, g, source, args)
         if extra is None:
