@@ -210,3 +210,28 @@ def test_refused_ops_say_the_nearest_thing_the_language_has(tmp_path):
            "language: gmp (the max over the spatial axes)" in err.value.message, err.value.message
     assert "Unsqueeze: 1 node, first 'unsqueeze': no layer of the language computes it; nearest in the " \
            "language: no layer adds an axis" in err.value.message
+
+
+@pytest.mark.parametrize("mode, coordinates, nearest_mode, expected", [
+    ("nearest", "half_pixel", "round_prefer_ceil", 'mode="nearest-exact"'),  # PyTorch's nearest-exact
+    ("nearest", "half_pixel", "round_prefer_floor", 'coordinates="half_pixel", rounding="round_prefer_floor"'),
+    ("nearest", "asymmetric", "round_prefer_floor", 'coordinates="asymmetric"'),  # TensorFlow's
+    ("linear", "asymmetric", None, 'coordinates="asymmetric"'),
+])
+def test_resize_variants_of_other_exporters(tmp_path, mode, coordinates, nearest_mode, expected):
+    attrs = {"mode": mode, "coordinate_transformation_mode": coordinates}
+    if nearest_mode:
+        attrs["nearest_mode"] = nearest_mode
+    node = helper.make_node("Resize", ["x", "", "scales"], ["y"], name="resize", **attrs)
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 5, 6])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 10, 18])],
+                              [onnx.numpy_helper.from_array(np.array([1, 1, 2, 3], np.float32), "scales")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.save(model, str(tmp_path / "m.onnx"))
+    result = cnncomp.import_onnx(tmp_path / "m.onnx", tmp_path / "m.cnn")
+    assert expected in result.text, result.text
+    compiled = cnncomp.compile(tmp_path / "m.cnn", weights=tmp_path / "m.safetensors", opt_level=0)
+    x = np.random.default_rng(0).standard_normal((1, 2, 5, 6)).astype(np.float32)
+    run = [ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+           for m in (model, compiled)]
+    np.testing.assert_allclose(run[1], run[0], rtol=1e-6, atol=1e-6)

@@ -184,12 +184,19 @@ def resize(m: OnnxModel, node):
             raise Unsupported(f"it resizes to sizes {target}, which upsample(scale=) cannot say")
     else:
         raise Unsupported("its scales and sizes are computed at run time")
+    nearest_mode = a.get("nearest_mode", "round_prefer_floor")
     if mode == "nearest":
-        if coord not in ("asymmetric",) or a.get("nearest_mode", "round_prefer_floor") != "floor":
+        if coord == "asymmetric" and nearest_mode == "floor":
+            args["mode"] = "nearest"  # F.interpolate's nearest
+        elif coord == "half_pixel" and nearest_mode == "round_prefer_ceil" and \
+                has_param_choice("upsample", "mode", "nearest-exact"):
+            args["mode"] = "nearest-exact"  # F.interpolate's nearest-exact
+        elif has_param_choice("upsample", "coordinates", coord) and has_param_choice("upsample", "rounding",
+                                                                                    nearest_mode):
+            args.update(mode="nearest", coordinates=coord, rounding=nearest_mode)
+        else:
             raise Unsupported(f"nearest with coordinate_transformation_mode={coord} and nearest_mode="
-                              f"{a.get('nearest_mode', 'round_prefer_floor')} is not F.interpolate's nearest "
-                              "(asymmetric, floor)")
-        args["mode"] = "nearest"
+                              f"{nearest_mode} is not F.interpolate's nearest (asymmetric, floor)")
     elif mode in ("linear", "cubic"):
         if mode == "cubic" and (abs(a.get("cubic_coeff_a", -0.75) + 0.75) > 1e-6 or a.get("exclude_outside", 0)):
             raise Unsupported("cubic Resize with coefficients other than PyTorch's (a=-0.75)")
@@ -201,6 +208,9 @@ def resize(m: OnnxModel, node):
                 raise Unsupported("align_corners Resize maps to upsample(align_corners=true), which this "
                                   "cnncomp does not have yet")
             args["align_corners"] = True
+        elif coord in ("asymmetric", "half_pixel_symmetric") and mode == "linear" and \
+                has_param_choice("upsample", "coordinates", coord):
+            args["coordinates"] = coord
         elif coord not in ("pytorch_half_pixel", "half_pixel"):
             raise Unsupported(f"coordinate_transformation_mode={coord} is not one of F.interpolate's")
     else:
