@@ -2,6 +2,7 @@
 
     python tools/zoo_table.py                     # every model; the markdown table on standard output
     python tools/zoo_table.py --only mixnet,tv:resnet --json zoo.json
+    python tools/zoo_table.py --table tv.json timm.json   # the table of earlier runs (models of today's tier)
 
 Needs torchvision and timm importable, or installed by `python tools/install_zoo.py` (see docs/import.md,
 "The zoo tier"). Each model runs in this process, one after another, in a fresh temporary folder.
@@ -33,6 +34,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", help="comma-separated substrings of model names (tv:resnet18, timm:mixnet_s)")
     parser.add_argument("--json", help="write every result as JSON here")
+    parser.add_argument("--table", nargs="+", help="print the table of these --json files instead of running")
     args = parser.parse_args(argv)
     tv, timm, why = zoo.load_zoo()
     if tv is None and timm is None:
@@ -42,6 +44,11 @@ def main(argv=None) -> int:
     if args.only:
         wanted = args.only.split(",")
         models = [m for m in models if any(w in m.name for w in wanted)]
+    if args.table:
+        tier = {m.name for m in models}
+        earlier = [zoo.RoundTrip(**r) for f in args.table for r in json.loads(Path(f).read_text())]
+        print_table([r for r in earlier if r.name in tier])
+        return 0
     results = []
     for zm in models:
         with tempfile.TemporaryDirectory() as folder:
@@ -51,6 +58,11 @@ def main(argv=None) -> int:
         print(f"{r.name}: {status} ({r.seconds:.1f} s)", file=sys.stderr, flush=True)
         if args.json:
             Path(args.json).write_text(json.dumps([vars(x) for x in results], indent=1, default=str))
+    print_table(results)
+    return 0
+
+
+def print_table(results: list) -> None:
     skipped = [r for r in results if r.skipped]
     results = [r for r in results if not r.skipped]
     ok = sum(r.ok for r in results)
@@ -63,7 +75,6 @@ def main(argv=None) -> int:
     print(f"\n{ok} of {len(results)} round-trip ({100 * ok / max(1, len(results)):.1f}%).")
     if skipped:
         print("Left out: " + ", ".join(f"{r.name} ({r.skipped})" for r in skipped) + ".")
-    return 0
 
 
 if __name__ == "__main__":

@@ -92,19 +92,23 @@ def _dist_version(name: str) -> str:
 # torchvision models that are not CNNs (attention throughout): outside the tier, listed in the table as such
 NOT_CNN = ("vit_", "swin_", "maxvit_")
 
+# timm's hybrids with attention blocks (self-attention, halo, lambda, linear attention: products of two
+# computed matrices) are outside the tier like torchvision's transformers
+NOT_CNN_TIMM = ["bat_resnext26ts", "halonet26t", "botnet26t_256", "sebotnet33ts_256", "lambda_resnet26t",
+                "mobilevit_xxs", "edgenext_xx_small", "coatnet_0_rw_224", "efficientvit_b0"]
+
 # timm: one or two members of each CNN family (the smallest), at SIZE x SIZE
 TIMM = [
     "resnet18d", "resnet26t", "resnext26ts", "seresnext26d_32x4d", "ecaresnet26t", "skresnet18", "resnest14d",
-    "res2net50_14w_8s", "res2next50", "cspresnet50", "cspdarknet53", "darknet17", "dla34", "dpn48b",
-    "densenet121", "efficientnet_b0", "tf_efficientnet_lite0", "tf_efficientnet_b0", "efficientnetv2_rw_t",
-    "mixnet_s", "tf_mixnet_s", "mnasnet_small", "mobilenetv2_035", "mobilenetv3_small_050", "tf_mobilenetv3_small_075",
+    "res2net50_14w_8s", "res2next50", "cspresnet50", "cspdarknet53", "darknet17", "dla34", "dpn48b", "densenet121",
+    "efficientnet_b0", "tf_efficientnet_lite0", "tf_efficientnet_b0", "efficientnetv2_rw_t", "mixnet_s",
+    "tf_mixnet_s", "mnasnet_small", "mobilenetv2_035", "mobilenetv3_small_050", "tf_mobilenetv3_small_075",
     "lcnet_050", "fbnetc_100", "spnasnet_100", "ghostnet_050", "hrnet_w18_small", "regnetx_002", "regnety_002",
     "rexnet_100", "selecsls42b", "tinynet_e", "convnext_atto", "convnextv2_atto", "nf_resnet26", "nfnet_l0",
     "dm_nfnet_f0", "vgg11", "repvgg_a0", "resnetv2_50", "gernet_s", "hardcorenas_a", "inception_v3", "xception41",
     "legacy_seresnet18", "cs3darknet_s", "cspresnext50", "mobileone_s0", "fastvit_t8", "ese_vovnet19b_dw",
-    "tresnet_m", "efficientvit_b0", "ghostnetv2_100", "repghostnet_050", "resnet50_gn", "bat_resnext26ts",
-    "halonet26t", "botnet26t_256", "sebotnet33ts_256", "lambda_resnet26t", "mobilevit_xxs", "edgenext_xx_small",
-    "coatnet_0_rw_224", "inception_next_atto", "poolformer_s12", "vovnet39a",
+    "tresnet_m", "ghostnetv2_100", "repghostnet_050", "resnet50_gn", "inception_next_atto", "poolformer_s12",
+    "vovnet39a",
 ]
 
 

@@ -108,10 +108,16 @@ def layer_norm(m: OnnxModel, node):
     if axis == 0:
         raise Unsupported("it normalizes over the batch axis")
     normalized = tuple(shape[axis:])
+    if not all(isinstance(d, int) for d in normalized):
+        raise unknown_shape(m, node.input[0], f"dims {axis}.. of the LayerNormalization's input")
     scale = const_input(m, node, 1, "scale")
     bias = const_input(m, node, 2, "bias")
-    weight = np.broadcast_to(scale, normalized).astype(np.float32)
-    shift = np.zeros(normalized, np.float32) if bias is None else np.broadcast_to(bias, normalized)
+    try:
+        weight = np.broadcast_to(scale, normalized).astype(np.float32)
+        shift = np.zeros(normalized, np.float32) if bias is None else np.broadcast_to(bias, normalized)
+    except ValueError:
+        raise Unsupported(f"its scale {list(scale.shape)} or bias does not fit the normalized dims "
+                          f"{list(normalized)}") from None
     args = {"axes": compact(tuple(range(axis, rank))), "eps": round_float(float(a.get("epsilon", 1e-5)))}
     return Match("layer_norm", args, [node.input[0]], node.output[0], [node],
                  {"weight": weight.copy(), "bias": np.asarray(shift, np.float32).copy()})
