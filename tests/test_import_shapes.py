@@ -66,7 +66,21 @@ class ShuffleUnit(nn.Module):
         return channel_shuffle(torch.cat((x1, self.branch2(x2)), dim=1), 2)
 
 
+class GhostGate(nn.Module):
+    """timm's GhostNetV2 gate: a map computed at half size, resized to x.shape[-2:] (sizes from a Shape)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 3, padding=1)
+
+    def forward(self, x):
+        gate = torch.sigmoid(self.conv(F.avg_pool2d(x, 2)))
+        y = x * F.interpolate(gate, size=(x.shape[-2], x.shape[-1]), mode="nearest")
+        return y.view(y.size(0), -1)  # reads the batch after the Resize
+
+
 MODELS = {
+    "resize_to_shape": GhostGate,
     "same_padding": lambda: nn.Sequential(SameConv(3, 8, 3, stride=2), nn.ReLU(), SameConv(8, 8, 5, stride=2,
                                                                                           groups=8),
                                           SameConv(8, 4, 5, stride=2)),
@@ -86,16 +100,20 @@ def export_dynamic(module, x, path) -> None:
 def test_computed_pads_and_chunks_import_with_a_dynamic_batch(case, tmp_path):
     torch.manual_seed(0)
     module = MODELS[case]().eval()
-    x = torch.randn(2, 3, 13, 11, generator=torch.Generator().manual_seed(1))
+    x = torch.randn(2, 3, 12 if case == "resize_to_shape" else 13, 11 if case != "resize_to_shape" else 10,
+                    generator=torch.Generator().manual_seed(1))
     export_dynamic(module, x, tmp_path / "m.onnx")
     ops = {n.op_type for n in onnx.load(str(tmp_path / "m.onnx")).graph.node}
     assert "Shape" in ops  # the sizes are computed in the graph, as the zoos' exports compute them
     result = cnncomp.import_onnx(tmp_path / "m.onnx", tmp_path / "m.cnn")
-    assert "input x: [N, 3, 13, 11]" in result.text, result.text
+    assert f"input x: [N, 3, {x.shape[2]}, {x.shape[3]}]" in result.text, result.text
+    ops = [layer.op for layer in result.graph.layers()]
     if case == "shuffle_units":
-        assert [layer.op for layer in result.graph.layers()].count("shuffle") == 3, result.text
-    else:
+        assert ops.count("shuffle") == 3, result.text
+    elif case == "same_padding":
         assert "pad(" in result.text and "conv(4, 5, s=2)" in result.text, result.text
+    else:
+        assert "upsample" in ops and "flatten" in ops, result.text
     compiled = cnncomp.compile(tmp_path / "m.cnn", weights=tmp_path / "m.safetensors", opt_level=1)
     session = ort.InferenceSession(compiled.SerializeToString(), providers=["CPUExecutionProvider"])
     for batch in (x, torch.cat([x, x.flip(0), x])):  # the batch stays dynamic

@@ -193,7 +193,8 @@ class OnnxModel:
         ONNX does not cancel a symbolic dim against itself, so `x.view(n, -1, h, w)` with a dynamic batch `n`
         loses its channels: a Reshape to a folded target is worked out when the target keeps each symbolic dim
         of the input where it was (the marker at a symbolic dim's place), so that the known dims alone give
-        the -1. A Resize by constant scales loses a symbolic dim even where it scales it by 1: kept."""
+        the -1. A Resize by constant scales loses a symbolic dim even where it scales it by 1, and one to sizes
+        read from a Shape (`F.interpolate(x, size=y.shape[-2:])`) loses it too: kept."""
         out = {}
         for node in self.nodes:
             if id(node) in self.folded or self.shape_known(node.output[0]):
@@ -201,13 +202,19 @@ class OnnxModel:
             if node.op_type == "Resize":
                 shape = self.shapes.get(node.input[0])
                 scales = self.const(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+                sizes = self.const(node.input[3]) if len(node.input) > 3 and node.input[3] else None
                 got = self.shapes.get(node.output[0])
-                if shape is not None and scales is not None and got is not None and len(got) == len(shape) \
+                dims = None
+                if shape is not None and sizes is not None and sizes.size == len(shape):
+                    # sizes computed from a Shape: the marker where they keep the input's symbolic dim
+                    dims = tuple(d if t == SYMBOLIC_DIM and isinstance(d, str) else int(t)
+                                 for d, t in zip(shape, sizes.tolist()))
+                elif shape is not None and scales is not None and got is not None and len(got) == len(shape) \
                         and scales.size == len(shape):
                     dims = tuple(d if g is None and isinstance(d, str) and s == 1 else g
                                  for d, g, s in zip(shape, got, scales.tolist()))
-                    if all(d is not None for d in dims):
-                        out[node.output[0]] = dims
+                if dims is not None and all(d is not None and d != SYMBOLIC_DIM for d in dims):
+                    out[node.output[0]] = dims
                 continue
             if node.op_type != "Reshape":
                 continue
