@@ -98,6 +98,19 @@ class FaceHead(nn.Module):
         return self.fc(self.conv(x).permute(0, 3, 2, 1).flatten(1))
 
 
+class Eca(nn.Module):
+    """timm's EcaModule: a 1-D conv over the channels of the pooled means, a sigmoid gate."""
+
+    def __init__(self, k: int = 3):
+        super().__init__()
+        self.conv = nn.Conv1d(1, 1, k, padding=(k - 1) // 2, bias=False)
+
+    def forward(self, x):
+        y = x.mean((2, 3)).view(x.shape[0], 1, -1)
+        y = torch.sigmoid(self.conv(y)).view(x.shape[0], -1, 1, 1)
+        return x * y.expand_as(x)
+
+
 # name: (module, input shape, text the import must contain, text it must not contain)
 CASES = {
     "se_block_gap_expand": (conv_then(SqueezeExcite()), (1, 3, 7, 7), "gap", "Expand"),
@@ -119,6 +132,7 @@ CASES = {
                                 "relu6"),
     "tensor_sub_div_neg": (conv_then(Lambda(lambda x: -((x - torch.sigmoid(x)) / (torch.sigmoid(x) + 1)))),
                            (1, 3, 5, 5), "div", None),
+    "eca": (nn.Sequential(nn.Conv2d(3, 6, 3), Eca(5)), (2, 3, 6, 6), "conv(6, 1, bias=false)", None),
     "squeeze_head": (conv_then(Lambda(lambda x: x.mean((2, 3), keepdim=True).squeeze(-1).squeeze(-1))),
                      (2, 3, 5, 5), "flatten", None),
     "permute_before_flatten": (FaceHead(), (2, 3, 6, 7), "permute((0, 3, 2, 1))", None),

@@ -54,7 +54,9 @@ def reshape_target(m: OnnxModel, node) -> list[int | str] | None:
 
 @matcher("Reshape")
 def reshape(m: OnnxModel, node):
-    for pattern in (_shuffle, _pixel_shuffle):
+    from cnncomp.frontend.onnx.patterns.channel_conv import eca
+
+    for pattern in (_shuffle, _pixel_shuffle, eca):
         found = pattern(m, node)
         if found is not None:
             return found
