@@ -97,10 +97,6 @@ class OnnxModel:
             return None
         return node
 
-    def data_inputs(self, node: onnx.NodeProto) -> list[str]:
-        """The inputs of a node that are computed tensors, not constants."""
-        return [n for n in node.input if n and not self.is_const(n)]
-
     def shape_known(self, tensor: str) -> bool:
         """Whether every dim of the tensor is inferred (a number, or a symbolic dim of the inputs)."""
         shape = self.shapes.get(tensor)
