@@ -263,10 +263,13 @@ def one_node_model(path: Path, node, in_shape, out_shape, initializers=()) -> No
      "DCR mode orders channels unlike pixel_shuffle"),
     (helper.make_node("SpaceToDepth", ["x"], ["y"], name="s2d", blocksize=2), [1, 2, 4, 4], [1, 8, 2, 2],
      "block offset before the channel"),
-    (helper.make_node("Clip", ["x", "lo", "hi"], ["y"], name="clip"), [1, 2, 4, 4], [1, 2, 4, 4],
-     "neither relu6 (0, 6) nor relu"),
+    (helper.make_node("Clip", ["x", "x"], ["y"], name="clip"), [1, 2, 4, 4], [1, 2, 4, 4],
+     "its minimum is computed at run time"),  # a Clip with constant bounds is a clip layer now
+    (helper.make_node("Transpose", ["x"], ["y"], name="tr", perm=[1, 0, 2, 3]), [1, 2, 4, 4], [2, 1, 4, 4],
+     "moves the batch axis; permute keeps it first"),
     (helper.make_node("MatMul", ["x", "x"], ["y"], name="mm"), [4, 4], [4, 4], "constant 2-D weight"),
-    (helper.make_node("Resize", ["x", "", "scales"], ["y"], name="rs", mode="nearest"), [1, 2, 4, 4], [1, 2, 8, 8],
+    (helper.make_node("Resize", ["x", "", "scales"], ["y"], name="rs", mode="nearest",  # other nearest modes read
+                      coordinate_transformation_mode="tf_crop_and_resize"), [1, 2, 4, 4], [1, 2, 8, 8],
      "not F.interpolate's nearest"),
 ])
 def test_refused_patterns_say_why(tmp_path, node, in_shape, out_shape, reason):

@@ -17,7 +17,7 @@ import onnx
 from cnncomp.errors import CnnError
 from cnncomp.frontend.onnx.model import OnnxModel
 from cnncomp.frontend.onnx.naming import Namer
-from cnncomp.frontend.onnx.patterns import MATCHERS, Match, Unsupported
+from cnncomp.frontend.onnx.patterns import MATCHERS, NEAREST, Match, Unsupported
 from cnncomp.ir.graph import Layer, LayerGraph, unique_name
 from cnncomp.ops.registry import fmt_shape, get_op
 
@@ -64,11 +64,13 @@ def find_layers(m: OnnxModel) -> list[Match]:
             entry[0] += 1
             entry[1], entry[2] = node.name or node.output[0], reason  # walking backwards: keep the first
             continue
-        absorbed.update(id(n) for n in found.nodes)
-        live.update(name for n in found.nodes for name in n.input)
-        matches.append((position[id(node)], found))
+        for part in found if isinstance(found, list) else [found]:  # a Split is a layer per part
+            absorbed.update(id(n) for n in part.nodes)
+            live.update(name for n in part.nodes for name in n.input)
+            matches.append((position[id(node)], part))
     if unsupported:
         lines = [f"  {op}: {count} node{'s' if count > 1 else ''}, first '{first}': {reason}"
+                 + (f"; nearest in the language: {NEAREST[op]}" if op in NEAREST else "")
                  for op, (count, first, reason) in sorted(unsupported.items())]
         total = sum(c for c, _, _ in unsupported.values())
         raise CnnError(f"{m.source}: {total} node{'s' if total > 1 else ''} of {len(unsupported)} op "

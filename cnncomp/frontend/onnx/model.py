@@ -1,12 +1,18 @@
 """An ONNX model seen by the importer: producers, consumers, shapes and constants.
 
 Loading brings the model to a known opset (`onnx.version_converter`, from 11 up
-to `TARGET_OPSET`), runs ONNX shape inference, and constant-folds every node
-whose inputs are all known: initializers, `Constant` nodes, and `Shape` of a
-tensor whose shape is inferred. A symbolic dim (the batch `N`) folds to the
-marker `SYMBOLIC_DIM`, so a shape subgraph such as
+to `TARGET_OPSET`), then alternates ONNX shape inference and constant folding
+until neither learns more: folding computes every node whose inputs are all
+known (initializers, `Constant` nodes, and `Shape` of a tensor whose dims are
+inferred), and the folded values, put back into the graph as initializers,
+let inference see shapes that a computed `Slice` or `Pad` had hidden (timm's
+dynamic "same" padding, `chunk`). A dim declared symbolic on a graph input
+(the batch `N`) folds to the marker `SYMBOLIC_DIM`, so a shape subgraph such as
 `Shape -> Gather(0) -> Unsqueeze -> Concat([., -1]) -> Reshape` folds to the
-target `[SYMBOLIC_DIM, -1]`, which the patterns read as "keep the batch".
+target `[SYMBOLIC_DIM, -1]`, which the patterns read as "keep the batch". The
+marker only travels through nodes that move values (Gather, Concat, ...): no
+arithmetic is done on it. A dim that inference could not work out is None,
+never the marker; `shape_blocker` names the node where inference lost it.
 Folding runs each node alone through onnx's reference evaluator.
 """
 
@@ -24,6 +30,10 @@ MIN_OPSET = 11
 TARGET_OPSET = 17  # the exporters' usual opset; newer models keep theirs when they use newer ops
 SYMBOLIC_DIM = 2_147_483_629  # a dynamic dim inside folded shape values (a large prime no real dim has)
 MAX_FOLDED_ELEMENTS = 1 << 26  # fold nothing larger: a model would not compute its shapes with more
+# Ops that move values without computing on them: the only ones that fold an input holding SYMBOLIC_DIM
+# (arithmetic on the marker would make a number that looks like a real dim).
+_MARKER_SAFE = {"Gather", "Concat", "Unsqueeze", "Squeeze", "Slice", "Identity", "Reshape", "Flatten", "Cast",
+                "Shape", "Size", "Transpose"}
 
 
 class OnnxModel:
@@ -49,9 +59,19 @@ class OnnxModel:
         init = self.initializer_names
         self.inputs = [i for i in graph.input if i.name not in init]
         self.outputs = [o.name for o in graph.output]
-        self.shapes, self.dtypes = _inferred_shapes(self.model)
+        self.symbolic = {d.dim_param for i in self.inputs for d in i.type.tensor_type.shape.dim if d.dim_param}
         self.folded: set[int] = set()  # id() of nodes whose outputs are all constants now
+        self.shapes, self.dtypes = _inferred_shapes(_light_model(self.model), self.symbolic)
         self._fold_constants()
+        self.reshaped: dict[str, tuple] = {}  # Reshape and Resize outputs whose shapes the importer worked out
+        while True:  # folded values can reveal shapes: infer again until stable (each round folds more or stops)
+            self.reshaped.update(self._worked_out_shapes())
+            shapes, dtypes = _inferred_shapes(self._with_folded_values(), self.symbolic)
+            shapes.update(self.reshaped)  # a graph output's declared shape hides them from inference
+            if shapes == self.shapes:
+                break
+            self.shapes, self.dtypes = shapes, dtypes
+            self._fold_constants()
 
     # ---- reading --------------------------------------------------------
 
@@ -77,27 +97,62 @@ class OnnxModel:
             return None
         return node
 
+    def shape_known(self, tensor: str) -> bool:
+        """Whether every dim of the tensor is inferred (a number, or a symbolic dim of the inputs)."""
+        shape = self.shapes.get(tensor)
+        return shape is not None and all(d is not None for d in shape)
+
+    def shape_blocker(self, tensor: str) -> onnx.NodeProto | None:
+        """The first node, going back from `tensor`, whose output shape inference could not work out although
+        it knew its inputs' shapes: where the shape of `tensor` was lost. None if the shape is known."""
+        seen: set[str] = set()
+        todo = [tensor]
+        blocker = None
+        while todo:
+            name = todo.pop()
+            if name in seen or self.shape_known(name) or name in self.constants:
+                continue
+            seen.add(name)
+            node = self.producer.get(name)
+            if node is None:
+                continue
+            unknown = [i for i in node.input if i and not self.shape_known(i) and i not in self.constants]
+            if not unknown:
+                if blocker is None or self._position(node) < self._position(blocker):
+                    blocker = node
+            todo.extend(unknown)
+        return blocker
+
+    def _position(self, node: onnx.NodeProto) -> int:
+        return next(i for i, n in enumerate(self.nodes) if n is node)
+
     # ---- constant folding -----------------------------------------------
 
     def _fold_constants(self) -> None:
         from onnx.reference import ReferenceEvaluator
 
         for node in self.nodes:
+            if id(node) in self.folded:
+                continue
             if node.op_type == "Constant":
                 self.constants[node.output[0]] = _constant_value(node)
                 self.folded.add(id(node))
                 continue
-            if node.op_type == "Shape" and self._shape_known(node.input[0]):
-                shape = np.array([SYMBOLIC_DIM if isinstance(d, str) else d for d in self.shapes[node.input[0]]],
-                                 np.int64)
-                start = attrs_of(node).get("start", 0)
-                end = attrs_of(node).get("end", None)
-                self.constants[node.output[0]] = shape[start:end]
-                self.folded.add(id(node))
+            if node.op_type == "Shape":
+                dims = self.shapes.get(node.input[0])
+                if dims is not None:
+                    dims = list(dims)[attrs_of(node).get("start", 0):attrs_of(node).get("end", None)]
+                    if all(d is not None for d in dims):
+                        self.constants[node.output[0]] = np.array(
+                            [SYMBOLIC_DIM if isinstance(d, str) else d for d in dims], np.int64)
+                        self.folded.add(id(node))
                 continue
             ins = [n for n in node.input if n]
             if not ins or not all(self.is_const(n) for n in ins) or node.domain not in ("", "ai.onnx"):
                 continue
+            if node.op_type not in _MARKER_SAFE and any(
+                    self.constants[n].dtype == np.int64 and np.any(self.constants[n] == SYMBOLIC_DIM) for n in ins):
+                continue  # arithmetic on a dynamic dim: its value is not known before run time
             if sum(self.constants[n].size for n in ins) > MAX_FOLDED_ELEMENTS:
                 continue
             try:
@@ -109,9 +164,76 @@ class OnnxModel:
                     self.constants[name] = np.asarray(value)
             self.folded.add(id(node))
 
-    def _shape_known(self, tensor: str) -> bool:
-        shape = self.shapes.get(tensor)
-        return shape is not None and all(d is not None for d in shape)
+    def _with_folded_values(self) -> onnx.ModelProto:
+        """The model with folded nodes replaced by their values as initializers, for shape inference; a value
+        holding SYMBOLIC_DIM keeps its nodes instead (inference reads the symbolic dim through them)."""
+        kept, values = [], {}
+        for node in self.nodes:
+            outs = [o for o in node.output if o]
+            if id(node) in self.folded and node.op_type != "Constant" and not any(
+                    self.constants[o].dtype == np.int64 and np.any(self.constants[o] == SYMBOLIC_DIM) for o in outs):
+                values.update({o: self.constants[o] for o in outs})
+            else:
+                kept.append(node)
+        needed = {i for node in kept for i in node.input} | set(self.outputs)
+        from onnx import helper
+
+        known = [helper.make_tensor_value_info(name, self.dtypes.get(name, onnx.TensorProto.FLOAT), list(shape))
+                 for name, shape in self.reshaped.items()]
+        return _light_model(self.model, kept, [numpy_helper.from_array(np.asarray(v), name)
+                                               for name, v in values.items() if name in needed], known)
+
+    def _worked_out_shapes(self) -> dict[str, tuple]:
+        """Output shapes that ONNX inference leaves partly unknown although they follow from known values.
+
+        ONNX does not cancel a symbolic dim against itself, so `x.view(n, -1, h, w)` with a dynamic batch `n`
+        loses its channels: a Reshape to a folded target is worked out when the target keeps each symbolic dim
+        of the input where it was (the marker at a symbolic dim's place), so that the known dims alone give
+        the -1. A Resize by constant scales loses a symbolic dim even where it scales it by 1, and one to sizes
+        read from a Shape (`F.interpolate(x, size=y.shape[-2:])`) loses it too: kept."""
+        out = {}
+        for node in self.nodes:
+            if id(node) in self.folded or self.shape_known(node.output[0]):
+                continue
+            if node.op_type == "Resize":
+                shape = self.shapes.get(node.input[0])
+                scales = self.const(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+                sizes = self.const(node.input[3]) if len(node.input) > 3 and node.input[3] else None
+                got = self.shapes.get(node.output[0])
+                dims = None
+                if shape is not None and sizes is not None and sizes.size == len(shape):
+                    # sizes computed from a Shape: the marker where they keep the input's symbolic dim
+                    dims = tuple(d if t == SYMBOLIC_DIM and isinstance(d, str) else int(t)
+                                 for d, t in zip(shape, sizes.tolist()))
+                elif shape is not None and scales is not None and got is not None and len(got) == len(shape) \
+                        and scales.size == len(shape):
+                    dims = tuple(d if g is None and isinstance(d, str) and s == 1 else g
+                                 for d, g, s in zip(shape, got, scales.tolist()))
+                if dims is not None and all(d is not None and d != SYMBOLIC_DIM for d in dims):
+                    out[node.output[0]] = dims
+                continue
+            if node.op_type != "Reshape":
+                continue
+            shape, target = self.shapes.get(node.input[0]), self.const(node.input[1])
+            if shape is None or target is None or not all(d is not None for d in shape):
+                continue
+            copy_zero = not attrs_of(node).get("allowzero", 0)
+            dims: list = []
+            for i, t in enumerate(target.tolist()):
+                same = i < len(shape) and ((t == 0 and copy_zero) or (t == SYMBOLIC_DIM and isinstance(shape[i], str)))
+                dims.append(shape[i] if same else t)
+            symbolic_in = [(i, d) for i, d in enumerate(shape) if isinstance(d, str)]
+            symbolic_out = [(i, d) for i, d in enumerate(dims) if isinstance(d, str)]
+            if symbolic_in != symbolic_out or any(d == SYMBOLIC_DIM for d in dims) or dims.count(-1) > 1:
+                continue
+            known_in = int(np.prod([d for d in shape if isinstance(d, int)]))
+            known_out = int(np.prod([d for d in dims if isinstance(d, int) and d != -1]))
+            if -1 in dims:
+                if known_out == 0 or known_in % known_out:
+                    continue
+                dims[dims.index(-1)] = known_in // known_out
+            out[node.output[0]] = tuple(dims)
+        return out
 
 
 def load_onnx(path: str | Path) -> OnnxModel:
@@ -149,10 +271,11 @@ def _known_opset(model: onnx.ModelProto, source: str) -> onnx.ModelProto:
         raise CnnError(f"{source}: could not bring opset {opset} to {TARGET_OPSET}: {exc}") from None
 
 
-def _inferred_shapes(model: onnx.ModelProto) -> tuple[dict, dict]:
-    """Tensor name -> shape (ints, dim_param strings, None where unknown) and element type."""
+def _inferred_shapes(model: onnx.ModelProto, symbolic: set[str]) -> tuple[dict, dict]:
+    """Tensor name -> shape (ints, the inputs' `symbolic` dim names, None where unknown) and element type.
+    Names inference makes up for dims it cannot work out (`unk__3`) are None: unknown, not dynamic."""
     try:
-        inferred = onnx.shape_inference.infer_shapes(_without_large_weights(model), data_prop=True)
+        inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
     except Exception:  # noqa: BLE001 - without inference, shapes come from the graph's own declarations
         inferred = model
     shapes, dtypes = {}, {}
@@ -161,27 +284,29 @@ def _inferred_shapes(model: onnx.ModelProto) -> tuple[dict, dict]:
         t = info.type.tensor_type
         if not t.HasField("shape"):
             continue
-        shapes[info.name] = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
-                                  for d in t.shape.dim)
+        shapes[info.name] = tuple(d.dim_value if d.HasField("dim_value") else
+                                  (d.dim_param if d.dim_param in symbolic else None) for d in t.shape.dim)
         dtypes[info.name] = t.elem_type
     return shapes, dtypes
 
 
-def _without_large_weights(model: onnx.ModelProto) -> onnx.ModelProto:
-    """A copy of the model whose large initializers are typed graph inputs: shape inference
-    needs their shapes, not their values, and serializes the whole model otherwise."""
+def _light_model(model: onnx.ModelProto, nodes=None, extra_initializers=(), value_info=()) -> onnx.ModelProto:
+    """A copy of the model (with `nodes` instead of its own, and more initializers) for shape inference, whose
+    large initializers are typed graph inputs: inference needs their shapes, not their values, and
+    serializes the whole model otherwise."""
     from onnx import helper
 
     light = onnx.ModelProto()
     light.ir_version, light.producer_name = model.ir_version, model.producer_name
     light.opset_import.extend(model.opset_import)
     g = model.graph
-    small = [t for t in g.initializer if _numel(t.dims) <= 4096]
+    small = [t for t in g.initializer if _numel(t.dims) <= 4096] + list(extra_initializers)
     declared = {i.name for i in g.input}
     large = [helper.make_tensor_value_info(t.name, t.data_type, list(t.dims))
              for t in g.initializer if _numel(t.dims) > 4096 and t.name not in declared]
-    light.graph.CopyFrom(helper.make_graph(list(g.node), g.name, list(g.input) + large, list(g.output), small,
-                                           value_info=list(g.value_info)))
+    light.graph.CopyFrom(helper.make_graph(list(g.node) if nodes is None else list(nodes), g.name,
+                                           list(g.input) + large, list(g.output), small,
+                                           value_info=list(g.value_info) if nodes is None else list(value_info)))
     return light
 
 

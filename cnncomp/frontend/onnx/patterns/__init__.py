@@ -34,5 +34,5 @@ are visited on their own.
                                            -> the layer of that name
 """
 
-from cnncomp.frontend.onnx.patterns import activation, conv, layout, pool  # noqa: F401  (they fill MATCHERS)
-from cnncomp.frontend.onnx.patterns.base import MATCHERS, Match, Unsupported  # noqa: F401
+from cnncomp.frontend.onnx.patterns import activation, conv, layout, pool, tensor  # noqa: F401  (they fill MATCHERS)
+from cnncomp.frontend.onnx.patterns.base import MATCHERS, NEAREST, Match, Unsupported  # noqa: F401

@@ -32,7 +32,7 @@ class Match:
         return self.nodes[-1]
 
 
-Matcher = Callable[[OnnxModel, onnx.NodeProto], Match | None]
+Matcher = Callable[[OnnxModel, onnx.NodeProto], "Match | list[Match] | None"]  # a list: a layer per output
 MATCHERS: dict[str, list[Matcher]] = {}
 
 
@@ -62,6 +62,16 @@ def const_input(m: OnnxModel, node: onnx.NodeProto, index: int, what: str) -> np
     if value is None:
         raise Unsupported(f"its {what} is computed at run time; the importer needs it constant")
     return value
+
+
+def unknown_shape(m: OnnxModel, tensor: str, what: str) -> Unsupported:
+    """The refusal of a pattern that needs a shape inference did not work out, naming the node where it was
+    lost."""
+    blocker = m.shape_blocker(tensor)
+    if blocker is None:
+        return Unsupported(f"{what} is unknown")
+    return Unsupported(f"{what} is unknown: ONNX shape inference loses it at node "
+                       f"'{blocker.name or blocker.output[0]}' ({blocker.op_type})")
 
 
 def single(m: OnnxModel, tensor: str, user: onnx.NodeProto, op_type: str) -> onnx.NodeProto | None:
@@ -112,3 +122,33 @@ def no_const_operands(m: OnnxModel, node) -> None:
     for name in node.input:
         if m.is_const(name):
             raise Unsupported(f"{node.op_type} with a constant operand has no layer (a layer's operands are tensors)")
+
+
+# The nearest thing the language has, for an op type no pattern takes (or takes only in some forms): said
+# after the reason in the import's error, so that a user knows what to rewrite the model with.
+NEAREST = {
+    "Reshape": "flatten ([N, -1]), shuffle (a channel shuffle's Reshape-Transpose-Reshape) and pixel_shuffle are "
+               "the reshapes the language has",
+    "Unsqueeze": "no layer adds an axis (flatten removes them)",
+    "Squeeze": "flatten, where the squeezed tensor is [N, C, 1, 1]",
+    "Gather": "slice(start, end, axis) takes a range along one axis; no layer indexes",
+    "Slice": "slice(start, end, axis) takes one axis with step 1; split cuts an axis into parts",
+    "MatMul": "linear (a constant 2-D weight); no layer multiplies two computed matrices",
+    "Gemm": "linear (a constant weight)",
+    "LSTM": "no recurrent layers", "GRU": "no recurrent layers", "RNN": "no recurrent layers",
+    "Pow": "no power layer (mul squares a tensor: x * x)",
+    "Sqrt": "no root layer (layer_norm and gn hold the roots of norms)",
+    "ReduceMax": "gmp (the max over the spatial axes); mean and sum reduce any axes",
+    "ReduceL2": "mean and sum reduce any axes; no norm layer",
+    "ConstantOfShape": "none: a layer's operands are tensors computed from the inputs, weights are per layer",
+    "Transpose": "permute(dims) with the batch first",
+    "Expand": "add, mul, sub and div broadcast their operands",
+    "Tile": "concat of the same tensor",
+    "Cast": "none: every layer keeps its input's float type",
+    "Resize": "upsample(scale= or size=, mode=, align_corners=)",
+    "Add": "shift (a constant per channel), add (two tensors)",
+    "Mul": "scale (a constant per channel), mul (two tensors)",
+    "Sub": "shift (x - c), sub (two tensors)",
+    "Div": "scale (x / c), div (two tensors)",
+    "Concat": "concat(axis) of computed tensors",
+}

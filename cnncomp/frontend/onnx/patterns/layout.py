@@ -10,6 +10,7 @@ import numpy as np
 from cnncomp.frontend.onnx.model import SYMBOLIC_DIM, OnnxModel, attrs_of
 from cnncomp.frontend.onnx.patterns.base import (
     Match, Unsupported, const_input, has_param, has_param_choice, matcher, num, require_op, scalar, single,
+    unknown_shape,
 )
 from cnncomp.ops.registry import compact, padding_arg
 
@@ -17,6 +18,21 @@ from cnncomp.ops.registry import compact, padding_arg
 @matcher("Flatten")
 def flatten(m: OnnxModel, node):
     return Match("flatten", {"axis": int(attrs_of(node).get("axis", 1))}, [node.input[0]], node.output[0], [node])
+
+
+@matcher("Squeeze")
+def squeeze(m: OnnxModel, node):
+    """Squeezes of [N, C, 1, ...] down to [N, C] (one or a chain: `.squeeze(-1).squeeze(-1)`) -> flatten."""
+    nodes, source = [node], node.input[0]
+    while (earlier := single(m, source, nodes[0], "Squeeze")) is not None:
+        nodes.insert(0, earlier)
+        source = earlier.input[0]
+    shape, out = m.shapes.get(source), m.shapes.get(node.output[0])
+    if shape is None or out is None:
+        raise unknown_shape(m, source, "the shape of the Squeeze's input")
+    if len(out) == 2 and len(shape) > 2 and tuple(shape[:2]) == tuple(out) and all(d == 1 for d in shape[2:]):
+        return Match("flatten", {"axis": 1}, [source], node.output[0], nodes)
+    raise Unsupported(f"a Squeeze from {list(shape)} to {list(out)} is not a flatten of [N, C, 1, ...]")
 
 
 def reshape_target(m: OnnxModel, node) -> list[int | str] | None:
@@ -38,13 +54,17 @@ def reshape_target(m: OnnxModel, node) -> list[int | str] | None:
 
 @matcher("Reshape")
 def reshape(m: OnnxModel, node):
-    for pattern in (_shuffle, _pixel_shuffle):
+    from cnncomp.frontend.onnx.patterns.channel_conv import eca
+
+    for pattern in (_shuffle, _pixel_shuffle, eca):
         found = pattern(m, node)
         if found is not None:
             return found
     shape = m.shapes.get(node.input[0])
+    if shape is None:
+        raise unknown_shape(m, node.input[0], "the shape of the Reshape's input")
     target = reshape_target(m, node)
-    if shape is None or target is None:
+    if target is None:
         raise Unsupported("a Reshape whose target is computed at run time")
     if len(target) == 2 and (target[0] in ("dyn", shape[0]) or target[0] == shape[0]):
         rest = [d for d in shape[1:]]
@@ -166,12 +186,19 @@ def resize(m: OnnxModel, node):
             raise Unsupported(f"it resizes to sizes {target}, which upsample(scale=) cannot say")
     else:
         raise Unsupported("its scales and sizes are computed at run time")
+    nearest_mode = a.get("nearest_mode", "round_prefer_floor")
     if mode == "nearest":
-        if coord not in ("asymmetric",) or a.get("nearest_mode", "round_prefer_floor") != "floor":
+        if coord == "asymmetric" and nearest_mode == "floor":
+            args["mode"] = "nearest"  # F.interpolate's nearest
+        elif coord == "half_pixel" and nearest_mode == "round_prefer_ceil" and \
+                has_param_choice("upsample", "mode", "nearest-exact"):
+            args["mode"] = "nearest-exact"  # F.interpolate's nearest-exact
+        elif has_param_choice("upsample", "coordinates", coord) and has_param_choice("upsample", "rounding",
+                                                                                    nearest_mode):
+            args.update(mode="nearest", coordinates=coord, rounding=nearest_mode)
+        else:
             raise Unsupported(f"nearest with coordinate_transformation_mode={coord} and nearest_mode="
-                              f"{a.get('nearest_mode', 'round_prefer_floor')} is not F.interpolate's nearest "
-                              "(asymmetric, floor)")
-        args["mode"] = "nearest"
+                              f"{nearest_mode} is not F.interpolate's nearest (asymmetric, floor)")
     elif mode in ("linear", "cubic"):
         if mode == "cubic" and (abs(a.get("cubic_coeff_a", -0.75) + 0.75) > 1e-6 or a.get("exclude_outside", 0)):
             raise Unsupported("cubic Resize with coefficients other than PyTorch's (a=-0.75)")
@@ -183,6 +210,9 @@ def resize(m: OnnxModel, node):
                 raise Unsupported("align_corners Resize maps to upsample(align_corners=true), which this "
                                   "cnncomp does not have yet")
             args["align_corners"] = True
+        elif coord in ("asymmetric", "half_pixel_symmetric") and mode == "linear" and \
+                has_param_choice("upsample", "coordinates", coord):
+            args["coordinates"] = coord
         elif coord not in ("pytorch_half_pixel", "half_pixel"):
             raise Unsupported(f"coordinate_transformation_mode={coord} is not one of F.interpolate's")
     else:
@@ -223,9 +253,11 @@ def slice_(m: OnnxModel, node):
     shape = m.shapes.get(node.input[0])
     axis = int(axes.reshape(-1)[0]) if axes is not None else 0
     if shape is None:
-        raise Unsupported("the Slice input's shape is unknown")
+        raise unknown_shape(m, node.input[0], "the shape of the Slice's input")
     axis %= len(shape)
     size = shape[axis]
+    if size is None:
+        raise unknown_shape(m, node.input[0], f"dim {axis} of the Slice's input")
     if not isinstance(size, int):
         raise Unsupported("a Slice along a dynamic dim")
     start, end = (int(np.clip(v if v >= 0 else v + size, 0, size)) for v in (int(starts[0]), int(ends[0])))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from cnncomp.frontend.onnx.model import OnnxModel, attrs_of
 from cnncomp.frontend.onnx.patterns.base import (
-    Match, Unsupported, auto_pad, has_param, matcher, scalar, single, window_args,
+    Match, Unsupported, auto_pad, has_param, matcher, require_op, scalar, single, window_args,
 )
 from cnncomp.ops.registry import compact
 
@@ -117,7 +117,8 @@ def _min_pool(m: OnnxModel, node) -> Match | None:
 def neg(m: OnnxModel, node):
     found = _min_pool(m, node)
     if found is None:
-        raise Unsupported("Neg has a layer only as Neg-MaxPool-Neg (minpool)")
+        require_op("neg", "Neg")
+        return Match("neg", {}, [node.input[0]], node.output[0], [node])
     return found
 
 

