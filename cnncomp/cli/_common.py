@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from cnncomp.cli.args import UsageError, add_spec_arguments, parse_defines
+from cnncomp.cli.args import UsageError, add_shape_argument, add_spec_arguments, parse_defines
 
 
 def add_compile_arguments(p: argparse.ArgumentParser) -> None:
@@ -56,6 +56,8 @@ def add_check_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rtol", action="append", metavar="[OUTPUT=]R", help="relative tolerance (default 1e-3)")
     p.add_argument("--val-range", default="-1,1", metavar="LO,HI", help="range of the seeded inputs (default -1,1)")
     p.add_argument("--batch", type=int, default=2, help="size of a symbolic batch dim in the check (default 2)")
+    add_shape_argument(p, "also check at this input shape (repeatable); a spec with symbolic sizes is checked at "
+                          "two or three sizes its constraints allow by default")
     p.add_argument("--trt-fp16", action="store_true", help="with --provider tensorrt: let TensorRT use float16")
     p.add_argument("--trt-engine-cache", metavar="DIR",
                    help="with --provider tensorrt: cache built engines in DIR (later runs skip the build)")
@@ -138,7 +140,7 @@ def check_options(args, per_layer: bool = False):
 
     return CheckOptions(args.provider, args.seed, val_range(args.val_range), args.batch,
                         tolerance(args.atol, "--atol"), tolerance(args.rtol, "--rtol"), args.max_error,
-                        session_options(args), per_layer)
+                        session_options(args), per_layer, shapes=list(getattr(args, "shapes", [])))
 
 
 def session_options(args) -> dict:

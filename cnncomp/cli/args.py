@@ -30,3 +30,24 @@ def parse_defines(items: list[str]) -> dict[str, str]:
             raise UsageError(f"-D takes NAME=VALUE, got '{item}'")
         out[name.strip()] = value.strip()
     return out
+
+
+def parse_shape(text: str) -> dict:
+    """`--shape x=1x3x512x512` (several inputs: `x=1x3x64x64,y=1x1x64x64`; one input: `1x3x512x512`)
+    as {input name or None: (1, 3, 512, 512)}."""
+    out = {}
+    for item in text.split(","):
+        name, eq, dims = item.strip().rpartition("=")
+        try:
+            shape = tuple(int(d) for d in dims.lower().split("x"))
+        except ValueError:
+            shape = ()
+        if not shape or any(d < 1 for d in shape) or (eq and not name.strip()):
+            raise UsageError(f"--shape takes NAME=DxDx... with positive dims (e.g. x=1x3x512x512), got '{text}'")
+        out[name.strip() or None] = shape
+    return out
+
+
+def add_shape_argument(p: argparse.ArgumentParser, help: str) -> None:
+    p.add_argument("--shape", dest="shapes", action="append", default=[], metavar="NAME=1x3xHxW", type=parse_shape,
+                   help=help)

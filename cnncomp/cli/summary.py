@@ -10,20 +10,23 @@ field size and effective stride per spatial dim; totals; lint warnings with code
 
 import json
 
-from cnncomp.cli.args import add_spec_arguments, parse_defines
+from cnncomp.cli.args import add_shape_argument, add_spec_arguments, parse_defines
 
 
 def add_arguments(p):
     add_spec_arguments(p)
     p.add_argument("--json", action="store_true", help="print one JSON object (keys as in the docs)")
     p.add_argument("--no-lint", action="store_true", help="leave out the lint warnings")
+    add_shape_argument(p, "the table at this input shape: symbolic sizes and MACs become numbers (e.g. "
+                          "x=1x3x512x512)")
 
 
 def run(args) -> int:
     from cnncomp.analysis.summary import format_table, summarize
     from cnncomp.api import load
 
-    summary = summarize(load(args.spec, parse_defines(args.defines)), with_lint=not args.no_lint)
+    shape = {k: v for given in args.shapes for k, v in given.items()}
+    summary = summarize(load(args.spec, parse_defines(args.defines), shape), with_lint=not args.no_lint)
     if args.json:
         print(json.dumps(summary.to_json(), indent=1))
     else:

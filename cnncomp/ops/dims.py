@@ -345,3 +345,46 @@ def _printer():
             return f"ceil({self._print(e.args[0])})"
 
     return _DimPrinter()
+
+
+def bind_symbols(declared: dict[str, tuple], actual: dict[str, tuple], minimums: dict[str, int] | None = None,
+                 what: str = "input") -> dict[str, int]:
+    """The value of every symbol, read from actual input shapes against the declared ones
+    (`{"x": (N, 3, H, W)}` and `{"x": (2, 3, 224, 320)}` give N=2, H=224, W=320); a static dim
+    that differs, a symbol seen with two values or a size that breaks a constraint is an error."""
+    sizes: dict[str, int] = {}
+    for name, want in declared.items():
+        if name not in actual:
+            continue
+        got = tuple(int(g) for g in actual[name])
+        if len(got) != len(want):
+            raise CnnError(f"{what} '{name}' has shape {list(got)}, the network takes rank {len(want)} "
+                           f"([{', '.join(map(str, want))}])")
+        for i, (w, g) in enumerate(zip(want, got)):
+            if is_static(w):
+                if w != g:
+                    raise CnnError(f"{what} '{name}' has shape {list(got)}: dim {i} must be {w} "
+                                   f"(the network takes [{', '.join(map(str, want))}])")
+                continue
+            symbol_name, modulus, rest = _input_symbol(w)
+            if symbol_name in sizes and sizes[symbol_name] != g:
+                raise CnnError(f"{what} '{name}' has shape {list(got)}: {symbol_name} is {sizes[symbol_name]} "
+                               f"elsewhere and {g} here")
+            if g % modulus != rest:
+                raise CnnError(f"{what} '{name}' has shape {list(got)}: {symbol_name}={g} breaks the constraint "
+                               f"{symbol_name} % {modulus} == {rest}")
+            least = (minimums or {}).get(symbol_name, 1)
+            if g < least:
+                raise CnnError(f"{what} '{name}' has shape {list(got)}: {symbol_name}={g} is below the "
+                               f"constraint {symbol_name} >= {least}")
+            sizes[symbol_name] = g
+    return sizes
+
+
+def _input_symbol(d) -> tuple[str, int, int]:
+    """(name, modulus, rest) of an input's symbolic dim."""
+    if isinstance(d, SymDim) and d._expr is not None:
+        free = list(d.expr.free_symbols)
+        if len(free) == 1:
+            return constraint_of(free[0])
+    return str(d), 1, 0

@@ -122,3 +122,30 @@ def pin_value(name: str, text: str, rule: SymbolRule) -> int:
     if not rule.allows(value):
         raise CnnError(f"-D {name}={value}: breaks the spec's constraint {rule.describe()}")
     return value
+
+
+def named_shapes(graph, given: dict) -> dict[str, tuple]:
+    """--shape's shapes keyed by input name (an unnamed one is the network's only input)."""
+    out = {}
+    for name, shape in given.items():
+        if name is None:
+            if len(graph.inputs) != 1:
+                raise CnnError(f"--shape {'x'.join(map(str, shape))}: the network has {len(graph.inputs)} inputs "
+                               f"({', '.join(graph.inputs)}); name one, as {graph.inputs[0]}=...")
+            name = graph.inputs[0]
+        if name not in graph.inputs:
+            raise CnnError(f"--shape {name}=...: the network has no input '{name}' (its inputs: "
+                           f"{', '.join(graph.inputs)})")
+        out[name] = tuple(shape)
+    return out
+
+
+def pins_for_shapes(graph, given: dict) -> dict[str, str]:
+    """`-D` pins that elaborate `graph`'s spec at the input shapes `given` (`--shape x=1x3x512x512`
+    gives H=512, W=512 and N=1); a shape that breaks a static dim or a constraint is an error."""
+    from cnncomp.ops.dims import bind_symbols
+
+    minimums = {name: rule.get("min", 1) for name, rule in graph.meta.get("symbols", {}).items()}
+    declared = {n: tuple(graph.layer(n).shape) for n in graph.inputs}
+    sizes = bind_symbols(declared, named_shapes(graph, given), minimums, "--shape: input")
+    return {name: str(value) for name, value in sizes.items()}
