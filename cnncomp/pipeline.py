@@ -510,9 +510,9 @@ def verify_spec(source: Source, options: CheckOptions | None = None, precision: 
     ref_graph = load(source.spec, source.defines)
     options.validate(ref_graph)
     feeds = inputs if inputs is not None else check_inputs(ref_graph, options)
-    from cnncomp.verification.harness import further_sizes
+    from cnncomp.verification.harness import sizes_to_check
 
-    options.sizes = further_sizes(ref_graph, feeds, options.shapes, defaults=inputs is None)
+    options.sizes = sizes_to_check(ref_graph, options.shapes, defaults=inputs is None, batch=options.batch)
     checker, weights = None, None
     if verify_each:
         weights = weights_for(ref_graph, source.weights, source.seed)

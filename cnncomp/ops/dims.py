@@ -300,6 +300,16 @@ def shape_at(shape: tuple, sizes: dict[str, int]) -> tuple:
     return tuple(evaluate(d, sizes) for d in shape)
 
 
+def ratio(a, b) -> float:
+    """a / b for large sizes (every symbol's step at 10**6): how many positions of b one of a makes,
+    for receptive fields through an `upsample(size=...)` between symbolic sizes."""
+    if is_static(a) and is_static(b):
+        return a / b
+    ea, eb = expr_of(a), expr_of(b)
+    big = {s: 10**6 for s in ea.free_symbols | eb.free_symbols}
+    return round(float(ea.xreplace(big) / eb.xreplace(big)), 6)
+
+
 def symbols_of(d) -> set[str]:
     """The spec symbols a dim depends on."""
     if is_static(d):
@@ -366,7 +376,7 @@ def bind_symbols(declared: dict[str, tuple], actual: dict[str, tuple], minimums:
                     raise CnnError(f"{what} '{name}' has shape {list(got)}: dim {i} must be {w} "
                                    f"(the network takes [{', '.join(map(str, want))}])")
                 continue
-            symbol_name, modulus, rest = _input_symbol(w)
+            symbol_name, modulus, rest = input_symbol(w)
             if symbol_name in sizes and sizes[symbol_name] != g:
                 raise CnnError(f"{what} '{name}' has shape {list(got)}: {symbol_name} is {sizes[symbol_name]} "
                                f"elsewhere and {g} here")
@@ -381,10 +391,32 @@ def bind_symbols(declared: dict[str, tuple], actual: dict[str, tuple], minimums:
     return sizes
 
 
-def _input_symbol(d) -> tuple[str, int, int]:
+def input_symbol(d) -> tuple[str, int, int]:
     """(name, modulus, rest) of an input's symbolic dim."""
     if isinstance(d, SymDim) and d._expr is not None:
         free = list(d.expr.free_symbols)
         if len(free) == 1:
             return constraint_of(free[0])
     return str(d), 1, 0
+
+
+def concrete(value, sizes: dict[str, int]):
+    """A layer attribute with its symbolic sizes evaluated at `sizes` (tuples and dicts walked)."""
+    if isinstance(value, SymDim) or (isinstance(value, str) and value in sizes):
+        return evaluate(value, sizes)
+    if isinstance(value, tuple):
+        return tuple(concrete(v, sizes) for v in value)
+    if isinstance(value, dict):
+        return {k: concrete(v, sizes) for k, v in value.items()}
+    return value
+
+
+def has_symbolic(value) -> bool:
+    """Whether an attribute value holds a symbolic size."""
+    if isinstance(value, SymDim):
+        return True
+    if isinstance(value, tuple):
+        return any(has_symbolic(v) for v in value)
+    if isinstance(value, dict):
+        return any(has_symbolic(v) for v in value.values())
+    return False

@@ -165,7 +165,9 @@ class Upsample(Op):
         if args["size"] is not None:
             if args["scale"] is not None:
                 raise CnnError("upsample: give scale= or size=, not both")
-            attrs["size"] = positive_ints(as_tuple(args["size"], rank, "size"), "size")
+            size = as_tuple(args["size"], rank, "size")  # symbolic sizes allowed: spatial(x) of a dynamic x
+            positive_ints(tuple(d for d in size if is_static(d) or not isinstance(d, str)), "size")
+            attrs["size"] = size
             return attrs
         scale = as_tuple(2 if args["scale"] is None else args["scale"], rank, "scale")
         if any(not isinstance(s, (int, float)) or isinstance(s, bool) or s <= 0 for s in scale):
@@ -195,7 +197,7 @@ class Upsample(Op):
     def window(self, attrs, shapes):
         if "size" in attrs:
             spatial = shapes[0][2:]
-            ratios = tuple(m / n if isinstance(n, int) else 1.0 for n, m in zip(spatial, attrs["size"]))
+            ratios = tuple(dims.ratio(m, n) for n, m in zip(spatial, attrs["size"]))
         else:
             ratios = attrs["scale"]
         return Window((1.0,) * len(ratios), tuple(1.0 / s for s in ratios))
@@ -208,13 +210,13 @@ class Upsample(Op):
                            "give size= or a static input")
         if "size" in a or a.get("align_corners"):
             spatial = tuple(layer.shape[2:])
-            if all(isinstance(d, int) for d in layer.shape[:2]):
+            if all(isinstance(d, int) for d in layer.shape):
                 sizes = b.const_int64(list(layer.shape[:2]) + list(spatial), layer.name + "/sizes")
             else:
                 shape = b.node("Shape", [inputs[0]], b.fresh(layer.name + "/shape"))
                 lead = b.node("Slice", [shape, b.const_int64([0], layer.name + "/zero"),
                                         b.const_int64([2], layer.name + "/two")], b.fresh(layer.name + "/lead"))
-                sizes = b.node("Concat", [lead, b.const_int64(list(spatial), layer.name + "/spatial_sizes")],
+                sizes = b.node("Concat", [lead, b.sizes(spatial, layer.name + "/spatial_sizes")],
                                b.fresh(layer.name + "/sizes"), axis=0)
             resize_inputs = [inputs[0], "", "", sizes]
         else:

@@ -28,7 +28,7 @@ import torch
 
 from cnncomp.ir.weights import IGNORED_SUFFIXES, check_weights, init_weights, load_weights
 from cnncomp.errors import CnnError
-from cnncomp.ops.dims import bind_symbols, evaluate, symbols_of
+from cnncomp.ops.dims import bind_symbols, concrete, evaluate, has_symbolic, symbols_of
 from cnncomp.ops.registry import all_ops, fmt_shape
 from cnncomp.progress import progress
 
@@ -65,7 +65,8 @@ def run_layer(ops, graph, layer, values: Mapping[str, torch.Tensor], weight: Wei
         op = ops[layer.op]
         ins = [values[u] for u in graph.input_names(layer.name)]
         ws = {suffix: weight(layer.name, suffix) for suffix in layer.weights}
-        out = (op.torch_train if training else op.torch_ref)(layer.attrs, ins, ws)
+        attrs = concrete(layer.attrs, sizes) if sizes and has_symbolic(layer.attrs) else layer.attrs
+        out = (op.torch_train if training else op.torch_ref)(attrs, ins, ws)
         _check_shape(layer, out, sizes)
     except Exception as exc:
         detail = exc.message if isinstance(exc, CnnError) else f"{type(exc).__name__}: {exc}"

@@ -113,21 +113,22 @@ def make_inputs(graph: LayerGraph, seed: int = 0, val_range: tuple[float, float]
     return out
 
 
-def further_sizes(graph: LayerGraph, feeds: dict, shapes=(), defaults: bool = True) -> list[dict[str, int]]:
-    """The sizes to check a model at besides those of `feeds`: the default sizes of a model with symbolic
-    spatial sizes (with `defaults`), then the symbols of every `--shape` (`{"x": (1, 3, 512, 512)}`)."""
+def sizes_to_check(graph: LayerGraph, shapes=(), defaults: bool = True, batch: int = 2) -> list[dict[str, int]]:
+    """The sizes to check a model at: the default sizes of a model with symbolic spatial sizes (with
+    `defaults`), then the symbols of every `--shape` (`{"x": (1, 3, 512, 512)}`)."""
     from cnncomp.frontend.cnn.symbols import named_shapes
     from cnncomp.run.reference import input_sizes
 
-    first = input_sizes(graph, {n: a.shape for n, a in feeds.items() if n in graph.inputs})
-    batch = next((first[s] for s in batch_symbols(graph) if s in first), 2)
     wanted = verification_sizes(graph, batch) if defaults and spatial_symbols(graph) else []
     wanted += [input_sizes(graph, named_shapes(graph, given)) for given in shapes]
     out = []
     for sizes in wanted:
-        if sizes != first and sizes not in out:
+        if sizes not in out:
             out.append(sizes)
     return out
+
+
+MIN_CHECK_SIZE = 8  # a spatial symbol is checked at 8 or more (a 1x1 image would test little)
 
 
 def verification_sizes(graph: LayerGraph, batch: int = 2, count: int = 3) -> list[dict[str, int]]:
@@ -139,11 +140,12 @@ def verification_sizes(graph: LayerGraph, batch: int = 2, count: int = 3) -> lis
     if not spatial:
         return [fixed]
     start, step = {}, {}
-    for s in spatial:
+    for s in spatial:  # from the least size the rule allows, at least 8, in steps of at least 8
         rule = rules.get(s, {})
         modulus, rest, least = rule.get("multiple_of", 1), rule.get("remainder", 0), rule.get("min", 1)
-        first = rest if rest >= least else rest + modulus * -(-(least - rest) // modulus)
-        start[s], step[s] = max(first, rest or modulus), modulus
+        least = max(least, MIN_CHECK_SIZE)
+        start[s] = rest + modulus * max(0, -(-(least - rest) // modulus))
+        step[s] = modulus * -(-MIN_CHECK_SIZE // modulus)
     shapes = {tuple(layer.shape) for layer in graph.layers()}
     sized = {d for shape in shapes for d in shape if not isinstance(d, int)}
 
@@ -280,8 +282,9 @@ def verify(ref_graph: LayerGraph, ref_weights: dict, model, opt_graph: LayerGrap
     if sizes or spatial_symbols(ref_graph):
         from cnncomp.run.reference import input_sizes
 
-        report.sizes.append(SizeCheck(input_sizes(ref_graph, {n: a.shape for n, a in feeds.items()
-                                                               if n in ref_graph.inputs}), outputs))
+        first = input_sizes(ref_graph, {n: a.shape for n, a in feeds.items() if n in ref_graph.inputs})
+        report.sizes.append(SizeCheck(first, outputs))
+        sizes = [size for size in sizes if size != first]
     for k, size in enumerate(sizes, 1):
         more = make_inputs(ref_graph, seed + k, val_range, batch, size)
         more = {n: a.astype(feeds[n].dtype) if n in feeds else a for n, a in more.items()}

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from cnncomp.errors import CnnError
+from cnncomp.ops.dims import SymDim
 from cnncomp.ops.registry import Param, describe, fmt_shape, fmt_value
 
 
@@ -106,8 +107,9 @@ def check_arg(op_name: str, param: Param, value):
             raise bad("a string")
         if param.choices and value not in param.choices:
             raise bad(" or ".join(f'"{c}"' for c in param.choices))
-    elif kind == "spatial":
-        if not (is_int(value) or (isinstance(value, tuple) and value and all(is_int(v) for v in value))):
+    elif kind == "spatial":  # a symbolic size (from spatial(t)) too: the op says where it takes one
+        if not (is_int(value) or (isinstance(value, tuple) and value and all(is_int(v) or isinstance(v, SymDim)
+                                                                              for v in value))):
             raise bad("an int or a tuple of ints")
     elif kind == "padding":
         if value != "same" and not (is_int(value) or (isinstance(value, tuple) and value and all(is_int(v) for v in value))):
