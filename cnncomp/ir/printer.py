@@ -28,6 +28,22 @@ def stage_name(name: str) -> str:
     return '"' + name + '"'
 
 
+def _where(rules: dict, shape: tuple, stated: set[str]) -> str:
+    """` where H % 16 == 0, H >= 64` for the constrained symbols an input introduces."""
+    parts = []
+    for d in shape:
+        name = str(d)
+        if isinstance(d, int) or name in stated or name not in rules:
+            continue
+        stated.add(name)
+        rule = rules[name]
+        if rule.get("multiple_of", 1) > 1:
+            parts.append(f"{name} % {rule['multiple_of']} == {rule.get('remainder', 0)}")
+        if rule.get("min", 1) > 1:
+            parts.append(f"{name} >= {rule['min']}")
+    return " where " + ", ".join(parts) if parts else ""
+
+
 def _call(op_name: str, args: dict, tensor_args: list[str]) -> str:
     op = get_op(op_name)
     # required tensor arguments go first, by position; optional ones (deform_conv's mask) by name
@@ -79,10 +95,12 @@ def emit_cnn(graph: LayerGraph, header: str = "") -> str:
         return name
 
     lines = [f"# {line}" for line in header.splitlines()] + [f"network {graph.name}", ""]
+    stated: set[str] = set()  # symbols whose constraints an earlier input line states
     for name in graph.inputs:
         layer = graph.layer(name)
         dtype = "" if layer.dtype == "float32" else layer.dtype
-        lines.append(f"input {name}: {dtype}[{', '.join(str(d) for d in layer.shape)}]")
+        lines.append(f"input {name}: {dtype}[{', '.join(str(d) for d in layer.shape)}]"
+                     + _where(graph.meta.get("symbols", {}), layer.shape, stated))
         variables[name] = name
         taken.add(name)
     lines.append("")

@@ -332,8 +332,22 @@ def show(expr) -> str:
     return _printer().doprint(expr)
 
 
-@lru_cache(maxsize=1)
-def _printer():
+def to_language(d) -> str:
+    """A size as a .cnn expression of the symbols (`(H + 7) // 8`), for the spec printer."""
+    if is_static(d):
+        return str(d)
+    sp = _sp()
+    expr = expr_of(d)
+    subs = {}
+    for s in expr.free_symbols:
+        if _CONSTRAINED in s.name:
+            name, modulus, rest = s.name.split(_CONSTRAINED)
+            subs[s] = (sp.Symbol(name, integer=True, positive=True) - int(rest)) / int(modulus)
+    return _printer(language=True).doprint(expr.xreplace(subs) if subs else expr)
+
+
+@lru_cache(maxsize=2)
+def _printer(language: bool = False):
     from sympy.printing.str import StrPrinter
 
     class _DimPrinter(StrPrinter):
@@ -341,6 +355,8 @@ def _printer():
             sp = _sp()
             num, den = sp.fraction(sp.together(e.args[0]))
             num = sp.expand(num)
+            if language:
+                return f"({self._print(num)}) // {self._print(den)}"
             const, _ = num.as_coeff_add()
             body = num - const
             if den.is_Integer and den > 1 and const.is_Integer and 0 <= const < den:
@@ -352,6 +368,8 @@ def _printer():
             return f"floor({self._print(sp.together(e.args[0]))})"
 
         def _print_ceiling(self, e):
+            if language:
+                return f"-((-{self._print(e.args[0])}) // 1)"
             return f"ceil({self._print(e.args[0])})"
 
     return _DimPrinter()

@@ -301,6 +301,8 @@ def numel(shape: tuple):
 
 
 def describe(value) -> str:
+    if isinstance(value, dims.SymDim):
+        return "a symbolic size"
     if isinstance(value, bool):
         return "a bool"
     if isinstance(value, int):
@@ -315,6 +317,8 @@ def describe(value) -> str:
 
 
 def fmt_value(value) -> str:
+    if isinstance(value, dims.SymDim):
+        return dims.to_language(value)
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, tuple):

@@ -78,6 +78,7 @@ class Elaborator:
         self.pin_texts = pins or {}  # -D values of input symbols, checked against their rules
         self.rules: dict[str, SymbolRule] = {}
         self.pins: dict[str, int] = {}
+        self.sizes: dict[str, object] = {}  # symbol -> its SymDim (or pinned int), once an input declared it
         self.active_blocks: list[str] = []
         self.top_tensors: set[str] = set()  # for a clear error when a block reads one
         self.top_values: set[str] = set()
@@ -131,11 +132,10 @@ class Elaborator:
         dims = []
         for d in stmt.dims:
             if isinstance(d, ast.Name) and d.id not in scope.lets:
-                if d.id in self.pins:
-                    dims.append(self.pins[d.id])
-                else:
+                if d.id not in self.sizes:
                     rule = self.rules.get(d.id) or SymbolRule(d.id)
-                    dims.append(symbolic(d.id, rule.modulus, rule.rest))
+                    self.sizes[d.id] = self.pins.get(d.id) or symbolic(d.id, rule.modulus, rule.rest)
+                dims.append(self.sizes[d.id])
                 continue
             value = self.eval(d, scope)
             if not is_int(value):
@@ -227,6 +227,8 @@ class Elaborator:
             return scope.names[e.id]
         if e.id in scope.lets:
             return scope.lets[e.id]
+        if e.id in self.sizes:  # an input's symbolic size (or its -D pin), usable as a value
+            return self.sizes[e.id]
         if e.id == "same":
             return "same"
         if scope.in_block and e.id in self.top_tensors:
