@@ -63,16 +63,18 @@ def verify(spec, passes=None, opt_level: int = 1, weights=None, seed: int = 0, p
            atol=None, rtol=None, per_layer: bool = False, defines: dict[str, str] | None = None, opset: int = 17,
            *, precision: str = "fp32", verify_each: bool = False, inputs: dict | None = None,
            max_error: float | None = None, calibration=None, batch: int = 2, preprocess: str | None = None,
-           calibration_method: str | None = None, bias_correction: str = "auto", log=None):
+           calibration_method: str | None = None, bias_correction: str = "auto", log=None, shapes=()):
     """Compile a spec and compare ONNX Runtime's outputs with the PyTorch reference; returns a VerifyReport (.ok).
-    `calibration` as in compile (int8 calibrates on it and is checked on its held-out samples)."""
+    `calibration` as in compile (int8 calibrates on it and is checked on its held-out samples). A spec with
+    symbolic sizes is checked at three sizes its constraints allow and at each of `shapes`
+    ([{"x": (1, 3, 512, 512)}, ...]); `report.sizes` lists them."""
     from cnncomp.log import silent
     from cnncomp.pipeline import verify_spec
 
     source = Source(spec, defines, weights, seed, opt_level, passes, max_error, False,
                     _o3_calibration(calibration), opset)
     options = CheckOptions(provider, seed, batch=batch, atol=atol, rtol=rtol, max_error=max_error,
-                           per_layer=per_layer)
+                           per_layer=per_layer, shapes=list(shapes))
     return verify_spec(source, options, precision, inputs, verify_each, log=log or silent,
                        int8=_int8_options(calibration, preprocess, calibration_method, max_error, seed,
                                           bias_correction)).report

@@ -17,7 +17,7 @@ from cnncomp.ops.registry import REQUIRED, fmt_value, get_op
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*$")
 _DOTTED = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*$")
 KEYWORDS = {"network", "input", "output", "let", "block", "return", "repeat", "as", "if", "then", "else", "and",
-             "or", "not", "true", "false", "import", "in"}
+             "or", "not", "true", "false", "import", "in", "where"}
 
 
 def stage_name(name: str) -> str:
