@@ -26,10 +26,11 @@ def compile(spec, output: str | Path | None = None, opt_level: int = 1, passes=N
             atol=None, rtol=None, max_error: float | None = None, calibration=None,
             autotune: bool = False, min_batch: int = 1, opt_batch: int | None = None, max_batch: int = 8,
             preprocess: str | None = None, calibration_method: str | None = None, jobs: int = 1,
-            bias_correction: str = "auto", log=None):
+            bias_correction: str = "auto", log=None, shape_ranges: dict | None = None):
     """Compile a spec (optimized at -O<opt_level> or by `passes`) and return the ONNX ModelProto in its
     `precision` (fp32, fp16, int8), or the text for emit="cnn"/"dot"/"torch". With `output`, write it there
-    (target="tensorrt": a TensorRT engine). With `verify`, check it against the reference first and raise
+    (target="tensorrt": a TensorRT engine, its profile over min/opt/max_batch, and for an input with symbolic
+    sizes over `shape_ranges`, {"x": ((1, 3, 256, 256), (1, 3, 512, 512), (4, 3, 1024, 1024))}). With `verify`, check it against the reference first and raise
     CheckFailed, writing nothing, on a mismatch. `log` receives warnings and notes, one line each.
 
     `calibration`: inputs (a dict of arrays, or a .npz/.npy path) on which -O3 measures its error budget and
@@ -43,8 +44,8 @@ def compile(spec, output: str | Path | None = None, opt_level: int = 1, passes=N
                     _o3_calibration(calibration), opset, jobs)
     options = CheckOptions(provider, seed, atol=atol, rtol=rtol, max_error=max_error)
     int8 = _int8_options(calibration, preprocess, calibration_method, max_error, seed, bias_correction)
-    result = compile_spec(source, output, emit, precision, keep_io_fp32, target, (min_batch, opt_batch, max_batch),
-                          verify, options, log=log or silent, int8=int8)
+    result = compile_spec(source, output, emit, precision, keep_io_fp32, target,
+                          (min_batch, opt_batch, max_batch, shape_ranges), verify, options, log=log or silent, int8=int8)
     if result.report is not None and not result.report.ok:
         raise CheckFailed(result.report)
     return result.text if emit != "onnx" else result.model

@@ -445,7 +445,8 @@ def compile_spec(source: Source, output=None, emit: str = "onnx", precision: str
                  verify: bool = False, options: CheckOptions | None = None, log: Log = silent,
                  int8: Int8Options | None = None) -> CompileResult:
     """`cnncomp compile`: optimize, emit, convert the precision, check (when `verify`), write `output`
-    (an ONNX file, a TensorRT engine or text) unless the check failed. `batches`: TensorRT min/opt/max.
+    (an ONNX file, a TensorRT engine or text) unless the check failed. `batches`: TensorRT min/opt/max batch,
+    optionally with the shape ranges of inputs with symbolic sizes ({"x": (min, opt, max)}) fourth.
     With int8, -O3's rewrites get half of the error budget and quantization the whole of it."""
     problem = compile_problem(emit, precision, keep_io_fp32, target)
     if problem:

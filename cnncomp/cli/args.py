@@ -48,6 +48,29 @@ def parse_shape(text: str) -> dict:
     return out
 
 
+def argument_type(parse):
+    """`parse` as an argparse type: its UsageError becomes argparse's own usage error (exit 2)."""
+    def convert(text: str):
+        try:
+            return parse(text)
+        except UsageError as err:
+            raise argparse.ArgumentTypeError(err.message) from None
+
+    convert.__name__ = parse.__name__
+    return convert
+
+
 def add_shape_argument(p: argparse.ArgumentParser, help: str) -> None:
-    p.add_argument("--shape", dest="shapes", action="append", default=[], metavar="NAME=1x3xHxW", type=parse_shape,
-                   help=help)
+    p.add_argument("--shape", dest="shapes", action="append", default=[], metavar="NAME=1x3xHxW",
+                   type=argument_type(parse_shape), help=help)
+
+
+def parse_shape_range(text: str) -> dict:
+    """`--shape-range x=1x3x256x256:1x3x512x512:4x3x1024x1024` (MIN:OPT:MAX; the name may be left out for
+    a one-input model) as {input name or None: (min, opt, max)}."""
+    name, eq, ranges = text.strip().rpartition("=")
+    parts = ranges.split(":")
+    if len(parts) != 3 or (eq and not name.strip()):
+        raise UsageError(f"--shape-range takes NAME=MIN:OPT:MAX with shapes as 1x3x256x256, got '{text}'")
+    shapes = tuple(next(iter(parse_shape(part).values())) for part in parts)
+    return {name.strip() or None: shapes}

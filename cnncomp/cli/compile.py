@@ -25,6 +25,7 @@ package and an NVIDIA GPU, and says what is missing otherwise.
 import sys
 
 from cnncomp.cli._common import add_check_arguments, add_compile_arguments, check_options, int8_options, source
+from cnncomp.cli.args import argument_type, parse_shape_range
 from cnncomp.pipeline import EMITTERS, PRECISIONS, TARGETS
 
 
@@ -44,6 +45,10 @@ def add_arguments(p):
     p.add_argument("--min-batch", type=int, default=1, metavar="B", help="with --target tensorrt (default 1)")
     p.add_argument("--opt-batch", type=int, metavar="B", help="with --target tensorrt (default --max-batch)")
     p.add_argument("--max-batch", type=int, default=8, metavar="B", help="with --target tensorrt (default 8)")
+    p.add_argument("--shape-range", dest="shape_ranges", action="append", default=[], type=argument_type(parse_shape_range),
+                   metavar="NAME=MIN:OPT:MAX",
+                   help="with --target tensorrt: the engine's optimization profile for an input with symbolic "
+                        "sizes, shapes as 1x3x256x256 (repeatable, one per input)")
     add_check_arguments(p)
 
 
@@ -52,7 +57,8 @@ def run(args) -> int:
 
     default_level = 0 if args.emit == "torch" else 1  # torch source keeps the spec's blocks
     result = compile_spec(source(args, default_level), args.output, args.emit, args.precision, args.keep_io_fp32,
-                          args.target, (args.min_batch, args.opt_batch, args.max_batch), args.verify,
+                          args.target, (args.min_batch, args.opt_batch, args.max_batch,
+                                        {k: v for r in args.shape_ranges for k, v in r.items()}), args.verify,
                           check_options(args), log=sys.stderr.write, int8=int8_options(args, args.stats))
     if args.stats:
         from cnncomp.passes import format_stats
