@@ -279,7 +279,10 @@ def evaluate(d, sizes: dict[str, int]) -> int:
     """A dim at given values of the symbols (`{"N": 1, "H": 512}`)."""
     if is_static(d):
         return d
-    sp = _sp()
+    if _plain(d):  # a bare symbol: no sympy needed
+        if str(d) not in sizes:
+            raise CnnError(f"no size given for the symbol '{d}'")
+        return sizes[str(d)]
     e = expr_of(d)
     subs = {}
     for s in e.free_symbols:
@@ -314,7 +317,14 @@ def symbols_of(d) -> set[str]:
     """The spec symbols a dim depends on."""
     if is_static(d):
         return set()
+    if _plain(d):
+        return {str(d)}
     return {constraint_of(s)[0] for s in expr_of(d).free_symbols}
+
+
+def _plain(d) -> bool:
+    """A bare, unconstrained symbol (an input's `N`), read without sympy."""
+    return isinstance(d, str) and (not isinstance(d, SymDim) or d._expr is None) and str(d).isidentifier()
 
 
 # ---- printing ---------------------------------------------------------------
