@@ -68,3 +68,40 @@ output y
     assert "mask=m_" in emitted
     again = load_text(emitted, "emitted.cnn")
     assert structure(again) == structure(graph)
+
+
+ISSUE17_LAYERS = """network new_layers
+input x: [N, 8, 12, 12]
+y = x -> conv(8, k=1)
+a, b = y -> split((3, 5))
+c = sub(a -> layer_norm -> scale -> shift, a -> mean(axes=1, keepdims=true)) -> clip(min=-1) -> neg
+      -> hardsigmoid(alpha=0.2) -> permute((0, 1, 3, 2)) -> layer_norm(axes=(2, 3), eps=1e-6) -> clip(max=0.5)
+      -> prelu(shape=(3, 1, 12)) -> upsample(scale=1.5, mode="nearest-exact")
+      -> upsample(mode="linear", coordinates="half_pixel_symmetric")
+      -> upsample(size=(7, 9), coordinates="half_pixel", rounding="round_prefer_ceil") -> clip
+d = div(b -> sum(axes=(2, 3), keepdims=true) -> relu, b -> split((2, 3), part=1) -> mean(axes=1, keepdims=true))
+      -> mean(axes=(2, 3))
+output c, d
+"""
+
+
+def test_the_new_layers_round_trip():
+    graph = load_text(ISSUE17_LAYERS, "new_layers.cnn")
+    emitted = emit_cnn(graph)
+    assert "split((3, 5), part=1)" in emitted and "hardsigmoid(alpha=0.2)" in emitted
+    again = load_text(emitted, "emitted.cnn")
+    assert structure(again) == structure(graph)
+    assert {layer.op for layer in graph.layers()} >= {
+        "split", "sub", "div", "layer_norm", "scale", "shift", "mean", "sum", "clip", "neg", "hardsigmoid",
+        "permute", "prelu", "upsample"}
+
+
+def test_the_new_layers_round_trip_after_O1_with_their_weights():
+    compiled = optimize(load_text(ISSUE17_LAYERS, "new_layers.cnn"), opt_level=1)
+    again = load_text(emit_cnn(compiled.graph), "emitted.cnn")
+    assert structure(again) == structure(compiled.graph)
+    feeds = make_inputs(again, 0, batch=2)
+    a = run_reference(again, compiled.weights, feeds)
+    b = run_reference(compiled.graph, compiled.weights, feeds)
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name])

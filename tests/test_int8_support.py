@@ -27,6 +27,10 @@ CASES = {
     "grouped conv_transpose": ("input x: [N, 4, 6]\n"
                                "y = x -> conv(36, 3) -> leaky_relu(a=0.001) -> conv_transpose(12, 2, s=3, d=3, g=3)\n"
                                "      -> gn(6, eps=0.25)\n", "grouped ConvTranspose"),
+    # the quantizer takes LayerNormalization's scale as 1-D only (it raises on a [H, W] one)
+    "layer norm over two axes": ("input x: [N, 4, 6, 5]\n"
+                                 "y = x -> conv(4, 1) -> layer_norm(axes=(2, 3)) -> conv(4, 1)\n",
+                                 "LayerNormalization over several axes"),
     # a concat of one input: QLinearConcat's shape inference fails
     "concat of one": ("input x: [N, 6, 6]\n"
                       "a = x -> relu6\n"

@@ -56,6 +56,14 @@ def test_dense_heavy():
     assert codes(H + "y = x -> conv(256, k=3, p=1) -> gap -> flatten -> linear(10)\noutput y\n") == []
 
 
+def test_spelled_out():
+    assert codes(H + "y = x -> mean(axes=(2, 3), keepdims=true)\nz = x -> clip(min=0, max=6)\noutput y, z\n") == \
+        [("spelled-out", 3), ("spelled-out", 4)]
+    # a spatial mean that drops the axes (a head), a mean over channels and other bounds are what they say
+    assert codes(H + "y = x -> mean(axes=(2, 3))\nz = x -> mean(axes=1, keepdims=true) -> clip(min=0, max=1)\n"
+                 "output y, z\n") == []
+
+
 def test_warnings_in_standard_blocks_point_at_the_spec_line():
     text = H + "a = x -> conv(64, k=3, p=1)\ny = a -> sepconv(64, k=4, p=same)\noutput y\n"
     assert codes(text) == [("asymmetric-padding", 4)]

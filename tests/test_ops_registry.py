@@ -16,7 +16,7 @@ def test_every_op_defines_every_facet(name):
     # the optional facets fall back to Op's: no weights, no MACs, point-wise; the ones that have
     # weights count MACs, except the per-channel ones
     specs_method = getattr(type(op), "weight_specs")
-    if specs_method is not Op.weight_specs and name not in ("bn", "gn", "prelu"):
+    if specs_method is not Op.weight_specs and name not in ("bn", "gn", "prelu", "layer_norm", "scale", "shift"):
         assert getattr(type(op), "macs") is not Op.macs, f"{name} has weights but counts no MACs"
 
 
@@ -25,7 +25,7 @@ def test_the_language_table_ops_are_all_registered():
              "hardsigmoid", "elu", "relu6", "leaky_relu", "prelu", "rrelu", "softmax", "log_softmax", "maxpool",
              "avgpool", "minpool", "lppool", "gap", "gmp", "kmaxpool", "flatten", "dropout", "identity", "shuffle",
              "upsample", "concat", "add", "mul", "conv_transpose", "mish", "selu", "pixel_shuffle", "pixel_unshuffle",
-             "pad"}
+             "pad", "mean", "sum", "split", "permute", "layer_norm", "scale", "shift", "clip", "sub", "div", "neg"}
     assert table <= set(OPS)
 
 
@@ -131,3 +131,21 @@ def test_pools_share_one_window_base():
     assert {op.name for op in sliding_pools} >= {"maxpool", "avgpool", "minpool", "lppool"}
     assert len({type(op).infer_shape for op in sliding_pools}) == 1
     assert len({type(op).window for op in sliding_pools}) == 1
+
+
+def test_constant_affine_ops_compute_x_times_s_plus_t():
+    import numpy as np
+    import torch
+
+    x = torch.randn(2, 5, 3, 4, dtype=torch.float64)
+    vector = np.linspace(-1.0, 2.0, 5)
+    affine_ops = [n for n in OPS if type(all_ops()[n]).constant_affine is not Op.constant_affine]
+    assert set(affine_ops) == {"scale", "shift"}
+    for name in affine_ops:
+        op = all_ops()[name]
+        attrs, _, specs = op.instantiate({}, [tuple(x.shape)])
+        weights = {k: vector for k in specs}
+        s, t = op.constant_affine(attrs, weights)
+        got = op.torch_ref(attrs, [x], {k: torch.from_numpy(v) for k, v in weights.items()})
+        want = x * torch.from_numpy(s).reshape(1, -1, 1, 1) + torch.from_numpy(t).reshape(1, -1, 1, 1)
+        torch.testing.assert_close(got, want)

@@ -34,7 +34,7 @@ from cnncomp.ops.registry import all_ops  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 SPECS = sorted((ROOT / "specs").glob("*.cnn"))
 REL_TOL = 1e-5  # of max|reference|
-HELPER_CLASSES = {"Modules", "PadFirst", "PaddedConv1d", "PaddedConv2d", "PaddedConv3d", "DeformConv2d", "CropAfter",
+HELPER_CLASSES = {"LayerNorm", "ChannelVector", "ShapedPReLU", "Modules", "PadFirst", "PaddedConv1d", "PaddedConv2d", "PaddedConv3d", "DeformConv2d", "CropAfter",
                   "CroppedConvTranspose1d", "CroppedConvTranspose2d", "CroppedConvTranspose3d"}
 
 # How the large specs are compared: (-D overrides for emitting and the reference, smaller input shape).
@@ -245,7 +245,14 @@ f = x -> conv_transpose(8, k=3, s=2, p=1, output_padding=1) -> pixel_unshuffle(2
 off = x -> conv(18, k=3, p=1)
 m = x -> conv(9, k=3, p=1) -> sigmoid
 g = x -> deform_conv(off, 8, k=3, p=1, mask=m) -> upsample(scale=0.5, mode="linear")
-output a, b, c, d, e, f, g
+lo, hi = x -> split((3, 5))
+h = sub(lo -> layer_norm -> scale -> shift, lo -> mean(axes=1, keepdims=true)) -> clip(min=-1) -> neg
+      -> hardsigmoid(alpha=0.2) -> permute((0, 3, 1, 2)) -> layer_norm(axes=(2, 3), eps=1e-6) -> clip
+i = div(hi -> sum(axes=(2, 3), keepdims=true), hi -> split((2, 3), part=1) -> mean(axes=1, keepdims=true))
+      -> clip(max=2) -> prelu(shape=(5, 1, 1)) -> prelu(shape=(1, 1))
+      -> upsample(scale=1.5, mode="linear", coordinates="half_pixel_symmetric") -> upsample(mode="nearest-exact")
+      -> upsample(size=(5, 7), coordinates="asymmetric", rounding="ceil") -> mean(axes=(2, 3))
+output a, b, c, d, e, f, g, h, i
 """
 
 OPS_1D_3D = """network ops13d

@@ -44,7 +44,7 @@ def spec_location(graph: LayerGraph, layer: Layer) -> Loc | None:
 def lint(graph: LayerGraph) -> list[LintWarning]:
     """All lint warnings of a graph, in layer order."""
     warnings: list[LintWarning] = []
-    for rule in (_gridding, _asymmetric_padding, _dropped_border, _redundant_bias, _dense_heavy):
+    for rule in (_gridding, _asymmetric_padding, _dropped_border, _redundant_bias, _dense_heavy, _spelled_out):
         warnings += rule(graph)
     order = {name: i for i, name in enumerate(l.name for l in graph.layers())}
     warnings.sort(key=lambda w: order.get(w.layer, 0))
@@ -214,4 +214,21 @@ def _dense_heavy(graph: LayerGraph) -> list[LintWarning]:
             out.append(_warn(graph, layer, "dense-heavy",
                              f"{layer.name} holds {share:.0%} of the parameters ({layer_params(layer):,}); "
                              "global average pooling (gap) before a small classifier removes most of them"))
+    return out
+
+
+# ---- a general layer where a named one says it ------------------------------------------------
+
+def _spelled_out(graph: LayerGraph) -> list[LintWarning]:
+    """`mean` over every spatial axis kept as 1 is `gap`; `clip(min=0, max=6)` is `relu6`."""
+    out = []
+    for layer in graph.layers():
+        a = layer.attrs
+        if layer.op == "mean" and a["keepdims"] and len(layer.shape) > 2 \
+                and a["axes"] == tuple(range(2, len(layer.shape))):
+            out.append(_warn(graph, layer, "spelled-out",
+                             f"{layer.name}: a mean over every spatial axis with keepdims=true is gap; "
+                             "write gap (ONNX GlobalAveragePool, and a global receptive field in the summary)"))
+        elif layer.op == "clip" and a.get("min") == 0 and a.get("max") == 6:
+            out.append(_warn(graph, layer, "spelled-out", f"{layer.name}: clip(min=0, max=6) is relu6; write relu6"))
     return out

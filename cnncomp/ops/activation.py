@@ -5,7 +5,9 @@ from __future__ import annotations
 import math
 
 from cnncomp.errors import CnnError
-from cnncomp.ops.registry import Op, Param, WeightSpec, check_channels, normalize_axis, register
+from cnncomp.ops.registry import (
+    Op, Param, WeightSpec, check_channels, fmt_shape, fmt_value, normalize_axis, positive_ints, register,
+)
 
 
 class _Pointwise(Op):
@@ -45,8 +47,82 @@ def _simple(name: str, onnx_op: str, torch_fn: str, doc: str, **onnx_attrs):
 _simple("relu", "Relu", "relu", "max(x, 0)")
 _simple("sigmoid", "Sigmoid", "sigmoid", "1 / (1 + exp(-x))")
 _simple("tanh", "Tanh", "tanh", "hyperbolic tangent")
-_simple("hardsigmoid", "HardSigmoid", "hardsigmoid", "clip(x/6 + 1/2, 0, 1)", alpha=1.0 / 6, beta=0.5)
 _simple("hardswish", "HardSwish", "hardswish", "x * hardsigmoid(x)")
+
+
+@register
+class HardSigmoid(_Pointwise):
+    """clip(alpha * x + beta, 0, 1). The defaults are PyTorch's (1/6, 1/2); ONNX's HardSigmoid defaults
+    to alpha 0.2 (PaddlePaddle's and Keras's), so the lowering always writes both attributes."""
+
+    name = "hardsigmoid"
+    params = (Param("alpha", "number", 1 / 6), Param("beta", "number", 0.5))
+    doc = "clip(alpha * x + beta, 0, 1): PyTorch's alpha=1/6, beta=0.5 by default"
+
+    def normalize(self, args, shapes):
+        return {"alpha": float(args["alpha"]), "beta": float(args["beta"])}
+
+    def to_onnx(self, b, layer, inputs, weights):
+        a = layer.attrs
+        return b.node("HardSigmoid", [inputs[0]], layer.name, alpha=a["alpha"], beta=a["beta"])
+
+    def torch_ref(self, attrs, inputs, weights):
+        return (inputs[0] * attrs["alpha"] + attrs["beta"]).clamp(0.0, 1.0)
+
+    def torch_source(self, s):
+        if not s.given("alpha") and not s.given("beta"):
+            return s.function("F.hardsigmoid")
+        return s.function(s.helper("hardsigmoid"), *s.written())
+
+
+@register
+class Clip(_Pointwise):
+    """min(max(x, min), max); a bound left out does not clip (with neither, clip is the identity)."""
+
+    name = "clip"
+    params = (Param("min", "number", None), Param("max", "number", None))
+    doc = "clamp to [min, max]; a bound left out does not clip (relu6 is clip(min=0, max=6))"
+
+    def normalize(self, args, shapes):
+        lo, hi = args.get("min"), args.get("max")
+        if lo is not None and hi is not None and lo > hi:
+            raise CnnError(f"clip: min={lo} is larger than max={hi}")
+        return {"min": None if lo is None else float(lo), "max": None if hi is None else float(hi)}
+
+    def spec_args(self, attrs):
+        return {k: attrs[k] for k in ("min", "max") if attrs.get(k) is not None}
+
+    def to_onnx(self, b, layer, inputs, weights):
+        bounds = [b.const_scalar(layer.attrs[k], layer.dtype) if layer.attrs.get(k) is not None else ""
+                  for k in ("min", "max")]
+        while bounds and bounds[-1] == "":
+            bounds.pop()
+        return b.node("Clip", [inputs[0], *bounds], layer.name)
+
+    def torch_ref(self, attrs, inputs, weights):
+        if attrs.get("min") is None and attrs.get("max") is None:
+            return inputs[0]
+        return inputs[0].clamp(attrs.get("min"), attrs.get("max"))
+
+    def torch_source(self, s):
+        if not s.given("min") and not s.given("max"):
+            return s.unchanged()
+        return s.function("torch.clamp", *s.written())
+
+
+@register
+class Neg(_Pointwise):
+    name = "neg"
+    doc = "-x"
+
+    def to_onnx(self, b, layer, inputs, weights):
+        return b.node("Neg", [inputs[0]], layer.name)
+
+    def torch_ref(self, attrs, inputs, weights):
+        return -inputs[0]
+
+    def torch_source(self, s):
+        return s.function("torch.neg")
 
 
 @register
@@ -228,27 +304,53 @@ class RRelu(_Pointwise):
 
 @register
 class PRelu(_Pointwise):
+    """x if x >= 0 else slope * x. The slope is per channel by default (nn.PReLU's [C]), one in all if
+    shared, or any shape that broadcasts against the input without its batch (`shape=(C, 1, 1)`,
+    `(1, 1, W)`, `(C, H, W)`: aligned from the right, as ONNX PRelu's slope)."""
+
     name = "prelu"
-    params = (Param("shared", "bool", False),)
+    params = (Param("shared", "bool", False), Param("shape", "ints", None))
     min_rank = 2
-    doc = "leaky ReLU with a learned slope per channel (one if shared)"
+    doc = "leaky ReLU with a learned slope per channel (one if shared, or of a broadcasting shape=)"
 
     def normalize(self, args, shapes):
-        channels = 1 if args["shared"] else check_channels(shapes[0], self.name)
-        return {"shared": bool(args["shared"]), "channels": channels}
+        x = shapes[0]
+        if args.get("shape") is None:
+            channels = 1 if args["shared"] else check_channels(x, self.name)
+            return {"shared": bool(args["shared"]), "channels": channels}
+        if args["shared"]:
+            raise CnnError("prelu: give shared=true or shape=, not both")
+        shape = args["shape"] if isinstance(args["shape"], tuple) else (args["shape"],)
+        positive_ints(shape, "prelu: shape")
+        if len(shape) > len(x) - 1:
+            raise CnnError(f"prelu: shape {fmt_value(shape)} has more dims than the input {fmt_shape(x)} "
+                           "without its batch")
+        for d, n in zip(reversed(shape), reversed(x)):
+            if d != 1 and d != n:
+                raise CnnError(f"prelu: shape {fmt_value(shape)} does not broadcast against {fmt_shape(x)}")
+        return {"shared": False, "shape": shape}
+
+    def spec_args(self, attrs):
+        return {"shape": attrs["shape"]} if "shape" in attrs else {"shared": attrs["shared"]}
 
     def weight_specs(self, attrs, shapes):
-        return {"weight": WeightSpec((attrs["channels"],), init="prelu")}
+        return {"weight": WeightSpec(attrs.get("shape") or (attrs["channels"],), init="prelu")}
 
     def to_onnx(self, b, layer, inputs, weights):
+        if "shape" in layer.attrs:
+            return b.node("PRelu", [inputs[0], weights["weight"]], layer.name)
         rank = len(layer.shape)
         slope = b.const_reshaped(weights["weight"], (layer.attrs["channels"],) + (1,) * (rank - 2))
         return b.node("PRelu", [inputs[0], slope], layer.name)
 
     def torch_ref(self, attrs, inputs, weights):
+        import torch
         import torch.nn.functional as F
 
-        return F.prelu(inputs[0], weights["weight"])
+        if "shape" not in attrs:
+            return F.prelu(inputs[0], weights["weight"])
+        x = inputs[0]
+        return torch.where(x >= 0, x, x * weights["weight"])
 
     def torch_source(self, s):
         return s.module()

@@ -1,4 +1,4 @@
-"""Merges: layers that take several tensors (concat, add, mul)."""
+"""Merges: layers that take several tensors (concat, add, mul, sub, div)."""
 
 from __future__ import annotations
 
@@ -87,6 +87,45 @@ class Mul(_Merge):
 
     def torch_source(self, s):
         return s.infix("*", f"{s.helper('shape_broadcast')}({', '.join(o.shape for o in s.operands)})")
+
+
+class _Binary(_Merge):
+    """An element-wise merge of exactly two tensors, broadcasting like add and mul."""
+
+    onnx_op = ""
+    combine = None  # the torch function: torch.sub, torch.div
+
+    def infer_shape(self, attrs, shapes):
+        if len(shapes) != 2:
+            raise CnnError(f"{self.name}: takes two tensors, got {len(shapes)}")
+        return broadcast(self.name, shapes)
+
+    def to_onnx(self, b, layer, inputs, weights):
+        return b.node(self.onnx_op, inputs, layer.name)
+
+    def torch_ref(self, attrs, inputs, weights):
+        return type(self).combine(inputs[0], inputs[1])
+
+    def torch_source(self, s):
+        shape = f"{s.helper('shape_broadcast')}({', '.join(o.shape for o in s.operands)})"
+        return s.expression(f"torch.{self.name}({', '.join(o.fwd for o in s.operands)})", shape)
+
+
+def _binary(name: str, onnx_op: str, torch_fn: str, doc: str) -> None:
+    """Register an element-wise merge of two tensors that is one ONNX op and one torch function."""
+
+    def combine(a, b):
+        import torch
+
+        return getattr(torch, torch_fn)(a, b)
+
+    register(type(name.title(), (_Binary,), {"name": name, "onnx_op": onnx_op, "doc": doc,
+                                             "combine": staticmethod(combine)}))
+
+
+# name   ONNX op  torch function  doc
+_binary("sub", "Sub", "sub", "element-wise difference a - b (broadcasting)")
+_binary("div", "Div", "div", "element-wise quotient a / b (broadcasting)")
 
 
 @register

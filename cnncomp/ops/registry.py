@@ -41,7 +41,7 @@ class Param:
     """A language argument of an op: name, kind and default (REQUIRED if none)."""
 
     name: str
-    kind: str  # int, float, number, bool, str, spatial, padding, scale, tensor
+    kind: str  # int, float, number, bool, str, spatial, padding, scale, ints (an int or a tuple of them), tensor
     default: Any = REQUIRED
     choices: tuple[str, ...] = ()
 
@@ -88,6 +88,11 @@ class Op:
     # folds_bn_before, one before it folds into the weight's input axis (axis 1).
     folds_bn: bool = False
     folds_bn_before: bool = False
+
+    def constant_affine(self, attrs: dict[str, Any], weights: dict[str, np.ndarray]):
+        """(s, t), float64 vectors over the channels (axis 1), when the layer computes x * s + t from its weights
+        alone (scale, shift: the fold-scale-shift pass folds it into a conv or linear beside it); else None."""
+        return None
 
     def channel_axis(self, attrs: dict[str, Any], rank: int) -> int | None:
         """The axis of the input and output tensors that the weight's channel axes index (folds_bn ops)."""
@@ -174,7 +179,7 @@ def all_ops() -> dict[str, Op]:
 
 
 def _load_all() -> None:
-    from cnncomp.ops import activation, conv, merge, norm, pool, tensor  # noqa: F401
+    from cnncomp.ops import activation, arrange, conv, merge, norm, pool, reduce, resize, tensor  # noqa: F401
 
 
 # ---- helpers shared by op definitions ---------------------------------------
@@ -200,6 +205,20 @@ def normalize_axis(op_name: str, axis: int, rank: int, allow_end: bool = False) 
     if not -rank <= axis <= top:
         raise CnnError(f"{op_name}: axis {axis} is out of range for rank {rank}")
     return axis + rank if axis < 0 else axis
+
+
+def normalize_axes(op_name: str, axes, rank: int) -> tuple[int, ...]:
+    """An int or a tuple of axes (ints or tuples, the `ints` kind) as sorted non-negative indices, each once;
+    never the batch axis 0, which every layer keeps."""
+    values = axes if isinstance(axes, tuple) else (axes,)
+    if not values:
+        raise CnnError(f"{op_name}: axes must name at least one axis")
+    out = tuple(sorted(normalize_axis(op_name, a, rank) for a in values))
+    if len(set(out)) != len(out):
+        raise CnnError(f"{op_name}: axes {fmt_value(axes)} name an axis twice")
+    if 0 in out:
+        raise CnnError(f"{op_name}: axes {fmt_value(axes)} include the batch axis 0, which stays")
+    return out
 
 
 def sliding_window_step(attrs: dict[str, Any]) -> Window:

@@ -1,5 +1,5 @@
-"""Layers that move or select data: flatten, dropout, identity, shuffle, upsample, pixel_shuffle,
-pixel_unshuffle, slice, pad."""
+"""Layers that move or select data: flatten, dropout, identity, shuffle, pixel_shuffle, pixel_unshuffle,
+slice, pad (upsample is in resize.py)."""
 
 from __future__ import annotations
 
@@ -7,11 +7,9 @@ import math
 
 from cnncomp.errors import CnnError
 from cnncomp.ops import dims
-from cnncomp.ops.dims import is_static, is_symbolic_shape
+from cnncomp.ops.dims import is_static
 from cnncomp.ops.registry import (
-    Op, Param, Window, as_tuple, check_channels, compact, normalize_axis, padding_arg, positive_ints, register,
-    resolve_padding,
-    spatial_rank,
+    Op, Param, Window, check_channels, normalize_axis, padding_arg, register, resolve_padding, spatial_rank,
 )
 
 
@@ -131,138 +129,6 @@ class Shuffle(Op):
 
     def torch_source(self, s):
         return s.function(s.helper("shuffle"), *s.written())
-
-
-_INTERPOLATE = {"linear": {3: "linear", 4: "bilinear", 5: "trilinear"}, "cubic": {4: "bicubic"}}
-
-
-@register
-class Upsample(Op):
-    """Resize, exactly as F.interpolate (antialias off).
-
-    Output size: `size`, or floor(n * scale). Each output position x maps to an input
-    coordinate with r = 1/scale when a scale is given (as F.interpolate uses it), else n_in/n_out:
-    nearest: floor(x * r) (ONNX `asymmetric`, `floor`); linear and cubic: (x + 0.5) * r - 0.5
-    (ONNX `half_pixel`; linear clamps it at 0), or with align_corners x * (n_in - 1)/(n_out - 1).
-    Cubic uses a = -0.75 and repeats the border.
-    """
-
-    name = "upsample"
-    params = (Param("scale", "scale", None), Param("mode", "str", "nearest", ("nearest", "linear", "cubic")),
-              Param("size", "spatial", None), Param("align_corners", "bool", False))
-    spatial_only = True
-    doc = "resize by a scale factor or to a size: nearest, (bi/tri)linear or bicubic, as F.interpolate"
-
-    def normalize(self, args, shapes):
-        rank = spatial_rank(shapes[0])
-        mode = args["mode"]
-        if mode == "cubic" and rank != 2:
-            raise CnnError(f"upsample: mode \"cubic\" needs a 2-D input [N, C, H, W] (as F.interpolate), "
-                           f"got rank {rank + 2}")
-        if mode == "nearest" and args["align_corners"]:
-            raise CnnError("upsample: align_corners only applies to modes \"linear\" and \"cubic\"")
-        attrs = {"mode": mode, "align_corners": bool(args["align_corners"])}
-        if args["size"] is not None:
-            if args["scale"] is not None:
-                raise CnnError("upsample: give scale= or size=, not both")
-            size = as_tuple(args["size"], rank, "size")  # symbolic sizes allowed: spatial(x) of a dynamic x
-            positive_ints(tuple(d for d in size if is_static(d) or not isinstance(d, str)), "size")
-            attrs["size"] = size
-            return attrs
-        scale = as_tuple(2 if args["scale"] is None else args["scale"], rank, "scale")
-        if any(not isinstance(s, (int, float)) or isinstance(s, bool) or s <= 0 for s in scale):
-            raise CnnError(f"upsample: scale must be positive numbers, got {scale}")
-        attrs["scale"] = tuple(float(s) for s in scale)
-        return attrs
-
-    def spec_args(self, attrs):
-        args = {"mode": attrs["mode"], "align_corners": attrs.get("align_corners", False)}
-        if "size" in attrs:
-            args["size"] = compact(attrs["size"])
-        else:
-            args["scale"] = compact(attrs["scale"])
-        return args
-
-    def infer_shape(self, attrs, shapes):
-        if "size" in attrs:
-            return tuple(shapes[0][:2]) + tuple(attrs["size"])
-        out = []
-        for n, s in zip(shapes[0][2:], attrs["scale"]):
-            size = dims.scale_floor(n, s, "upsample")
-            if is_static(size) and size < 1:
-                raise CnnError(f"upsample: output size {size} is not positive")
-            out.append(size)
-        return tuple(shapes[0][:2]) + tuple(out)
-
-    def window(self, attrs, shapes):
-        if "size" in attrs:
-            spatial = shapes[0][2:]
-            ratios = tuple(dims.ratio(m, n) for n, m in zip(spatial, attrs["size"]))
-        else:
-            ratios = attrs["scale"]
-        return Window((1.0,) * len(ratios), tuple(1.0 / s for s in ratios))
-
-    def to_onnx(self, b, layer, inputs, weights):
-        a = layer.attrs
-        # align_corners depends only on the sizes in PyTorch; ONNX, given scales, would use n * scale unrounded
-        if "size" not in a and a.get("align_corners") and is_symbolic_shape(layer.shape[2:]):
-            raise CnnError("upsample: align_corners=true with scale= on a symbolic size is not lowered to ONNX; "
-                           "give size= or a static input")
-        if "size" in a or a.get("align_corners"):
-            spatial = tuple(layer.shape[2:])
-            if all(isinstance(d, int) for d in layer.shape):
-                sizes = b.const_int64(list(layer.shape[:2]) + list(spatial), layer.name + "/sizes")
-            else:
-                shape = b.node("Shape", [inputs[0]], b.fresh(layer.name + "/shape"))
-                lead = b.node("Slice", [shape, b.const_int64([0], layer.name + "/zero"),
-                                        b.const_int64([2], layer.name + "/two")], b.fresh(layer.name + "/lead"))
-                sizes = b.node("Concat", [lead, b.sizes(spatial, layer.name + "/spatial_sizes")],
-                               b.fresh(layer.name + "/sizes"), axis=0)
-            resize_inputs = [inputs[0], "", "", sizes]
-        else:
-            scales = _float32_scales(b.shape(inputs[0])[2:], a["scale"], layer.shape[2:])
-            resize_inputs = [inputs[0], "", b.const_float([1.0, 1.0] + scales, layer.name + "/scales")]
-        if a["mode"] == "nearest":
-            extra = {"mode": "nearest", "coordinate_transformation_mode": "asymmetric", "nearest_mode": "floor"}
-        else:
-            coords = "align_corners" if a.get("align_corners") else "half_pixel"
-            extra = {"mode": a["mode"], "coordinate_transformation_mode": coords}
-            if a["mode"] == "cubic":
-                extra["cubic_coeff_a"] = -0.75
-        return b.node("Resize", resize_inputs, layer.name, **extra)
-
-    def torch_ref(self, attrs, inputs, weights):
-        import torch.nn.functional as F
-
-        x = inputs[0]
-        where = {"size": attrs["size"]} if "size" in attrs else {"scale_factor": attrs["scale"]}
-        if attrs["mode"] == "nearest":
-            return F.interpolate(x, mode="nearest", **where)
-        return F.interpolate(x, mode=_INTERPOLATE[attrs["mode"]][x.dim()],
-                             align_corners=attrs.get("align_corners", False), **where)
-
-    def torch_source(self, s):
-        shape = f"{s.helper('shape_upsample')}({', '.join([s.shape] + s.keywords(['scale', 'size']))})"
-        return s.function(s.helper("upsample"), *s.written(), shape=shape)
-
-
-def _float32_scales(sizes: tuple, scales: tuple, out: tuple) -> list[float]:
-    """Resize's float32 scales, nudged up where float32 rounding would give a smaller output than
-    floor(n * scale) in double, as PyTorch computes it (10 * float32(1.3) is 12.9999995)."""
-    import numpy as np
-
-    from fractions import Fraction
-
-    result = []
-    for n, scale, want in zip(sizes, scales, out):
-        s32 = np.float32(scale)
-        while isinstance(n, int) and min(np.floor(np.float32(n) * s32), np.floor(n * float(s32))) < want:
-            s32 = np.nextafter(s32, np.float32(np.inf))
-        # a symbolic size: floor(n * s32) is floor(n * p/q) when float32 s32 is not below p/q
-        while not isinstance(n, int) and Fraction(float(s32)) < Fraction(scale).limit_denominator(1000):
-            s32 = np.nextafter(s32, np.float32(np.inf))
-        result.append(float(s32))
-    return result
 
 
 class _PixelShuffleBase(Op):

@@ -7,7 +7,7 @@ Each section starts with a `# @ NAME: DEPENDENCIES` line. The sections mirror th
 shape rules (normalize/infer_shape) and PyTorch references (torch_ref); tests/test_torch_emit.py
 checks that generated files match the reference.
 
-About 500 lines, at the ~500 guide: one section per op that needs a helper, each short; the
+About 650 lines, over the ~500 guide: one section per op that needs a helper, each short; the
 file is the prelude's single source, so splitting it would only add a loader over several files.
 """
 # ruff: noqa: E501
@@ -143,7 +143,8 @@ def shape_pad(shape, p, mode="constant", value=0.0):
     return tuple(shape[:2]) + tuple(sizes)
 
 # @ shape_upsample: ntuple, math
-def shape_upsample(shape, scale=None, mode="nearest", size=None, align_corners=False):
+def shape_upsample(shape, scale=None, mode="nearest", size=None, align_corners=False, coordinates=None,
+                   rounding=None):
     """The output shape of upsample: `size`, or floor(n * scale)."""
     if size is not None:
         return tuple(shape[:2]) + ntuple(size, len(shape) - 2)
@@ -386,9 +387,23 @@ def linear(in_shape, out, bias=True):
     return module
 
 # @ prelu
-def prelu(in_shape, shared=False):
-    """`prelu`: an nn.PReLU with one slope per channel (one in all if shared)."""
-    module = nn.PReLU(1 if shared else in_shape[1])
+class ShapedPReLU(nn.Module):
+    """PReLU whose slope has any shape that broadcasts against the input without its batch."""
+
+    def __init__(self, shape):
+        super().__init__()
+        self.weight = nn.Parameter(torch.full(tuple(shape), 0.25))
+
+    def forward(self, x):
+        return torch.where(x >= 0, x, x * self.weight)
+
+
+def prelu(in_shape, shared=False, shape=None):
+    """`prelu`: an nn.PReLU with one slope per channel (one in all if shared), or slopes of `shape`."""
+    if shape is not None:
+        module = ShapedPReLU(shape if isinstance(shape, tuple) else (shape,))
+    else:
+        module = nn.PReLU(1 if shared else in_shape[1])
     module.out_shape = tuple(in_shape)
     return module
 
@@ -481,16 +496,58 @@ def shuffle(x, groups):
     n, c = x.shape[:2]
     return x.reshape(n, groups, c // groups, *x.shape[2:]).transpose(1, 2).reshape(x.shape)
 
-# @ upsample: ntuple
-def upsample(x, scale=None, mode="nearest", size=None, align_corners=False):
-    """`upsample`: F.interpolate to `size` or by `scale`: nearest, (bi/tri)linear or bicubic."""
+# @ resample: math
+def resample(x, mode, coordinates, rounding=None, size=None, scale_factor=None):
+    """`upsample` with one of ONNX Resize's coordinate rules (`coordinates`), one spatial axis after
+    another: output position i reads the input at coordinate c(i), with r = 1 / scale (n_in / n_out
+    when a size is given), in double precision as ONNX's reference implementation computes it.
+    Mode "nearest" takes the index `rounding` gives (ONNX's nearest_mode), "linear" interpolates
+    between floor(c) and floor(c) + 1; indices past the border repeat it. Where the output has the
+    input's shape, nothing moves (ONNX Runtime copies the input then, whatever the rule)."""
+    sizes = [n for n in x.shape[2:]]
+    outs = list(size) if size is not None else [math.floor(n * f) for n, f in zip(sizes, scale_factor)]
+    if outs == sizes:
+        return x
+    for i, (n, out) in enumerate(zip(sizes, outs)):
+        axis = 2 + i
+        r = n / out if size is not None else 1 / scale_factor[i]
+        pos = torch.arange(out, dtype=torch.float64, device=x.device)
+        if coordinates == "asymmetric":
+            c = pos * r
+        elif coordinates == "pytorch_half_pixel" and out == 1:
+            c = torch.zeros_like(pos)
+        elif coordinates == "half_pixel_symmetric":  # centred when n / r is not a whole number
+            c = (n / 2) * (1 - out * r / n) + (pos + 0.5) * r - 0.5
+        else:  # half_pixel, pytorch_half_pixel
+            c = (pos + 0.5) * r - 0.5
+        view = [1] * x.dim()
+        view[axis] = out
+        if mode == "nearest":
+            index = {"floor": torch.floor(c), "ceil": torch.ceil(c), "round_prefer_floor": torch.ceil(c - 0.5),
+                     "round_prefer_ceil": torch.floor(c + 0.5)}[rounding]
+            x = x.index_select(axis, index.clamp(0, n - 1).long())
+        else:
+            c = c.clamp(0, n - 1)
+            low = torch.floor(c)
+            frac = (c - low).to(x.dtype).reshape(view)
+            first = x.index_select(axis, low.long())
+            second = x.index_select(axis, (low + 1).clamp(max=n - 1).long())
+            x = first * (1 - frac) + second * frac
+    return x
+
+# @ upsample: ntuple, resample
+def upsample(x, scale=None, mode="nearest", size=None, align_corners=False, coordinates=None, rounding=None):
+    """`upsample`: F.interpolate to `size` or by `scale`: nearest, nearest-exact, (bi/tri)linear or bicubic;
+    with `coordinates`, ONNX Resize's coordinate rule of that name (see resample)."""
     rank = x.dim() - 2
     if size is not None:
         where = {"size": ntuple(size, rank)}
     else:
         where = {"scale_factor": tuple(float(f) for f in ntuple(2 if scale is None else scale, rank))}
-    if mode == "nearest":
-        return F.interpolate(x, mode="nearest", **where)
+    if coordinates is not None:
+        return resample(x, mode, coordinates, rounding or "round_prefer_floor", **where)
+    if mode in ("nearest", "nearest-exact"):
+        return F.interpolate(x, mode=mode, **where)
     mode = {"linear": ("linear", "bilinear", "trilinear")[rank - 1], "cubic": "bicubic"}[mode]
     return F.interpolate(x, mode=mode, align_corners=align_corners, **where)
 
@@ -502,3 +559,80 @@ def pad(x, p, mode="constant", value=0.0):
     if mode != "constant":
         return F.pad(x, torch_pads(pads), mode=mode)
     return F.pad(x, torch_pads(pads), value=float(value))
+
+# @ hardsigmoid
+def hardsigmoid(x, alpha=1 / 6, beta=0.5):
+    """`hardsigmoid` with its own slope and offset: clip(alpha * x + beta, 0, 1)."""
+    return torch.clamp(x * alpha + beta, 0.0, 1.0)
+
+# @ shape_reduce
+def shape_reduce(shape, axes=(2, 3), keepdims=False):
+    """The output shape of mean and sum: the axes kept as 1 (keepdims) or dropped."""
+    axes = {a % len(shape) for a in (axes if isinstance(axes, tuple) else (axes,))}
+    if keepdims:
+        return tuple(1 if i in axes else n for i, n in enumerate(shape))
+    return tuple(n for i, n in enumerate(shape) if i not in axes)
+
+# @ shape_permute
+def shape_permute(shape, dims):
+    """The output shape of permute."""
+    return tuple(shape[d] for d in dims)
+
+# @ shape_split
+def shape_split(shape, sizes, axis=1, part=0):
+    """The output shape of one part of split."""
+    axis %= len(shape)
+    return tuple(shape[:axis]) + (sizes[part],) + tuple(shape[axis + 1 :])
+
+# @ split_part
+def split_part(x, sizes, axis=1, part=0):
+    """`split`: part `part` of x cut along axis into pieces of `sizes`."""
+    return torch.split(x, list(sizes), dim=axis)[part]
+
+# @ layer_norm
+class LayerNorm(nn.Module):
+    """Layer norm over `axes` (any axes after the batch: 1 is ConvNeXt's LayerNorm2d, trailing axes
+    nn.LayerNorm); weight and bias have the normalized shape."""
+
+    def __init__(self, in_shape, axes, eps):
+        super().__init__()
+        self.axes = tuple(sorted(a % len(in_shape) for a in axes))
+        self.eps = eps
+        normalized = tuple(in_shape[a] for a in self.axes)
+        self.weight = nn.Parameter(torch.ones(normalized))
+        self.bias = nn.Parameter(torch.zeros(normalized))
+        self.view = tuple(n if i in self.axes else 1 for i, n in enumerate(in_shape) if i > 0)
+        self.out_shape = tuple(in_shape)
+
+    def forward(self, x):
+        mean = x.mean(dim=self.axes, keepdim=True)
+        var = (x - mean).square().mean(dim=self.axes, keepdim=True)
+        return (x - mean) / torch.sqrt(var + self.eps) * self.weight.reshape(self.view) + self.bias.reshape(self.view)
+
+
+def layer_norm(in_shape, axes=1, eps=1e-5):
+    """`layer_norm`: a LayerNorm over `axes` for inputs of `in_shape`."""
+    return LayerNorm(in_shape, axes if isinstance(axes, tuple) else (axes,), eps)
+
+# @ channel_vector
+class ChannelVector(nn.Module):
+    """A learned vector per channel (axis 1), multiplied in (`scale`, its weight) or added (`shift`, its bias)."""
+
+    def __init__(self, in_shape, name, fill, combine):
+        super().__init__()
+        self.register_parameter(name, nn.Parameter(torch.full((in_shape[1],), fill)))
+        self.vector_name, self.combine = name, combine
+        self.out_shape = tuple(in_shape)
+
+    def forward(self, x):
+        return self.combine(x, getattr(self, self.vector_name).reshape((-1,) + (1,) * (x.dim() - 2)))
+
+# @ scale: channel_vector
+def scale(in_shape):
+    """`scale`: x times a learned weight per channel."""
+    return ChannelVector(in_shape, "weight", 1.0, torch.mul)
+
+# @ shift: channel_vector
+def shift(in_shape):
+    """`shift`: x plus a learned bias per channel."""
+    return ChannelVector(in_shape, "bias", 0.0, torch.add)

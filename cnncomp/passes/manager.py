@@ -71,7 +71,9 @@ def register_pass(name: str, exact: bool, level: int = 0, options: dict[str, Cal
 
 def all_passes() -> dict[str, PassInfo]:
     from cnncomp.passes.approx import bottleneck, depthwise  # noqa: F401
-    from cnncomp.passes.exact import dce, drop_identity, equalize, fold_bn, fold_pad, merge_pointwise  # noqa: F401
+    from cnncomp.passes.exact import (  # noqa: F401
+        dce, drop_identity, equalize, fold_bn, fold_pad, fold_scale_shift, merge_pointwise,
+    )
 
     return PASSES
 
@@ -91,7 +93,7 @@ class PassStep:
 
 def level_pipeline(level: int) -> list[PassStep]:
     """The passes that -O<level> runs, in order. -O3 adds the approximate rewrites (budgeted separately)."""
-    order = ["drop-identity", "fold-pad", "fold-bn", "merge-pointwise", "dce"]
+    order = ["drop-identity", "fold-pad", "fold-bn", "fold-scale-shift", "merge-pointwise", "dce"]
     passes = all_passes()
     return [PassStep(n) for n in order if passes[n].level and passes[n].level <= level]
 

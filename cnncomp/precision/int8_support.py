@@ -38,9 +38,12 @@ def short_reason(message: str) -> str:
 def known_unsupported(model: onnx.ModelProto) -> dict[str, str]:
     """{node: why} for the float nodes ONNX Runtime's quantizer cannot quantize (it raises, naming none)."""
     out = {}
+    shapes = {init.name: tuple(init.dims) for init in model.graph.initializer}
     for node in model.graph.node:
         if node.op_type == "ConvTranspose" and attrs_of(node).get("group", 1) > 1:
             out[node.name] = "a grouped ConvTranspose (the quantizer's per-channel scales do not fit its bias)"
+        if node.op_type == "LayerNormalization" and len(shapes.get(node.input[1], ())) > 1:
+            out[node.name] = "a LayerNormalization over several axes (the quantizer takes a 1-D scale only)"
     return out
 
 

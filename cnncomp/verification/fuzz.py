@@ -48,6 +48,10 @@ NOT_GENERATED: dict[str, str] = {}
 ARGUMENT_CHOICES: dict[tuple[str, str], tuple[tuple, str]] = {
     ("lppool", "norm"): ((1, 2, 3, 4), "|x|^norm underflows float32 for a large norm (|x|^27 < 1e-38 when "
                                        "|x| < 0.04): a precision limit of LpPool, not a compiler bug"),
+    ("upsample", "rounding"): ((None, "round_prefer_floor", "round_prefer_ceil"),
+                               "floor or ceil of a coordinate that is a whole number in exact arithmetic falls "
+                               "either way in ONNX Runtime's float32 (it floors 7 * 0.5 - 0.5 to 2): an ambiguity "
+                               "of Resize's rule at ties, not a compiler bug"),
 }
 
 # Configurations a case is compiled with: (label, opt level or pass list).
@@ -139,7 +143,28 @@ def draw_arg(ch, kind: str, param, shape: tuple):
         return _spatial(ch, rank, (0, 1, 2))
     if kind == "scale":
         return _spatial(ch, rank, (1, 2, 1.5, 0.5))
+    if kind == "ints":
+        return _draw_ints(ch, shape)
     return param.default
+
+
+def _draw_ints(ch, shape: tuple) -> tuple:
+    """Axes, a permutation or sizes: what an `ints` argument holds (reductions' axes, permute's dims,
+    split's sizes); the op's checks refuse the ones that do not fit."""
+    full = len(shape)
+    if full < 2:
+        return (1,)
+    pick = ch.integer(0, 2)
+    if pick == 0:  # a permutation that keeps the batch first
+        rest, dims = list(range(1, full)), [0]
+        while rest:
+            dims.append(rest.pop(ch.integer(0, len(rest) - 1)))
+        return tuple(dims)
+    c = shape[1] if isinstance(shape[1], int) else 1
+    if pick == 1 and c > 1:  # sizes that add up to the channels
+        cut = ch.integer(1, c - 1)
+        return (cut, c - cut)
+    return tuple(sorted({ch.integer(1, full - 1) for _ in range(ch.integer(1, 2))}))
 
 
 def _deform_offsets(ch, g: "Generator", x: str, args: dict) -> list[str] | None:
@@ -155,6 +180,17 @@ def _deform_offsets(ch, g: "Generator", x: str, args: dict) -> list[str] | None:
 
 # op name -> a function that adds the layers its tensor arguments read and returns their names
 TENSOR_RECIPES = {"deform_conv": _deform_offsets}
+
+
+def _away_from_zero(g: "Generator", inputs: list[str]) -> list[str] | None:
+    """div's divisor clipped to [0.5, inf): a quotient by (nearly) zero is inf or NaN, and NaN's way through
+    a max pool differs between runtimes (a finding about NaN, not about the compiler)."""
+    divisor = g.add("clip", {"min": 0.5}, [inputs[1]])
+    return [inputs[0], divisor] if divisor else None
+
+
+# merge name -> a function that puts its operands in the op's domain (after _merge_partners drew them)
+OPERAND_RECIPES = {"div": _away_from_zero}
 
 
 # ---- the generator ---------------------------------------------------------------------------
@@ -281,6 +317,10 @@ def _try_layer(g: Generator, op_name: str, source: str | None = None) -> str | N
     inputs = [source]
     if op.variadic:
         inputs += _merge_partners(g, op, source, args)
+        if op_name in OPERAND_RECIPES:
+            inputs = OPERAND_RECIPES[op_name](g, inputs)
+            if inputs is None:
+                return None
     elif op_name in TENSOR_RECIPES:
         extra = TENSOR_RECIPES[op_name](ch, g, source, args)
         if extra is None:

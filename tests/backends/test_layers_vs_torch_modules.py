@@ -115,3 +115,82 @@ def test_flatten_negative_axis_is_numpys():
     x = torch.randn(2, 3, 4, 5, dtype=torch.float64)
     assert run_layer("flatten(axis=-1)", x).shape == (24, 5)
     assert run_layer("flatten(axis=-4)", x).shape == (1, 120)
+
+
+# ---- the layers of issue 17 --------------------------------------------------------------------
+
+@pytest.mark.parametrize("rank", [1, 2, 3])
+def test_layer_norm_over_trailing_axes_is_nn_layer_norm(rank):
+    torch.manual_seed(rank)
+    x = torch.randn(SHAPES[rank], dtype=torch.float64) * 3 + 1
+    module = nn.LayerNorm(x.shape[2:], eps=1e-6).double()
+    with torch.no_grad():
+        module.weight.uniform_(0.5, 1.5)
+        module.bias.uniform_(-0.5, 0.5)
+    axes = "(" + ", ".join(str(a) for a in range(2, x.dim())) + ")" if rank > 1 else "2"
+    assert_same(run_layer(f"layer_norm(axes={axes}, eps=1e-6)", x, module), module(x))
+
+
+def test_layer_norm_over_channels_is_convnext_layer_norm_2d():
+    # timm's LayerNorm2d: channels last, nn.LayerNorm over C, channels first again
+    torch.manual_seed(0)
+    x = torch.randn(2, 6, 5, 4, dtype=torch.float64)
+    module = nn.LayerNorm(6, eps=1e-6).double()
+    with torch.no_grad():
+        module.weight.uniform_(0.5, 1.5)
+        module.bias.uniform_(-0.5, 0.5)
+    want = module(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+    assert_same(run_layer("layer_norm(axes=1, eps=1e-6)", x, module), want)
+    assert_same(run_layer("permute((0, 2, 3, 1)) -> layer_norm(axes=-1, eps=1e-6)", x, module),
+                module(x.permute(0, 2, 3, 1)))
+
+
+@pytest.mark.parametrize("rank", [1, 2, 3])
+def test_reductions_are_tensor_mean_and_sum(rank):
+    x = torch.randn(SHAPES[rank], dtype=torch.float64)
+    spatial = tuple(range(2, x.dim()))
+    text = "(" + ", ".join(map(str, spatial)) + ")" if rank > 1 else "2"
+    assert_same(run_layer(f"mean(axes={text})", x), x.mean(spatial))
+    assert_same(run_layer(f"mean(axes={text}, keepdims=true)", x), nn.AdaptiveAvgPool1d(1)(x) if rank == 1
+                else x.mean(spatial, keepdim=True))
+    assert_same(run_layer("sum(axes=(1, -1), keepdims=true)", x), x.sum((1, -1), keepdim=True))
+
+
+def test_split_parts_are_torch_split_and_chunk():
+    x = torch.randn(2, 8, 3, 5, dtype=torch.float64)
+    for k, part in enumerate(torch.split(x, [3, 5], dim=1)):
+        assert_same(run_layer(f"split((3, 5), part={k})", x), part)
+    for k, part in enumerate(x.chunk(5, dim=3)):
+        assert_same(run_layer(f"split((1, 1, 1, 1, 1), axis=-1, part={k})", x), part)
+
+
+@pytest.mark.parametrize("stage,module", [
+    ("clip(min=0, max=6)", nn.ReLU6()), ("clip(min=-1, max=1)", nn.Hardtanh()), ("clip(min=0)", nn.ReLU()),
+    ("hardsigmoid(alpha=1.0 / 6, beta=0.5)", nn.Hardsigmoid()), ("neg -> neg", nn.Identity()),
+])
+def test_clip_hardsigmoid_and_neg_are_the_modules(stage, module):
+    x = torch.randn(2, 3, 4, 5, dtype=torch.float64) * 4
+    assert_same(run_layer(stage, x), module(x))
+
+
+def test_hardsigmoid_with_onnx_slope():
+    x = torch.randn(2, 3, 4, 5, dtype=torch.float64) * 4
+    assert_same(run_layer("hardsigmoid(alpha=0.2, beta=0.5)", x), (0.2 * x + 0.5).clamp(0, 1))
+
+
+def test_prelu_per_channel_shape_is_nn_prelu():
+    torch.manual_seed(0)
+    x = torch.randn(2, 4, 7, 6, dtype=torch.float64)
+    module = nn.PReLU(4).double()
+    with torch.no_grad():
+        module.weight.uniform_(0.1, 0.4)
+    graph = load_text("network n\ninput x: [2, 4, 7, 6]\ny = x -> prelu(shape=(4, 1, 1)) as layer\noutput y\n", "n.cnn")
+    weights = {"layer.weight": module.weight.detach().numpy().reshape(4, 1, 1)}
+    assert_same(run_reference(graph, weights, {"x": x.numpy()}, dtype=torch.float64)["y"], module(x))
+
+
+@pytest.mark.parametrize("rank", [1, 2, 3])
+def test_upsample_nearest_exact_is_nn_upsample(rank):
+    x = torch.randn(SHAPES[rank], dtype=torch.float64)
+    assert_same(run_layer('upsample(scale=1.5, mode="nearest-exact")', x),
+                nn.Upsample(scale_factor=1.5, mode="nearest-exact")(x))

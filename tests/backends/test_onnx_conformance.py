@@ -24,13 +24,17 @@ from cnncomp.frontend.cnn.loader import load_text
 from cnncomp.run.reference import run_reference
 
 OP_TYPES = ("ConvTranspose", "DeformConv", "DepthToSpace", "SpaceToDepth", "Pad", "Resize", "Selu", "Mish", "Gelu",
-            "HardSigmoid", "HardSwish", "AveragePool", "LpPool", "Flatten")
+            "HardSigmoid", "HardSwish", "AveragePool", "LpPool", "Flatten", "PRelu", "ReduceMean", "ReduceSum",
+            "LayerNormalization", "Transpose", "Clip", "Neg", "Sub", "Div")
 ATOL, RTOL = 1e-5, 1e-3  # the cases' data are float32; ONNX's own default rtol is 1e-3
 
 # measured with this file: how many cases of each operator the language expresses (all of them pass)
-EXPRESSIBLE = {"ConvTranspose": 11, "DeformConv": 4, "DepthToSpace": 1, "SpaceToDepth": 0, "Pad": 4, "Resize": 8,
-               "Selu": 1, "Mish": 0, "Gelu": 2, "HardSigmoid": 0, "HardSwish": 1, "AveragePool": 18, "LpPool": 7,
-               "Flatten": 9}  # of 11, 4, 2, 4, 6, 39, 3, 1, 4, 3, 1, 20, 8, 9 cases (onnx 1.23)
+EXPRESSIBLE = {"ConvTranspose": 11, "DeformConv": 4, "DepthToSpace": 1, "SpaceToDepth": 0, "Pad": 4, "Resize": 21,
+               "Selu": 1, "Mish": 0, "Gelu": 2, "HardSigmoid": 2, "HardSwish": 1, "AveragePool": 18, "LpPool": 7,
+               "Flatten": 9, "PRelu": 1, "ReduceMean": 6, "ReduceSum": 6, "LayerNormalization": 13, "Transpose": 2,
+               "Clip": 3, "Neg": 1, "Sub": 1, "Div": 1}
+# of 11, 4, 2, 4, 6, 39, 3, 1, 4, 3, 1, 20, 8, 9, 2, 8, 12, 19, 7, 12, 2, 9, 10 cases (onnx 1.23); the others
+# reduce or move the batch axis, have rank 1, integer data, or rank-mismatched broadcasting
 
 
 def _collect():
@@ -162,11 +166,14 @@ def translate(op_type: str, node, inputs: list[np.ndarray]) -> tuple[str, dict, 
         return f"pad({_tuple(spatial)}{extra})", feeds, weights
     if op_type == "Resize":
         return _resize(a, inputs), feeds, weights
-    if op_type in ("Selu", "HardSigmoid"):
-        defaults = {"Selu": {"alpha": 1.6732632423543772, "gamma": 1.0507009873554805},
-                    "HardSigmoid": {"alpha": 1 / 6, "beta": 0.5}}[op_type]
-        onnx_defaults = {"Selu": {"alpha": 1.67326319217681884765625, "gamma": 1.05070102214813232421875},
-                         "HardSigmoid": {"alpha": 0.2, "beta": 0.5}}[op_type]
+    if op_type == "HardSigmoid":
+        return f"hardsigmoid(alpha={a.get('alpha', 0.2)!r}, beta={a.get('beta', 0.5)!r})", feeds, weights
+    if op_type in ("PRelu", "ReduceMean", "ReduceSum", "LayerNormalization", "Transpose", "Clip", "Neg", "Sub",
+                   "Div"):
+        return _issue17_layer(op_type, a, inputs, feeds, weights)
+    if op_type == "Selu":
+        defaults = {"Selu": {"alpha": 1.6732632423543772, "gamma": 1.0507009873554805}}[op_type]
+        onnx_defaults = {"Selu": {"alpha": 1.67326319217681884765625, "gamma": 1.05070102214813232421875}}[op_type]
         for key, value in defaults.items():
             if not math.isclose(a.get(key, onnx_defaults[key]), value, rel_tol=1e-6):
                 raise Inexpressible(f"{op_type} {key}={a.get(key, onnx_defaults[key])} (the layer has PyTorch's {value})")
@@ -186,6 +193,40 @@ def translate(op_type: str, node, inputs: list[np.ndarray]) -> tuple[str, dict, 
     if op_type == "Flatten":
         return f"flatten(axis={a.get('axis', 1)})", feeds, weights
     raise Inexpressible(op_type)
+
+
+def _issue17_layer(op_type: str, a: dict, inputs: list, feeds: dict, weights: dict) -> tuple[str, dict, dict]:
+    """The layers of issue 17: prelu(shape=), mean, sum, layer_norm, permute, clip, neg, sub, div."""
+    x = inputs[0]
+    if op_type == "PRelu":
+        slope = np.asarray(inputs[1], np.float32)
+        while slope.ndim >= x.ndim and slope.shape[0] == 1:  # a leading batch axis of 1
+            slope = slope.reshape(slope.shape[1:])
+        weights["weight"] = slope
+        return f"prelu(shape={_tuple(list(slope.shape) or [1])})", feeds, weights
+    if op_type in ("ReduceMean", "ReduceSum"):
+        axes = inputs[1] if len(inputs) > 1 and inputs[1] is not None else a.get("axes")
+        if axes is None or not len(axes):
+            raise Inexpressible("a reduction over every axis, the batch too")
+        keep = "true" if a.get("keepdims", 1) else "false"
+        return f"{op_type[6:].lower()}(axes={_tuple(list(map(int, axes)))}, keepdims={keep})", feeds, weights
+    if op_type == "LayerNormalization":
+        axis = a.get("axis", -1) % x.ndim
+        weights["weight"] = inputs[1]
+        weights["bias"] = inputs[2] if len(inputs) > 2 and inputs[2] is not None else np.zeros_like(inputs[1])
+        return f"layer_norm(axes={_tuple(list(range(axis, x.ndim)))}, eps={a.get('epsilon', 1e-5)!r})", feeds, weights
+    if op_type == "Transpose":
+        perm = a.get("perm", list(reversed(range(x.ndim))))
+        return f"permute({_tuple(list(perm))})", feeds, weights
+    if op_type == "Clip":
+        bounds = [f"{k}={float(v)!r}" for k, v in zip(("min", "max"), inputs[1:]) if v is not None and v.size]
+        return f"clip({', '.join(bounds)})" if bounds else "clip", feeds, weights
+    if op_type == "Neg":
+        return "neg", feeds, weights
+    if inputs[1].dtype != np.float32:
+        raise Inexpressible(f"input dtype {inputs[1].dtype}")
+    feeds["z"] = inputs[1]
+    return f"{op_type.lower()}(z)", feeds, weights
 
 
 def _resize(a: dict, inputs: list) -> str:
@@ -212,11 +253,15 @@ def _resize(a: dict, inputs: list) -> str:
     if scales is not None and list(scales[:2]) != [1, 1] or sizes is not None and list(sizes[:2]) != list(x.shape[:2]):
         raise Inexpressible("resizing the batch or channel dims")
     out = list(sizes[2:]) if sizes is not None else [math.floor(n * s) for n, s in zip(x.shape[2:], scales[2:])]
-    if mode == "nearest":
-        if coords != "asymmetric" or a.get("nearest_mode", b"round_prefer_floor") != b"floor":
-            raise Inexpressible(f"nearest with {coords} coordinates and nearest_mode "
-                                f"{a.get('nearest_mode', b'round_prefer_floor').decode()}")
+    rounding = a.get("nearest_mode", b"round_prefer_floor").decode()
+    if mode == "nearest" and coords == "asymmetric" and rounding == "floor":
         args = []
+    elif mode in ("nearest", "linear") and coords in ("asymmetric", "half_pixel", "pytorch_half_pixel",
+                                                      "half_pixel_symmetric"):
+        args = ([f"mode=\"{mode}\""] if mode != "nearest" else []) + [f"coordinates=\"{coords}\""] \
+            + ([f"rounding=\"{rounding}\""] if mode == "nearest" else [])
+    elif mode == "nearest":
+        raise Inexpressible(f"nearest with {coords} coordinates")
     else:
         if mode == "cubic" and not math.isclose(a.get("cubic_coeff_a", -0.75), -0.75):
             raise Inexpressible(f"cubic_coeff_a={a.get('cubic_coeff_a')} (PyTorch's is -0.75)")

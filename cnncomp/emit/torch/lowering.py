@@ -116,7 +116,7 @@ class StatementLowering:
 
             operands = [self.lower(o, st) for o in Elaborator.flatten_chain(e)]
             return self.merge("add" if e.op == "+" else "mul", operands, [], st, target)
-        if isinstance(e, ast.Call) and e.func in ("concat", "add", "mul"):
+        if isinstance(e, ast.Call) and e.func not in self.em.defs.blocks and getattr(get_op(e.func), "variadic", False):
             operands = [self.lower(a.value, st) for a in e.args if a.name is None]
             named = [a for a in e.args if a.name is not None]
             return self.merge(e.func, operands, named, st, target)

@@ -96,6 +96,9 @@ class LayerStage:
     args: list[Arg]
     alias: "StageName | None"
     loc: Loc
+    # `a, b = t -> split(sizes)` is read as `a = t -> split(sizes, part=0)` and `b = t -> split(sizes, part=1)`;
+    # each of those split stages keeps how many names the statement bound (checked against the sizes)
+    parts_bound: int | None = None
 
 
 @dataclass

@@ -377,6 +377,11 @@ class Elaborator:
                     raise self.fail(f"{op.name}: takes tensors, got {type_name(v)} ({show(v)})", loc, scope)
             return self.add_merge(op.name, named, tensors, None, stage.loc, scope, stmt, op, name=name)
         args, tensor_inputs = self.bind_op_args(op, positional, named, stage.loc, scope)
+        if stage.parts_bound is not None:
+            sizes = args["sizes"] if isinstance(args["sizes"], tuple) else (args["sizes"],)
+            if len(sizes) != stage.parts_bound:
+                raise self.fail(f"split: {stage.parts_bound} names for {len(sizes)} parts (sizes {show(sizes)})",
+                                stage.loc, scope)
         return self.add_layer(op, args, [value] + tensor_inputs, name, stage.loc, scope)
 
     def stage_name(self, stage: ast.LayerStage, scope: Scope, stmt: Statement) -> str:

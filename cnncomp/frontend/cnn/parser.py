@@ -231,6 +231,45 @@ def _end_position(text: str) -> tuple[int, int]:
     return len(lines), len(lines[-1]) + 1
 
 
+def _flatten_statements(items) -> list:
+    """Statements in order; a `parts_assign` stands for several."""
+    out = []
+    for s in items:
+        if isinstance(s, list):
+            out += s
+        elif s is not None:
+            out.append(s)
+    return out
+
+
+def split_assignments(names: list[tuple[str, Loc]], value, loc: Loc) -> list[ast.Assign]:
+    """`a, b = t -> split(sizes)` as `a = t -> split(sizes, part=0)` and `b = t -> split(sizes, part=1)`: one
+    layer per part, each named after its statement. The tensor split must be a name (or `in`), so that
+    nothing before the split is computed twice."""
+    seen = set()
+    for name, nloc in names:
+        if name in seen:
+            raise CnnError(f"name '{name}' is bound twice in one statement", nloc)
+        seen.add(name)
+    if not (isinstance(value, ast.Pipeline) and len(value.stages) == 1 and isinstance(value.stages[0], ast.LayerStage)
+            and value.stages[0].func == "split" and isinstance(value.head, (ast.Name, ast.In))):
+        raise CnnError(f"{len(names)} names are bound only by a split of a named tensor: `{', '.join(n for n, _ in names)}"
+                       " = t -> split(sizes)` (bind the tensor to split first, `t = ...`)", loc)
+    stage = value.stages[0]
+    if stage.alias is not None:
+        raise CnnError("a split that binds several names takes no `as`: each part is named after its name",
+                       stage.alias.loc)
+    if any(a.name == "part" for a in stage.args):
+        raise CnnError("split: part= chooses one part; a split that binds several names makes every part",
+                       stage.loc)
+    out = []
+    for k, (name, nloc) in enumerate(names):
+        part = ast.LayerStage("split", stage.args + [ast.Arg("part", ast.Num(k, stage.loc), stage.loc)], None,
+                              stage.loc, parts_bound=len(names))
+        out.append(ast.Assign(name, ast.Pipeline(value.head, [part], value.loc), nloc))
+    return out
+
+
 class _ToAst(Transformer):
     """Lark tree to AST dataclasses; one method per grammar rule or alias."""
 
@@ -242,7 +281,7 @@ class _ToAst(Transformer):
         return Loc(self.file, getattr(meta_or_tok, "line", 0) or 0, getattr(meta_or_tok, "column", 0) or 0)
 
     def start(self, items):
-        return [s for s in items if s is not None]
+        return _flatten_statements(items)
 
     @v_args(meta=True)
     def network(self, meta, items):
@@ -280,7 +319,7 @@ class _ToAst(Transformer):
         return ast.BlockDef(str(name), params or [], body, self._loc(name), self.file)
 
     def body(self, items):
-        return [s for s in items if s is not None]
+        return _flatten_statements(items)
 
     def params(self, items):
         return list(items)
@@ -292,6 +331,11 @@ class _ToAst(Transformer):
     @v_args(meta=True)
     def assign(self, meta, items):
         return ast.Assign(str(items[0]), items[1], self._loc(items[0]))
+
+    @v_args(meta=True)
+    def parts_assign(self, meta, items):
+        *names, value = items
+        return split_assignments([(str(n), self._loc(n)) for n in names], value, self._loc(names[0]))
 
     @v_args(meta=True)
     def return_(self, meta, items):

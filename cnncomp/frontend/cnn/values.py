@@ -140,6 +140,9 @@ def check_arg(op_name: str, param: Param, value):
         if not (is_int(value) or (isinstance(value, tuple) and value and all(is_int(v) or isinstance(v, SymDim)
                                                                               for v in value))):
             raise bad("an int or a tuple of ints")
+    elif kind == "ints":
+        if not (is_int(value) or (isinstance(value, tuple) and value and all(is_int(v) for v in value))):
+            raise bad("an int or a tuple of ints")
     elif kind == "padding":
         if value != "same" and not (is_int(value) or (isinstance(value, tuple) and value and all(is_int(v) for v in value))):
             raise bad("an int, a tuple of ints or same")

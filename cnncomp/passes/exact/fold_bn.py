@@ -54,40 +54,47 @@ def fold_bn(ctx) -> int:
     for bn in [l for l in graph.layers() if l.op == "bn"]:
         if bn.name not in graph:
             continue
-        (src,) = graph.inputs_of(bn.name)
-        producer_refusal = _producer_refusal(graph, src, bn)
-        if producer_refusal is None:
-            _fold_into_producer(ctx, src, bn, fp16)
-            count += 1
-            continue
-        user = only_user(graph, bn.name)
-        consumer = graph.layer(user) if user is not None else None
-        if consumer is not None and get_op(consumer.op).folds_bn_before:
-            reason = _consumer_refusal(consumer, bn)
-            if reason is None:
-                _fold_into_consumer(ctx, bn, consumer, fp16)
-                count += 1
-                continue
-            ctx.refuse("fold-bn", bn.name, f"{producer_refusal}; and {reason}")
-        else:
-            ctx.refuse("fold-bn", bn.name, f"{producer_refusal}; and no conv or linear reads only it")
-    _report_fp16(ctx, fp16)
+        s, t = bn_scale_shift(ctx, bn.name, bn.attrs["eps"])
+        count += fold_channel_affine(ctx, "fold-bn", bn, s, t, fp16)
+    report_fp16(ctx, "fold-bn", fp16)
     return count
 
 
-def _report_fp16(ctx, fp16: dict) -> None:
+def fold_channel_affine(ctx, pass_name: str, norm, s: np.ndarray, t: np.ndarray, fp16: dict) -> int:
+    """Fold `norm`, a layer computing x * s + t per channel (axis 1), into the conv or linear before it,
+    else into the one after it; 1 when folded, 0 (the refusal logged) when not. A shift t that is all
+    zeros folds into a padded consumer too (a zero border stays zero when scaled)."""
+    graph = ctx.graph
+    (src,) = graph.inputs_of(norm.name)
+    producer_refusal = _producer_refusal(graph, src, norm)
+    if producer_refusal is None:
+        _fold_into_producer(ctx, src, norm, s, t, fp16)
+        return 1
+    user = only_user(graph, norm.name)
+    consumer = graph.layer(user) if user is not None else None
+    if consumer is not None and get_op(consumer.op).folds_bn_before:
+        reason = _consumer_refusal(consumer, norm, shifts=bool(np.any(t)))
+        if reason is None:
+            _fold_into_consumer(ctx, norm, consumer, s, t, fp16)
+            return 1
+        ctx.refuse(pass_name, norm.name, f"{producer_refusal}; and {reason}")
+    else:
+        ctx.refuse(pass_name, norm.name, f"{producer_refusal}; and no conv or linear reads only it")
+    return 0
+
+
+def report_fp16(ctx, pass_name: str, fp16: dict) -> None:
     """One warning per kind of float16 trouble, naming the worst layer."""
     for kind, what in (("overflow", "exceed the float16 range (65504)"),
                        ("subnormal", "became float16 subnormals (below 6.1e-05)")):
         counts = fp16[kind]
         if counts:
             worst = max(counts, key=counts.get)
-            ctx.fp16_warnings.append(f"fold-bn: {sum(counts.values())} folded weights in {len(counts)} layers {what}; "
+            ctx.fp16_warnings.append(f"{pass_name}: {sum(counts.values())} folded weights in {len(counts)} layers {what}; "
                                 f"most in {worst} ({counts[worst]})")
 
 
-def _fold_into_producer(ctx, layer, bn, fp16: dict) -> None:
-    s, t = bn_scale_shift(ctx, bn.name, bn.attrs["eps"])
+def _fold_into_producer(ctx, layer, bn, s: np.ndarray, t: np.ndarray, fp16: dict) -> None:
     w = weight(ctx, layer.name, "weight").astype(np.float64)
     b = weight(ctx, layer.name, "bias").astype(np.float64) if layer.attrs["bias"] else np.zeros(len(s))
     scale = get_op(layer.op).output_channel_scale(layer.attrs, s, w.shape)
@@ -103,25 +110,24 @@ def _producer_refusal(graph, src, bn) -> str | None:
     axis = get_op(src.op).channel_axis(src.attrs, len(src.shape))
     if axis != 1:
         return (f"{src.op} {src.name} computes channels along axis {axis} of its rank-{len(src.shape)} output, "
-                "the bn normalizes axis 1")
+                f"the {bn.op} works on axis 1")
     if only_user(graph, src.name) != bn.name:
         return f"{src.op} output {src.name} has other users"
     return None
 
 
-def _consumer_refusal(consumer, bn) -> str | None:
+def _consumer_refusal(consumer, bn, shifts: bool = True) -> str | None:
     """Why the bn cannot fold into the layer after it, or None."""
     axis = get_op(consumer.op).channel_axis(consumer.attrs, len(bn.shape))
     if axis != 1:
         return (f"{consumer.op} {consumer.name} reads channels along axis {axis} of its rank-{len(bn.shape)} "
-                "input, the bn normalizes axis 1")
-    if any(consumer.attrs.get("pads", ())):
+                f"input, the {bn.op} works on axis 1")
+    if shifts and any(consumer.attrs.get("pads", ())):
         return f"{consumer.op} {consumer.name} pads its input: the border would see the shift instead of 0"
     return None
 
 
-def _fold_into_consumer(ctx, bn, layer, fp16: dict) -> None:
-    s, t = bn_scale_shift(ctx, bn.name, bn.attrs["eps"])
+def _fold_into_consumer(ctx, bn, layer, s: np.ndarray, t: np.ndarray, fp16: dict) -> None:
     w = weight(ctx, layer.name, "weight").astype(np.float64)
     b = weight(ctx, layer.name, "bias").astype(np.float64) if layer.attrs["bias"] else np.zeros(w.shape[0])
     groups = layer.attrs.get("groups", 1)
