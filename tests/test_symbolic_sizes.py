@@ -168,18 +168,18 @@ def test_verify_checks_three_default_sizes_and_every_shape(run_cli, tmp_path):
 
 def test_verify_sizes_catch_a_size_dependent_bug(monkeypatch, tmp_path):
     # a lowering that is right at the first size only must fail at another one
-    from cnncomp.ops import tensor
+    from cnncomp.ops import resize
 
     spec = tmp_path / "b.cnn"
     spec.write_text("network b\ninput x: [N, 2, H, W]\ny = x -> upsample(scale=2)\noutput y\n")
     assert cnncomp.verify(spec).ok
-    original = tensor.Upsample.torch_ref
+    original = resize.Upsample.torch_ref
 
     def wrong_on_wide(self, attrs, inputs, weights):
         out = original(self, attrs, inputs, weights)
         return out + (inputs[0].shape[3] > 28)
 
-    monkeypatch.setattr(tensor.Upsample, "torch_ref", wrong_on_wide)
+    monkeypatch.setattr(resize.Upsample, "torch_ref", wrong_on_wide)
     report = cnncomp.verify(spec)
     assert not report.ok and [c.ok for c in report.sizes] == [True, True, False]
 
