@@ -215,3 +215,17 @@ def test_bundled_dynamic_specs_verify_at_three_sizes(name):
     report = cnncomp.verify(SPECS / f"{name}.cnn", defines=defines)
     assert report.ok, report.format()
     assert len(report.sizes) == 3 and len({tuple(c.sizes.items()) for c in report.sizes}) == 3
+
+
+def test_the_newer_layers_take_symbolic_sizes(tmp_path):
+    spec = tmp_path / "n.cnn"
+    spec.write_text("network n\ninput x: [N, 8, H, W]\n"
+                    "a = x -> layer_norm -> scale -> shift -> clip(min=0, max=6)\n"
+                    "m = a -> mean(axes=(2, 3), keepdims=true)\n"
+                    "b = sub(a, m) -> neg -> permute((0, 1, 3, 2)) -> permute((0, 1, 3, 2))\n"
+                    "s = x -> sum(axes=(2,), keepdims=true) -> clip(min=1)\n"
+                    "c = div(b, s)\noutput c\n")
+    graph = cnncomp.load(spec)
+    assert shape_of(graph, "b.1") == ["N", "8", "W", "H"] and shape_of(graph, "s.0") == ["N", "8", "1", "W"]
+    report = cnncomp.verify(spec)
+    assert report.ok and len(report.sizes) == 3
