@@ -229,3 +229,13 @@ def test_the_newer_layers_take_symbolic_sizes(tmp_path):
     assert shape_of(graph, "b.1") == ["N", "8", "W", "H"] and shape_of(graph, "s.0") == ["N", "8", "1", "W"]
     report = cnncomp.verify(spec)
     assert report.ok and len(report.sizes) == 3
+
+
+def test_layers_of_a_dynamic_model_are_timed_at_a_verify_size():
+    # -O3 --autotune times rewrites on the layers alone: symbolic sizes become the largest default size
+    from cnncomp.run.timing import extract
+
+    graph = cnncomp.load(SPECS / "unet.cnn")
+    names = [layer.name for layer in graph.layers()][1:4]
+    sub = extract(graph, names)
+    assert sub.layer("x").shape == (1, 3, 48, 64) and sub.layer(names[-1]).shape == (1, 64, 48, 64)

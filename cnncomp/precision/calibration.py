@@ -97,7 +97,7 @@ def seeded_calibration(graph: LayerGraph, seed: int = 0, samples: int = SEEDED_S
     """Seeded uniform samples in [-1, 1] for every input (a stand-in for real data); symbolic sizes
     at the largest default size a dynamic model is verified at."""
     from cnncomp.ops.dims import evaluate
-    from cnncomp.verification.harness import verification_sizes
+    from cnncomp.run.sizes import verification_sizes
 
     rng = np.random.default_rng(seed)
     sizes = verification_sizes(graph, 1)[-1]
