@@ -351,7 +351,6 @@ def test_engine_of_a_dynamic_model_gets_the_range_profile(monkeypatch, pretend_g
                          "--shape-range", "x=1x3x64x64:1x3x256x256:2x3x512x768")
     assert code == 0, err
     assert ("set_shape", "x", (1, 3, 64, 64), (1, 3, 256, 256), (2, 3, 512, 768)) in rec.calls
-    with pytest.raises(SystemExit) as exit_:  # argparse's usage error
-        cli(capsys, "compile", spec, "--target", "tensorrt", "-o", tmp_path / "bad.plan",
-            "--shape-range", "x=1x3x64x64:1x3x256x256")
-    assert exit_.value.code == 2 and "--shape-range takes NAME=MIN:OPT:MAX" in capsys.readouterr().err
+    code, _, err = cli(capsys, "compile", spec, "--target", "tensorrt", "-o", tmp_path / "bad.plan",
+                       "--shape-range", "x=1x3x64x64:1x3x256x256")
+    assert code == 2 and "--shape-range takes NAME=MIN:OPT:MAX" in err

@@ -10,22 +10,24 @@ field size and effective stride per spatial dim; totals; lint warnings with code
 
 import json
 
-from cnncomp.cli.args import add_shape_argument, add_spec_arguments, parse_defines
+from cnncomp.cli.args import add_spec_arguments, parse_defines
 
 
 def add_arguments(p):
     add_spec_arguments(p)
     p.add_argument("--json", action="store_true", help="print one JSON object (keys as in the docs)")
     p.add_argument("--no-lint", action="store_true", help="leave out the lint warnings")
-    add_shape_argument(p, "the table at this input shape: symbolic sizes and MACs become numbers (e.g. "
-                          "x=1x3x512x512)")
+    p.add_argument("--shape", dest="shapes", action="append", default=[], metavar="NAME=1x3xHxW",
+                   help="the table at this input shape: symbolic sizes and MACs become numbers (e.g. x=1x3x512x512)")
 
 
 def run(args) -> int:
     from cnncomp.analysis.summary import format_table, summarize
     from cnncomp.api import load
 
-    shape = {k: v for given in args.shapes for k, v in given.items()}
+    from cnncomp.job import parse_shape
+
+    shape = {k: v for text in args.shapes for k, v in parse_shape(text).items()}
     summary = summarize(load(args.spec, parse_defines(args.defines), shape), with_lint=not args.no_lint)
     if args.json:
         print(json.dumps(summary.to_json(), indent=1))
