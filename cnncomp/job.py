@@ -71,6 +71,40 @@ def _parse_range(text, flag: str) -> tuple[float, float]:
     return lo, hi
 
 
+def parse_shape(text: str, flag: str = "--shape") -> dict:
+    """`x=1x3x512x512` (several inputs: `x=1x3x64x64,y=1x1x64x64`; one input: `1x3x512x512`) as
+    {input name or None: (1, 3, 512, 512)}."""
+    out = {}
+    for item in str(text).split(","):
+        name, eq, dims = item.strip().rpartition("=")
+        try:
+            shape = tuple(int(d) for d in dims.lower().split("x"))
+        except ValueError:
+            shape = ()
+        if not shape or any(d < 1 for d in shape) or (eq and not name.strip()):
+            raise UsageError(f"{flag} takes NAME=DxDx... with positive dims (e.g. x=1x3x512x512), got '{text}'")
+        out[name.strip() or None] = shape
+    return out
+
+
+def _parse_shapes(values, flag: str) -> list[dict]:
+    """--shape (repeatable): one dict of input shapes per size."""
+    return [parse_shape(v, flag) for v in values] if values else None
+
+
+def _parse_shape_ranges(values, flag: str) -> dict:
+    """--shape-range x=1x3x256x256:1x3x512x512:4x3x1024x1024 (repeatable, one per input; the name may be left
+    out for a one-input model) as {input name or None: (min, opt, max)}."""
+    out = {}
+    for text in values or ():
+        name, eq, ranges = str(text).strip().rpartition("=")
+        parts = ranges.split(":")
+        if len(parts) != 3 or (eq and not name.strip()):
+            raise UsageError(f"{flag} takes NAME=MIN:OPT:MAX with shapes as 1x3x256x256, got '{text}'")
+        out[name.strip() or None] = tuple(next(iter(parse_shape(part, flag).values())) for part in parts)
+    return out or None
+
+
 def _ordered_range(value) -> str | None:
     lo, hi = value
     return None if lo < hi else f"needs LO < HI, got '{lo:g},{hi:g}'"
@@ -132,6 +166,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("val_range", str, (-1.0, 1.0), "range of the seeded inputs", CHECKING, parse=_parse_range,
            check=_ordered_range, metavar="LO,HI"),
     Option("batch", int, 2, "size of a symbolic batch dim in the check", CHECKING, check=at_least(1)),
+    Option("shape", str, None, "also check at this input shape (repeatable); a spec with symbolic sizes is "
+           "checked at three sizes its constraints allow by default", CHECKING + ("run",), parse=_parse_shapes,
+           action="append", metavar="NAME=1x3xHxW",
+           overrides={"run": {"help": "instead of --input: seeded uniform inputs in [-1, 1) of this shape"}}),
     Option("per_layer", None, False, "compare every layer and name the first that diverges", ("verify",),
            action="store_true"),
     Option("verify_each", None, False, "check after every pass (the -O3 rewrites included); name the first that "
@@ -153,6 +191,9 @@ OPTIONS: tuple[Option, ...] = (
            group="output"),
     Option("opt_batch", int, None, "with --target tensorrt (default --max-batch)", ("compile",), metavar="B",
            group="output"),
+    Option("shape_range", str, None, "with --target tensorrt: the engine's profile for an input with symbolic "
+           "sizes, shapes as 1x3x256x256 (repeatable, one per input)", ("compile",), parse=_parse_shape_ranges,
+           action="append", metavar="NAME=MIN:OPT:MAX", group="output"),
     Option("max_batch", int, 8, "with --target tensorrt", ("compile", "deploy", "serve"), check=at_least(0),
            metavar="B", group="output",
            overrides={"deploy": {"help": "Triton's max_batch_size: requests batched up to N along the batch dim; 0 "

@@ -41,14 +41,20 @@ from cnncomp.precision.convert import (  # noqa: F401  (the converters are part 
 # ---- load and weights --------------------------------------------------------------------------------
 
 
-def load(spec, defines: dict[str, str] | None = None) -> LayerGraph:
+def load(spec, defines: dict[str, str] | None = None, shape: dict | None = None) -> LayerGraph:
     """Parse and elaborate a .cnn spec into a LayerGraph (every shape known, every layer named); a graph
-    that is already loaded passes through."""
+    that is already loaded passes through. With `shape` ({"x": (1, 3, 512, 512)}), the spec's symbolic
+    sizes are pinned to those of the shape."""
     if isinstance(spec, LayerGraph):
         return spec
     from cnncomp.frontend.cnn.loader import load_spec
 
-    return load_spec(spec, defines)
+    graph = load_spec(spec, defines)
+    if shape:
+        from cnncomp.frontend.cnn.symbols import pins_for_shapes
+
+        graph = load_spec(spec, {**(defines or {}), **pins_for_shapes(graph, shape)})
+    return graph
 
 
 def weights_for(graph: LayerGraph, weights=None, seed: int = 0) -> dict[str, np.ndarray]:
@@ -253,6 +259,8 @@ class CheckOptions:
     max_error: float | None = None
     session_options: dict = field(default_factory=dict)  # the runtime's own options (run/runtime.py), by name
     per_layer: bool = False
+    shapes: list = field(default_factory=list)  # --shape: input shapes ({"x": (1, 3, 512, 512)}) to check at too
+    sizes: list = field(default_factory=list)  # the symbols' values checked besides the first inputs' (verify sets)
 
     def validate(self, graph: LayerGraph) -> None:
         """Usage errors: a tolerance that is negative or NaN or names no output of `graph` (the values alone
@@ -274,7 +282,8 @@ def check_options(job: Job) -> CheckOptions:
     c = job.check
     settings = {o.name: c[o.name] for o in runtime_options() if o.name in c}
     return CheckOptions(c.get("runtime", "cpu"), job.source.seed, c.get("val_range", (-1.0, 1.0)), c.get("batch", 2),
-                        c.get("atol"), c.get("rtol"), job.optimize.max_error, settings, c.get("per_layer", False))
+                        c.get("atol"), c.get("rtol"), job.optimize.max_error, settings, c.get("per_layer", False),
+                        list(c.get("shape") or []))
 
 
 @dataclass
@@ -304,7 +313,7 @@ def check(compiled: Compiled, converted: Converted, options: CheckOptions) -> Ch
         inputs=converted.inputs, seed=options.seed, val_range=options.val_range, batch=options.batch,
         atol=options.atol, rtol=options.rtol, per_layer=options.per_layer, precision=converted.precision,
         runtime_settings=options.session_options, max_error=options.max_error, tolerances=precision.tolerances,
-        judged_by_budget=precision.judged_by_budget)
+        judged_by_budget=precision.judged_by_budget, sizes=options.sizes)
     report.notes += converted.notes
     if options.per_layer:
         report.notes += precision.check_notes(report, compiled)
@@ -332,7 +341,7 @@ class PassChecker:
         report, _, _ = verify(self.ref_graph, self.ref_weights, emit_onnx(ctx.graph, ctx.weights), ctx.graph,
                               inputs=self.inputs, provider=o.provider, seed=o.seed, val_range=o.val_range,
                               batch=o.batch, atol=o.atol, rtol=o.rtol, max_error=o.max_error,
-                              runtime_settings=o.session_options)
+                              runtime_settings=o.session_options, sizes=o.sizes)
         self.checked.append(str(step))
         if not all_passes()[step.name].exact:
             self.approximate.append(str(step))
@@ -439,6 +448,9 @@ def compile_job(job: Job, log: Log = silent) -> CompileResult:
     settings = target.settings(converted.model, out)  # e.g. the TensorRT profile, checked before the check runs
     result = CompileResult(compiled, converted.model, details=converted.details)
     if verify:
+        from cnncomp.verification.harness import sizes_to_check
+
+        options.sizes = sizes_to_check(compiled.ref_graph, options.shapes, batch=options.batch)
         result.report = check(compiled, converted, options).report
         if not result.report.ok:
             return result
@@ -473,6 +485,9 @@ def verify_job(job: Job, log: Log = silent, inputs: dict | None = None) -> Verif
 
         inputs = load_arrays(c.load_inputs, "--load-inputs")
     feeds = inputs if inputs is not None else check_inputs(ref_graph, options)
+    from cnncomp.verification.harness import sizes_to_check
+
+    options.sizes = sizes_to_check(ref_graph, options.shapes, defaults=inputs is None, batch=options.batch)
     checker, weights = None, None
     if c.verify_each:
         weights = weights_for(ref_graph, job.source.weights, job.source.seed)
@@ -580,17 +595,42 @@ def serve_job(job: Job, log: Log = silent):
         yield Serving(server.endpoints(), list(server.models), source, server)
 
 
-def infer(model, inputs, provider: str = "cpu", defines=None, weights=None, seed: int = 0) -> dict[str, np.ndarray]:
+def infer(model, inputs, provider: str = "cpu", defines=None, weights=None, seed: int = 0,
+          shaped: bool = False) -> dict[str, np.ndarray]:
     """`cnncomp run`: the outputs of an ONNX model (a path or ModelProto) or of a .cnn spec (compiled in
-    memory at -O1) on `inputs` (a dict, or a .npy/.npz path)."""
+    memory at -O1) on `inputs` (a dict, or a .npy/.npz path; with `shaped`, {input name or None: shape}
+    of seeded uniform inputs). A spec's symbolic sizes are checked against its constraints first."""
     from cnncomp.inputs import read_inputs
     from cnncomp.run.session import Session
 
+    graph = None
     if isinstance(model, (str, Path)) and str(model).endswith(".cnn"):
-        model = emit_model(optimize(model, defines, weights, seed))
+        compiled = optimize(model, defines, weights, seed)
+        graph, model = compiled.ref_graph, emit_model(compiled)
     session = Session(str(model) if isinstance(model, Path) else model, provider)
+    if shaped:
+        inputs = _seeded_inputs(session, inputs, seed)
     feeds = inputs if isinstance(inputs, dict) else read_inputs(inputs, session.input_names, "--input")
+    if graph is not None:
+        from cnncomp.run.reference import input_sizes
+
+        input_sizes(graph, {n: a.shape for n, a in feeds.items() if n in graph.inputs})
     return session.run(feeds)
+
+
+def _seeded_inputs(session, shapes: dict, seed: int) -> dict[str, np.ndarray]:
+    names = list(session.input_names)
+    if None in shapes:
+        if len(names) != 1:
+            raise UsageError(f"--shape: the model has {len(names)} inputs ({', '.join(names)}); name each")
+        shapes = {names[0]: shapes[None]}
+    missing = [n for n in names if n not in shapes]
+    if missing or set(shapes) - set(names):
+        raise UsageError(f"--shape: give one shape per model input ({', '.join(names)})")
+    rng = np.random.default_rng(seed)
+    types = {i.name: i.type for i in session.session.get_inputs()}
+    return {n: rng.uniform(-1.0, 1.0, shapes[n]).astype(np.float16 if types[n] == "tensor(float16)" else np.float32)
+            for n in names}
 
 
 def write_seeded_weights(spec, output, defines=None, seed: int = 0) -> dict[str, np.ndarray]:

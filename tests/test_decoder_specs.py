@@ -4,8 +4,8 @@ tests/decoder_models.py holds hand-written copies of the originals (plain torch.
 names). For each spec: the parameter count is the original's (DeepLabV3: torchvision's documented
 42,004,074 with the aux classifier, 39,638,869 without); the spec asks for exactly the original's
 state_dict keys and shapes; and with the original's seeded weights loaded, the spec compiled at -O1
-and run under ONNX Runtime computes what the eager model computes, at a reduced input size
-(`-D size=`), batch 2.
+and run under ONNX Runtime computes what the eager model computes: compiled once with symbolic
+height and width, run at two reduced sizes each (one not square), batch 2.
 
 Tolerance: |ort - eager| <= 1e-4 * max|eager| + 1e-4 * |eager| elementwise, eager in float64.
 """
@@ -30,7 +30,8 @@ import decoder_models as models  # noqa: E402
 
 SPECS = Path(__file__).resolve().parents[1] / "specs"
 NAMES = ("unet", "espcn", "deeplabv3_resnet50")
-SIZE = {"unet": 32, "espcn": 12, "deeplabv3_resnet50": 48}  # reduced input sizes (U-Net: a multiple of 16)
+# reduced input sizes, square and not (U-Net: multiples of 16; DeepLabV3 any, not only multiples of 8)
+SIZES = {"unet": [(32, 32), (48, 64)], "espcn": [(12, 12), (10, 17)], "deeplabv3_resnet50": [(48, 48), (37, 50)]}
 CHANNELS = {"unet": 3, "espcn": 1, "deeplabv3_resnet50": 3}
 TOL = 1e-4
 
@@ -80,19 +81,20 @@ def test_compiled_spec_computes_the_original(originals, name, tmp_path):
     weights = tmp_path / f"{name}.safetensors"
     save_file({k: v.contiguous() for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")},
               str(weights))
-    size = SIZE[name]
-    onnx_model = cnncomp.compile(SPECS / f"{name}.cnn", opt_level=1, weights=str(weights),
-                                 defines={"size": str(size)})
-    x = torch.randn(2, CHANNELS[name], size, size, generator=torch.Generator().manual_seed(7))
-    with torch.no_grad():
-        eager = model.double()(x.double())
-    model.float()
-    eager = eager if isinstance(eager, tuple) else (eager,)
+    # compiled once with symbolic H and W, run at each size
+    onnx_model = cnncomp.compile(SPECS / f"{name}.cnn", opt_level=1, weights=str(weights))
     session = Session(onnx_model, "cpu")
-    got = session.run({session.input_names[0]: x.numpy()})
-    assert len(got) == len(eager)
-    for (out_name, actual), want in zip(got.items(), eager):
-        want = want.numpy()
-        assert actual.shape == want.shape, out_name
-        bound = TOL * np.abs(want).max() + TOL * np.abs(want)
-        assert (np.abs(actual - want) <= bound).all(), f"{name} {out_name}: max err {np.abs(actual - want).max():.3g}"
+    for height, width in SIZES[name]:
+        x = torch.randn(2, CHANNELS[name], height, width, generator=torch.Generator().manual_seed(7))
+        with torch.no_grad():
+            eager = model.double()(x.double())
+        model.float()
+        eager = eager if isinstance(eager, tuple) else (eager,)
+        got = session.run({session.input_names[0]: x.numpy()})
+        assert len(got) == len(eager)
+        for (out_name, actual), want in zip(got.items(), eager):
+            want = want.numpy()
+            assert actual.shape == want.shape, out_name
+            bound = TOL * np.abs(want).max() + TOL * np.abs(want)
+            assert (np.abs(actual - want) <= bound).all(), \
+                f"{name} {out_name} at {height}x{width}: max err {np.abs(actual - want).max():.3g}"

@@ -41,10 +41,10 @@ DEFINES = {
     "se_resnet50": {"width": "16", "num_classes": "10"},
     "resnet18": {"width": "16", "num_classes": "10"},
     "densenet121": {"growth": "8", "init_features": "16", "num_classes": "10"},
-    "hdc_segnet": {"width": "16"},
-    "unet": {"width": "8", "size": "64"},
-    "espcn": {"size": "32"},
-    "deeplabv3_resnet50": {"size": "64", "num_classes": "3"},
+    "hdc_segnet": {"width": "16", "H": "64", "W": "64"},  # the dynamic specs pinned to a size (-D H=...)
+    "unet": {"width": "8", "H": "64", "W": "64"},
+    "espcn": {"H": "32", "W": "32"},
+    "deeplabv3_resnet50": {"H": "64", "W": "64", "num_classes": "3"},
     "shufflenet_v2_x1_0": {"c2": "24", "c3": "48", "c4": "96", "c5": "128", "num_classes": "10"},
 }
 # Readable output: these import with blocks (and runs of them as repeat), as their specs are written.

@@ -108,7 +108,10 @@ def sample(name, option, files):
         return [str(files / paths[name])], str(files / paths[name])
     special = {"defines": (["width=3"], {"width": "3"}), "atol": (["0.5"], 0.5), "rtol": (["y=0.25"], {"y": 0.25}),
                "val_range": (["0,2"], (0.0, 2.0)), "passes": (["fold-bn"], "fold-bn"), "opt_level": (None, 2),
-               "name": (["other"], "other"), "title": (["a title"], "a title")}
+               "name": (["other"], "other"), "title": (["a title"], "a title"),
+               "shape": (["x=1x3x16x16"], [{"x": (1, 3, 16, 16)}]),
+               "shape_range": (["x=1x3x16x16:2x3x16x16:4x3x16x16"],
+                               {"x": ((1, 3, 16, 16), (2, 3, 16, 16), (4, 3, 16, 16))})}
     if name in special:
         return special[name]
     allowed = option.allowed()

@@ -35,6 +35,10 @@ SPECS = {
     "clip3d.cnn": "network clip3d\ninput x: [N, 3, 4, 8, 8]\ny = x -> conv(4, k=3, p=1) as conv1 -> relu "
                   "-> maxpool(k=(1, 2, 2), s=(1, 2, 2)) -> conv(8, k=3, p=1) as conv2 -> relu -> gap -> flatten "
                   "-> linear(5) as fc\noutput y\n",
+    # symbolic height and width: one model, any size its constraint allows
+    "dynseg.cnn": "network dynseg\ninput x: [N, 3, H, W] where H % 4 == 0, W % 4 == 0\n"
+                  "d = x -> conv(8, k=3, s=2, p=1) as down -> relu -> maxpool(k=2)\n"
+                  "y = d -> conv_transpose(2, k=4, s=4) as up\noutput y\n",
 }
 SMALL_RESNET = ["-D", "width=8", "-D", "num_classes=10"]
 INT8_DEPLOY_FAILURE: list[str | None] = []
@@ -56,6 +60,7 @@ def repo(tmp_path_factory) -> Path:
     deploy(repo, str(ROOT / "specs" / "resnet18.cnn"), *SMALL_RESNET, "--max-batch", "8")
     deploy(repo, str(folder / "twohead.cnn"), "--max-batch", "4")
     deploy(repo, str(folder / "clip3d.cnn"))
+    deploy(repo, str(folder / "dynseg.cnn"), "--max-batch", "4")
     # a failure here fails the int8 tests alone, not the module
     calibration = folder / "calibration.npz"
     np.savez(calibration, x=np.random.default_rng(7).standard_normal((16, 1, 28, 28)).astype(np.float32))
@@ -166,6 +171,18 @@ def test_outputs_equal_cnncomp_run(server, repo, tmp_path, protocol, model):
     assert sorted(expected) == sorted(OUTPUTS[model])
     for name in OUTPUTS[model]:
         assert_close(result.as_numpy(name), expected[name])
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_one_dynamic_model_serves_two_image_sizes(server, repo, tmp_path, protocol):
+    config = (repo / "dynseg" / "config.pbtxt").read_text()
+    assert "dims: [ 3, -1, -1 ]" in config and "dims: [ 2, -1, -1 ]" in config
+    for height, width in ((32, 48), (64, 20)):
+        x = np.random.default_rng(height).standard_normal((2, 3, height, width)).astype(np.float32)
+        expected = cnncomp_run(repo, "dynseg", x, tmp_path)["y"]
+        got = infer(server, protocol, "dynseg", {"x": x}).as_numpy("y")
+        assert got.shape == (2, 2, height, width)
+        assert_close(got, expected)
 
 
 def test_every_batch_size_up_to_max_batch(server, repo, tmp_path):

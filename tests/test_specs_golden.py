@@ -41,13 +41,13 @@ EXPECTED = {
     "densenet121": (7_978_856, 2.834e9, ["N", 1000]),
     "squeezenet1_0": (1_248_424, 0.819e9, ["N", 1000]),
     "se_resnet50": (28_088_024, 4.09e9, ["N", 1000]),
-    "hdc_segnet": (982_453, None, ["N", 21, 512, 512]),
+    "hdc_segnet": (982_453, None, ["N", 21, "H", "W"]),
     "textcnn": (154_502, None, ["N", 2]),
     "c3d": (79_991_015, None, ["N", 487]),
     "deformable_net": (526_834, None, ["N", 10]),
-    "unet": (31_037_698, None, ["N", 2, 256, 256]),
-    "espcn": (59_657, None, ["N", 1, 672, 672]),
-    "deeplabv3_resnet50": (42_004_074, None, [["N", 21, 224, 224], ["N", 21, 224, 224]]),  # out, aux
+    "unet": (31_037_698, None, ["N", 2, "H", "W"]),
+    "espcn": (59_657, None, ["N", 1, "3*H", "3*W"]),
+    "deeplabv3_resnet50": (42_004_074, None, [["N", 21, "H", "W"], ["N", 21, "H", "W"]]),  # out, aux
 }
 
 # A few torchvision state_dict keys per spec that reproduces a torchvision model.

@@ -311,3 +311,46 @@ def test_real_engine_builds_and_runs(tmp_path, capsys):  # pragma: no cover - GP
     assert engine is not None and engine.num_optimization_profiles == 1
     name = engine.get_tensor_name(0)
     assert tuple(engine.get_tensor_profile_shape(name, 0)[2]) == (8, 1, 28, 28)
+
+
+# ---- optimization profiles of models with symbolic sizes (--shape-range) -------------------------
+
+
+DYNAMIC = "network seg\ninput x: [N, 3, H, W] where H % 8 == 0, W % 8 == 0\ny = x -> conv(4, k=3, s=2, p=1)\noutput y\n"
+
+
+def test_profile_shapes_of_symbolic_sizes_come_from_the_shape_range(tmp_path):
+    import cnncomp
+    from cnncomp.emit.onnx import emit_onnx
+    from cnncomp.ir.weights import init_weights
+
+    spec = tmp_path / "seg.cnn"
+    spec.write_text(DYNAMIC)
+    graph = cnncomp.load(spec)
+    model = emit_onnx(graph, init_weights(graph))
+    with pytest.raises(CnnError, match=r"dynamic dim 'H' at position 2; give the engine's range of shapes with "
+                                       r"--shape-range x=MIN:OPT:MAX \(e.g. x=1x3x512x512:"):
+        profile_shapes(model)
+    ranges = {"x": ((1, 3, 64, 64), (2, 3, 256, 320), (4, 3, 512, 512))}
+    assert profile_shapes(model, ranges=ranges).shapes == ranges
+    assert profile_shapes(model, ranges={None: ranges["x"]}).shapes == ranges  # the one input, unnamed
+    with pytest.raises(CnnError, match="needs MIN <= OPT <= MAX in every dim"):
+        profile_shapes(model, ranges={"x": ((1, 3, 64, 64), (1, 3, 32, 64), (1, 3, 512, 512))})
+    with pytest.raises(CnnError, match="dim 1 of 1x4x64x64 must be 3"):
+        profile_shapes(model, ranges={"x": ((1, 4, 64, 64),) * 3})
+    with pytest.raises(CnnError, match="the model has no input 'y'"):
+        profile_shapes(model, ranges={"y": ranges["x"]})
+
+
+def test_engine_of_a_dynamic_model_gets_the_range_profile(monkeypatch, pretend_gpu, tmp_path, capsys):
+    rec = Recorder()
+    monkeypatch.setattr(trt_backend, "_import_tensorrt", lambda: fake_tensorrt(rec))
+    spec = tmp_path / "seg.cnn"
+    spec.write_text(DYNAMIC)
+    code, out, err = cli(capsys, "compile", spec, "--target", "tensorrt", "-o", tmp_path / "seg.plan",
+                         "--shape-range", "x=1x3x64x64:1x3x256x256:2x3x512x768")
+    assert code == 0, err
+    assert ("set_shape", "x", (1, 3, 64, 64), (1, 3, 256, 256), (2, 3, 512, 768)) in rec.calls
+    code, _, err = cli(capsys, "compile", spec, "--target", "tensorrt", "-o", tmp_path / "bad.plan",
+                       "--shape-range", "x=1x3x64x64:1x3x256x256")
+    assert code == 2 and "--shape-range takes NAME=MIN:OPT:MAX" in err

@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 
 from cnncomp.ir.cost import layer_macs, layer_params
 from cnncomp.ir.graph import LayerGraph
+from cnncomp.ops import dims
+from cnncomp.ops.dims import is_static
 from cnncomp.ops.registry import fmt_shape, get_op
 
 
@@ -42,22 +44,31 @@ class Summary:
         return sum(r.params for r in self.rows)
 
     @property
-    def total_macs(self) -> int:
-        return sum(r.macs for r in self.rows)
+    def total_macs(self):
+        return dims.add(*(r.macs for r in self.rows))
 
     def to_json(self) -> dict:
         """The `summary --json` object, keys as in DESIGN.md."""
         return {
             "network": self.network,
-            "inputs": {k: list(v) for k, v in self.inputs.items()},
-            "outputs": {k: list(v) for k, v in self.outputs.items()},
-            "layers": [{"name": r.name, "op": r.op, "output_shape": list(r.output_shape), "params": r.params,
-                        "macs": r.macs, "receptive_field": r.receptive_field,
+            "inputs": {k: _json_dims(v) for k, v in self.inputs.items()},
+            "outputs": {k: _json_dims(v) for k, v in self.outputs.items()},
+            "layers": [{"name": r.name, "op": r.op, "output_shape": _json_dims(r.output_shape),
+                        "params": r.params, "macs": _json_dim(r.macs), "receptive_field": r.receptive_field,
                         "effective_stride": r.effective_stride, "location": r.where} for r in self.rows],
             "total_params": self.total_params,
-            "total_macs": self.total_macs,
+            "total_macs": _json_dim(self.total_macs),
             "warnings": [w.to_json() for w in self.warnings],
         }
+
+
+def _json_dim(d):
+    """An int, or a symbolic size as its text ("N", "ceil(H/2)")."""
+    return d if is_static(d) else str(d)
+
+
+def _json_dims(shape) -> list:
+    return [_json_dim(d) for d in shape]
 
 
 def receptive_fields(graph: LayerGraph) -> dict[str, Field | None]:
@@ -143,7 +154,9 @@ def summarize(graph: LayerGraph, with_lint: bool = True) -> Summary:
     return Summary(graph.name, inputs, outputs, rows, warnings)
 
 
-def _human(n: int) -> str:
+def _human(n) -> str:
+    if not is_static(n):
+        return str(n)
     for unit, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
         if n >= scale:
             return f"{n / scale:.2f}{unit}"
@@ -167,8 +180,10 @@ def format_table(summary: Summary) -> str:
            "outputs: " + ", ".join(f"{k} {fmt_shape(v)}" for k, v in summary.outputs.items()), "",
            line(header), line(tuple("-" * w for w in widths))]
     out += [line(row) for row in body]
+    total = summary.total_macs
     out += ["", f"total params: {summary.total_params:,}",
-            f"total MACs:   {summary.total_macs:,} ({_human(summary.total_macs)}, batch 1)"]
+            f"total MACs:   {total:,} ({_human(total)}, batch 1)" if is_static(total)
+            else f"total MACs:   {total} (batch 1; a number at --shape)"]
     for w in summary.warnings:
         out.append(w.format())
     return "\n".join(out)

@@ -1,6 +1,9 @@
 """Run inference on an ONNX model, or on a spec (compiled in memory at -O1 with --weights or seeded
 weights). Inputs: a .npy for a one-input model, or a .npz keyed by input name. Outputs go to -o
-(.npy for one output, .npz for several), or a short description is printed."""
+(.npy for one output, .npz for several), or a short description is printed.
+
+A model with symbolic sizes (a spec with `input x: [N, 3, H, W]`) runs at any size its constraints
+allow; --shape x=1x3x480x640 runs it on seeded inputs of that shape instead of --input."""
 
 from cnncomp.cli.args import UsageError
 from cnncomp.job import add_options, job_from_args
@@ -8,7 +11,7 @@ from cnncomp.job import add_options, job_from_args
 
 def add_arguments(p):
     p.add_argument("model", metavar="MODEL_OR_SPEC", help="an .onnx model or a .cnn spec")
-    p.add_argument("--input", required=True, metavar="X", help="input .npy (one input) or .npz (by name)")
+    p.add_argument("--input", metavar="X", help="input .npy (one input) or .npz (by name)")
     add_options(p, "run")
 
 
@@ -19,8 +22,12 @@ def run(args) -> int:
     if not args.model.endswith((".cnn", ".onnx")):
         raise UsageError(f"expected a .onnx model or a .cnn spec, got '{args.model}'")
     job = job_from_args("run", args)
-    outputs = infer(args.model, args.input, job.check.runtime, job.source.defines, job.source.weights,
-                    job.source.seed)
+    shapes = job.check.shape or []
+    if (args.input is None) == (not shapes):
+        raise UsageError("give the inputs with --input X.npy/.npz or their shape with --shape x=1x3xHxW (one of them)")
+    inputs = {k: v for given in shapes for k, v in given.items()} if shapes else args.input
+    outputs = infer(args.model, inputs, job.check.runtime, job.source.defines, job.source.weights,
+                    job.source.seed, shaped=bool(shapes))
     if job.output.output:
         save_arrays(job.output.output, outputs)
         print(f"wrote {job.output.output}")

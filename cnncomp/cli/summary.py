@@ -17,13 +17,18 @@ def add_arguments(p):
     add_spec_arguments(p)
     p.add_argument("--json", action="store_true", help="print one JSON object (keys as in the docs)")
     p.add_argument("--no-lint", action="store_true", help="leave out the lint warnings")
+    p.add_argument("--shape", dest="shapes", action="append", default=[], metavar="NAME=1x3xHxW",
+                   help="the table at this input shape: symbolic sizes and MACs become numbers (e.g. x=1x3x512x512)")
 
 
 def run(args) -> int:
     from cnncomp.analysis.summary import format_table, summarize
     from cnncomp.api import load
 
-    summary = summarize(load(args.spec, parse_defines(args.defines)), with_lint=not args.no_lint)
+    from cnncomp.job import parse_shape
+
+    shape = {k: v for text in args.shapes for k, v in parse_shape(text).items()}
+    summary = summarize(load(args.spec, parse_defines(args.defines), shape), with_lint=not args.no_lint)
     if args.json:
         print(json.dumps(summary.to_json(), indent=1))
     else:

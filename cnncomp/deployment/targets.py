@@ -84,7 +84,8 @@ class TensorRTEngine(Target):
     def settings(self, model, output):
         from cnncomp.deployment.tensorrt import engine_profile
 
-        return {"profile": engine_profile(model, output.min_batch, output.opt_batch, output.max_batch)}
+        return {"profile": engine_profile(model, output.min_batch, output.opt_batch, output.max_batch,
+                                          output.get("shape_range"))}
 
     def write(self, model, output, precision, log=silent, profile=None, **settings):
         from cnncomp.deployment.tensorrt import write_engine

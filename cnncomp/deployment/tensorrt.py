@@ -209,15 +209,30 @@ class Profile:
 
 
 def profile_shapes(model: onnx.ModelProto, min_batch: int = 1, opt_batch: int | None = None,
-                   max_batch: int = 8) -> Profile:
-    """min/opt/max shapes of every input: the batch dim (symbolic first dim) varies, the others are fixed."""
+                   max_batch: int = 8, ranges: dict | None = None) -> Profile:
+    """min/opt/max shapes of every input: the batch dim (symbolic first dim) varies, the others are fixed;
+    an input with symbolic sizes after the batch (height, width) takes its shapes from `ranges`
+    ({"x": ((1, 3, 256, 256), (1, 3, 512, 512), (4, 3, 1024, 1024))}: --shape-range x=MIN:OPT:MAX)."""
     opt_batch = opt_batch if opt_batch is not None else max_batch
     if not 1 <= min_batch <= opt_batch <= max_batch:
         raise CnnError(f"the batch sizes need 1 <= --min-batch <= --opt-batch <= --max-batch, got "
                        f"{min_batch}, {opt_batch}, {max_batch}")
+    ranges = dict(ranges or {})
+    names = [vi.name for vi in model.graph.input]
+    if None in ranges:
+        if len(names) != 1:
+            raise CnnError(f"--shape-range: the model has {len(names)} inputs ({', '.join(names)}); name each")
+        ranges = {names[0]: ranges.pop(None), **ranges}
+    unknown = sorted(set(ranges) - set(names))
+    if unknown:
+        raise CnnError(f"--shape-range {unknown[0]}=...: the model has no input '{unknown[0]}' "
+                       f"(its inputs: {', '.join(names)})")
     shapes = {}
     for vi in model.graph.input:
         dims = vi.type.tensor_type.shape.dim
+        if vi.name in ranges:
+            shapes[vi.name] = _ranged_shapes(vi.name, dims, ranges[vi.name])
+            continue
         fixed = []
         for i, d in enumerate(dims):
             if d.HasField("dim_value"):
@@ -225,14 +240,34 @@ def profile_shapes(model: onnx.ModelProto, min_batch: int = 1, opt_batch: int | 
             elif i == 0:
                 fixed.append(None)
             else:
+                example = "x".join(str(e.dim_value) if e.HasField("dim_value") else "1" if j == 0 else "512"
+                                   for j, e in enumerate(dims))
                 raise CnnError(f"input '{vi.name}' has a dynamic dim '{d.dim_param or '?'}' at position {i}; "
-                               "a TensorRT engine from cnncomp varies only the batch dim (make the others static)")
+                               f"give the engine's range of shapes with --shape-range {vi.name}=MIN:OPT:MAX "
+                               f"(e.g. {vi.name}={example}:{example}:{example}), or make the dim static")
         if fixed and fixed[0] is None:
             shapes[vi.name] = tuple(tuple([b] + fixed[1:]) for b in (min_batch, opt_batch, max_batch))
         else:
             shape = tuple(fixed)
             shapes[vi.name] = (shape, shape, shape)
     return Profile(shapes)
+
+
+def _ranged_shapes(name: str, dims, given) -> tuple:
+    """(min, opt, max) of one input from --shape-range, checked against the model's dims."""
+    low, opt, high = (tuple(int(v) for v in shape) for shape in given)
+    for shape in (low, opt, high):
+        if len(shape) != len(dims):
+            raise CnnError(f"--shape-range {name}: {'x'.join(map(str, shape))} has rank {len(shape)}, the input "
+                           f"has rank {len(dims)}")
+        for i, d in enumerate(dims):
+            if d.HasField("dim_value") and shape[i] != d.dim_value:
+                raise CnnError(f"--shape-range {name}: dim {i} of {'x'.join(map(str, shape))} must be "
+                               f"{d.dim_value} (it is static in the model)")
+    if not all(a <= b <= c for a, b, c in zip(low, opt, high)):
+        raise CnnError(f"--shape-range {name}: needs MIN <= OPT <= MAX in every dim, got "
+                       f"{':'.join('x'.join(map(str, s)) for s in (low, opt, high))}")
+    return low, opt, high
 
 
 def trt_version(trt) -> tuple[int, int]:
@@ -307,13 +342,13 @@ def _parse(parser, model: onnx.ModelProto) -> bool:
 
 
 def engine_profile(model: onnx.ModelProto, min_batch: int = 1, opt_batch: int | None = None,
-                   max_batch: int = 8) -> Profile:
+                   max_batch: int = 8, ranges: dict | None = None) -> Profile:
     """Everything `--target tensorrt` checks before building, in order: the model suits TensorRT's
     parser, the batch sizes make a profile, and TensorRT and a GPU are here. Raises CnnError."""
     problems = check_tensorrt_compatible(model)
     if problems:
         raise CnnError("TensorRT's ONNX parser would refuse this model:\n  " + "\n  ".join(problems))
-    profile = profile_shapes(model, min_batch, opt_batch, max_batch)
+    profile = profile_shapes(model, min_batch, opt_batch, max_batch, ranges)
     missing = tensorrt_missing()
     if missing:
         raise CnnError("cannot build a TensorRT engine here: " + "; and ".join(missing)

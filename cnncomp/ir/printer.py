@@ -17,7 +17,7 @@ from cnncomp.ops.registry import REQUIRED, fmt_value, get_op
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*$")
 _DOTTED = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*$")
 KEYWORDS = {"network", "input", "output", "let", "block", "return", "repeat", "as", "if", "then", "else", "and",
-             "or", "not", "true", "false", "import", "in"}
+             "or", "not", "true", "false", "import", "in", "where"}
 
 
 def stage_name(name: str) -> str:
@@ -26,6 +26,22 @@ def stage_name(name: str) -> str:
     if _DOTTED.match(name) and first not in KEYWORDS:
         return name
     return '"' + name + '"'
+
+
+def _where(rules: dict, shape: tuple, stated: set[str]) -> str:
+    """` where H % 16 == 0, H >= 64` for the constrained symbols an input introduces."""
+    parts = []
+    for d in shape:
+        name = str(d)
+        if isinstance(d, int) or name in stated or name not in rules:
+            continue
+        stated.add(name)
+        rule = rules[name]
+        if rule.get("multiple_of", 1) > 1:
+            parts.append(f"{name} % {rule['multiple_of']} == {rule.get('remainder', 0)}")
+        if rule.get("min", 1) > 1:
+            parts.append(f"{name} >= {rule['min']}")
+    return " where " + ", ".join(parts) if parts else ""
 
 
 def _call(op_name: str, args: dict, tensor_args: list[str]) -> str:
@@ -79,10 +95,12 @@ def emit_cnn(graph: LayerGraph, header: str = "") -> str:
         return name
 
     lines = [f"# {line}" for line in header.splitlines()] + [f"network {graph.name}", ""]
+    stated: set[str] = set()  # symbols whose constraints an earlier input line states
     for name in graph.inputs:
         layer = graph.layer(name)
         dtype = "" if layer.dtype == "float32" else layer.dtype
-        lines.append(f"input {name}: {dtype}[{', '.join(str(d) for d in layer.shape)}]")
+        lines.append(f"input {name}: {dtype}[{', '.join(str(d) for d in layer.shape)}]"
+                     + _where(graph.meta.get("symbols", {}), layer.shape, stated))
         variables[name] = name
         taken.add(name)
     lines.append("")

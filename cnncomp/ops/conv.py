@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 
 from cnncomp.errors import CnnError
+from cnncomp.ops import dims
+from cnncomp.ops.dims import is_static
 from cnncomp.ops.registry import (
     Op, Param, WeightSpec, Window, as_tuple, check_channels, compact, numel, padding_arg, positive_ints, register,
     resolve_padding, sliding_window_step, spatial_rank, window_output,
@@ -184,11 +186,10 @@ class ConvTranspose(Op):
         rank = len(attrs["kernel"])
         out = []
         for i, n in enumerate(shapes[0][2:]):
-            if isinstance(n, str):
-                raise CnnError(f"conv_transpose: the dynamic size '{n}' must be static")
-            size = ((n - 1) * attrs["stride"][i] - attrs["pads"][i] - attrs["pads"][i + rank]
-                    + attrs["dilation"][i] * (attrs["kernel"][i] - 1) + attrs["output_padding"][i] + 1)
-            if size < 1:
+            grow = (attrs["dilation"][i] * (attrs["kernel"][i] - 1) + attrs["output_padding"][i] + 1
+                    - attrs["stride"][i] - attrs["pads"][i] - attrs["pads"][i + rank])
+            size = dims.add(dims.mul(n, attrs["stride"][i]), grow)  # (n - 1)*s - p + d*(k - 1) + op + 1
+            if is_static(size) and size < 1:
                 raise CnnError(f"conv_transpose: output size {size} is not positive (the padding crops too much)")
             out.append(size)
         return (shapes[0][0], attrs["out"]) + tuple(out)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from cnncomp.errors import CnnError
+from cnncomp.ops.dims import add, mismatch_hint, same_size
 from cnncomp.ops.registry import Op, Param, fmt_shape, normalize_axis, register
 
 
@@ -27,12 +28,13 @@ def broadcast(op_name: str, shapes: list[tuple]) -> tuple:
     out = list(shapes[0])
     for s in shapes[1:]:
         for i, d in enumerate(s):
-            if d == out[i] or d == 1:
+            if d == 1 or same_size(d, out[i]):
                 continue
             if out[i] == 1:
                 out[i] = d
                 continue
-            raise CnnError(f"{op_name}: shapes {fmt_shape(shapes[0])} and {fmt_shape(s)} differ in {dim_name(i, rank)}")
+            raise CnnError(f"{op_name}: shapes {fmt_shape(shapes[0])} and {fmt_shape(s)} differ in {dim_name(i, rank)}"
+                           + mismatch_hint(d, out[i]))
     return tuple(out)
 
 
@@ -142,12 +144,10 @@ class Concat(_Merge):
             if len(s) != rank:
                 raise CnnError(f"concat: shapes {fmt_shape(shapes[0])} and {fmt_shape(s)} differ in rank")
             for i in range(rank):
-                if i != axis and s[i] != shapes[0][i]:
+                if i != axis and not same_size(s[i], shapes[0][i]):
                     raise CnnError(f"concat: shapes {fmt_shape(shapes[0])} and {fmt_shape(s)} differ in "
-                                   f"{dim_name(i, rank)}")
-            if not isinstance(s[axis], int):
-                raise CnnError(f"concat: the {dim_name(axis, rank)} dim must be static, got '{s[axis]}'")
-            total += s[axis]
+                                   f"{dim_name(i, rank)}" + mismatch_hint(s[i], shapes[0][i]))
+            total = add(total, s[axis])
         out = list(shapes[0])
         out[axis] = total
         return tuple(out)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from cnncomp.errors import CnnError
+from cnncomp.ops.dims import is_symbolic_shape
 from cnncomp.ops.registry import (
     Op, Param, Window, as_tuple, compact, padding_arg, positive_ints, register, resolve_padding,
     sliding_window_step, spatial_rank, window_output,
@@ -80,9 +81,14 @@ class _WindowPool(Op):
         return s.function(s.helper(self.name), *args, shape=f"{s.helper('shape_pool')}({', '.join(shape_args)})")
 
 
-def _pool_onnx_attrs(a: dict, pads: list | None = None) -> dict:
-    return {"kernel_shape": list(a["kernel"]), "strides": list(a["stride"]),
-            "pads": list(a["pads"] if pads is None else pads)}
+def _pool_onnx_attrs(a: dict, pads: list | None = None, layer=None) -> dict:
+    """kernel_shape, strides and pads; with the layer, ceil_mode where its sizes are symbolic (ceil
+    mode is then never turned into padding: see _onnx_pool_pads)."""
+    attrs = {"kernel_shape": list(a["kernel"]), "strides": list(a["stride"]),
+             "pads": list(a["pads"] if pads is None else pads)}
+    if layer is not None and a.get("ceil") and is_symbolic_shape(layer.shape[2:]):
+        attrs["ceil_mode"] = 1
+    return attrs
 
 
 def _onnx_pool_pads(b, layer, x: str) -> list:
@@ -209,7 +215,7 @@ class MaxPool(_WindowPool):
         if max(pads) >= min(a["kernel"]):
             # ONNX Runtime refuses pads >= kernel (dilated windows allow them): pad with -inf first.
             x, pads = _onnx_pad(b, layer, x, pads, float("-inf")), [0] * len(pads)
-        return b.node("MaxPool", [x], layer.name, dilations=list(a["dilation"]), **_pool_onnx_attrs(a, pads))
+        return b.node("MaxPool", [x], layer.name, dilations=list(a["dilation"]), **_pool_onnx_attrs(a, pads, layer))
 
     def torch_ref(self, attrs, inputs, weights):
         return _torch_max(inputs[0], attrs)
@@ -257,9 +263,9 @@ class AvgPool(_WindowPool):
                 x = _onnx_pad(b, layer, x, list(a["pads"]), 0.0)
             pads = [p - q for p, q in zip(pads, a["pads"])]
             return b.node("AveragePool", [x], layer.name, count_include_pad=0, **dilations,
-                          **_pool_onnx_attrs(a, pads))
+                          **_pool_onnx_attrs(a, pads, layer))
         return b.node("AveragePool", [x], layer.name, count_include_pad=int(a["count_pad"]), **dilations,
-                      **_pool_onnx_attrs(a, pads))
+                      **_pool_onnx_attrs(a, pads, layer))
 
     def torch_ref(self, attrs, inputs, weights):
         # Independent of F.avg_pool: a sum over each window divided by the number of
@@ -311,7 +317,7 @@ class LpPool(_WindowPool):
             # ONNX Runtime wants pads below the (undilated) kernel; zeros padded first are the same sum
             x, pads = _onnx_pad(b, layer, x, pads, 0.0), [0] * len(pads)
         return b.node("LpPool", [x], layer.name, p=a["norm"], **_dilation_onnx(b, layer, "lppool", 18),
-                      **_pool_onnx_attrs(a, pads))
+                      **_pool_onnx_attrs(a, pads, layer))
 
     def torch_ref(self, attrs, inputs, weights):
         import torch.nn.functional as F

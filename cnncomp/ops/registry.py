@@ -24,6 +24,8 @@ from typing import Any, Callable
 import numpy as np
 
 from cnncomp.errors import CnnError
+from cnncomp.ops import dims
+from cnncomp.ops.dims import is_static
 
 REQUIRED = object()
 
@@ -247,13 +249,21 @@ def compact(values: tuple):
 
 
 def same_padding(size, kernel: int, stride: int, dilation: int) -> tuple[int, int]:
-    """Padding (begin, end) that keeps ceil(size/stride) outputs; the extra goes first."""
+    """Padding (begin, end) that keeps ceil(size/stride) outputs; the extra goes first.
+
+    A symbolic size needs a padding that does not depend on it: always at stride 1, and at a
+    larger stride when the constraints make the size a multiple of the stride."""
     eff = dilation * (kernel - 1) + 1
-    if isinstance(size, str):
-        total = max(eff - stride, 0) if stride == 1 else eff - 1
-    else:
+    if is_static(size):
         out = -(-size // stride)
         total = max((out - 1) * stride + eff - size, 0)
+    else:
+        total = dims.add(dims.mul(dims.ceil_div(size, stride) - 1, stride), eff, dims.mul(size, -1))
+        if not is_static(total):
+            raise CnnError(f"p=same at stride {stride} pads by how far '{size}' is from a multiple of {stride}: "
+                           f"state `where {next(iter(sorted(dims.symbols_of(size))), 'H')} % {stride} == 0` "
+                           "on the input, or give the padding explicitly")
+        total = max(total, 0)
     return (total + 1) // 2, total // 2
 
 
@@ -272,14 +282,20 @@ def resolve_padding(p, rank: int, kernel: tuple, stride: tuple, dilation: tuple,
 
 def window_output(size, kernel: int, stride: int, pad_begin: int, pad_end: int, dilation: int,
                   ceil: bool, what: str):
-    """The output size of a sliding window: floor((n + p - d*(k-1) - 1)/s) + 1 (ceil mode as PyTorch)."""
+    """The output size of a sliding window: floor((n + p - d*(k-1) - 1)/s) + 1 (ceil mode as PyTorch).
+
+    A symbolic n gives the same formula as an expression of its symbols."""
     eff = dilation * (kernel - 1) + 1
-    if isinstance(size, str):
-        if eff == 1 and stride == 1 and pad_begin == 0 and pad_end == 0:
-            return size
-        if stride == 1 and pad_begin + pad_end == eff - 1:
-            return size
-        raise CnnError(f"{what}: the dynamic size '{size}' must be static for kernel {kernel}, stride {stride}")
+    if not is_static(size):
+        span = dims.add(size, pad_begin + pad_end - eff)
+        if not ceil:
+            return dims.add(dims.floor_div(span, stride), 1)
+        # PyTorch drops a last window that starts in the end padding; that never happens when
+        # eff >= stride + pad_end (the last start is before n + pad_begin), else it depends on n.
+        if eff < stride + pad_end:
+            raise CnnError(f"{what}: ceil mode with kernel {kernel}, stride {stride} and end padding {pad_end} "
+                           f"drops a last window or not depending on the size '{size}': it must be static")
+        return dims.add(dims.ceil_div(span, stride), 1)
     span = size + pad_begin + pad_end - eff
     if span < 0:
         raise CnnError(f"{what}: kernel {kernel}" + (f" (dilation {dilation}, effective {eff})" if dilation > 1 else "")
@@ -295,12 +311,17 @@ def window_output(size, kernel: int, stride: int, pad_begin: int, pad_end: int, 
     return out
 
 
-def numel(shape: tuple) -> int:
-    """Elements for batch 1: symbolic dims count as 1."""
-    return math.prod(d if isinstance(d, int) else 1 for d in shape)
+def numel(shape: tuple):
+    """Elements for batch 1: a symbolic batch dim counts as 1; other symbolic dims make the
+    count an expression of their symbols (an int when every dim after the batch is static)."""
+    if len(shape) < 2 or all(is_static(d) for d in shape[1:]):
+        return math.prod(d if is_static(d) else 1 for d in shape)
+    return dims.mul(*((shape[0] if is_static(shape[0]) else 1,) + tuple(shape[1:])))
 
 
 def describe(value) -> str:
+    if isinstance(value, dims.SymDim):
+        return "a symbolic size"
     if isinstance(value, bool):
         return "a bool"
     if isinstance(value, int):
@@ -315,6 +336,8 @@ def describe(value) -> str:
 
 
 def fmt_value(value) -> str:
+    if isinstance(value, dims.SymDim):
+        return dims.to_language(value)
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, tuple):

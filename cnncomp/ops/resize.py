@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import math
 
 from cnncomp.errors import CnnError
+from cnncomp.ops import dims
+from cnncomp.ops.dims import is_static, is_symbolic_shape
 from cnncomp.ops.registry import Op, Param, Window, as_tuple, compact, positive_ints, register, spatial_rank
 
 _INTERPOLATE = {"linear": {3: "linear", 4: "bilinear", 5: "trilinear"}, "cubic": {4: "bicubic"}}
@@ -65,7 +66,9 @@ class Upsample(Op):
         if args["size"] is not None:
             if args["scale"] is not None:
                 raise CnnError("upsample: give scale= or size=, not both")
-            attrs["size"] = positive_ints(as_tuple(args["size"], rank, "size"), "size")
+            size = as_tuple(args["size"], rank, "size")  # symbolic sizes allowed: spatial(x) of a dynamic x
+            positive_ints(tuple(d for d in size if is_static(d) or not isinstance(d, str)), "size")
+            attrs["size"] = size
             return attrs
         scale = as_tuple(2 if args["scale"] is None else args["scale"], rank, "scale")
         if any(not isinstance(s, (int, float)) or isinstance(s, bool) or s <= 0 for s in scale):
@@ -89,10 +92,8 @@ class Upsample(Op):
             return tuple(shapes[0][:2]) + tuple(attrs["size"])
         out = []
         for n, s in zip(shapes[0][2:], attrs["scale"]):
-            if isinstance(n, str):
-                raise CnnError(f"upsample: the dynamic size '{n}' must be static")
-            size = math.floor(n * s)
-            if size < 1:
+            size = dims.scale_floor(n, s, "upsample")
+            if is_static(size) and size < 1:
                 raise CnnError(f"upsample: output size {size} is not positive")
             out.append(size)
         return tuple(shapes[0][:2]) + tuple(out)
@@ -100,7 +101,7 @@ class Upsample(Op):
     def window(self, attrs, shapes):
         if "size" in attrs:
             spatial = shapes[0][2:]
-            ratios = tuple(m / n if isinstance(n, int) else 1.0 for n, m in zip(spatial, attrs["size"]))
+            ratios = tuple(dims.ratio(m, n) for n, m in zip(spatial, attrs["size"]))
         else:
             ratios = attrs["scale"]
         return Window((1.0,) * len(ratios), tuple(1.0 / s for s in ratios))
@@ -108,15 +109,18 @@ class Upsample(Op):
     def to_onnx(self, b, layer, inputs, weights):
         a = layer.attrs
         # align_corners depends only on the sizes in PyTorch; ONNX, given scales, would use n * scale unrounded
+        if "size" not in a and a.get("align_corners") and is_symbolic_shape(layer.shape[2:]):
+            raise CnnError("upsample: align_corners=true with scale= on a symbolic size is not lowered to ONNX; "
+                           "give size= or a static input")
         if "size" in a or a.get("align_corners"):
             spatial = tuple(layer.shape[2:])
-            if all(isinstance(d, int) for d in layer.shape[:2]):
+            if all(isinstance(d, int) for d in layer.shape):
                 sizes = b.const_int64(list(layer.shape[:2]) + list(spatial), layer.name + "/sizes")
             else:
                 shape = b.node("Shape", [inputs[0]], b.fresh(layer.name + "/shape"))
                 lead = b.node("Slice", [shape, b.const_int64([0], layer.name + "/zero"),
                                         b.const_int64([2], layer.name + "/two")], b.fresh(layer.name + "/lead"))
-                sizes = b.node("Concat", [lead, b.const_int64(list(spatial), layer.name + "/spatial_sizes")],
+                sizes = b.node("Concat", [lead, b.sizes(spatial, layer.name + "/spatial_sizes")],
                                b.fresh(layer.name + "/sizes"), axis=0)
             resize_inputs = [inputs[0], "", "", sizes]
         else:
@@ -164,10 +168,15 @@ def _float32_scales(sizes: tuple, scales: tuple, out: tuple) -> list[float]:
     floor(n * scale) in double, as PyTorch computes it (10 * float32(1.3) is 12.9999995)."""
     import numpy as np
 
+    from fractions import Fraction
+
     result = []
     for n, scale, want in zip(sizes, scales, out):
         s32 = np.float32(scale)
         while isinstance(n, int) and min(np.floor(np.float32(n) * s32), np.floor(n * float(s32))) < want:
+            s32 = np.nextafter(s32, np.float32(np.inf))
+        # a symbolic size: floor(n * s32) is floor(n * p/q) when float32 s32 is not below p/q
+        while not isinstance(n, int) and Fraction(float(s32)) < Fraction(scale).limit_denominator(1000):
             s32 = np.nextafter(s32, np.float32(np.inf))
         result.append(float(s32))
     return result

@@ -6,6 +6,8 @@ from __future__ import annotations
 import math
 
 from cnncomp.errors import CnnError
+from cnncomp.ops import dims
+from cnncomp.ops.dims import is_static
 from cnncomp.ops.registry import (
     Op, Param, Window, check_channels, normalize_axis, padding_arg, register, resolve_padding, spatial_rank,
 )
@@ -47,12 +49,10 @@ class Flatten(Op):
         return s.function(s.helper("flatten"), *s.written(), shape=shape)
 
 
-def _product(dims: tuple):
-    if all(isinstance(d, int) for d in dims):
-        return math.prod(dims)
-    if len(dims) == 1:
-        return dims[0]
-    raise CnnError(f"flatten: cannot multiply the dynamic dims {list(dims)}")
+def _product(sizes: tuple):
+    if len(sizes) == 1:
+        return sizes[0]
+    return dims.mul(*sizes) if sizes else 1
 
 
 class _Passthrough(Op):
@@ -162,7 +162,7 @@ class PixelShuffle(_PixelShuffleBase):
     def infer_shape(self, attrs, shapes):
         n, c, h, w = shapes[0]
         r = attrs["r"]
-        return (n, c // (r * r)) + tuple(d * r if isinstance(d, int) else _dynamic(self.name, d) for d in (h, w))
+        return (n, c // (r * r), dims.mul(h, r), dims.mul(w, r))
 
     def window(self, attrs, shapes):
         return Window((1.0, 1.0), (1.0 / attrs["r"],) * 2)
@@ -195,16 +195,15 @@ class PixelUnshuffle(_PixelShuffleBase):
         self.check(shape, r)
         check_channels(shape, self.name)
         for d in shape[2:]:
-            if isinstance(d, str):
-                _dynamic(self.name, d)
-            if d % r:
-                raise CnnError(f"pixel_unshuffle: the spatial size {d} is not a multiple of r={r}")
+            if dims.remainder(d, r) != 0:
+                hint = dims.mismatch_hint(dims.mul(dims.floor_div(d, r), r), d) if not is_static(d) else ""
+                raise CnnError(f"pixel_unshuffle: the spatial size {d} is not a multiple of r={r}{hint}")
         return {"r": r}
 
     def infer_shape(self, attrs, shapes):
         n, c, h, w = shapes[0]
         r = attrs["r"]
-        return (n, c * r * r, h // r, w // r)
+        return (n, c * r * r, dims.floor_div(h, r), dims.floor_div(w, r))
 
     def window(self, attrs, shapes):
         r = float(attrs["r"])
@@ -214,10 +213,27 @@ class PixelUnshuffle(_PixelShuffleBase):
         r = layer.attrs["r"]
         n, c, h, w = layer.shape
         c //= r * r
-        split = b.node("Reshape", [inputs[0], b.const_int64([0, c, h, r, w, r], layer.name + "/split_shape")],
-                       b.fresh(layer.name + "/split"))
+        if is_static(h) and is_static(w):
+            split_shape = b.const_int64([0, c, h, r, w, r], layer.name + "/split_shape")
+            out_shape = b.const_int64([0, c * r * r, h, w], layer.name + "/shape")
+        else:  # H/r and W/r read from the input's shape when it runs
+            shape = b.node("Shape", [inputs[0]], b.fresh(layer.name + "/in_shape"))
+            hw = b.node("Div", [b.node("Slice", [shape, b.const_int64([2], layer.name + "/two"),
+                                                  b.const_int64([4], layer.name + "/four")],
+                                       b.fresh(layer.name + "/in_hw")),
+                                b.const_int64([r], layer.name + "/r")], b.fresh(layer.name + "/hw"))
+            parts = [b.node("Slice", [hw, b.const_int64([i], f"{layer.name}/at{i}"),
+                                      b.const_int64([i + 1], f"{layer.name}/to{i + 1}")], b.fresh(f"{layer.name}/hw{i}"))
+                     for i in (0, 1)]
+            split_shape = b.node("Concat", [b.const_int64([0, c], layer.name + "/lead"), parts[0],
+                                            b.const_int64([r], layer.name + "/block"), parts[1],
+                                            b.const_int64([r], layer.name + "/block_w")],
+                                 b.fresh(layer.name + "/split_shape"), axis=0)
+            out_shape = b.node("Concat", [b.const_int64([0, c * r * r], layer.name + "/out_lead"), hw],
+                               b.fresh(layer.name + "/shape"), axis=0)
+        split = b.node("Reshape", [inputs[0], split_shape], b.fresh(layer.name + "/split"))
         moved = b.node("Transpose", [split], b.fresh(layer.name + "/moved"), perm=[0, 1, 3, 5, 2, 4])
-        return b.node("Reshape", [moved, b.const_int64([0, c * r * r, h, w], layer.name + "/shape")], layer.name)
+        return b.node("Reshape", [moved, out_shape], layer.name)
 
     def torch_ref(self, attrs, inputs, weights):
         x, r = inputs[0], attrs["r"]
@@ -227,10 +243,6 @@ class PixelUnshuffle(_PixelShuffleBase):
     def torch_source(self, s):
         shape = f"{s.helper('shape_' + self.name)}({s.shape}, {s.arg('r', 'init')})"
         return s.function(f"F.{self.name}", s.arg("r"), shape=shape)
-
-
-def _dynamic(op_name: str, dim: str):
-    raise CnnError(f"{op_name}: the dynamic size '{dim}' must be static")
 
 
 @register
@@ -313,12 +325,7 @@ class Pad(Op):
         pads = attrs["pads"]
         out = []
         for i, n in enumerate(shapes[0][2:]):
-            if isinstance(n, str):
-                if pads[i] or pads[i + rank]:
-                    raise CnnError(f"pad: the dynamic size '{n}' must be static")
-                out.append(n)
-            else:
-                out.append(n + pads[i] + pads[i + rank])
+            out.append(dims.add(n, pads[i] + pads[i + rank]))
         return tuple(shapes[0][:2]) + tuple(out)
 
     def window(self, attrs, shapes):

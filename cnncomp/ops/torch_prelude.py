@@ -51,8 +51,8 @@ def spatial_pads(p, kernel, stride, dilation, spatial):
         begins, ends = [], []
         for n, k, s, d in zip(spatial, kernel, stride, dilation):
             eff = d * (k - 1) + 1
-            if isinstance(n, str):  # a symbolic size
-                total = max(eff - s, 0) if s == 1 else eff - 1
+            if isinstance(n, str):  # a symbolic size (a multiple of s where s > 1: the compiler checked)
+                total = max(eff - s, 0)
             else:
                 total = max((-(-n // s) - 1) * s + eff - n, 0)
             begins.append((total + 1) // 2)
@@ -77,7 +77,8 @@ def window_size(n, k, s, begin, end, d=1, ceil=False):
     if isinstance(n, str):
         if s == 1 and begin + end == eff - 1:
             return n
-        raise ValueError(f"the symbolic size {n!r} must be static for kernel {k}, stride {s}")
+        rounding = "ceil" if ceil else "floor"
+        return f"{rounding}(({n} + {begin + end - eff}) / {s}) + 1"
     span = n + begin + end - eff
     if span < 0:
         raise ValueError(f"kernel {k} is larger than the padded input size {n + begin + end}")
@@ -114,12 +115,12 @@ def shape_global_pool(shape):
 
 # @ dims_product: math
 def dims_product(dims):
-    """The product of dims; a single symbolic dim stays symbolic."""
+    """The product of dims; with a symbolic dim, the product's expression as text."""
     if all(isinstance(d, int) for d in dims):
         return math.prod(dims)
     if len(dims) == 1:
         return dims[0]
-    raise ValueError(f"cannot multiply the symbolic dims {list(dims)}")
+    return "*".join(str(d) for d in dims)
 
 # @ shape_flatten: dims_product
 def shape_flatten(shape, axis=1):
@@ -139,7 +140,8 @@ def shape_pad(shape, p, mode="constant", value=0.0):
     """The output shape of pad."""
     rank = len(shape) - 2
     pads = spatial_pads(p, (1,) * rank, (1,) * rank, (1,) * rank, shape[2:])
-    sizes = (n if isinstance(n, str) else n + pads[i] + pads[i + rank] for i, n in enumerate(shape[2:]))
+    sizes = (f"{n} + {pads[i] + pads[i + rank]}" if isinstance(n, str) and pads[i] + pads[i + rank]
+             else n if isinstance(n, str) else n + pads[i] + pads[i + rank] for i, n in enumerate(shape[2:]))
     return tuple(shape[:2]) + tuple(sizes)
 
 # @ shape_upsample: ntuple, math
@@ -149,24 +151,26 @@ def shape_upsample(shape, scale=None, mode="nearest", size=None, align_corners=F
     if size is not None:
         return tuple(shape[:2]) + ntuple(size, len(shape) - 2)
     scale = ntuple(2 if scale is None else scale, len(shape) - 2)
-    return tuple(shape[:2]) + tuple(math.floor(n * f) for n, f in zip(shape[2:], scale))
+    return tuple(shape[:2]) + tuple(f"floor({n} * {f})" if isinstance(n, str) else math.floor(n * f)
+                                    for n, f in zip(shape[2:], scale))
 
 # @ shape_pixel_shuffle
 def shape_pixel_shuffle(shape, r):
     """The output shape of pixel_shuffle: r*r channels into an r x r block."""
-    return (shape[0], shape[1] // (r * r), shape[2] * r, shape[3] * r)
+    return (shape[0], shape[1] // (r * r)) + tuple(f"{r}*{n}" if isinstance(n, str) else n * r for n in shape[2:])
 
 # @ shape_pixel_unshuffle
 def shape_pixel_unshuffle(shape, r):
     """The output shape of pixel_unshuffle: each r x r block into r*r channels."""
-    return (shape[0], shape[1] * r * r, shape[2] // r, shape[3] // r)
+    return (shape[0], shape[1] * r * r) + tuple(f"{n} / {r}" if isinstance(n, str) else n // r for n in shape[2:])
 
 # @ shape_concat
 def shape_concat(shapes, axis=1):
     """The output shape of concat: the sizes along axis add up."""
     axis %= len(shapes[0])
     out = list(shapes[0])
-    out[axis] = sum(s[axis] for s in shapes)
+    sizes = [s[axis] for s in shapes]
+    out[axis] = sum(sizes) if all(isinstance(n, int) for n in sizes) else " + ".join(str(n) for n in sizes)
     return tuple(out)
 
 # @ shape_broadcast
@@ -265,7 +269,8 @@ def conv_transpose(in_shape, out, k, s=1, p=0, output_padding=0, d=1, g=1, bias=
     cls = CONV_TRANSPOSES[rank] if not any(map(any, crop)) else CROPPED_CONV_TRANSPOSES[rank]
     module = cls(in_shape[1], out, k, s, common, extra, g, bias, d)
     module.crop = crop
-    sizes = ((n - 1) * s[i] - pads[i] - pads[i + rank] + d[i] * (k[i] - 1) + extra[i] + 1
+    grow = [d[i] * (k[i] - 1) + extra[i] + 1 - s[i] - pads[i] - pads[i + rank] for i in range(rank)]
+    sizes = (f"{s[i]}*{n} + {grow[i]}" if isinstance(n, str) else n * s[i] + grow[i]
              for i, n in enumerate(in_shape[2:]))
     module.out_shape = (in_shape[0], out) + tuple(sizes)
     return module

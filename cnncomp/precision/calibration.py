@@ -94,12 +94,18 @@ def check_calibration(feeds: dict, graph: LayerGraph, source: str) -> dict[str, 
 
 
 def seeded_calibration(graph: LayerGraph, seed: int = 0, samples: int = SEEDED_SAMPLES) -> dict[str, np.ndarray]:
-    """Seeded uniform samples in [-1, 1] for every input (a stand-in for real data)."""
+    """Seeded uniform samples in [-1, 1] for every input (a stand-in for real data); symbolic sizes
+    at the largest default size a dynamic model is verified at."""
+    from cnncomp.ops.dims import evaluate
+    from cnncomp.run.sizes import verification_sizes
+
     rng = np.random.default_rng(seed)
+    sizes = verification_sizes(graph, 1)[-1]
     out = {}
     for name in graph.inputs:
         layer = graph.layer(name)
-        out[name] = rng.uniform(-1, 1, (samples,) + tuple(d for d in layer.shape[1:])).astype(np.float32)
+        shape = tuple(d if isinstance(d, int) else evaluate(d, sizes) for d in layer.shape[1:])
+        out[name] = rng.uniform(-1, 1, (samples,) + shape).astype(np.float32)
     return out
 
 

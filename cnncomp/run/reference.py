@@ -28,6 +28,7 @@ import torch
 
 from cnncomp.ir.weights import IGNORED_SUFFIXES, check_weights, init_weights, load_weights
 from cnncomp.errors import CnnError
+from cnncomp.ops.dims import bind_symbols, concrete, evaluate, has_symbolic, symbols_of
 from cnncomp.ops.registry import all_ops, fmt_shape
 from cnncomp.progress import progress
 
@@ -40,24 +41,33 @@ def execute(graph, feeds: Mapping[str, torch.Tensor], weight: WeightGetter,
     With a `label`, a progress bar counts the layers (on a terminal)."""
     ops = all_ops()
     values: dict[str, torch.Tensor] = {}
+    sizes = input_sizes(graph, {name: tuple(feeds[name].shape) for name in graph.inputs if name in feeds})
     layers = progress(list(graph.layers()), label=label) if label else graph.layers()
     for layer in layers:
         if layer.op == "input":
             values[layer.name] = feeds[layer.name]
             continue
-        values[layer.name] = run_layer(ops, graph, layer, values, weight, training)
+        values[layer.name] = run_layer(ops, graph, layer, values, weight, training, sizes)
     return values
 
 
+def input_sizes(graph, shapes: Mapping[str, tuple]) -> dict[str, int]:
+    """The values of the graph's symbols (N, H, W) in these input shapes; an error when a shape breaks
+    the spec's dims or constraints."""
+    minimums = {name: rule.get("min", 1) for name, rule in graph.meta.get("symbols", {}).items()}
+    return bind_symbols({n: tuple(graph.layer(n).shape) for n in graph.inputs}, dict(shapes), minimums)
+
+
 def run_layer(ops, graph, layer, values: Mapping[str, torch.Tensor], weight: WeightGetter,
-              training: bool = False) -> torch.Tensor:
+              training: bool = False, sizes: Mapping[str, int] | None = None) -> torch.Tensor:
     """One layer's output from its inputs' outputs in `values` (a failure names the layer and its spec line)."""
     try:
         op = ops[layer.op]
         ins = [values[u] for u in graph.input_names(layer.name)]
         ws = {suffix: weight(layer.name, suffix) for suffix in layer.weights}
-        out = (op.torch_train if training else op.torch_ref)(layer.attrs, ins, ws)
-        _check_shape(layer, out)
+        attrs = concrete(layer.attrs, sizes) if sizes and has_symbolic(layer.attrs) else layer.attrs
+        out = (op.torch_train if training else op.torch_ref)(attrs, ins, ws)
+        _check_shape(layer, out, sizes)
     except Exception as exc:
         detail = exc.message if isinstance(exc, CnnError) else f"{type(exc).__name__}: {exc}"
         raise CnnError(f"while executing layer '{layer.name}' ({layer.where or 'no location'}): {detail}",
@@ -65,11 +75,15 @@ def run_layer(ops, graph, layer, values: Mapping[str, torch.Tensor], weight: Wei
     return out
 
 
-def _check_shape(layer, out) -> None:
+def _check_shape(layer, out, sizes: Mapping[str, int] | None = None) -> None:
+    """The output's shape against the inferred one; symbolic sizes at the inputs' values of the symbols."""
     got = tuple(out.shape)
     want = tuple(layer.shape)
-    if len(got) != len(want) or any(isinstance(w, int) and w != g for g, w in zip(got, want)):
-        raise CnnError(f"the reference computed shape {fmt_shape(got)}, the spec infers {fmt_shape(want)}")
+    expected = tuple(evaluate(w, sizes) if not isinstance(w, int) and sizes and symbols_of(w) <= set(sizes)
+                     else w for w in want)
+    if len(got) != len(want) or any(isinstance(w, int) and w != g for g, w in zip(got, expected)):
+        at = f" (at {', '.join(f'{k}={v}' for k, v in sizes.items())})" if sizes and expected != want else ""
+        raise CnnError(f"the reference computed shape {fmt_shape(got)}, the spec infers {fmt_shape(want)}{at}")
 
 
 def _feeds(graph, inputs: Mapping[str, np.ndarray], dtype: torch.dtype) -> dict[str, torch.Tensor]:

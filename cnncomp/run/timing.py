@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from cnncomp.ir.graph import Layer, LayerGraph
+from cnncomp.ops.dims import concrete, evaluate, symbols_of
+from cnncomp.run.sizes import verification_sizes
 
 
 def extract(graph: LayerGraph, names: list[str]) -> LayerGraph:
@@ -14,11 +16,15 @@ def extract(graph: LayerGraph, names: list[str]) -> LayerGraph:
     order = [l for l in graph.layers() if l.name in members]
     first = order[0]
     (src,) = graph.inputs_of(first.name)
-    shape = tuple(1 if isinstance(d, str) else d for d in src.shape)
-    sub.add_layer(Layer("x", "input", {}, shape, src.dtype))
+    sizes = verification_sizes(graph, 1)[-1]  # symbolic sizes: timed at the largest size verify checks
+
+    def at(shape: tuple) -> tuple:
+        return (1,) + tuple(evaluate(d, sizes) if symbols_of(d) <= set(sizes) else 1 for d in shape[1:])
+
+    sub.add_layer(Layer("x", "input", {}, at(src.shape), src.dtype))
     for layer in order:
         feeds = ["x" if n not in members else n for n in graph.input_names(layer.name)]
-        sub.add_layer(Layer(layer.name, layer.op, dict(layer.attrs), (1,) + tuple(layer.shape[1:]), layer.dtype,
+        sub.add_layer(Layer(layer.name, layer.op, concrete(dict(layer.attrs), sizes), at(layer.shape), layer.dtype,
                             layer.loc, layer.chain, dict(layer.weights), dict(layer.args)), feeds)
     sub.outputs = [order[-1].name]
     sub.output_names = ["y"]

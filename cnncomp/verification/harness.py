@@ -19,6 +19,8 @@ from cnncomp.errors import CnnError
 from cnncomp.inputs import bind_inputs
 from cnncomp.ir.weights import nonfinite_weights
 from cnncomp.ir.graph import LayerGraph
+from cnncomp.ops.dims import evaluate, symbols_of
+from cnncomp.run.sizes import MIN_CHECK_SIZE, batch_symbols, spatial_symbols, verification_sizes  # noqa: F401
 from cnncomp.verification.compare import Comparison, compare
 from cnncomp.verification.tolerances import DEFAULT_MAX_ERROR, DEFAULT_TOLERANCES, tolerance_for  # noqa: F401
 
@@ -30,6 +32,24 @@ class LayerCheck:
     reference_layer: str
     location: str
     comparison: Comparison
+
+
+@dataclass
+class SizeCheck:
+    """The outputs compared at one value of the symbols (a dynamic model is checked at several)."""
+
+    sizes: dict[str, int]
+    outputs: dict[str, Comparison]
+
+    @property
+    def ok(self) -> bool:
+        return all(c.ok for c in self.outputs.values())
+
+    def label(self) -> str:
+        return ", ".join(f"{k}={v}" for k, v in self.sizes.items())
+
+    def to_json(self) -> dict:
+        return {"sizes": dict(self.sizes), "ok": self.ok, "outputs": {k: v.to_json() for k, v in self.outputs.items()}}
 
 
 @dataclass
@@ -46,6 +66,7 @@ class VerifyReport:
     layers: list[LayerCheck] = field(default_factory=list)
     precision: str = "fp32"
     notes: list[str] = field(default_factory=list)
+    sizes: list[SizeCheck] = field(default_factory=list)  # every size checked (symbolic models), the first too
 
     def to_json(self) -> dict:
         return {"ok": self.ok, "passes": self.passes, "provider": self.provider, "precision": self.precision,
@@ -55,13 +76,19 @@ class VerifyReport:
                 "first_divergent_compared_with": self.first_divergent_compared_with,
                 "layers": [{"layer": c.layer, "reference_layer": c.reference_layer, "location": c.location,
                             **c.comparison.to_json()} for c in self.layers],
+                "sizes": [c.to_json() for c in self.sizes],
                 "notes": self.notes}
 
     def format(self) -> str:
         lines = [f"verify: {'ok' if self.ok else 'MISMATCH'} ({self.provider}, {self.precision}; passes: "
                  f"{', '.join(self.passes) or 'none'})"]
-        for name, c in self.outputs.items():
-            lines.append(f"  {name}: {c.describe()}")
+        if self.sizes:
+            for check in self.sizes:
+                lines.append(f"  at {check.label()}: {'ok' if check.ok else 'MISMATCH'}")
+                lines += [f"    {name}: {c.describe()}" for name, c in check.outputs.items()]
+        else:
+            for name, c in self.outputs.items():
+                lines.append(f"  {name}: {c.describe()}")
         if self.first_divergent_layer:
             compared = self.first_divergent_compared_with
             lines.append(f"  first divergent layer: {self.first_divergent_layer} ({self.first_divergent_location})"
@@ -72,14 +99,33 @@ class VerifyReport:
 
 
 def make_inputs(graph: LayerGraph, seed: int = 0, val_range: tuple[float, float] = (-1.0, 1.0),
-                batch: int = 2) -> dict[str, np.ndarray]:
-    """Seeded uniform inputs for every graph input; a symbolic dim takes the size `batch`."""
+                batch: int = 2, sizes: dict[str, int] | None = None) -> dict[str, np.ndarray]:
+    """Seeded uniform inputs for every graph input; a symbolic batch dim takes the size `batch`, the
+    spatial symbols `sizes` (by default the smallest sizes their constraints and strides allow)."""
     rng = np.random.default_rng(seed)
+    if sizes is None:
+        sizes = verification_sizes(graph, batch, count=1)[0]
     out = {}
     for name in graph.inputs:
         layer = graph.layer(name)
-        shape = tuple(d if isinstance(d, int) else batch for d in layer.shape)
+        shape = tuple(d if isinstance(d, int) else evaluate(d, sizes) if symbols_of(d) <= set(sizes) else batch
+                      for d in layer.shape)
         out[name] = rng.uniform(val_range[0], val_range[1], shape).astype(layer.dtype)
+    return out
+
+
+def sizes_to_check(graph: LayerGraph, shapes=(), defaults: bool = True, batch: int = 2) -> list[dict[str, int]]:
+    """The sizes to check a model at: the default sizes of a model with symbolic spatial sizes (with
+    `defaults`), then the symbols of every `--shape` (`{"x": (1, 3, 512, 512)}`)."""
+    from cnncomp.frontend.cnn.symbols import named_shapes
+    from cnncomp.run.reference import input_sizes
+
+    wanted = verification_sizes(graph, batch) if defaults and spatial_symbols(graph) else []
+    wanted += [input_sizes(graph, named_shapes(graph, given)) for given in shapes]
+    out = []
+    for sizes in wanted:
+        if sizes not in out:
+            out.append(sizes)
     return out
 
 
@@ -146,13 +192,15 @@ def verify(ref_graph: LayerGraph, ref_weights: dict, model, opt_graph: LayerGrap
            atol=None, rtol=None, per_layer: bool = False, precision: str = "fp32", session_options=None,
            reference_outputs: dict | None = None, max_error: float | None = None,
            tolerances: tuple[float, float] | None = None, judged_by_budget: bool = False,
-           runtime_settings: dict | None = None) -> tuple[VerifyReport, dict, dict]:
+           runtime_settings: dict | None = None, sizes: list[dict[str, int]] = ()) -> tuple[VerifyReport, dict, dict]:
     """Run `model` (emitted from opt_graph) and the reference of ref_graph; return (report, inputs, outputs).
 
     `precision` names the model's precision; its registry entry (precision/convert.py) gives the default
     `tolerances` and whether it is `judged_by_budget`. When approximate rewrites ran
     (opt_graph.meta["approximate"]) or the precision is judged so, outputs are judged by their relative L2
-    error against `max_error` (default DEFAULT_MAX_ERROR) instead of element-wise tolerances."""
+    error against `max_error` (default DEFAULT_MAX_ERROR) instead of element-wise tolerances. A model with
+    symbolic sizes is also run at each of `sizes` (values of the symbols) on fresh seeded inputs; the report
+    lists every size checked."""
     from cnncomp.run.reference import run_reference
     from cnncomp.run.session import Session
 
@@ -180,6 +228,21 @@ def verify(ref_graph: LayerGraph, ref_weights: dict, model, opt_graph: LayerGrap
                                 precision, budget, tolerances)
     report = VerifyReport(all(c.ok for c in outputs.values()), list(opt_graph.meta.get("passes", [])),
                           session.provider, outputs, precision=precision)
+    if sizes or spatial_symbols(ref_graph):
+        from cnncomp.run.reference import input_sizes
+
+        first = input_sizes(ref_graph, {n: a.shape for n, a in feeds.items() if n in ref_graph.inputs})
+        report.sizes.append(SizeCheck(first, outputs))
+        sizes = [size for size in sizes if size != first]
+    for k, size in enumerate(sizes, 1):
+        more = make_inputs(ref_graph, seed + k, val_range, batch, size)
+        more = {n: a.astype(feeds[n].dtype) if n in feeds else a for n, a in more.items()}
+        more_ref = run_reference(ref_graph, ref_weights, more, dtype=torch.float64)
+        more_got = session.run({n: v for n, v in more.items() if n in session.input_names})
+        report.sizes.append(SizeCheck(size, {
+            name: compare(more_got[name], more_ref[name], tolerance_for(name, atol), tolerance_for(name, rtol),
+                          precision, budget, tolerances) for name in ref_graph.output_names}))
+    report.ok = report.ok and all(c.ok for c in report.sizes)
     if budget is not None:
         report.notes.append(f"{precision if judged_by_budget else 'approximate rewrites ran'}: outputs are judged "
                             f"by relative L2 error <= {budget:g}")

@@ -53,6 +53,7 @@ class OnnxBuilder:
         self.initializers: dict[str, np.ndarray] = {}  # in creation order
         self.requirements: list[tuple[int, str]] = []  # (opset, what needs it)
         self.shapes: dict[str, tuple] = {}  # tensor name -> spec shape
+        self.symbol_sources: dict[str, tuple[str, int]] = {}  # spec symbol -> (graph input, axis): emit/onnx/sizes.py
         self._taken: set[str] = set(reserved)  # tensor names in use or set aside
         self._produced: set[str] = set()  # tensor names some node or initializer defines
         self._node_names: set[str] = set()
@@ -148,6 +149,12 @@ class OnnxBuilder:
     def const_int64(self, values: Sequence[int], hint: str) -> str:
         """A 1-D int64 initializer (shapes, pads, axes)."""
         return self._const(np.asarray(values, dtype=np.int64).reshape(-1), hint)
+
+    def sizes(self, values: Sequence, hint: str) -> str:
+        """A 1-D int64 tensor of sizes: constants, or symbolic sizes computed from the inputs' shapes at run time."""
+        from cnncomp.emit.onnx.sizes import size_tensor
+
+        return size_tensor(self, values, hint)
 
     def const_float(self, values: Sequence[float], hint: str) -> str:
         """A 1-D float32 initializer (Resize scales are float32 whatever the data type)."""

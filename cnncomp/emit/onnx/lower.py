@@ -33,6 +33,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from cnncomp.emit.onnx.sizes import symbol_sources
 from cnncomp.emit.onnx.builder import ONNX_DTYPES, OnnxBuilder, np_dtype
 from cnncomp.ir.weights import check_weights
 from cnncomp.errors import CnnError
@@ -71,6 +72,7 @@ def emit_onnx(graph, weights: Mapping[str, np.ndarray], opset: int = DEFAULT_OPS
     layers = list(graph.layers())
     reserved = {layer.name for layer in layers} | set(graph.output_names) | set(weights)
     b = OnnxBuilder(reserved)
+    b.symbol_sources = symbol_sources(graph)
     tensor_of: dict[str, str] = {}
     inputs = []
     for name in graph.inputs:

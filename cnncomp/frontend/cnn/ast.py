@@ -158,6 +158,7 @@ class Input:
     dtype: str | None
     dims: list[Expr]
     loc: Loc
+    where: list[Expr] = field(default_factory=list)  # constraints on the symbols: `H % 32 == 0`, `H >= 64`
 
 
 @dataclass

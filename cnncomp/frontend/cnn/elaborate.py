@@ -14,6 +14,8 @@ from cnncomp.frontend.cnn import ast
 from cnncomp.frontend.cnn.values import Tensor, arith, check_arg, is_int, show, type_name
 from cnncomp.errors import CallSite, CnnError, Loc
 from cnncomp.ir.graph import Layer, LayerGraph
+from cnncomp.frontend.cnn.symbols import SymbolRule, pin_value, read_constraints
+from cnncomp.ops.dims import is_static, symbolic
 from cnncomp.ops.registry import REQUIRED, Op, get_op, numel
 
 # Bounds on the work a spec can demand.
@@ -70,9 +72,13 @@ def join(prefix: str, name: str) -> str:
 class Elaborator:
     """Turns one parsed program (with its imports' definitions) into a LayerGraph."""
 
-    def __init__(self, defs: Definitions, graph: LayerGraph):
+    def __init__(self, defs: Definitions, graph: LayerGraph, pins: dict[str, str] | None = None):
         self.defs = defs
         self.graph = graph
+        self.pin_texts = pins or {}  # -D values of input symbols, checked against their rules
+        self.rules: dict[str, SymbolRule] = {}
+        self.pins: dict[str, int] = {}
+        self.sizes: dict[str, object] = {}  # symbol -> its SymDim (or pinned int), once an input declared it
         self.active_blocks: list[str] = []
         self.top_tensors: set[str] = set()  # for a clear error when a block reads one
         self.top_values: set[str] = set()
@@ -87,6 +93,10 @@ class Elaborator:
 
     def run_top(self, program: ast.Program, lets: dict, let_locs: dict) -> None:
         scope = Scope(names={}, locs={}, lets=lets)
+        self.rules = read_constraints(program, lets, lambda e: self.eval(e, scope))
+        self.pins = {name: pin_value(name, text, self.rules[name]) for name, text in self.pin_texts.items()}
+        self.graph.meta["symbols"] = {n: r.to_json() for n, r in self.rules.items() if n not in self.pins}
+        self.graph.meta["pinned"] = dict(self.pins)
         for stmt in program.stmts:
             if isinstance(stmt, ast.Input):
                 self.add_input(stmt, scope)
@@ -122,7 +132,10 @@ class Elaborator:
         dims = []
         for d in stmt.dims:
             if isinstance(d, ast.Name) and d.id not in scope.lets:
-                dims.append(d.id)
+                if d.id not in self.sizes:
+                    rule = self.rules.get(d.id) or SymbolRule(d.id)
+                    self.sizes[d.id] = self.pins.get(d.id) or symbolic(d.id, rule.modulus, rule.rest)
+                dims.append(self.sizes[d.id])
                 continue
             value = self.eval(d, scope)
             if not is_int(value):
@@ -214,6 +227,8 @@ class Elaborator:
             return scope.names[e.id]
         if e.id in scope.lets:
             return scope.lets[e.id]
+        if e.id in self.sizes:  # an input's symbolic size (or its -D pin), usable as a value
+            return self.sizes[e.id]
         if e.id == "same":
             return "same"
         if scope.in_block and e.id in self.top_tensors:
@@ -486,7 +501,7 @@ class Elaborator:
         for d in shape:
             if isinstance(d, int) and d > MAX_DIM:
                 raise self.fail(f"'{name}' has a dim of {d}, over the limit of {MAX_DIM}", loc, scope)
-        if numel(shape) > MAX_TENSOR_ELEMENTS:
+        if is_static(numel(shape)) and numel(shape) > MAX_TENSOR_ELEMENTS:
             raise self.fail(f"'{name}' would have {numel(shape):,} elements per sample, over the limit of "
                             f"{MAX_TENSOR_ELEMENTS:,}", loc, scope)
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from cnncomp.frontend.cnn import ast
 from cnncomp.frontend.cnn.elaborate import Definitions, Elaborator, Scope
 from cnncomp.frontend.cnn.parser import deep_recursion, parse, parse_file
+from cnncomp.frontend.cnn.symbols import input_symbols
 from cnncomp.errors import CnnError, Loc
 from cnncomp.inputs import describe_kind, file_kind
 from cnncomp.ir.graph import LayerGraph
@@ -60,12 +61,15 @@ def _elaborate(program: ast.Program, overrides: dict[str, str] | None) -> LayerG
             raise CnnError("`network` may appear only once, as the first statement", s.loc)
     graph = LayerGraph(stmts[0].name)
     defs = collect_definitions(program, overrides)
-    unused = set(overrides or {}) - set(defs.lets)
+    symbols = input_symbols(program, defs.lets)
+    pins = {k: v for k, v in (overrides or {}).items() if k in symbols and k not in defs.lets}
+    unused = set(overrides or {}) - set(defs.lets) - set(pins)
     if unused:
         name = sorted(unused)[0]
         known = ", ".join(sorted(defs.lets)) or "none"
-        raise CnnError(f"-D {name}: the spec has no top-level `let {name}` (its constants: {known})")
-    elab = Elaborator(defs, graph)
+        sizes = f"; its symbolic sizes: {', '.join(symbols)}" if symbols else ""
+        raise CnnError(f"-D {name}: the spec has no top-level `let {name}` (its constants: {known}){sizes}")
+    elab = Elaborator(defs, graph, pins)
     elab.run_top(program, defs.lets, defs.let_locs)
     if not graph.inputs:
         raise CnnError("the spec has no `input`", stmts[0].loc)

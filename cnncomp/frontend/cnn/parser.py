@@ -20,9 +20,9 @@ GRAMMAR_PATH = Path(__file__).with_name("grammar.lark")
 
 # A newline after one of these continues the statement on the next line.
 _CONTINUES_AFTER = {"->", "+", "-", "*", "/", "//", "%", "==", "!=", "<", "<=", ">", ">=",
-                    "and", "or", "not", "=", ",", "if", "then", "else", ":"}
+                    "and", "or", "not", "=", ",", "if", "then", "else", ":", "where"}
 # A line that starts with one of these continues the previous one.
-_CONTINUES_BEFORE = {"->", "then", "else"}
+_CONTINUES_BEFORE = {"->", "then", "else", "where"}
 _OPENERS = {"(": ")", "[": "]", "{": "}"}
 # Bounds that keep the recursive AST transform and evaluator within Python's stack.
 MAX_STATEMENT_TOKENS = 2000
@@ -297,8 +297,11 @@ class _ToAst(Transformer):
 
     @v_args(meta=True)
     def input(self, meta, items):
-        name, dtype, dims = items
-        return ast.Input(str(name), str(dtype) if dtype is not None else None, dims, self._loc(name))
+        name, dtype, dims, where = items
+        return ast.Input(str(name), str(dtype) if dtype is not None else None, dims, self._loc(name), where or [])
+
+    def where(self, items):
+        return list(items)
 
     def dims(self, items):
         return list(items)

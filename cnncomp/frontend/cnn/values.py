@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from cnncomp.errors import CnnError
+from cnncomp.ops import dims
+from cnncomp.ops.dims import SymDim
 from cnncomp.ops.registry import Param, describe, fmt_shape, fmt_value
 
 
@@ -50,6 +52,8 @@ def arith(op: str, a, b):
         if not (is_number(a) and is_number(b)):
             raise CnnError(f"'{op}' compares numbers, got {type_name(a)} and {type_name(b)}")
         return {"<": a < b, "<=": a <= b, ">": a > b, ">=": a >= b}[op]
+    if isinstance(a, SymDim) or isinstance(b, SymDim):
+        return size_arith(op, a, b)
     if op == "+" and isinstance(a, tuple) and isinstance(b, tuple):
         return a + b
     if op == "+" and isinstance(a, str) and isinstance(b, str):
@@ -79,6 +83,32 @@ def arith(op: str, a, b):
     raise CnnError(f"unknown operator '{op}'")
 
 
+def size_arith(op: str, a, b):
+    """Arithmetic on symbolic sizes (an input's `H`) and ints: + - * and exact / give sizes, // and %
+    floor sizes, == and != ask whether the sizes are provably equal."""
+    for v in (a, b):
+        if not (is_int(v) or isinstance(v, SymDim)):
+            raise CnnError(f"'{op}' on a symbolic size needs an int or a size, got {type_name(v)} ({show(v)})")
+    if op in ("==", "!="):
+        return dims.same_size(a, b) == (op == "==")
+    if op == "+":
+        return dims.add(a, b)
+    if op == "-":
+        return dims.add(a, dims.mul(b, -1))
+    if op == "*":
+        return dims.mul(a, b)
+    if op in ("//", "/", "%"):
+        if not is_int(b) or b <= 0:
+            raise CnnError(f"'{op}' divides a symbolic size by a positive int, got {show(b)}")
+        if op == "%":
+            return dims.remainder(a, b)
+        if op == "/" and dims.remainder(a, b) != 0:
+            raise CnnError(f"{show(a)} / {b} does not divide exactly{dims.mismatch_hint(dims.mul(dims.floor_div(a, b), b), a)}: "
+                           "use // for integer division")
+        return dims.floor_div(a, b)
+    raise CnnError(f"'{op}' cannot compare symbolic sizes ({show(a)}, {show(b)}): only == and != can")
+
+
 def check_arg(op_name: str, param: Param, value):
     """Check one argument of a layer against its parameter's kind; return it normalized."""
     kind = param.kind
@@ -106,8 +136,9 @@ def check_arg(op_name: str, param: Param, value):
             raise bad("a string")
         if param.choices and value not in param.choices:
             raise bad(" or ".join(f'"{c}"' for c in param.choices))
-    elif kind == "spatial":
-        if not (is_int(value) or (isinstance(value, tuple) and value and all(is_int(v) for v in value))):
+    elif kind == "spatial":  # a symbolic size (from spatial(t)) too: the op says where it takes one
+        if not (is_int(value) or (isinstance(value, tuple) and value and all(is_int(v) or isinstance(v, SymDim)
+                                                                              for v in value))):
             raise bad("an int or a tuple of ints")
     elif kind == "ints":
         if not (is_int(value) or (isinstance(value, tuple) and value and all(is_int(v) for v in value))):

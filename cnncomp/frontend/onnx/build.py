@@ -24,7 +24,7 @@ from cnncomp.ops.registry import fmt_shape, get_op
 _DTYPES = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.FLOAT16: "float16",
            onnx.TensorProto.DOUBLE: "float64"}
 _KEYWORDS = {"network", "input", "output", "let", "block", "return", "repeat", "as", "if", "then", "else", "and",
-             "or", "not", "true", "false", "import", "in"}
+             "or", "not", "true", "false", "import", "in", "where"}
 
 
 def identifier(text: str, taken: set[str], fallback: str) -> str:
