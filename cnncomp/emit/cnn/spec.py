@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 import networkx as nx
 
-from cnncomp.emit.cnn.syntax import is_identifier, unparse
+from cnncomp.emit.cnn.syntax import unparse
+from cnncomp.ir.identifiers import ascii_identifier, is_identifier
 from cnncomp.emit.cnn.writer import spec_program
 from cnncomp.errors import CnnError
 from cnncomp.frontend.cnn import ast
@@ -54,8 +55,6 @@ def write_program(graph: LayerGraph, header: str = "", file: str | None = None, 
 
 def identifier_inputs(graph: LayerGraph) -> LayerGraph:
     """The graph, or a copy whose inputs are renamed to identifiers (an input's layer is its variable)."""
-    from cnncomp.emit.cnn.syntax import ascii_identifier
-
     if all(is_identifier(name) for name in graph.inputs):
         return graph
     renamed = graph.copy()

@@ -14,14 +14,11 @@ written line.
 from __future__ import annotations
 
 import re
-import unicodedata
 
 from cnncomp.errors import SOURCES, Loc
 from cnncomp.frontend.cnn import ast
+from cnncomp.ir.identifiers import KEYWORDS
 
-KEYWORDS = frozenset({"network", "input", "output", "let", "block", "return", "repeat", "as", "if", "then", "else",
-                      "and", "or", "not", "true", "false", "import", "in"})
-_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _DOTTED = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*")
 NOWHERE = Loc("<written>", 1, 1)  # the location nodes carry until unparse places them
 
@@ -32,20 +29,6 @@ _BINARY = {"or": _OR, "and": _AND, "+": _SUM, "-": _SUM, "*": _PRODUCT, "//": _P
 
 
 # ---- names -------------------------------------------------------------------------------------------
-
-
-def ascii_identifier(text: str, fallback: str = "t") -> str:
-    """An identifier of the language (ASCII letters, digits, `_`; not a keyword) made from any name:
-    accents dropped (`é` -> `e`), other characters `_`."""
-    plain = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode()
-    name = re.sub(r"[^A-Za-z0-9_]", "_", plain) or fallback
-    if not name[0].isalpha() and name[0] != "_":
-        name = f"{fallback}_{name}"
-    return name + "_" if name in KEYWORDS else name
-
-
-def is_identifier(text: str) -> bool:
-    return bool(_IDENT.fullmatch(text)) and text not in KEYWORDS
 
 
 def stage_name(name: str) -> ast.StageName:

@@ -17,7 +17,7 @@ needs nothing here.
 
 The result is an AST (frontend/cnn/ast.py): `--emit torch` translates it and
 syntax.unparse writes it as text, so both read the same blocks and repeats.
-Names are the language's ASCII identifiers (syntax.ascii_identifier): a
+Names are the language's ASCII identifiers (ir/identifiers.py): a
 variable, the network's name, an input or an output.
 """
 
@@ -29,7 +29,8 @@ from typing import Callable
 
 from cnncomp.emit.cnn.blocks import Instance, Template, block_params, call_values, find_blocks, relative_names, \
     spec_args
-from cnncomp.emit.cnn.syntax import KEYWORDS, NOWHERE, ascii_identifier, stage_name, stage_text, value_expr
+from cnncomp.emit.cnn.syntax import NOWHERE, stage_name, stage_text, value_expr
+from cnncomp.ir.identifiers import KEYWORDS, ascii_identifier
 from cnncomp.frontend.cnn import ast
 from cnncomp.ir.graph import LayerGraph
 from cnncomp.ops.registry import REQUIRED, fmt_value, get_op

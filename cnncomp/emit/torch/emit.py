@@ -115,14 +115,19 @@ def emit_torch(spec, overrides: dict[str, str] | None = None, *, notices: list[s
 
 
 def _translate_graph(graph: LayerGraph) -> tuple[ModuleEmitter, str]:
-    """The graph translated through the program the .cnn writer makes of it (no text parsed): its flat
-    listing, one class whose layers keep their names."""
-    from cnncomp.emit.cnn import write_program
+    """The graph translated through the program the .cnn writer makes of it (no text is parsed): its flat
+    listing, one class whose layers keep their names. (The program is also written out, so that its
+    locations and header comment are lines of a text, as a spec's are.)"""
+    from cnncomp.emit.cnn.spec import identifier_inputs
+    from cnncomp.emit.cnn.syntax import unparse
+    from cnncomp.emit.cnn.writer import spec_program
 
     passes = ", ".join(graph.meta.get("passes", []))
     header = f"{graph.name}, layer by layer" + (f" after the passes ({passes})" if passes else "")
-    written = write_program(graph, header, f"<{graph.name} layer by layer>", blocks=False)
-    emitter = ModuleEmitter(written.program, written.graph, None)
+    graph = identifier_inputs(graph)  # an input's layer is its variable
+    program = spec_program(graph, f"<{graph.name} layer by layer>", blocks=False)
+    unparse(program, header)
+    emitter = ModuleEmitter(program, graph, None)
     return emitter, emitter.emit()
 
 

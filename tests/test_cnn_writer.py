@@ -1,0 +1,178 @@
+"""The one .cnn writer (cnncomp.emit.cnn): blocks and repeats, long chains, names from outside, --emit torch.
+
+`--emit cnn`, `cnncomp import` and `--emit torch` of a rewritten graph all
+write through it. These tests pin what it promises beyond tests/test_emit_cnn.py
+(the round trip of every bundled spec's structure): the block-finding program
+itself reproduces the bundled specs that repeat modules (no flat fallback) and
+computes the same outputs; a chain too long for one statement is split; names
+the lexer cannot read (non-ASCII) become ASCII identifiers; and `--emit torch`
+translates the graph's program without parsing any text.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import cnncomp
+from cnncomp.emit.cnn import write_cnn, write_program
+from cnncomp.emit.cnn.spec import _elaborate_same
+from cnncomp.emit.cnn.syntax import unparse
+from cnncomp.emit.cnn.writer import spec_program
+from cnncomp.frontend.cnn import ast
+from cnncomp.frontend.cnn.loader import load_text
+from cnncomp.frontend.cnn.parser import MAX_STATEMENT_TOKENS, parse
+from cnncomp.ir.weights import init_weights
+from cnncomp.pipeline import import_model
+from cnncomp.run.reference import run_reference
+from cnncomp.verification.harness import make_inputs
+
+ort = pytest.importorskip("onnxruntime")
+
+ROOT = Path(__file__).resolve().parents[1]
+# specs that call a block more than once at the same depth: the writer finds them again
+REPEATING = {"resnet18": "-D width=16", "densenet121": "", "squeezenet1_0": "", "shufflenet_v2_x1_0": "",
+             "mobilenet_v2": "", "googlenet": ""}
+SMALL = {"lenet", "resnet18", "mobilenet_v2", "squeezenet1_0", "textcnn", "deformable_net", "espcn"}
+
+
+@pytest.mark.parametrize("name", sorted(REPEATING))
+def test_the_block_program_itself_reproduces_specs_that_repeat_modules(name):
+    graph = cnncomp.load(ROOT / "specs" / f"{name}.cnn")
+    program = spec_program(graph, f"<{name} written>")
+    assert any(isinstance(s, ast.BlockDef) for s in program.stmts), unparse(program)
+    text = unparse(program)
+    again, problem = _elaborate_same(text, graph, f"<{name} written>")
+    assert again is not None, problem  # not the flat fallback
+    assert write_cnn(graph) == text
+
+
+@pytest.mark.parametrize("name", sorted(SMALL))
+def test_written_spec_computes_the_same_outputs(name):
+    graph = cnncomp.load(ROOT / "specs" / f"{name}.cnn")
+    written = write_program(graph)
+    weights = init_weights(graph, 0)
+    assert {f"{l.name}.{s}" for l in written.graph.layers() for s in l.weights} == set(weights)
+    feeds = make_inputs(graph, 0, batch=1)
+    want = run_reference(graph, weights, feeds)
+    got = run_reference(load_text(written.text, "again.cnn"), weights, feeds)
+    assert list(got) == list(want)
+    for key in want:
+        np.testing.assert_array_equal(got[key], want[key])
+
+
+def test_unparse_writes_the_fewest_parentheses_and_parses_back():
+    text = """network exprs
+let a = -(2 + 3) * 4 - (5 - 6) // 7
+let b = if a > 1 and not (a == 2 or a < 0) then (1, 2) else (3,)
+input x: [N, 3, 8, 8]
+y = x -> conv(4, k=3, p=1) -> repeat 2 as i { conv(4, k=3, s=if i == 0 then 1 else 1, p=1) as "c.{i + 1}" }
+output y
+"""
+    program = parse(text, "exprs.cnn")
+    written = unparse(program)
+    assert "let a = -(2 + 3) * 4 - (5 - 6) // 7" in written
+    assert "let b = if a > 1 and not (a == 2 or a < 0) then (1, 2) else (3,)" in written
+    assert 'repeat 2 as i { conv(4, k=3, s=(if i == 0 then 1 else 1), p=1) as "c.{i + 1}" }' in written
+    assert unparse(parse(written, "again.cnn")) == written
+    assert [l.name for l in load_text(written, "again.cnn").layers()] == \
+           [l.name for l in load_text(text, "first.cnn").layers()]
+
+
+# ---- long chains and names from outside (issue 21 item 6) ------------------------------------------------
+
+def chain_model(n: int, input_name: str = "x", output_name: str = "y", c: int = 2) -> onnx.ModelProto:
+    """n Conv+Relu pairs in one chain, as a plain exporter writes them."""
+    rng = np.random.default_rng(0)
+    nodes, inits, previous = [], [], input_name
+    for i in range(n):
+        w = numpy_helper.from_array((rng.standard_normal((c, c, 3, 3)) * 0.4).astype(np.float32), f"conv{i}.weight")
+        inits.append(w)
+        nodes.append(helper.make_node("Conv", [previous, w.name], [f"c{i}"], name=f"/conv{i}/Conv",
+                                      kernel_shape=[3, 3], pads=[1, 1, 1, 1]))
+        out = output_name if i == n - 1 else f"r{i}"
+        nodes.append(helper.make_node("Relu", [f"c{i}"], [out], name=f"/relu{i}/Relu"))
+        previous = out
+    graph = helper.make_graph(nodes, "chain", [helper.make_tensor_value_info(input_name, TensorProto.FLOAT,
+                                                                             [1, c, 6, 6])],
+                              [helper.make_tensor_value_info(output_name, TensorProto.FLOAT, None)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+def ort_outputs(model: onnx.ModelProto, feeds: dict) -> list[np.ndarray]:
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(None, feeds)
+
+
+def test_a_chain_of_150_conv_relu_imports_as_several_statements(tmp_path):
+    model = chain_model(150)
+    onnx.save(model, tmp_path / "chain.onnx")
+    result = cnncomp.import_onnx(tmp_path / "chain.onnx", tmp_path / "chain.cnn")
+    program = parse(result.text, "chain.cnn")  # each statement under the parser's limit
+    assignments = [s for s in program.stmts if isinstance(s, ast.Assign)]
+    assert len(assignments) >= 2, result.text
+    assert len(result.graph) == 301
+    x = np.random.default_rng(1).uniform(-1, 1, (1, 2, 6, 6)).astype(np.float32)
+    again = cnncomp.compile(tmp_path / "chain.cnn", weights=tmp_path / "chain.safetensors", opt_level=0)
+    np.testing.assert_array_equal(ort_outputs(again, {"x": x})[0], ort_outputs(model, {"x": x})[0])
+
+
+def test_a_long_chain_is_split_at_the_statement_limit():
+    """A chain of 800 layers (written in four statements, which the writer joins into one chain) is written
+    in statements that each stay under the language's limit."""
+    graph = load_text(f"network long\ninput x: [1, 2, 5, 5]\n"
+                      + "\n".join(f"y{j} = {'x' if j == 0 else f'y{j - 1}'}\n"
+                                  + "\n".join(f"    -> conv(2, k=3, p=1) as c{j}x{i} -> relu as r{j}x{i}"
+                                              for i in range(100)) for j in range(4))
+                      + "\noutput y3\n", "long.cnn")
+    text = write_cnn(graph)
+    statements = [s for s in parse(text, "w.cnn").stmts if isinstance(s, ast.Assign)]
+    assert len(statements) >= 4
+    assert load_text(text, "w.cnn").outputs == graph.outputs
+    assert MAX_STATEMENT_TOKENS == 2000  # the limit the writer's MAX_TOKENS (1,000) keeps half of
+
+
+def test_non_ascii_names_import_as_ascii_identifiers(tmp_path):
+    from cnncomp.cli import main
+
+    model = chain_model(3, input_name="entrée_图像", output_name="выход")
+    onnx.save(model, tmp_path / "m.onnx")
+    out = tmp_path / "é.cnn"
+    assert main(["import", str(tmp_path / "m.onnx"), "-o", str(out)]) == 0
+    text = out.read_text()
+    assert text.isascii(), text
+    assert "network e\n" in text and "input entree_: [1, 2, 6, 6]" in text and "output output_" in text
+    graph = cnncomp.load(out)
+    x = np.random.default_rng(2).uniform(-1, 1, (1, 2, 6, 6)).astype(np.float32)
+    again = cnncomp.compile(out, weights=tmp_path / "é.safetensors", opt_level=0)
+    got = ort_outputs(again, {graph.inputs[0]: x})[0]
+    np.testing.assert_array_equal(got, ort_outputs(model, {"entrée_图像": x})[0])
+
+
+# ---- --emit torch translates the graph (issue 16 item 4) ------------------------------------------------
+
+def test_emit_torch_of_a_rewritten_graph_parses_no_text(monkeypatch, tmp_path):
+    from cnncomp.emit.torch.emit import emit_torch
+    from cnncomp.frontend.cnn import loader, parser
+    from cnncomp.pipeline import optimize
+
+    (tmp_path / "net.cnn").write_text("network net\ninput x: [N, 3, 8, 8]\n"
+                                      "y = x -> conv(4, k=3) -> bn -> relu -> gap -> flatten -> linear(2)\noutput y\n")
+    compiled = optimize(tmp_path / "net.cnn", opt_level=1)
+    assert "fold-bn" in compiled.graph.meta["passes"]
+    loader.standard_blocks()  # parsed once and cached, before the text parsers are taken away
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("--emit torch parsed text")
+
+    monkeypatch.setattr(parser, "parse", refuse)
+    monkeypatch.setattr(loader, "parse", refuse)
+    notices: list[str] = []
+    source = emit_torch(compiled.graph, notices=notices)
+    assert "class Net" in source and len(notices) == 1 and "fold-bn" in notices[0]
