@@ -176,3 +176,76 @@ def test_emit_torch_of_a_rewritten_graph_parses_no_text(monkeypatch, tmp_path):
     notices: list[str] = []
     source = emit_torch(compiled.graph, notices=notices)
     assert "class Net" in source and len(notices) == 1 and "fold-bn" in notices[0]
+
+
+# ---- readable imported specs (issue 17 item 4) ----------------------------------------------------------
+
+def export_torchvision(name: str, path: Path):
+    """A hand-written torchvision model (tests/torchvision_models.py), exported as test_import_torch does."""
+    import sys
+    import warnings
+
+    torch = pytest.importorskip("torch")
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import torchvision_models as tvm
+
+    model = tvm.BUILDERS[name](seed=0)
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(7))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (x,), str(path), opset_version=17, dynamo=False, input_names=["x"],
+                          output_names=["y"], dynamic_axes={"x": {0: "N"}, "y": {0: "N"}})
+    with torch.no_grad():
+        return x.numpy(), model(x).numpy()
+
+
+def test_mobilenet_v2_imports_with_nested_blocks_and_repeats(tmp_path):
+    """Each inverted residual is one block whose body calls the block of its `conv` sequence and ends in
+    its residual add; runs of them are repeats: 41 lines where the writer without nesting wrote 53."""
+    x, eager = export_torchvision("mobilenet_v2", tmp_path / "m.onnx")
+    result = cnncomp.import_onnx(tmp_path / "m.onnx", tmp_path / "m.cnn")
+    program = parse(result.text, "m.cnn")
+    blocks = {s.name: s for s in program.stmts if isinstance(s, ast.BlockDef)}
+    calls = {name: [st.func for stmt in b.body for st in getattr(stmt.value, "stages", []) if st.func in blocks]
+             for name, b in blocks.items()}
+    residual = [name for name, b in blocks.items() if calls[name] and "add(" in unparse_block(b)]
+    assert residual, result.text  # a block calling a block, with the add inside
+    assert "conv_block" in blocks  # named after the module it comes from (features.K.conv)
+    assert result.text.count("repeat ") >= 3 and len(result.text.splitlines()) <= 45, result.text
+    assert "add(" not in result.text.split("\ny = ")[1]  # no residual add left at the top level
+    compiled = cnncomp.compile(tmp_path / "m.cnn", weights=tmp_path / "m.safetensors", opt_level=1)
+    got = ort_outputs(compiled, {"x": x})[0]
+    np.testing.assert_allclose(got, eager, rtol=1e-4, atol=1e-4 * float(np.abs(eager).max()))
+
+
+def unparse_block(block: ast.BlockDef) -> str:
+    return unparse(ast.Program("<block>", [block]))
+
+
+def test_block_calls_pass_arguments_by_name(tmp_path):
+    export_torchvision("resnet18", tmp_path / "r.onnx")
+    text = import_model(tmp_path / "r.onnx").text
+    assert 'repeat 2 as i { layer_block(conv1_out=64) as "layer1.{i}" }' in text, text
+    assert "-> layer_block2(conv1_out=128) as layer2.0" in text, text
+
+
+def test_names_without_module_paths_are_kept_as_they_are():
+    """A PaddlePaddle export names its nodes Conv_0, Relu_1, ...: the layers keep those names, and no block is
+    made of them."""
+    rng = np.random.default_rng(0)
+    nodes, inits, previous = [], [], "image"
+    for i in range(3):
+        w = numpy_helper.from_array(rng.standard_normal((4, 4 if i else 3, 3, 3)).astype(np.float32), f"conv2d_{i}.w_0")
+        b = numpy_helper.from_array(rng.standard_normal(4).astype(np.float32), f"conv2d_{i}.b_0")
+        inits += [w, b]
+        nodes.append(helper.make_node("Conv", [previous, w.name, b.name], [f"conv2d_{i}.tmp_0"], name=f"Conv_{2 * i}",
+                                      kernel_shape=[3, 3], pads=[1, 1, 1, 1]))
+        nodes.append(helper.make_node("Relu", [f"conv2d_{i}.tmp_0"], [f"relu_{i}.tmp_0"], name=f"Relu_{2 * i + 1}"))
+        previous = f"relu_{i}.tmp_0"
+    graph = helper.make_graph(nodes, "paddle", [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info(previous, TensorProto.FLOAT, None)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    result = import_model(model, "paddle")
+    assert "-> conv(4, 3, p=1) as Conv_2\n" in result.text and "block " not in result.text, result.text
+    assert {"Conv_0.weight", "Conv_2.bias", "Conv_4.weight"} <= set(result.weights)

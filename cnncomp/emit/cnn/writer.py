@@ -27,8 +27,8 @@ import re
 from dataclasses import dataclass
 from typing import Callable
 
-from cnncomp.emit.cnn.blocks import Instance, Template, block_params, call_values, find_blocks, relative_names, \
-    spec_args
+from cnncomp.emit.cnn.blocks import Call, Instance, Template, block_params, call_values, find_blocks, item_args, \
+    item_inputs, item_output, relative_names, spec_args
 from cnncomp.emit.cnn.syntax import NOWHERE, stage_name, stage_text, value_expr
 from cnncomp.ir.identifiers import KEYWORDS, ascii_identifier
 from cnncomp.frontend.cnn import ast
@@ -108,7 +108,8 @@ def _head(op_name: str, args: dict) -> Callable[[list[ast.Expr]], ast.Call]:
 
 
 def spec_program(graph: LayerGraph, file: str, blocks: bool = True) -> ast.Program:
-    """The graph as a program (blocks and repeats found when `blocks`; else one statement per chain)."""
+    """The graph as a program (blocks and repeats found when `blocks`; else one statement per chain).
+    Blocks are defined callees first, each before the first block that calls it."""
     templates = find_blocks(graph) if blocks else []
     stmts: list = [ast.Network(ascii_identifier(graph.name, "network"), NOWHERE)]
     taken = set(KEYWORDS) | {t.name for t in templates}
@@ -144,22 +145,31 @@ def _top_units(graph: LayerGraph, templates: list[Template]) -> list[Unit]:
     covered: set[str] = set()
     for t in templates:
         for inst in t.instances:
-            first_of[inst.members[0]] = (t, inst)
-            covered.update(inst.members)
+            if inst.parent is None:  # called at the top; a nested instance is called by its parent's body
+                first_of[inst.members[0]] = (t, inst)
+                covered.update(inst.members)
     units = []
     for layer in graph.layers():
         if layer.op == "input":
             continue
         if layer.name in first_of:
             t, inst = first_of[layer.name]
-            args = [ast.Arg(None, value_expr(v), NOWHERE) for v in call_values(t, inst)]
-            alias = stage_name(inst.prefix)
-            units.append(Unit(inst.exit, [inst.entry],
-                              lambda _, t=t, args=args, alias=alias: ast.LayerStage(t.name, args, alias, NOWHERE),
-                              (t, inst), hint=inst.prefix))
+            units.append(_call_unit(t, inst, dict(zip(block_params(t), call_values(t, inst))), inst.prefix))
         elif layer.name not in covered:
             units.append(_layer_unit(graph, layer.name, layer.name, spec_args(graph, layer.name)))
     return units
+
+
+def block_arguments(template: Template, values: dict) -> list[ast.Arg]:
+    """A block call's arguments, by name: a block's parameters are named after the layers they set."""
+    return [ast.Arg(p, _value(values[p]), NOWHERE) for p in block_params(template)]
+
+
+def _call_unit(template: Template, inst: Instance, values: dict, written_name: str) -> Unit:
+    args = block_arguments(template, values)
+    alias = stage_name(written_name)
+    return Unit(inst.exit, [inst.entry], lambda _: ast.LayerStage(template.name, args, alias, NOWHERE),
+                (template, inst), hint=written_name)
 
 
 def _layer_unit(graph: LayerGraph, name: str, written_name: str, args: dict) -> Unit:
@@ -170,17 +180,21 @@ def _block_def(graph: LayerGraph, template: Template) -> ast.BlockDef:
     first = template.instances[0]
     rel = relative_names(first)
     units = []
-    for i, m in enumerate(first.members):
-        args = dict(spec_args(graph, m))
+    for i, item in enumerate(first.items):
+        args = dict(item_args(graph, item))
         for (j, key), p in zip(template.positions, template.params):
             if j == i and p:
                 args[key] = Param(p)
-        if rel[m]:
-            unit = _layer_unit(graph, m, rel[m], args)
+        name = rel[item_output(item)]
+        if isinstance(item, Call):
+            unit = _call_unit(item.template, item.instance, args, name)
+            unit.call = None  # a nested call is written as it is, never folded into a repeat
+        elif name:
+            unit = _layer_unit(graph, item, name, args)
         else:
-            unit = Unit(m, graph.input_names(m), _head(graph.layer(m).op, args), head=True)
-        unit.inputs = ["in" if s == first.entry else rel[s] for s in unit.inputs]
-        unit.name = rel[m]
+            unit = Unit(item, graph.input_names(item), _head(graph.layer(item).op, args), head=True)
+        unit.inputs = ["in" if s == first.entry else rel[s] for s in item_inputs(graph, item)]
+        unit.name = name
         units.append(unit)
     params = block_params(template)
     taken = set(KEYWORDS) | set(params)
@@ -315,7 +329,7 @@ def _repeat_args(template: Template, run: list[Unit]) -> list[ast.Expr] | None:
 def _repeat(run: list[Unit]) -> ast.RepeatStage:
     template = run[0].call[0]
     parent, k = _split_index(run[0].call[1].prefix)
-    args = [ast.Arg(None, e, NOWHERE) for e in _repeat_args(template, run)]
+    args = [ast.Arg(p, e, NOWHERE) for p, e in zip(block_params(template), _repeat_args(template, run))]
     index = "{i}" if k == 0 else "{i + %d}" % k
     call = ast.LayerStage(template.name, args, ast.StageName(parent + index, True, NOWHERE), NOWHERE)
     return ast.RepeatStage(ast.Num(len(run), NOWHERE), "i", [call], NOWHERE)
