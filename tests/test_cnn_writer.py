@@ -249,3 +249,21 @@ def test_names_without_module_paths_are_kept_as_they_are():
     result = import_model(model, "paddle")
     assert "-> conv(4, 3, p=1) as Conv_2\n" in result.text and "block " not in result.text, result.text
     assert {"Conv_0.weight", "Conv_2.bias", "Conv_4.weight"} <= set(result.weights)
+
+
+def test_an_optimized_graph_keeps_its_blocks_and_repeats(tmp_path):
+    """`compile --emit cnn -O1`: fold-bn rewrote every block, and the writer finds them again by their
+    layer names (nested, with repeats); the text elaborates to the optimized graph."""
+    from cnncomp.cli import main
+    from cnncomp.pipeline import optimize
+
+    spec = ROOT / "specs" / "mobilenet_v2.cnn"
+    out = tmp_path / "m.cnn"
+    assert main(["compile", str(spec), "-O1", "--emit", "cnn", "-o", str(out)]) == 0
+    text = out.read_text()
+    assert "fold-bn" in text.splitlines()[0]  # the header names the passes
+    assert text.count("block ") >= 3 and "repeat 3 as i {" in text, text
+    graph = optimize(spec, opt_level=1).graph
+    again = load_text(text, "m.cnn")
+    assert [(l.name, l.op, l.shape, l.attrs) for l in again.layers()] == \
+           [(l.name, l.op, l.shape, l.attrs) for l in graph.layers()]
