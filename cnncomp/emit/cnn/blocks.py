@@ -203,7 +203,7 @@ def _instance(graph: LayerGraph, prefix: str, members: list[str]) -> Instance | 
 def _heads_return(graph: LayerGraph, merge: str, exit_: str) -> bool:
     """Whether a layer named after the block is a merge from which one chain of layers leads to the exit
     (so that it can head the block's return pipeline, where the language names it after the call)."""
-    if graph.layer(merge).op not in ("add", "mul", "concat"):
+    if not get_op(graph.layer(merge).op).variadic:  # only a merge can be called as a head expression
         return False
     node = merge
     while node != exit_:
