@@ -151,13 +151,21 @@ def _nesting_round(graph: LayerGraph, flat: dict[str, Instance], chosen: list[Te
     """Templates whose instances call instances already chosen (see the module doc), chosen greedily where
     they save lines with their definition counted."""
     top = [inst for t in chosen for inst in t.instances if inst.parent is None]
+    under: dict[str, list[Instance]] = {}  # module path -> the chosen instances below it
+    owner: dict[str, Instance] = {}  # layer -> the chosen instance holding it
+    for c in top:
+        parts = c.prefix.split(".")
+        for depth in range(1, len(parts)):
+            under.setdefault(".".join(parts[:depth]), []).append(c)
+        owner.update((m, c) for m in c.members)
+    chosen_paths = {c.prefix for c in top}
     templates: dict[tuple, Template] = {}
     for prefix, inst in flat.items():
-        inside = [c for c in top if c.prefix.startswith(prefix + ".")]
-        if not inside or any(c.prefix == prefix for c in top):
+        inside = under.get(prefix, [])
+        if not inside or prefix in chosen_paths:
             continue
-        members = set(inst.members)
-        if any(members.intersection(c.members) for c in top if c not in inside):
+        inside_ids = {id(c) for c in inside}
+        if any(m in owner and id(owner[m]) not in inside_ids for m in inst.members):
             continue  # part of another block: no clean nesting
         first_of = {c.members[0]: c for c in inside}
         held = {m for c in inside for m in c.members}

@@ -47,6 +47,8 @@ def value_expr(value) -> ast.Expr:
         return ast.Str(value, NOWHERE)
     if isinstance(value, tuple):
         return ast.TupleExpr([value_expr(v) for v in value], NOWHERE)
+    if value is None:
+        return ast.Name("none", NOWHERE)  # the reference's spelling of an absent argument (`mask=none`)
     raise TypeError(f"no .cnn expression for {value!r}")
 
 

@@ -291,21 +291,33 @@ def _split_index(prefix: str) -> tuple[str, int] | None:
 
 
 def _run_from(chain: list[Unit], start: int) -> list[Unit]:
+    """The calls from `start` that one `repeat` can write: one block, consecutive indices under one parent,
+    the same values in every call after the first, which may differ in one argument (linear in the run)."""
     first = chain[start]
     if first.call is None or _split_index(first.call[1].prefix) is None:
         return [first]
     template = first.call[0]
     parent, k = _split_index(first.call[1].prefix)
-    run = [first]
+    first_values = _values_key(template, first)
+    run, rest_values = [first], None
     for unit in chain[start + 1:]:
         if unit.call is None or unit.call[0] is not template:
             break
         if _split_index(unit.call[1].prefix) != (parent, k + len(run)):
             break
-        if _repeat_args(template, run + [unit]) is None:
+        values = _values_key(template, unit)
+        if rest_values is None:
+            if sum(a != b for a, b in zip(first_values, values)) > 1:
+                break  # more than one argument changing: separate calls read better
+            rest_values = values
+        elif values != rest_values:
             break
         run.append(unit)
     return run
+
+
+def _values_key(template: Template, unit: Unit) -> tuple[str, ...]:
+    return tuple(fmt_value(v) for v in call_values(template, unit.call[1]))
 
 
 def _repeat_args(template: Template, run: list[Unit]) -> list[ast.Expr] | None:
