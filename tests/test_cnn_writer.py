@@ -267,3 +267,31 @@ def test_an_optimized_graph_keeps_its_blocks_and_repeats(tmp_path):
     again = load_text(text, "m.cnn")
     assert [(l.name, l.op, l.shape, l.attrs) for l in again.layers()] == \
            [(l.name, l.op, l.shape, l.attrs) for l in graph.layers()]
+
+
+def test_efficientnet_stages_import_as_repeats(tmp_path):
+    """An EfficientNet stage (MBConv blocks, the first one different) is a call and a `repeat` of the
+    residual MBConv block, which calls the blocks of its conv-norm-activation and squeeze-and-excitation."""
+    import sys
+    import warnings
+
+    torch = pytest.importorskip("torch")
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from efficientnet_like import efficientnet
+
+    model = efficientnet()
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (x,), str(tmp_path / "e.onnx"), opset_version=17, dynamo=False, input_names=["x"],
+                          output_names=["y"], dynamic_axes={"x": {0: "N"}, "y": {0: "N"}})
+    result = cnncomp.import_onnx(tmp_path / "e.onnx", tmp_path / "e.cnn")
+    text = result.text
+    assert 'as "features.4.{i + 1}" }' in text and 'as "features.5.{i + 1}" }' in text, text
+    assert "block_block(" in text and "block__block" not in text, text  # named after its module, `block`
+    assert len(text.splitlines()) < 55, text
+    compiled = cnncomp.compile(tmp_path / "e.cnn", weights=tmp_path / "e.safetensors", opt_level=1)
+    with torch.no_grad():
+        eager = model(x).numpy()
+    np.testing.assert_allclose(ort_outputs(compiled, {"x": x.numpy()})[0], eager, rtol=1e-4,
+                               atol=1e-4 * float(np.abs(eager).max()))

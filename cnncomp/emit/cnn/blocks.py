@@ -294,10 +294,10 @@ def _name_templates(templates: list[Template]) -> None:
     for template in templates:
         parts = [p for p in template.instances[0].prefix.split(".") if not p.isdigit()]
         module = "".join(c for c in (parts[-1] if parts else "") if not c.isdigit()).strip("_")
-        base = ascii_identifier(module, "unit") if module else "unit"
-        name, k = f"{base}_block", 2
+        base = ascii_identifier(f"{module or 'unit'}_block")  # `block` alone would be a keyword
+        name, k = base, 2
         while name in taken:
-            name, k = f"{base}_block{k}", k + 1
+            name, k = f"{base}{k}", k + 1
         taken.add(name)
         template.name = name
 
