@@ -225,9 +225,9 @@ def emit_text(compiled: Compiled, emit: str, log: Log = silent) -> str:
     """The optimized graph as text: a .cnn spec (`cnn`), Graphviz DOT (`dot`) or PyTorch source (`torch`)."""
     title = f"{compiled.graph.name} after passes: {', '.join(compiled.graph.meta.get('passes', [])) or 'none'}"
     if emit == "cnn":
-        from cnncomp.ir.printer import emit_cnn
+        from cnncomp.emit.cnn import write_cnn
 
-        return emit_cnn(compiled.graph, header=title)
+        return write_cnn(compiled.graph, header=title)
     if emit == "dot":
         from cnncomp.emit.dot import to_dot
 
@@ -670,12 +670,34 @@ def draw_job(job: Job) -> LayerGraph:
 # ---- import ------------------------------------------------------------------------------------------
 
 
+@dataclass
+class ImportResult:
+    """What an import produced: the spec text, its elaborated graph and its weights."""
+
+    text: str
+    graph: LayerGraph
+    weights: dict
+
+
+def import_model(path, network: str | None = None) -> ImportResult:
+    """An ONNX model (a file, or an onnx.ModelProto) as a .cnn spec and weights, checked to reproduce the
+    model's layers (nothing is written)."""
+    from cnncomp.emit.cnn import write_program
+    from cnncomp.frontend.onnx import read_model
+    from cnncomp.ir.weights import check_weights
+
+    model = read_model(path, network)
+    written = write_program(model.graph, f"Imported from {model.label} by cnncomp import.",
+                            f"<import of {model.label}>")
+    check_weights(model.weights, written.graph, f"the weights imported from {path}")
+    return ImportResult(written.text, written.graph, model.weights)
+
+
 def import_onnx_model(path, output, weights_out=None):
     """An ONNX model to a .cnn spec and a .safetensors file keyed by its layer names; returns the ImportResult.
 
     Nothing is written unless the whole model imports and the spec elaborates with the weights."""
     from cnncomp.fileio import write_text
-    from cnncomp.frontend.onnx import import_model
     from cnncomp.ir.weights import save_safetensors
 
     output = Path(output)

@@ -5,11 +5,12 @@ The order, lowest first (a layer may import from the layers before it, never aft
 
     utilities (errors, fileio, inputs, log, options, progress, registry, version)  what every layer shares
     ops                                    the registry: one class per op, all its facets
-    ir                                     LayerGraph, weights, cost, the .cnn printer
-    frontend                               .cnn text (or an ONNX model) to a LayerGraph
+    ir                                     LayerGraph, weights, cost
+    frontend                               .cnn text (or an ONNX model) to a LayerGraph; the ONNX importer
+                                           returns the graph, the import job writes it with emit/cnn
     analysis                               summary, receptive fields, lint advice
     passes                                 the manager, the -O3 search (measurement passed in), rules
-    emit                                   ONNX, PyTorch source, DOT
+    emit                                   ONNX, PyTorch source, the .cnn writer, DOT
     run                                    reference interpreter, the runtime registry and sessions, timing
     verification                           compare, tolerances, the harness
     precision                              the precision registry: fp32, fp16, int8 (converts emitted models)

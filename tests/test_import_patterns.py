@@ -27,7 +27,7 @@ F = torch.nn.functional
 import cnncomp  # noqa: E402
 from cnncomp.cli import main  # noqa: E402
 from cnncomp.errors import CnnError  # noqa: E402
-from cnncomp.frontend.onnx import import_model  # noqa: E402
+from cnncomp.pipeline import import_model  # noqa: E402
 from cnncomp.ops.registry import get_op  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -25,7 +25,7 @@ import pytest
 from onnx import numpy_helper
 
 import cnncomp
-from cnncomp.frontend.onnx import import_model
+from cnncomp.pipeline import import_model
 from cnncomp.ir.cost import graph_cost
 
 ort = pytest.importorskip("onnxruntime")

@@ -9,7 +9,7 @@ op added to the registry is generated with no change here. Ops whose arguments
 cannot be drawn from their kinds alone get a recipe (`TENSOR_RECIPES`) or are
 listed in `NOT_GENERATED` with the reason.
 
-The graph is printed as a spec (`emit_cnn`) and elaborated again, so a case is
+The graph is printed as a spec (the .cnn writer's flat listing) and elaborated again, so a case is
 its spec text plus a seed (weights by `init_weights`, with non-trivial batch
 norm statistics; inputs by `make_inputs`). `check` then compiles it at -O0,
 -O1 and -O2 and with each approximate rewrite at full rank (exact there), and
@@ -344,9 +344,10 @@ def _merge_partners(g: Generator, op: Op, source: str, args: dict) -> list[str]:
 
 def spec_text(graph: LayerGraph) -> str:
     """The .cnn text of a generated graph."""
-    from cnncomp.ir.printer import emit_cnn
+    from cnncomp.emit.cnn.syntax import unparse
+    from cnncomp.emit.cnn.writer import spec_program
 
-    return emit_cnn(graph)
+    return unparse(spec_program(graph, f"<{graph.name}.cnn>", blocks=False))
 
 
 # ---- the differential check ------------------------------------------------------------------

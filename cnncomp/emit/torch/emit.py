@@ -39,12 +39,14 @@ module docstring, a block's leading comment becomes its class docstring, and
 a statement's comments are written above its code in `__init__` and `forward`.
 
 A graph that passes rewrote (fold-bn, ...) no longer follows its spec: it is
-printed as a .cnn spec first (`emit_cnn`, every layer named with `as`) and
-that spec is translated: one class, no blocks. The same happens, with a
-notice, for the few constructs the translation does not cover (NotSupported):
-a repeat whose number of stages depends on its own loop variable,
-channels()/spatial()/rank() of an unnamed tensor expression, an `if` with a
-tensor in one branch and a value in the other. Every emitted source is
+translated, with a notice, through the program that the one .cnn writer
+(cnncomp.emit.cnn) makes of the graph itself, in its flat form (every layer
+named with `as`, one statement per chain): one class, no blocks, and no text
+printed and parsed again. The same happens for the few constructs the
+translation of a spec does not cover (NotSupported): a repeat whose number of
+stages depends on its own loop variable, channels()/spatial()/rank() of an
+unnamed tensor expression, an `if` with a tensor in one branch and a value in
+the other. Every emitted source is
 checked before it is returned: built on the meta device, its state_dict keys
 and shapes must be the graph's weights.
 
@@ -75,7 +77,7 @@ def emit_torch(spec, overrides: dict[str, str] | None = None, *, notices: list[s
                format: bool = True, check: bool = True) -> str:
     """PyTorch source (needing only torch) for a spec path or a LayerGraph: one nn.Module per block used."""
     from cnncomp.frontend.cnn.loader import elaborate_program
-    from cnncomp.frontend.cnn.parser import parse, parse_file
+    from cnncomp.frontend.cnn.parser import parse_file
 
     notices = notices if notices is not None else []
     if isinstance(spec, LayerGraph):
@@ -98,14 +100,8 @@ def emit_torch(spec, overrides: dict[str, str] | None = None, *, notices: list[s
         except NotSupported as err:
             why = f"{err.message} ({err.loc}): emitting the network as one class without blocks"
     if why is not None:
-        from cnncomp.ir.printer import emit_cnn
-
         notices.append(why)
-        passes = ", ".join(graph.meta.get("passes", []))
-        text = emit_cnn(graph, header=f"{graph.name}, layer by layer" + (f" after the passes ({passes})"
-                                                                         if passes else ""))
-        emitter = ModuleEmitter(parse(text, f"<{graph.name} layer by layer>"), graph, None)
-        source = emitter.emit()
+        emitter, source = _translate_graph(graph)
     if format:
         source = format_source(source)
     if check:
@@ -116,6 +112,23 @@ def emit_torch(spec, overrides: dict[str, str] | None = None, *, notices: list[s
         else:
             check_source(source, graph, emitter.network_class)
     return source
+
+
+def _translate_graph(graph: LayerGraph) -> tuple[ModuleEmitter, str]:
+    """The graph translated through the program the .cnn writer makes of it (no text is parsed): its flat
+    listing, one class whose layers keep their names. (The program is also written out, so that its
+    locations and header comment are lines of a text, as a spec's are.)"""
+    from cnncomp.emit.cnn.spec import identifier_inputs
+    from cnncomp.emit.cnn.syntax import unparse
+    from cnncomp.emit.cnn.writer import spec_program
+
+    passes = ", ".join(graph.meta.get("passes", []))
+    header = f"{graph.name}, layer by layer" + (f" after the passes ({passes})" if passes else "")
+    graph = identifier_inputs(graph)  # an input's layer is its variable
+    program = spec_program(graph, f"<{graph.name} layer by layer>", blocks=False)
+    unparse(program, header)
+    emitter = ModuleEmitter(program, graph, None)
+    return emitter, emitter.emit()
 
 
 def _program_of(graph: LayerGraph) -> ast.Program | None:

@@ -1,3 +1,3 @@
-"""`cnncomp import`: an ONNX model back to a readable .cnn spec and its weights."""
+"""`cnncomp import`: an ONNX model back to a LayerGraph and its weights (the spec text: cnncomp.emit.cnn)."""
 
-from cnncomp.frontend.onnx.importer import ImportResult, import_model  # noqa: F401
+from cnncomp.frontend.onnx.importer import ImportedModel, read_model  # noqa: F401

@@ -9,8 +9,6 @@ error lists every unsupported op type with its count and first node name.
 
 from __future__ import annotations
 
-import re
-
 import numpy as np
 import onnx
 
@@ -18,23 +16,17 @@ from cnncomp.errors import CnnError
 from cnncomp.frontend.onnx.model import OnnxModel
 from cnncomp.frontend.onnx.naming import Namer
 from cnncomp.frontend.onnx.patterns import MATCHERS, NEAREST, Match, Unsupported
+from cnncomp.ir.identifiers import ascii_identifier
 from cnncomp.ir.graph import Layer, LayerGraph, unique_name
 from cnncomp.ops.registry import fmt_shape, get_op
 
 _DTYPES = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.FLOAT16: "float16",
            onnx.TensorProto.DOUBLE: "float64"}
-_KEYWORDS = {"network", "input", "output", "let", "block", "return", "repeat", "as", "if", "then", "else", "and",
-             "or", "not", "true", "false", "import", "in", "where"}
 
 
 def identifier(text: str, taken: set[str], fallback: str) -> str:
-    """A valid, unused identifier made from `text`."""
-    name = re.sub(r"\W", "_", text) or fallback
-    if not re.match(r"[A-Za-z_]", name):
-        name = f"{fallback}_{name}"
-    if name in _KEYWORDS:
-        name += "_"
-    name = unique_name(name, taken)
+    """A valid, unused identifier made from `text` (ASCII: the lexer reads no other letters)."""
+    name = unique_name(ascii_identifier(text, fallback), taken)
     taken.add(name)
     return name
 
