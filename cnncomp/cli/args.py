@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 
 from cnncomp.errors import UsageError  # noqa: F401  (re-exported: raised by commands for exit status 2)
@@ -26,7 +27,8 @@ def parse_defines(items: list[str]) -> dict[str, str]:
     out = {}
     for item in items:
         name, eq, value = item.partition("=")
-        if not eq or not name.strip():
-            raise UsageError(f"-D takes NAME=VALUE, got '{item}'")
+        if not eq or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name.strip()):
+            shown = item.encode("unicode_escape").decode("ascii")
+            raise UsageError(f"-D takes NAME=VALUE with NAME a `let` constant's name, got '{shown}'")
         out[name.strip()] = value.strip()
     return out
