@@ -21,11 +21,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import secrets
 import shutil
+import signal
 import stat
 import sys
 import tempfile
+import threading
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Callable, Iterator, Mapping
@@ -191,15 +194,112 @@ def _replace_atomically(target: Path, write: Callable[[str], None]) -> None:
         mode = stat.S_IMODE(os.stat(target).st_mode)
     except OSError:
         mode = _new_file_mode()
-    tmp = str(target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"))
+    remove_stale_temporaries(target.parent, target.name)
+    tmp = str(temporary_name(target.parent, target.name))
     try:
-        write(tmp)
-        os.chmod(tmp, mode)  # some writers (safetensors) create 0600 files
-        os.replace(tmp, target)
+        with removed_on_termination(tmp):
+            write(tmp)
+            os.chmod(tmp, mode)  # some writers (safetensors) create 0600 files
+            os.replace(tmp, target)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+# ---- temporaries -------------------------------------------------------------------------
+
+_TEMPORARY = re.compile(r"\.(?P<name>.+)\.(?P<pid>\d+)\.[0-9a-f]{8}\.tmp")
+_TERMINATION_SIGNALS = tuple(getattr(signal, n) for n in ("SIGTERM", "SIGHUP") if hasattr(signal, n))
+_temporaries: set[str] = set()
+_previous_handlers: dict = {}
+
+
+def temporary_name(folder: Path, name: str) -> Path:
+    """`FOLDER/.NAME.PID.HEX.tmp`: hidden, this process's, and never an existing file."""
+    return folder / f".{name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+
+
+def remove_stale_temporaries(folder: Path, name: str) -> None:
+    """Remove what a killed cnncomp left of an earlier write of NAME (kill -9 runs no clean-up): the
+    temporaries of NAME whose writing process no longer exists. A live process's are left alone."""
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return
+    for entry in entries:
+        match = _TEMPORARY.fullmatch(entry.name)
+        if not match or match["name"] != name or _alive(int(match["pid"])):
+            continue
+        with contextlib.suppress(OSError):
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path)
+            else:
+                os.unlink(entry.path)
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def removed_on_termination(path) -> Iterator[None]:
+    """While active, SIGTERM or SIGHUP first removes `path` (a file or a folder), then ends the process
+    as the signal would have. (SIGINT raises KeyboardInterrupt, which every writer's clean-up handles.)"""
+    path = str(path)
+    if not _temporaries:
+        _install_handlers()
+    _temporaries.add(path)
+    try:
+        yield
+    finally:
+        _temporaries.discard(path)
+        if not _temporaries:
+            _restore_handlers()
+
+
+def _install_handlers() -> None:
+    if threading.current_thread() is not threading.main_thread():
+        return  # signal handlers can only be set from the main thread
+    for sig in _TERMINATION_SIGNALS:
+        current = signal.getsignal(sig)
+        if current in (signal.SIG_IGN, None) or current is _on_termination:
+            continue
+        _previous_handlers[sig] = current
+        signal.signal(sig, _on_termination)
+
+
+def _restore_handlers() -> None:
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for sig, previous in list(_previous_handlers.items()):
+        signal.signal(sig, previous)
+        del _previous_handlers[sig]
+
+
+def _on_termination(signum, frame) -> None:
+    for path in list(_temporaries):
+        with contextlib.suppress(OSError):
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path)
+            elif os.path.lexists(path):
+                os.unlink(path)
+    _temporaries.clear()
+    previous = _previous_handlers.get(signum, signal.SIG_DFL)
+    _restore_handlers()
+    if callable(previous):
+        previous(signum, frame)
+        return
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)  # end as the signal would have: the status says which signal
 
 
 def _write_to_stdout(write: Callable[[str], None], binary: bool) -> None:
