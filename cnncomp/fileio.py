@@ -149,6 +149,15 @@ def check_output_path(path, binary: bool = True) -> None:
         raise OutputError(f"cannot write '{text}': the folder '{shown}' does not exist")
 
 
+def refuse_derived_output(path, what: str, flag: str) -> None:
+    """Refuse to name a second output after PATH when PATH is standard output or a device (`-o -` would
+    write `./-.safetensors`, `-o /dev/null` a file `/dev/null.safetensors`)."""
+    text = str(path)
+    if is_stdout(text) or _written_directly(Path(text)) or text.startswith(("/dev/", "/proc/")):
+        raise OutputError(f"-o {text}: {what} cannot be named after standard output or a device; "
+                          f"give {flag}")
+
+
 def _written_directly(path: Path) -> bool:
     """A character device, FIFO or socket (after links: /dev/stdout may be a pipe), or a path under
     /dev or /proc (/dev/stdout redirected to a file: the shell holds that file open)."""
@@ -187,6 +196,35 @@ def atomic_write(path: str | Path, write: Callable[[str], None], binary: bool = 
         raise
     except OSError as e:
         raise OutputError(f"cannot write '{text}': {e.strerror or e}") from None
+
+
+def atomic_write_with(path: str | Path, write: Callable[[str], None], other: Callable[[], None],
+                      binary: bool = True) -> None:
+    """Write an output that goes with another: `write(tmp)` fills a temporary, `other()` writes the other
+    output, and only then does the temporary take PATH's place. When either fails, PATH is as it was: an
+    existing file is neither replaced nor removed (`import` writes weights with its spec this way)."""
+    check_output_path(path, binary)
+    text = str(path)
+    direct = is_stdout(text) or _written_directly(Path(text))
+    target = Path(os.path.realpath(text))
+    with contextlib.ExitStack() as stack:
+        if direct:  # a device or standard output: stage in a private folder, copy at the end
+            tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="cnncomp-"))) / "output"
+        else:
+            tmp = temporary_name(target.parent, target.name)
+            stack.enter_context(removed_on_termination(tmp))
+        try:
+            write(str(tmp))
+            other()
+            if direct:
+                atomic_write(text, lambda out: shutil.copyfile(tmp, out), binary)
+            else:
+                atomic_write(text, lambda out: os.replace(tmp, out), binary)
+        except OSError as e:
+            raise OutputError(f"cannot write '{text}': {e.strerror or e}") from None
+        finally:
+            if not direct and os.path.exists(tmp):
+                os.unlink(tmp)
 
 
 def _replace_atomically(target: Path, write: Callable[[str], None]) -> None:

@@ -229,12 +229,18 @@ def _fmt(shape) -> str:
 # ---- writing ------------------------------------------------------------------
 
 
-def save_safetensors(weights: Mapping[str, np.ndarray], path: str | Path) -> None:
-    """Save weights as a .safetensors file, atomically."""
+def save_safetensors(weights: Mapping[str, np.ndarray], path: str | Path, with_other=None) -> None:
+    """Save weights as a .safetensors file, atomically; with `with_other` (a function writing another
+    output), the file takes its place only once that output is written (fileio.atomic_write_with)."""
     from safetensors.numpy import save_file
 
+    from cnncomp.fileio import atomic_write_with
+
     arrays = {name: np.ascontiguousarray(np.asarray(a)) for name, a in weights.items()}
-    atomic_write(path, lambda tmp: save_file(arrays, tmp))
+    if with_other is None:
+        atomic_write(path, lambda tmp: save_file(arrays, tmp))
+    else:
+        atomic_write_with(path, lambda tmp: save_file(arrays, tmp), with_other)
 
 
 WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth")

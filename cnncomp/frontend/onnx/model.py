@@ -44,7 +44,8 @@ class OnnxModel:
             for name in node.input:
                 if name:
                     self.consumers.setdefault(name, []).append(node)
-        self.constants: dict[str, np.ndarray] = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+        _check_nodes(self.model, source)
+        self.constants: dict[str, np.ndarray] = {t.name: _tensor_value(t, source) for t in graph.initializer}
         self.initializer_names = set(self.constants)
         init = self.initializer_names
         self.inputs = [i for i in graph.input if i.name not in init]
@@ -102,10 +103,14 @@ class OnnxModel:
             ins = [n for n in node.input if n]
             if not ins or not all(self.is_const(n) for n in ins) or node.domain not in ("", "ai.onnx"):
                 continue
-            if sum(self.constants[n].size for n in ins) > MAX_FOLDED_ELEMENTS:
+            feeds = {n: self.constants[n] for n in ins}
+            if sum(v.size for v in feeds.values()) > MAX_FOLDED_ELEMENTS:
+                continue
+            size = _folded_size(node, feeds, [self.shapes.get(o) for o in node.output if o])
+            if size is None or size > MAX_FOLDED_ELEMENTS:  # a few bytes of model may ask for gigabytes
                 continue
             try:
-                values = _evaluate(ReferenceEvaluator, node, {n: self.constants[n] for n in ins}, self.opset)
+                values = _evaluate(ReferenceEvaluator, node, feeds, self.opset)
             except Exception:  # noqa: BLE001 - a node the evaluator cannot run stays a node
                 continue
             for name, value in zip(node.output, values):
@@ -128,6 +133,79 @@ def load_onnx(path: str | Path) -> OnnxModel:
     except Exception as exc:  # noqa: BLE001 - any decoding failure is the file's fault
         raise CnnError(f"{path}: not a readable ONNX model ({type(exc).__name__}: {exc})") from None
     return OnnxModel(model, str(path))
+
+
+# Ops whose output size comes from an input's values, not its size.
+_SIZED_BY_VALUES = {"ConstantOfShape", "Expand", "Tile", "Range", "Pad", "Resize", "Upsample", "OneHot",
+                    "RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "EyeLike",
+                    "MatMul", "Gemm", "Einsum", "MatMulInteger", "Col2Im", "CenterCropPad", "ConvTranspose"}
+
+
+def _folded_size(node: onnx.NodeProto, feeds: dict, inferred: list) -> int | None:
+    """Elements the outputs of folding this node would hold, at most; None when that is not known
+    beforehand (the node is then not folded). Six ConstantOfShape([2**29]) in a 736-byte model
+    would otherwise allocate 12 GB."""
+    known = [s for s in inferred if s is not None and all(isinstance(d, int) and d >= 0 for d in s)]
+    if len(known) == len(inferred) and inferred:
+        return sum(_numel(s) for s in known)
+    values = [feeds.get(n) for n in node.input]
+    try:
+        if node.op_type == "ConstantOfShape":
+            return _numel(int(d) for d in values[0].reshape(-1))
+        if node.op_type == "Expand":
+            return _numel(np.broadcast_shapes(values[0].shape, tuple(int(d) for d in values[1].reshape(-1))))
+        if node.op_type == "Tile":
+            return values[0].size * _numel(int(r) for r in values[1].reshape(-1))
+        if node.op_type == "Range":
+            start, limit, delta = (float(v.reshape(-1)[0]) for v in values[:3])
+            return max(0, int(np.ceil((limit - start) / delta))) if delta else None
+    except (TypeError, ValueError, IndexError, AttributeError, OverflowError, ZeroDivisionError):
+        return None
+    if node.op_type in _SIZED_BY_VALUES:
+        return None
+    try:  # elementwise ops broadcast their inputs; the rest give at most what they read
+        broadcast = _numel(np.broadcast_shapes(*(v.shape for v in feeds.values())))
+    except ValueError:
+        broadcast = 0
+    return max([broadcast] + [v.size for v in feeds.values()]) * max(1, len(node.output))
+
+
+def _tensor_value(t: onnx.TensorProto, source: str, where: str = "initializer") -> np.ndarray:
+    """A tensor's value; one whose data does not fill its dims or type (a malformed file) is a CnnError."""
+    try:
+        return numpy_helper.to_array(t)
+    except Exception as exc:  # noqa: BLE001 - onnx raises ValueError, TypeError or KeyError for these
+        dims = "x".join(str(d) for d in t.dims) or "scalar"
+        raise CnnError(f"{source}: {where} '{t.name}' ({dims}, data type {t.data_type}) is malformed: "
+                       f"{type(exc).__name__}: {exc}") from None
+
+
+def _check_nodes(model: onnx.ModelProto, source: str) -> None:
+    """Each standard node against its operator schema (input and output counts, required attributes and
+    their types), so that the patterns read only well-formed nodes; a bad node is a CnnError naming it."""
+    from onnx import checker, defs
+
+    ctx = checker.C.CheckerContext()
+    try:
+        ctx.ir_version = model.ir_version or onnx.IR_VERSION
+        ctx.opset_imports = {op.domain or "": op.version for op in model.opset_import}
+    except (TypeError, ValueError) as exc:  # a domain that is not text, a version out of range
+        raise CnnError(f"{source}: the model's opset imports are malformed ({exc})") from None
+    lex = checker.C.LexicalScopeContext()
+    for i, node in enumerate(model.graph.node):
+        texts = [node.name, node.op_type, node.domain, *node.input, *node.output, *(a.name for a in node.attribute)]
+        if not all(isinstance(t, str) for t in texts):  # protobuf hands over invalid UTF-8 as bytes
+            raise CnnError(f"{source}: node {i} has a name, type or input that is not UTF-8 text")
+        if node.domain not in ("", "ai.onnx"):
+            continue
+        where = f"node {i} '{node.name}' ({node.op_type})" if node.name else f"node {i} ({node.op_type})"
+        if not defs.has(node.op_type, node.domain):
+            raise CnnError(f"{source}: {where}: no such ONNX operator")
+        try:
+            checker.C.check_node(node.SerializeToString(), ctx, lex)
+        except Exception as exc:  # noqa: BLE001 - ValidationError, or a schema lookup failure
+            message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise CnnError(f"{source}: {where} is malformed: {message}") from None
 
 
 def _ai_onnx_opset(model: onnx.ModelProto) -> int:
@@ -206,10 +284,12 @@ def attrs_of(node: onnx.NodeProto) -> dict:
 
 
 def _constant_value(node: onnx.NodeProto) -> np.ndarray:
+    if len(node.attribute) != 1:
+        raise CnnError(f"Constant node '{node.name}' has {len(node.attribute)} attributes; it holds its value in one")
     a = node.attribute[0]
     value = onnx.helper.get_attribute_value(a)
     if a.name == "value":
-        return numpy_helper.to_array(value)
+        return _tensor_value(value, "the model", f"Constant node '{node.name}' value")
     if a.name in ("value_float", "value_int"):
         return np.asarray(value, np.float32 if a.name == "value_float" else np.int64)
     if a.name in ("value_floats", "value_ints"):
