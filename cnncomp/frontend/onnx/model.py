@@ -192,6 +192,7 @@ def _check_nodes(model: onnx.ModelProto, source: str) -> None:
     except (TypeError, ValueError) as exc:  # a domain that is not text, a version out of range
         raise CnnError(f"{source}: the model's opset imports are malformed ({exc})") from None
     lex = checker.C.LexicalScopeContext()
+    const_types = {t.name: t.data_type for t in model.graph.initializer}
     for i, node in enumerate(model.graph.node):
         texts = [node.name, node.op_type, node.domain, *node.input, *node.output, *(a.name for a in node.attribute)]
         if not all(isinstance(t, str) for t in texts):  # protobuf hands over invalid UTF-8 as bytes
@@ -203,9 +204,37 @@ def _check_nodes(model: onnx.ModelProto, source: str) -> None:
             raise CnnError(f"{source}: {where}: no such ONNX operator")
         try:
             checker.C.check_node(node.SerializeToString(), ctx, lex)
+            problem = _constant_type_problem(node, const_types, ctx.opset_imports.get("", 1))
         except Exception as exc:  # noqa: BLE001 - ValidationError, or a schema lookup failure
             message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise CnnError(f"{source}: {where} is malformed: {message}") from None
+        if problem:
+            raise CnnError(f"{source}: {where} is malformed: {problem}")
+        if node.op_type == "Constant" and node.output and len(node.attribute) == 1 and node.attribute[0].name == "value":
+            const_types[node.output[0]] = node.attribute[0].t.data_type
+
+
+def _constant_type_problem(node: onnx.NodeProto, const_types: dict, opset: int) -> str | None:
+    """Whether a constant input (an initializer, a Constant's output) has an element type the operator's
+    schema does not allow for it, such as a float Reshape shape: the patterns read those values."""
+    from onnx import defs
+
+    schema = defs.get_schema(node.op_type, opset, node.domain or "")
+    if not schema.inputs:
+        return None
+    allowed_by_param = {c.type_param_str: set(c.allowed_type_strs) for c in schema.type_constraints}
+    for i, name in enumerate(node.input):
+        if name not in const_types:
+            continue
+        formal = schema.inputs[min(i, len(schema.inputs) - 1)]
+        allowed = allowed_by_param.get(formal.type_str, {formal.type_str})
+        try:
+            given = f"tensor({onnx.TensorProto.DataType.Name(const_types[name]).lower()})"
+        except ValueError:
+            return f"input '{name}' has the unknown element type {const_types[name]}"
+        if given not in allowed:
+            return f"input {i} ('{name}', {formal.name}) is a {given}, which {node.op_type} does not take there"
+    return None
 
 
 def _ai_onnx_opset(model: onnx.ModelProto) -> int:
