@@ -261,3 +261,11 @@ def test_the_backend_refuses_a_model_file_outside_the_models_folder(tmp_path, mo
     with pytest.raises(backend.pb_utils.TritonModelException, match="leads outside the model's folder"):
         backend._model_file(args, filename)
     assert backend._model_file(args, "model.onnx") == str((tmp_path / "m" / "1" / "model.onnx").resolve())
+
+
+def test_the_printed_serve_line_quotes_the_repository(tmp_path, capsys):
+    repo = tmp_path / "my repo $(touch PWNED)"
+    code, out, _ = cli(capsys, "deploy", spec_file(tmp_path), "--triton", repo)
+    assert code == 0
+    line = next(x for x in out.splitlines() if x.startswith("serve it with: "))
+    assert shlex.split(line[len("serve it with: "):].split(" (or ")[0]) == ["cnncomp", "serve", str(repo)]
