@@ -246,6 +246,37 @@ def test_import_does_not_fold_constants_with_huge_outputs(monkeypatch):
     assert onnx_model.OnnxModel(small).constants["big0"].shape == (8,)  # small outputs still fold
 
 
+@pytest.mark.parametrize("op", ["Concat", "Gather", "Expand", "Tile", "Range"])
+def test_import_bounds_folded_outputs_by_what_the_inputs_ask(monkeypatch, op):
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    from cnncomp.frontend.onnx import model as onnx_model
+
+    c = numpy_helper.from_array(np.ones(4096, np.float32), "c")  # 4,096 elements in, 2**18 out
+    make = {
+        "Concat": lambda: ([helper.make_node("Concat", ["c"] * 64, ["big"], axis=0)], []),
+        "Gather": lambda: ([helper.make_node("Gather", ["c", "i"], ["big"], axis=0)],
+                           [numpy_helper.from_array(np.zeros(2**18, np.int64), "i")]),
+        "Expand": lambda: ([helper.make_node("Expand", ["c", "s"], ["big"])],
+                           [numpy_helper.from_array(np.array([64, 4096], np.int64), "s")]),
+        "Tile": lambda: ([helper.make_node("Tile", ["c", "r"], ["big"])],
+                         [numpy_helper.from_array(np.array([64], np.int64), "r")]),
+        "Range": lambda: ([helper.make_node("Range", ["a", "b", "d"], ["big"])],
+                          [numpy_helper.from_array(np.array(v, np.float32), n)
+                           for n, v in (("a", 0.0), ("b", 2.0**18), ("d", 1.0))]),
+    }
+    nodes, extra = make[op]()
+    graph = helper.make_graph(nodes + [helper.make_node("Relu", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])], [c] + extra)
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    monkeypatch.setattr(onnx_model, "MAX_FOLDED_ELEMENTS", 2**16)
+    assert "big" not in onnx_model.OnnxModel(proto).constants
+    monkeypatch.setattr(onnx_model, "MAX_FOLDED_ELEMENTS", 2**20)
+    assert onnx_model.OnnxModel(proto).constants["big"].size == 2**18
+
+
 # ---- 8. import's outputs -------------------------------------------------------------------------------
 
 

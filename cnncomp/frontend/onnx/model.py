@@ -104,9 +104,9 @@ class OnnxModel:
             if not ins or not all(self.is_const(n) for n in ins) or node.domain not in ("", "ai.onnx"):
                 continue
             feeds = {n: self.constants[n] for n in ins}
-            if sum(v.size for v in feeds.values()) > MAX_FOLDED_ELEMENTS:
+            if sum(self.constants[n].size for n in ins) > MAX_FOLDED_ELEMENTS:
                 continue
-            size = _folded_size(node, feeds, [self.shapes.get(o) for o in node.output if o])
+            size = _folded_size(node, feeds)
             if size is None or size > MAX_FOLDED_ELEMENTS:  # a few bytes of model may ask for gigabytes
                 continue
             try:
@@ -135,19 +135,16 @@ def load_onnx(path: str | Path) -> OnnxModel:
     return OnnxModel(model, str(path))
 
 
-# Ops whose output size comes from an input's values, not its size.
-_SIZED_BY_VALUES = {"ConstantOfShape", "Expand", "Tile", "Range", "Pad", "Resize", "Upsample", "OneHot",
-                    "RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "EyeLike",
-                    "MatMul", "Gemm", "Einsum", "MatMulInteger", "Col2Im", "CenterCropPad", "ConvTranspose"}
+# Ops whose output size comes from an input's values in a way _folded_size does not compute.
+_SIZED_BY_VALUES = {"Pad", "Resize", "Upsample", "OneHot", "RandomNormal", "RandomUniform", "RandomNormalLike",
+                    "RandomUniformLike", "EyeLike", "Einsum", "MatMulInteger", "Col2Im", "CenterCropPad",
+                    "ConvTranspose", "GatherND", "ScatterND", "TopK", "NonZero", "Unique", "StringSplit"}
 
 
-def _folded_size(node: onnx.NodeProto, feeds: dict, inferred: list) -> int | None:
-    """Elements the outputs of folding this node would hold, at most; None when that is not known
-    beforehand (the node is then not folded). Six ConstantOfShape([2**29]) in a 736-byte model
-    would otherwise allocate 12 GB."""
-    known = [s for s in inferred if s is not None and all(isinstance(d, int) and d >= 0 for d in s)]
-    if len(known) == len(inferred) and inferred:
-        return sum(_numel(s) for s in known)
+def _folded_size(node: onnx.NodeProto, feeds: dict) -> int | None:
+    """Elements the outputs of folding this node would hold, at most, from its inputs alone (a model's
+    declared shapes could lie); None when that is not known beforehand (the node is then not folded).
+    Six ConstantOfShape([2**29]) in a 736-byte model would otherwise allocate 12 GB."""
     values = [feeds.get(n) for n in node.input]
     try:
         if node.op_type == "ConstantOfShape":
@@ -159,15 +156,25 @@ def _folded_size(node: onnx.NodeProto, feeds: dict, inferred: list) -> int | Non
         if node.op_type == "Range":
             start, limit, delta = (float(v.reshape(-1)[0]) for v in values[:3])
             return max(0, int(np.ceil((limit - start) / delta))) if delta else None
+        if node.op_type == "Gather":
+            data, indices = values[0], values[1]
+            axis = int(attrs_of(node).get("axis", 0)) % max(data.ndim, 1)
+            return indices.size * (data.size // data.shape[axis] if data.ndim and data.shape[axis] else 1)
+        if node.op_type in ("MatMul", "Gemm"):
+            a, b = values[0], values[1]
+            if a.ndim < 2 or b.ndim < 2:
+                return max(a.size, b.size)
+            return _numel(np.broadcast_shapes(a.shape[:-2], b.shape[:-2])) * max(a.shape[-2:]) * max(b.shape[-2:])
     except (TypeError, ValueError, IndexError, AttributeError, OverflowError, ZeroDivisionError):
         return None
     if node.op_type in _SIZED_BY_VALUES:
         return None
+    read = [v for v in values if v is not None]  # each occurrence: Concat([c, c, ..., c]) repeats c
     try:  # elementwise ops broadcast their inputs; the rest give at most what they read
-        broadcast = _numel(np.broadcast_shapes(*(v.shape for v in feeds.values())))
+        broadcast = _numel(np.broadcast_shapes(*(v.shape for v in read)))
     except ValueError:
         broadcast = 0
-    return max([broadcast] + [v.size for v in feeds.values()]) * max(1, len(node.output))
+    return max(broadcast, sum(v.size for v in read)) * max(1, len(node.output))
 
 
 def _tensor_value(t: onnx.TensorProto, source: str, where: str = "initializer") -> np.ndarray:
