@@ -50,6 +50,12 @@ def test_a_define_comment_in_emitted_torch_is_one_line():
     assert one_line("-D w=(1, 2)  # é") == "-D w=(1, 2)  # é"
 
 
+def test_api_defines_may_be_python_values():
+    graph = load_text(HEAD + "let width = 8\nlet on = false\nlet k = (1, 1)\n" + TAIL, "t.cnn",
+                      {"width": 16, "on": True, "k": (3, 3)})
+    assert {k: graph.meta["lets"][k] for k in ("width", "on", "k")} == {"width": 16, "on": True, "k": (3, 3)}
+
+
 def test_a_define_name_must_be_an_identifier(capsys, tmp_path):
     spec = tmp_path / "n.cnn"
     spec.write_text(LET_SPEC)

@@ -169,6 +169,8 @@ def _override_value(name: str, text: str, defs: Definitions):
     """The value of `-D NAME=TEXT`: TEXT must be one expression on one line (nothing else rides
     along into the spec or into the comments of generated code)."""
     file = f"-D {name}"
+    if not isinstance(text, str):  # the API's defines={"width": 32}: a Python value, written as the language does
+        text = ("true" if text else "false") if isinstance(text, bool) else str(text)
     shown = text.encode("unicode_escape").decode("ascii")
     if not all(ch.isprintable() for ch in text):
         raise CnnError(f"-D {name}={shown}: a value is one expression on one line (it holds a line break "
