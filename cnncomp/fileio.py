@@ -29,6 +29,7 @@ import stat
 import sys
 import tempfile
 import threading
+import time
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Callable, Iterator, Mapping
@@ -258,9 +259,13 @@ def temporary_name(folder: Path, name: str) -> Path:
     return folder / f".{name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
 
 
+STALE_SECONDS = 600  # a temporary untouched this long, whose process is gone, was left by a kill
+
+
 def remove_stale_temporaries(folder: Path, name: str) -> None:
     """Remove what a killed cnncomp left of an earlier write of NAME (kill -9 runs no clean-up): the
-    temporaries of NAME whose writing process no longer exists. A live process's are left alone."""
+    temporaries of NAME whose writing process no longer exists here and that nothing has written to for
+    STALE_SECONDS (on a shared file system the writer may be another machine's process, still writing)."""
     try:
         entries = list(os.scandir(folder))
     except OSError:
@@ -270,6 +275,8 @@ def remove_stale_temporaries(folder: Path, name: str) -> None:
         if not match or match["name"] != name or _alive(int(match["pid"])):
             continue
         with contextlib.suppress(OSError):
+            if time.time() - entry.stat(follow_symlinks=False).st_mtime < STALE_SECONDS:
+                continue
             if entry.is_dir(follow_symlinks=False):
                 shutil.rmtree(entry.path)
             else:

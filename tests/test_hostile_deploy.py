@@ -161,10 +161,13 @@ def test_a_later_write_removes_the_temporaries_of_a_killed_one_only(tmp_path, ca
     dead = tmp_path / ".m.onnx.999999999.0123abcd.tmp"  # no such process
     live = tmp_path / f".m.onnx.{os.getppid()}.0123abcd.tmp"  # a process still writing
     other = tmp_path / ".n.onnx.999999999.0123abcd.tmp"  # another output's
-    for p in (dead, live, other):
+    fresh = tmp_path / ".m.onnx.999999998.0123abcd.tmp"  # written a moment ago: maybe another machine's writer
+    for p in (dead, live, other, fresh):
         p.write_bytes(b"partial")
+        if p is not fresh:
+            os.utime(p, (0, 0))
     assert cli(capsys, "compile", spec_file(tmp_path), "-o", out)[0] == 0
-    assert not dead.exists() and live.exists() and other.exists()
+    assert not dead.exists() and live.exists() and other.exists() and fresh.exists()
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
