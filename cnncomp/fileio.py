@@ -21,11 +21,15 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import secrets
 import shutil
+import signal
 import stat
 import sys
 import tempfile
+import threading
+import time
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Callable, Iterator, Mapping
@@ -146,6 +150,15 @@ def check_output_path(path, binary: bool = True) -> None:
         raise OutputError(f"cannot write '{text}': the folder '{shown}' does not exist")
 
 
+def refuse_derived_output(path, what: str, flag: str) -> None:
+    """Refuse to name a second output after PATH when PATH is standard output or a device (`-o -` would
+    write `./-.safetensors`, `-o /dev/null` a file `/dev/null.safetensors`)."""
+    text = str(path)
+    if is_stdout(text) or _written_directly(Path(text)) or text.startswith(("/dev/", "/proc/")):
+        raise OutputError(f"-o {text}: {what} cannot be named after standard output or a device; "
+                          f"give {flag}")
+
+
 def _written_directly(path: Path) -> bool:
     """A character device, FIFO or socket (after links: /dev/stdout may be a pipe), or a path under
     /dev or /proc (/dev/stdout redirected to a file: the shell holds that file open)."""
@@ -186,20 +199,152 @@ def atomic_write(path: str | Path, write: Callable[[str], None], binary: bool = 
         raise OutputError(f"cannot write '{text}': {e.strerror or e}") from None
 
 
+def atomic_write_with(path: str | Path, write: Callable[[str], None], other: Callable[[], None],
+                      binary: bool = True) -> None:
+    """Write an output that goes with another: `write(tmp)` fills a temporary, `other()` writes the other
+    output, and only then does the temporary take PATH's place. When either fails, PATH is as it was: an
+    existing file is neither replaced nor removed (`import` writes weights with its spec this way)."""
+    check_output_path(path, binary)
+    text = str(path)
+    direct = is_stdout(text) or _written_directly(Path(text))
+    target = Path(os.path.realpath(text))
+    with contextlib.ExitStack() as stack:
+        if direct:  # a device or standard output: stage in a private folder, copy at the end
+            tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="cnncomp-"))) / "output"
+        else:
+            tmp = temporary_name(target.parent, target.name)
+            stack.enter_context(removed_on_termination(tmp))
+        try:
+            write(str(tmp))
+            other()
+            if direct:
+                atomic_write(text, lambda out: shutil.copyfile(tmp, out), binary)
+            else:
+                atomic_write(text, lambda out: os.replace(tmp, out), binary)
+        except OSError as e:
+            raise OutputError(f"cannot write '{text}': {e.strerror or e}") from None
+        finally:
+            if not direct and os.path.exists(tmp):
+                os.unlink(tmp)
+
+
 def _replace_atomically(target: Path, write: Callable[[str], None]) -> None:
     try:
         mode = stat.S_IMODE(os.stat(target).st_mode)
     except OSError:
         mode = _new_file_mode()
-    tmp = str(target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"))
+    remove_stale_temporaries(target.parent, target.name)
+    tmp = str(temporary_name(target.parent, target.name))
     try:
-        write(tmp)
-        os.chmod(tmp, mode)  # some writers (safetensors) create 0600 files
-        os.replace(tmp, target)
+        with removed_on_termination(tmp):
+            write(tmp)
+            os.chmod(tmp, mode)  # some writers (safetensors) create 0600 files
+            os.replace(tmp, target)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+# ---- temporaries -------------------------------------------------------------------------
+
+_TEMPORARY = re.compile(r"\.(?P<name>.+)\.(?P<pid>\d+)\.[0-9a-f]{8}\.tmp")
+_TERMINATION_SIGNALS = tuple(getattr(signal, n) for n in ("SIGTERM", "SIGHUP") if hasattr(signal, n))
+_temporaries: set[str] = set()
+_previous_handlers: dict = {}
+
+
+def temporary_name(folder: Path, name: str) -> Path:
+    """`FOLDER/.NAME.PID.HEX.tmp`: hidden, this process's, and never an existing file."""
+    return folder / f".{name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+
+
+STALE_SECONDS = 600  # a temporary untouched this long, whose process is gone, was left by a kill
+
+
+def remove_stale_temporaries(folder: Path, name: str) -> None:
+    """Remove what a killed cnncomp left of an earlier write of NAME (kill -9 runs no clean-up): the
+    temporaries of NAME whose writing process no longer exists here and that nothing has written to for
+    STALE_SECONDS (on a shared file system the writer may be another machine's process, still writing)."""
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return
+    for entry in entries:
+        match = _TEMPORARY.fullmatch(entry.name)
+        if not match or match["name"] != name or _alive(int(match["pid"])):
+            continue
+        with contextlib.suppress(OSError):
+            if time.time() - entry.stat(follow_symlinks=False).st_mtime < STALE_SECONDS:
+                continue
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path)
+            else:
+                os.unlink(entry.path)
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def removed_on_termination(path) -> Iterator[None]:
+    """While active, SIGTERM or SIGHUP first removes `path` (a file or a folder), then ends the process
+    as the signal would have. (SIGINT raises KeyboardInterrupt, which every writer's clean-up handles.)"""
+    path = str(path)
+    if not _temporaries:
+        _install_handlers()
+    _temporaries.add(path)
+    try:
+        yield
+    finally:
+        _temporaries.discard(path)
+        if not _temporaries:
+            _restore_handlers()
+
+
+def _install_handlers() -> None:
+    if threading.current_thread() is not threading.main_thread():
+        return  # signal handlers can only be set from the main thread
+    for sig in _TERMINATION_SIGNALS:
+        current = signal.getsignal(sig)
+        if current in (signal.SIG_IGN, None) or current is _on_termination:
+            continue
+        _previous_handlers[sig] = current
+        signal.signal(sig, _on_termination)
+
+
+def _restore_handlers() -> None:
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for sig, previous in list(_previous_handlers.items()):
+        signal.signal(sig, previous)
+        del _previous_handlers[sig]
+
+
+def _on_termination(signum, frame) -> None:
+    for path in list(_temporaries):
+        with contextlib.suppress(OSError):
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path)
+            elif os.path.lexists(path):
+                os.unlink(path)
+    _temporaries.clear()
+    previous = _previous_handlers.get(signum, signal.SIG_DFL)
+    _restore_handlers()
+    if callable(previous):
+        previous(signum, frame)
+        return
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)  # end as the signal would have: the status says which signal
 
 
 def _write_to_stdout(write: Callable[[str], None], binary: bool) -> None:

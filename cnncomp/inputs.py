@@ -88,6 +88,7 @@ def load_arrays(path: str | Path, what: str = "inputs") -> dict[str, np.ndarray]
     if path.is_block_device() or path.is_char_device() or path.is_socket():
         raise CnnError(f"{what} '{path}' is a device or socket, not a .npz or .npy file")
     refuse_kind(path, f"an inputs file for {what} (a .npz keyed by input name, or a .npy)", ("npy", "npz"))
+    check_array_headers(path)
     try:
         data = np.load(path, allow_pickle=False)
         if isinstance(data, np.ndarray):
@@ -100,6 +101,59 @@ def load_arrays(path: str | Path, what: str = "inputs") -> dict[str, np.ndarray]
     for name, array in arrays.items():
         check_finite(array, f"{what} '{path}'" + (f", input '{name}'" if name else ""))
     return arrays
+
+
+MAX_ARRAY_BYTES = 2**34  # one input or calibration file, all arrays together (16 GiB)
+
+
+def check_array_headers(path: str | Path) -> None:
+    """Refuse, before reading any data, a .npy or .npz whose headers claim more than the file holds
+    (a 100-byte .npy claiming 1.9e14 elements would otherwise end in a MemoryError) or, together,
+    more than MAX_ARRAY_BYTES. A file that is neither is left to the loader's own error."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(6)
+        if magic == b"\x93NUMPY":
+            with open(path, "rb") as f:
+                claim = _npy_claim(f)
+                claims = [(path.name, claim, path.stat().st_size - f.tell())]
+        elif magic[:4] == b"PK\x03\x04":
+            claims = []
+            with zipfile.ZipFile(path) as z:
+                for info in z.infolist():
+                    if info.filename.endswith(".npy"):
+                        with z.open(info) as member:
+                            claims.append((info.filename[:-4], _npy_claim(member), info.file_size - member.tell()))
+        else:
+            return
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError, SyntaxError) as e:
+        raise CnnError(f"cannot read {path}: {e}") from None
+    total = 0
+    for name, (shape, nbytes), holds in claims:
+        if nbytes > holds:
+            raise CnnError(f"cannot read {path}: array '{name}' claims shape {list(shape)} ({nbytes:,} bytes), "
+                           f"but the file holds {max(holds, 0):,} bytes of data")
+        total += nbytes
+    if total > MAX_ARRAY_BYTES:
+        raise CnnError(f"{path}: its arrays take {total / 2**30:,.1f} GiB, over the limit of "
+                       f"{MAX_ARRAY_BYTES / 2**30:,.0f} GiB for one file")
+
+
+def _npy_claim(f) -> tuple[tuple, int]:
+    """The shape and byte size a .npy header claims (the stream is left at the start of the data)."""
+    from numpy.lib import format as npy
+
+    version = npy.read_magic(f)
+    read = {(1, 0): npy.read_array_header_1_0, (2, 0): npy.read_array_header_2_0}.get(version)
+    if read is None:  # format 3.0 (utf-8 field names) has no public reader
+        shape, _, dtype = npy._read_array_header(f, version)
+    else:
+        shape, _, dtype = read(f)
+    count = 1
+    for d in shape:
+        count *= int(d)
+    return tuple(shape), count * dtype.itemsize
 
 
 def check_finite(array: np.ndarray, where: str) -> None:

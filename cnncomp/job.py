@@ -19,6 +19,7 @@ commands that take it and its group; read it in the pipeline as `job.<group>.<na
 from __future__ import annotations
 
 import argparse
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,8 +44,9 @@ def parse_defines(items, flag: str = "-D") -> dict[str, str]:
     out = {}
     for item in items:
         name, eq, value = item.partition("=")
-        if not eq or not name.strip():
-            raise UsageError(f"-D takes NAME=VALUE, got '{item}'")
+        if not eq or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name.strip()):
+            shown = item.encode("unicode_escape").decode("ascii")
+            raise UsageError(f"-D takes NAME=VALUE with NAME a `let` constant's name, got '{shown}'")
         out[name.strip()] = value.strip()
     return out
 

@@ -700,6 +700,10 @@ def import_onnx_model(path, output, weights_out=None):
     from cnncomp.fileio import write_text
     from cnncomp.ir.weights import save_safetensors
 
+    from cnncomp.fileio import is_stdout, refuse_derived_output
+
+    if weights_out is None:
+        refuse_derived_output(output, "the weights", "--weights-out W")
     output = Path(output)
     weights_out = Path(weights_out) if weights_out is not None else output.with_suffix(".safetensors")
     if weights_out.resolve() == output.resolve():
@@ -707,11 +711,8 @@ def import_onnx_model(path, output, weights_out=None):
     for target in (output, weights_out):
         if not target.parent.is_dir():
             raise CnnError(f"{target}: the folder {target.parent} does not exist")
-    result = import_model(path, output.stem)
-    save_safetensors(result.weights, weights_out)
-    try:
-        write_text(output, result.text)
-    except BaseException:
-        weights_out.unlink(missing_ok=True)  # no weights without their spec
-        raise
+    result = import_model(path, None if is_stdout(output) else output.stem)
+    # the weights take their place only once the spec is written: no weights without their spec, and
+    # a weights file that was there before is never removed
+    save_safetensors(result.weights, weights_out, with_other=lambda: write_text(output, result.text))
     return result

@@ -2,6 +2,12 @@
 
     python tools/fuzz.py --cases 2000                 # seeds 0..1999
     python tools/fuzz.py --cases 500 --first-seed 10000 --out fuzz-failures
+    python tools/fuzz.py --onnx --cases 2000          # the ONNX importer on mutated models
+
+With --onnx, case i mutates a small ONNX model (cnncomp/verification/onnx_mutation.py says how)
+and imports it: a CnnError is the right answer for a malformed model, anything else (a
+traceback) is a finding, saved as OUT/onnx-seed<N>.onnx with the traceback beside it
+(reproduce with `cnncomp import OUT/onnx-seed<N>.onnx -o x.cnn --debug`).
 
 Case i is generated from seed first_seed + i (cnncomp/verification/fuzz.py says how), compiled
 at -O0, -O1, -O2 and with bottleneck and depthwise at full rank, and compared three ways (ONNX
@@ -32,7 +38,10 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, help="run only the case of this seed and print its spec")
     parser.add_argument("--max-layers", type=int, default=8, help="layers per case, at most (default 8)")
     parser.add_argument("--out", default="fuzz-failures", help="folder for failing specs (default fuzz-failures)")
+    parser.add_argument("--onnx", action="store_true", help="mutation-fuzz the ONNX importer instead")
     args = parser.parse_args(argv)
+    if args.onnx:
+        return fuzz_onnx(args)
     seeds = [args.seed] if args.seed is not None else range(args.first_seed, args.first_seed + args.cases)
     out = Path(args.out)
     made, rewrote, failed = Counter(), Counter(), []
@@ -67,6 +76,38 @@ def main(argv=None) -> int:
     for (op, param), (values, why) in sorted(ARGUMENT_CHOICES.items()):
         print(f"{op} {param} drawn from {values} only: {why}")
     return 1 if failed else 0
+
+
+def fuzz_onnx(args) -> int:
+    """Mutated ONNX models through the importer; exit 1 when one gave a traceback."""
+    import warnings
+
+    from cnncomp.verification.onnx_mutation import mutated_model, run_case
+
+    warnings.simplefilter("ignore")  # onnx and torch deprecation notices, once per case otherwise
+    seeds = [args.seed] if args.seed is not None else range(args.first_seed, args.first_seed + args.cases)
+    out = Path(args.out)
+    outcomes, bases, crashed = Counter(), Counter(), []
+    start = time.perf_counter()
+    for done, seed in enumerate(seeds, 1):
+        case = run_case(seed)
+        outcomes[case.outcome] += 1
+        bases[case.base.split("(")[0]] += 1
+        if args.seed is not None:
+            print(f"seed {seed}: {case.base}, {'; '.join(case.mutations)}: {case.outcome}\n{case.message}")
+        if case.outcome == "crashed":
+            crashed.append(seed)
+            out.mkdir(parents=True, exist_ok=True)
+            (out / f"onnx-seed{seed}.onnx").write_bytes(mutated_model(seed))
+            (out / f"onnx-seed{seed}.txt").write_text(f"{case.base}: {'; '.join(case.mutations)}\n{case.message}")
+            print(f"seed {seed}: traceback: {case.message.strip().splitlines()[-1]}", flush=True)
+        if done % 500 == 0:
+            print(f"... {done} cases, {len(crashed)} tracebacks, {time.perf_counter() - start:.0f} s", flush=True)
+    elapsed = time.perf_counter() - start
+    print(f"{len(seeds)} mutated models in {elapsed:.0f} s: {outcomes['imported']} imported, {outcomes['refused']} "
+          f"refused with a CnnError, {outcomes['crashed']} tracebacks" + (f" (models in {out}/)" if crashed else ""))
+    print("base models: " + ", ".join(f"{name} {count}" for name, count in bases.most_common()))
+    return 1 if crashed else 0
 
 
 if __name__ == "__main__":

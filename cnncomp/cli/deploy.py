@@ -17,6 +17,7 @@ failure leaves nothing half-written; an existing model folder is replaced.
 Start a server with `cnncomp serve REPO` (or `tritonserver --model-repository=REPO`; see docs/deploy.md).
 """
 
+import shlex
 import sys
 
 from cnncomp.cli.args import add_spec_argument
@@ -38,5 +39,6 @@ def run(args) -> int:
     print(f"wrote {folder}/config.pbtxt and {folder}/1/model.onnx: {config.name}, max_batch_size "
           f"{config.max_batch_size}, {deployed.precision}, {config.instances} x {config.kind or 'the kind Triton picks'}"
           + (", TensorRT accelerator" if config.tensorrt else "") + f"; inputs {shown}")
+    repo = shlex.quote(str(repo))  # a line to paste: the path is one shell word
     print(f"serve it with: cnncomp serve {repo} (or tritonserver --model-repository={repo})")
     return 0

@@ -26,6 +26,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
+import shlex
 import shutil
 import signal
 import site
@@ -197,7 +198,11 @@ class TritonServer:
 
     def command(self, backends: Path | None) -> list[str]:
         binary = str(self.tritonserver) if self.tritonserver else str(bundled_server().binary)
-        cmd = [binary, f"--model-repository={self.repo}", "--exit-on-error=true", "--strict-readiness=true",
+        # explicit model control: Triton loads the models repository_models() found, and nothing else in
+        # the folder (a stray temporary of a killed deploy would otherwise fail the whole repository)
+        loads = [f"--load-model={name}" for name in self.models or repository_models(self.repo)]
+        cmd = [binary, f"--model-repository={self.repo}", "--model-control-mode=explicit", *loads,
+               "--exit-on-error=true", "--strict-readiness=true",
                f"--exit-timeout-secs={int(self.grace_seconds)}",
                f"--http-address={HOST}", f"--http-port={self.ports.http}",
                f"--grpc-address={HOST}", f"--grpc-port={self.ports.grpc}",
@@ -229,8 +234,11 @@ class TritonServer:
             env["PYTHONPATH"] = os.pathsep.join(p for p in (extra["PYTHONPATH"], env.get("PYTHONPATH", "")) if p)
         self._log = open(self.log_path, "wb")
         try:
+            # umask 077: the Python backend's shared-memory regions (request and response tensors in
+            # /dev/shm) and anything else the server creates are its user's alone, mode 0600
             self.process = subprocess.Popen(self.command(backends), stdout=self._log, stderr=subprocess.STDOUT,
-                                            stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+                                            stdin=subprocess.DEVNULL, env=env, start_new_session=True,
+                                            umask=0o077)
             self._wait_ready(timeout)
         except BaseException:
             self.stop()
@@ -322,19 +330,27 @@ class TritonServer:
 
 
 def client_example(grpc_endpoint: str, metadata: dict) -> str:
-    """A one-line Python command that sends zeros to a served model over gRPC and prints the output shapes
-    (a dynamic batch dim as 1, a dynamic size as 64, which most image models with strides up to 32 take)."""
+    """A one-line shell command that sends zeros to a served model over gRPC and prints the output shapes
+    (a dynamic batch dim as 1, a dynamic size as 64, which most image models with strides up to 32 take).
+    Names come from the repository, so each is a Python literal (repr) inside a program that is one
+    shell word (double quotes when nothing in it is special there, else shlex.quote): no name can end a
+    string and run code when the line is pasted."""
     inputs = metadata["inputs"]
-    shapes = {i["name"]: [d if d >= 0 else 1 if j == 0 else 64 for j, d in enumerate(i["shape"])] for i in inputs}
     numpy_types = {"FP32": "float32", "FP16": "float16", "FP64": "float64", "INT64": "int64", "INT32": "int32",
                    "INT8": "int8", "UINT8": "uint8", "BOOL": "bool_"}
-    make = "; ".join(f"i{k} = g.InferInput('{i['name']}', {shapes[i['name']]}, '{i['datatype']}'); "
-                     f"i{k}.set_data_from_numpy(np.zeros({tuple(shapes[i['name']])}, np.{numpy_types.get(i['datatype'], 'float32')}))"
-                     for k, i in enumerate(inputs))
+    make = []
+    for k, i in enumerate(inputs):
+        shape = [int(d) if int(d) >= 0 else 1 if j == 0 else 64 for j, d in enumerate(i["shape"])]
+        dtype = numpy_types.get(i["datatype"], "float32")
+        make.append(f"i{k} = g.InferInput({str(i['name'])!r}, {shape}, {str(i['datatype'])!r}); "
+                    f"i{k}.set_data_from_numpy(np.zeros({tuple(shape)}, np.{dtype}))")
     listed = ", ".join(f"i{k}" for k in range(len(inputs)))
-    outputs = ", ".join(f"r.as_numpy('{o['name']}').shape" for o in metadata["outputs"])
-    return (f"python -c \"import numpy as np, tritonclient.grpc as g; c = g.InferenceServerClient('{grpc_endpoint}'); "
-            f"{make}; r = c.infer('{metadata['name']}', [{listed}]); print({outputs})\"")
+    outputs = ", ".join(f"r.as_numpy({str(o['name'])!r}).shape" for o in metadata["outputs"])
+    program = (f"import numpy as np, tritonclient.grpc as g; c = g.InferenceServerClient({str(grpc_endpoint)!r}); "
+               f"{'; '.join(make)}; r = c.infer({str(metadata['name'])!r}, [{listed}]); print({outputs})")
+    if not set(program) & set('"$`\\!'):  # nothing the shell expands inside double quotes: the readable form
+        return f'python -c "{program}"'
+    return f"python -c {shlex.quote(program)}"
 
 
 def serve_extra_missing() -> str | None:

@@ -21,9 +21,12 @@ through TensorRT (`optimization { execution_accelerators { gpu_execution_acceler
 [ { name: "tensorrt" ... } ] } }`), with precision_mode FP16, INT8 (a QDQ model) or FP32 and a 1 GiB
 workspace.
 
-The repository entry is written in a temporary folder beside it and renamed
-into place, so that a failure leaves no half-written model behind; an existing
-entry (a folder with a config.pbtxt) is replaced as a whole.
+The repository entry is written in a temporary folder beside the repository
+(out of a watching server's view) and renamed into place, so that a failure
+leaves no half-written model behind; an existing entry (a folder with a
+config.pbtxt) is replaced as a whole. An interrupted deploy removes only what it
+made: its temporary, and the folders it created while they are still empty
+(SIGTERM and SIGHUP included; what a kill -9 leaves is removed by the next deploy).
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ import onnx
 from onnx import TensorProto
 
 from cnncomp.errors import CnnError
+from cnncomp.fileio import remove_stale_temporaries, removed_on_termination, temporary_name
 
 TRITON_TYPES = {
     TensorProto.FLOAT: "TYPE_FP32",
@@ -52,7 +56,22 @@ TRITON_TYPES = {
     TensorProto.BOOL: "TYPE_BOOL",
 }
 WORKSPACE_BYTES = 1 << 30
-MODEL_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
+MODEL_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]*")  # matched whole (fullmatch: `$` allows a final newline)
+
+
+def pbtxt_string(text: str) -> str:
+    """A protobuf text-format string literal: quotes, backslashes and bytes that are not printable ASCII
+    escaped, so that no name can end the string or the line."""
+    out = []
+    for byte in text.encode("utf-8"):
+        ch = chr(byte)
+        if ch in '"\\':
+            out.append("\\" + ch)
+        elif 32 <= byte < 127:
+            out.append(ch)
+        else:
+            out.append(f"\\{byte:03o}")
+    return '"' + "".join(out) + '"'
 
 
 @dataclass
@@ -78,12 +97,12 @@ class TritonConfig:
 
     def to_pbtxt(self) -> str:
         """The config in protobuf text format (Triton's config.pbtxt)."""
-        lines = [f'name: "{self.name}"', 'platform: "onnxruntime_onnx"', f"max_batch_size: {self.max_batch_size}"]
+        lines = [f"name: {pbtxt_string(self.name)}", 'platform: "onnxruntime_onnx"', f"max_batch_size: {self.max_batch_size}"]
         for key, tensors in (("input", self.inputs), ("output", self.outputs)):
             lines.append(f"{key} [")
             for i, t in enumerate(tensors):
                 comma = "," if i < len(tensors) - 1 else ""
-                lines += ["  {", f'    name: "{t.name}"', f"    data_type: {t.data_type}",
+                lines += ["  {", f"    name: {pbtxt_string(t.name)}", f"    data_type: {t.data_type}",
                           f"    dims: [ {', '.join(str(d) for d in t.dims)} ]", "  }" + comma]
             lines.append("]")
         if self.max_batch_size > 0:
@@ -115,8 +134,8 @@ def triton_config(model: onnx.ModelProto, graph, max_batch: int = 8, instances: 
                   tensorrt: bool = False, precision: str = "fp32", name: str | None = None) -> TritonConfig:
     """The Triton config of an emitted model; a spec whose batch dim is static is an error when max_batch > 0."""
     name = name or graph.name
-    if not MODEL_NAME.match(name):
-        raise CnnError(f"'{name}' cannot name a Triton model (use letters, digits, '_', '-', '.'); give --name")
+    if not MODEL_NAME.fullmatch(name):
+        raise CnnError(f"{pbtxt_string(name)} cannot name a Triton model (use letters, digits, '_', '-', '.'); give --name")
     if max_batch < 0:
         raise CnnError(f"--max-batch must be 0 or more, got {max_batch}")
     if instances < 1:
@@ -197,6 +216,23 @@ def config_problems(config: TritonConfig, model: onnx.ModelProto) -> list[str]:
     return problems
 
 
+def _staging_folder(repo: Path) -> Path:
+    """Where a model is written before it is renamed into the repository: beside the repository, out of
+    the view of a server watching it (Triton loads every subfolder, hidden ones too), or inside it where
+    the parent is another file system (a rename cannot cross one) or not writable."""
+    parent = repo.resolve().parent
+    try:
+        if parent != repo.resolve() and parent.stat().st_dev == repo.stat().st_dev and os.access(parent, os.W_OK):
+            return parent
+    except OSError:
+        pass
+    return repo
+
+
+def _staged_name(repo: Path, staging: Path, name: str) -> str:
+    return name if staging == repo else f"{repo.resolve().name}.{name}"
+
+
 def write_repository(model: onnx.ModelProto, config: TritonConfig, repo: str | Path, version: int = 1) -> Path:
     """Write REPO/<name>/config.pbtxt and REPO/<name>/<version>/model.onnx atomically; return the model folder."""
     from cnncomp.emit.onnx.save import save_onnx
@@ -212,24 +248,30 @@ def write_repository(model: onnx.ModelProto, config: TritonConfig, repo: str | P
     if target.exists() and not (target / "config.pbtxt").is_file() and any(target.iterdir()):
         raise CnnError(f"'{target}' exists and is not a Triton model folder (no config.pbtxt); "
                        "not replacing it")
-    created_repo = not repo.exists()
+    created = [p for p in (repo, *repo.parents) if not p.exists()]
     repo.mkdir(parents=True, exist_ok=True)
-    tmp = repo / f".{config.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    staging = _staging_folder(repo)
+    remove_stale_temporaries(staging, _staged_name(repo, staging, config.name))
+    tmp = temporary_name(staging, _staged_name(repo, staging, config.name))
     old = None
     try:
-        (tmp / str(version)).mkdir(parents=True)
-        save_onnx(model, tmp / str(version) / "model.onnx")
-        (tmp / "config.pbtxt").write_text(config.to_pbtxt())
-        if target.exists():
-            old = repo / f".{config.name}.{os.getpid()}.{secrets.token_hex(4)}.old"
-            os.replace(target, old)
-        os.replace(tmp, target)
+        with removed_on_termination(tmp):
+            (tmp / str(version)).mkdir(parents=True)
+            save_onnx(model, tmp / str(version) / "model.onnx")
+            (tmp / "config.pbtxt").write_text(config.to_pbtxt())
+            if target.exists():
+                old = staging / f".{_staged_name(repo, staging, config.name)}.{os.getpid()}.{secrets.token_hex(4)}.old"
+                os.replace(target, old)
+            os.replace(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         if old is not None and old.exists() and not target.exists():
             os.replace(old, target)
-        if created_repo:
-            shutil.rmtree(repo, ignore_errors=True)
+        for folder in created:  # only folders this call made, and only while empty: never another's model
+            try:
+                folder.rmdir()
+            except OSError:
+                break
         raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)

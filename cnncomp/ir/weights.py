@@ -53,7 +53,33 @@ def _rng(seed: int, name: str) -> np.random.Generator:
 
 def init_weights(graph, seed: int = 0) -> dict[str, np.ndarray]:
     """Seeded weights for every layer (PyTorch's default init, non-trivial batch-norm statistics)."""
-    return {name: init_weight(spec, _rng(seed, name)) for name, spec in expected_weights(graph).items()}
+    specs = expected_weights(graph)
+    check_weights_size(graph, specs)
+    return {name: init_weight(spec, _rng(seed, name)) for name, spec in specs.items()}
+
+
+MAX_WEIGHT_BYTES = 2**34  # all weights of a network, float32 (docs/language.md, Limits)
+
+
+def _nbytes(spec: WeightSpec) -> int:
+    return 4 * int(np.prod(spec.shape, dtype=object))  # float32; object: no int64 overflow
+
+
+def check_weights_size(graph, specs: Mapping[str, WeightSpec] | None = None) -> None:
+    """Refuse, before allocating anything, a network whose weights are over MAX_WEIGHT_BYTES,
+    naming the size and the largest layer (two conv(46000, k=3) would ask for 142 GiB)."""
+    specs = expected_weights(graph) if specs is None else specs
+    total = sum(_nbytes(spec) for spec in specs.values())
+    if total <= MAX_WEIGHT_BYTES:
+        return
+    largest = max(graph.layers(), key=lambda layer: sum(_nbytes(w) for w in layer.weights.values()))
+    size = sum(_nbytes(w) for w in largest.weights.values())
+    raise CnnError(f"the network's weights take {_gib(total)} as float32, over the limit of "
+                   f"{_gib(MAX_WEIGHT_BYTES)}; the largest layer, {largest.name}, takes {_gib(size)}", largest.loc)
+
+
+def _gib(nbytes: int) -> str:
+    return f"{nbytes / 2**30:,.1f} GiB"
 
 
 # ---- reading ------------------------------------------------------------------
@@ -203,12 +229,18 @@ def _fmt(shape) -> str:
 # ---- writing ------------------------------------------------------------------
 
 
-def save_safetensors(weights: Mapping[str, np.ndarray], path: str | Path) -> None:
-    """Save weights as a .safetensors file, atomically."""
+def save_safetensors(weights: Mapping[str, np.ndarray], path: str | Path, with_other=None) -> None:
+    """Save weights as a .safetensors file, atomically; with `with_other` (a function writing another
+    output), the file takes its place only once that output is written (fileio.atomic_write_with)."""
     from safetensors.numpy import save_file
 
+    from cnncomp.fileio import atomic_write_with
+
     arrays = {name: np.ascontiguousarray(np.asarray(a)) for name, a in weights.items()}
-    atomic_write(path, lambda tmp: save_file(arrays, tmp))
+    if with_other is None:
+        atomic_write(path, lambda tmp: save_file(arrays, tmp))
+    else:
+        atomic_write_with(path, lambda tmp: save_file(arrays, tmp), with_other)
 
 
 WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth")

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from cnncomp.errors import CnnError
+from cnncomp.inputs import check_array_headers
 from cnncomp.ir.graph import LayerGraph
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".webp")
@@ -48,6 +49,8 @@ def load_calibration(source, graph: LayerGraph, preprocess: str | None = None) -
         raise CnnError(f"--preprocess applies to a folder of images; {path} is a file")
     if not path.exists():
         raise CnnError(f"calibration data {path} does not exist")
+    if path.suffix in (".npz", ".npy"):
+        check_array_headers(path)
     if path.suffix == ".npz":
         try:
             with np.load(path, allow_pickle=False) as data:
@@ -158,12 +161,38 @@ def load_images(folder: Path, graph: LayerGraph, preprocess: str) -> dict[str, n
     samples = []
     for path in files:
         try:
-            with Image.open(path) as image:
+            with Image.open(path) as image:  # reads the header only: the size is checked before the pixels
+                _check_pixels(path, image.size, height, width, preprocess)
                 image = image.convert("L" if channels == 1 else "RGB")
                 samples.append(preprocess_image(image, height, width, preprocess))
-        except OSError as e:
+        except (OSError, Image.DecompressionBombError) as e:  # the bomb error is not an OSError
             raise CnnError(f"cannot read image {path}: {e}") from None
     return {name: np.stack(samples)}
+
+
+MAX_IMAGE_PIXELS = 2**26  # per image, as decoded and as resized by --preprocess (64 Mpixels)
+
+
+def _resized_size(size: tuple[int, int], height: int, width: int, preprocess: str) -> tuple[int, int]:
+    """The size preprocess_image resizes an image of `size` to (before the imagenet crop)."""
+    if preprocess != "imagenet":
+        return width, height
+    short = round(min(height, width) * 256 / 224)
+    scale = short / min(size)
+    return max(width, round(size[0] * scale)), max(height, round(size[1] * scale))
+
+
+def _check_pixels(path, size: tuple[int, int], height: int, width: int, preprocess: str) -> None:
+    """Refuse an image whose pixels, decoded or resized, are over MAX_IMAGE_PIXELS (a 100-byte 1x10000
+    PNG resizes to 256x2,560,000 under imagenet: 2.9 GB)."""
+    if min(size) < 1:
+        raise CnnError(f"image {path} is {size[0]}x{size[1]}: it has no pixels")
+    resized = _resized_size(size, height, width, preprocess)
+    for what, (w, h) in (("is", size), (f"would be resized by --preprocess {preprocess} to", resized)):
+        if w * h > MAX_IMAGE_PIXELS:
+            raise CnnError(f"image {path} {what} {w}x{h} pixels, over the limit of {MAX_IMAGE_PIXELS:,} "
+                           "per image" + ("" if what == "is" else f" (it is {size[0]}x{size[1]}: crop it to a "
+                                                                   "less extreme shape)"))
 
 
 def preprocess_image(image, height: int, width: int, preprocess: str) -> np.ndarray:
@@ -171,10 +200,7 @@ def preprocess_image(image, height: int, width: int, preprocess: str) -> np.ndar
     from PIL import Image
 
     if preprocess == "imagenet":
-        short = round(min(height, width) * 256 / 224)
-        scale = short / min(image.size)
-        image = image.resize((max(width, round(image.size[0] * scale)), max(height, round(image.size[1] * scale))),
-                             Image.BILINEAR)
+        image = image.resize(_resized_size(image.size, height, width, preprocess), Image.BILINEAR)
         left, top = (image.size[0] - width) // 2, (image.size[1] - height) // 2
         image = image.crop((left, top, left + width, top + height))
     else:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import onnx
 
+from cnncomp.fileio import removed_on_termination
 from cnncomp.ir.weights import atomic_write
 
 EXTERNAL_DATA_LIMIT = 2**31 - 2**26  # bytes of weights above which save_onnx uses external data
@@ -118,7 +119,8 @@ def _save_external(model: onnx.ModelProto, path: Path) -> None:
             os.replace(data_tmp, path.with_name(location))
 
     try:
-        atomic_write(path, write)
+        with removed_on_termination(data_tmp):
+            atomic_write(path, write)
     finally:
         if data_tmp.exists():
             data_tmp.unlink()

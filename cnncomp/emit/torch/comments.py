@@ -31,6 +31,12 @@ def _split_comment(line: str) -> tuple[str, str | None]:
     return line, None
 
 
+def one_line(text: str) -> str:
+    """User text (a -D value) safe inside a `#` comment or a docstring line: what is not printable
+    (a line break would end the comment and start code) is written as its escape."""
+    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in text)
+
+
 class Comments:
     """The comments of one .cnn file, by line."""
 

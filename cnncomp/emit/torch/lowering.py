@@ -23,6 +23,17 @@ from cnncomp.frontend.cnn import ast
 from cnncomp.ops.registry import get_op
 
 
+def _last_reads(stmts: list) -> dict[str, int]:
+    """For each name, the index of the last statement (an `output` aside) that reads it: one walk of
+    the body, so that a long chain of statements is lowered in linear time."""
+    last = {}
+    for i, stmt in enumerate(stmts):
+        if not isinstance(stmt, ast.Output):
+            for name in ast_names(stmt):
+                last[name] = i
+    return last
+
+
 class StatementLowering:
     """Statements and tensor expressions, written into __init__ and forward (a mixin of ClassGen)."""
 
@@ -31,6 +42,7 @@ class StatementLowering:
         self.fwd.comments(texts)
 
     def run_body(self, stmts: list, comments: dict[int, list[str]]) -> None:
+        last_read = _last_reads(stmts)
         for i, stmt in enumerate(stmts):
             texts = comments.get(i, [])
             if isinstance(stmt, ast.Assign):
@@ -40,8 +52,7 @@ class StatementLowering:
                     b = self.preview_binding(stmt.name)
                     var = Var(b.py, b.shape)
                     v = self.lower(stmt.value, st, var)
-                    later = [s for s in stmts[i + 1:] if not isinstance(s, ast.Output)]
-                    if stmt.name not in ast_names(later):  # nothing needs its shape
+                    if last_read.get(stmt.name, -1) <= i:  # nothing later needs its shape
                         v = TVal(v.fwd, var.shape, v.prec, v.depth)
                     self.materialize(v, var)
                     self.scopes[0][stmt.name] = Binding("tensor", var.py, var.shape)

@@ -8,6 +8,7 @@ code needs, a clash) it gets a suffix. `Naming` is the part of a class generator
 
 from __future__ import annotations
 
+import itertools
 import keyword
 import re
 from dataclasses import dataclass
@@ -135,7 +136,9 @@ class Naming:
         names (own=False: temporaries) never take a name the spec uses."""
         if not base.isidentifier():
             base = "v_" + re.sub(r"\W", "_", base)
-        for candidate in [base, f"{base}_"] + [f"{base}_{k}" for k in range(2, 10_000)]:
+        # candidates made one at a time: most names are free at the first, and a list of all
+        # 10,000 per name would make a long spec's emission quadratic in practice
+        for candidate in itertools.chain((base, f"{base}_"), (f"{base}_{k}" for k in range(2, 10_000))):
             names = [candidate, f"{candidate}_shape"] if tensor else [candidate]
             if any(keyword.iskeyword(n) or n in self.em.taken or n in self.used_py for n in names):
                 continue

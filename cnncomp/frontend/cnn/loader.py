@@ -15,6 +15,7 @@ from cnncomp.frontend.cnn.symbols import input_symbols
 from cnncomp.errors import CnnError, Loc
 from cnncomp.inputs import describe_kind, file_kind
 from cnncomp.ir.graph import LayerGraph
+from cnncomp.ir.weights import check_weights_size
 from cnncomp.ops.registry import get_op
 
 STDLIB_PATH = Path(__file__).with_name("stdlib.cnn")
@@ -28,12 +29,16 @@ def standard_blocks() -> dict[str, ast.BlockDef]:
 
 def load_spec(path: str | Path, overrides: dict[str, str] | None = None) -> LayerGraph:
     """Parse and elaborate a .cnn file into a LayerGraph."""
-    return elaborate_program(parse_file(path), overrides)
+    with _no_gc_pauses():  # parsing, too, makes many objects and no cycles (50,000 statements: 2x faster)
+        program = parse_file(path)
+    return elaborate_program(program, overrides)
 
 
 def load_text(text: str, file: str = "<spec>", overrides: dict[str, str] | None = None) -> LayerGraph:
     """Parse and elaborate .cnn source text."""
-    return elaborate_program(parse(text, file), overrides)
+    with _no_gc_pauses():
+        program = parse(text, file)
+    return elaborate_program(program, overrides)
 
 
 def elaborate_program(program: ast.Program, overrides: dict[str, str] | None = None) -> LayerGraph:
@@ -76,15 +81,17 @@ def _elaborate(program: ast.Program, overrides: dict[str, str] | None) -> LayerG
     if not any(isinstance(s, ast.Output) for s in stmts):
         last = stmts[-1]
         raise CnnError("the spec has no `output` statement", last.loc)
+    check_weights_size(graph)  # here, so that `check` refuses what compile could not allocate
+    own_lets = _own_lets(program)
     graph.meta.update(file=program.file, spec_hash=_spec_hash(program.file), overrides=dict(overrides or {}),
-                      lets={k: v for k, v in defs.lets.items() if k in _own_lets(program)})
+                      lets={k: v for k, v in defs.lets.items() if k in own_lets})
     return graph
 
 
 @contextmanager
 def _no_gc_pauses():
-    """Elaboration makes many long-lived objects and no cycles worth collecting: full
-    collections in the middle of it would make its time grow faster than the layer count."""
+    """Parsing and elaboration make many long-lived objects and no cycles worth collecting: full
+    collections in the middle of them would make their time grow faster than the spec."""
     enabled = gc.isenabled()
     gc.disable()
     try:
@@ -102,6 +109,8 @@ def _collect(program: ast.Program, defs: Definitions, overrides: dict, imported:
              top: bool) -> None:
     """Gather blocks and let constants from a program and, first, from its imports."""
     own_blocks: dict[str, ast.BlockDef] = {}
+    own_lets = _own_lets(program)  # once: per `let` it made loading quadratic in the lets
+    values = Elaborator(defs, LayerGraph())
     for s in program.stmts:
         if isinstance(s, ast.Import):
             path = (Path(program.file).parent / s.path)
@@ -134,15 +143,14 @@ def _collect(program: ast.Program, defs: Definitions, overrides: dict, imported:
             own_blocks[s.name] = s
             defs.blocks[s.name] = s
         elif isinstance(s, ast.Let):
-            if s.name in defs.lets and s.name in _own_lets(program):
+            if s.name in defs.lets and s.name in own_lets:
                 first = defs.let_locs[s.name]
                 if first.file == s.loc.file:
                     raise CnnError(f"name '{s.name}' is bound twice (first bound at {first.line}:{first.col})", s.loc)
             if s.name in overrides:
                 defs.lets[s.name] = _override_value(s.name, overrides[s.name], defs)
             else:
-                elab = Elaborator(defs, LayerGraph())
-                defs.lets[s.name] = elab.eval(s.value, Scope(names={}, locs={}, lets=defs.lets))
+                defs.lets[s.name] = values.eval(s.value, Scope(names={}, locs={}, lets=defs.lets))
             defs.let_locs[s.name] = s.loc
         elif not top and isinstance(s, (ast.Assign, ast.Return)):
             continue
@@ -162,11 +170,21 @@ def _check_block_body(block: ast.BlockDef) -> None:
 
 
 def _override_value(name: str, text: str, defs: Definitions):
+    """The value of `-D NAME=TEXT`: TEXT must be one expression on one line (nothing else rides
+    along into the spec or into the comments of generated code)."""
     file = f"-D {name}"
+    if not isinstance(text, str):  # the API's defines={"width": 32}: a Python value, written as the language does
+        text = ("true" if text else "false") if isinstance(text, bool) else str(text)
+    shown = text.encode("unicode_escape").decode("ascii")
+    if not all(ch.isprintable() for ch in text):
+        raise CnnError(f"-D {name}={shown}: a value is one expression on one line (it holds a line break "
+                       "or another control character)")
     try:
         program = parse(f"let {name} = {text}\n", file)
     except CnnError as err:
-        raise CnnError(f"-D {name}={text}: not a value ({err.message})") from None
+        raise CnnError(f"-D {name}={shown}: not a value ({err.message})") from None
+    if len(program.stmts) != 1 or not isinstance(program.stmts[0], ast.Let):
+        raise CnnError(f"-D {name}={shown}: a value is one expression, not statements")
     elab = Elaborator(defs, LayerGraph())
     return elab.eval(program.stmts[0].value, Scope(names={}, locs={}, lets=defs.lets))
 

@@ -38,8 +38,29 @@ def is_number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
+# What a value built by arithmetic may hold (docs/language.md, Limits): without bounds a few
+# lines of repeated `*` or string `+` ask for gigabytes.
+MAX_INT = 2**63 - 1  # magnitude of an int (int64, what ONNX stores)
+MAX_STRING = 10_000  # characters of a string
+MAX_TUPLE = 10_000  # items of a tuple
+
+
 def arith(op: str, a, b):
-    """Arithmetic and comparisons on values (not tensors)."""
+    """Arithmetic and comparisons on values (not tensors), refusing results over the value limits."""
+    return _check_size(_arith(op, a, b))  # operands are within the limits, so computing it is cheap
+
+
+def _check_size(value):
+    if is_int(value) and abs(value) > MAX_INT:
+        raise CnnError(f"the result is over the limit of {MAX_INT:,} for an int")
+    if isinstance(value, str) and len(value) > MAX_STRING:
+        raise CnnError(f"the result is a string of {len(value):,} characters, over the limit of {MAX_STRING:,}")
+    if isinstance(value, tuple) and len(value) > MAX_TUPLE:
+        raise CnnError(f"the result is a tuple of {len(value):,} items, over the limit of {MAX_TUPLE:,}")
+    return value
+
+
+def _arith(op: str, a, b):
     if op in ("==", "!="):
         equal = a == b and type(a) is type(b) or (is_number(a) and is_number(b) and a == b)
         return equal if op == "==" else not equal

@@ -54,7 +54,8 @@ class OnnxModel:
             for name in node.input:
                 if name:
                     self.consumers.setdefault(name, []).append(node)
-        self.constants: dict[str, np.ndarray] = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+        _check_nodes(self.model, source)
+        self.constants: dict[str, np.ndarray] = {t.name: _tensor_value(t, source) for t in graph.initializer}
         self.initializer_names = set(self.constants)
         init = self.initializer_names
         self.inputs = [i for i in graph.input if i.name not in init]
@@ -153,10 +154,14 @@ class OnnxModel:
             if node.op_type not in _MARKER_SAFE and any(
                     self.constants[n].dtype == np.int64 and np.any(self.constants[n] == SYMBOLIC_DIM) for n in ins):
                 continue  # arithmetic on a dynamic dim: its value is not known before run time
+            feeds = {n: self.constants[n] for n in ins}
             if sum(self.constants[n].size for n in ins) > MAX_FOLDED_ELEMENTS:
                 continue
+            size = _folded_size(node, feeds)
+            if size is None or size > MAX_FOLDED_ELEMENTS:  # a few bytes of model may ask for gigabytes
+                continue
             try:
-                values = _evaluate(ReferenceEvaluator, node, {n: self.constants[n] for n in ins}, self.opset)
+                values = _evaluate(ReferenceEvaluator, node, feeds, self.opset)
             except Exception:  # noqa: BLE001 - a node the evaluator cannot run stays a node
                 continue
             for name, value in zip(node.output, values):
@@ -248,6 +253,115 @@ def load_onnx(path: str | Path) -> OnnxModel:
     return OnnxModel(model, str(path))
 
 
+# Ops whose output size comes from an input's values in a way _folded_size does not compute.
+_SIZED_BY_VALUES = {"Pad", "Resize", "Upsample", "OneHot", "RandomNormal", "RandomUniform", "RandomNormalLike",
+                    "RandomUniformLike", "EyeLike", "Einsum", "MatMulInteger", "Col2Im", "CenterCropPad",
+                    "ConvTranspose", "GatherND", "ScatterND", "TopK", "NonZero", "Unique", "StringSplit"}
+
+
+def _folded_size(node: onnx.NodeProto, feeds: dict) -> int | None:
+    """Elements the outputs of folding this node would hold, at most, from its inputs alone (a model's
+    declared shapes could lie); None when that is not known beforehand (the node is then not folded).
+    Six ConstantOfShape([2**29]) in a 736-byte model would otherwise allocate 12 GB."""
+    values = [feeds.get(n) for n in node.input]
+    try:
+        if node.op_type == "ConstantOfShape":
+            return _numel(int(d) for d in values[0].reshape(-1))
+        if node.op_type == "Expand":
+            return _numel(np.broadcast_shapes(values[0].shape, tuple(int(d) for d in values[1].reshape(-1))))
+        if node.op_type == "Tile":
+            return values[0].size * _numel(int(r) for r in values[1].reshape(-1))
+        if node.op_type == "Range":
+            start, limit, delta = (float(v.reshape(-1)[0]) for v in values[:3])
+            return max(0, int(np.ceil((limit - start) / delta))) if delta else None
+        if node.op_type == "Gather":
+            data, indices = values[0], values[1]
+            axis = int(attrs_of(node).get("axis", 0)) % max(data.ndim, 1)
+            return indices.size * (data.size // data.shape[axis] if data.ndim and data.shape[axis] else 1)
+        if node.op_type in ("MatMul", "Gemm"):
+            a, b = values[0], values[1]
+            if a.ndim < 2 or b.ndim < 2:
+                return max(a.size, b.size)
+            return _numel(np.broadcast_shapes(a.shape[:-2], b.shape[:-2])) * max(a.shape[-2:]) * max(b.shape[-2:])
+    except (TypeError, ValueError, IndexError, AttributeError, OverflowError, ZeroDivisionError):
+        return None
+    if node.op_type in _SIZED_BY_VALUES:
+        return None
+    read = [v for v in values if v is not None]  # each occurrence: Concat([c, c, ..., c]) repeats c
+    try:  # elementwise ops broadcast their inputs; the rest give at most what they read
+        broadcast = _numel(np.broadcast_shapes(*(v.shape for v in read)))
+    except ValueError:
+        broadcast = 0
+    return max(broadcast, sum(v.size for v in read)) * max(1, len(node.output))
+
+
+def _tensor_value(t: onnx.TensorProto, source: str, where: str = "initializer") -> np.ndarray:
+    """A tensor's value; one whose data does not fill its dims or type (a malformed file) is a CnnError."""
+    try:
+        return numpy_helper.to_array(t)
+    except Exception as exc:  # noqa: BLE001 - onnx raises ValueError, TypeError or KeyError for these
+        dims = "x".join(str(d) for d in t.dims) or "scalar"
+        raise CnnError(f"{source}: {where} '{t.name}' ({dims}, data type {t.data_type}) is malformed: "
+                       f"{type(exc).__name__}: {exc}") from None
+
+
+def _check_nodes(model: onnx.ModelProto, source: str) -> None:
+    """Each standard node against its operator schema (input and output counts, required attributes and
+    their types), so that the patterns read only well-formed nodes; a bad node is a CnnError naming it."""
+    from onnx import checker, defs
+
+    ctx = checker.C.CheckerContext()
+    try:
+        ctx.ir_version = model.ir_version or onnx.IR_VERSION
+        ctx.opset_imports = {op.domain or "": op.version for op in model.opset_import}
+    except (TypeError, ValueError) as exc:  # a domain that is not text, a version out of range
+        raise CnnError(f"{source}: the model's opset imports are malformed ({exc})") from None
+    lex = checker.C.LexicalScopeContext()
+    const_types = {t.name: t.data_type for t in model.graph.initializer}
+    for i, node in enumerate(model.graph.node):
+        texts = [node.name, node.op_type, node.domain, *node.input, *node.output, *(a.name for a in node.attribute)]
+        if not all(isinstance(t, str) for t in texts):  # protobuf hands over invalid UTF-8 as bytes
+            raise CnnError(f"{source}: node {i} has a name, type or input that is not UTF-8 text")
+        if node.domain not in ("", "ai.onnx"):
+            continue
+        where = f"node {i} '{node.name}' ({node.op_type})" if node.name else f"node {i} ({node.op_type})"
+        if not defs.has(node.op_type, node.domain):
+            raise CnnError(f"{source}: {where}: no such ONNX operator")
+        try:
+            checker.C.check_node(node.SerializeToString(), ctx, lex)
+            problem = _constant_type_problem(node, const_types, ctx.opset_imports.get("", 1))
+        except Exception as exc:  # noqa: BLE001 - ValidationError, or a schema lookup failure
+            message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise CnnError(f"{source}: {where} is malformed: {message}") from None
+        if problem:
+            raise CnnError(f"{source}: {where} is malformed: {problem}")
+        if node.op_type == "Constant" and node.output and len(node.attribute) == 1 and node.attribute[0].name == "value":
+            const_types[node.output[0]] = node.attribute[0].t.data_type
+
+
+def _constant_type_problem(node: onnx.NodeProto, const_types: dict, opset: int) -> str | None:
+    """Whether a constant input (an initializer, a Constant's output) has an element type the operator's
+    schema does not allow for it, such as a float Reshape shape: the patterns read those values."""
+    from onnx import defs
+
+    schema = defs.get_schema(node.op_type, opset, node.domain or "")
+    if not schema.inputs:
+        return None
+    allowed_by_param = {c.type_param_str: set(c.allowed_type_strs) for c in schema.type_constraints}
+    for i, name in enumerate(node.input):
+        if name not in const_types:
+            continue
+        formal = schema.inputs[min(i, len(schema.inputs) - 1)]
+        allowed = allowed_by_param.get(formal.type_str, {formal.type_str})
+        try:
+            given = f"tensor({onnx.TensorProto.DataType.Name(const_types[name]).lower()})"
+        except ValueError:
+            return f"input '{name}' has the unknown element type {const_types[name]}"
+        if given not in allowed:
+            return f"input {i} ('{name}', {formal.name}) is a {given}, which {node.op_type} does not take there"
+    return None
+
+
 def _ai_onnx_opset(model: onnx.ModelProto) -> int:
     for op in model.opset_import:
         if op.domain in ("", "ai.onnx"):
@@ -327,10 +441,12 @@ def attrs_of(node: onnx.NodeProto) -> dict:
 
 
 def _constant_value(node: onnx.NodeProto) -> np.ndarray:
+    if len(node.attribute) != 1:
+        raise CnnError(f"Constant node '{node.name}' has {len(node.attribute)} attributes; it holds its value in one")
     a = node.attribute[0]
     value = onnx.helper.get_attribute_value(a)
     if a.name == "value":
-        return numpy_helper.to_array(value)
+        return _tensor_value(value, "the model", f"Constant node '{node.name}' value")
     if a.name in ("value_float", "value_int"):
         return np.asarray(value, np.float32 if a.name == "value_float" else np.int64)
     if a.name in ("value_floats", "value_ints"):

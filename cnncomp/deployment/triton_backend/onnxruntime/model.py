@@ -32,8 +32,7 @@ class TritonPythonModel:
     def initialize(self, args):
         config = json.loads(args["model_config"])
         self.max_batch = int(config.get("max_batch_size", 0))
-        filename = config.get("default_model_filename") or "model.onnx"
-        path = os.path.join(args["model_repository"], args["model_version"], filename)
+        path = _model_file(args, config.get("default_model_filename") or "model.onnx")
         options = ort.SessionOptions()
         threads = _parameter(config, "intra_op_thread_count")
         if threads:
@@ -92,6 +91,18 @@ def _tensor(name, array):
     tensor = pb_utils.Tensor.from_dlpack(name, capsule)
     _set_capsule_name(capsule, _USED_CAPSULE)
     return tensor
+
+
+def _model_file(args, filename):
+    """The model file inside the model's version folder: a default_model_filename that leads out of it
+    (`../../x.onnx`, an absolute path, a link to elsewhere) is refused, as the repository is trusted only
+    that far (docs/deploy.md)."""
+    folder = os.path.realpath(os.path.join(args["model_repository"], args["model_version"]))
+    path = os.path.realpath(os.path.join(folder, filename))
+    if os.path.commonpath([folder, path]) != folder or path == folder:
+        raise pb_utils.TritonModelException(
+            f"default_model_filename '{filename}' leads outside the model's folder {folder}; refusing to load it")
+    return path
 
 
 def _parameter(config, key):

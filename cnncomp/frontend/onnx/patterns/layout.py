@@ -228,6 +228,8 @@ def pad(m: OnnxModel, node):
     value = scalar(const_input(m, node, 2, "constant value")) or 0.0
     if len(node.input) > 3 and node.input[3]:
         raise Unsupported("Pad with axes is not read")
+    if pads is None or pads.ndim != 1 or pads.size % 2 or pads.size < 4:
+        raise Unsupported("its pads are not a list of begin and end pads for every dim")
     rank = len(pads) // 2
     if pads[0] or pads[1] or pads[rank] or pads[rank + 1]:
         raise Unsupported("it pads the batch or channel dims")
