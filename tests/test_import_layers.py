@@ -24,7 +24,7 @@ F = torch.nn.functional
 
 import cnncomp  # noqa: E402
 from cnncomp.errors import CnnError  # noqa: E402
-from cnncomp.frontend.onnx import import_model  # noqa: E402
+from cnncomp.pipeline import import_model  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_import_patterns import Lambda, conv_then, export  # noqa: E402

@@ -25,7 +25,7 @@ F = torch.nn.functional
 
 import cnncomp  # noqa: E402
 from cnncomp.errors import CnnError  # noqa: E402
-from cnncomp.frontend.onnx import import_model  # noqa: E402
+from cnncomp.pipeline import import_model  # noqa: E402
 from cnncomp.frontend.onnx.model import SYMBOLIC_DIM, OnnxModel  # noqa: E402
 
 
