@@ -36,6 +36,7 @@ class PassContext:
     log: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     fp16_warnings: list[str] = field(default_factory=list)  # shown when the target is float16
+    budget: Any = None  # the -O3 search's budget.BudgetReport: its errors on the search and held-out samples
 
     def refuse(self, pass_name: str, layer: str, reason: str) -> None:
         self.log.append(f"{pass_name}: skipped {layer}: {reason}")
