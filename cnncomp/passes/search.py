@@ -10,8 +10,9 @@ and its cheaper ones only when it fits (the error falls as the rank grows). With
 MIN_SPEEDUP faster than the original layer.
 
 With `held_out` (the same measure on samples the search never saw: budget.split_held_out),
-the final graph must fit the budget there too; when it does not, the search backs off,
-undoing the fewest of the last kept rewrites that bring it within (budget.fewest_within).
+the final graph must fit there too (within the same share of the budget); when it does not,
+the search backs off, undoing the fewest of the last kept rewrites that bring it within
+(budget.fewest_within).
 Both errors go to `ctx.budget` (a budget.BudgetReport) and the log.
 
 The search measures nothing itself: the caller passes in `output_error` (the
@@ -36,7 +37,7 @@ import numpy as np
 from cnncomp.ir.cost import layer_macs
 from cnncomp.ir.graph import LayerGraph
 from cnncomp.passes.budget import DEFAULT_MAX_ERROR, SEARCH_SHARE, BudgetReport, cheapest_within, fewest_within
-from cnncomp.passes.manager import PassContext, PassRunner, PassStep, graph_cost
+from cnncomp.passes.manager import PassContext, PassRunner, PassStep
 from cnncomp.progress import progress
 
 RATIOS = (0.125, 0.25, 0.5, 0.75)
@@ -143,19 +144,26 @@ def _check_held_out(runner: PassRunner, states: list[_State], held_out: OutputEr
     that bring it within (undoing them all leaves only exact passes, which always fit)."""
     ctx, report = runner.ctx, runner.ctx.budget
     kept = len(states) - 1
+    target = budget * SEARCH_SHARE
     final = held_out(ctx.graph, ctx.weights)
-    if not final <= budget and kept:
+    if not final <= target and kept:
         undone, final = fewest_within(kept, lambda k: held_out(states[kept - k].graph, states[kept - k].weights),
-                                      budget)
+                                      target)
         state = states[kept - undone]
         ctx.graph, ctx.weights = state.graph, state.weights
         del runner.records[state.records:]
         del runner.done[state.done:]
         ctx.graph.meta["approximate"] = True
-        ctx.note("-O3", f"undid {', '.join(s.label for s in states[kept - undone + 1:])}: over the budget "
-                        f"{budget:g} on the held-out samples")
+        ctx.note("-O3", f"undid {', '.join(s.label for s in states[kept - undone + 1:])}: over {target:.3g} "
+                        f"({SEARCH_SHARE:.0%} of the budget {budget:g}) on the held-out samples")
         report.undone, report.kept, report.search_error = undone, kept - undone, state.error
     report.held_out_error = final
+
+
+def _macs_of_rewrite(old: LayerGraph, new: LayerGraph, layer: str) -> int:
+    """The MACs of the layers a rewrite of `layer` put in its place (new ones named `layer.0`, `layer.1`, ...):
+    the only MACs that differ between the settings tried on it."""
+    return sum(layer_macs(new, new.layer(n)) for n in new.g.nodes if n.startswith(layer + ".") and n not in old.g)
 
 
 def _choose(runner: PassRunner, layer: str, meter: ErrorMeter, budget: float,
@@ -168,7 +176,7 @@ def _choose(runner: PassRunner, layer: str, meter: ErrorMeter, budget: float,
         trial = PassContext(ctx.graph.copy(), dict(ctx.weights))
         if not runner.passes[setting.name].fn(trial, only=layer, **setting.options):
             continue
-        trials.append((graph_cost(trial.graph)[1], setting, trial))
+        trials.append((_macs_of_rewrite(ctx.graph, trial.graph, layer), setting, trial))
     trials.sort(key=lambda t: t[0])
     measured = None
     if getattr(meter, "jobs", 1) > 1:  # measure every trial at once, in parallel (more work, less waiting)

@@ -32,23 +32,34 @@ class OutputErrorMeter:
 
         from cnncomp.run.reference import run_reference
 
+        from cnncomp.run.incremental import fastest_thread_count
+
         self.feeds, self.jobs = feeds, jobs
-        self.reference = run_reference(ref_graph, ref_weights, feeds, dtype=getattr(torch, reference_dtype))
+        self.threads = fastest_thread_count()  # one thread on a busy machine (run/incremental.py says why)
+        with self._threads():
+            self.reference = run_reference(ref_graph, ref_weights, feeds, dtype=getattr(torch, reference_dtype))
         self._incremental = None
+
+    def _threads(self):
+        from cnncomp.run.incremental import torch_threads
+
+        return torch_threads(self.threads)
 
     def __call__(self, graph: LayerGraph, weights: dict) -> float:
         from cnncomp.run.reference import run_reference
         from cnncomp.verification.compare import relative_output_error
 
-        return relative_output_error(run_reference(graph, weights, self.feeds), self.reference)
+        with self._threads():
+            return relative_output_error(run_reference(graph, weights, self.feeds), self.reference)
 
     def commit(self, graph: LayerGraph, weights: dict) -> None:
         from cnncomp.run.incremental import IncrementalReference
 
-        if self._incremental is None:
-            self._incremental = IncrementalReference(graph, weights, self.feeds)
-        else:
-            self._incremental.commit(graph, weights)
+        with self._threads():
+            if self._incremental is None:
+                self._incremental = IncrementalReference(graph, weights, self.feeds)
+            else:
+                self._incremental.commit(graph, weights)
 
     def error(self, graph: LayerGraph, weights: dict, layer: str | None = None) -> float:
         """The error of a trial graph, rerunning only what differs from the last committed graph
@@ -57,14 +68,19 @@ class OutputErrorMeter:
 
         if self._incremental is None:
             return self(graph, weights)
-        return relative_output_error(self._incremental.run(graph, weights), self.reference)
+        with self._threads():
+            return relative_output_error(self._incremental.run(graph, weights), self.reference)
 
     def errors(self, trials: list[tuple]) -> list[float]:
         """The errors of several trial graphs, (graph, weights, layer) each, measured in `jobs` forked
         processes (run/parallel.py), which inherit the trials and the committed layer outputs."""
         from cnncomp.run.parallel import forked_map
 
-        return forked_map(lambda i: self.error(*trials[i]), len(trials), self.jobs)
+        threads, self.threads = self.threads, 1  # each worker computes on one thread (run/parallel.py)
+        try:
+            return forked_map(lambda i: self.error(*trials[i]), len(trials), self.jobs)
+        finally:
+            self.threads = threads
 
 
 class ModelErrorMeter:

@@ -32,19 +32,26 @@ def leading_left_vectors(matrix: np.ndarray, rank: int) -> tuple[np.ndarray, np.
     eigenvectors of its Gram matrix M M^T in float64, which is much faster than a full SVD (512 x 4608:
     4.1 s against 79 s for np.linalg.svd, on a loaded 2-core machine) and agrees with it to 1e-15 on
     the singular values; the leading vectors, the ones kept, are as accurate as the SVD's."""
-    m = np.ascontiguousarray(matrix, dtype=np.float64)
-    key = (m.shape, hashlib.blake2b(m.tobytes(), digest_size=16).digest())
-    if key not in _DECOMPOSED:
-        _DECOMPOSED[key] = _decompose(m)
-        while len(_DECOMPOSED) > _KEEP_DECOMPOSED:
-            _DECOMPOSED.pop(next(iter(_DECOMPOSED)))
-    vectors, values = _DECOMPOSED[key]
+    vectors, values = decomposed(_decompose, np.asarray(matrix, dtype=np.float64))
     return vectors[:, :rank].copy(), values.copy()  # copies: the kept ones must not change
 
 
 # -O3 tries several ranks of one weight: its decompositions are kept for the next setting (the last few only)
-_DECOMPOSED: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
+_DECOMPOSED: dict[tuple, tuple] = {}
 _KEEP_DECOMPOSED = 8
+
+
+def decomposed(decompose, array: np.ndarray) -> tuple:
+    """decompose(array), computed once for equal arrays among the last few asked (callers must not write
+    into what it returns)."""
+    array = np.ascontiguousarray(array)
+    key = (decompose.__qualname__, array.shape, array.dtype.str,
+           hashlib.blake2b(array.tobytes(), digest_size=16).digest())
+    if key not in _DECOMPOSED:
+        _DECOMPOSED[key] = decompose(array)
+        while len(_DECOMPOSED) > _KEEP_DECOMPOSED:
+            _DECOMPOSED.pop(next(iter(_DECOMPOSED)))
+    return _DECOMPOSED[key]
 
 
 def _decompose(m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
