@@ -4,8 +4,9 @@ Candidates are the convs that `bottleneck` or `depthwise` can rewrite, largest M
 first. For each, the budget engine (budget.cheapest_within) picks the cheapest setting
 (fewest MACs), each tried on a copy of the graph, whose network relative output error,
 ||y - y_ref|| / ||y_ref|| over every output with all rewrites kept so far, stays
-within SEARCH_SHARE of `max_error` on the search samples (the rest is headroom for other inputs); a family's dearest setting is measured first
-and its cheaper ones only when it fits (the error falls as the rank grows). With a
+within SEARCH_SHARE of `max_error` on the search samples (the rest is headroom for other
+inputs); a family's dearest setting is measured first and its cheaper ones only when it
+fits (the error falls as the rank grows). With a
 `speedup` meter (--autotune), a setting is kept only where it also measures at least
 MIN_SPEEDUP faster than the original layer.
 
