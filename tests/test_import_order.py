@@ -4,6 +4,7 @@ packages import each other in a cycle. Every import counts, at the top of a modu
 The order, lowest first (a layer may import from the layers before it, never after):
 
     utilities (errors, fileio, inputs, log, progress, version)  what every layer shares
+    onnx_graph                             low-level ONNX graph reading: attributes, opset, producers, consumers
     ops                                    the registry: one class per op, all its facets
     ir                                     LayerGraph, weights, cost, the .cnn printer
     frontend                               .cnn text (or an ONNX model) to a LayerGraph
@@ -12,7 +13,7 @@ The order, lowest first (a layer may import from the layers before it, never aft
     emit                                   ONNX, PyTorch source, DOT
     run                                    reference interpreter, ONNX Runtime session, timing
     verification                           compare, tolerances, the harness
-    precision                              fp16 (int8 next): converts emitted models, probes the runtime
+    precision                              fp16 and int8: converts emitted models, probes the runtime
     deployment                             Triton repositories, TensorRT engines
     pipeline                               the whole job as functions
     api                                    the public face (cnncomp.load, compile, verify, deploy, to_torch)
@@ -31,6 +32,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "cnncomp"
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("utilities", ("cnncomp.errors", "cnncomp.fileio", "cnncomp.inputs", "cnncomp.log", "cnncomp.progress",
                    "cnncomp.version")),
+    ("onnx_graph", ("cnncomp.onnx_graph",)),
     ("ops", ("cnncomp.ops",)),
     ("ir", ("cnncomp.ir",)),
     ("frontend", ("cnncomp.frontend",)),

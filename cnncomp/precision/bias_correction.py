@@ -21,7 +21,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from cnncomp.frontend.onnx.model import attrs_of
+from cnncomp.onnx_graph import attrs_of
 from cnncomp.precision.int8_support import with_outputs
 
 MODES = ("auto", "on", "off")

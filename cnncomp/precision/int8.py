@@ -36,6 +36,7 @@ import onnx
 
 from cnncomp.errors import CnnError, UsageError
 from cnncomp.ir.graph import LayerGraph
+from cnncomp.onnx_graph import consumers, opset_of, producers
 from cnncomp.passes.budget import fewest_within
 from cnncomp.verification.meters import ModelErrorMeter as ErrorProbe  # int8's meter: the QDQ model under ONNX Runtime
 from cnncomp.precision.bias_correction import DEFAULT_MODE, MODES as BIAS_CORRECTION_MODES, apply_bias_corrections
@@ -167,7 +168,7 @@ class Quantizer:
             raise CnnError(f"unknown calibration method '{method}'; choose one of {', '.join(METHODS)}")
         if activations not in ("uint8", "int8"):
             raise CnnError(f"activations are quantized to uint8 or int8, not {activations}")
-        opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+        opset = opset_of(model, 0)
         if opset < MIN_OPSET:
             raise CnnError(f"int8 needs opset {MIN_OPSET} or later (per-channel QuantizeLinear); got --opset {opset}")
         self.model = model
@@ -325,17 +326,14 @@ def layer_groups(model: onnx.ModelProto) -> dict[str, list[str]]:
 
     quantizable = set(QDQRegistry) | set(QLinearOpsRegistry)
     weights = {t.name for t in model.graph.initializer}
-    consumers: dict[str, list] = {}
-    for node in model.graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
+    readers = consumers(model)
     groups = {}
     for node in model.graph.node:
         if node.op_type not in quantizable or node.op_type in PASS_THROUGH_OPS:
             continue
         members, frontier = [node.name], list(node.output)
         while frontier:
-            for user in consumers.get(frontier.pop(), []):
+            for user in readers.get(frontier.pop(), []):
                 if user.op_type in PASS_THROUGH_OPS and user.name not in members and \
                         sum(1 for i in user.input if i and i not in weights) == 1:
                     members.append(user.name)
@@ -352,7 +350,7 @@ def quantizable_layers(model: onnx.ModelProto) -> list[str]:
 def float_outputs(model: onnx.ModelProto) -> onnx.ModelProto:
     """Drop the QuantizeLinear -> DequantizeLinear pair in front of a graph output: the output is float32
     anyway, and the pair would only round it (and clip the logits a percentile calibration cut)."""
-    producer = {o: n for n in model.graph.node for o in n.output}
+    producer = producers(model)
     uses: dict[str, int] = {}
     for node in model.graph.node:
         for name in node.input:
