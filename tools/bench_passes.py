@@ -1,6 +1,8 @@
 """Pass benchmarks: ONNX Runtime latency of bundled specs at -O0, -O1 and under the rewrites.
 
 Run by hand: `python tools/bench_passes.py [--specs resnet50,mobilenet_v2,vgg16] [--runs 20]`.
+`--o3-time resnet50` instead times `-O3` itself (the whole optimize call: wall clock and CPU seconds, with
+the load average before and after, since on a shared machine the wall clock measures the other users too).
 For each spec it prints, against -O0 and -O1 measured in the same run (the settings take turns
 within each round): MACs, median latency (batch 1, ONNX Runtime CPU, default graph optimizations)
 and the ratios, and for each rewrite setting its
@@ -60,13 +62,34 @@ def interleaved_latencies(models: list, feeds, runs: int) -> list[float]:
     return [statistics.median(t) for t in times]
 
 
+def time_o3(name: str) -> None:
+    """How long `-O3` (seeded weights, default budget) takes on a bundled spec: wall and CPU seconds, load."""
+    from datetime import datetime, timezone
+
+    spec = ROOT / "specs" / f"{name}.cnn"
+    load_before = os.getloadavg()
+    wall, cpu = time.perf_counter(), time.process_time()
+    compiled = optimize(spec, opt_level=3)
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    load_after = os.getloadavg()
+    print(f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {platform.processor() or platform.machine()}, "
+          f"{os.cpu_count()} cores; load average (1, 5, 15 min) before {', '.join(f'{v:.2f}' for v in load_before)}"
+          f", after {', '.join(f'{v:.2f}' for v in load_after)}")
+    print(f"-O3 {name}: {wall:.1f} s wall clock, {cpu:.1f} s CPU (this process; forked workers not counted)")
+    print(compiled.budget.summary())
+
+
 def main() -> None:
     import torch
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--specs", default="resnet50,mobilenet_v2,vgg16")
     parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--o3-time", metavar="SPEC", help="time -O3 on this bundled spec and stop")
     args = parser.parse_args()
+    if args.o3_time:
+        time_o3(args.o3_time)
+        return
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; {date.today()}; "
           f"ONNX Runtime CPU, batch 1, median of {args.runs} runs")
     for name in args.specs.split(","):
