@@ -1,6 +1,9 @@
 """Pass benchmarks: ONNX Runtime latency of bundled specs at -O0, -O1 and under the rewrites.
 
 Run by hand: `python tools/bench_passes.py [--specs resnet50,mobilenet_v2,vgg16] [--runs 20]`.
+`--trained` instead measures -O3 on trained networks (scikit-learn's digits, see tools/digits_demo.py):
+the speed/accuracy frontier, over several budgets, of the speed-up against -O1 under ONNX Runtime and
+the top-1 agreement with the float32 -O1 model on the test images (`--plot F.png` draws it).
 `--o3-time resnet50` instead times `-O3` itself (the whole optimize call: wall clock and CPU seconds, with
 the load average before and after, since on a shared machine the wall clock measures the other users too).
 For each spec it prints, against -O0 and -O1 measured in the same run (the settings take turns
@@ -79,6 +82,86 @@ def time_o3(name: str) -> None:
     print(compiled.budget.summary())
 
 
+TRAINED = [("digits (width 32)", {"width": "32"}, 40), ("digits (width 64)", {"width": "64"}, 30)]
+
+
+def frontier(budgets: list[float], runs: int, plot: str | None) -> None:
+    """For each trained network: -O1, then -O3 at each budget (and with --autotune at two): MACs, ONNX Runtime
+    latency (batch 64, one thread, interleaved with -O1), speed-up, test accuracy, top-1 agreement with -O1."""
+    from datetime import datetime, timezone
+
+    import torch
+
+    sys.path.insert(0, str(ROOT / "tools"))
+    from digits_demo import SPEC, load_data, train  # noqa: E402
+
+    from cnncomp.run.reference import to_torch
+
+    torch.set_num_threads(1)
+    x_train, y_train, x_test, y_test = load_data()
+    print(f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {platform.processor() or platform.machine()}, "
+          f"{os.cpu_count()} cores, load average {', '.join(f'{v:.2f}' for v in os.getloadavg())}; "
+          f"ONNX Runtime CPU, batch 64, one thread, median of {runs} interleaved runs")
+    curves = {}
+    for name, defines, epochs in TRAINED:
+        graph = optimize(SPEC, defines, opt_level=0).ref_graph
+        module = to_torch(graph)
+        train(module, x_train, y_train, epochs)
+        module.eval()
+        trained = {k: v.detach().numpy().copy() for k, v in module.state_dict().items()}
+        settings = [("-O1", dict(opt_level=1))]
+        settings += [(f"-O3 {b:g}", dict(opt_level=3, max_error=b)) for b in budgets]
+        settings += [(f"-O3 {b:g} --autotune", dict(opt_level=3, max_error=b, autotune=True)) for b in budgets[-2:]]
+        models, rows = [], []
+        for label, options in settings:
+            start = time.perf_counter()
+            compiled = optimize(SPEC, defines, weights=trained, calibration={"x": x_train[:256]}, **options)
+            seconds = time.perf_counter() - start
+            model = emit_onnx(compiled.graph, compiled.weights)
+            logits = Session(model, quiet=True).run({"x": x_test})["logits"]
+            models.append(model)
+            rows.append((label, graph_cost(compiled.graph)[1], logits.argmax(1), seconds, compiled.budget))
+        batch = {"x": x_test[:64]}
+        latencies = interleaved_latencies(models, batch, runs)
+        print(f"\n{name}, trained {epochs} epochs; -O3 chose on 192 training images, checked on 64 held out")
+        print(f"  {'setting':<22} {'MACs':>11} {'ms':>7} {'speed-up':>8} {'accuracy':>8} {'agrees':>7} "
+              f"{'held-out error':>14} {'-O3 s':>6}")
+        base = rows[0][2]
+        points = []
+        for (label, macs, top1, seconds, report), ms in zip(rows, latencies):
+            agree = float((top1 == base).mean())
+            speedup = latencies[0] / ms
+            error = f"{report.held_out_error:.3g}" if report is not None else "-"
+            print(f"  {label:<22} {macs:>11,} {ms * 1e3:>7.2f} {speedup:>7.2f}x {float((top1 == y_test).mean()):>8.2%} "
+                  f"{agree:>7.2%} {error:>14} {seconds:>6.1f}")
+            points.append((label, speedup, agree))
+        curves[name] = points
+        sys.stdout.flush()
+    if plot:
+        _plot(curves, plot)
+
+
+def _plot(curves: dict, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, points in curves.items():
+        plain = [p for p in points if "autotune" not in p[0]]
+        ax.plot([p[1] for p in plain], [p[2] * 100 for p in plain], "o-", label=name)
+        for label, x, y in plain:
+            ax.annotate(label.replace("-O3 ", ""), (x, y * 100), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.set_xlabel("speed-up against -O1 (ONNX Runtime CPU, batch 64)")
+    ax.set_ylabel("top-1 agreement with float32 -O1 (%)")
+    ax.set_title("-O3 on trained networks, by --max-error")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
 def main() -> None:
     import torch
 
@@ -86,9 +169,15 @@ def main() -> None:
     parser.add_argument("--specs", default="resnet50,mobilenet_v2,vgg16")
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--o3-time", metavar="SPEC", help="time -O3 on this bundled spec and stop")
+    parser.add_argument("--trained", action="store_true", help="the -O3 frontier on trained digits networks")
+    parser.add_argument("--budgets", default="0.01,0.02,0.05,0.1,0.2,0.3")
+    parser.add_argument("--plot", metavar="PNG", help="with --trained: draw the frontier (needs matplotlib)")
     args = parser.parse_args()
     if args.o3_time:
         time_o3(args.o3_time)
+        return
+    if args.trained:
+        frontier([float(b) for b in args.budgets.split(",")], args.runs, args.plot)
         return
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; {date.today()}; "
           f"ONNX Runtime CPU, batch 1, median of {args.runs} runs")
