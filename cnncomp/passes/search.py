@@ -107,8 +107,9 @@ def apply_within_budget(runner: PassRunner, output_error: OutputError | ErrorMet
             continue
         kept, within_budget = _choose(runner, layer, meter, budget * SEARCH_SHARE, speedup)
         if kept is None:
-            ctx.refuse("-O3", layer, f"no rewrite within the error budget {budget:g} measured faster" if within_budget
-                       else f"no rewrite keeps the output error within {budget:g}")
+            aim = f"{budget * SEARCH_SHARE:.3g} ({SEARCH_SHARE:.0%} of the budget {budget:g})"
+            ctx.refuse("-O3", layer, f"no rewrite within {aim} measured faster" if within_budget
+                       else f"no rewrite keeps the output error within {aim}")
             continue
         setting, error = kept
         runner.run_step(PassStep(setting.name, {**setting.options, "only": layer}), label=f"{setting}@{layer}")
@@ -127,7 +128,7 @@ def apply_within_budget(runner: PassRunner, output_error: OutputError | ErrorMet
 
 class _State:
     """The search after some kept rewrites: the graph and weights (when a back-off may need them), the error on
-    the search samples, and how many records, runs and log lines the manager had then."""
+    the search samples, and how many records and runs the manager had then."""
 
     def __init__(self, graph, weights, error, records, done, label):
         self.graph, self.weights, self.error, self.records, self.done, self.label = \
