@@ -138,3 +138,18 @@ def test_O3_backs_off_until_the_held_out_samples_fit(tmp_path):
     assert sum(1 for name in runner.ctx.graph.g.nodes if name.endswith(".1") and name[:-2] in graph.g) == 2
     assert any(line.startswith("-O3: undid ") for line in runner.ctx.log)
     assert "(budget 0.05); 2 rewrites kept" in report.summary()
+
+
+def test_O3_splits_calibration_samples_as_int8_does():
+    """-O3 and int8 hold out the same samples (the last quarter); seeded inputs: two to search, two to check."""
+    from cnncomp.passes.budget import split_held_out
+    from cnncomp.pipeline import o3_samples
+
+    graph = load_text(SPEC, "n.cnn")
+    samples = {"x": np.random.default_rng(0).standard_normal((8, 16, 16, 16)).astype(np.float32)}
+    search, held, warnings = o3_samples(graph, samples, seed=0)
+    _, int8_held, _ = split_held_out(samples)
+    assert len(search["x"]) == 6 and not warnings
+    np.testing.assert_array_equal(held["x"], int8_held["x"])
+    search, held, _ = o3_samples(graph, None, seed=0)
+    assert len(search["x"]) == len(held["x"]) == 2 and not np.array_equal(search["x"], held["x"])
