@@ -3,7 +3,7 @@ packages import each other in a cycle. Every import counts, at the top of a modu
 
 The order, lowest first (a layer may import from the layers before it, never after):
 
-    utilities (errors, fileio, inputs, log, progress, version)  what every layer shares
+    utilities (errors, fileio, inputs, log, options, progress, registry, version)  what every layer shares
     onnx_graph                             low-level ONNX graph reading: attributes, opset, producers, consumers
     ops                                    the registry: one class per op, all its facets
     ir                                     LayerGraph, weights, cost, the .cnn printer
@@ -11,12 +11,12 @@ The order, lowest first (a layer may import from the layers before it, never aft
     analysis                               summary, receptive fields, lint advice
     passes                                 the manager, the -O3 search (measurement passed in), rules
     emit                                   ONNX, PyTorch source, DOT
-    run                                    reference interpreter, ONNX Runtime session, timing
+    run                                    reference interpreter, the runtime registry and sessions, timing
     verification                           compare, tolerances, the harness
-    precision                              fp16 and int8: converts emitted models, probes the runtime
-    deployment                             Triton repositories, TensorRT engines
-    pipeline                               the whole job as functions
-    api                                    the public face (cnncomp.load, compile, verify, deploy, to_torch)
+    precision                              the precision registry: fp32, fp16, int8 (converts emitted models)
+    deployment                             the target registry: ONNX files, TensorRT engines, Triton repositories
+    pipeline                               the job description (job) and the whole job as functions
+    api                                    the public face (cnncomp.load, compile, verify, deploy, serve, ...)
     cli                                    argument parsing and printing, one module per command
 """
 
@@ -30,8 +30,8 @@ import networkx as nx
 PACKAGE = Path(__file__).resolve().parents[1] / "cnncomp"
 
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("utilities", ("cnncomp.errors", "cnncomp.fileio", "cnncomp.inputs", "cnncomp.log", "cnncomp.progress",
-                   "cnncomp.version")),
+    ("utilities", ("cnncomp.errors", "cnncomp.fileio", "cnncomp.inputs", "cnncomp.log", "cnncomp.options",
+                   "cnncomp.progress", "cnncomp.registry", "cnncomp.version")),
     ("onnx_graph", ("cnncomp.onnx_graph",)),
     ("ops", ("cnncomp.ops",)),
     ("ir", ("cnncomp.ir",)),
@@ -43,7 +43,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("verification", ("cnncomp.verification",)),
     ("precision", ("cnncomp.precision",)),
     ("deployment", ("cnncomp.deployment",)),
-    ("pipeline", ("cnncomp.pipeline",)),
+    ("pipeline", ("cnncomp.pipeline", "cnncomp.job")),
     ("api", ("cnncomp.api", "cnncomp")),  # the package itself re-exports the API
     ("cli", ("cnncomp.cli", "cnncomp.__main__")),
 ]

@@ -38,7 +38,7 @@ import numpy as np
 from cnncomp.ir.cost import layer_macs
 from cnncomp.ir.graph import LayerGraph
 from cnncomp.passes.budget import DEFAULT_MAX_ERROR, SEARCH_SHARE, BudgetReport, cheapest_within, fewest_within
-from cnncomp.passes.manager import PassContext, PassRunner, PassStep
+from cnncomp.passes.manager import PassContext, PassRecord, PassRunner, PassStep, graph_cost
 from cnncomp.progress import progress
 
 RATIOS = (0.125, 0.25, 0.5, 0.75)
@@ -128,17 +128,15 @@ def apply_within_budget(runner: PassRunner, output_error: OutputError | ErrorMet
 
 class _State:
     """The search after some kept rewrites: the graph and weights (when a back-off may need them), the error on
-    the search samples, and how many records and runs the manager had then."""
+    the search samples, and the last rewrite's label."""
 
-    def __init__(self, graph, weights, error, records, done, label):
-        self.graph, self.weights, self.error, self.records, self.done, self.label = \
-            graph, weights, error, records, done, label
+    def __init__(self, graph, weights, error, label):
+        self.graph, self.weights, self.error, self.label = graph, weights, error, label
 
     @classmethod
     def of(cls, runner: PassRunner, error: float, keep_graph: bool, label: str = "") -> "_State":
         ctx = runner.ctx
-        return cls(ctx.graph.copy() if keep_graph else None, dict(ctx.weights) if keep_graph else None, error,
-                   len(runner.records), len(runner.done), label)
+        return cls(ctx.graph.copy() if keep_graph else None, dict(ctx.weights) if keep_graph else None, error, label)
 
 
 def _check_held_out(runner: PassRunner, states: list[_State], held_out: OutputError, budget: float) -> None:
@@ -152,9 +150,13 @@ def _check_held_out(runner: PassRunner, states: list[_State], held_out: OutputEr
         undone, final = fewest_within(kept, lambda k: held_out(states[kept - k].graph, states[kept - k].weights),
                                       target)
         state = states[kept - undone]
+        before = graph_cost(ctx.graph)
         ctx.graph, ctx.weights = state.graph, state.weights
-        del runner.records[state.records:]
-        del runner.done[state.done:]
+        after = graph_cost(ctx.graph)
+        # the runs undone keep their --stats rows (they ran, and --verify-each checked them); this row undoes them
+        runner.records.append(PassRecord(f"-O3 back-off (undid {undone})", 1, undone, before[0], after[0],
+                                         before[1], after[1]))
+        runner.done.append(f"-O3 back-off (undid {undone})")
         ctx.graph.meta["approximate"] = True
         ctx.note("-O3", f"undid {', '.join(s.label for s in states[kept - undone + 1:])}: over {target:.3g} "
                         f"({SEARCH_SHARE:.0%} of the budget {budget:g}) on the held-out samples")

@@ -114,8 +114,8 @@ def test_O3_stays_within_the_budget_on_inputs_the_search_never_saw(seed, max_err
 
 
 def test_O3_backs_off_until_the_held_out_samples_fit(tmp_path):
-    """A held-out meter over the budget until two rewrites are undone: the search undoes the last two kept, and
-    the graph, the --stats records and the report are those of the rewrites that stay."""
+    """A held-out meter over the budget until two rewrites remain: the search undoes the last ones kept; the graph
+    and the report are those of the rewrites that stay, and --stats has a row for the back-off."""
     from cnncomp.passes import PassContext, PassRunner
     from cnncomp.passes.search import apply_within_budget
     from cnncomp.pipeline import load, output_error_meter, weights_for
@@ -134,7 +134,9 @@ def test_O3_backs_off_until_the_held_out_samples_fit(tmp_path):
     kept = apply_within_budget(runner, output_error_meter(graph, weights, feeds), 0.05, held_out=held_out)
     report = runner.ctx.budget
     assert kept == 2 and report.kept == 2 and report.undone >= 1 and report.held_out_error == 0.001
-    assert len([r for r in runner.records if "only=" in r.step]) == 2
+    back_off = runner.records[-1]
+    assert back_off.step == f"-O3 back-off (undid {report.undone})" and back_off.rewrites == report.undone
+    assert back_off.macs_after > back_off.macs_before
     assert sum(1 for name in runner.ctx.graph.g.nodes if name.endswith(".1") and name[:-2] in graph.g) == 2
     assert any(line.startswith("-O3: undid ") for line in runner.ctx.log)
     assert "(budget 0.05); 2 rewrites kept" in report.summary()
