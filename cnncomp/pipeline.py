@@ -36,6 +36,7 @@ from cnncomp.log import Log, silent
 from cnncomp.precision.convert import (  # noqa: F401  (the converters are part of the job's public face)
     PRECISIONS, Converted, PrecisionRequest, conversion_for_timing, convert_precision, precision_of,
 )
+from cnncomp.verification.meters import OutputErrorMeter  # noqa: F401  (-O3's meter, wired in `optimize`)
 
 
 # ---- load and weights --------------------------------------------------------------------------------
@@ -83,6 +84,7 @@ class Compiled:
     log: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     fp16_warnings: list[str] = field(default_factory=list)
+    budget: object = None  # -O3: passes.budget.BudgetReport, its errors on the search and held-out samples
 
 
 def resolve_steps(opt_level: int = 1, passes=None):
@@ -100,57 +102,36 @@ def resolve_steps(opt_level: int = 1, passes=None):
     return level_pipeline(min(opt_level, 2))
 
 
-class OutputErrorMeter:
-    """The -O3 search's measure: the network's relative L2 output error against the unoptimized graph
-    (run in float64), on these inputs; the graph measured runs in the reference's float32.
-
-    Called as (graph, weights), it runs the whole graph. The search uses `error` and `commit`:
-    `commit` keeps the current graph's layer outputs, and `error` reruns only the layers of a
-    trial graph that differ from it (run/incremental.py), which gives the same error."""
-
-    def __init__(self, ref_graph: LayerGraph, ref_weights: dict, feeds: dict, jobs: int = 1):
-        import torch
-
-        from cnncomp.run.reference import run_reference
-
-        self.feeds, self.jobs = feeds, jobs
-        self.reference = run_reference(ref_graph, ref_weights, feeds, dtype=torch.float64)
-        self._incremental = None
-
-    def __call__(self, graph: LayerGraph, weights: dict) -> float:
-        from cnncomp.run.reference import run_reference
-        from cnncomp.verification.compare import relative_output_error
-
-        return relative_output_error(run_reference(graph, weights, self.feeds), self.reference)
-
-    def commit(self, graph: LayerGraph, weights: dict) -> None:
-        from cnncomp.run.incremental import IncrementalReference
-
-        if self._incremental is None:
-            self._incremental = IncrementalReference(graph, weights, self.feeds)
-        else:
-            self._incremental.commit(graph, weights)
-
-    def error(self, graph: LayerGraph, weights: dict, layer: str | None = None) -> float:
-        """The error of a trial graph, rerunning only what differs from the last committed graph
-        (`layer`, the rewritten one, is a hint this meter does not need: it finds the changes)."""
-        from cnncomp.verification.compare import relative_output_error
-
-        if self._incremental is None:
-            return self(graph, weights)
-        return relative_output_error(self._incremental.run(graph, weights), self.reference)
-
-    def errors(self, trials: list[tuple]) -> list[float]:
-        """The errors of several trial graphs, (graph, weights, layer) each, measured in `jobs` forked
-        processes (run/parallel.py), which inherit the trials and the committed layer outputs."""
-        from cnncomp.run.parallel import forked_map
-
-        return forked_map(lambda i: self.error(*trials[i]), len(trials), self.jobs)
 
 
 def output_error_meter(ref_graph: LayerGraph, ref_weights: dict, feeds: dict, jobs: int = 1) -> OutputErrorMeter:
-    """The -O3 search's measure (see OutputErrorMeter); `jobs` processes measure a layer's trials at once."""
-    return OutputErrorMeter(ref_graph, ref_weights, feeds, jobs)
+    """The -O3 search's measure (verification/meters.py), all in float32; `jobs` processes measure a layer's
+    trials at once."""
+    return OutputErrorMeter(ref_graph, ref_weights, feeds, jobs, reference_dtype="float32")
+
+
+def o3_samples(graph: LayerGraph, calibration: dict | None, seed: int) -> tuple[dict, dict, list[str]]:
+    """(search samples, held-out samples, warnings) for -O3: the calibration inputs split as int8 splits them
+    (passes/budget.py), or seeded uniform inputs, two to search on and two others (another seed) to check."""
+    from cnncomp.passes.budget import split_held_out
+
+    if calibration is None:
+        from cnncomp.verification.harness import make_inputs
+
+        return make_inputs(graph, seed, batch=2), make_inputs(graph, seed + HELD_OUT_SEED, batch=2), []
+    from cnncomp.inputs import bind_inputs
+    from cnncomp.precision.calibration import fixed_batch
+
+    search, held, warnings = split_held_out(bind_inputs(calibration, graph.inputs, "--calibration"),
+                                            fixed_batch(graph) or 1)
+    return search, held, [f"-O3: {w}" for w in warnings]
+
+
+HELD_OUT_SEED = 7919  # seeded held-out inputs: another seed than the search's
+
+
+def _count(feeds: dict) -> int:
+    return len(next(iter(feeds.values()))) if feeds else 0
 
 
 def optimize(spec, defines=None, weights=None, seed: int = 0, opt_level: int = 1, passes=None, *,
@@ -187,13 +168,11 @@ def optimize_job(job: Job, graph: LayerGraph | None = None, weights=None, lint: 
     runner = PassRunner(ctx, lint=lint, after_each=after_each)
     runner.run_steps(steps)
     if o.opt_level >= 3 and o.passes is None:
-        from cnncomp.inputs import bind_inputs
         from cnncomp.passes.search import apply_within_budget
-        from cnncomp.verification.harness import make_inputs
 
         precision = precision_of(job.precision_name)
-        feeds = bind_inputs(calibration, ref_graph.inputs, "--calibration") if calibration is not None else \
-            make_inputs(ref_graph, source.seed, batch=2)
+        feeds, held_out, warnings = o3_samples(ref_graph, calibration, source.seed)
+        ctx.warnings += warnings
         speedup = None
         if o.autotune:
             from cnncomp.run.timing import rewrite_speedup
@@ -204,9 +183,12 @@ def optimize_job(job: Job, graph: LayerGraph | None = None, weights=None, lint: 
                 return rewrite_speedup(old, new, layer, runtime, convert=convert)
 
         apply_within_budget(runner, output_error_meter(ref_graph, ref_weights, feeds, o.jobs),
-                            o.max_error * precision.o3_budget_share, speedup)
+                            o.max_error * precision.o3_budget_share, speedup,
+                            held_out=OutputErrorMeter(ref_graph, ref_weights, held_out))  # float64 reference
+        if ctx.budget is not None:
+            ctx.budget.search_samples, ctx.budget.held_out_samples = _count(feeds), _count(held_out)
     return Compiled(ref_graph, ref_weights, ctx.graph, ctx.weights, runner.records, ctx.log, ctx.warnings,
-                    ctx.fp16_warnings)
+                    ctx.fp16_warnings, ctx.budget)
 
 
 # ---- emit --------------------------------------------------------------------------------------------
@@ -377,6 +359,8 @@ def write_model(model, output, target: str = "onnx", precision: str = "fp32", lo
 def _warn(compiled: Compiled, precision: str, log: Log) -> None:
     for w in compiled.warnings + precision_of(precision).pass_warnings(compiled):
         log(f"warning: {w}\n")
+    if compiled.budget is not None:
+        log(f"note: {compiled.budget.summary()}\n")
 
 
 def _request(job: Job, compiled: Compiled, **fields) -> PrecisionRequest:

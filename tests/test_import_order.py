@@ -4,6 +4,7 @@ packages import each other in a cycle. Every import counts, at the top of a modu
 The order, lowest first (a layer may import from the layers before it, never after):
 
     utilities (errors, fileio, inputs, log, options, progress, registry, version)  what every layer shares
+    onnx_graph                             low-level ONNX graph reading: attributes, opset, producers, consumers
     ops                                    the registry: one class per op, all its facets
     ir                                     LayerGraph, weights, cost
     frontend                               .cnn text (or an ONNX model) to a LayerGraph; the ONNX importer
@@ -32,6 +33,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "cnncomp"
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("utilities", ("cnncomp.errors", "cnncomp.fileio", "cnncomp.inputs", "cnncomp.log", "cnncomp.options",
                    "cnncomp.progress", "cnncomp.registry", "cnncomp.version")),
+    ("onnx_graph", ("cnncomp.onnx_graph",)),
     ("ops", ("cnncomp.ops",)),
     ("ir", ("cnncomp.ir",)),
     ("frontend", ("cnncomp.frontend",)),

@@ -34,7 +34,7 @@ import onnx
 from onnx import TensorProto, numpy_helper
 
 from cnncomp.errors import CnnError
-from cnncomp.frontend.onnx.model import attrs_of
+from cnncomp.onnx_graph import attrs_of
 
 TRT_OPSETS = (9, 20)  # what TensorRT 10.0's ONNX parser reads; 10.15 reads up to 24
 DEFORM_CONV_SINCE = (10, 1)

@@ -7,6 +7,11 @@ or approximate (it reports its measured error and savings). The manager runs a
 pipeline, reruns it until nothing changes, lints the graph after each pass when
 asked, and names the failing pass and the passes before it when one breaks.
 
+A pass declares when it registers which passes it must run before or after;
+the order of a level's pipeline is derived from those constraints (`pass_order`,
+a topological sort), and a cycle, or a pass that could never run, fails as soon
+as the passes are loaded (`all_passes`), not when a level leaves one out.
+
 Every pass run goes through one step runner (`PassRunner.run_step`), whose
 instruments are lint after each pass, an `after_each` hook (`--verify-each`)
 and a `PassRecord` per run (`--stats`). The -O3 search (search.py) commits the
@@ -36,6 +41,7 @@ class PassContext:
     log: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     fp16_warnings: list[str] = field(default_factory=list)  # shown when the target is float16
+    budget: Any = None  # the -O3 search's budget.BudgetReport: its errors on the search and held-out samples
 
     def refuse(self, pass_name: str, layer: str, reason: str) -> None:
         self.log.append(f"{pass_name}: skipped {layer}: {reason}")
@@ -52,29 +58,74 @@ class PassInfo:
     level: int  # the lowest -O level that runs it (0 = only when named)
     options: dict[str, Callable[[str], Any]]  # option -> its type, or a converter such as `fraction`
     doc: str
+    before: tuple[str, ...] = ()  # passes this one must run before, in a level's pipeline
+    after: tuple[str, ...] = ()  # passes this one must run after
 
 
 PASSES: dict[str, PassInfo] = {}
+LEVELS = (0, 1, 2)  # a pass's level: -O3 runs the -O2 pipeline, then the search (search.py)
 
 
-def register_pass(name: str, exact: bool, level: int = 0, options: dict[str, Callable[[str], Any]] | None = None):
-    """Decorator: register a pass under `name` (see the module docstring)."""
+def register_pass(name: str, exact: bool, level: int = 0, options: dict[str, Callable[[str], Any]] | None = None,
+                  before: tuple[str, ...] = (), after: tuple[str, ...] = ()):
+    """Decorator: register a pass under `name` (see the module docstring); `before` and `after` name the passes
+    it must run before or after when a level runs them (the order is derived from them: pass_order)."""
 
     def wrap(fn):
         if name in PASSES:
             raise ValueError(f"pass '{name}' registered twice")
-        PASSES[name] = PassInfo(name, fn, exact, level, dict(options or {}), (fn.__doc__ or "").strip())
+        PASSES[name] = PassInfo(name, fn, exact, level, dict(options or {}), (fn.__doc__ or "").strip(),
+                                tuple(before), tuple(after))
         return fn
 
     return wrap
 
 
+class PassOrderError(ValueError):
+    """The passes' declared order cannot hold: a cycle, or a pass that could never run."""
+
+
+def pass_order(passes: dict[str, PassInfo]) -> list[str]:
+    """Every pass, in an order that keeps each one's `before`/`after` constraints (ties: by name, so the order
+    never depends on import order). Raises PassOrderError on a cycle, or on a pass that could never run: one
+    whose level no -O runs, or whose constraints name a pass that does not exist (a typo would leave it
+    unordered)."""
+    import networkx as nx
+
+    problems = []
+    order = nx.DiGraph()
+    order.add_nodes_from(passes)
+    for info in passes.values():
+        if info.level not in LEVELS:
+            problems.append(f"'{info.name}' is registered at level {info.level}, which no -O level runs "
+                            f"(levels: {', '.join(map(str, LEVELS))}; -O3 adds only the search's rewrites)")
+        for other in info.before + info.after:
+            if other not in passes:
+                problems.append(f"'{info.name}' is ordered against '{other}', which is not a registered pass")
+        order.add_edges_from((info.name, other) for other in info.before if other in passes)
+        order.add_edges_from((other, info.name) for other in info.after if other in passes)
+    if problems:
+        raise PassOrderError("pass order: " + "; ".join(problems))
+    try:
+        return list(nx.lexicographical_topological_sort(order))
+    except nx.NetworkXUnfeasible:
+        cycle = [edge[0] for edge in nx.find_cycle(order)]
+        raise PassOrderError("pass order: the before/after constraints form a cycle: "
+                             + " -> ".join(cycle + cycle[:1])) from None
+
+
+_ORDER: list[str] = []
+
+
 def all_passes() -> dict[str, PassInfo]:
+    """The registry, every pass module imported, its order checked (a PassOrderError on the first call)."""
     from cnncomp.passes.approx import bottleneck, depthwise  # noqa: F401
     from cnncomp.passes.exact import (  # noqa: F401
         dce, drop_identity, equalize, fold_bn, fold_pad, fold_scale_shift, merge_pointwise,
     )
 
+    if len(_ORDER) != len(PASSES):
+        _ORDER[:] = pass_order(PASSES)
     return PASSES
 
 
@@ -92,10 +143,10 @@ class PassStep:
 
 
 def level_pipeline(level: int) -> list[PassStep]:
-    """The passes that -O<level> runs, in order. -O3 adds the approximate rewrites (budgeted separately)."""
-    order = ["drop-identity", "fold-pad", "fold-bn", "fold-scale-shift", "merge-pointwise", "dce"]
+    """The passes that -O<level> runs, in their declared order (pass_order). -O3 adds the approximate rewrites
+    (budgeted separately)."""
     passes = all_passes()
-    return [PassStep(n) for n in order if passes[n].level and passes[n].level <= level]
+    return [PassStep(n) for n in _ORDER if passes[n].level and passes[n].level <= level]
 
 
 _STEP = re.compile(r"\s*([A-Za-z][\w-]*)\s*(?:\(([^()]*)\))?\s*(?:,|$)")

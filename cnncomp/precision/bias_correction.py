@@ -21,7 +21,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from cnncomp.frontend.onnx.model import attrs_of
+from cnncomp.onnx_graph import attrs_of
 from cnncomp.precision.int8_support import with_outputs
 
 MODES = ("auto", "on", "off")
@@ -65,7 +65,7 @@ def _quantized_layers(quantized: onnx.ModelProto, float_model: onnx.ModelProto):
 
 def _mean_inputs(quantized: onnx.ModelProto, names: list[str], calibration: dict, batch: int) -> dict:
     """The mean over the calibration samples of each named tensor of the int8 model (one array per name)."""
-    from cnncomp.precision.calibration import batches
+    from cnncomp.passes.budget import batches
     from cnncomp.run.session import Session
 
     session = Session(with_outputs(quantized, names), "cpu", quiet=True)

@@ -14,9 +14,9 @@ Without calibration data, seeded uniform inputs in [-1, 1] stand in, with a warn
 scales they give are not representative of real data. Empty data, missing inputs, shapes that
 do not fit the input and non-finite values are CnnErrors naming the source.
 
-The error budget is measured on held-out inputs: the last quarter of the samples (at least one)
-when there are two or more, the rest calibrate. One sample calibrates and is also measured on, with
-a warning.
+The error budget is measured on held-out inputs, split as -O3 splits them (passes/budget.py's
+`split_held_out`): the last quarter of the samples (at least one batch) when there are two or more,
+the rest calibrate. One sample calibrates and is also measured on, with a warning.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ import numpy as np
 from cnncomp.errors import CnnError
 from cnncomp.inputs import check_array_headers
 from cnncomp.ir.graph import LayerGraph
+from cnncomp.passes.budget import batches, split_held_out  # noqa: F401  (the one split, shared with -O3)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".webp")
 PREPROCESS = ("imagenet", "unit")
@@ -116,26 +117,6 @@ def fixed_batch(graph: LayerGraph) -> int | None:
     """The batch size every input fixes in its first dim, or None when the batch dim is symbolic."""
     sizes = {graph.layer(n).shape[0] for n in graph.inputs}
     return next(iter(sizes)) if len(sizes) == 1 and all(isinstance(d, int) for d in sizes) else None
-
-
-def split_held_out(feeds: dict[str, np.ndarray], batch: int = 1) -> tuple[dict, dict, list[str]]:
-    """(calibration samples, held-out samples, warnings): the last quarter (at least one batch) is held out."""
-    count = len(next(iter(feeds.values())))
-    if count % batch:
-        raise CnnError(f"the calibration data has {count} samples; the network's fixed batch of {batch} needs "
-                       "a multiple of it")
-    if count < 2 * batch:
-        return feeds, feeds, ["int8: one calibration sample: the error is measured on the sample that set the "
-                              "scales (give two or more to hold some out)"]
-    held = max(batch, count // 4 // batch * batch)
-    return ({k: v[:count - held] for k, v in feeds.items()}, {k: v[count - held:] for k, v in feeds.items()}, [])
-
-
-def batches(feeds: dict[str, np.ndarray], batch: int = 1):
-    """Yield {input: samples[i:i+batch]} over the samples."""
-    count = len(next(iter(feeds.values())))
-    for start in range(0, count, batch):
-        yield {k: v[start:start + batch] for k, v in feeds.items()}
 
 
 def load_images(folder: Path, graph: LayerGraph, preprocess: str) -> dict[str, np.ndarray]:

@@ -118,7 +118,9 @@ def to_float16_array(w: np.ndarray) -> np.ndarray:
 
 
 def _opset(model: onnx.ModelProto) -> int:
-    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 17)
+    from cnncomp.onnx_graph import opset_of
+
+    return opset_of(model, 17)
 
 
 def _schema(node: onnx.NodeProto, opset: int):

@@ -36,6 +36,9 @@ import onnx
 
 from cnncomp.errors import CnnError, UsageError
 from cnncomp.ir.graph import LayerGraph
+from cnncomp.onnx_graph import consumers, opset_of, producers
+from cnncomp.passes.budget import fewest_within
+from cnncomp.verification.meters import ModelErrorMeter as ErrorProbe  # int8's meter: the QDQ model under ONNX Runtime
 from cnncomp.precision.bias_correction import DEFAULT_MODE, MODES as BIAS_CORRECTION_MODES, apply_bias_corrections
 from cnncomp.precision.bias_correction import bias_corrections
 from cnncomp.precision.int8_support import failing_node, known_unsupported, neighbourhood, nonfinite_activations
@@ -138,7 +141,7 @@ class FeedReader:
     """An onnxruntime CalibrationDataReader over samples: one sample per get_next()."""
 
     def __init__(self, feeds: dict[str, np.ndarray], batch: int = 1):
-        from cnncomp.precision.calibration import batches
+        from cnncomp.passes.budget import batches
 
         self._batches = list(batches(feeds, batch))
         self._next = 0
@@ -165,7 +168,7 @@ class Quantizer:
             raise CnnError(f"unknown calibration method '{method}'; choose one of {', '.join(METHODS)}")
         if activations not in ("uint8", "int8"):
             raise CnnError(f"activations are quantized to uint8 or int8, not {activations}")
-        opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+        opset = opset_of(model, 0)
         if opset < MIN_OPSET:
             raise CnnError(f"int8 needs opset {MIN_OPSET} or later (per-channel QuantizeLinear); got --opset {opset}")
         self.model = model
@@ -214,7 +217,7 @@ class Quantizer:
     def _first_quantization(self, calibration: dict) -> None:
         """Calibrate (filling the range cache) and make sure ONNX Runtime loads and runs the result: a node it
         refuses is kept in float32 (with the reason) and the model quantized again (int8_support.py)."""
-        from cnncomp.precision.calibration import batches
+        from cnncomp.passes.budget import batches
 
         try:
             quantized = self.quantize(calibration=calibration)
@@ -253,7 +256,7 @@ class Quantizer:
                 f"{group} ({why})" for group, why in self.kept_float.items()))
 
     def _raise_for_nonfinite(self, calibration: dict, error: Exception) -> None:
-        from cnncomp.precision.calibration import batches
+        from cnncomp.passes.budget import batches
 
         for feeds in list(batches(calibration, self.batch))[:8]:
             found = nonfinite_activations(self.model, feeds)
@@ -323,17 +326,14 @@ def layer_groups(model: onnx.ModelProto) -> dict[str, list[str]]:
 
     quantizable = set(QDQRegistry) | set(QLinearOpsRegistry)
     weights = {t.name for t in model.graph.initializer}
-    consumers: dict[str, list] = {}
-    for node in model.graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
+    readers = consumers(model)
     groups = {}
     for node in model.graph.node:
         if node.op_type not in quantizable or node.op_type in PASS_THROUGH_OPS:
             continue
         members, frontier = [node.name], list(node.output)
         while frontier:
-            for user in consumers.get(frontier.pop(), []):
+            for user in readers.get(frontier.pop(), []):
                 if user.op_type in PASS_THROUGH_OPS and user.name not in members and \
                         sum(1 for i in user.input if i and i not in weights) == 1:
                     members.append(user.name)
@@ -350,7 +350,7 @@ def quantizable_layers(model: onnx.ModelProto) -> list[str]:
 def float_outputs(model: onnx.ModelProto) -> onnx.ModelProto:
     """Drop the QuantizeLinear -> DequantizeLinear pair in front of a graph output: the output is float32
     anyway, and the pair would only round it (and clip the logits a percentile calibration cut)."""
-    producer = {o: n for n in model.graph.node for o in n.output}
+    producer = producers(model)
     uses: dict[str, int] = {}
     for node in model.graph.node:
         for name in node.input:
@@ -405,28 +405,6 @@ def top1_agreement(outputs: dict, reference: dict) -> dict[str, float]:
     return out
 
 
-class ErrorProbe:
-    """Relative output error of a model against fixed float64 reference outputs on held-out inputs."""
-
-    def __init__(self, feeds: dict[str, np.ndarray], reference: dict[str, np.ndarray], batch: int | None = None):
-        self.feeds, self.reference, self.batch = feeds, reference, batch
-
-    def outputs(self, model: onnx.ModelProto) -> dict[str, np.ndarray]:
-        from cnncomp.precision.calibration import batches
-        from cnncomp.run.session import Session
-
-        session = Session(model, "cpu", quiet=True)
-        if self.batch is None:
-            return session.run(self.feeds, list(self.reference))
-        parts = [session.run(chunk, list(self.reference)) for chunk in batches(self.feeds, self.batch)]
-        return {name: np.concatenate([p[name] for p in parts]) for name in self.reference}
-
-    def error(self, model: onnx.ModelProto) -> float:
-        from cnncomp.verification.compare import relative_output_error
-
-        return relative_output_error(self.outputs(model), self.reference)
-
-
 def quantize_int8(model: onnx.ModelProto, graph: LayerGraph, ref_graph: LayerGraph, ref_weights: dict,
                   calibration=None, preprocess: str | None = None, method: str = DEFAULT_METHOD,
                   max_error: float | None = None, sensitivity: bool = False, seed: int = 0,
@@ -441,8 +419,9 @@ def quantize_int8(model: onnx.ModelProto, graph: LayerGraph, ref_graph: LayerGra
     search measures its layers in `jobs` processes."""
     import torch
 
+    from cnncomp.passes.budget import split_held_out
     from cnncomp.precision.calibration import (
-        NOT_REPRESENTATIVE, SEEDED_SAMPLES, fixed_batch, load_calibration, seeded_calibration, split_held_out,
+        NOT_REPRESENTATIVE, SEEDED_SAMPLES, fixed_batch, load_calibration, seeded_calibration,
     )
     from cnncomp.run.reference import run_reference
 
@@ -457,7 +436,7 @@ def quantize_int8(model: onnx.ModelProto, graph: LayerGraph, ref_graph: LayerGra
         feeds = load_calibration(calibration, ref_graph, preprocess)
         source = str(calibration) if not isinstance(calibration, dict) else "the given arrays"
     calib, held, split_warnings = split_held_out(feeds, batch or 1)
-    warnings += split_warnings
+    warnings += [f"int8: {w}" for w in split_warnings]
     reference = run_reference(ref_graph, ref_weights, held, dtype=torch.float64)
     probe = ErrorProbe(held, reference, batch)
     report = Int8Report(method, source, len(next(iter(calib.values()))), len(next(iter(held.values()))),
@@ -541,29 +520,17 @@ def keep_sensitive_in_float(quantizer: Quantizer, probe: ErrorProbe, ranked: lis
                             max_error: float) -> tuple[onnx.ModelProto, float, list[str]]:
     """The fewest most-sensitive layers to keep in float32 so the error meets the budget: (model, error, layers).
 
-    Errors are not exactly monotone in the number kept, so the binary search's answer is checked and,
-    if it misses, more layers are kept one at a time until the budget holds (all in float32 always does)."""
+    The budget engine's `fewest_within` searches the count (a binary search, checked, then one more layer at a
+    time if the errors were not monotone; all in float32 always fits)."""
     names = [l.layer for l in ranked]
-    tried: dict[int, tuple[onnx.ModelProto, float]] = {}
+    models: dict[int, onnx.ModelProto] = {}
 
-    def attempt(k: int):
-        if k not in tried:
-            model = quantizer.quantize(exclude=names[:k])
-            tried[k] = (model, probe.error(model))
-        return tried[k]
+    def error_of(k: int) -> float:
+        models[k] = quantizer.quantize(exclude=names[:k])
+        return probe.error(models[k])
 
-    lo, hi = 1, len(names)
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if attempt(mid)[1] <= max_error:
-            hi = mid
-        else:
-            lo = mid + 1
-    k = lo
-    while attempt(k)[1] > max_error and k < len(names):
-        k += 1
-    model, error = attempt(k)
-    return model, error, names[:k]
+    k, error = fewest_within(len(names), error_of, max_error)
+    return models[k], error, names[:k]
 
 
 def largest_error_jump(layers) -> tuple[str, float, float] | None:

@@ -20,7 +20,7 @@ import re
 import numpy as np
 import onnx
 
-from cnncomp.frontend.onnx.model import attrs_of
+from cnncomp.onnx_graph import attrs_of, consumers, producers
 
 # ONNX Runtime names the node it failed on in these shapes of message
 _NODE_IN_MESSAGE = (re.compile(r'In Node, \("([^"]+)"'), re.compile(r"Name:'([^']+)'"),
@@ -80,7 +80,7 @@ def nonfinite_activations(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) 
     """(node, what) for every node output that is NaN or infinite on `feeds`, in graph order."""
     import onnxruntime as ort
 
-    producer = {name: node.name for node in model.graph.node for name in node.output if name}
+    producer = {name: n.name for name, n in producers(model).items()}
     probe = with_outputs(model, list(producer))
     options = ort.SessionOptions()
     options.log_severity_level = 4
@@ -99,11 +99,8 @@ def nonfinite_activations(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) 
 
 def neighbourhood(model: onnx.ModelProto, node: str, hops: int = 1) -> set[str]:
     """The node and every node within `hops` tensor edges of it (producers and consumers)."""
-    producer = {o: n.name for n in model.graph.node for o in n.output if o}
-    consumers: dict[str, list[str]] = {}
-    for n in model.graph.node:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n.name)
+    producer = {name: n.name for name, n in producers(model).items()}
+    readers = {name: [n.name for n in nodes] for name, nodes in consumers(model).items()}
     by_name = {n.name: n for n in model.graph.node}
     found, frontier = {node}, {node}
     for _ in range(hops):
@@ -111,7 +108,7 @@ def neighbourhood(model: onnx.ModelProto, node: str, hops: int = 1) -> set[str]:
         for name in frontier:
             current = by_name[name]
             step |= {producer[i] for i in current.input if i in producer}
-            step |= {c for o in current.output for c in consumers.get(o, [])}
+            step |= {c for o in current.output for c in readers.get(o, [])}
         frontier = step - found
         found |= step
     return found

@@ -16,6 +16,8 @@ outputs match a full run (the same torch kernels on the same tensors).
 
 from __future__ import annotations
 
+import contextlib
+import time
 from collections.abc import Mapping
 
 import numpy as np
@@ -125,3 +127,36 @@ def _same_array(a, b) -> bool:
         return True
     a, b = _array(a), _array(b)
     return a.dtype == b.dtype and a.shape == b.shape and bool(np.array_equal(a, b))
+
+
+@contextlib.contextmanager
+def torch_threads(count: int):
+    """Run the block with `count` intra-op threads for torch, then restore the count it had."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def fastest_thread_count(repeats: int = 3) -> int:
+    """1 or torch's default thread count, whichever runs a mid-sized float32 conv faster right now.
+
+    On a machine whose cores are busy with other work, torch's thread pool waits on its busiest thread at
+    every op: a 64-channel 3x3 conv at 56x56 took 170 ms on 2 threads and 24 ms on one (2 cores at a load
+    of 13); on an idle machine the pool is faster. The probe costs a few convs (milliseconds)."""
+    default = torch.get_num_threads()
+    if default == 1:
+        return 1
+    x, w = torch.randn(2, 64, 56, 56), torch.randn(64, 64, 3, 3)
+
+    def seconds(count: int) -> float:
+        with torch_threads(count):
+            torch.conv2d(x, w, padding=1)
+            start = time.perf_counter()
+            for _ in range(repeats):
+                torch.conv2d(x, w, padding=1)
+            return time.perf_counter() - start
+
+    return 1 if seconds(1) < seconds(default) else default

@@ -25,6 +25,7 @@ import onnx
 from onnx import numpy_helper
 
 from cnncomp.errors import CnnError
+from cnncomp.onnx_graph import attrs_of  # noqa: F401  (the patterns read it from here)
 
 MIN_OPSET = 11
 TARGET_OPSET = 17  # the exporters' usual opset; newer models keep theirs when they use newer ops
@@ -429,15 +430,6 @@ def _numel(dims) -> int:
     for d in dims:
         n *= d
     return n
-
-
-def attrs_of(node: onnx.NodeProto) -> dict:
-    """A node's attributes as Python values (bytes decoded to str)."""
-    out = {}
-    for a in node.attribute:
-        value = onnx.helper.get_attribute_value(a)
-        out[a.name] = value.decode() if isinstance(value, bytes) else value
-    return out
 
 
 def _constant_value(node: onnx.NodeProto) -> np.ndarray:

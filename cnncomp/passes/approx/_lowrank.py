@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 
 import numpy as np
@@ -31,13 +32,36 @@ def leading_left_vectors(matrix: np.ndarray, rank: int) -> tuple[np.ndarray, np.
     eigenvectors of its Gram matrix M M^T in float64, which is much faster than a full SVD (512 x 4608:
     4.1 s against 79 s for np.linalg.svd, on a loaded 2-core machine) and agrees with it to 1e-15 on
     the singular values; the leading vectors, the ones kept, are as accurate as the SVD's."""
-    m = np.asarray(matrix, dtype=np.float64)
+    vectors, values = decomposed(_decompose, np.asarray(matrix, dtype=np.float64))
+    return vectors[:, :rank].copy(), values.copy()  # copies: the kept ones must not change
+
+
+# -O3 tries several ranks of one weight: its decompositions are kept for the next setting (the last few only)
+_DECOMPOSED: dict[tuple, tuple] = {}
+_KEEP_DECOMPOSED = 8
+
+
+def decomposed(decompose, array: np.ndarray) -> tuple:
+    """decompose(array), computed once for equal arrays among the last few asked (callers must not write
+    into what it returns)."""
+    array = np.ascontiguousarray(array)
+    key = (decompose.__qualname__, array.shape, array.dtype.str,
+           hashlib.blake2b(array.tobytes(), digest_size=16).digest())
+    if key not in _DECOMPOSED:
+        _DECOMPOSED[key] = decompose(array)
+        while len(_DECOMPOSED) > _KEEP_DECOMPOSED:
+            _DECOMPOSED.pop(next(iter(_DECOMPOSED)))
+    return _DECOMPOSED[key]
+
+
+def _decompose(m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(left singular vectors, singular values) of a matrix, largest first (see leading_left_vectors)."""
     if m.shape[0] > m.shape[1]:
         u, s, _ = np.linalg.svd(m, full_matrices=False)
-        return u[:, :rank], s
+        return u, s
     values, vectors = np.linalg.eigh(m @ m.T)
     order = np.argsort(values)[::-1]
-    return vectors[:, order[:rank]], np.sqrt(np.clip(values[order], 0.0, None))
+    return vectors[:, order], np.sqrt(np.clip(values[order], 0.0, None))
 
 
 def conv_layer(name: str, like: Layer, in_shape: tuple, out: int, kernel: tuple, stride: tuple = 1,

@@ -23,7 +23,7 @@ import numpy as np
 
 from cnncomp.ir.cost import layer_macs
 from cnncomp.passes.approx._lowrank import (
-    chain_macs, conv_layer, rank_for_energy, relative_error, replace_with_chain,
+    chain_macs, conv_layer, decomposed, rank_for_energy, relative_error, replace_with_chain,
 )
 from cnncomp.passes.manager import fraction, register_pass
 from cnncomp.passes._rewrite import weight
@@ -35,7 +35,8 @@ def split_channels(w: np.ndarray, m: int):
     cout, cin = w.shape[:2]
     kernel = w.shape[2:]
     per_channel = np.moveaxis(w.reshape(cout, cin, -1), 1, 0)  # [Cin, Cout, K]
-    u, s, vt = np.linalg.svd(per_channel, full_matrices=False)  # u [Cin, Cout, r], s [Cin, r], vt [Cin, r, K]
+    # u [Cin, Cout, r], s [Cin, r], vt [Cin, r, K]; -O3 asks for several m of one weight: decomposed once
+    u, s, vt = decomposed(_svd, per_channel)
     r = s.shape[1]
     keep = min(m, r)
     depthwise = np.zeros((cin, m) + (math.prod(kernel),))
@@ -43,6 +44,10 @@ def split_channels(w: np.ndarray, m: int):
     depthwise[:, :keep] = vt[:, :keep]
     pointwise[:, :, :keep] = np.moveaxis(u[:, :, :keep] * s[:, None, :keep], 0, 1)
     return depthwise.reshape((cin * m, 1) + kernel), pointwise.reshape(cout, cin * m)
+
+
+def _svd(per_channel: np.ndarray):
+    return np.linalg.svd(per_channel, full_matrices=False)
 
 
 def reconstruct(depthwise: np.ndarray, pointwise: np.ndarray, cin: int) -> np.ndarray:

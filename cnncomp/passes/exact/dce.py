@@ -8,7 +8,8 @@ from cnncomp.passes.manager import register_pass
 from cnncomp.passes._rewrite import drop_weights
 
 
-@register_pass("dce", exact=True, level=1)
+@register_pass("dce", exact=True, level=1,
+               after=("drop-identity", "fold-pad", "fold-bn", "fold-scale-shift", "merge-pointwise"))  # removes what they leave dead
 def dce(ctx) -> int:
     """Remove the layers that no output depends on (graph inputs stay)."""
     graph = ctx.graph

@@ -10,7 +10,8 @@ from cnncomp.passes.manager import register_pass
 from cnncomp.passes._rewrite import bypass
 
 
-@register_pass("drop-identity", exact=True, level=1)
+@register_pass("drop-identity", exact=True, level=1,
+               before=("fold-pad", "fold-bn"))  # a dropout between a conv and its bn or pad would block the fold
 def drop_identity(ctx) -> int:
     """Remove dropout and identity layers, wiring their users to their input."""
     graph, count = ctx.graph, 0

@@ -16,7 +16,8 @@ from cnncomp.passes._rewrite import bypass, only_user
 _NEG_INF = -3.4e38
 
 
-@register_pass("fold-pad", exact=True, level=2)
+@register_pass("fold-pad", exact=True, level=2,
+               before=("fold-bn",))  # independent of fold-bn; its place since -O2 had a list (the same output)
 def fold_pad(ctx) -> int:
     """Fold explicit padding into the next conv or pool."""
     graph, count = ctx.graph, 0

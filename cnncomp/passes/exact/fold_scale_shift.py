@@ -27,7 +27,10 @@ from cnncomp.passes.manager import register_pass
 from cnncomp.passes._rewrite import weight
 
 
-@register_pass("fold-scale-shift", exact=True, level=1)
+@register_pass("fold-scale-shift", exact=True, level=1,
+               # after fold-bn: conv -> bn -> scale leaves conv -> scale; before merge-pointwise: a scale
+               # between two 1x1 convs must be gone for them to merge
+               after=("fold-bn",), before=("merge-pointwise",))
 def fold_scale_shift(ctx) -> int:
     """Fold per-channel scale and shift layers into the adjacent conv or linear (before or after it)."""
     graph, count = ctx.graph, 0

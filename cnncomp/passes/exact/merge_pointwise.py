@@ -18,7 +18,8 @@ from cnncomp.passes.manager import register_pass
 from cnncomp.passes._rewrite import bypass, is_pointwise_conv, only_user, record_alias, set_weight, weight
 
 
-@register_pass("merge-pointwise", exact=True, level=2)
+@register_pass("merge-pointwise", exact=True, level=2,
+               after=("fold-bn",))  # a bn between two convs is folded first, so they become adjacent
 def merge_pointwise(ctx) -> int:
     """Merge consecutive linear maps: conv -> 1x1 conv, linear -> linear."""
     graph, count = ctx.graph, 0
