@@ -208,7 +208,10 @@ def measure(network: str, choices: list[Choice], feeds_for: Callable[[int], dict
     for (i, b), row in rows.items():
         if row.ran:
             row.speedup = rows[base, b].median_ms / row.median_ms
-            row.error = float(error_of(outputs[i, b], outputs[base, b]))
+            try:
+                row.error = float(error_of(outputs[i, b], outputs[base, b]))
+            except KeyError as e:  # an output the baseline has and this choice lacks: no error to judge
+                row.problem = f"its outputs lack {e} (the baseline's outputs: {', '.join(outputs[base, b])})"
     ordered = [rows[i, b] for b in batches for i in range(len(choices))]
     return BenchReport(network, ordered, budget, threads, rounds, runs, baseline)
 

@@ -80,6 +80,11 @@ def _read(core, model):
     return core.read_model(model)
 
 
+def _onnx_name(port) -> str:
+    names = sorted(port.get_names())
+    return port.get_any_name() if len(names) != 1 else names[0]
+
+
 class OpenVinoSession:
     """An ONNX model compiled by OpenVINO for the CPU, with an explicit inference precision; runs on numpy
     inputs and returns outputs by their ONNX names (the interface of run.session.Session)."""
@@ -94,21 +99,27 @@ class OpenVinoSession:
         if threads:
             config["INFERENCE_NUM_THREADS"] = int(threads)
         try:
-            self.compiled = core.compile_model(_read(core, model), "CPU", config)
+            read = _read(core, model)
+            self.compiled = core.compile_model(read, "CPU", config)
         except Exception as e:  # OpenVINO raises RuntimeError with its own message for unsupported models
             raise CnnError(f"OpenVINO could not load the model: {e}") from None
+        # the ONNX names, as read: compiling may merge a tensor's names, and get_any_name() of a compiled
+        # output can then answer the name of the layer before it (ResNet-50's `fc` for `logits`)
+        self._inputs = [_onnx_name(p) for p in read.inputs]
+        self._outputs = [_onnx_name(p) for p in read.outputs]
         self.request = self.compiled.create_infer_request()
         self.provider = "openvino"
         self.precision = precision
-        self.inference_precision = str(self.compiled.get_property("INFERENCE_PRECISION_HINT"))
+        chosen = self.compiled.get_property("INFERENCE_PRECISION_HINT")
+        self.inference_precision = chosen.get_type_name() if hasattr(chosen, "get_type_name") else str(chosen)
 
     @property
     def input_names(self) -> list[str]:
-        return [p.get_any_name() for p in self.compiled.inputs]
+        return list(self._inputs)
 
     @property
     def output_names(self) -> list[str]:
-        return [p.get_any_name() for p in self.compiled.outputs]
+        return list(self._outputs)
 
     def run(self, feeds: dict[str, np.ndarray], outputs: list[str] | None = None) -> dict[str, np.ndarray]:
         """Run the model; return {output name: array} (copies: the request reuses its buffers)."""
@@ -116,18 +127,14 @@ class OpenVinoSession:
         missing = [n for n in self.input_names if n not in feeds]
         if missing:
             raise CnnError(f"missing inputs: {', '.join(missing)} (the model takes {', '.join(self.input_names)})")
+        unknown = [n for n in names if n not in self._outputs]
+        if unknown:
+            raise CnnError(f"the model has no output {', '.join(unknown)} (it has {', '.join(self._outputs)})")
         try:
-            result = self.request.infer({n: feeds[n] for n in self.input_names})
+            self.request.infer({i: feeds[n] for i, n in enumerate(self._inputs)})
         except Exception as e:
             raise CnnError(f"OpenVINO failed to run the model: {e}") from None
-        by_name = {}
-        for port, value in result.items():
-            for name in port.get_names():
-                by_name[name] = value
-        unknown = [n for n in names if n not in by_name]
-        if unknown:
-            raise CnnError(f"the model has no output {', '.join(unknown)} (it has {', '.join(self.output_names)})")
-        return {n: np.array(by_name[n], copy=True) for n in names}
+        return {n: np.array(self.request.get_output_tensor(self._outputs.index(n)).data, copy=True) for n in names}
 
     def median_seconds(self, feeds: dict[str, np.ndarray], repeats: int = 20, warmup: int = 3) -> float:
         """Median wall time of one run on these inputs, after some warm-up runs."""

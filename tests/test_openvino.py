@@ -1,0 +1,88 @@
+"""OpenVINO as a runtime (cnncomp/run/openvino.py): the same ONNX file, an explicit precision hint, outputs by
+name, and a clear message when the package is missing. Skipped, with the reason, without `openvino`."""
+
+import sys
+
+import numpy as np
+import pytest
+
+from cnncomp.errors import CnnError
+from cnncomp.run.openvino import INSTALL_HINT, OpenVinoSession, openvino_problem, precision_problem
+
+needs_openvino = pytest.mark.skipif(openvino_problem() is not None,
+                                    reason=f"OpenVINO not installed ({INSTALL_HINT})")
+
+
+@pytest.fixture(scope="module")
+def lenet():
+    import cnncomp
+
+    model = cnncomp.compile("specs/lenet.cnn")
+    x = np.random.default_rng(0).uniform(-1, 1, (3, 1, 28, 28)).astype(np.float32)
+    from cnncomp.run.session import Session
+
+    return model, x, Session(model, "cpu").run({"x": x})
+
+
+def _rel(a, b):
+    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+@needs_openvino
+def test_fp32_means_fp32_and_outputs_come_by_onnx_name(lenet, tmp_path):
+    model, x, expected = lenet
+    path = tmp_path / "lenet.onnx"
+    path.write_bytes(model.SerializeToString())
+    for source in (model, model.SerializeToString(), path, str(path)):
+        session = OpenVinoSession(source)
+        assert session.input_names == ["x"] and session.output_names == ["logits"]
+        assert session.inference_precision == "f32"  # not OpenVINO's default (bf16 on a CPU that has it)
+        got = session.run({"x": x})
+        assert list(got) == ["logits"]
+        assert _rel(got["logits"], expected["logits"]) < 1e-5
+
+
+@needs_openvino
+def test_named_output_of_a_compiled_model_keeps_its_onnx_name():
+    """OpenVINO may merge an output's tensor names when it compiles (ResNet-50's `logits` answered as `fc`)."""
+    import cnncomp
+
+    model = cnncomp.compile("specs/resnet18.cnn", passes=["fold-bn"])
+    session = OpenVinoSession(model, threads=1)
+    assert session.output_names == [o.name for o in model.graph.output]
+
+
+@needs_openvino
+@pytest.mark.skipif(precision_problem("bf16") is not None, reason="this CPU has no native bf16")
+def test_bf16_hint_computes_in_bfloat16_within_the_budget(lenet):
+    model, x, expected = lenet
+    session = OpenVinoSession(model, "bf16")
+    assert session.inference_precision == "bf16"
+    error = _rel(session.run({"x": x})["logits"], expected["logits"])
+    assert 1e-6 < error < 0.01  # it really is bfloat16 (not f32), and close
+
+
+@needs_openvino
+def test_missing_input_and_unknown_output_are_errors(lenet):
+    model, x, _ = lenet
+    session = OpenVinoSession(model)
+    with pytest.raises(CnnError, match="missing inputs: x"):
+        session.run({"y": x})
+    with pytest.raises(CnnError, match="no output nope"):
+        session.run({"x": x}, ["nope"])
+
+
+@needs_openvino
+def test_a_model_openvino_cannot_read_is_a_clear_error(tmp_path):
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not a model")
+    with pytest.raises(CnnError, match="OpenVINO could not load the model"):
+        OpenVinoSession(bad)
+
+
+def test_missing_package_names_the_extra(monkeypatch, lenet):
+    monkeypatch.setitem(sys.modules, "openvino", None)  # `import openvino` raises ImportError
+    assert INSTALL_HINT in openvino_problem()
+    assert INSTALL_HINT in precision_problem("bf16")
+    with pytest.raises(CnnError, match=r"pip install 'cnncomp\[openvino\]'"):
+        OpenVinoSession(lenet[0])
