@@ -86,3 +86,82 @@ def test_missing_package_names_the_extra(monkeypatch, lenet):
     assert INSTALL_HINT in precision_problem("bf16")
     with pytest.raises(CnnError, match=r"pip install 'cnncomp\[openvino\]'"):
         OpenVinoSession(lenet[0])
+
+
+# ---- Triton: the config asks for the OpenVINO accelerator, the stand-in backend honours it ----------------
+
+
+def test_triton_config_asks_for_the_openvino_cpu_accelerator(lenet):
+    from cnncomp.deployment.triton import triton_config
+    from cnncomp.pipeline import load
+
+    model, graph = lenet[0], load("specs/lenet.cnn")
+    text = triton_config(model, graph, runtime="openvino").to_pbtxt()
+    assert "cpu_execution_accelerator : [" in text and 'name : "openvino"' in text
+    assert "kind: KIND_CPU" in text  # the accelerator applies to CPU instances only
+    assert "execution_accelerators" not in triton_config(model, graph).to_pbtxt()
+    for kwargs, message in [({"kind": "gpu"}, "--kind gpu"), ({"tensorrt": True}, "--tensorrt")]:
+        with pytest.raises(CnnError, match=f"--runtime openvino runs CPU instances; it cannot go with {message}"):
+            triton_config(model, graph, runtime="openvino", **kwargs)
+
+
+class _TritonModelException(Exception):
+    pass
+
+
+@pytest.fixture
+def backend(monkeypatch, tmp_path, lenet):
+    """The stand-in backend's model.py, imported with a stand-in for Triton's triton_python_backend_utils,
+    and a repository folder holding lenet: initialize(accelerators) returns the TritonPythonModel."""
+    import importlib.util
+    import json
+    import types
+
+    from cnncomp.deployment.triton import triton_config
+    from cnncomp.pipeline import load
+
+    utils = types.ModuleType("triton_python_backend_utils")
+    utils.TritonModelException = _TritonModelException
+    monkeypatch.setitem(sys.modules, "triton_python_backend_utils", utils)
+    path = "cnncomp/deployment/triton_backend/onnxruntime/model.py"
+    spec = importlib.util.spec_from_file_location("cnncomp_test_backend", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    (tmp_path / "1").mkdir()
+    (tmp_path / "1" / "model.onnx").write_bytes(lenet[0].SerializeToString())
+    config = triton_config(lenet[0], load("specs/lenet.cnn"), max_batch=8)
+
+    def initialize(accelerators=()):
+        # the model config as Triton hands it to a Python backend: the protobuf's JSON form
+        as_json = {"max_batch_size": 8, "input": [{"name": t.name, "data_type": t.data_type, "dims": t.dims}
+                                                  for t in config.inputs],
+                   "output": [{"name": t.name, "data_type": t.data_type, "dims": t.dims} for t in config.outputs],
+                   "optimization": {"execution_accelerators": {
+                       "gpu_execution_accelerator": [],
+                       "cpu_execution_accelerator": [{"name": a, "parameters": {}} for a in accelerators]}}}
+        m = module.TritonPythonModel()
+        m.initialize({"model_config": json.dumps(as_json), "model_repository": str(tmp_path), "model_version": "1",
+                      "model_instance_kind": "CPU", "model_instance_device_id": "0"})
+        return m
+
+    return module, initialize
+
+
+@needs_openvino
+def test_stand_in_backend_runs_through_openvino_when_the_config_says_so(backend, lenet):
+    module, initialize = backend
+    _, x, expected = lenet
+    plain, accelerated = initialize(), initialize(["openvino"])
+    assert not isinstance(plain.session, module.OpenVinoSession)
+    assert isinstance(accelerated.session, module.OpenVinoSession)
+    (got,) = accelerated.session.run(["logits"], {"x": x})
+    assert _rel(got, expected["logits"]) < 1e-5  # float32, as `cnncomp run --runtime openvino`
+    direct = OpenVinoSession(lenet[0]).run({"x": x})["logits"]
+    np.testing.assert_allclose(got, direct, rtol=0, atol=0)
+
+
+def test_stand_in_backend_without_openvino_refuses_to_load(backend, monkeypatch):
+    _, initialize = backend
+    monkeypatch.setitem(sys.modules, "openvino", None)
+    with pytest.raises(_TritonModelException, match=r"openvino package is not installed.*cnncomp\[openvino\]"):
+        initialize(["openvino"])
