@@ -1,15 +1,19 @@
-"""The Python API: cnncomp.load, compile, verify, deploy, to_torch (thin over cnncomp.pipeline).
+"""The Python API: cnncomp.load, compile, verify, deploy, serve, to_torch, import_onnx (thin over cnncomp.pipeline).
 
-Everything `cnncomp compile`, `verify` and `deploy` can do is here too. Bad options raise
-cnncomp.errors.UsageError (a CnnError); a failed numeric check raises CheckFailed, with its report.
+Everything `cnncomp compile`, `verify`, `deploy` and `serve` can do is here too, with the same option
+names and defaults: the keyword arguments are the commands' options (cnncomp/job.py declares them once;
+a flag --max-error is the keyword max_error), checked as the command line checks them. Bad options
+raise cnncomp.errors.UsageError (a CnnError); a failed numeric check raises CheckFailed, with its report.
 """
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 from cnncomp.errors import CnnError
-from cnncomp.pipeline import CheckOptions, Source, load  # noqa: F401  (load is the public face of the pipeline's)
+from cnncomp.job import job_from_keywords, options_of
+from cnncomp.pipeline import CheckOptions, load  # noqa: F401  (load is the public face of the pipeline's)
 
 
 class CheckFailed(CnnError):
@@ -20,87 +24,59 @@ class CheckFailed(CnnError):
         self.report = report
 
 
-def compile(spec, output: str | Path | None = None, opt_level: int = 1, passes=None, weights=None, seed: int = 0,
-            opset: int = 17, defines: dict[str, str] | None = None, *, emit: str = "onnx", precision: str = "fp32",
-            keep_io_fp32: bool = False, target: str = "onnx", verify: bool = False, provider: str = "cpu",
-            atol=None, rtol=None, max_error: float | None = None, calibration=None,
-            autotune: bool = False, min_batch: int = 1, opt_batch: int | None = None, max_batch: int = 8,
-            preprocess: str | None = None, calibration_method: str | None = None, jobs: int = 1,
-            bias_correction: str = "auto", log=None):
+def compile(spec, output: str | Path | None = None, *, log=None, **options):
     """Compile a spec (optimized at -O<opt_level> or by `passes`) and return the ONNX ModelProto in its
     `precision` (fp32, fp16, int8), or the text for emit="cnn"/"dot"/"torch". With `output`, write it there
     (target="tensorrt": a TensorRT engine). With `verify`, check it against the reference first and raise
     CheckFailed, writing nothing, on a mismatch. `log` receives warnings and notes, one line each.
 
-    `calibration`: inputs (a dict of arrays, or a .npz/.npy path) on which -O3 measures its error budget and
-    int8 calibrates; for int8 also a folder of images (with `preprocess`). int8 keeps the most sensitive
-    layers in float32 so that the outputs stay within `max_error` on held-out samples, and corrects the biases
-    for the mean shift of int8 weights (`bias_correction`: auto, where it lowers the error; on; off)."""
+    `options` are `cnncomp compile`'s (see `options("compile")`), e.g. opt_level, passes, weights, seed,
+    defines, max_error (default 0.01), calibration (a dict of arrays, a .npz/.npy path, or for int8 an image
+    folder with `preprocess`), precision, runtime, atol, rtol, jobs, autotune, bias_correction."""
     from cnncomp.log import silent
-    from cnncomp.pipeline import compile_spec
+    from cnncomp.pipeline import compile_job
 
-    source = Source(spec, defines, weights, seed, opt_level, passes, max_error, autotune,
-                    _o3_calibration(calibration), opset, jobs)
-    options = CheckOptions(provider, seed, atol=atol, rtol=rtol, max_error=max_error)
-    int8 = _int8_options(calibration, preprocess, calibration_method, max_error, seed, bias_correction)
-    result = compile_spec(source, output, emit, precision, keep_io_fp32, target, (min_batch, opt_batch, max_batch),
-                          verify, options, log=log or silent, int8=int8)
+    job = job_from_keywords("compile", spec, {"output": output, **options})
+    result = compile_job(job, log or silent)
     if result.report is not None and not result.report.ok:
         raise CheckFailed(result.report)
-    return result.text if emit != "onnx" else result.model
+    return result.text if job.output.emit != "onnx" else result.model
 
 
-def _o3_calibration(calibration):
-    """The arrays -O3 measures on: a dict as given, a .npz/.npy read; an image folder serves int8 alone."""
-    if calibration is None or isinstance(calibration, dict) or Path(calibration).is_dir():
-        return calibration if isinstance(calibration, dict) else None
-    from cnncomp.inputs import load_arrays
-
-    return load_arrays(calibration, "calibration")
-
-
-def verify(spec, passes=None, opt_level: int = 1, weights=None, seed: int = 0, provider: str = "cpu",
-           atol=None, rtol=None, per_layer: bool = False, defines: dict[str, str] | None = None, opset: int = 17,
-           *, precision: str = "fp32", verify_each: bool = False, inputs: dict | None = None,
-           max_error: float | None = None, calibration=None, batch: int = 2, preprocess: str | None = None,
-           calibration_method: str | None = None, bias_correction: str = "auto", log=None):
+def verify(spec, *, inputs: dict | None = None, log=None, **options):
     """Compile a spec and compare ONNX Runtime's outputs with the PyTorch reference; returns a VerifyReport (.ok).
-    `calibration` as in compile (int8 calibrates on it and is checked on its held-out samples)."""
+    `inputs`: arrays by input name (default: --load-inputs, else seeded); `options` are `cnncomp verify`'s."""
     from cnncomp.log import silent
-    from cnncomp.pipeline import verify_spec
+    from cnncomp.pipeline import verify_job
 
-    source = Source(spec, defines, weights, seed, opt_level, passes, max_error, False,
-                    _o3_calibration(calibration), opset)
-    options = CheckOptions(provider, seed, batch=batch, atol=atol, rtol=rtol, max_error=max_error,
-                           per_layer=per_layer)
-    return verify_spec(source, options, precision, inputs, verify_each, log=log or silent,
-                       int8=_int8_options(calibration, preprocess, calibration_method, max_error, seed,
-                                          bias_correction)).report
+    return verify_job(job_from_keywords("verify", spec, options), log or silent, inputs).report
 
 
-def deploy(spec, repo: str | Path, max_batch: int = 8, precision: str = "fp32", keep_io_fp32: bool = False,
-           tensorrt: bool = False, instances: int = 1, kind: str | None = None, name: str | None = None,
-           opt_level: int = 1, passes=None, weights=None, seed: int = 0, opset: int = 17,
-           defines: dict[str, str] | None = None, *, calibration=None, preprocess: str | None = None,
-           calibration_method: str | None = None, max_error: float | None = None, bias_correction: str = "auto",
-           log=None) -> Path:
+def deploy(spec, repo: str | Path, *, log=None, **options) -> Path:
     """Write a Triton model repository for a spec, REPO/<name>/config.pbtxt and REPO/<name>/1/model.onnx;
-    returns the model's folder. With precision="int8", `calibration` etc. as in compile."""
+    returns the model's folder. `options` are `cnncomp deploy`'s (max_batch, precision, tensorrt, kind, ...)."""
     from cnncomp.log import silent
-    from cnncomp.pipeline import deploy_spec
+    from cnncomp.pipeline import deploy_job
 
-    source = Source(spec, defines, weights, seed, opt_level, passes, max_error, False, _o3_calibration(calibration),
-                    opset)
-    return deploy_spec(source, repo, max_batch, instances, kind, tensorrt, precision, keep_io_fp32, name,
-                       log=log or silent, int8=_int8_options(calibration, preprocess, calibration_method, max_error,
-                                                             seed, bias_correction)).folder
+    return deploy_job(job_from_keywords("deploy", spec, {"triton": str(repo), **options}), log or silent).folder
 
 
-def _int8_options(calibration, preprocess, calibration_method, max_error, seed, bias_correction):
-    from cnncomp.pipeline import Int8Options
+@contextlib.contextmanager
+def serve(repo_or_spec: str | Path, *, log=None, **options):
+    """Run Triton Inference Server on 127.0.0.1 over a model repository (a spec is deployed to a temporary one
+    first) while the `with` block runs; yields a Serving with `.endpoints` ({"HTTP": url, "gRPC": host:port,
+    "metrics": url}) and `.models`. `options` are `cnncomp serve`'s (http_port, grpc_port, metrics_port,
+    tritonserver, timeout; with a spec, defines and max_batch)."""
+    from cnncomp.log import silent
+    from cnncomp.pipeline import serve_job
 
-    return Int8Options(calibration, preprocess, calibration_method, max_error, seed=seed,
-                       bias_correction=bias_correction)
+    with serve_job(job_from_keywords("serve", str(repo_or_spec), options), log or silent) as serving:
+        yield serving
+
+
+def options(command: str) -> dict:
+    """The options a command takes, by keyword, with their defaults: {"max_error": 0.01, ...}."""
+    return {name: option.default for name, option in options_of(command).items()}
 
 
 def to_torch(spec, weights=None, seed: int = 0, defines: dict[str, str] | None = None):

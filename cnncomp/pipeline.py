@@ -2,15 +2,17 @@
 
     load -> weights -> optimize (the passes; -O3's search) -> emit -> precision -> check -> write / deploy
 
-Each stage is one function here, and the jobs at the bottom (`compile_spec`,
-`verify_spec`, `deploy_spec`, `infer`, `write_seeded_weights`, `draw`) chain them.
+Each stage is one function here, and the jobs at the bottom (`compile_job`,
+`verify_job`, `deploy_job`, `draw_job`, `infer`, `write_seeded_weights`) chain them. A job
+runs one job description (`cnncomp.job.Job`: source, optimize, precision, check, output),
+which the CLI and the API build from the same declaration of the options.
 Messages for the user (warnings and notes) go to a `log` function that takes one
 line ending in a newline (the CLI passes sys.stderr.write); results come back as
 dataclasses that the callers print.
 
-Plugging in: a precision is one function in PRECISIONS (precision/convert.py);
-an emitter is one branch of `emit_text` (or, for a model format, of `write_model`);
-a deployment target is one job function like `deploy_spec`.
+Plugging in: a precision is a registered class (precision/convert.py), a runtime one in
+run/runtime.py, a target one in deployment/targets.py; an option is one declaration in job.py;
+an emitter is one branch of `emit_text`.
 
 Why one module of about 620 lines: it is the job's table of contents, read top to
 bottom in the order the stages run; each stage is a short function over the layers
@@ -19,21 +21,21 @@ below, and splitting it would scatter the one place that shows how they connect.
 
 from __future__ import annotations
 
-import math
+import contextlib
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from cnncomp.deployment.targets import Written
 from cnncomp.errors import CnnError, UsageError
 from cnncomp.ir.graph import LayerGraph
+from cnncomp.job import EMITTERS, Job  # noqa: F401  (EMITTERS: the --emit choices, declared with the options)
 from cnncomp.log import Log, silent
 from cnncomp.precision.convert import (  # noqa: F401  (the converters are part of the job's public face)
-    PRECISIONS, Converted, Int8Options, PrecisionRequest, conversion_for_timing, convert_precision,
+    PRECISIONS, Converted, PrecisionRequest, conversion_for_timing, convert_precision, precision_of,
 )
-
-EMITTERS = ("onnx", "cnn", "dot", "torch")
-TARGETS = ("onnx", "tensorrt")
 
 
 # ---- load and weights --------------------------------------------------------------------------------
@@ -92,12 +94,6 @@ def resolve_steps(opt_level: int = 1, passes=None):
     return level_pipeline(min(opt_level, 2))
 
 
-def check_max_error(max_error: float | None) -> None:
-    """The -O3 / approximate-rewrite budget must be a number in (0, inf)."""
-    if max_error is not None and not (0 < max_error < math.inf):
-        raise UsageError(f"--max-error takes a number greater than 0 and finite, got {max_error:g}")
-
-
 class OutputErrorMeter:
     """The -O3 search's measure: the network's relative L2 output error against the unoptimized graph
     (run in float64), on these inputs; the graph measured runs in the reference's float32.
@@ -151,45 +147,58 @@ def output_error_meter(ref_graph: LayerGraph, ref_weights: dict, feeds: dict, jo
     return OutputErrorMeter(ref_graph, ref_weights, feeds, jobs)
 
 
-def optimize(spec, defines=None, weights=None, seed: int = 0, opt_level: int = 1, passes=None,
-             lint: bool = False, after_each=None, max_error: float | None = None, autotune: bool = False,
-             provider: str = "cpu", calibration: dict | None = None, jobs: int = 1,
-             timing_precision: str = "fp32") -> Compiled:
+def optimize(spec, defines=None, weights=None, seed: int = 0, opt_level: int = 1, passes=None, *,
+             lint: bool = False, after_each=None, **options) -> Compiled:
     """Load a spec and run its passes through the pass manager: -O<level> (-O3 adds the per-layer search of
-    approximate rewrites under `max_error`, measured on `calibration` inputs or seeded ones, a layer's
-    candidate settings in `jobs` processes at once; with `autotune`, a rewrite is kept only where ONNX Runtime
-    runs it faster, timed in `timing_precision`), or a list."""
+    approximate rewrites under `max_error`), or a list. `options` are compile's (job.py), e.g. max_error,
+    calibration, jobs, autotune, runtime, precision (what --autotune times in; also `timing_precision`)."""
+    from cnncomp.job import job_from_keywords
+
+    if "timing_precision" in options:
+        options["precision"] = options.pop("timing_precision")
+    job = job_from_keywords("compile", spec, {"defines": defines, "weights": weights, "seed": seed,
+                                              "opt_level": opt_level, "passes": passes, **options})
+    return optimize_job(job, lint=lint, after_each=after_each)
+
+
+def optimize_job(job: Job, graph: LayerGraph | None = None, weights=None, lint: bool = False,
+                 after_each=None) -> Compiled:
+    """The job's passes on its spec (or on `graph`, already loaded, with `weights`, already read): -O<level> or
+    the --passes list; -O3's search measures on the job's calibration arrays (or seeded inputs) within
+    --max-error times the precision's share, a layer's settings in --jobs processes, and with --autotune keeps
+    a rewrite only where the runtime runs it faster, timed in the job's precision."""
     from cnncomp.ir.weights import nonfinite_weights
     from cnncomp.passes import PassContext, PassRunner
 
-    check_max_error(max_error)
-    if jobs < 1:
-        raise UsageError(f"--jobs takes 1 or more, got {jobs}")
-    ref_graph = load(spec, defines)
-    ref_weights = weights_for(ref_graph, weights, seed)
-    steps = resolve_steps(opt_level, passes)
+    o, source = job.optimize, job.source
+    calibration = job.o3_calibration()  # read (and refused when unreadable) before any work, whatever the level
+    ref_graph = graph if graph is not None else load(job.spec, source.defines)
+    ref_weights = weights if weights is not None else weights_for(ref_graph, source.weights, source.seed)
+    steps = resolve_steps(o.opt_level, o.passes)
     ctx = PassContext(ref_graph.copy(), dict(ref_weights))
     ctx.warnings += [f"weights not finite: {w}" for w in nonfinite_weights(ref_weights)]
     ctx.graph.meta["passes"] = []
     runner = PassRunner(ctx, lint=lint, after_each=after_each)
     runner.run_steps(steps)
-    if opt_level >= 3 and passes is None:
+    if o.opt_level >= 3 and o.passes is None:
         from cnncomp.inputs import bind_inputs
         from cnncomp.passes.search import apply_within_budget
         from cnncomp.verification.harness import make_inputs
 
+        precision = precision_of(job.precision_name)
         feeds = bind_inputs(calibration, ref_graph.inputs, "--calibration") if calibration is not None else \
-            make_inputs(ref_graph, seed, batch=2)
+            make_inputs(ref_graph, source.seed, batch=2)
         speedup = None
-        if autotune:
+        if o.autotune:
             from cnncomp.run.timing import rewrite_speedup
 
-            convert = conversion_for_timing(timing_precision)
+            convert, runtime = precision.for_timing(), job.check.get("runtime", "cpu")
 
             def speedup(old, new, layer):
-                return rewrite_speedup(old, new, layer, provider, convert=convert)
+                return rewrite_speedup(old, new, layer, runtime, convert=convert)
 
-        apply_within_budget(runner, output_error_meter(ref_graph, ref_weights, feeds, jobs), max_error, speedup)
+        apply_within_budget(runner, output_error_meter(ref_graph, ref_weights, feeds, o.jobs),
+                            o.max_error * precision.o3_budget_share, speedup)
     return Compiled(ref_graph, ref_weights, ctx.graph, ctx.weights, runner.records, ctx.log, ctx.warnings,
                     ctx.fp16_warnings)
 
@@ -233,7 +242,7 @@ def emit_text(compiled: Compiled, emit: str, log: Log = silent) -> str:
 
 @dataclass
 class CheckOptions:
-    """How a numeric check runs and what it accepts (--provider, --atol/--rtol, --val-range, --batch, ...)."""
+    """How a numeric check runs and what it accepts, as the job states it (`check_options(job)`)."""
 
     provider: str = "cpu"
     seed: int = 0
@@ -242,14 +251,12 @@ class CheckOptions:
     atol: float | dict[str, float] | None = None
     rtol: float | dict[str, float] | None = None
     max_error: float | None = None
-    session_options: dict = field(default_factory=dict)
+    session_options: dict = field(default_factory=dict)  # the runtime's own options (run/runtime.py), by name
     per_layer: bool = False
 
     def validate(self, graph: LayerGraph) -> None:
-        """Usage errors: a batch below 1, a tolerance that is negative or NaN or names no output of `graph`."""
-        if self.batch < 1:
-            raise UsageError(f"--batch takes 1 or more, got {self.batch}")
-        check_max_error(self.max_error)
+        """Usage errors: a tolerance that is negative or NaN or names no output of `graph` (the values alone
+        were checked where the job was built)."""
         for flag, given in (("--atol", self.atol), ("--rtol", self.rtol)):
             values = given if isinstance(given, dict) else {"": given} if given is not None else {}
             for name, value in values.items():
@@ -258,6 +265,16 @@ class CheckOptions:
                                      f"(its outputs: {', '.join(graph.output_names)})")
                 if not value >= 0:  # NaN fails this too
                     raise UsageError(f"{flag} takes a number 0 or more, got {value:g}")
+
+
+def check_options(job: Job) -> CheckOptions:
+    """The check's settings, read from the job."""
+    from cnncomp.run.runtime import runtime_options
+
+    c = job.check
+    settings = {o.name: c[o.name] for o in runtime_options() if o.name in c}
+    return CheckOptions(c.get("runtime", "cpu"), job.source.seed, c.get("val_range", (-1.0, 1.0)), c.get("batch", 2),
+                        c.get("atol"), c.get("rtol"), job.optimize.max_error, settings, c.get("per_layer", False))
 
 
 @dataclass
@@ -277,15 +294,20 @@ def check_inputs(graph: LayerGraph, options: CheckOptions) -> dict[str, np.ndarr
 
 
 def check(compiled: Compiled, converted: Converted, options: CheckOptions) -> Checked:
-    """Run the converted model under ONNX Runtime against the float64 reference of the unoptimized graph."""
+    """Run the converted model under ONNX Runtime against the float64 reference of the unoptimized graph,
+    judged as its precision's registry entry says (tolerances, or the --max-error budget)."""
     from cnncomp.verification.harness import verify
 
+    precision = precision_of(converted.precision)
     report, feeds, outputs = verify(
         compiled.ref_graph, compiled.ref_weights, converted.model, converted.graph, provider=options.provider,
         inputs=converted.inputs, seed=options.seed, val_range=options.val_range, batch=options.batch,
         atol=options.atol, rtol=options.rtol, per_layer=options.per_layer, precision=converted.precision,
-        session_options=options.session_options, max_error=options.max_error)
+        runtime_settings=options.session_options, max_error=options.max_error, tolerances=precision.tolerances,
+        judged_by_budget=precision.judged_by_budget)
     report.notes += converted.notes
+    if options.per_layer:
+        report.notes += precision.check_notes(report, compiled)
     return Checked(report, feeds, outputs)
 
 
@@ -310,7 +332,7 @@ class PassChecker:
         report, _, _ = verify(self.ref_graph, self.ref_weights, emit_onnx(ctx.graph, ctx.weights), ctx.graph,
                               inputs=self.inputs, provider=o.provider, seed=o.seed, val_range=o.val_range,
                               batch=o.batch, atol=o.atol, rtol=o.rtol, max_error=o.max_error,
-                              session_options=o.session_options)
+                              runtime_settings=o.session_options)
         self.checked.append(str(step))
         if not all_passes()[step.name].exact:
             self.approximate.append(str(step))
@@ -329,92 +351,38 @@ class PassChecker:
 # ---- write -------------------------------------------------------------------------------------------
 
 
-@dataclass
-class Written:
-    """A file written: its path, what it holds (onnx, tensorrt, cnn, dot, torch) and, for an engine, its size."""
+def write_model(model, output, target: str = "onnx", precision: str = "fp32", log: Log = silent,
+                **settings) -> Written:
+    """Write the model as `target` (deployment/targets.py: an ONNX file, a TensorRT engine with `profile`, ...);
+    what the precision changes there (TensorRT flags, a strict load check) comes from its registry entry."""
+    from cnncomp.deployment.targets import targets
 
-    path: str
-    kind: str
-    size: int | None = None
-
-
-def write_model(model, output, target: str = "onnx", engine_profile=None, fp16: bool = False,
-                log: Log = silent, int8: bool = False) -> Written:
-    """Write the ONNX model, or build a TensorRT engine from it (`engine_profile` from deployment.tensorrt)."""
-    if target == "tensorrt":
-        from cnncomp.deployment.tensorrt import write_engine
-
-        size = write_engine(model, engine_profile, output, fp16=fp16, log=lambda line: log(f"note: {line}\n"),
-                            int8=int8)
-        return Written(str(output), "tensorrt", size)
-    from cnncomp.emit.onnx import save_onnx
-    from cnncomp.precision.fp16 import model_precision
-    from cnncomp.run.session import refuse_unloadable
-
-    # a float32 model ONNX Runtime cannot load is refused; a float16 one may still run on a GPU provider
-    refuse_unloadable(model, output, strict=model_precision(model) == "fp32", warn=log)
-    save_onnx(model, output)
-    return Written(str(output), "onnx")
+    if target not in targets():
+        raise UsageError(f"unknown target '{target}'; known: {', '.join(targets())}")
+    return targets()[target].write(model, output, precision_of(precision), log, **settings)
 
 
 # ---- the jobs ----------------------------------------------------------------------------------------
 
 
-@dataclass
-class Source:
-    """What to compile and how to optimize it: a spec (path or graph), -D overrides, weights, seed, the passes
-    (-O level or a list), the -O3 budget and its calibration inputs, autotuning, and the ONNX opset."""
-
-    spec: object
-    defines: dict[str, str] | None = None
-    weights: object = None
-    seed: int = 0
-    opt_level: int = 1
-    passes: object = None
-    max_error: float | None = None
-    autotune: bool = False
-    calibration: dict | None = None
-    opset: int = 17
-    jobs: int = 1  # processes measuring -O3's candidate settings
-
-
-def _optimize(source: Source, graph: LayerGraph, provider: str = "cpu", after_each=None, weights=None,
-              precision: str = "fp32") -> Compiled:
-    return optimize(graph, None, source.weights if weights is None else weights, source.seed, source.opt_level,
-                    source.passes, after_each=after_each, max_error=source.max_error, autotune=source.autotune,
-                    provider=provider, calibration=source.calibration, jobs=source.jobs, timing_precision=precision)
-
-
 def _warn(compiled: Compiled, precision: str, log: Log) -> None:
-    for w in compiled.warnings + (compiled.fp16_warnings if precision == "fp16" else []):
+    for w in compiled.warnings + precision_of(precision).pass_warnings(compiled):
         log(f"warning: {w}\n")
 
 
-def _with_int8_share(source: Source, precision: str) -> Source:
-    """With int8, -O3's rewrites get half of the budget (quantization measures against the whole)."""
-    if precision != "int8" or source.opt_level < 3 or source.passes is not None:
-        return source
-    from dataclasses import replace
-
-    return replace(source, max_error=(0.01 if source.max_error is None else source.max_error) / 2)
+def _request(job: Job, compiled: Compiled, **fields) -> PrecisionRequest:
+    """What the precision converter gets: the job's settings by name, and the compiled reference."""
+    return PrecisionRequest(settings=job.values, compiled=compiled, **fields)
 
 
-def _int8_for(int8: Int8Options | None, source: Source, tensorrt: bool) -> Int8Options:
-    """The int8 options with the seed, budget and --jobs of the job, and int8 activations for TensorRT."""
-    from dataclasses import replace
-
-    int8 = int8 or Int8Options(max_error=source.max_error, seed=source.seed)
-    return replace(int8, activations="int8" if tensorrt else int8.activations, jobs=max(int8.jobs, source.jobs))
-
-
-def compile_problem(emit: str = "onnx", precision: str = "fp32", keep_io_fp32: bool = False,
-                    target: str = "onnx") -> str | None:
+def compile_problem(job: Job) -> str | None:
     """Why these compile options cannot go together, or None."""
-    if target == "tensorrt" and emit != "onnx":
-        return f"--target tensorrt builds from the ONNX model; it cannot go with --emit {emit}"
-    if keep_io_fp32 and precision != "fp16":
-        return "--keep-io-fp32 goes with --precision fp16"
-    if precision != "fp32" and emit != "onnx":
+    from cnncomp.deployment.targets import targets
+
+    emit, precision, target = job.output.emit, job.precision_name, job.output.target
+    if targets()[target].from_onnx and emit != "onnx":
+        return f"--target {target} builds from the ONNX model; it cannot go with --emit {emit}"
+    if precision_of(precision).converts_model and emit != "onnx":
         return f"--precision {precision} converts the ONNX model; it cannot go with --emit {emit}"
     return None
 
@@ -431,51 +399,51 @@ class CompileResult:
     written: Written | None = None
     details: object = None  # the precision converter's report (int8: the sensitivity table)
 
+    def stats(self, precision: str) -> str | None:
+        """The precision's part of --stats (int8: the per-layer sensitivity table), or None."""
+        return precision_of(precision).stats(self.details)
 
-def compile_spec(source: Source, output=None, emit: str = "onnx", precision: str = "fp32",
-                 keep_io_fp32: bool = False, target: str = "onnx", batches: tuple = (1, None, 8),
-                 verify: bool = False, options: CheckOptions | None = None, log: Log = silent,
-                 int8: Int8Options | None = None) -> CompileResult:
-    """`cnncomp compile`: optimize, emit, convert the precision, check (when `verify`), write `output`
-    (an ONNX file, a TensorRT engine or text) unless the check failed. `batches`: TensorRT min/opt/max.
-    With int8, -O3's rewrites get half of the error budget and quantization the whole of it."""
-    problem = compile_problem(emit, precision, keep_io_fp32, target)
+
+def compile_job(job: Job, log: Log = silent) -> CompileResult:
+    """`cnncomp compile`: optimize, emit, convert the precision, check (with --verify), write the output
+    (an ONNX file, a TensorRT engine or text) unless the check failed."""
+    problem = compile_problem(job)
     if problem:
         raise UsageError(problem)
-    options = options or CheckOptions()
-    ref_graph = load(source.spec, source.defines)
+    out, precision, verify = job.output, job.precision_name, job.check.verify
+    options = check_options(job)
+    ref_graph = load(job.spec, job.source.defines)
     if verify:
         options.validate(ref_graph)
-    compiled = _optimize(_with_int8_share(source, precision), ref_graph, options.provider, precision=precision)
+    compiled = optimize_job(job, ref_graph)
     _warn(compiled, precision, log)
-    if emit != "onnx":
+    if out.emit != "onnx":
         from cnncomp.fileio import write_text
 
-        text = emit_text(compiled, emit, log)
-        if output is not None:
-            write_text(output, text)
-        return CompileResult(compiled, text=text, written=Written(str(output), emit) if output is not None else None)
+        text = emit_text(compiled, out.emit, log)
+        if out.output is not None:
+            write_text(out.output, text)
+        written = Written(str(out.output), out.emit) if out.output is not None else None
+        return CompileResult(compiled, text=text, written=written)
     notices: list[str] = []
-    model = emit_model(compiled, source.opset, notices)
+    model = emit_model(compiled, job.optimize.opset, notices)
     for n in notices:
         log(f"note: {n}\n")
-    request = PrecisionRequest(keep_io_fp32, check_inputs(compiled.ref_graph, options) if verify else None,
-                               options.provider if verify else None, options.atol, options.rtol,
-                               _int8_for(int8, source, target == "tensorrt"), compiled)
-    converted = convert_precision(model, compiled.graph, precision, request, log)
-    profile = None
-    if target == "tensorrt":
-        from cnncomp.deployment.tensorrt import engine_profile
+    from cnncomp.deployment.targets import targets
 
-        profile = engine_profile(converted.model, *batches)
+    target = targets()[out.target]
+    request = _request(job, compiled, inputs=check_inputs(compiled.ref_graph, options) if verify else None,
+                       probe_provider=options.provider if verify else None, atol=options.atol, rtol=options.rtol,
+                       tensorrt=target.tensorrt)
+    converted = convert_precision(model, compiled.graph, precision, request, log)
+    settings = target.settings(converted.model, out)  # e.g. the TensorRT profile, checked before the check runs
     result = CompileResult(compiled, converted.model, details=converted.details)
     if verify:
         result.report = check(compiled, converted, options).report
         if not result.report.ok:
             return result
-    if output is not None:
-        result.written = write_model(converted.model, output, target, profile, precision == "fp16", log,
-                                     int8=precision == "int8")
+    if out.output is not None:
+        result.written = write_model(converted.model, out.output, out.target, precision, log, **settings)
     return result
 
 
@@ -490,61 +458,40 @@ class VerifyResult:
     details: object = None  # the precision converter's report (int8: the sensitivity table)
 
 
-def verify_spec(source: Source, options: CheckOptions | None = None, precision: str = "fp32",
-                inputs: dict | None = None, verify_each: bool = False, save_inputs=None, save_outputs=None,
-                log: Log = silent, int8: Int8Options | None = None) -> VerifyResult:
-    """`cnncomp verify`: compile in memory and compare ONNX Runtime with the reference (per layer when
-    options.per_layer; after every pass, the -O3 rewrites included, with `verify_each`); save the inputs
-    and outputs when asked."""
+def verify_job(job: Job, log: Log = silent, inputs: dict | None = None) -> VerifyResult:
+    """`cnncomp verify`: compile in memory and compare ONNX Runtime with the reference (per layer with
+    --per-layer; after every pass, the -O3 rewrites included, with --verify-each) on `inputs`, the
+    --load-inputs file or seeded inputs; save the inputs and outputs when asked."""
     from cnncomp.fileio import save_arrays
 
-    options = options or CheckOptions()
-    ref_graph = load(source.spec, source.defines)
+    c = job.check
+    options = check_options(job)
+    ref_graph = load(job.spec, job.source.defines)
     options.validate(ref_graph)
+    if inputs is None and c.load_inputs:
+        from cnncomp.inputs import load_arrays
+
+        inputs = load_arrays(c.load_inputs, "--load-inputs")
     feeds = inputs if inputs is not None else check_inputs(ref_graph, options)
     checker, weights = None, None
-    if verify_each:
-        weights = weights_for(ref_graph, source.weights, source.seed)
+    if c.verify_each:
+        weights = weights_for(ref_graph, job.source.weights, job.source.seed)
         checker = PassChecker(ref_graph, weights, feeds, options)
-    compiled = _optimize(_with_int8_share(source, precision), ref_graph, options.provider, checker, weights,
-                         precision)
-    model = emit_model(compiled, source.opset)
-    request = PrecisionRequest(inputs=feeds, probe_provider=options.provider, atol=options.atol, rtol=options.rtol,
-                               int8=_int8_for(int8, source, False), compiled=compiled,
-                               inputs_given=inputs is not None)
-    converted = convert_precision(model, compiled.graph, precision, request, log)
+    compiled = optimize_job(job, ref_graph, weights, after_each=checker)
+    model = emit_model(compiled, job.optimize.opset)
+    request = _request(job, compiled, inputs=feeds, probe_provider=options.provider, atol=options.atol,
+                       rtol=options.rtol, inputs_given=inputs is not None)
+    converted = convert_precision(model, compiled.graph, job.precision_name, request, log)
     checked = check(compiled, converted, options)
-    if precision == "int8" and options.per_layer:
-        from cnncomp.precision.int8 import largest_error_jump
-
-        jump = largest_error_jump(checked.report.layers)
-        if jump:
-            checked.report.notes.append(f"the int8 error jumps most at {jump[0]} "
-                                        f"({compiled.ref_graph.layer(jump[0]).where}): relative L2 "
-                                        f"{jump[1]:.3g} before it, {jump[2]:.3g} after")
     if checker is not None:
         checked.report.notes += checker.notes()
         if checker.broken:
             checked.report.ok = False
-    if save_inputs:
-        save_arrays(save_inputs, checked.feeds)
-    if save_outputs:
-        save_arrays(save_outputs, checked.outputs)
+    if c.save_inputs:
+        save_arrays(c.save_inputs, checked.feeds)
+    if c.save_outputs:
+        save_arrays(c.save_outputs, checked.outputs)
     return VerifyResult(checked.report, checked.feeds, checked.outputs, compiled, converted.details)
-
-
-def deploy_problem(max_batch: int = 8, instances: int = 1, kind: str | None = None, tensorrt: bool = False,
-                   precision: str = "fp32", keep_io_fp32: bool = False) -> str | None:
-    """Why these deploy options cannot go together, or None."""
-    if keep_io_fp32 and precision != "fp16":
-        return "--keep-io-fp32 goes with --precision fp16"
-    if max_batch < 0:
-        return f"--max-batch takes 0 or more, got {max_batch}"
-    if instances < 1:
-        return f"--instances takes 1 or more, got {instances}"
-    if tensorrt and kind == "cpu":
-        return "--tensorrt needs GPU instances (TensorRT runs only on NVIDIA GPUs); drop --kind cpu"
-    return None
 
 
 @dataclass
@@ -556,44 +503,81 @@ class Deployed:
     precision: str
 
 
-def deploy_spec(source: Source, repo, max_batch: int = 8, instances: int = 1, kind: str | None = None,
-                tensorrt: bool = False, precision: str = "fp32", keep_io_fp32: bool = False,
-                name: str | None = None, log: Log = silent, int8: Int8Options | None = None) -> Deployed:
+def deploy_job(job: Job, log: Log = silent) -> Deployed:
     """`cnncomp deploy`: compile and write a Triton model repository, REPO/<name>/config.pbtxt and
     REPO/<name>/1/model.onnx, atomically."""
-    from cnncomp.deployment.triton import triton_config, write_repository
+    from cnncomp.deployment.triton import triton_config
     from cnncomp.run.session import Session
 
-    problem = deploy_problem(max_batch, instances, kind, tensorrt, precision, keep_io_fp32)
-    if problem:
-        raise UsageError(problem)
-    compiled = _optimize(_with_int8_share(source, precision), load(source.spec, source.defines),
-                         precision=precision)
+    out, precision = job.output, job.precision_name
+    if out.tensorrt and out.kind == "cpu":
+        raise UsageError("--tensorrt needs GPU instances (TensorRT runs only on NVIDIA GPUs); drop --kind cpu")
+    compiled = optimize_job(job)
     _warn(compiled, precision, log)
     notices: list[str] = []
-    model = emit_model(compiled, source.opset, notices)
+    model = emit_model(compiled, job.optimize.opset, notices)
     for n in notices:
         log(f"note: {n}\n")
-    # the batch dims and names are checked on the float32 model, before anything is converted or written
-    triton_config(model, compiled.graph, max_batch, instances, kind, tensorrt, precision, name)
+
+    def config_of(model):
+        return triton_config(model, compiled.graph, out.max_batch, out.instances, out.kind, out.tensorrt, precision,
+                             out.name)
+
+    config_of(model)  # the batch dims and names are checked on the float32 model, before anything is converted
     # CPU instances (or Triton's choice on a CPU-only server) run on ONNX Runtime's CPU provider: keep in
     # float32 what it has no float16 kernel for
-    request = PrecisionRequest(keep_io_fp32, probe_provider=None if kind == "gpu" else "cpu",
-                               int8=_int8_for(int8, source, tensorrt), compiled=compiled)
+    request = _request(job, compiled, probe_provider=None if out.kind == "gpu" else "cpu", tensorrt=out.tensorrt)
     model = convert_precision(model, compiled.graph, precision, request, log).model
-    if tensorrt:
+    if out.tensorrt:
         from cnncomp.deployment.tensorrt import check_tensorrt_compatible
 
         for problem in check_tensorrt_compatible(model):
             log(f"warning: TensorRT: {problem} (Triton's ONNX Runtime backend then runs those nodes without "
                 "TensorRT)\n")
     Session(model, "cpu", quiet=True)  # ONNX Runtime (CPU) must load what Triton's backend will load
-    config = triton_config(model, compiled.graph, max_batch, instances, kind, tensorrt, precision, name)
-    try:
-        folder = write_repository(model, config, repo)
-    except OSError as e:
-        raise CnnError(f"cannot write the model repository '{repo}': {e}") from None
-    return Deployed(folder, config, precision)
+    config = config_of(model)
+    written = write_model(model, out.triton, "triton", precision, log, config=config)
+    return Deployed(Path(written.path), config, precision)
+
+
+@dataclass
+class Serving:
+    """A local Triton server running over a repository: its endpoints (HTTP, gRPC, metrics), its models,
+    what it serves (the repository, or the spec deployed to a temporary one) and the server itself."""
+
+    endpoints: dict[str, str]
+    models: list[str]
+    source: Path
+    server: object  # deployment.serve.TritonServer: running(), model_metadata(name), log(), stop()
+
+
+@contextlib.contextmanager
+def serve_job(job: Job, log: Log = silent):
+    """`cnncomp serve`: start Triton on 127.0.0.1 over a repository (a spec is deployed to a temporary one
+    first, with its -D and --max-batch), wait until every model is ready, and yield a Serving; leaving the
+    context stops the server and every process it started and removes the temporary repository."""
+    from cnncomp.deployment.serve import Ports, TritonServer
+    from cnncomp.job import build_job
+
+    source = Path(job.spec)
+    is_spec = source.is_file()
+    out = job.output
+    if not is_spec and (job.source.defines or out.max_batch is not None):
+        raise UsageError("-D and --max-batch go with a spec; a repository is served as it is")
+    with contextlib.ExitStack() as stack:
+        repo = source
+        if is_spec:
+            repo = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="cnncomp-repo-")))
+            given = {"defines": job.source.defines, "triton": str(repo)}
+            if out.max_batch is not None:
+                given["max_batch"] = out.max_batch
+            deployed = deploy_job(build_job("deploy", source, given), log)
+            log(f"deployed {source} to {deployed.folder} ({deployed.config.name}, max_batch_size "
+                f"{deployed.config.max_batch_size})\n")
+        server = TritonServer(repo, Ports(out.http_port, out.grpc_port, out.metrics_port), out.tritonserver)
+        stack.callback(server.cleanup)
+        server.start(timeout=out.timeout)
+        yield Serving(server.endpoints(), list(server.models), source, server)
 
 
 def infer(model, inputs, provider: str = "cpu", defines=None, weights=None, seed: int = 0) -> dict[str, np.ndarray]:
@@ -619,11 +603,12 @@ def write_seeded_weights(spec, output, defines=None, seed: int = 0) -> dict[str,
     return weights
 
 
-def draw(source: Source, output, rankdir: str = "TB", title: str | None = None) -> LayerGraph:
+def draw_job(job: Job) -> LayerGraph:
     """`cnncomp graph`: draw the graph (after the passes, unless -O0) to .svg/.png/.pdf through Graphviz's
     `dot`, or write its DOT text (.dot); returns the graph drawn."""
     from cnncomp.emit.dot import dot_program, output_format, render, to_dot
 
+    output = job.output.output
     fmt = output_format(output)  # an unknown suffix is an error before any work
     if fmt is not None and dot_program() is None:
         raise CnnError(f"cannot draw '{output}': Graphviz's `dot` program is not installed (or not on PATH); "
@@ -632,13 +617,13 @@ def draw(source: Source, output, rankdir: str = "TB", title: str | None = None) 
     folder = Path(output).parent
     if not folder.is_dir():
         raise CnnError(f"cannot write '{output}': the folder '{folder}' does not exist")
-    if source.opt_level == 0 and source.passes is None:
-        graph, done = load(source.spec, source.defines), []
+    if job.optimize.opt_level == 0 and job.optimize.passes is None:
+        graph, done = load(job.spec, job.source.defines), []
     else:
-        graph = _optimize(source, load(source.spec, source.defines)).graph
+        graph = optimize_job(job).graph
         done = [str(p) for p in graph.meta.get("passes", [])]
-    title = title or (f"{graph.name} (passes: {', '.join(done)})" if done else graph.name)
-    render(to_dot(graph, title=title, rankdir=rankdir), output)
+    title = job.output.title or (f"{graph.name} (passes: {', '.join(done)})" if done else graph.name)
+    render(to_dot(graph, title=title, rankdir=job.output.rankdir), output)
     return graph
 
 

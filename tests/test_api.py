@@ -93,3 +93,36 @@ def test_deploy_bad_options_are_usage_errors(spec, tmp_path):
 def test_verify_each_through_the_api(spec):
     report = cnncomp.verify(spec, verify_each=True)
     assert report.ok and any(n.startswith("verify-each: checked after each of") for n in report.notes)
+
+
+def test_serve_refuses_bad_usage_before_starting_anything(spec, tmp_path):
+    from cnncomp.errors import CnnError
+
+    with pytest.raises(UsageError, match="-D and --max-batch go with a spec"):
+        with cnncomp.serve(tmp_path, defines={"width": "8"}):
+            pass
+    with pytest.raises(UsageError, match="--http-port takes a port from 1 to 65535, got 0"):
+        with cnncomp.serve(tmp_path, http_port=0):
+            pass
+    with pytest.raises(CnnError, match="is not a Triton model repository"):
+        with cnncomp.serve(tmp_path / "absent"):
+            pass
+
+
+def test_serve_a_spec_yields_the_endpoints_and_stops_the_server(spec):
+    import urllib.request
+
+    from cnncomp.deployment.serve import free_ports, serve_extra_missing
+
+    missing = serve_extra_missing()
+    if missing:
+        pytest.skip(f"no Triton server to test against: {missing}")
+    http, grpc, metrics = free_ports()
+    lines = []
+    with cnncomp.serve(spec, http_port=http, grpc_port=grpc, metrics_port=metrics, max_batch=4,
+                       log=lines.append) as serving:
+        assert serving.models == ["tiny"] and serving.endpoints["gRPC"] == f"127.0.0.1:{grpc}"
+        with urllib.request.urlopen(f"{serving.endpoints['HTTP']}/v2/models/tiny/ready", timeout=10) as r:
+            assert r.status == 200
+        server = serving.server
+    assert not server.running() and any("max_batch_size 4" in line for line in lines)

@@ -3,19 +3,19 @@ packages import each other in a cycle. Every import counts, at the top of a modu
 
 The order, lowest first (a layer may import from the layers before it, never after):
 
-    utilities (errors, fileio, inputs, log, progress, version)  what every layer shares
+    utilities (errors, fileio, inputs, log, options, progress, registry, version)  what every layer shares
     ops                                    the registry: one class per op, all its facets
     ir                                     LayerGraph, weights, cost, the .cnn printer
     frontend                               .cnn text (or an ONNX model) to a LayerGraph
     analysis                               summary, receptive fields, lint advice
     passes                                 the manager, the -O3 search (measurement passed in), rules
     emit                                   ONNX, PyTorch source, DOT
-    run                                    reference interpreter, ONNX Runtime session, timing
+    run                                    reference interpreter, the runtime registry and sessions, timing
     verification                           compare, tolerances, the harness
-    precision                              fp16 (int8 next): converts emitted models, probes the runtime
-    deployment                             Triton repositories, TensorRT engines
-    pipeline                               the whole job as functions
-    api                                    the public face (cnncomp.load, compile, verify, deploy, to_torch)
+    precision                              the precision registry: fp32, fp16, int8 (converts emitted models)
+    deployment                             the target registry: ONNX files, TensorRT engines, Triton repositories
+    pipeline                               the job description (job) and the whole job as functions
+    api                                    the public face (cnncomp.load, compile, verify, deploy, serve, ...)
     cli                                    argument parsing and printing, one module per command
 """
 
@@ -29,8 +29,8 @@ import networkx as nx
 PACKAGE = Path(__file__).resolve().parents[1] / "cnncomp"
 
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("utilities", ("cnncomp.errors", "cnncomp.fileio", "cnncomp.inputs", "cnncomp.log", "cnncomp.progress",
-                   "cnncomp.version")),
+    ("utilities", ("cnncomp.errors", "cnncomp.fileio", "cnncomp.inputs", "cnncomp.log", "cnncomp.options",
+                   "cnncomp.progress", "cnncomp.registry", "cnncomp.version")),
     ("ops", ("cnncomp.ops",)),
     ("ir", ("cnncomp.ir",)),
     ("frontend", ("cnncomp.frontend",)),
@@ -41,7 +41,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("verification", ("cnncomp.verification",)),
     ("precision", ("cnncomp.precision",)),
     ("deployment", ("cnncomp.deployment",)),
-    ("pipeline", ("cnncomp.pipeline",)),
+    ("pipeline", ("cnncomp.pipeline", "cnncomp.job")),
     ("api", ("cnncomp.api", "cnncomp")),  # the package itself re-exports the API
     ("cli", ("cnncomp.cli", "cnncomp.__main__")),
 ]

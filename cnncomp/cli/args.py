@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from cnncomp.errors import UsageError  # noqa: F401  (re-exported: raised by commands for exit status 2)
+from cnncomp.job import parse_defines  # noqa: F401  (re-exported: the one reader of -D, declared with the options)
 
 
 class Parser(argparse.ArgumentParser):
@@ -22,11 +23,6 @@ def add_spec_arguments(p: argparse.ArgumentParser) -> None:
                    help="override a top-level `let` constant (repeatable), e.g. -D width=32")
 
 
-def parse_defines(items: list[str]) -> dict[str, str]:
-    out = {}
-    for item in items:
-        name, eq, value = item.partition("=")
-        if not eq or not name.strip():
-            raise UsageError(f"-D takes NAME=VALUE, got '{item}'")
-        out[name.strip()] = value.strip()
-    return out
+def add_spec_argument(p: argparse.ArgumentParser) -> None:
+    """SPEC alone (the job's declared options, -D among them, come from cnncomp.job.add_options)."""
+    p.add_argument("spec", metavar="SPEC", help="the .cnn file")

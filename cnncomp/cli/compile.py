@@ -24,51 +24,37 @@ package and an NVIDIA GPU, and says what is missing otherwise.
 
 import sys
 
-from cnncomp.cli._common import add_check_arguments, add_compile_arguments, check_options, int8_options, source
-from cnncomp.pipeline import EMITTERS, PRECISIONS, TARGETS
+from cnncomp.cli.args import add_spec_argument
+from cnncomp.job import add_options, job_from_args
 
 
 def add_arguments(p):
-    add_compile_arguments(p)
-    p.add_argument("-o", "--output", required=True, metavar="OUT",
-                   help="the file to write; - writes text (--emit cnn/torch/dot) to standard output")
-    p.add_argument("--emit", choices=EMITTERS, default="onnx", help="what to write (default onnx)")
-    p.add_argument("--verify", action="store_true", help="check the emitted model against the reference")
-    p.add_argument("--precision", choices=tuple(PRECISIONS), default="fp32",
-                   help="fp16: float16 weights and compute, converted after the passes; int8: calibrated QDQ int8 "
-                        "within --max-error (default fp32)")
-    p.add_argument("--keep-io-fp32", action="store_true",
-                   help="with --precision fp16: keep float32 inputs and outputs (Cast nodes inside the model)")
-    p.add_argument("--target", choices=TARGETS, default="onnx",
-                   help="tensorrt: write a serialized TensorRT engine (.plan); needs tensorrt and an NVIDIA GPU")
-    p.add_argument("--min-batch", type=int, default=1, metavar="B", help="with --target tensorrt (default 1)")
-    p.add_argument("--opt-batch", type=int, metavar="B", help="with --target tensorrt (default --max-batch)")
-    p.add_argument("--max-batch", type=int, default=8, metavar="B", help="with --target tensorrt (default 8)")
-    add_check_arguments(p)
+    add_spec_argument(p)
+    add_options(p, "compile")
 
 
 def run(args) -> int:
-    from cnncomp.pipeline import compile_spec
+    from cnncomp.pipeline import compile_job
 
-    default_level = 0 if args.emit == "torch" else 1  # torch source keeps the spec's blocks
-    result = compile_spec(source(args, default_level), args.output, args.emit, args.precision, args.keep_io_fp32,
-                          args.target, (args.min_batch, args.opt_batch, args.max_batch), args.verify,
-                          check_options(args), log=sys.stderr.write, int8=int8_options(args, args.stats))
-    if args.stats:
+    job = job_from_args("compile", args)
+    result = compile_job(job, log=sys.stderr.write)
+    output = job.output.output
+    if job.optimize.stats:
         from cnncomp.passes import format_stats
 
         print(format_stats(result.compiled.records))
         for line in result.compiled.log:
             print(f"  {line}")
-        if args.precision == "int8":
-            print(result.details.table())
+        table = result.stats(job.precision_name)
+        if table:
+            print(table)
     if result.report is not None:
         print(result.report.format())
     if result.written is not None and result.written.kind == "tensorrt":
-        print(f"wrote {args.output} (TensorRT engine, {result.written.size:,} bytes)")
+        print(f"wrote {output} (TensorRT engine, {result.written.size:,} bytes)")
     elif result.written is not None:
-        print(f"wrote {args.output}")
+        print(f"wrote {output}")
     if result.report is not None and not result.report.ok:
-        sys.stderr.write(f"not writing {args.output}: the numeric check failed\n")
+        sys.stderr.write(f"not writing {output}: the numeric check failed\n")
         return 1
     return 0

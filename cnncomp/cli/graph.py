@@ -7,23 +7,20 @@ writes it (-O0); -O1.. or --passes draws it after those passes (they need weight
 --weights, or seeded ones).
 """
 
-from cnncomp.cli._common import add_compile_arguments, source
+from cnncomp.cli.args import add_spec_argument
+from cnncomp.job import add_options, job_from_args
 
 
 def add_arguments(p):
-    add_compile_arguments(p)
-    p.set_defaults(opt_level=0)
-    p.add_argument("-o", "--output", required=True, metavar="PICTURE",
-                   help="model.svg, .png, .pdf or .dot (- prints the DOT text)")
-    p.add_argument("--rankdir", choices=("TB", "LR"), default="TB",
-                   help="layout direction: TB top to bottom (default), LR left to right")
-    p.add_argument("--title", help="the title above the picture (default: the network and its passes)")
+    add_spec_argument(p)
+    add_options(p, "graph")
 
 
 def run(args) -> int:
-    from cnncomp.pipeline import draw
+    from cnncomp.pipeline import draw_job
 
-    graph = draw(source(args, default_level=0), args.output, args.rankdir, args.title)
+    job = job_from_args("graph", args)
+    graph = draw_job(job)
     layers = sum(1 for layer in graph.layers() if layer.op != "input")
-    print(f"wrote {args.output}: {layers} layers")
+    print(f"wrote {job.output.output}: {layers} layers")
     return 0

@@ -2,8 +2,7 @@
 keyed by layer weight names (LAYER.weight, LAYER.bias, LAYER.running_mean, LAYER.running_var),
 as PyTorch names them."""
 
-from cnncomp.cli._common import defines
-from cnncomp.cli.args import add_spec_arguments
+from cnncomp.cli.args import add_spec_arguments, parse_defines
 
 
 def add_arguments(p):
@@ -16,6 +15,6 @@ def add_arguments(p):
 def run(args) -> int:
     from cnncomp.pipeline import write_seeded_weights
 
-    weights = write_seeded_weights(args.spec, args.output, defines(args), args.seed)
+    weights = write_seeded_weights(args.spec, args.output, parse_defines(args.defines), args.seed)
     print(f"wrote {args.output}: {len(weights)} tensors, {sum(w.size for w in weights.values()):,} values")
     return 0

@@ -2,18 +2,14 @@
 weights). Inputs: a .npy for a one-input model, or a .npz keyed by input name. Outputs go to -o
 (.npy for one output, .npz for several), or a short description is printed."""
 
-from cnncomp.cli.args import UsageError, parse_defines
+from cnncomp.cli.args import UsageError
+from cnncomp.job import add_options, job_from_args
 
 
 def add_arguments(p):
     p.add_argument("model", metavar="MODEL_OR_SPEC", help="an .onnx model or a .cnn spec")
     p.add_argument("--input", required=True, metavar="X", help="input .npy (one input) or .npz (by name)")
-    p.add_argument("-o", "--output", metavar="Y", help="write outputs here (.npy or .npz)")
-    p.add_argument("--weights", metavar="W", help="with a spec: weights file (default: seeded)")
-    p.add_argument("--seed", type=int, default=0, help="with a spec: initialization seed")
-    p.add_argument("-D", dest="defines", action="append", default=[], metavar="NAME=VALUE",
-                   help="with a spec: override a top-level let constant")
-    p.add_argument("--provider", default="cpu", choices=("cpu", "cuda", "tensorrt", "auto"))
+    add_options(p, "run")
 
 
 def run(args) -> int:
@@ -22,10 +18,12 @@ def run(args) -> int:
 
     if not args.model.endswith((".cnn", ".onnx")):
         raise UsageError(f"expected a .onnx model or a .cnn spec, got '{args.model}'")
-    outputs = infer(args.model, args.input, args.provider, parse_defines(args.defines), args.weights, args.seed)
-    if args.output:
-        save_arrays(args.output, outputs)
-        print(f"wrote {args.output}")
+    job = job_from_args("run", args)
+    outputs = infer(args.model, args.input, job.check.runtime, job.source.defines, job.source.weights,
+                    job.source.seed)
+    if job.output.output:
+        save_arrays(job.output.output, outputs)
+        print(f"wrote {job.output.output}")
     else:
         for name, value in outputs.items():
             print(f"{name}: shape {list(value.shape)}, dtype {value.dtype}, min {value.min():.6g}, "

@@ -23,45 +23,38 @@ with --per-layer it also names the layer where the int8 error jumps most.
 import json
 import sys
 
-from cnncomp.cli._common import (
-    add_check_arguments, add_compile_arguments, check_options, int8_options, load_npz, source,
-)
-from cnncomp.pipeline import PRECISIONS
+from cnncomp.cli.args import add_spec_argument
+from cnncomp.job import add_options, job_from_args
 
 
 def add_arguments(p):
-    add_compile_arguments(p)
-    add_check_arguments(p)
-    p.add_argument("--per-layer", action="store_true", help="compare every layer and name the first that diverges")
-    p.add_argument("--verify-each", action="store_true",
-                   help="check after every pass (the -O3 rewrites included); name the first that breaks")
-    p.add_argument("--save-inputs", metavar="NPZ", help="save the inputs used (npz)")
-    p.add_argument("--load-inputs", metavar="NPZ",
-                   help="use these inputs (.npz keyed by input name, or .npy for a one-input network)")
-    p.add_argument("--save-outputs", metavar="NPZ", help="save ONNX Runtime's outputs (npz)")
+    add_spec_argument(p)
+    add_options(p, "verify")
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--precision", choices=tuple(PRECISIONS), default="fp32",
-                   help="fp16: convert the model to float16 after the passes and judge it by the float16 "
-                        "tolerances (atol = 1e-2 * max|ref|, rtol = 1e-2); int8: quantize it (see --calibration) "
-                        "and judge it by the relative L2 error against --max-error")
 
 
 def run(args) -> int:
-    from cnncomp.pipeline import verify_spec
+    from cnncomp.pipeline import verify_job
 
-    options = check_options(args, per_layer=args.per_layer)
-    inputs = load_npz(args.load_inputs) if args.load_inputs else None
-    result = verify_spec(source(args), options, args.precision, inputs, args.verify_each, args.save_inputs,
-                         args.save_outputs, log=sys.stderr.write, int8=int8_options(args, args.stats))
+    job = job_from_args("verify", args)
+    result = verify_job(job, log=sys.stderr.write)
     report = result.report
-    if args.stats and args.precision == "int8" and not args.json:
-        print(result.details.table())
+    if job.optimize.stats and not args.json:
+        table = precision_table(result, job.precision_name)
+        if table:
+            print(table)
     if args.json:
         print(json.dumps(report.to_json(), indent=1))
     else:
         print(report.format())
-        if args.per_layer and not report.first_divergent_layer:
+        if job.check.per_layer and not report.first_divergent_layer:
             print(f"  all {len(report.layers)} compared layers agree")
     if not report.ok:
         sys.stderr.write("verify: the emitted model does not match the reference\n")
     return 0 if report.ok else 1
+
+
+def precision_table(result, precision: str):
+    from cnncomp.precision.convert import precision_of
+
+    return precision_of(precision).stats(result.details)

@@ -97,7 +97,9 @@ class TritonConfig:
         kind = [f"    kind: {self.kind}"] if self.kind else []
         lines += ["instance_group [", "  {", f"    count: {self.instances}", *kind, "  }", "]"]
         if self.tensorrt:
-            mode = {"fp16": "FP16", "int8": "INT8"}.get(self.precision, "FP32")  # INT8: the QDQ model's own scales
+            from cnncomp.precision.convert import precision_of
+
+            mode = precision_of(self.precision).triton_mode  # the precision registry's precision_mode
             lines += ["optimization {", "  execution_accelerators {", "    gpu_execution_accelerator : [",
                       "      {", '        name : "tensorrt"',
                       f'        parameters {{ key: "precision_mode" value: "{mode}" }}',

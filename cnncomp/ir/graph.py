@@ -79,13 +79,6 @@ class LayerGraph:
             self.g.add_edge(new, user, slot=slot)
         self.outputs = [new if o == old else o for o in self.outputs]
 
-    def set_inputs(self, name: str, inputs: list[str]) -> None:
-        """Replace the inputs of a layer, slots in list order."""
-        for src, _, key in list(self.g.in_edges(name, keys=True)):
-            self.g.remove_edge(src, name, key)
-        for slot, src in enumerate(inputs):
-            self.g.add_edge(src, name, slot=slot)
-
     def remove_layer(self, name: str) -> None:
         """Remove a layer that nothing reads any more."""
         if self.users(name) or name in self.outputs:

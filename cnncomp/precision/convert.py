@@ -1,7 +1,15 @@
-"""Precision converters: an emitted float32 model to its target precision (fp32 as is, fp16, int8).
+"""The precision registry: an emitted float32 model to its target precision (fp32 as is, fp16, int8).
 
-A converter is a function (model, graph, PrecisionRequest, log) -> Converted, listed in PRECISIONS;
-`--precision` on compile, verify and deploy takes its choices from that table.
+A precision is one class with every fact about it, registered with `@register_precision`, as ops are
+(ops/registry.py): its name and help (`--precision` takes its choices from PRECISIONS), its own options
+(Option declarations: the job description adds them to compile, verify and deploy, and refuses them with
+another precision), its converter, what -O3 --autotune times a layer in, how a check judges it
+(element-wise tolerances, or the relative L2 budget --max-error), what it needs here, the share of the
+budget -O3's rewrites get beside it, what it sets in a Triton config and a TensorRT build, the pass
+warnings that concern it, and its --stats table.
+
+Adding one (bf16, say) is one module in precision/ with a registered Precision subclass, listed in
+the `modules` of PRECISIONS below, plus docs; tests/test_registries.py checks that it defines every facet.
 """
 
 from __future__ import annotations
@@ -12,39 +20,28 @@ from typing import Callable
 from cnncomp.errors import CnnError, UsageError
 from cnncomp.ir.graph import LayerGraph
 from cnncomp.log import Log, silent
+from cnncomp.options import Option
+from cnncomp.registry import Registry
 
 
 @dataclass
 class PrecisionRequest:
-    """What a precision converter may use: keep float32 I/O, inputs to cast for a check, the provider to
-    probe for missing kernels, and the tolerances given (a check's note says what it is judged by)."""
+    """What a precision converter may use: its own options by name (keep_io_fp32, int8's calibration
+    settings, ...), inputs to cast for a check, the provider to probe for missing kernels, and the
+    tolerances given (a check's note says what it is judged by)."""
 
-    keep_io_fp32: bool = False
+    settings: dict = field(default_factory=dict)
     inputs: dict | None = None
     probe_provider: str | None = None
     atol: object = None
     rtol: object = None
-    int8: "Int8Options | None" = None
     compiled: object = None  # pipeline.Compiled: the reference graph and weights int8 measures against
     inputs_given: bool = False  # the user's inputs (--load-inputs): int8 checks on them, not on its held-out ones
+    tensorrt: bool = False  # the model goes to TensorRT (int8: symmetric int8 activations, no zero points)
 
-
-@dataclass
-class Int8Options:
-    """How int8 calibrates: the data (a .npz/.npy path, an image folder or a dict; None: seeded, with a
-    warning), the image preprocessing, the calibration method, the error budget on held-out samples, whether
-    to measure every layer's sensitivity (--stats), the seed, the activation type (int8 for TensorRT,
-    which takes no zero point; else uint8) and the bias correction (auto, on, off)."""
-
-    calibration: object = None
-    preprocess: str | None = None
-    method: str | None = None
-    max_error: float | None = None
-    sensitivity: bool = False
-    seed: int = 0
-    activations: str = "uint8"
-    bias_correction: str = "auto"  # auto (where it lowers the error on calibration samples), on, off
-    jobs: int = 1  # processes measuring the sensitivity search's layers
+    @property
+    def keep_io_fp32(self) -> bool:
+        return bool(self.settings.get("keep_io_fp32"))
 
 
 @dataclass
@@ -60,63 +57,188 @@ class Converted:
     details: object = None  # the converter's own report (int8: the sensitivity table of --stats)
 
 
-def keep_fp32(model, graph: LayerGraph, request: PrecisionRequest, log: Log = silent) -> Converted:
-    """fp32: the model as emitted."""
-    return Converted(model, request.inputs, graph, "fp32")
+class Precision:
+    """One precision. FACETS are what every precision must define itself (the test checks it); the other
+    attributes have defaults that suit a precision converted without data and checked by tolerances."""
+
+    FACETS = ("name", "help", "convert", "for_timing", "tolerances", "triton_mode")
+    name: str = ""
+    help: str = ""
+    options: tuple[Option, ...] = ()  # its own options (group "precision")
+    tolerances: tuple[float, float] = (1e-4, 1e-3)  # the check's default (atol per unit of max|ref|, rtol)
+    converts_model: bool = True  # it converts the ONNX model (so it cannot go with a text --emit)
+    judged_by_budget: bool = False  # judged by the relative L2 error against --max-error instead
+    calibrated: bool = False  # reads --calibration to convert (then an image folder serves it, not -O3)
+    o3_budget_share: float = 1.0  # of --max-error, what -O3's rewrites get beside this precision
+    triton_mode: str = "FP32"  # Triton's TensorRT accelerator precision_mode
+    tensorrt_build: dict = {}  # flags for deployment.tensorrt.build_engine (fp16=True, int8=True)
+    strict_load: bool = True  # a model ONNX Runtime's CPU provider cannot load is refused, not warned about
+    requires: tuple[str, ...] = ()  # what it needs, in words (shown by `missing`)
+
+    def convert(self, model, graph: LayerGraph, request: PrecisionRequest, log: Log = silent) -> Converted:
+        raise NotImplementedError
+
+    def for_timing(self) -> Callable | None:
+        """What -O3 --autotune does to a layer's model before timing it (None: time it as emitted)."""
+        return None
+
+    def missing(self) -> list[str]:
+        """What this machine lacks for this precision (CPU features, a GPU, packages), in words."""
+        return []
+
+    def pass_warnings(self, compiled) -> list[str]:
+        """The passes' warnings that concern this precision (fp16: folded weights out of range)."""
+        return []
+
+    def stats(self, details) -> str | None:
+        """Its part of --stats (int8: the per-layer sensitivity table), or None."""
+        return None
+
+    def check_notes(self, report, compiled) -> list[str]:
+        """Notes a check adds about this precision (int8 with --per-layer: where the error jumps)."""
+        return []
 
 
-def convert_fp16(model, graph: LayerGraph, request: PrecisionRequest, log: Log = silent) -> Converted:
-    """fp16: weights and compute in float16 after the passes (see precision/fp16.py)."""
-    from cnncomp.precision.fp16 import cast_feeds, fp16_graph, fp16_note, log_report, to_fp16
-
-    converted, report = to_fp16(model, keep_io_fp32=request.keep_io_fp32, probe_provider=request.probe_provider)
-    log_report(report, log)
-    inputs = cast_feeds(converted, request.inputs) if request.inputs is not None else None
-    return Converted(converted, inputs, fp16_graph(graph), "fp16", [fp16_note(request.atol, request.rtol)])
+# Modules beside this one that register more precisions (a bf16 module, say) go in `modules`.
+PRECISIONS = Registry("precision", Precision, Precision.FACETS, modules=())
+register_precision = PRECISIONS.register  # class decorator
+precisions = PRECISIONS.all  # every registered precision, by name
 
 
-def convert_int8(model, graph: LayerGraph, request: PrecisionRequest, log: Log = silent) -> Converted:
-    """int8: calibrated QDQ int8, the most sensitive layers kept in float32 within the budget
-    (see precision/int8.py); checked on the calibration samples held out from calibration."""
-    from cnncomp.precision.int8 import DEFAULT_METHOD, quantize_int8
-
-    if request.compiled is None:
-        raise ValueError("int8 needs the compiled graph's reference (PrecisionRequest.compiled)")
-    o, c = request.int8 or Int8Options(), request.compiled
-    quantized, report = quantize_int8(model, graph, c.ref_graph, c.ref_weights, o.calibration, o.preprocess,
-                                      o.method or DEFAULT_METHOD, o.max_error, o.sensitivity, o.seed, o.activations,
-                                      o.bias_correction, o.jobs)
-    for w in report.warnings:
-        log(f"warning: {w}\n")
-    log(report.summary() + "\n")
-    if not report.ok:
-        raise CnnError(f"int8: relative error {report.error:.3g} exceeds --max-error {o.max_error:g} even with "
-                       "every layer in float32")
-    inputs = request.inputs if request.inputs_given else report.inputs
-    return Converted(quantized, inputs, graph, "int8", [], report)  # report.summary() was logged, notes included
+def precision_of(name: str) -> Precision:
+    if name not in precisions():
+        raise UsageError(f"unknown precision '{name}'; known: {', '.join(PRECISIONS)}")
+    return PRECISIONS[name]
 
 
-# A precision is a converter (model, graph, PrecisionRequest, log) -> Converted.
-PRECISIONS: dict[str, Callable[..., Converted]] = {"fp32": keep_fp32, "fp16": convert_fp16, "int8": convert_int8}
+def precision_options() -> tuple[Option, ...]:
+    """The options every registered precision declares."""
+    return tuple(o for p in precisions().values() for o in p.options)
+
+
+@register_precision
+class Fp32(Precision):
+    name = "fp32"
+    help = "float32, as emitted"
+    converts_model = False
+    tolerances = (1e-4, 1e-3)
+    triton_mode = "FP32"
+
+    def convert(self, model, graph, request, log=silent):
+        return Converted(model, request.inputs, graph, "fp32")
+
+    def for_timing(self):
+        return None
+
+
+@register_precision
+class Fp16(Precision):
+    """Weights and compute in float16 after the passes (precision/fp16.py)."""
+
+    name = "fp16"
+    help = "float16 weights and compute, converted after the passes"
+    options = (Option("keep_io_fp32", None, False, "with --precision fp16: keep float32 inputs and outputs (Cast "
+                      "nodes inside the model)", ("compile", "deploy"), action="store_true", group="precision"),)
+    tolerances = (1e-2, 1e-2)
+    triton_mode = "FP16"
+    tensorrt_build = {"fp16": True}
+    strict_load = False  # a float16 model may still run on a GPU provider
+
+    def convert(self, model, graph, request, log=silent):
+        from cnncomp.precision.fp16 import cast_feeds, fp16_graph, fp16_note, log_report, to_fp16
+
+        converted, report = to_fp16(model, keep_io_fp32=request.keep_io_fp32, probe_provider=request.probe_provider)
+        log_report(report, log)
+        inputs = cast_feeds(converted, request.inputs) if request.inputs is not None else None
+        return Converted(converted, inputs, fp16_graph(graph), "fp16", [fp16_note(request.atol, request.rtol)])
+
+    def for_timing(self):
+        from cnncomp.precision.fp16 import to_fp16
+
+        return lambda model: to_fp16(model, keep_io_fp32=True)[0]
+
+    def pass_warnings(self, compiled):
+        return list(compiled.fp16_warnings)
+
+
+def _int8_option(name, kind, default, help, choices=None):
+    return Option(name, kind, default, help, ("compile", "verify", "deploy"), choices=choices, group="precision")
+
+
+@register_precision
+class Int8(Precision):
+    """Calibrated QDQ int8, the most sensitive layers kept in float32 within --max-error (precision/int8.py);
+    checked on the calibration samples held out from calibration."""
+
+    name = "int8"
+    help = "calibrated QDQ int8 within --max-error"
+    options = (
+        _int8_option("preprocess", str, None, "with an image folder as --calibration: imagenet (resize 256, center "
+                     "crop 224, ImageNet mean/std; the default) or unit (resize, scale to [0, 1])",
+                     ("imagenet", "unit")),
+        _int8_option("calibration_method", str, None, "with --precision int8: how activation ranges are set from "
+                     "the calibration data (default percentile)", ("minmax", "percentile", "entropy")),
+        _int8_option("bias_correction", str, "auto", "with --precision int8: subtract the mean shift that rounding "
+                     "the weights adds to each conv/linear output (auto: only where it lowers the error on "
+                     "calibration samples; default)", ("auto", "on", "off")),
+    )
+    tolerances = (1e-1, 1e-1)  # only fill the report: int8 is judged by the budget
+    judged_by_budget = True
+    calibrated = True
+    o3_budget_share = 0.5  # quantization measures against the whole budget, -O3's rewrites get half
+    triton_mode = "INT8"  # the QDQ model's own scales
+    tensorrt_build = {"int8": True}
+
+    def convert(self, model, graph, request, log=silent):
+        from cnncomp.precision.int8 import DEFAULT_METHOD, quantize_int8
+
+        if request.compiled is None:
+            raise ValueError("int8 needs the compiled graph's reference (PrecisionRequest.compiled)")
+        o, c = request.settings, request.compiled
+        max_error = o.get("max_error")
+        quantized, report = quantize_int8(
+            model, graph, c.ref_graph, c.ref_weights, o.get("calibration"), o.get("preprocess"),
+            o.get("calibration_method") or DEFAULT_METHOD, max_error, bool(o.get("stats")), o.get("seed", 0),
+            "int8" if request.tensorrt else "uint8", o.get("bias_correction", "auto"), o.get("jobs", 1))
+        for w in report.warnings:
+            log(f"warning: {w}\n")
+        log(report.summary() + "\n")
+        if not report.ok:
+            raise CnnError(f"int8: relative error {report.error:.3g} exceeds --max-error {max_error:g} even with "
+                           "every layer in float32")
+        inputs = request.inputs if request.inputs_given else report.inputs
+        return Converted(quantized, inputs, graph, "int8", [], report)  # report.summary() was logged, notes included
+
+    def for_timing(self):
+        from cnncomp.precision.int8 import quantized_for_timing
+
+        return quantized_for_timing  # int8 kernels and float32 ones do not rank rewrites alike
+
+    def stats(self, details):
+        return details.table() if details is not None else None
+
+    def check_notes(self, report, compiled):
+        from cnncomp.precision.int8 import largest_error_jump
+
+        jump = largest_error_jump(report.layers) if report.layers else None
+        if not jump:
+            return []
+        return [f"the int8 error jumps most at {jump[0]} ({compiled.ref_graph.layer(jump[0]).where}): relative L2 "
+                f"{jump[1]:.3g} before it, {jump[2]:.3g} after"]
 
 
 def convert_precision(model, graph: LayerGraph, precision: str = "fp32", request: PrecisionRequest | None = None,
                       log: Log = silent) -> Converted:
-    """The emitted float32 model converted to `precision` (one of PRECISIONS)."""
-    if precision not in PRECISIONS:
-        raise UsageError(f"unknown precision '{precision}'; known: {', '.join(PRECISIONS)}")
-    return PRECISIONS[precision](model, graph, request or PrecisionRequest(), log)
+    """The emitted float32 model converted to `precision` (one of PRECISIONS); a precision this machine lacks
+    what it needs for (`missing`) is a CnnError saying what."""
+    chosen = precision_of(precision)
+    lacking = chosen.missing()
+    if lacking:
+        raise CnnError(f"--precision {precision} needs what this machine lacks: {'; '.join(lacking)}")
+    return chosen.convert(model, graph, request or PrecisionRequest(), log)
 
 
 def conversion_for_timing(precision: str):
     """What -O3 --autotune does to a layer's model before timing it: `precision`'s conversion, cheap and
-    calibrated on seeded data (int8 kernels and float32 ones do not rank rewrites alike), or None for fp32."""
-    if precision == "int8":
-        from cnncomp.precision.int8 import quantized_for_timing
-
-        return quantized_for_timing
-    if precision == "fp16":
-        from cnncomp.precision.fp16 import to_fp16
-
-        return lambda model: to_fp16(model, keep_io_fp32=True)[0]
-    return None
+    calibrated on seeded data, or None for a precision timed as emitted."""
+    return precision_of(precision).for_timing()

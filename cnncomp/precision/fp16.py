@@ -420,12 +420,3 @@ def log_report(report: Fp16Report, write) -> None:
     for n in report.notes:
         write(f"note: float16: {n}\n")
 
-
-def convert_for_check(model: onnx.ModelProto, inputs: dict | None, graph, provider: str = "cpu",
-                      keep_io_fp32: bool = False, write=None):
-    """Convert a model to float16 for a numeric check on `provider`: (model, inputs cast to its input
-    types, the graph as float16 for per-layer outputs). Warnings and notes go to `write`."""
-    converted, report = to_fp16(model, keep_io_fp32=keep_io_fp32, probe_provider=provider)
-    if write is not None:
-        log_report(report, write)
-    return converted, (cast_feeds(converted, inputs) if inputs is not None else None), fp16_graph(graph)

@@ -1,8 +1,8 @@
-"""ONNX Runtime sessions with an explicit execution provider.
+"""ONNX Runtime sessions on an explicit runtime (run/runtime.py's registry).
 
-`cpu`, `cuda` and `tensorrt` ask for that provider and fail with a clear message
-(naming what to install) when it is not available; `auto` takes the best one
-available and says when it falls back to the CPU.
+A runtime (`cpu`, `cuda`, `tensorrt`, ...) asks for its provider and fails with a clear message
+(naming what to install) when it is not available; `auto` takes the best one available and says
+when it falls back to the CPU.
 """
 
 from __future__ import annotations
@@ -13,13 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from cnncomp.errors import CnnError
-
-PROVIDERS = {
-    "cpu": "CPUExecutionProvider",
-    "cuda": "CUDAExecutionProvider",
-    "tensorrt": "TensorrtExecutionProvider",
-}
-PROVIDER_CHOICES = ("cpu", "cuda", "tensorrt", "auto")
+from cnncomp.run.runtime import available_providers, choose, runtimes  # noqa: F401  (available_providers: public)
 
 
 @dataclass
@@ -39,59 +33,36 @@ class TensorRTOptions:
         return options
 
 
-def available_providers() -> list[str]:
-    import onnxruntime as ort
-
-    return list(ort.get_available_providers())
-
-
-def _install_hint(choice: str) -> str:
-    if choice == "cuda":
-        return "install cnncomp[gpu] (onnxruntime-gpu) on a machine with an NVIDIA GPU and CUDA"
-    return ("install cnncomp[gpu] (onnxruntime-gpu built with TensorRT) and TensorRT itself, on a machine with an "
-            "NVIDIA GPU")
-
-
-def resolve_providers(choice: str, trt: TensorRTOptions | None = None, quiet: bool = False) -> list:
-    """The ONNX Runtime provider list for a --provider choice; a missing provider is a CnnError."""
-    if choice not in PROVIDER_CHOICES:
-        raise CnnError(f"unknown provider '{choice}'; choose one of {', '.join(PROVIDER_CHOICES)}")
-    have = available_providers()
-    if choice == "auto":
-        for name in ("tensorrt", "cuda"):
-            if PROVIDERS[name] in have:
-                return resolve_providers(name, trt, quiet)
-        if not quiet:
-            sys.stderr.write("note: no GPU provider in this onnxruntime; running on the CPU\n")
-        return ["CPUExecutionProvider"]
-    wanted = PROVIDERS[choice]
-    if wanted not in have:
-        raise CnnError(f"the {choice} provider ({wanted}) is not available in this onnxruntime "
-                       f"(available: {', '.join(have)}); {_install_hint(choice)}")
-    if choice == "tensorrt":
-        options = (trt or TensorRTOptions()).as_provider_options()
-        return [(wanted, options), "CUDAExecutionProvider", "CPUExecutionProvider"]
-    if choice == "cuda":
-        return [wanted, "CPUExecutionProvider"]
-    return [wanted]
+def resolve_providers(choice: str, trt: TensorRTOptions | None = None, quiet: bool = False,
+                      settings: dict | None = None) -> list:
+    """The ONNX Runtime provider list for a --runtime choice (run/runtime.py), with the runtime's own
+    `settings` (its declared options by name, e.g. trt_fp16); a missing runtime is a CnnError."""
+    runtime = choose(choice, quiet)
+    if not runtime.available():
+        raise CnnError(runtime.missing())
+    settings = dict(settings or {})
+    if trt is not None:
+        settings["trt"] = trt
+    return runtime.providers(settings)
 
 
 def provider_name(providers: list) -> str:
+    """The runtime's name for the first provider of a list."""
     first = providers[0]
     name = first[0] if isinstance(first, tuple) else first
-    return next((k for k, v in PROVIDERS.items() if v == name), name)
+    return next((r.name for r in runtimes().values() if r.provider == name), name)
 
 
 class Session:
     """An ONNX Runtime inference session over a model (path, bytes or ModelProto)."""
 
     def __init__(self, model, provider: str = "cpu", trt: TensorRTOptions | None = None, threads: int = 0,
-                 optimization: str = "all", quiet: bool = False, spinning: bool = True):
+                 optimization: str = "all", quiet: bool = False, spinning: bool = True, settings: dict | None = None):
         import onnxruntime as ort
 
         from cnncomp.run.parallel import in_worker
 
-        self.providers = resolve_providers(provider, trt, quiet)
+        self.providers = resolve_providers(provider, trt, quiet, settings)
         options = ort.SessionOptions()
         options.log_severity_level = 3
         if not threads and in_worker():  # a search's forked worker: one core each
@@ -115,7 +86,7 @@ class Session:
         wanted = self.providers[0][0] if isinstance(self.providers[0], tuple) else self.providers[0]
         if wanted not in self.session.get_providers():
             raise CnnError(f"ONNX Runtime did not start {wanted} (it fell back to {self.session.get_providers()}); "
-                           f"{_install_hint(provider_name(self.providers))}")
+                           f"{runtimes()[provider_name(self.providers)].install_hint}")
         self.provider = provider_name(self.providers)
 
     @property

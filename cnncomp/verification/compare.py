@@ -47,13 +47,15 @@ class Comparison:
 
 
 def compare(actual: np.ndarray, expected: np.ndarray, atol: float | None, rtol: float | None,
-            precision: str = "fp32", max_error: float | None = None) -> Comparison:
-    """Compare one tensor with its reference; tolerances default to the magnitude-scaled ones.
+            precision: str = "fp32", max_error: float | None = None,
+            tolerances: tuple[float, float] | None = None) -> Comparison:
+    """Compare one tensor with its reference; tolerances default to the magnitude-scaled ones of the precision
+    (`tolerances`, as its registry entry declares them: atol per unit of max|ref|, rtol).
 
     With `max_error` (approximate rewrites) the tensor agrees when its relative L2 error is within it."""
     expected = np.asarray(expected, dtype=np.float64)
     actual = np.asarray(actual, dtype=np.float64)
-    atol_unit, default_rtol = DEFAULT_TOLERANCES[precision]
+    atol_unit, default_rtol = tolerances or DEFAULT_TOLERANCES[precision]
     finite_expected = expected[np.isfinite(expected)]
     scale = float(np.abs(finite_expected).max()) if finite_expected.size else 0.0  # finite values only
     atol = atol if atol is not None else atol_unit * max(scale, 1e-6)

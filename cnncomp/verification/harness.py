@@ -144,11 +144,15 @@ def with_all_layer_outputs(model, graph: LayerGraph):
 def verify(ref_graph: LayerGraph, ref_weights: dict, model, opt_graph: LayerGraph, *, provider: str = "cpu",
            inputs: dict[str, np.ndarray] | None = None, seed: int = 0, val_range=(-1.0, 1.0), batch: int = 2,
            atol=None, rtol=None, per_layer: bool = False, precision: str = "fp32", session_options=None,
-           reference_outputs: dict | None = None, max_error: float | None = None) -> tuple[VerifyReport, dict, dict]:
+           reference_outputs: dict | None = None, max_error: float | None = None,
+           tolerances: tuple[float, float] | None = None, judged_by_budget: bool = False,
+           runtime_settings: dict | None = None) -> tuple[VerifyReport, dict, dict]:
     """Run `model` (emitted from opt_graph) and the reference of ref_graph; return (report, inputs, outputs).
 
-    When approximate rewrites ran (opt_graph.meta["approximate"]), outputs are judged by their relative
-    L2 error against `max_error` (default 0.01) instead of the float32 tolerances."""
+    `precision` names the model's precision; its registry entry (precision/convert.py) gives the default
+    `tolerances` and whether it is `judged_by_budget`. When approximate rewrites ran
+    (opt_graph.meta["approximate"]) or the precision is judged so, outputs are judged by their relative L2
+    error against `max_error` (default DEFAULT_MAX_ERROR) instead of element-wise tolerances."""
     from cnncomp.run.reference import run_reference
     from cnncomp.run.session import Session
 
@@ -165,19 +169,19 @@ def verify(ref_graph: LayerGraph, ref_weights: dict, model, opt_graph: LayerGrap
         model, tensors = with_all_layer_outputs(model, opt_graph)
     else:
         ref_out = reference_outputs or run_reference(ref_graph, ref_weights, feeds, dtype=torch.float64)
-    session = Session(model, provider, **(session_options or {}))
+    session = Session(model, provider, settings=runtime_settings, **(session_options or {}))
     got = session.run({k: v for k, v in feeds.items() if k in session.input_names})
     outputs = {}
     budget = None
-    if opt_graph.meta.get("approximate") or precision == "int8":  # int8 is an approximation too
+    if opt_graph.meta.get("approximate") or judged_by_budget:
         budget = DEFAULT_MAX_ERROR if max_error is None else max_error
     for name in ref_graph.output_names:
         outputs[name] = compare(got[name], ref_out[name], tolerance_for(name, atol), tolerance_for(name, rtol),
-                                precision, budget)
+                                precision, budget, tolerances)
     report = VerifyReport(all(c.ok for c in outputs.values()), list(opt_graph.meta.get("passes", [])),
                           session.provider, outputs, precision=precision)
     if budget is not None:
-        report.notes.append(f"{'int8' if precision == 'int8' else 'approximate rewrites ran'}: outputs are judged "
+        report.notes.append(f"{precision if judged_by_budget else 'approximate rewrites ran'}: outputs are judged "
                             f"by relative L2 error <= {budget:g}")
     if per_layer:
         from cnncomp.progress import progress
@@ -189,8 +193,7 @@ def verify(ref_graph: LayerGraph, ref_weights: dict, model, opt_graph: LayerGrap
             ref_name = aliases.get(layer.name, layer.name)
             if ref_name not in ref_layers:
                 continue
-            c = compare(got[tensors[layer.name]], ref_layers[ref_name], None, None, precision,
-                        budget if budget is not None else None)
+            c = compare(got[tensors[layer.name]], ref_layers[ref_name], None, None, precision, budget, tolerances)
             report.layers.append(LayerCheck(layer.name, ref_name, ref_graph.layer(ref_name).where, c))
             if not c.ok and report.first_divergent_layer is None:
                 blamed = rewritten_layer(layer.name, ref_graph) or ref_name

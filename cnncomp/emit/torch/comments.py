@@ -38,10 +38,6 @@ class Comments:
         self.lines = _source_lines(file)
         self.parts = [_split_comment(line) for line in self.lines]
 
-    def comment_only(self, line: int) -> bool:
-        code, text = self.parts[line - 1]
-        return text is not None and not code.strip()
-
     def between(self, first: int, last: int) -> list[str]:
         """Comment texts on lines first..last (1-based, inclusive)."""
         out = []

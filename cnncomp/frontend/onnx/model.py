@@ -77,10 +77,6 @@ class OnnxModel:
             return None
         return node
 
-    def data_inputs(self, node: onnx.NodeProto) -> list[str]:
-        """The inputs of a node that are computed tensors, not constants."""
-        return [n for n in node.input if n and not self.is_const(n)]
-
     # ---- constant folding -----------------------------------------------
 
     def _fold_constants(self) -> None:
