@@ -25,11 +25,11 @@ from pathlib import Path
 from cnncomp.errors import UsageError
 from cnncomp.options import Option, at_least, port, positive_finite
 from cnncomp.precision.convert import precision_of, precision_options, precisions
-from cnncomp.run.runtime import runtime_choices, runtime_options
+from cnncomp.run.runtime import runtime_choices, runtime_options, runtimes
 from cnncomp.verification.tolerances import DEFAULT_MAX_ERROR
 
-JOB_COMMANDS = ("compile", "verify", "deploy", "graph", "serve")
-COMPILING = ("compile", "verify", "deploy", "graph")  # the commands that load and optimize a spec
+JOB_COMMANDS = ("compile", "verify", "deploy", "graph", "serve", "bench")
+COMPILING = ("compile", "verify", "deploy", "graph", "bench")  # the commands that load and optimize a spec
 CONVERTING = ("compile", "verify", "deploy")  # ... and convert its precision
 CHECKING = ("compile", "verify")  # ... and check it numerically
 GROUPS = ("source", "optimize", "precision", "check", "output")
@@ -74,6 +74,43 @@ def _parse_range(text, flag: str) -> tuple[float, float]:
 def _ordered_range(value) -> str | None:
     lo, hi = value
     return None if lo < hi else f"needs LO < HI, got '{lo:g},{hi:g}'"
+
+
+def _parse_list(text, flag: str) -> tuple[str, ...]:
+    """A comma-separated list (cpu,openvino) as a tuple, duplicates dropped."""
+    items = [t.strip() for t in str(text).split(",") if t.strip()]
+    if not items:
+        raise UsageError(f"{flag} takes a comma-separated list, got '{text}'")
+    return tuple(dict.fromkeys(items))
+
+
+def _parse_sizes(text, flag: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(t) for t in _parse_list(text, flag))
+    except ValueError:
+        raise UsageError(f"{flag} takes sizes like 1,8, got '{text}'") from None
+
+
+def _names_of(registry, what: str):
+    """A check that every name of a list is registered (`registry`: runtimes or precisions)."""
+    def check(value) -> str | None:
+        if isinstance(value, str) or not value:
+            return f"takes a list of {what}s, got {value!r}"
+        unknown = [v for v in value if v not in registry()]
+        return f"names an unknown {what} '{unknown[0]}'; known: {', '.join(registry())}" if unknown else None
+    return check
+
+
+def _sizes(value) -> str | None:
+    if isinstance(value, (str, int)) or not value or not all(isinstance(v, int) and v >= 1 for v in value):
+        return f"takes sizes of 1 or more, got {value!r}"
+    return None
+
+
+def _plot_file(value) -> str | None:
+    suffix = str(value).rpartition(".")[2].lower()
+    return None if "." in str(value) and suffix in ("png", "svg", "pdf") else \
+        f"takes a .png, .svg or .pdf file, got '{value}'"
 
 
 def _target_choices() -> tuple[str, ...]:
@@ -122,7 +159,10 @@ OPTIONS: tuple[Option, ...] = (
            group="precision"),
     # ---- check: where and how the model is run and judged
     Option("runtime", str, "cpu", "where the model runs: " + ", ".join(runtime_choices()) + " (auto falls back to "
-           "cpu and says so)", CHECKING + ("run",), choices=runtime_choices, aliases=("provider",)),
+           "cpu and says so)", CHECKING + ("run", "deploy"), choices=runtime_choices, aliases=("provider",),
+           overrides={"deploy": {"help": "where Triton runs the model: a runtime with a Triton CPU accelerator "
+                                         "(openvino) runs CPU instances through it; the others leave it to ONNX "
+                                         "Runtime's backend"}}),
     Option("verify", None, False, "check the emitted model against the reference", ("compile",),
            action="store_true"),
     Option("atol", str, None, "absolute tolerance, for all outputs or one (repeatable); default 1e-4 * "
@@ -179,6 +219,19 @@ OPTIONS: tuple[Option, ...] = (
            "serve extra)", ("serve",), metavar="PATH", group="output"),
     Option("timeout", float, 300.0, "seconds to wait for the server and every model to be ready", ("serve",),
            check=positive_finite, metavar="S", group="output"),
+    # ---- bench: the choices compared side by side, and how they are timed
+    Option("runtimes", str, ("cpu", "openvino"), "runtimes to compare: " + ", ".join(runtimes()), ("bench",),
+           parse=_parse_list, check=_names_of(runtimes, "runtime"), metavar="R,..."),
+    Option("precisions", str, ("fp32", "fp16", "bf16", "int8"), "precisions to compare: " + ", ".join(precisions()),
+           ("bench",), parse=_parse_list, check=_names_of(precisions, "precision"), metavar="P,..."),
+    Option("batches", str, (1,), "batch sizes to time, e.g. 1,8", ("bench",), parse=_parse_sizes,
+           check=_sizes, flags=("--batch",), metavar="B,..."),
+    Option("threads", int, 0, "threads per session (0: each runtime's own default)", ("bench",),
+           check=at_least(0), metavar="N"),
+    Option("rounds", int, 5, "interleaved timing rounds", ("bench",), check=at_least(1)),
+    Option("runs", int, 10, "runs of each choice per round", ("bench",), check=at_least(1)),
+    Option("plot", str, None, "also draw the speed-ups as a bar chart (.png, .svg or .pdf; needs matplotlib)",
+           ("bench",), check=_plot_file, metavar="OUT.png", group="output"),
 )
 
 

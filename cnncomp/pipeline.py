@@ -521,7 +521,7 @@ def deploy_job(job: Job, log: Log = silent) -> Deployed:
 
     def config_of(model):
         return triton_config(model, compiled.graph, out.max_batch, out.instances, out.kind, out.tensorrt, precision,
-                             out.name)
+                             out.name, job.check.runtime)
 
     config_of(model)  # the batch dims and names are checked on the float32 model, before anything is converted
     # CPU instances (or Triton's choice on a CPU-only server) run on ONNX Runtime's CPU provider: keep in
@@ -582,13 +582,14 @@ def serve_job(job: Job, log: Log = silent):
 
 def infer(model, inputs, provider: str = "cpu", defines=None, weights=None, seed: int = 0) -> dict[str, np.ndarray]:
     """`cnncomp run`: the outputs of an ONNX model (a path or ModelProto) or of a .cnn spec (compiled in
-    memory at -O1) on `inputs` (a dict, or a .npy/.npz path)."""
+    memory at -O1) on `inputs` (a dict, or a .npy/.npz path), under the runtime `provider` names (float32
+    under OpenVINO too: its precision hint is set to f32)."""
     from cnncomp.inputs import read_inputs
-    from cnncomp.run.session import Session
+    from cnncomp.run.runtime import open_session
 
     if isinstance(model, (str, Path)) and str(model).endswith(".cnn"):
         model = emit_model(optimize(model, defines, weights, seed))
-    session = Session(str(model) if isinstance(model, Path) else model, provider)
+    session = open_session(str(model) if isinstance(model, Path) else model, provider)
     feeds = inputs if isinstance(inputs, dict) else read_inputs(inputs, session.input_names, "--input")
     return session.run(feeds)
 
@@ -658,128 +659,97 @@ def import_onnx_model(path, output, weights_out=None):
 # ---- bench -------------------------------------------------------------------------------------------
 
 
-BENCH_PRECISIONS = ("fp32", "fp16", "bf16", "int8")
-
-
-def _bench_choice_problem(runtime: str, precision: str) -> str | None:
-    """Why `runtime` cannot compute `precision` on this machine, or None (asked before any conversion)."""
-    from cnncomp.run.bench import runtime_problem
-
-    problem = runtime_problem(runtime)
-    if problem:
-        return problem
-    if precision == "bf16":
-        from cnncomp.precision.bf16 import bf16_problem
-
-        return bf16_problem(runtime)
-    if runtime == "openvino":
-        from cnncomp.run.openvino import precision_problem
-
-        return precision_problem(precision)
-    return None
-
-
-def _bench_model(precision: str, runtime: str, model, compiled: Compiled | None, source: Source,
-                 int8: Int8Options | None, log: Log):
-    """The model file a choice runs: float32 for fp32 and bf16 (and fp16 under OpenVINO, which computes it in
-    float16 by its precision hint), cnncomp's float16 or int8 conversion otherwise."""
-    if precision in ("fp32", "bf16") or (precision == "fp16" and runtime == "openvino"):
-        return model
+def _bench_inputs(job: Job, compiled: Compiled | None, model) -> tuple[str, dict, dict | None]:
+    """The network's name, its inputs ({name: (dtype, shape)}), and the calibration samples to run on (None:
+    seeded uniform inputs)."""
     if compiled is None:
-        if precision == "int8":
-            raise CnnError("int8 needs the network's graph to calibrate against: bench the .cnn spec (an ONNX "
-                           "model becomes one with `cnncomp import`)")
-        from cnncomp.precision.fp16 import to_fp16
-
-        return to_fp16(model, keep_io_fp32=True)[0]
-    request = PrecisionRequest(keep_io_fp32=True, probe_provider=runtime if runtime != "openvino" else "cpu",
-                               int8=_int8_for(int8, source, runtime == "tensorrt"), compiled=compiled)
-    return convert_precision(model, compiled.graph, precision, request, log).model
-
-
-def bench_spec(model_or_spec, source: Source | None = None, runtimes=("cpu", "openvino"),
-               precisions=("fp32", "fp16", "bf16", "int8"), batches=(1,), threads: int = 0,
-               int8: Int8Options | None = None, max_error: float | None = None, rounds: int = 5, runs: int = 10,
-               log: Log = silent):
-    """`cnncomp bench`: every runtime x precision x batch side by side in one process (run/bench.py): medians,
-    spread, speed-up and relative L2 error against float32 on ONNX Runtime's CPU provider, and the fastest
-    choice within the error budget (`max_error`, default 0.01). A spec is compiled at -O1 (or as `source`
-    says); int8 calibrates on int8.calibration, whose samples are also the inputs timed and compared."""
-    from cnncomp.run.bench import BASELINE, Choice, measure
-    from cnncomp.verification.compare import relative_output_error
-    from cnncomp.verification.tolerances import DEFAULT_MAX_ERROR
-
-    check_max_error(max_error)
-    unknown = [p for p in precisions if p not in BENCH_PRECISIONS]
-    if unknown:
-        raise UsageError(f"unknown precision '{unknown[0]}'; choose from {', '.join(BENCH_PRECISIONS)}")
-    if not batches or any(b < 1 for b in batches):
-        raise UsageError(f"--batch takes sizes of 1 or more, got {','.join(map(str, batches)) or 'none'}")
-    if rounds < 1 or runs < 1:
-        raise UsageError("--rounds and --runs take 1 or more")
-    pairs = [BASELINE] + [(r, p) for r in runtimes for p in precisions if (r, p) != BASELINE]
-    compiled = None
-    if str(model_or_spec).endswith(".onnx"):
         import onnx
 
-        model = onnx.load(str(model_or_spec))
-        network = Path(str(model_or_spec)).stem
+        initialized = {t.name for t in model.graph.initializer}
         inputs = {i.name: (onnx.helper.tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type),
-                           [d.dim_value if d.HasField("dim_value") else d.dim_param for d in
-                            i.type.tensor_type.shape.dim]) for i in model.graph.input
-                  if i.name not in {t.name for t in model.graph.initializer}}
-    else:
-        source = source or Source(model_or_spec)
-        compiled = _optimize(source, load(source.spec, source.defines))
-        _warn(compiled, "fp32", log)
-        model = emit_model(compiled, source.opset)
-        network = compiled.graph.name
-        inputs = {n: (np.dtype(compiled.ref_graph.layer(n).dtype), list(compiled.ref_graph.layer(n).shape))
-                  for n in compiled.ref_graph.inputs}
-    for name, (_, shape) in inputs.items():
-        if shape and isinstance(shape[0], int) and shape[0] > 0 and any(b != shape[0] for b in batches):
-            raise UsageError(f"--batch {','.join(map(str, batches))}: the input '{name}' has the static batch "
-                             f"size {shape[0]}")
+                           [d.dim_value if d.HasField("dim_value") else d.dim_param
+                            for d in i.type.tensor_type.shape.dim])
+                  for i in model.graph.input if i.name not in initialized}
+        return Path(str(job.spec)).stem, inputs, None
+    graph = compiled.ref_graph
+    inputs = {n: (np.dtype(graph.layer(n).dtype), list(graph.layer(n).shape)) for n in graph.inputs}
     samples = None
-    if int8 is not None and int8.calibration is not None and compiled is not None:
+    if job.optimize.calibration is not None:
         from cnncomp.precision.calibration import load_calibration
 
-        samples = load_calibration(int8.calibration, compiled.ref_graph, int8.preprocess)
+        samples = load_calibration(job.optimize.calibration, graph, job.values.get("preprocess"))
+    return graph.name, inputs, samples
 
+
+def _bench_feeds(inputs: dict, samples: dict | None, seed: int):
+    """feeds_for(batch): the first calibration samples (repeated when too few), or seeded uniform inputs."""
     def feeds_for(batch: int) -> dict:
-        rng = np.random.default_rng(source.seed if source else 0)
+        rng = np.random.default_rng(seed)
         feeds = {}
         for name, (dtype, shape) in inputs.items():
             if samples is not None:
-                rows = np.resize(np.arange(len(samples[name])), batch)  # the first samples, repeated if too few
-                feeds[name] = samples[name][rows]
+                feeds[name] = samples[name][np.resize(np.arange(len(samples[name])), batch)]
             else:
                 dims = [batch] + [d if isinstance(d, int) and d > 0 else 1 for d in shape[1:]]
                 feeds[name] = rng.uniform(-1, 1, dims).astype(dtype)
         return feeds
+    return feeds_for
 
-    models: dict[tuple[str, str], object] = {}
+
+def bench_job(job: Job, log: Log = silent):
+    """`cnncomp bench`: every runtime x precision x batch of the job side by side in one process (run/bench.py):
+    medians, spread, speed-up and relative L2 error against float32 on ONNX Runtime's CPU provider, and the
+    fastest choice within --max-error. A spec is compiled once (-O1 unless told); each precision is converted
+    once per kind of runtime that needs its own conversion; a choice that cannot run here keeps its reason."""
+    from cnncomp.run.bench import BASELINE, Choice, measure, plot, plot_problem
+    from cnncomp.run.runtime import open_session, runtimes
+    from cnncomp.verification.compare import relative_output_error
+
+    c = job.check
+    if job.output.plot:
+        problem = plot_problem(job.output.plot)
+        if problem:
+            raise CnnError(problem)  # before any work: nobody waits for a picture that will not come
+    compiled = None
+    if str(job.spec).endswith(".onnx"):
+        import onnx
+
+        model = onnx.load(str(job.spec))
+    else:
+        compiled = optimize_job(job)
+        _warn(compiled, "fp32", log)
+        model = emit_model(compiled, job.optimize.opset)
+    network, inputs, samples = _bench_inputs(job, compiled, model)
+    for name, (_, shape) in inputs.items():
+        if shape and isinstance(shape[0], int) and shape[0] > 0 and any(b != shape[0] for b in c.batches):
+            raise UsageError(f"--batch {','.join(map(str, c.batches))}: the input '{name}' has the static batch "
+                             f"size {shape[0]}")
+    converted: dict[tuple, object] = {}
     choices = []
-    for runtime, precision in pairs:
-        problem = _bench_choice_problem(runtime, precision)
-        if problem is None:
-            key = (precision, "openvino" if runtime == "openvino" and precision == "fp16" else "")
-            try:
-                if key not in models:
-                    models[key] = _bench_model(precision, runtime, model, compiled, source, int8, log)
-            except CnnError as e:
-                problem = e.message
-        choice = Choice(runtime, precision, problem=problem)
-        if problem is None:
-            choice.open = (lambda r=runtime, p=precision, m=models[key]: _open_for_bench(r, m, p, threads))
+    for runtime_name, precision in [BASELINE] + [(r, p) for r in c.runtimes for p in c.precisions
+                                                 if (r, p) != BASELINE]:
+        choice = Choice(runtime_name, precision)
+        runtime = runtimes()[runtime_name]
+        try:
+            if not runtime.available():
+                raise CnnError(runtime.missing())
+            # one conversion serves the runtimes that probe ONNX Runtime alike (cpu and openvino: its CPU provider)
+            key = (precision, repr(runtime.providers({})), runtime.symmetric_int8)
+            if key not in converted:
+                if compiled is None and precision_of(precision).converts_model:
+                    raise CnnError(f"{precision} is converted from the network's graph, which an ONNX model lacks: "
+                                   "bench the .cnn spec (`cnncomp import` makes one from an ONNX model)")
+                request = _request(job, compiled, probe_provider=runtime_name, tensorrt=runtime.symmetric_int8)
+                request.settings["keep_io_fp32"] = True  # every choice takes the same float32 inputs
+                converted[key] = convert_precision(model, compiled.graph if compiled else None, precision, request,
+                                                   log).model
+            choice.open = (lambda m=converted[key], r=runtime_name, p=precision:
+                           open_session(m, r, precision=p, threads=c.threads, quiet=True, spinning=False))
+        except CnnError as e:
+            choice.problem = e.message
         choices.append(choice)
-    budget = DEFAULT_MAX_ERROR if max_error is None else max_error
-    return measure(network, choices, feeds_for, list(batches), relative_output_error, budget, rounds, runs,
-                   threads=threads)
-
-
-def _open_for_bench(runtime: str, model, precision: str, threads: int):
-    from cnncomp.run.bench import open_runtime
-
-    # OpenVINO computes an int8 (QDQ) model's float layers by its hint: f32 keeps them float32
-    return open_runtime(runtime, model, precision if precision in ("fp32", "bf16", "fp16") else "fp32", threads)
+    report = measure(network, choices, _bench_feeds(inputs, samples, job.source.seed), list(c.batches),
+                     relative_output_error, job.optimize.max_error, c.rounds, c.runs, threads=c.threads)
+    if job.output.plot:
+        plot(report, job.output.plot)
+    return report

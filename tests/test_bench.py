@@ -92,8 +92,9 @@ def test_bench_table_lists_what_cannot_run(capsys, monkeypatch):
     code, out, err = cli(capsys, "bench", "specs/lenet.cnn", "--precisions", "fp32,bf16", "--rounds", "1",
                          "--runs", "1")
     assert code == 0, err
-    assert "not run: openvino fp32: the openvino package is not installed (pip install 'cnncomp[openvino]')" in out
-    assert "not run: cpu bf16: ONNX Runtime cannot compute bf16" in out
+    assert ("not run: openvino fp32: the openvino runtime cannot run: the openvino package is not installed "
+            "(pip install 'cnncomp[openvino]')") in out
+    assert "not run: cpu bf16: --precision bf16 under the cpu runtime: ONNX Runtime cannot compute bf16" in out
     assert "batch 1: fastest within the error budget 0.01: cpu fp32" in out
 
 
@@ -109,7 +110,7 @@ def test_bench_openvino_rows_run_and_agree(capsys):
         assert 1e-6 < rows["openvino", "bf16"]["error"] < 0.01
 
 
-def test_bench_of_an_onnx_model_refuses_int8_with_the_reason(capsys, tmp_path):
+def test_bench_of_an_onnx_model_refuses_the_converted_precisions_with_the_reason(capsys, tmp_path):
     import cnncomp
 
     path = tmp_path / "lenet.onnx"
@@ -118,13 +119,14 @@ def test_bench_of_an_onnx_model_refuses_int8_with_the_reason(capsys, tmp_path):
                          "--rounds", "1", "--runs", "1", "--json")
     assert code == 0, err
     rows = {r["precision"]: r for r in json.loads(out)["rows"]}
-    assert rows["fp16"]["error"] < 0.01
-    assert "int8 needs the network's graph" in rows["int8"]["problem"]
+    assert rows["fp32"]["speedup"] == 1.0
+    for precision in ("fp16", "int8"):
+        assert "converted from the network's graph, which an ONNX model lacks" in rows[precision]["problem"]
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--runtimes", "cpu,tpu"], "--runtimes: unknown 'tpu'"),
-    (["--precisions", "fp8"], "--precisions: unknown 'fp8'"),
+    (["--runtimes", "cpu,tpu"], "--runtimes names an unknown runtime 'tpu'; known: cpu"),
+    (["--precisions", "fp8"], "--precisions names an unknown precision 'fp8'; known: fp32"),
     (["--batch", "1,x"], "--batch takes sizes like 1,8"),
     (["--batch", "0"], "--batch takes sizes of 1 or more"),
     (["--threads", "-1"], "--threads takes 0 or more"),

@@ -31,7 +31,7 @@ def test_onnx_runtime_is_refused_with_the_reason(runtime):
     problem = bf16.bf16_problem(runtime)
     assert "bfloat16" in problem and "--runtime openvino" in problem
     with pytest.raises(CnnError, match=f"--precision bf16 under the {runtime} runtime"):
-        bf16.check_bf16(None, None, runtime)
+        bf16.check_bf16(runtime)
 
 
 def _bf16_model(op, inputs, shape):
@@ -65,3 +65,35 @@ def test_openvino_without_native_bf16_is_refused(tmp_path, monkeypatch):
 def test_openvino_missing_is_the_reason(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "openvino", None)
     assert "pip install 'cnncomp[openvino]'" in bf16.bf16_problem("openvino", _cpuinfo(tmp_path, "amx_bf16"))
+
+
+# ---- --precision bf16 through the job ------------------------------------------------------------------------
+
+
+def test_bf16_under_onnx_runtime_is_refused_with_the_reason(capsys, tmp_path):
+    from cli_helpers import cli
+
+    for args in (["verify", "specs/lenet.cnn"], ["compile", "specs/lenet.cnn", "-o", tmp_path / "l.onnx"]):
+        code, out, err = cli(capsys, *args, "--precision", "bf16")
+        assert code == 1 and "--precision bf16 under the cpu runtime: ONNX Runtime cannot compute bf16" in err
+    assert not (tmp_path / "l.onnx").exists()
+
+
+@pytest.mark.skipif(bf16.bf16_problem("openvino") is not None, reason="no OpenVINO, or this CPU has no native bf16")
+def test_verify_bf16_under_openvino_is_judged_by_the_budget(capsys):
+    import json
+
+    from cli_helpers import cli
+
+    code, out, err = cli(capsys, "verify", "specs/lenet.cnn", "--runtime", "openvino", "--precision", "bf16", "--json")
+    report = json.loads(out)
+    assert code == 0 and report["ok"] and report["precision"] == "bf16", err
+    assert any("judged by relative L2 error <= 0.01" in n for n in report["notes"])
+    (name, comparison), = report["outputs"].items()
+    # bfloat16 really computed: further from the float64 reference than float32 would be, within the budget
+    code, out, _ = cli(capsys, "verify", "specs/lenet.cnn", "--runtime", "openvino", "--json")
+    fp32 = json.loads(out)["outputs"][name]
+    assert comparison["max_abs_err"] > 10 * fp32["max_abs_err"]
+    code, out, err = cli(capsys, "verify", "specs/lenet.cnn", "--runtime", "openvino", "--precision", "bf16",
+                         "--max-error", "1e-6")
+    assert code == 1 and "MISMATCH" in out  # the budget is what judges it

@@ -165,3 +165,39 @@ def test_stand_in_backend_without_openvino_refuses_to_load(backend, monkeypatch)
     monkeypatch.setitem(sys.modules, "openvino", None)
     with pytest.raises(_TritonModelException, match=r"openvino package is not installed.*cnncomp\[openvino\]"):
         initialize(["openvino"])
+
+
+# ---- --runtime openvino on run, verify, deploy ---------------------------------------------------------------
+
+
+@needs_openvino
+def test_run_verify_and_deploy_take_runtime_openvino(capsys, tmp_path):
+    from cli_helpers import cli
+
+    x = np.random.default_rng(1).uniform(-1, 1, (2, 1, 28, 28)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    outputs = {}
+    for runtime in ("cpu", "openvino"):
+        code, out, err = cli(capsys, "run", "specs/lenet.cnn", "--input", tmp_path / "x.npy", "--runtime", runtime,
+                             "-o", tmp_path / f"{runtime}.npy")
+        assert code == 0, err
+        outputs[runtime] = np.load(tmp_path / f"{runtime}.npy")
+    assert _rel(outputs["openvino"], outputs["cpu"]) < 1e-5  # fp32 means fp32 under OpenVINO too
+    code, out, err = cli(capsys, "verify", "specs/lenet.cnn", "--runtime", "openvino", "--json")
+    report = __import__("json").loads(out)
+    assert code == 0 and report["ok"] and report["provider"] == "openvino", err
+    code, out, err = cli(capsys, "deploy", "specs/lenet.cnn", "--triton", tmp_path / "repo", "--runtime", "openvino")
+    assert code == 0, err
+    assert 'name : "openvino"' in (tmp_path / "repo" / "lenet" / "config.pbtxt").read_text()
+    code, out, err = cli(capsys, "deploy", "specs/lenet.cnn", "--triton", tmp_path / "repo2", "--runtime",
+                         "openvino", "--kind", "gpu")
+    assert code == 2 and "--runtime openvino runs CPU instances; it cannot go with --kind gpu" in err
+    assert not (tmp_path / "repo2").exists()
+
+
+def test_runtime_openvino_without_the_package_is_a_clear_error(capsys, monkeypatch, tmp_path):
+    from cli_helpers import cli
+
+    monkeypatch.setitem(sys.modules, "openvino", None)
+    code, out, err = cli(capsys, "verify", "specs/lenet.cnn", "--runtime", "openvino")
+    assert code == 1 and "pip install 'cnncomp[openvino]'" in err

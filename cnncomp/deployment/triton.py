@@ -43,7 +43,7 @@ from pathlib import Path
 import onnx
 from onnx import TensorProto
 
-from cnncomp.errors import CnnError
+from cnncomp.errors import CnnError, UsageError
 
 TRITON_TYPES = {
     TensorProto.FLOAT: "TYPE_FP32",
@@ -80,7 +80,7 @@ class TritonConfig:
     tensorrt: bool = False
     precision: str = "fp32"
     workspace_bytes: int = WORKSPACE_BYTES
-    openvino: bool = False  # CPU instances run through OpenVINO (the backend's cpu_execution_accelerator)
+    cpu_accelerator: str | None = None  # CPU instances run through it (the backend's cpu_execution_accelerator)
 
     def to_pbtxt(self) -> str:
         """The config in protobuf text format (Triton's config.pbtxt)."""
@@ -105,9 +105,9 @@ class TritonConfig:
                       f'        parameters {{ key: "precision_mode" value: "{mode}" }}',
                       f'        parameters {{ key: "max_workspace_size_bytes" value: "{self.workspace_bytes}" }}',
                       "      }", "    ]", "  }", "}"]
-        if self.openvino:
+        if self.cpu_accelerator:
             lines += ["optimization {", "  execution_accelerators {", "    cpu_execution_accelerator : [",
-                      "      {", '        name : "openvino"', "      }", "    ]", "  }", "}"]
+                      "      {", f'        name : "{self.cpu_accelerator}"', "      }", "    ]", "  }", "}"]
         return "\n".join(lines) + "\n"
 
 
@@ -124,7 +124,7 @@ def triton_config(model: onnx.ModelProto, graph, max_batch: int = 8, instances: 
                   tensorrt: bool = False, precision: str = "fp32", name: str | None = None,
                   runtime: str | None = None) -> TritonConfig:
     """The Triton config of an emitted model; a spec whose batch dim is static is an error when max_batch > 0.
-    `runtime` "openvino": CPU instances run through the backend's OpenVINO accelerator."""
+    `runtime` (run/runtime.py): one with a Triton CPU accelerator (openvino) runs CPU instances through it."""
     name = name or graph.name
     if not MODEL_NAME.match(name):
         raise CnnError(f"'{name}' cannot name a Triton model (use letters, digits, '_', '-', '.'); give --name")
@@ -134,20 +134,20 @@ def triton_config(model: onnx.ModelProto, graph, max_batch: int = 8, instances: 
         raise CnnError(f"--instances must be 1 or more, got {instances}")
     if kind not in (None, "gpu", "cpu"):
         raise CnnError(f"instance kind must be gpu or cpu, got '{kind}'")
-    if runtime not in (None, "cpu", "cuda", "tensorrt", "openvino"):
-        raise CnnError(f"unknown runtime '{runtime}' for a Triton repository; choose cpu, cuda, tensorrt or openvino")
-    tensorrt = tensorrt or runtime == "tensorrt"
-    openvino = runtime == "openvino"
-    if openvino and (tensorrt or kind == "gpu"):
-        raise CnnError("--runtime openvino runs CPU instances; it cannot go with "
-                       + ("--tensorrt" if tensorrt else "--kind gpu"))
-    if (tensorrt or runtime == "cuda") and kind == "cpu":
-        raise CnnError(f"--{'tensorrt' if tensorrt else 'runtime cuda'} needs GPU instances: TensorRT and CUDA run "
-                       "only on NVIDIA GPUs (drop --kind cpu)")
-    if tensorrt or runtime == "cuda":
-        kind = "gpu"  # a TensorRT accelerator, or CUDA, only means something on a GPU instance
-    if openvino:
-        kind = "cpu"  # the OpenVINO accelerator applies to CPU instances only
+    accelerator = None
+    if runtime is not None:
+        from cnncomp.run.runtime import choose
+
+        accelerator = choose(runtime, quiet=True).triton_cpu_accelerator
+    if accelerator and (tensorrt or kind == "gpu"):
+        raise UsageError(f"--runtime {runtime} runs CPU instances; it cannot go with "
+                         + ("--tensorrt" if tensorrt else "--kind gpu"))
+    if tensorrt and kind == "cpu":
+        raise CnnError("--tensorrt needs GPU instances: TensorRT runs only on NVIDIA GPUs (drop --kind cpu)")
+    if tensorrt:
+        kind = "gpu"  # a TensorRT accelerator only means something on a GPU instance
+    if accelerator:
+        kind = "cpu"  # a CPU accelerator applies to CPU instances only
     batch_symbol = None
     tensors: dict[str, list[TensorConfig]] = {"input": [], "output": []}
     for key, values in (("input", model.graph.input), ("output", model.graph.output)):
@@ -172,7 +172,7 @@ def triton_config(model: onnx.ModelProto, graph, max_batch: int = 8, instances: 
                                              [d if isinstance(d, int) else -1 for d in dims]))
     return TritonConfig(name, max_batch, tensors["input"], tensors["output"], instances,
                         {None: None, "gpu": "KIND_GPU", "cpu": "KIND_CPU"}[kind], tensorrt, precision,
-                        openvino=openvino)
+                        cpu_accelerator=accelerator)
 
 
 def _static_batch_error(key: str, tensor: str, dims: list, graph, max_batch: int) -> CnnError:

@@ -23,8 +23,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from cnncomp.errors import CnnError
-from cnncomp.ir.graph import LayerGraph
-from cnncomp.log import Log, silent
+from cnncomp.log import silent
+from cnncomp.precision.convert import Converted, Precision, register_precision
 
 CPU_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo flags of a CPU that computes bfloat16 natively
 BF16_RUNTIMES = ("openvino",)
@@ -65,10 +65,40 @@ def bf16_note(budget: float) -> str:
             f"are judged by relative L2 error <= {budget:g}")
 
 
-def check_bf16(model, graph: LayerGraph, runtime: str, log: Log = silent):
-    """The model as it is (bf16 is the runtime's compute precision, not the file's), once `runtime` is known
-    to compute bf16 here; else a CnnError with the reason."""
+def check_bf16(runtime: str) -> None:
+    """A CnnError with the reason when `runtime` cannot compute bf16 on this machine."""
     problem = bf16_problem(runtime)
     if problem:
         raise CnnError(f"--precision bf16 under the {runtime} runtime: {problem}")
-    return model
+
+
+@register_precision
+class Bf16(Precision):
+    """bfloat16 compute of the float32 model, by the runtime's precision hint (see the module docstring)."""
+
+    name = "bf16"
+    help = "bfloat16 compute of the float32 model by --runtime openvino, on CPUs with AVX-512 BF16 or AMX"
+    tolerances = (1e-2, 1e-2)  # only fill the report: bf16 is judged by the budget
+    judged_by_budget = True
+    converts_model = False  # the file stays float32: the runtime computes it in bf16
+    triton_mode = "FP32"  # never written: a Triton deploy of bf16 is refused (ONNX Runtime computes no bf16)
+    requires = ("a CPU with native bfloat16 (avx512_bf16 or amx_bf16)", "the openvino runtime")
+
+    def convert(self, model, graph, request, log=silent):
+        """The model as it is, once the runtime that will run it (the check's, else the job's --runtime) is
+        known to compute bf16 here; else a CnnError with the reason."""
+        from cnncomp.verification.tolerances import DEFAULT_MAX_ERROR
+
+        check_bf16(request.probe_provider or request.settings.get("runtime") or "cpu")
+        budget = request.settings.get("max_error") or DEFAULT_MAX_ERROR
+        return Converted(model, request.inputs, graph, "bf16", [bf16_note(budget)])
+
+    def for_timing(self):
+        return None  # -O3 --autotune times layers under ONNX Runtime, which has no bf16: as float32
+
+    def missing(self) -> list[str]:
+        from cnncomp.run.openvino import cpu_capabilities
+
+        if cpu_bf16_flags() or "BF16" in cpu_capabilities():
+            return []
+        return ["a CPU with native bfloat16 (no avx512_bf16 or amx_bf16 in /proc/cpuinfo)"]

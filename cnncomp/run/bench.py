@@ -24,38 +24,6 @@ import numpy as np
 from cnncomp.progress import progress
 
 BASELINE = ("cpu", "fp32")
-RUNTIMES = ("cpu", "cuda", "tensorrt", "openvino")  # ONNX Runtime's providers, then OpenVINO's own runtime
-
-
-def runtime_problem(runtime: str) -> str | None:
-    """Why `runtime` cannot run on this machine (not installed, no GPU provider), or None."""
-    if runtime == "openvino":
-        from cnncomp.run.openvino import openvino_problem
-
-        return openvino_problem()
-    from cnncomp.errors import CnnError
-    from cnncomp.run.session import resolve_providers
-
-    try:
-        resolve_providers(runtime, quiet=True)
-    except CnnError as e:
-        return e.message
-    return None
-
-
-def open_runtime(runtime: str, model, precision: str = "fp32", threads: int = 0):
-    """A session of `model` under `runtime`, computing in `precision` where the runtime takes a hint
-    (OpenVINO); ONNX Runtime's threads do not spin between runs, so they leave the cores to the choice
-    timed next."""
-    if runtime == "openvino":
-        from cnncomp.run.openvino import OpenVinoSession
-
-        return OpenVinoSession(model, precision, threads)
-    from cnncomp.run.session import Session
-
-    return Session(model, runtime, threads=threads, quiet=True, spinning=False)
-
-
 @dataclass
 class Choice:
     """One way to run the network: a runtime, a precision, and how to open it (None with the reason it
@@ -216,15 +184,9 @@ def measure(network: str, choices: list[Choice], feeds_for: Callable[[int], dict
     return BenchReport(network, ordered, budget, threads, rounds, runs, baseline)
 
 
-PLOT_FORMATS = ("png", "svg", "pdf")
-
-
 def plot_problem(path) -> str | None:
-    """Why a chart cannot be written to `path` (its suffix, or matplotlib missing), or None; asked before
-    any measuring, so that nobody waits for a picture that will not come."""
-    suffix = str(path).rpartition(".")[2].lower()
-    if "." not in str(path) or suffix not in PLOT_FORMATS:
-        return f"--plot takes a .png, .svg or .pdf file, got '{path}'"
+    """Why a chart cannot be drawn (matplotlib missing), or None; asked before any measuring, so that nobody
+    waits for a picture that will not come (the job checked the file's suffix)."""
     try:
         import matplotlib  # noqa: F401
     except ImportError:

@@ -4,7 +4,8 @@ OpenVINO's CPU plugin picks its own inference precision unless told: on a CPU
 with AVX-512 BF16 or AMX it computes a float32 model in bfloat16 (about 0.3%
 relative L2 error on ResNet-50). So the precision hint is always set here:
 `f32` for fp32 (what "fp32" means everywhere else in cnncomp), `bf16` only when
-bf16 is asked for, `f16` for fp16. An int8 (QDQ) model runs its quantized layers
+bf16 is asked for, `f16` for fp16 (on a CPU without float16 math, `f32`: the
+float16 model then runs computed in float32). An int8 (QDQ) model runs its quantized layers
 in int8 whatever the hint; its float layers follow the hint (f32).
 
 Why OpenVINO's own runtime and not ONNX Runtime's OpenVINO execution provider
@@ -27,10 +28,13 @@ from pathlib import Path
 import numpy as np
 
 from cnncomp.errors import CnnError
+from cnncomp.run.runtime import Runtime, register_runtime
 
 INSTALL_HINT = "pip install 'cnncomp[openvino]'"
-PRECISION_HINTS = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}  # cnncomp precision -> INFERENCE_PRECISION_HINT
-CAPABILITY = {"bf16": "BF16", "fp16": "FP16"}  # what OPTIMIZATION_CAPABILITIES lists for a hardware precision
+# cnncomp precision -> (INFERENCE_PRECISION_HINT, the hint where the CPU lacks that math, or None: refused).
+# Other precisions (int8: its QDQ layers run in int8 whatever the hint) compute their float layers in f32.
+PRECISION_HINTS = {"fp32": ("f32", None), "fp16": ("f16", "f32"), "bf16": ("bf16", None)}
+CAPABILITY = {"bf16": "BF16", "f16": "FP16"}  # what OPTIMIZATION_CAPABILITIES lists for a hint's math
 
 
 def openvino_problem() -> str | None:
@@ -60,13 +64,13 @@ def cpu_capabilities() -> list[str]:
     return [str(c) for c in _core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")]
 
 
-def precision_problem(precision: str) -> str | None:
-    """Why OpenVINO on this CPU cannot compute in `precision` (fp32, fp16, bf16, int8), or None."""
+def precision_problem(hint: str) -> str | None:
+    """Why OpenVINO on this CPU cannot compute by the precision hint `hint` (f32, f16, bf16), or None."""
     problem = openvino_problem()
     if problem:
         return problem
-    if precision in CAPABILITY and CAPABILITY[precision] not in cpu_capabilities():
-        return (f"OpenVINO finds no {CAPABILITY[precision]} support on this CPU (its OPTIMIZATION_CAPABILITIES "
+    if hint in CAPABILITY and CAPABILITY[hint] not in cpu_capabilities():
+        return (f"OpenVINO finds no {CAPABILITY[hint]} support on this CPU (its OPTIMIZATION_CAPABILITIES "
                 f"are {', '.join(cpu_capabilities())})")
     return None
 
@@ -91,10 +95,12 @@ class OpenVinoSession:
 
     def __init__(self, model, precision: str = "fp32", threads: int = 0):
         core = _core()
-        hint = PRECISION_HINTS.get(precision, "f32")  # int8: the QDQ layers run in int8, the others in f32
-        problem = precision_problem(precision) if precision in CAPABILITY else None
+        hint, fallback = PRECISION_HINTS.get(precision, ("f32", None))
+        problem = precision_problem(hint)
+        if problem and fallback is None:
+            raise CnnError(f"the openvino runtime cannot compute {precision} here: {problem}")
         if problem:
-            raise CnnError(f"the openvino runtime cannot run {precision}: {problem}")
+            hint = fallback  # a float16 model still runs, computed in float32, where the CPU has no float16 math
         config = {"INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "LATENCY"}
         if threads:
             config["INFERENCE_NUM_THREADS"] = int(threads)
@@ -146,3 +152,29 @@ class OpenVinoSession:
             self.run(feeds)
             times.append(time.perf_counter() - start)
         return float(np.median(times))
+
+
+@register_runtime
+class OpenVinoRuntime(Runtime):
+    """OpenVINO's own runtime on the CPU (not an ONNX Runtime provider): `--runtime openvino`."""
+
+    name = "openvino"
+    help = "OpenVINO on the CPU (the openvino package; bf16 by its precision hint)"
+    provider = "OpenVINOExecutionProvider"  # its ONNX Runtime counterpart; cnncomp runs OpenVINO's own runtime
+    install_hint = INSTALL_HINT
+    triton_cpu_accelerator = "openvino"  # Triton's onnxruntime backend runs CPU instances through OpenVINO
+
+    def available(self) -> bool:
+        return openvino_problem() is None
+
+    def missing(self) -> str:
+        return f"the openvino runtime cannot run: {openvino_problem()}"
+
+    def providers(self, settings: dict) -> list:
+        """ONNX Runtime's CPU provider stands in where a step asks ONNX Runtime itself which kernels exist
+        (fp16's probe of the nodes to keep in float32); sessions are OpenVINO's own (`session`)."""
+        return ["CPUExecutionProvider"]
+
+    def session(self, model, settings: dict | None = None, precision: str = "fp32", threads: int = 0,
+                quiet: bool = False, **options):
+        return OpenVinoSession(model, precision, threads)

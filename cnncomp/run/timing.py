@@ -30,12 +30,12 @@ def time_subgraph(graph: LayerGraph, names: list[str], provider: str = "cpu", re
     """Median seconds per run of these layers alone (seeded weights, batch 1), their ONNX model first passed
     through `convert` (a precision conversion: int8 layers are timed as int8) when given."""
     from cnncomp.emit.onnx import emit_onnx
-    from cnncomp.run.session import Session
+    from cnncomp.run.runtime import open_session
     from cnncomp.ir.weights import init_weights
 
     sub = extract(graph, names)
     model = emit_onnx(sub, init_weights(sub, 0))
-    session = Session(convert(model) if convert is not None else model, provider, quiet=True)
+    session = open_session(convert(model) if convert is not None else model, provider, quiet=True)
     x = np.random.default_rng(0).standard_normal(sub.layer("x").shape).astype(np.float32)
     return session.median_seconds({"x": x}, repeats)
 

@@ -154,7 +154,7 @@ def verify(ref_graph: LayerGraph, ref_weights: dict, model, opt_graph: LayerGrap
     (opt_graph.meta["approximate"]) or the precision is judged so, outputs are judged by their relative L2
     error against `max_error` (default DEFAULT_MAX_ERROR) instead of element-wise tolerances."""
     from cnncomp.run.reference import run_reference
-    from cnncomp.run.session import Session
+    from cnncomp.run.runtime import open_session
 
     import torch
 
@@ -169,7 +169,7 @@ def verify(ref_graph: LayerGraph, ref_weights: dict, model, opt_graph: LayerGrap
         model, tensors = with_all_layer_outputs(model, opt_graph)
     else:
         ref_out = reference_outputs or run_reference(ref_graph, ref_weights, feeds, dtype=torch.float64)
-    session = Session(model, provider, settings=runtime_settings, **(session_options or {}))
+    session = open_session(model, provider, runtime_settings, precision, **(session_options or {}))
     got = session.run({k: v for k, v in feeds.items() if k in session.input_names})
     outputs = {}
     budget = None
