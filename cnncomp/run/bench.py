@@ -15,13 +15,13 @@ reason instead of a figure.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
 
 from cnncomp.progress import progress
+from cnncomp.run.timing import median_run_seconds
 
 BASELINE = ("cpu", "fp32")
 @dataclass
@@ -126,15 +126,6 @@ def _relative_spread(values: list[float]) -> float:
     return 100.0 * (max(values) - min(values)) / 2 / median if median > 0 else 0.0
 
 
-def _time_runs(session, feeds: dict, runs: int) -> float:
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        session.run(feeds)
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
-
-
 def measure(network: str, choices: list[Choice], feeds_for: Callable[[int], dict], batches: list[int],
             error_of: Callable[[dict, dict], float], budget: float, rounds: int = 5, runs: int = 10,
             warmup: int = 2, threads: int = 0, baseline: tuple[str, str] = BASELINE) -> BenchReport:
@@ -168,7 +159,7 @@ def measure(network: str, choices: list[Choice], feeds_for: Callable[[int], dict
     steps = [(r, k) for r in range(rounds) for k in range(len(live))]
     for r, k in progress(steps, label="bench"):
         i, b = live[(k + r) % len(live)]  # the order rotates, so no choice always follows the same neighbour
-        rows[i, b].round_ms.append(1e3 * _time_runs(sessions[i], feeds[b], runs))
+        rows[i, b].round_ms.append(1e3 * median_run_seconds(sessions[i], feeds[b], runs, warmup=0))
     for (i, b), row in rows.items():
         if row.round_ms:
             row.median_ms = float(np.median(row.round_ms))

@@ -22,7 +22,6 @@ Without the package, opening a session is a CnnError that says
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
@@ -144,14 +143,9 @@ class OpenVinoSession:
 
     def median_seconds(self, feeds: dict[str, np.ndarray], repeats: int = 20, warmup: int = 3) -> float:
         """Median wall time of one run on these inputs, after some warm-up runs."""
-        for _ in range(warmup):
-            self.run(feeds)
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            self.run(feeds)
-            times.append(time.perf_counter() - start)
-        return float(np.median(times))
+        from cnncomp.run.timing import median_run_seconds
+
+        return median_run_seconds(self, feeds, repeats, warmup)
 
 
 @register_runtime

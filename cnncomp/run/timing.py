@@ -7,6 +7,21 @@ import numpy as np
 from cnncomp.ir.graph import Layer, LayerGraph
 
 
+def median_run_seconds(session, feeds: dict, repeats: int = 20, warmup: int = 3) -> float:
+    """Median wall time of one `session.run(feeds)` over `repeats` runs, after `warmup` runs (any runtime's
+    session: ONNX Runtime's, OpenVINO's)."""
+    import time
+
+    for _ in range(warmup):
+        session.run(feeds)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        session.run(feeds)
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
 def extract(graph: LayerGraph, names: list[str]) -> LayerGraph:
     """A graph of just these layers (a chain or a single layer), fed by a new input shaped like their input."""
     members = set(names)
