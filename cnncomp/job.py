@@ -29,7 +29,8 @@ from cnncomp.run.runtime import runtime_choices, runtime_options, runtimes
 from cnncomp.verification.tolerances import DEFAULT_MAX_ERROR
 
 JOB_COMMANDS = ("compile", "verify", "deploy", "graph", "serve", "bench")
-COMPILING = ("compile", "verify", "deploy", "graph", "bench")  # the commands that load and optimize a spec
+COMPILING = ("compile", "verify", "deploy", "graph")  # the commands that load and optimize a spec
+MEASURING = COMPILING + ("bench",)  # ... and bench, which compiles its spec as they do (it prints no --stats)
 CONVERTING = ("compile", "verify", "deploy")  # ... and convert its precision
 CHECKING = ("compile", "verify")  # ... and check it numerically
 GROUPS = ("source", "optimize", "precision", "check", "output")
@@ -126,32 +127,32 @@ def _levels(value) -> str | None:
 OPTIONS: tuple[Option, ...] = (
     # ---- source: what to compile
     Option("defines", None, {}, "override a top-level `let` constant (repeatable), e.g. -D width=32",
-           COMPILING + ("serve", "run"), parse=parse_defines, flags=("-D",), metavar="NAME=VALUE", action="append",
+           MEASURING + ("serve", "run"), parse=parse_defines, flags=("-D",), metavar="NAME=VALUE", action="append",
            group="source", overrides={"serve": {"help": "with a spec: override a top-level let constant"}}),
     Option("weights", str, None, "weights: .safetensors or a PyTorch checkpoint (default: seeded)",
-           COMPILING + ("run",), metavar="W", group="source"),
-    Option("seed", int, 0, "seed for initialization and verification inputs", COMPILING + ("run",), group="source"),
+           MEASURING + ("run",), metavar="W", group="source"),
+    Option("seed", int, 0, "seed for initialization and verification inputs", MEASURING + ("run",), group="source"),
     # ---- optimize: the passes
     Option("opt_level", int, None, "-O0 no passes, -O1 the exact passes, -O2 also layout-neutral simplifications, "
            "-O3 also the approximate rewrites under --max-error (default -O1; -O0 for --emit torch and graph)",
-           COMPILING, check=_levels, group="optimize"),
+           MEASURING, check=_levels, group="optimize"),
     Option("passes", str, None, "run these passes instead of a level, e.g. fold-bn,bottleneck(ratio=0.5),"
-           "depthwise(m=4)", COMPILING, metavar="P,...", group="optimize"),
-    Option("opset", int, 17, "ONNX opset", COMPILING, group="optimize"),
+           "depthwise(m=4)", MEASURING, metavar="P,...", group="optimize"),
+    Option("opset", int, 17, "ONNX opset", MEASURING, group="optimize"),
     Option("stats", None, False, "print, per pass, the rewrites and params/MACs before and after (with "
            "--precision int8 also every layer's sensitivity)", COMPILING, action="store_true", group="optimize"),
     Option("max_error", float, DEFAULT_MAX_ERROR, "with -O3 or --precision int8: end-to-end relative L2 error "
-           "budget of the outputs against the float64 reference", COMPILING, check=positive_finite, metavar="E",
+           "budget of the outputs against the float64 reference", MEASURING, check=positive_finite, metavar="E",
            group="optimize"),
     Option("calibration", str, None, "inputs on which to measure the error budget (-O3: .npz keyed by input "
            "name, or .npy for a one-input network; finite) and, with --precision int8, to calibrate (.npz, .npy, "
-           "or a folder of images with --preprocess); the API also takes a dict of arrays", COMPILING,
+           "or a folder of images with --preprocess); the API also takes a dict of arrays", MEASURING,
            metavar="DATA", group="optimize"),
     Option("jobs", int, 1, "with -O3: measure each layer's candidate rewrites in N processes at once; with "
-           "--precision int8 and a search (--stats, or a missed --max-error): its layers", COMPILING,
+           "--precision int8 and a search (--stats, or a missed --max-error): its layers", MEASURING,
            check=at_least(1), metavar="N", group="optimize"),
     Option("autotune", None, False, "with -O3: keep a rewrite only where ONNX Runtime measures it faster on this "
-           "machine, timed in the --precision of the job (int8 layers as int8)", COMPILING, action="store_true",
+           "machine, timed in the --precision of the job (int8 layers as int8)", MEASURING, action="store_true",
            group="optimize"),
     # ---- precision
     Option("precision", str, "fp32", "the precision of the model: " + "; ".join(
@@ -226,7 +227,7 @@ OPTIONS: tuple[Option, ...] = (
            ("bench",), parse=_parse_list, check=_names_of(precisions, "precision"), metavar="P,..."),
     Option("batches", str, (1,), "batch sizes to time, e.g. 1,8", ("bench",), parse=_parse_sizes,
            check=_sizes, flags=("--batch",), metavar="B,..."),
-    Option("threads", int, 0, "threads per session (0: each runtime's own default)", ("bench",),
+    Option("threads", int, 0, "threads per session; 0 leaves it to each runtime", ("bench",),
            check=at_least(0), metavar="N"),
     Option("rounds", int, 5, "interleaved timing rounds", ("bench",), check=at_least(1)),
     Option("runs", int, 10, "runs of each choice per round", ("bench",), check=at_least(1)),

@@ -9,7 +9,7 @@ On a machine with an NVIDIA GPU (found by `nvidia-smi`) it
    onnxruntime when this onnxruntime has no CUDA provider, and the tensorrt wheel when `import tensorrt`
    fails; the CUDA, cuDNN and TensorRT libraries of those wheels are put on LD_LIBRARY_PATH of every
    command below;
-2. runs `cnncomp verify SPEC --provider cuda` for every bundled spec, in float32 and float16;
+2. runs `cnncomp verify SPEC --runtime cuda` for every bundled spec, in float32 and float16;
 3. builds TensorRT engines with `cnncomp compile --target tensorrt`: float16, int8 from the QDQ model, and an
    optimization profile over a dynamic batch (min 1, opt 4, max 8), when TensorRT installed;
 4. runs `cnncomp bench` on ResNet-50 and MobileNetV2 over the cpu, cuda and tensorrt runtimes;
@@ -225,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
                     if cuda_missing:
                         c.detail = cuda_missing
                         continue
-                    run(c, cnncomp("verify", f"specs/{spec}.cnn", "--provider", "cuda", "--precision", precision,
+                    run(c, cnncomp("verify", f"specs/{spec}.cnn", "--runtime", "cuda", "--precision", precision,
                                    "--batch", "1", "--json"), share, env, verify_judge)
         if "tensorrt" not in args.skip:
             trt_missing = "no GPU" if not gpu else None if trt else "TensorRT is not installed (import tensorrt fails)"
