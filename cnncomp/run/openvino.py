@@ -22,6 +22,7 @@ Without the package, opening a session is a CnnError that says
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -60,7 +61,12 @@ def cpu_capabilities() -> list[str]:
     """OpenVINO's OPTIMIZATION_CAPABILITIES of this CPU (e.g. FP32, BF16, INT8), or [] without OpenVINO."""
     if openvino_problem():
         return []
-    return [str(c) for c in _core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")]
+    return list(_capabilities())
+
+
+@functools.lru_cache(maxsize=1)
+def _capabilities() -> tuple[str, ...]:  # asked once: a Core takes a while to start
+    return tuple(str(c) for c in _core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
 
 
 def precision_problem(hint: str) -> str | None:
