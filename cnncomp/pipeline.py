@@ -714,7 +714,10 @@ def bench_job(job: Job, log: Log = silent):
     if str(job.spec).endswith(".onnx"):
         import onnx
 
-        model = onnx.load(str(job.spec))
+        try:
+            model = onnx.load(str(job.spec))
+        except Exception as e:  # a missing file, or bytes that are no ONNX model: the input's fault
+            raise CnnError(f"{job.spec}: cannot read the ONNX model ({type(e).__name__}: {e})") from None
     else:
         compiled = optimize_job(job)
         _warn(compiled, "fp32", log)

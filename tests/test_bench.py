@@ -137,6 +137,13 @@ def test_bad_usage_exits_2_before_any_work(capsys, args, message):
     assert code == 2 and message in err and out == ""
 
 
+def test_a_missing_or_broken_onnx_model_is_a_clear_error(capsys, tmp_path):
+    (tmp_path / "broken.onnx").write_bytes(b"not a model")
+    for path in (tmp_path / "missing.onnx", tmp_path / "broken.onnx"):
+        code, out, err = cli(capsys, "bench", path, "--runtimes", "cpu")
+        assert code == 1 and f"{path}: cannot read the ONNX model" in err
+
+
 def test_a_static_batch_refuses_other_batch_sizes(capsys, tmp_path):
     spec = tmp_path / "static.cnn"
     spec.write_text("network static\ninput x: [1, 4]\ny = x -> linear(3)\noutput y\n")
