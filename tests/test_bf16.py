@@ -77,6 +77,10 @@ def test_bf16_under_onnx_runtime_is_refused_with_the_reason(capsys, tmp_path):
         code, out, err = cli(capsys, *args, "--precision", "bf16")
         assert code == 1 and "--precision bf16 under the cpu runtime: ONNX Runtime cannot compute bf16" in err
     assert not (tmp_path / "l.onnx").exists()
+    code, out, err = cli(capsys, "deploy", "specs/lenet.cnn", "--triton", tmp_path / "repo", "--precision", "bf16",
+                         "--runtime", "openvino")
+    assert code == 1 and "--precision bf16 cannot be deployed to Triton" in err
+    assert not (tmp_path / "repo").exists()
 
 
 @pytest.mark.skipif(bf16.bf16_problem("openvino") is not None, reason="no OpenVINO, or this CPU has no native bf16")

@@ -85,6 +85,10 @@ class Bf16(Precision):
     def convert(self, model, graph, request, log=silent):
         """The model as it is, once the runtime that will run it (the check's, else the job's --runtime) is
         known to compute bf16 here; else a CnnError with the reason."""
+        if request.settings.get("triton"):  # deploy: Triton's backend, not cnncomp, picks how to compute
+            raise CnnError("--precision bf16 cannot be deployed to Triton: its ONNX Runtime backend computes no "
+                           "bf16, and its OpenVINO accelerator takes no precision setting; deploy fp32 with "
+                           "--runtime openvino, or int8")
         check_bf16(request.probe_provider or request.settings.get("runtime") or "cpu")
         if request.inputs is None:  # a file is written, not checked: say what it holds
             log("note: bf16: the model file stays float32; OpenVINO computes it in bfloat16 when told so "
