@@ -1,4 +1,4 @@
-"""The Python API: cnncomp.load, compile, verify, deploy, serve, to_torch, import_onnx (thin over cnncomp.pipeline).
+"""The Python API: cnncomp.load, compile, verify, deploy, serve, bench, to_torch, import_onnx (thin over cnncomp.pipeline).
 
 Everything `cnncomp compile`, `verify`, `deploy` and `serve` can do is here too, with the same option
 names and defaults: the keyword arguments are the commands' options (cnncomp/job.py declares them once;
@@ -72,6 +72,16 @@ def serve(repo_or_spec: str | Path, *, log=None, **options):
 
     with serve_job(job_from_keywords("serve", str(repo_or_spec), options), log or silent) as serving:
         yield serving
+
+
+def bench(spec, *, log=None, **options):
+    """Time every runtime x precision x batch of a spec (or an ONNX model) side by side in one process; returns
+    a BenchReport (.rows, .winner(batch), .table(), .to_json()). `options` are `cnncomp bench`'s (runtimes,
+    precisions, batches, threads, rounds, runs, calibration, max_error, plot, ...)."""
+    from cnncomp.log import silent
+    from cnncomp.pipeline import bench_job
+
+    return bench_job(job_from_keywords("bench", str(spec), options), log or silent)
 
 
 def options(command: str) -> dict:

@@ -26,11 +26,12 @@ from pathlib import Path
 from cnncomp.errors import UsageError
 from cnncomp.options import Option, at_least, port, positive_finite
 from cnncomp.precision.convert import precision_of, precision_options, precisions
-from cnncomp.run.runtime import runtime_choices, runtime_options
+from cnncomp.run.runtime import runtime_choices, runtime_options, runtimes
 from cnncomp.verification.tolerances import DEFAULT_MAX_ERROR
 
-JOB_COMMANDS = ("compile", "verify", "deploy", "graph", "serve")
+JOB_COMMANDS = ("compile", "verify", "deploy", "graph", "serve", "bench")
 COMPILING = ("compile", "verify", "deploy", "graph")  # the commands that load and optimize a spec
+MEASURING = COMPILING + ("bench",)  # ... and bench, which compiles its spec as they do (it prints no --stats)
 CONVERTING = ("compile", "verify", "deploy")  # ... and convert its precision
 CHECKING = ("compile", "verify")  # ... and check it numerically
 GROUPS = ("source", "optimize", "precision", "check", "output")
@@ -112,6 +113,43 @@ def _ordered_range(value) -> str | None:
     return None if lo < hi else f"needs LO < HI, got '{lo:g},{hi:g}'"
 
 
+def _parse_list(text, flag: str) -> tuple[str, ...]:
+    """A comma-separated list (cpu,openvino) as a tuple, duplicates dropped."""
+    items = [t.strip() for t in str(text).split(",") if t.strip()]
+    if not items:
+        raise UsageError(f"{flag} takes a comma-separated list, got '{text}'")
+    return tuple(dict.fromkeys(items))
+
+
+def _parse_sizes(text, flag: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(t) for t in _parse_list(text, flag))
+    except ValueError:
+        raise UsageError(f"{flag} takes sizes like 1,8, got '{text}'") from None
+
+
+def _names_of(registry, what: str):
+    """A check that every name of a list is registered (`registry`: runtimes or precisions)."""
+    def check(value) -> str | None:
+        if isinstance(value, str) or not value:
+            return f"takes a list of {what}s, got {value!r}"
+        unknown = [v for v in value if v not in registry()]
+        return f"names an unknown {what} '{unknown[0]}'; known: {', '.join(registry())}" if unknown else None
+    return check
+
+
+def _sizes(value) -> str | None:
+    if isinstance(value, (str, int)) or not value or not all(isinstance(v, int) and v >= 1 for v in value):
+        return f"takes sizes of 1 or more, got {value!r}"
+    return None
+
+
+def _plot_file(value) -> str | None:
+    suffix = str(value).rpartition(".")[2].lower()
+    return None if "." in str(value) and suffix in ("png", "svg", "pdf") else \
+        f"takes a .png, .svg or .pdf file, got '{value}'"
+
+
 def _target_choices() -> tuple[str, ...]:
     from cnncomp.deployment.targets import compile_targets
 
@@ -125,32 +163,32 @@ def _levels(value) -> str | None:
 OPTIONS: tuple[Option, ...] = (
     # ---- source: what to compile
     Option("defines", None, {}, "override a top-level `let` constant (repeatable), e.g. -D width=32",
-           COMPILING + ("serve", "run"), parse=parse_defines, flags=("-D",), metavar="NAME=VALUE", action="append",
+           MEASURING + ("serve", "run"), parse=parse_defines, flags=("-D",), metavar="NAME=VALUE", action="append",
            group="source", overrides={"serve": {"help": "with a spec: override a top-level let constant"}}),
     Option("weights", str, None, "weights: .safetensors or a PyTorch checkpoint (default: seeded)",
-           COMPILING + ("run",), metavar="W", group="source"),
-    Option("seed", int, 0, "seed for initialization and verification inputs", COMPILING + ("run",), group="source"),
+           MEASURING + ("run",), metavar="W", group="source"),
+    Option("seed", int, 0, "seed for initialization and verification inputs", MEASURING + ("run",), group="source"),
     # ---- optimize: the passes
     Option("opt_level", int, None, "-O0 no passes, -O1 the exact passes, -O2 also layout-neutral simplifications, "
            "-O3 also the approximate rewrites under --max-error (default -O1; -O0 for --emit torch and graph)",
-           COMPILING, check=_levels, group="optimize"),
+           MEASURING, check=_levels, group="optimize"),
     Option("passes", str, None, "run these passes instead of a level, e.g. fold-bn,bottleneck(ratio=0.5),"
-           "depthwise(m=4)", COMPILING, metavar="P,...", group="optimize"),
-    Option("opset", int, 17, "ONNX opset", COMPILING, group="optimize"),
+           "depthwise(m=4)", MEASURING, metavar="P,...", group="optimize"),
+    Option("opset", int, 17, "ONNX opset", MEASURING, group="optimize"),
     Option("stats", None, False, "print, per pass, the rewrites and params/MACs before and after (with "
            "--precision int8 also every layer's sensitivity)", COMPILING, action="store_true", group="optimize"),
     Option("max_error", float, DEFAULT_MAX_ERROR, "with -O3 or --precision int8: end-to-end relative L2 error "
-           "budget of the outputs against the float64 reference", COMPILING, check=positive_finite, metavar="E",
+           "budget of the outputs against the float64 reference", MEASURING, check=positive_finite, metavar="E",
            group="optimize"),
     Option("calibration", str, None, "inputs on which to measure the error budget (-O3: .npz keyed by input "
            "name, or .npy for a one-input network; finite) and, with --precision int8, to calibrate (.npz, .npy, "
-           "or a folder of images with --preprocess); the API also takes a dict of arrays", COMPILING,
+           "or a folder of images with --preprocess); the API also takes a dict of arrays", MEASURING,
            metavar="DATA", group="optimize"),
     Option("jobs", int, 1, "with -O3: measure each layer's candidate rewrites in N processes at once; with "
-           "--precision int8 and a search (--stats, or a missed --max-error): its layers", COMPILING,
+           "--precision int8 and a search (--stats, or a missed --max-error): its layers", MEASURING,
            check=at_least(1), metavar="N", group="optimize"),
     Option("autotune", None, False, "with -O3: keep a rewrite only where ONNX Runtime measures it faster on this "
-           "machine, timed in the --precision of the job (int8 layers as int8)", COMPILING, action="store_true",
+           "machine, timed in the --precision of the job (int8 layers as int8)", MEASURING, action="store_true",
            group="optimize"),
     # ---- precision
     Option("precision", str, "fp32", "the precision of the model: " + "; ".join(
@@ -158,7 +196,10 @@ OPTIONS: tuple[Option, ...] = (
            group="precision"),
     # ---- check: where and how the model is run and judged
     Option("runtime", str, "cpu", "where the model runs: " + ", ".join(runtime_choices()) + " (auto falls back to "
-           "cpu and says so)", CHECKING + ("run",), choices=runtime_choices, aliases=("provider",)),
+           "cpu and says so)", CHECKING + ("run", "deploy"), choices=runtime_choices, aliases=("provider",),
+           overrides={"deploy": {"help": "where Triton runs the model: a runtime with a Triton CPU accelerator "
+                                         "(openvino) runs CPU instances through it; the others leave it to ONNX "
+                                         "Runtime's backend"}}),
     Option("verify", None, False, "check the emitted model against the reference", ("compile",),
            action="store_true"),
     Option("atol", str, None, "absolute tolerance, for all outputs or one (repeatable); default 1e-4 * "
@@ -222,6 +263,19 @@ OPTIONS: tuple[Option, ...] = (
            "serve extra)", ("serve",), metavar="PATH", group="output"),
     Option("timeout", float, 300.0, "seconds to wait for the server and every model to be ready", ("serve",),
            check=positive_finite, metavar="S", group="output"),
+    # ---- bench: the choices compared side by side, and how they are timed
+    Option("runtimes", str, ("cpu", "openvino"), "runtimes to compare: " + ", ".join(runtimes()), ("bench",),
+           parse=_parse_list, check=_names_of(runtimes, "runtime"), metavar="R,..."),
+    Option("precisions", str, ("fp32", "fp16", "bf16", "int8"), "precisions to compare: " + ", ".join(precisions()),
+           ("bench",), parse=_parse_list, check=_names_of(precisions, "precision"), metavar="P,..."),
+    Option("batches", str, (1,), "batch sizes to time, e.g. 1,8", ("bench",), parse=_parse_sizes,
+           check=_sizes, flags=("--batch",), metavar="B,..."),
+    Option("threads", int, 0, "threads per session; 0 leaves it to each runtime", ("bench",),
+           check=at_least(0), metavar="N"),
+    Option("rounds", int, 5, "interleaved timing rounds", ("bench",), check=at_least(1)),
+    Option("runs", int, 10, "runs of each choice per round", ("bench",), check=at_least(1)),
+    Option("plot", str, None, "also draw the speed-ups as a bar chart (.png, .svg or .pdf; needs matplotlib)",
+           ("bench",), check=_plot_file, metavar="OUT.png", group="output"),
 )
 
 

@@ -520,7 +520,7 @@ def deploy_job(job: Job, log: Log = silent) -> Deployed:
 
     def config_of(model):
         return triton_config(model, compiled.graph, out.max_batch, out.instances, out.kind, out.tensorrt, precision,
-                             out.name)
+                             out.name, job.check.runtime)
 
     config_of(model)  # the batch dims and names are checked on the float32 model, before anything is converted
     # CPU instances (or Triton's choice on a CPU-only server) run on ONNX Runtime's CPU provider: keep in
@@ -583,15 +583,16 @@ def infer(model, inputs, provider: str = "cpu", defines=None, weights=None, seed
           shaped: bool = False) -> dict[str, np.ndarray]:
     """`cnncomp run`: the outputs of an ONNX model (a path or ModelProto) or of a .cnn spec (compiled in
     memory at -O1) on `inputs` (a dict, or a .npy/.npz path; with `shaped`, {input name or None: shape}
-    of seeded uniform inputs). A spec's symbolic sizes are checked against its constraints first."""
+    of seeded uniform inputs), under the runtime `provider` names (float32 under OpenVINO too: its
+    precision hint is set to f32). A spec's symbolic sizes are checked against its constraints first."""
     from cnncomp.inputs import read_inputs
-    from cnncomp.run.session import Session
+    from cnncomp.run.runtime import open_session
 
     graph = None
     if isinstance(model, (str, Path)) and str(model).endswith(".cnn"):
         compiled = optimize(model, defines, weights, seed)
         graph, model = compiled.ref_graph, emit_model(compiled)
-    session = Session(str(model) if isinstance(model, Path) else model, provider)
+    session = open_session(str(model) if isinstance(model, Path) else model, provider)
     if shaped:
         inputs = _seeded_inputs(session, inputs, seed)
     feeds = inputs if isinstance(inputs, dict) else read_inputs(inputs, session.input_names, "--input")
@@ -700,3 +701,105 @@ def import_onnx_model(path, output, weights_out=None):
     # a weights file that was there before is never removed
     save_safetensors(result.weights, weights_out, with_other=lambda: write_text(output, result.text))
     return result
+
+
+# ---- bench -------------------------------------------------------------------------------------------
+
+
+def _bench_inputs(job: Job, compiled: Compiled | None, model) -> tuple[str, dict, dict | None]:
+    """The network's name, its inputs ({name: (dtype, shape)}), and the calibration samples to run on (None:
+    seeded uniform inputs)."""
+    if compiled is None:
+        import onnx
+
+        initialized = {t.name for t in model.graph.initializer}
+        inputs = {i.name: (onnx.helper.tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type),
+                           [d.dim_value if d.HasField("dim_value") else d.dim_param
+                            for d in i.type.tensor_type.shape.dim])
+                  for i in model.graph.input if i.name not in initialized}
+        return Path(str(job.spec)).stem, inputs, None
+    graph = compiled.ref_graph
+    inputs = {n: (np.dtype(graph.layer(n).dtype), list(graph.layer(n).shape)) for n in graph.inputs}
+    samples = None
+    if job.optimize.calibration is not None:
+        from cnncomp.precision.calibration import load_calibration
+
+        samples = load_calibration(job.optimize.calibration, graph, job.values.get("preprocess"))
+    return graph.name, inputs, samples
+
+
+def _bench_feeds(inputs: dict, samples: dict | None, seed: int):
+    """feeds_for(batch): the first calibration samples (repeated when too few), or seeded uniform inputs."""
+    def feeds_for(batch: int) -> dict:
+        rng = np.random.default_rng(seed)
+        feeds = {}
+        for name, (dtype, shape) in inputs.items():
+            if samples is not None:
+                feeds[name] = samples[name][np.resize(np.arange(len(samples[name])), batch)]
+            else:
+                dims = [batch] + [d if isinstance(d, int) and d > 0 else 1 for d in shape[1:]]
+                feeds[name] = rng.uniform(-1, 1, dims).astype(dtype)
+        return feeds
+    return feeds_for
+
+
+def bench_job(job: Job, log: Log = silent):
+    """`cnncomp bench`: every runtime x precision x batch of the job side by side in one process (run/bench.py):
+    medians, spread, speed-up and relative L2 error against float32 on ONNX Runtime's CPU provider, and the
+    fastest choice within --max-error. A spec is compiled once (-O1 unless told); each precision is converted
+    once per kind of runtime that needs its own conversion; a choice that cannot run here keeps its reason."""
+    from cnncomp.run.bench import BASELINE, Choice, measure, plot, plot_problem
+    from cnncomp.run.runtime import open_session, runtimes
+    from cnncomp.verification.compare import relative_output_error
+
+    c = job.check
+    if job.output.plot:
+        problem = plot_problem(job.output.plot)
+        if problem:
+            raise CnnError(problem)  # before any work: nobody waits for a picture that will not come
+    compiled = None
+    if str(job.spec).endswith(".onnx"):
+        import onnx
+
+        try:
+            model = onnx.load(str(job.spec))
+        except Exception as e:  # a missing file, or bytes that are no ONNX model: the input's fault
+            raise CnnError(f"{job.spec}: cannot read the ONNX model ({type(e).__name__}: {e})") from None
+    else:
+        compiled = optimize_job(job)
+        _warn(compiled, "fp32", log)
+        model = emit_model(compiled, job.optimize.opset)
+    network, inputs, samples = _bench_inputs(job, compiled, model)
+    for name, (_, shape) in inputs.items():
+        if shape and isinstance(shape[0], int) and shape[0] > 0 and any(b != shape[0] for b in c.batches):
+            raise UsageError(f"--batch {','.join(map(str, c.batches))}: the input '{name}' has the static batch "
+                             f"size {shape[0]}")
+    converted: dict[tuple, object] = {}
+    choices = []
+    for runtime_name, precision in [BASELINE] + [(r, p) for r in c.runtimes for p in c.precisions
+                                                 if (r, p) != BASELINE]:
+        choice = Choice(runtime_name, precision)
+        runtime = runtimes()[runtime_name]
+        try:
+            if not runtime.available():
+                raise CnnError(runtime.missing())
+            # one conversion serves the runtimes that probe ONNX Runtime alike (cpu and openvino: its CPU provider)
+            key = (precision, repr(runtime.providers({})), runtime.symmetric_int8)
+            if key not in converted:
+                if compiled is None and precision_of(precision).converts_model:
+                    raise CnnError(f"{precision} is converted from the network's graph, which an ONNX model lacks: "
+                                   "bench the .cnn spec (`cnncomp import` makes one from an ONNX model)")
+                request = _request(job, compiled, probe_provider=runtime_name, tensorrt=runtime.symmetric_int8)
+                request.settings["keep_io_fp32"] = True  # every choice takes the same float32 inputs
+                converted[key] = convert_precision(model, compiled.graph if compiled else None, precision, request,
+                                                   log).model
+            choice.open = (lambda m=converted[key], r=runtime_name, p=precision:
+                           open_session(m, r, precision=p, threads=c.threads, quiet=True, spinning=False))
+        except CnnError as e:
+            choice.problem = e.message
+        choices.append(choice)
+    report = measure(network, choices, _bench_feeds(inputs, samples, job.source.seed), list(c.batches),
+                     relative_output_error, job.optimize.max_error, c.rounds, c.runs, threads=c.threads)
+    if job.output.plot:
+        plot(report, job.output.plot)
+    return report

@@ -21,9 +21,11 @@ DEEP = ("network deep\ninput x: [N, 32]\ny = x -> linear(64) as l1 -> tanh -> li
         "      -> linear(64) as l3 -> tanh -> linear(64) as l4 -> tanh -> linear(4) as l5\noutput y\n")
 
 # The job function each command's API door and CLI door both call.
-JOB_OF = {"compile": "compile_job", "verify": "verify_job", "deploy": "deploy_job", "serve": "serve_job"}
+JOB_OF = {"compile": "compile_job", "verify": "verify_job", "deploy": "deploy_job", "serve": "serve_job",
+          "bench": "bench_job"}
 # CLI flags with no API keyword, each with the reason.
-CLI_ONLY = {("verify", "json"): "how the report is printed; the API returns the report itself"}
+CLI_ONLY = {("verify", "json"): "how the report is printed; the API returns the report itself",
+            ("bench", "json"): "how the report is printed; the API returns the report itself"}
 # API keywords that are not options, each with the CLI's counterpart.
 API_ONLY = {"log": "the CLI passes standard error", "inputs": "arrays cannot be given on a command line "
             "(--load-inputs reads them from a file)"}
@@ -82,6 +84,8 @@ def api_call(command, spec, files, **keywords):
         return lambda: cnncomp.verify(spec, **keywords)
     if command == "deploy":
         return lambda: cnncomp.deploy(spec, keywords.pop("triton", files / "repo"), **keywords)
+    if command == "bench":
+        return lambda: cnncomp.bench(spec, **keywords)
 
     def serving():
         with cnncomp.serve(spec, **keywords):
@@ -111,7 +115,9 @@ def sample(name, option, files):
                "name": (["other"], "other"), "title": (["a title"], "a title"),
                "shape": (["x=1x3x16x16"], [{"x": (1, 3, 16, 16)}]),
                "shape_range": (["x=1x3x16x16:2x3x16x16:4x3x16x16"],
-                               {"x": ((1, 3, 16, 16), (2, 3, 16, 16), (4, 3, 16, 16))})}
+                               {"x": ((1, 3, 16, 16), (2, 3, 16, 16), (4, 3, 16, 16))}),
+               "runtimes": (["cpu,cuda"], ("cpu", "cuda")), "precisions": (["int8"], ("int8",)),
+               "batches": (["1,8"], (1, 8)), "plot": ([str(files / "b.png")], str(files / "b.png"))}
     if name in special:
         return special[name]
     allowed = option.allowed()

@@ -21,6 +21,7 @@ import pytest
 
 from cnncomp.cli import main
 from cnncomp.deployment.serve import HOST, free_ports, processes_under, serve_extra_missing
+from cnncomp.run.openvino import openvino_problem
 
 ROOT = Path(__file__).resolve().parents[1]
 missing = serve_extra_missing()
@@ -42,6 +43,7 @@ SPECS = {
 }
 SMALL_RESNET = ["-D", "width=8", "-D", "num_classes=10"]
 INT8_DEPLOY_FAILURE: list[str | None] = []
+OPENVINO_MISSING = openvino_problem()  # lenet_openvino (deploy --runtime openvino) is served where it is installed
 
 
 def deploy(repo: Path, spec: str, *args: str) -> None:
@@ -61,6 +63,8 @@ def repo(tmp_path_factory) -> Path:
     deploy(repo, str(folder / "twohead.cnn"), "--max-batch", "4")
     deploy(repo, str(folder / "clip3d.cnn"))
     deploy(repo, str(folder / "dynseg.cnn"), "--max-batch", "4")
+    if OPENVINO_MISSING is None:
+        deploy(repo, str(ROOT / "specs" / "lenet.cnn"), "--runtime", "openvino", "--name", "lenet_openvino")
     # a failure here fails the int8 tests alone, not the module
     calibration = folder / "calibration.npz"
     np.savez(calibration, x=np.random.default_rng(7).standard_normal((16, 1, 28, 28)).astype(np.float32))
@@ -132,11 +136,11 @@ def infer(server, protocol: str, model: str, inputs: dict[str, np.ndarray], data
     return c.infer(model, requests, **kwargs)
 
 
-def cnncomp_run(repo: Path, model: str, x: np.ndarray, tmp_path: Path) -> dict[str, np.ndarray]:
-    """What `cnncomp run` returns for the deployed model.onnx."""
+def cnncomp_run(repo: Path, model: str, x: np.ndarray, tmp_path: Path, *args: str) -> dict[str, np.ndarray]:
+    """What `cnncomp run` (with `args`, e.g. --runtime openvino) returns for the deployed model.onnx."""
     np.save(tmp_path / "x.npy", x)
     assert main(["run", str(repo / model / "1" / "model.onnx"), "--input", str(tmp_path / "x.npy"),
-                 "-o", str(tmp_path / "y.npz")]) == 0
+                 "-o", str(tmp_path / "y.npz"), *args]) == 0
     with np.load(tmp_path / "y.npz") as y:
         return {k: y[k] for k in y.files}
 
@@ -183,6 +187,23 @@ def test_one_dynamic_model_serves_two_image_sizes(server, repo, tmp_path, protoc
         got = infer(server, protocol, "dynseg", {"x": x}).as_numpy("y")
         assert got.shape == (2, 2, height, width)
         assert_close(got, expected)
+
+
+@pytest.mark.skipif(OPENVINO_MISSING is not None, reason=f"OpenVINO not installed: {OPENVINO_MISSING}")
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_deploy_runtime_openvino_is_served_through_openvino(server, repo, tmp_path, protocol):
+    """The same network deployed both ways: the OpenVINO one answers what `cnncomp run --runtime openvino`
+    computes, and both agree with `cnncomp run` (float32 either way)."""
+    module, c = client(server, protocol)
+    config = c.get_model_config("lenet_openvino", **({"as_json": True} if protocol == "grpc" else {}))
+    config = config.get("config", config)
+    accelerators = config["optimization"]["execution_accelerators"]["cpu_execution_accelerator"]
+    assert [a["name"] for a in accelerators] == ["openvino"]
+    x = inputs_for("lenet", 3)
+    served = infer(server, protocol, "lenet_openvino", {"x": x}).as_numpy("logits")
+    assert_close(served, cnncomp_run(repo, "lenet_openvino", x, tmp_path, "--runtime", "openvino")["logits"])
+    assert_close(served, cnncomp_run(repo, "lenet", x, tmp_path)["logits"])
+    assert_close(infer(server, protocol, "lenet", {"x": x}).as_numpy("logits"), served)
 
 
 def test_every_batch_size_up_to_max_batch(server, repo, tmp_path):

@@ -29,6 +29,7 @@ COMMANDS = {
     "deploy": "write a Triton Inference Server model repository (config.pbtxt and model.onnx)",
     "graph": "draw the layer graph (Graphviz), blocks as clusters",
     "import": "an ONNX model back to a readable .cnn spec plus its weights (.safetensors)",
+    "bench": "time every runtime x precision side by side; the fastest within the error budget",
     "serve": "run Triton Inference Server on 127.0.0.1 over a model repository until interrupted",
 }
 MODULE_OF = {"import": "import_model"}  # a command whose name is a Python keyword
@@ -77,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 INPUT_ARGS = ("spec", "model", "weights", "calibration", "load_inputs", "input")
-OUTPUT_ARGS = ("output", "save_inputs", "save_outputs", "weights_out")
+OUTPUT_ARGS = ("output", "save_inputs", "save_outputs", "weights_out", "plot")
 TEXT_EMITS = ("cnn", "torch", "dot")
 
 

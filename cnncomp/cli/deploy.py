@@ -1,7 +1,7 @@
 """Write a Triton Inference Server model repository for a spec:
 
   REPO/<network>/config.pbtxt       platform onnxruntime_onnx, inputs and outputs with types and dims,
-                                    dynamic batching, instance group, optional TensorRT accelerator
+                                    dynamic batching, instance group, optional TensorRT or OpenVINO accelerator
   REPO/<network>/1/model.onnx       the compiled model (-O1 by default), batch dim kept dynamic
 
 With --max-batch N > 0 (default 8) Triton batches requests along the first dim,
@@ -11,6 +11,8 @@ model to float16 after the passes (--keep-io-fp32 keeps float32 inputs and outpu
 --precision int8 writes the calibrated QDQ int8 model (see `cnncomp compile --help`).
 --tensorrt asks Triton's ONNX Runtime backend to run the model through TensorRT
 (precision_mode FP16 with --precision fp16, else FP32; 1 GiB workspace).
+--runtime openvino asks it to run CPU instances through OpenVINO (the backend's
+cpu_execution_accelerator), the runtime `cnncomp bench` may have found fastest here.
 
 The model's folder is written under a temporary name and renamed into place, so a
 failure leaves nothing half-written; an existing model folder is replaced.

@@ -19,7 +19,12 @@ dim), so a repository Triton would refuse is never written.
 With `tensorrt=True` the config asks the ONNX Runtime backend to run the model
 through TensorRT (`optimization { execution_accelerators { gpu_execution_accelerator
 [ { name: "tensorrt" ... } ] } }`), with precision_mode FP16, INT8 (a QDQ model) or FP32 and a 1 GiB
-workspace.
+workspace. With `runtime="openvino"` it asks the backend to run CPU instances through
+OpenVINO (`optimization { execution_accelerators { cpu_execution_accelerator [ { name:
+"openvino" } ] } }`), and places the instances on the CPU, where that accelerator
+applies; cnncomp's stand-in backend (triton_backend/onnxruntime/model.py) honours it
+by running the model with the openvino package, at float32 precision as
+`cnncomp run --runtime openvino` does.
 
 The repository entry is written in a temporary folder beside the repository
 (out of a watching server's view) and renamed into place, so that a failure
@@ -41,7 +46,7 @@ from pathlib import Path
 import onnx
 from onnx import TensorProto
 
-from cnncomp.errors import CnnError
+from cnncomp.errors import CnnError, UsageError
 from cnncomp.fileio import remove_stale_temporaries, removed_on_termination, temporary_name
 
 TRITON_TYPES = {
@@ -94,6 +99,7 @@ class TritonConfig:
     tensorrt: bool = False
     precision: str = "fp32"
     workspace_bytes: int = WORKSPACE_BYTES
+    cpu_accelerator: str | None = None  # CPU instances run through it (the backend's cpu_execution_accelerator)
 
     def to_pbtxt(self) -> str:
         """The config in protobuf text format (Triton's config.pbtxt)."""
@@ -118,6 +124,9 @@ class TritonConfig:
                       f'        parameters {{ key: "precision_mode" value: "{mode}" }}',
                       f'        parameters {{ key: "max_workspace_size_bytes" value: "{self.workspace_bytes}" }}',
                       "      }", "    ]", "  }", "}"]
+        if self.cpu_accelerator:
+            lines += ["optimization {", "  execution_accelerators {", "    cpu_execution_accelerator : [",
+                      "      {", f'        name : "{self.cpu_accelerator}"', "      }", "    ]", "  }", "}"]
         return "\n".join(lines) + "\n"
 
 
@@ -131,8 +140,10 @@ def _fmt(dims: list) -> str:
 
 
 def triton_config(model: onnx.ModelProto, graph, max_batch: int = 8, instances: int = 1, kind: str | None = None,
-                  tensorrt: bool = False, precision: str = "fp32", name: str | None = None) -> TritonConfig:
-    """The Triton config of an emitted model; a spec whose batch dim is static is an error when max_batch > 0."""
+                  tensorrt: bool = False, precision: str = "fp32", name: str | None = None,
+                  runtime: str | None = None) -> TritonConfig:
+    """The Triton config of an emitted model; a spec whose batch dim is static is an error when max_batch > 0.
+    `runtime` (run/runtime.py): one with a Triton CPU accelerator (openvino) runs CPU instances through it."""
     name = name or graph.name
     if not MODEL_NAME.fullmatch(name):
         raise CnnError(f"{pbtxt_string(name)} cannot name a Triton model (use letters, digits, '_', '-', '.'); give --name")
@@ -142,10 +153,20 @@ def triton_config(model: onnx.ModelProto, graph, max_batch: int = 8, instances: 
         raise CnnError(f"--instances must be 1 or more, got {instances}")
     if kind not in (None, "gpu", "cpu"):
         raise CnnError(f"instance kind must be gpu or cpu, got '{kind}'")
+    accelerator = None
+    if runtime is not None:
+        from cnncomp.run.runtime import choose
+
+        accelerator = choose(runtime, quiet=True).triton_cpu_accelerator
+    if accelerator and (tensorrt or kind == "gpu"):
+        raise UsageError(f"--runtime {runtime} runs CPU instances; it cannot go with "
+                         + ("--tensorrt" if tensorrt else "--kind gpu"))
     if tensorrt and kind == "cpu":
         raise CnnError("--tensorrt needs GPU instances: TensorRT runs only on NVIDIA GPUs (drop --kind cpu)")
     if tensorrt:
         kind = "gpu"  # a TensorRT accelerator only means something on a GPU instance
+    if accelerator:
+        kind = "cpu"  # a CPU accelerator applies to CPU instances only
     batch_symbol = None
     tensors: dict[str, list[TensorConfig]] = {"input": [], "output": []}
     for key, values in (("input", model.graph.input), ("output", model.graph.output)):
@@ -169,7 +190,8 @@ def triton_config(model: onnx.ModelProto, graph, max_batch: int = 8, instances: 
             tensors[key].append(TensorConfig(vi.name, TRITON_TYPES[elem],
                                              [d if isinstance(d, int) else -1 for d in dims]))
     return TritonConfig(name, max_batch, tensors["input"], tensors["output"], instances,
-                        {None: None, "gpu": "KIND_GPU", "cpu": "KIND_CPU"}[kind], tensorrt, precision)
+                        {None: None, "gpu": "KIND_GPU", "cpu": "KIND_CPU"}[kind], tensorrt, precision,
+                        cpu_accelerator=accelerator)
 
 
 def _static_batch_error(key: str, tensor: str, dims: list, graph, max_batch: int) -> CnnError:

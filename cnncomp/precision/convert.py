@@ -100,7 +100,7 @@ class Precision:
 
 
 # Modules beside this one that register more precisions (a bf16 module, say) go in `modules`.
-PRECISIONS = Registry("precision", Precision, Precision.FACETS, modules=())
+PRECISIONS = Registry("precision", Precision, Precision.FACETS, modules=("cnncomp.precision.bf16",))
 register_precision = PRECISIONS.register  # class decorator
 precisions = PRECISIONS.all  # every registered precision, by name
 

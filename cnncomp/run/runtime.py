@@ -31,6 +31,8 @@ class Runtime:
     auto_rank: int | None = None  # `auto` tries runtimes with a rank, lowest first; None: never chosen by auto
     install_hint: str = ""
     options: tuple[Option, ...] = ()  # its own options (group "check"), e.g. TensorRT's --trt-fp16
+    triton_cpu_accelerator: str | None = None  # what a Triton config names to run CPU instances on it (openvino)
+    symmetric_int8: bool = False  # its int8 takes no zero points (TensorRT): int8 activations, not uint8
 
     def available(self) -> bool:
         return self.provider in available_providers()
@@ -44,9 +46,19 @@ class Runtime:
         return (f"the {self.name} provider ({self.provider}) is not available in this onnxruntime "
                 f"(available: {', '.join(available_providers())}); {self.install_hint}")
 
+    def session(self, model, settings: dict | None = None, precision: str = "fp32", threads: int = 0,
+                quiet: bool = False, **options):
+        """A session of `model` on this runtime: run(feeds) -> {output: array}, input_names, output_names.
+        ONNX Runtime's providers open run/session.py's Session (the model already is in its precision);
+        a runtime of its own (OpenVINO) overrides this, and may compute in `precision` by a hint."""
+        from cnncomp.run.session import Session
+
+        return Session(model, self.name, threads=threads, quiet=quiet, settings=settings, **options)
+
 
 # Modules beside this one that register more runtimes (an OpenVINO module, say) go in `modules`.
-RUNTIMES = Registry("runtime", Runtime, ("name", "help", "provider"), modules=(), reserved=(AUTO,))
+RUNTIMES = Registry("runtime", Runtime, ("name", "help", "provider"), modules=("cnncomp.run.openvino",),
+                    reserved=(AUTO,))
 register_runtime = RUNTIMES.register  # class decorator
 runtimes = RUNTIMES.all  # every registered runtime, by name
 
@@ -76,6 +88,17 @@ def choose(name: str, quiet: bool = False) -> Runtime:
     if name not in known:
         raise CnnError(f"unknown provider '{name}'; choose one of {', '.join(runtime_choices())}")
     return known[name]
+
+
+def open_session(model, runtime: str = "cpu", settings: dict | None = None, precision: str = "fp32",
+                 quiet: bool = False, **options):
+    """A session of `model` on the runtime named (`auto`: the best available); a runtime missing here is a
+    CnnError saying what to install. `precision` is the model's: a runtime that computes by a precision
+    hint (OpenVINO's bf16) takes it from there."""
+    chosen = choose(runtime, quiet)
+    if not chosen.available():
+        raise CnnError(chosen.missing())
+    return chosen.session(model, settings, precision, quiet=quiet, **options)
 
 
 def runtime_options() -> tuple[Option, ...]:
@@ -113,6 +136,7 @@ class TensorRTRuntime(Runtime):
     fallbacks = ("CUDAExecutionProvider", "CPUExecutionProvider")
     auto_rank = 0
     install_hint = f"install cnncomp[gpu] (onnxruntime-gpu built with TensorRT) and TensorRT itself, {_GPU_HINT}"
+    symmetric_int8 = True
     options = (
         Option("trt_fp16", None, False, "with --runtime tensorrt: let TensorRT use float16", ("compile", "verify"),
                action="store_true"),

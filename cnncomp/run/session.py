@@ -99,16 +99,9 @@ class Session:
 
     def median_seconds(self, feeds: dict[str, np.ndarray], repeats: int = 20, warmup: int = 3) -> float:
         """Median wall time of one run on these inputs, after some warm-up runs."""
-        import time
+        from cnncomp.run.timing import median_run_seconds
 
-        for _ in range(warmup):
-            self.run(feeds)
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            self.run(feeds)
-            times.append(time.perf_counter() - start)
-        return float(np.median(times))
+        return median_run_seconds(self, feeds, repeats, warmup)
 
     def run(self, feeds: dict[str, np.ndarray], outputs: list[str] | None = None) -> dict[str, np.ndarray]:
         """Run the model; return {output name: array}."""

@@ -9,6 +9,21 @@ from cnncomp.ops.dims import concrete, evaluate, symbols_of
 from cnncomp.run.sizes import verification_sizes
 
 
+def median_run_seconds(session, feeds: dict, repeats: int = 20, warmup: int = 3) -> float:
+    """Median wall time of one `session.run(feeds)` over `repeats` runs, after `warmup` runs (any runtime's
+    session: ONNX Runtime's, OpenVINO's)."""
+    import time
+
+    for _ in range(warmup):
+        session.run(feeds)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        session.run(feeds)
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
 def extract(graph: LayerGraph, names: list[str]) -> LayerGraph:
     """A graph of just these layers (a chain or a single layer), fed by a new input shaped like their input."""
     members = set(names)
@@ -36,12 +51,12 @@ def time_subgraph(graph: LayerGraph, names: list[str], provider: str = "cpu", re
     """Median seconds per run of these layers alone (seeded weights, batch 1), their ONNX model first passed
     through `convert` (a precision conversion: int8 layers are timed as int8) when given."""
     from cnncomp.emit.onnx import emit_onnx
-    from cnncomp.run.session import Session
+    from cnncomp.run.runtime import open_session
     from cnncomp.ir.weights import init_weights
 
     sub = extract(graph, names)
     model = emit_onnx(sub, init_weights(sub, 0))
-    session = Session(convert(model) if convert is not None else model, provider, quiet=True)
+    session = open_session(convert(model) if convert is not None else model, provider, quiet=True)
     x = np.random.default_rng(0).standard_normal(sub.layer("x").shape).astype(np.float32)
     return session.median_seconds({"x": x}, repeats)
 

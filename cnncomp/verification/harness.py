@@ -202,7 +202,7 @@ def verify(ref_graph: LayerGraph, ref_weights: dict, model, opt_graph: LayerGrap
     symbolic sizes is also run at each of `sizes` (values of the symbols) on fresh seeded inputs; the report
     lists every size checked."""
     from cnncomp.run.reference import run_reference
-    from cnncomp.run.session import Session
+    from cnncomp.run.runtime import open_session
 
     import torch
 
@@ -217,7 +217,7 @@ def verify(ref_graph: LayerGraph, ref_weights: dict, model, opt_graph: LayerGrap
         model, tensors = with_all_layer_outputs(model, opt_graph)
     else:
         ref_out = reference_outputs or run_reference(ref_graph, ref_weights, feeds, dtype=torch.float64)
-    session = Session(model, provider, settings=runtime_settings, **(session_options or {}))
+    session = open_session(model, provider, runtime_settings, precision, **(session_options or {}))
     got = session.run({k: v for k, v in feeds.items() if k in session.input_names})
     outputs = {}
     budget = None

@@ -6,11 +6,18 @@ backend folder holds `onnxruntime/model.py` instead of Triton's C++
 process per model instance (`cnncomp serve` points Triton's --backend-directory
 at a folder laid out that way). It stands in for the C++ backend on servers
 built without it (the nvidia-pytriton wheel), and differs from it in what
-docs/deploy.md lists: no config auto-complete, `optimization` settings
-(TensorRT and other accelerators) ignored, one stub process per instance.
+docs/deploy.md lists: no config auto-complete, `optimization` settings ignored
+(TensorRT and graph-level settings) except the CPU accelerator `openvino`, one
+stub process per instance.
+
+`cpu_execution_accelerator [ { name: "openvino" } ]` (`cnncomp deploy --runtime
+openvino`) runs CPU instances with the openvino package on the same model.onnx,
+at float32 precision as `cnncomp run --runtime openvino` does; without the
+package the model fails to load, saying so, rather than quietly running on ONNX
+Runtime.
 
 This file runs inside Triton's Python stub, not inside cnncomp: it imports
-only numpy, onnxruntime and Triton's own `triton_python_backend_utils`.
+only numpy, onnxruntime (or openvino) and Triton's own `triton_python_backend_utils`.
 """
 
 import ctypes
@@ -33,14 +40,17 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         self.max_batch = int(config.get("max_batch_size", 0))
         path = _model_file(args, config.get("default_model_filename") or "model.onnx")
-        options = ort.SessionOptions()
         threads = _parameter(config, "intra_op_thread_count")
-        if threads:
-            options.intra_op_num_threads = int(threads)
-        providers = ["CPUExecutionProvider"]
-        if args.get("model_instance_kind") == "GPU" and "CUDAExecutionProvider" in ort.get_available_providers():
-            providers.insert(0, ("CUDAExecutionProvider", {"device_id": int(args["model_instance_device_id"])}))
-        self.session = ort.InferenceSession(path, options, providers=providers)
+        if args.get("model_instance_kind") != "GPU" and "openvino" in _cpu_accelerators(config):
+            self.session = OpenVinoSession(path, threads)
+        else:
+            options = ort.SessionOptions()
+            if threads:
+                options.intra_op_num_threads = int(threads)
+            providers = ["CPUExecutionProvider"]
+            if args.get("model_instance_kind") == "GPU" and "CUDAExecutionProvider" in ort.get_available_providers():
+                providers.insert(0, ("CUDAExecutionProvider", {"device_id": int(args["model_instance_device_id"])}))
+            self.session = ort.InferenceSession(path, options, providers=providers)
         self.inputs = [i["name"] for i in config["input"]]
         self.outputs = [o["name"] for o in config["output"]]
         _check_against_model(config, self.session, self.max_batch)
@@ -103,6 +113,59 @@ def _model_file(args, filename):
         raise pb_utils.TritonModelException(
             f"default_model_filename '{filename}' leads outside the model's folder {folder}; refusing to load it")
     return path
+
+
+def _cpu_accelerators(config):
+    """The names in optimization.execution_accelerators.cpu_execution_accelerator."""
+    accelerators = config.get("optimization", {}).get("execution_accelerators", {})
+    return [a.get("name") for a in accelerators.get("cpu_execution_accelerator", [])]
+
+
+OPENVINO_TYPES = {"f32": "tensor(float)", "f16": "tensor(float16)", "f64": "tensor(double)", "bf16": "tensor(bfloat16)",
+                  "i64": "tensor(int64)", "i32": "tensor(int32)", "i8": "tensor(int8)", "u8": "tensor(uint8)",
+                  "boolean": "tensor(bool)"}
+
+
+class _Port:
+    """An OpenVINO model input or output, described as ONNX Runtime's NodeArg is (name, type, shape)."""
+
+    def __init__(self, port):
+        self.name = sorted(port.get_names())[0] if len(port.get_names()) == 1 else port.get_any_name()
+        self.type = OPENVINO_TYPES.get(port.get_element_type().get_type_name(), "unknown")
+        self.shape = [d.get_length() if d.is_static else None for d in port.get_partial_shape()]
+
+
+class OpenVinoSession:
+    """The model run by OpenVINO on the CPU with the calls of an onnxruntime.InferenceSession that this
+    backend makes (get_inputs, get_outputs, run); inference precision f32, so that fp32 stays fp32."""
+
+    def __init__(self, path, threads=None):
+        try:
+            import openvino as ov
+        except ImportError:
+            raise pb_utils.TritonModelException(
+                "the config asks for the openvino CPU accelerator, but the openvino package is not installed "
+                "where this server runs (pip install 'cnncomp[openvino]')") from None
+        core = ov.Core()
+        model = core.read_model(path)
+        properties = {"INFERENCE_PRECISION_HINT": "f32"}
+        if threads:
+            properties["INFERENCE_NUM_THREADS"] = int(threads)
+        self.compiled = core.compile_model(model, "CPU", properties)
+        self.request = self.compiled.create_infer_request()
+        self.inputs = [_Port(p) for p in model.inputs]  # names as read: compiling may merge names
+        self.outputs = [_Port(p) for p in model.outputs]
+
+    def get_inputs(self):
+        return self.inputs
+
+    def get_outputs(self):
+        return self.outputs
+
+    def run(self, names, feed):
+        self.request.infer({i: feed[p.name] for i, p in enumerate(self.inputs)})
+        index = {p.name: i for i, p in enumerate(self.outputs)}
+        return [np.array(self.request.get_output_tensor(index[n]).data, copy=True) for n in names]
 
 
 def _parameter(config, key):
