@@ -100,7 +100,7 @@ CASES = {
     'deform_offsets_wrong': (H + 'o = x -> conv(4, k=3, p=1)\ny = x -> deform_conv(o, 8, k=3, p=1)\noutput y\n',
         4, 10, 'deform_conv: offsets must have 18 channels (2*offset_groups*prod(k)), got shape [N, 4, 32, 32]'),
     'bad_choice': (H + 'y = x -> upsample(mode="area")\noutput y\n',  # "cubic" became a mode (issue 11)
-        3, 19, 'upsample: argument \'mode\' must be "nearest" or "linear" or "cubic", got a string ("area")'),
+        3, 19, 'upsample: argument \'mode\' must be "nearest" or "nearest-exact" or "linear" or "cubic", got a string ("area")'),
     'positional_after_named': (H + 'y = x -> conv(k=3, 8)\noutput y\n',
         3, 20, 'a positional argument follows a named one'),
     'too_many_arguments': (H + 'y = x -> relu(1)\noutput y\n',
