@@ -7,7 +7,8 @@ near 1e3 is judged as one with outputs near 1.
 
 from __future__ import annotations
 
-DEFAULT_MAX_ERROR = 0.01  # relative L2 error budget of approximate rewrites
+from cnncomp.passes.budget import DEFAULT_MAX_ERROR  # noqa: F401  (one default budget: the budget engine's)
+
 DEFAULT_TOLERANCES = {"fp32": (1e-4, 1e-3), "fp16": (1e-2, 1e-2),  # (atol per unit of max|ref|, rtol)
                       "int8": (1e-1, 1e-1)}  # int8 is judged by the relative L2 budget; these only fill the report
 
