@@ -188,3 +188,32 @@ def bind_inputs(arrays: dict[str, np.ndarray], input_names, what: str = "inputs"
 def read_inputs(path: str | Path, input_names, what: str = "inputs") -> dict[str, np.ndarray]:
     """load_arrays, then bind_inputs."""
     return bind_inputs(load_arrays(path, what), input_names, what)
+
+
+class SampleList(list):
+    """Samples of different sizes for a dynamic input (calibration images at their own sizes, a .npz of
+    several differently shaped arrays): one array per sample, each with its leading sample dim of 1.
+    Slicing gives a SampleList and len() counts samples, as for an array; `stack_samples` makes a run's feed."""
+
+    def __getitem__(self, index):
+        item = super().__getitem__(index)
+        return SampleList(item) if isinstance(index, slice) else item
+
+
+def is_mixed(feeds: dict) -> bool:
+    """Whether any input's samples are a SampleList (differently sized samples)."""
+    return any(isinstance(v, SampleList) for v in feeds.values())
+
+
+def stack_samples(samples) -> np.ndarray:
+    """One array for a run: a SampleList's samples concatenated along the sample dim (they must share a size,
+    as one sample always does), an array as it is."""
+    return np.concatenate(samples) if isinstance(samples, SampleList) else samples
+
+
+def collate(parts: list[np.ndarray]) -> np.ndarray | SampleList:
+    """Per-run arrays (each with its sample dim) as one array when they share a size, else a SampleList of
+    single samples."""
+    if len({p.shape[1:] for p in parts}) <= 1:
+        return np.concatenate(parts)
+    return SampleList(p[i:i + 1] for p in parts for i in range(len(p)))

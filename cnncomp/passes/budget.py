@@ -54,10 +54,13 @@ def split_held_out(feeds: dict[str, np.ndarray], batch: int = 1) -> tuple[dict, 
 
 
 def batches(feeds: dict[str, np.ndarray], batch: int = 1) -> Iterator[dict[str, np.ndarray]]:
-    """Yield {input: samples[i:i+batch]} over the samples."""
+    """Yield {input: samples[i:i+batch]} over the samples (differently sized samples, a SampleList, one
+    size per batch)."""
+    from cnncomp.inputs import stack_samples
+
     count = len(next(iter(feeds.values())))
     for start in range(0, count, batch):
-        yield {k: v[start:start + batch] for k, v in feeds.items()}
+        yield {k: stack_samples(v[start:start + batch]) for k, v in feeds.items()}
 
 
 # ---- the choices -----------------------------------------------------------------------------------------

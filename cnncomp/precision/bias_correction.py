@@ -64,19 +64,21 @@ def _quantized_layers(quantized: onnx.ModelProto, float_model: onnx.ModelProto):
 
 
 def _mean_inputs(quantized: onnx.ModelProto, names: list[str], calibration: dict, batch: int) -> dict:
-    """The mean over the calibration samples of each named tensor of the int8 model (one array per name)."""
+    """The mean over the calibration samples of each named tensor of the int8 model: per name, a list of
+    (mean, sample count), one per size the tensor took (one entry unless the samples differ in size)."""
     from cnncomp.passes.budget import batches
     from cnncomp.run.session import Session
 
     session = Session(with_outputs(quantized, names), "cpu", quiet=True)
-    sums: dict[str, np.ndarray] = {}
-    count = 0
+    sums: dict[str, dict[tuple, list]] = {}
     for feeds in batches(calibration, batch):
+        count = len(next(iter(feeds.values())))
         for name, value in session.run(feeds, list(dict.fromkeys(names))).items():
             total = np.asarray(value, dtype=np.float64).sum(axis=0)
-            sums[name] = sums[name] + total if name in sums else total
-        count += len(next(iter(feeds.values())))
-    return {name: s / count for name, s in sums.items()}
+            entry = sums.setdefault(name, {}).setdefault(total.shape, [0.0, 0])
+            entry[0] = entry[0] + total
+            entry[1] += count
+    return {name: [(s / n, n) for s, n in by_size.values()] for name, by_size in sums.items()}
 
 
 def _output_shift(node: onnx.NodeProto, weight_error: np.ndarray, mean_input: np.ndarray) -> np.ndarray | None:
@@ -116,7 +118,11 @@ def bias_corrections(float_model: onnx.ModelProto, quantized: onnx.ModelProto, c
     shifts = {}
     for q, f in layers:
         weight = numpy_helper.to_array(float_inits[f.input[1]]).astype(np.float64)
-        shift = _output_shift(q, constants[q.input[1]][1] - weight, means[q.input[0]])
+        error = constants[q.input[1]][1] - weight
+        # per size the samples came in, weighted by its samples (the shift is linear in the mean input)
+        found = [(_output_shift(q, error, mean), n) for mean, n in means[q.input[0]]]
+        shift = None if any(s is None for s, _ in found) else \
+            sum(s * n for s, n in found) / sum(n for _, n in found)
         if shift is not None and np.all(np.isfinite(shift)):
             shifts[q.name] = shift
     return shifts

@@ -174,8 +174,9 @@ class Int8(Precision):
     help = "calibrated QDQ int8 within --max-error"
     options = (
         _int8_option("preprocess", str, None, "with an image folder as --calibration: imagenet (resize 256, center "
-                     "crop 224, ImageNet mean/std; the default) or unit (resize, scale to [0, 1])",
-                     ("imagenet", "unit")),
+                     "crop 224, ImageNet mean/std; the default), imagenet-keep (a dynamic model: each image at its own size, "
+                     "aspect ratio kept, longer side at most 512, ImageNet mean/std) or unit (resize, scale to [0, 1])",
+                     ("imagenet", "imagenet-keep", "unit")),
         _int8_option("calibration_method", str, None, "with --precision int8: how activation ranges are set from "
                      "the calibration data (default percentile)", ("minmax", "percentile", "entropy")),
         _int8_option("bias_correction", str, "auto", "with --precision int8: subtract the mean shift that rounding "

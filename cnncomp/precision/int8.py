@@ -35,6 +35,7 @@ import numpy as np
 import onnx
 
 from cnncomp.errors import CnnError, UsageError
+from cnncomp.inputs import SampleList, collate, is_mixed
 from cnncomp.ir.graph import LayerGraph
 from cnncomp.onnx_graph import consumers, opset_of, producers
 from cnncomp.passes.budget import fewest_within
@@ -135,6 +136,30 @@ def quiet_quantizer():
             yield
     finally:
         root.setLevel(level)
+
+
+@contextlib.contextmanager
+def ragged_histograms(active: bool):
+    """While `active`, ONNX Runtime's histogram collector (percentile, entropy) gets each tensor's values of all
+    runs flattened into one array: it stacks the runs with np.asarray, which fails on samples of different
+    sizes, and flattens the stack anyway, so the histogram is the same."""
+    if not active:
+        yield
+        return
+    from onnxruntime.quantization.calibrate import HistogramCollector
+
+    original = HistogramCollector.collect
+
+    def collect(self, name_to_arr):
+        flat = {name: [np.concatenate([np.ravel(a) for a in arrays])] if isinstance(arrays, list) else arrays
+                for name, arrays in name_to_arr.items()}
+        return original(self, flat)
+
+    HistogramCollector.collect = collect
+    try:
+        yield
+    finally:
+        HistogramCollector.collect = original
 
 
 class FeedReader:
@@ -284,7 +309,7 @@ class Quantizer:
         symmetric = self.activations == "int8"
         out = Path(self._tmp.name) / f"int8-{os.getpid()}.onnx"  # one per process: the searches fork workers
         extra = {"WeightSymmetric": True, "ActivationSymmetric": symmetric}
-        with quiet_quantizer():
+        with quiet_quantizer(), ragged_histograms(calibration is not None and is_mixed(calibration)):
             try:
                 reader = FeedReader(calibration, self.batch) if calibration is not None else None
                 quantize_static(self._model_path(), out, reader,
@@ -399,6 +424,8 @@ def top1_agreement(outputs: dict, reference: dict) -> dict[str, float]:
     """For classification-shaped outputs ([N, classes], classes > 1): the fraction of samples whose argmax agrees."""
     out = {}
     for name, ref in reference.items():
+        if isinstance(ref, SampleList):  # differently sized outputs are not classes
+            continue
         ref = np.asarray(ref)
         if ref.ndim == 2 and ref.shape[1] > 1:
             out[name] = float(np.mean(np.argmax(outputs[name], axis=1) == np.argmax(ref, axis=1)))
@@ -417,13 +444,10 @@ def quantize_int8(model: onnx.ModelProto, graph: LayerGraph, ref_graph: LayerGra
     With `sensitivity`, every layer's error alone is measured even when full int8 meets the budget.
     `bias_correction`: auto (where it lowers the error on the calibration samples), on or off. The sensitivity
     search measures its layers in `jobs` processes."""
-    import torch
-
     from cnncomp.passes.budget import split_held_out
     from cnncomp.precision.calibration import (
         NOT_REPRESENTATIVE, SEEDED_SAMPLES, fixed_batch, load_calibration, seeded_calibration,
     )
-    from cnncomp.run.reference import run_reference
 
     if bias_correction not in BIAS_CORRECTION_MODES:
         raise UsageError(f"unknown bias correction '{bias_correction}'; choose one of {', '.join(BIAS_CORRECTION_MODES)}")
@@ -437,7 +461,7 @@ def quantize_int8(model: onnx.ModelProto, graph: LayerGraph, ref_graph: LayerGra
         source = str(calibration) if not isinstance(calibration, dict) else "the given arrays"
     calib, held, split_warnings = split_held_out(feeds, batch or 1)
     warnings += [f"int8: {w}" for w in split_warnings]
-    reference = run_reference(ref_graph, ref_weights, held, dtype=torch.float64)
+    reference = reference_outputs(ref_graph, ref_weights, held)
     probe = ErrorProbe(held, reference, batch)
     report = Int8Report(method, source, len(next(iter(calib.values()))), len(next(iter(held.values()))),
                         max_error=max_error, warnings=warnings)
@@ -461,11 +485,35 @@ def quantize_int8(model: onnx.ModelProto, graph: LayerGraph, ref_graph: LayerGra
                 entry.precision = "float32" if entry.layer in report.float_layers else "int8"
     finally:
         quantizer.close()
-    report.inputs = held
+    report.inputs = same_size_samples(held)
     report.top1_agreement = top1_agreement(probe.outputs(quantized), reference)
     report.kernels = {k: v for k, v in session_kernels(quantized).items()
                       if k.startswith(("QLinear", "QGemm", "MatMulInteger", "ConvInteger", "Conv", "Gemm"))}
     return quantized, report
+
+
+def reference_outputs(ref_graph: LayerGraph, ref_weights: dict, held: dict) -> dict:
+    """The float64 reference outputs of the held-out samples: all at once, or one sample at a time when they
+    differ in size (each output then one array if its sizes agree, else a SampleList)."""
+    import torch
+
+    from cnncomp.passes.budget import batches
+    from cnncomp.run.reference import run_reference
+
+    if not is_mixed(held):
+        return run_reference(ref_graph, ref_weights, held, dtype=torch.float64)
+    parts = [run_reference(ref_graph, ref_weights, feeds, dtype=torch.float64) for feeds in batches(held, 1)]
+    return {name: collate([p[name] for p in parts]) for name in parts[0]}
+
+
+def same_size_samples(held: dict) -> dict:
+    """The held-out samples the int8 check runs on: all of them, or, when they differ in size, those of the
+    first sample's size (the error budget was measured on all of them)."""
+    if not is_mixed(held):
+        return held
+    first = next(iter(held.values()))[0].shape
+    keep = [i for i in range(len(next(iter(held.values())))) if next(iter(held.values()))[i].shape == first]
+    return {k: np.concatenate([v[i] for i in keep]) for k, v in held.items()}
 
 
 def correct_biases(quantizer: Quantizer, quantized: onnx.ModelProto, calibration: dict, batch: int,

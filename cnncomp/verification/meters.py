@@ -94,13 +94,24 @@ class ModelErrorMeter:
         from cnncomp.passes.budget import batches
         from cnncomp.run.session import Session
 
+        from cnncomp.inputs import collate, is_mixed
+
         session = Session(model, "cpu", quiet=True)
-        if self.batch is None:
+        if self.batch is None and not is_mixed(self.feeds):
             return session.run(self.feeds, list(self.reference))
-        parts = [session.run(chunk, list(self.reference)) for chunk in batches(self.feeds, self.batch)]
-        return {name: np.concatenate([p[name] for p in parts]) for name in self.reference}
+        parts = [session.run(chunk, list(self.reference)) for chunk in batches(self.feeds, self.batch or 1)]
+        return {name: collate([p[name] for p in parts]) for name in self.reference}
 
     def error(self, model) -> float:
+        """The relative L2 error over all samples (differently sized ones taken together, flattened)."""
         from cnncomp.verification.compare import relative_output_error
 
-        return relative_output_error(self.outputs(model), self.reference)
+        return relative_output_error(_flattened(self.outputs(model)), _flattened(self.reference))
+
+
+def _flattened(outputs: dict) -> dict:
+    """Each output's values in one flat array: a SampleList of differently sized samples concatenated."""
+    from cnncomp.inputs import SampleList
+
+    return {name: np.concatenate([np.ravel(p) for p in value]) if isinstance(value, SampleList) else value
+            for name, value in outputs.items()}
