@@ -217,3 +217,14 @@ def collate(parts: list[np.ndarray]) -> np.ndarray | SampleList:
     if len({p.shape[1:] for p in parts}) <= 1:
         return np.concatenate(parts)
     return SampleList(p[i:i + 1] for p in parts for i in range(len(p)))
+
+
+def same_size_samples(feeds: dict) -> dict:
+    """Arrays as they are; of samples that differ in size (a SampleList), those of the first sample's size as one
+    array (a check or a timing runs at one size)."""
+    if not is_mixed(feeds):
+        return feeds
+    count = len(next(iter(feeds.values())))
+    first = {k: v[0].shape for k, v in feeds.items()}
+    keep = [i for i in range(count) if all(v[i].shape == first[k] for k, v in feeds.items())]
+    return {k: np.concatenate([v[i] for i in keep]) for k, v in feeds.items()}

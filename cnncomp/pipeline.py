@@ -729,7 +729,12 @@ def _bench_inputs(job: Job, compiled: Compiled | None, model) -> tuple[str, dict
 
 
 def _bench_feeds(inputs: dict, samples: dict | None, seed: int):
-    """feeds_for(batch): the first calibration samples (repeated when too few), or seeded uniform inputs."""
+    """feeds_for(batch): the first calibration samples (repeated when too few; of samples that differ in size,
+    those of the first one's size), or seeded uniform inputs."""
+    from cnncomp.inputs import same_size_samples
+
+    samples = same_size_samples(samples) if samples is not None else None
+
     def feeds_for(batch: int) -> dict:
         rng = np.random.default_rng(seed)
         feeds = {}

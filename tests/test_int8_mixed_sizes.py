@@ -151,3 +151,9 @@ def test_imagenet_keep_needs_a_dynamic_input(tmp_path):
     with pytest.raises(CnnError, match="imagenet-keep calibrates at each image's own size, so the input needs "
                                        "symbolic height and width"):
         load_calibration(tmp_path / "images", load_graph(str(spec)), preprocess="imagenet-keep")
+
+
+def test_bench_times_mixed_calibration_at_the_first_samples_size(dynamic, tmp_path, capsys):
+    mixed_npz(tmp_path / "cal.npz", sizes=[(16, 16), (24, 32), (16, 16)])
+    assert main(["bench", dynamic, "--calibration", str(tmp_path / "cal.npz"), "--batch", "2", "--runtimes", "cpu",
+                 "--precisions", "fp32,int8", "--runs", "2"]) == 0, capsys.readouterr().err

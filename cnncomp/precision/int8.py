@@ -35,7 +35,7 @@ import numpy as np
 import onnx
 
 from cnncomp.errors import CnnError, UsageError
-from cnncomp.inputs import SampleList, collate, is_mixed
+from cnncomp.inputs import SampleList, collate, is_mixed, same_size_samples
 from cnncomp.ir.graph import LayerGraph
 from cnncomp.onnx_graph import consumers, opset_of, producers
 from cnncomp.passes.budget import fewest_within
@@ -485,7 +485,7 @@ def quantize_int8(model: onnx.ModelProto, graph: LayerGraph, ref_graph: LayerGra
                 entry.precision = "float32" if entry.layer in report.float_layers else "int8"
     finally:
         quantizer.close()
-    report.inputs = same_size_samples(held)
+    report.inputs = same_size_samples(held)  # the check runs at one size; the budget covered all
     report.top1_agreement = top1_agreement(probe.outputs(quantized), reference)
     report.kernels = {k: v for k, v in session_kernels(quantized).items()
                       if k.startswith(("QLinear", "QGemm", "MatMulInteger", "ConvInteger", "Conv", "Gemm"))}
@@ -504,16 +504,6 @@ def reference_outputs(ref_graph: LayerGraph, ref_weights: dict, held: dict) -> d
         return run_reference(ref_graph, ref_weights, held, dtype=torch.float64)
     parts = [run_reference(ref_graph, ref_weights, feeds, dtype=torch.float64) for feeds in batches(held, 1)]
     return {name: collate([p[name] for p in parts]) for name in parts[0]}
-
-
-def same_size_samples(held: dict) -> dict:
-    """The held-out samples the int8 check runs on: all of them, or, when they differ in size, those of the
-    first sample's size (the error budget was measured on all of them)."""
-    if not is_mixed(held):
-        return held
-    first = next(iter(held.values()))[0].shape
-    keep = [i for i in range(len(next(iter(held.values())))) if next(iter(held.values()))[i].shape == first]
-    return {k: np.concatenate([v[i] for i in keep]) for k, v in held.items()}
 
 
 def correct_biases(quantizer: Quantizer, quantized: onnx.ModelProto, calibration: dict, batch: int,
