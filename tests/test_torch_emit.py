@@ -290,7 +290,8 @@ block nested(n, c) {
 
 block scaled(c, s=2) {
     h = channels(in) * s / 2     # `/` on ints
-    g = in -> conv(h, k=1) as proj.a.b -> shuffle(min(h, 2)) -> slice(0, c, axis=1) -> slice(0, c, axis=s - 1, step=s - 1)
+    g = in -> conv(h, k=1) as proj.a.b -> shuffle(min(h, 2)) -> slice(0, c, axis=1)
+          -> slice(0, c, axis=s - 1, step=s - 1)
     return concat(g, in -> conv(c, k=1), axis=1) * (in -> gap -> conv(2 * c, k=1) -> sigmoid)
 }
 

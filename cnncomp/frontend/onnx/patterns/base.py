@@ -127,8 +127,8 @@ def no_const_operands(m: OnnxModel, node) -> None:
 # The nearest thing the language has, for an op type no pattern takes (or takes only in some forms): said
 # after the reason in the import's error, so that a user knows what to rewrite the model with.
 NEAREST = {
-    "Reshape": "flatten ([N, -1]; [N, C, -1] with keep_leading), shuffle (a channel shuffle's Reshape-Transpose-Reshape) and pixel_shuffle are "
-               "the reshapes the language has",
+    "Reshape": "flatten ([N, -1]; [N, C, -1] with keep_leading), shuffle (a channel shuffle's "
+               "Reshape-Transpose-Reshape) and pixel_shuffle are the reshapes the language has",
     "Unsqueeze": "no layer adds an axis (flatten removes them)",
     "Squeeze": "flatten, where the squeezed tensor is [N, C, 1, 1]",
     "Gather": "slice(start, end, axis) takes a range along one axis; no layer indexes",
