@@ -249,3 +249,58 @@ def test_resize_variants_of_other_exporters(tmp_path, mode, coordinates, nearest
     run = [ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
            for m in (model, compiled)]
     np.testing.assert_allclose(run[1], run[0], rtol=1e-6, atol=1e-6)
+
+
+def detector_head(path: Path) -> None:
+    """YOLOX's Focus stem (four Slices with step 2 over H then W, concatenated on the channels) and a detection
+    head's Reshape to [N, C, -1] (YOLOX, PicoDet), as their exporters write them: ends of INT64_MAX."""
+    big = np.iinfo(np.int64).max
+    inits = [onnx.numpy_helper.from_array(np.array([v], np.int64), n)
+             for n, v in (("zero", 0), ("one", 1), ("end", big), ("two", 2), ("three", 3))]
+    inits.append(onnx.numpy_helper.from_array(np.array([1, 12, -1], np.int64), "flat"))
+    nodes = []
+    for i, (row, col) in enumerate(((0, 0), (1, 0), (0, 1), (1, 1))):
+        starts = {0: "zero", 1: "one"}
+        nodes += [helper.make_node("Slice", ["x", starts[row], "end", "two", "two"], [f"r{i}"], name=f"rows{i}"),
+                  helper.make_node("Slice", [f"r{i}", starts[col], "end", "three", "two"], [f"p{i}"], name=f"cols{i}")]
+    nodes += [helper.make_node("Concat", [f"p{i}" for i in range(4)], ["focus"], name="focus", axis=1),
+              helper.make_node("Reshape", ["focus", "flat"], ["y"], name="flatten_grid")]
+    graph = helper.make_graph(nodes, "det", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 6, 10])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 12, 15])], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 11)]), str(path))
+
+
+def test_strided_slices_and_a_reshape_keeping_n_and_c_of_a_detector(tmp_path):
+    detector_head(tmp_path / "m.onnx")
+    result = cnncomp.import_onnx(tmp_path / "m.onnx", tmp_path / "m.cnn")
+    assert "slice(1, 6, axis=2, step=2) as rows1" in result.text, result.text
+    assert "slice(0, 10, axis=3, step=2) as cols0" in result.text, result.text
+    assert "flatten(axis=2, keep_leading=true) as flatten_grid" in result.text, result.text
+    compiled = cnncomp.compile(tmp_path / "m.cnn", weights=tmp_path / "m.safetensors", opt_level=1)
+    x = np.random.default_rng(0).standard_normal((1, 3, 6, 10)).astype(np.float32)
+    run = [ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+           for m in (onnx.load(str(tmp_path / "m.onnx")), compiled)]
+    assert run[1].shape == (1, 12, 15)
+    np.testing.assert_array_equal(run[1], run[0])
+
+
+@pytest.mark.parametrize("module, shape, expected", [
+    (conv_then(Lambda(lambda x: x[:, :, 1::2, ::3])), (2, 3, 7, 8), "slice(1, 5, axis=2, step=2)"),
+    (conv_then(Lambda(lambda x: x.flatten(2))), (2, 3, 5, 6), "flatten(axis=2, keep_leading=true)"),
+    (conv_then(Lambda(lambda x: x.reshape(x.shape[0], 4, -1))), (2, 3, 5, 6), "flatten(axis=2, keep_leading=true)"),
+])
+def test_strided_slice_and_flatten_keeping_leading_dims_from_pytorch(module, shape, expected, tmp_path):
+    torch.manual_seed(0)
+    result = run_and_compare(module.eval(), shape, tmp_path)
+    assert expected in result.text, result.text
+
+
+def test_a_slice_stepping_backwards_is_refused_with_the_reason(tmp_path):
+    inits = [onnx.numpy_helper.from_array(np.array([v], np.int64), n)
+             for n, v in (("start", 3), ("end", 0), ("axis", 2), ("step", -1))]
+    node = helper.make_node("Slice", ["x", "start", "end", "axis", "step"], ["y"], name="reverse")
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 3, 4])], inits)
+    with pytest.raises(CnnError) as err:
+        import_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    assert "step -1; slice steps forward only" in err.value.message, err.value.message

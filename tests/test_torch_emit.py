@@ -254,7 +254,8 @@ i = div(hi -> sum(axes=(2, 3), keepdims=true), hi -> split((2, 3), part=1) -> me
       -> clip(max=2) -> prelu(shape=(5, 1, 1)) -> prelu(shape=(1, 1))
       -> upsample(scale=1.5, mode="linear", coordinates="half_pixel_symmetric") -> upsample(mode="nearest-exact")
       -> upsample(size=(5, 7), coordinates="asymmetric", rounding="ceil") -> mean(axes=(2, 3))
-output a, b, c, d, e, f, g, h, i
+j = x -> slice(1, 12, axis=2, step=2) -> slice(0, 11, axis=-1, step=3) -> flatten(axis=2, keep_leading=true)
+output a, b, c, d, e, f, g, h, i, j
 """
 
 OPS_1D_3D = """network ops13d
@@ -290,6 +291,7 @@ block nested(n, c) {
 block scaled(c, s=2) {
     h = channels(in) * s / 2     # `/` on ints
     g = in -> conv(h, k=1) as proj.a.b -> shuffle(min(h, 2)) -> slice(0, c, axis=1)
+          -> slice(0, c, axis=s - 1, step=s - 1)
     return concat(g, in -> conv(c, k=1), axis=1) * (in -> gap -> conv(2 * c, k=1) -> sigmoid)
 }
 

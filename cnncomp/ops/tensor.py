@@ -16,16 +16,19 @@ from cnncomp.ops.registry import (
 @register
 class Flatten(Op):
     name = "flatten"
-    params = (Param("axis", "int", 1),)
+    params = (Param("axis", "int", 1), Param("keep_leading", "bool", False))
     min_rank = 1
-    doc = "flatten the dims from axis on into one"
+    doc = "flatten the dims from axis on into one (and those before it into another, unless keep_leading)"
 
     def normalize(self, args, shapes):
         # ONNX Flatten's axis: up to the rank (all dims in front), negative counts from the back
-        return {"axis": normalize_axis(self.name, args["axis"], len(shapes[0]), allow_end=True)}
+        return {"axis": normalize_axis(self.name, args["axis"], len(shapes[0]), allow_end=True),
+                "keep_leading": bool(args["keep_leading"])}
 
     def infer_shape(self, attrs, shapes):
         shape, axis = shapes[0], attrs["axis"]
+        if attrs.get("keep_leading"):  # torch.flatten(x, axis): [N, C, H, W] -> [N, C, H*W] for axis 2
+            return tuple(shape[:axis]) + (_product(shape[axis:]),)
         return (_product(shape[:axis]), _product(shape[axis:]))
 
     def window(self, attrs, shapes):
@@ -35,16 +38,23 @@ class Flatten(Op):
         return Window((1.0,) * rank, (1.0,) * rank, (True,) * rank)
 
     def to_onnx(self, b, layer, inputs, weights):
-        return b.node("Flatten", [inputs[0]], layer.name, axis=layer.attrs["axis"])
+        axis = layer.attrs["axis"]
+        if layer.attrs.get("keep_leading"):
+            # ONNX Flatten always gives 2-D; a Reshape whose 0s copy the leading dims keeps them (and N dynamic)
+            target = b.const_int64([0] * axis + [-1], layer.name + "/shape")
+            return b.node("Reshape", [inputs[0], target], layer.name)
+        return b.node("Flatten", [inputs[0]], layer.name, axis=axis)
 
     def torch_ref(self, attrs, inputs, weights):
         x, axis = inputs[0], attrs["axis"]
+        if attrs.get("keep_leading"):
+            return x.reshape(*x.shape[:axis], -1)
         lead = math.prod(x.shape[:axis])
         return x.reshape(lead, -1)
 
     def torch_source(self, s):
-        shape = f"{s.helper('shape_flatten')}({', '.join([s.shape] + s.keywords(['axis']))})"
-        if not s.given("axis") or s.number("axis") == 1:
+        shape = f"{s.helper('shape_flatten')}({', '.join([s.shape] + s.keywords(['axis', 'keep_leading']))})"
+        if not s.given("keep_leading") and (not s.given("axis") or s.number("axis") == 1):
             return s.expression(f"torch.flatten({s.x}, 1)", shape)
         return s.function(s.helper("flatten"), *s.written(), shape=shape)
 
@@ -248,8 +258,8 @@ class PixelUnshuffle(_PixelShuffleBase):
 @register
 class Slice(Op):
     name = "slice"
-    params = (Param("start", "int"), Param("end", "int"), Param("axis", "int", 1))
-    doc = "the positions start..end-1 along axis (channels by default), e.g. to split channels"
+    params = (Param("start", "int"), Param("end", "int"), Param("axis", "int", 1), Param("step", "int", 1))
+    doc = "the positions start, start+step, ... before end along axis (channels by default), e.g. to split channels"
 
     def normalize(self, args, shapes):
         shape = shapes[0]
@@ -260,30 +270,40 @@ class Slice(Op):
             raise CnnError(f"slice: axis {axis} has a dynamic size '{size}'")
         if not 0 <= start < end <= size:
             raise CnnError(f"slice: needs 0 <= start < end <= {size}, got start={start}, end={end}")
-        return {"start": start, "end": end, "axis": axis}
+        if args["step"] < 1:
+            raise CnnError(f"slice: step must be at least 1, got {args['step']}")
+        return {"start": start, "end": end, "axis": axis, "step": args["step"]}
 
     def infer_shape(self, attrs, shapes):
         shape = list(shapes[0])
-        shape[attrs["axis"]] = attrs["end"] - attrs["start"]
+        shape[attrs["axis"]] = -(-(attrs["end"] - attrs["start"]) // attrs.get("step", 1))
         return tuple(shape)
 
     def to_onnx(self, b, layer, inputs, weights):
         a = layer.attrs
-        return b.node("Slice", [inputs[0], b.const_int64([a["start"]], layer.name + "/starts"),
-                                b.const_int64([a["end"]], layer.name + "/ends"),
-                                b.const_int64([a["axis"]], layer.name + "/axes")], layer.name)
+        operands = [inputs[0], b.const_int64([a["start"]], layer.name + "/starts"),
+                    b.const_int64([a["end"]], layer.name + "/ends"), b.const_int64([a["axis"]], layer.name + "/axes")]
+        if a.get("step", 1) != 1:
+            operands.append(b.const_int64([a["step"]], layer.name + "/steps"))
+        return b.node("Slice", operands, layer.name)
 
     def torch_ref(self, attrs, inputs, weights):
-        return inputs[0].narrow(attrs["axis"], attrs["start"], attrs["end"] - attrs["start"])
+        index = (slice(None),) * attrs["axis"] + (slice(attrs["start"], attrs["end"], attrs.get("step", 1)),)
+        return inputs[0][index]
 
     def torch_source(self, s):
         start, end = s.arg("start"), s.arg("end")
+        step = f":{s.arg('step')}" if s.given("step") else ""
         axis = s.number("axis") if s.given("axis") else 1
         if isinstance(axis, int) and axis >= 0:
-            code = f"{s.atom()}[{':, ' * axis}{start}:{end}]"
-        else:
+            code = f"{s.atom()}[{':, ' * axis}{start}:{end}{step}]"
+        elif isinstance(axis, int):  # counted from the back: an ellipsis in front, whole dims after it
+            code = f"{s.atom()}[..., {start}:{end}{step}{', :' * (-axis - 1)}]"
+        elif not step:
             code = f"{s.atom()}.narrow({s.arg('axis')}, {start}, {end} - {start})"
-        shape_args = [s.shape] + s.keywords(["start", "end", "axis"])
+        else:
+            code = f"{s.helper('slice_steps')}({s.atom()}, {start}, {end}, {s.arg('axis')}, {s.arg('step')})"
+        shape_args = [s.shape] + s.keywords(["start", "end", "axis", "step"])
         return s.expression(code, f"{s.helper('shape_slice')}({', '.join(shape_args)})")
 
 

@@ -123,17 +123,27 @@ def dims_product(dims):
     return "*".join(str(d) for d in dims)
 
 # @ shape_flatten: dims_product
-def shape_flatten(shape, axis=1):
-    """The output shape of flatten: the dims before axis in one, the dims from it in another."""
+def shape_flatten(shape, axis=1, keep_leading=False):
+    """The output shape of flatten: the dims before axis in one (or kept as they are, with keep_leading),
+    the dims from it in another."""
     if axis < 0:
         axis += len(shape)
+    if keep_leading:
+        return tuple(shape[:axis]) + (dims_product(shape[axis:]),)
     return (dims_product(shape[:axis]), dims_product(shape[axis:]))
 
 # @ shape_slice
-def shape_slice(shape, start, end, axis=1):
-    """The output shape of slice: end - start positions along axis."""
+def shape_slice(shape, start, end, axis=1, step=1):
+    """The output shape of slice: every step-th of the end - start positions along axis."""
     axis %= len(shape)  # a negative axis counts from the back
-    return tuple(shape[:axis]) + (end - start,) + tuple(shape[axis + 1 :])
+    return tuple(shape[:axis]) + (-(-(end - start) // step),) + tuple(shape[axis + 1 :])
+
+# @ slice_steps
+def slice_steps(x, start, end, axis, step):
+    """`slice` with a step along an axis given by a parameter."""
+    index = [slice(None)] * x.dim()
+    index[axis] = slice(start, end, step)
+    return x[tuple(index)]
 
 # @ shape_pad: spatial_pads
 def shape_pad(shape, p, mode="constant", value=0.0):
@@ -488,11 +498,14 @@ def kmaxpool(x, k):
     return torch.gather(x, -1, index)
 
 # @ flatten: math
-def flatten(x, axis=1):
+def flatten(x, axis=1, keep_leading=False):
     """`flatten`: a 2-D tensor, the dims before axis in one and the dims from it in the other
-    (a negative axis counts from the end, as in ONNX: -1 keeps the last dim apart)."""
+    (a negative axis counts from the end, as in ONNX: -1 keeps the last dim apart); with keep_leading
+    the dims before axis stay as they are (torch.flatten(x, axis))."""
     if axis < 0:
         axis += x.dim()
+    if keep_leading:
+        return x.reshape(*x.shape[:axis], -1)
     return x.reshape(math.prod(x.shape[:axis]), -1)
 
 # @ shuffle

@@ -127,12 +127,12 @@ def no_const_operands(m: OnnxModel, node) -> None:
 # The nearest thing the language has, for an op type no pattern takes (or takes only in some forms): said
 # after the reason in the import's error, so that a user knows what to rewrite the model with.
 NEAREST = {
-    "Reshape": "flatten ([N, -1]), shuffle (a channel shuffle's Reshape-Transpose-Reshape) and pixel_shuffle are "
-               "the reshapes the language has",
+    "Reshape": "flatten ([N, -1]; [N, C, -1] with keep_leading), shuffle (a channel shuffle's "
+               "Reshape-Transpose-Reshape) and pixel_shuffle are the reshapes the language has",
     "Unsqueeze": "no layer adds an axis (flatten removes them)",
     "Squeeze": "flatten, where the squeezed tensor is [N, C, 1, 1]",
     "Gather": "slice(start, end, axis) takes a range along one axis; no layer indexes",
-    "Slice": "slice(start, end, axis) takes one axis with step 1; split cuts an axis into parts",
+    "Slice": "slice(start, end, axis, step) takes one axis, stepping forward; split cuts an axis into parts",
     "MatMul": "linear (a constant 2-D weight); no layer multiplies two computed matrices",
     "Gemm": "linear (a constant weight)",
     "LSTM": "no recurrent layers", "GRU": "no recurrent layers", "RNN": "no recurrent layers",

@@ -70,6 +70,9 @@ def reshape(m: OnnxModel, node):
         rest = [d for d in shape[1:]]
         if target[1] == -1 or (all(isinstance(d, int) for d in rest) and target[1] == math.prod(rest)):
             return Match("flatten", {"axis": 1}, [node.input[0]], node.output[0], [node])
+    kept = _kept_leading(shape, target)
+    if kept is not None:
+        return Match("flatten", {"axis": kept, "keep_leading": True}, [node.input[0]], node.output[0], [node])
     raise Unsupported(f"a Reshape from {list(shape)} to {target} is not a flatten, shuffle or pixel shuffle")
 
 
@@ -88,6 +91,20 @@ class _Chain:
 
     def nodes(self, last) -> list:
         return [self.split, self.transpose, last]
+
+
+def _kept_leading(shape, target) -> int | None:
+    """k when the Reshape keeps the input's first k >= 2 dims and merges the rest into one ([N, C, -1] in
+    detection heads: YOLOX, PicoDet), else None."""
+    kept = len(target) - 1
+    if kept < 2 or kept >= len(shape) or target[0] not in ("dyn", shape[0]):
+        return None
+    if any(t != d for t, d in zip(target[1:kept], shape[1:kept])):
+        return None
+    rest = shape[kept:]
+    if target[-1] == -1 or (all(isinstance(d, int) for d in rest) and target[-1] == math.prod(rest)):
+        return kept
+    return None
 
 
 def _reshape_transpose_reshape(m: OnnxModel, node) -> _Chain | None:
@@ -250,8 +267,11 @@ def slice_(m: OnnxModel, node):
     starts, ends = const_input(m, node, 1, "starts"), const_input(m, node, 2, "ends")
     axes = const_input(m, node, 3, "axes")
     steps = const_input(m, node, 4, "steps")
-    if starts.size != 1 or (steps is not None and np.any(steps != 1)):
-        raise Unsupported("a Slice over several axes, or with steps, has no layer")
+    if starts.size != 1:
+        raise Unsupported("a Slice over several axes has no layer (slice keeps one axis)")
+    step = 1 if steps is None else int(steps.reshape(-1)[0])
+    if step < 1:
+        raise Unsupported(f"a Slice with step {step}; slice steps forward only")
     shape = m.shapes.get(node.input[0])
     axis = int(axes.reshape(-1)[0]) if axes is not None else 0
     if shape is None:
@@ -263,4 +283,5 @@ def slice_(m: OnnxModel, node):
     if not isinstance(size, int):
         raise Unsupported("a Slice along a dynamic dim")
     start, end = (int(np.clip(v if v >= 0 else v + size, 0, size)) for v in (int(starts[0]), int(ends[0])))
-    return Match("slice", {"start": start, "end": end, "axis": axis}, [node.input[0]], node.output[0], [node])
+    args = {"start": start, "end": end, "axis": axis} | ({"step": step} if step != 1 else {})
+    return Match("slice", args, [node.input[0]], node.output[0], [node])
