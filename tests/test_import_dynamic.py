@@ -12,7 +12,9 @@ Tolerance: |ort - eager| <= 1e-4 * max|eager| + 1e-4 * |eager| (float32 against 
 
 from __future__ import annotations
 
+import sys
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,6 +26,9 @@ import cnncomp  # noqa: E402
 from cnncomp.cli import main  # noqa: E402
 from cnncomp.errors import CnnError, UsageError  # noqa: E402
 from cnncomp.ops import dims  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import torchvision_models as tvm  # noqa: E402
 
 SIZES = [(1, 64, 96), (2, 128, 80), (1, 200, 152)]  # (N, H, W): multiples of 8, H and W different
 
@@ -94,6 +99,39 @@ def test_imported_dynamic_model_matches_pytorch_at_three_sizes(exported):
         want = eager(model, x)
         assert want.shape == (n, 5, h, w)
         assert_close(run_compiled(folder / "seg3.cnn", folder / "seg3.safetensors", x), want)
+
+
+class ResNetFCN(torch.nn.Module):
+    """torchvision's FCN shape on a resnet18 backbone: the stride-32 scores upsampled by 2 plus a stride-16
+    skip (the merge needs H % 32 == 0: the stem's max pool and four stride-2 stages), then upsampled by 16."""
+
+    def __init__(self):
+        super().__init__()
+        self.backbone = tvm.resnet18(seed=0)
+        self.score = torch.nn.Conv2d(512, 4, 1)
+        self.skip = torch.nn.Conv2d(256, 4, 1)
+
+    def forward(self, x):
+        b = self.backbone
+        f16 = b.layer3(b.layer2(b.layer1(b.maxpool(b.relu(b.bn1(b.conv1(x)))))))
+        up = torch.nn.functional.interpolate(self.score(b.layer4(f16)), scale_factor=2, mode="bilinear")
+        return torch.nn.functional.interpolate(up + self.skip(f16), scale_factor=16, mode="bilinear")
+
+
+def test_resnet18_fcn_imports_with_its_dims_and_matches_pytorch_at_three_sizes(tmp_path):
+    torch.manual_seed(0)
+    model = ResNetFCN().eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (torch.randn(1, 3, 64, 96),), str(tmp_path / "fcn.onnx"), opset_version=17,
+                          dynamo=False, input_names=["x"], output_names=["y"],
+                          dynamic_axes={"x": {0: "N", 2: "H", 3: "W"}})
+    result = cnncomp.import_onnx(tmp_path / "fcn.onnx", tmp_path / "fcn.cnn")
+    assert "input x: [N, 3, H, W] where H % 32 == 0, W % 32 == 0" in result.text
+    rng = np.random.default_rng(2)
+    for n, h, w in [(1, 64, 96), (2, 96, 64), (1, 160, 128)]:
+        x = rng.standard_normal((n, 3, h, w)).astype(np.float32)
+        assert_close(run_compiled(tmp_path / "fcn.cnn", tmp_path / "fcn.safetensors", x), eager(model, x))
 
 
 def test_input_shape_pins_the_dynamic_dims(exported):
