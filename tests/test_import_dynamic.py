@@ -52,16 +52,20 @@ class TinySeg(torch.nn.Module):
                                                align_corners=False)
 
 
+def export(model, path: Path) -> None:
+    """torch.onnx.export (TorchScript exporter, opset 17) at 64x96 with N, H and W dynamic."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (torch.randn(1, 3, 64, 96),), str(path), opset_version=17, dynamo=False,
+                          input_names=["x"], output_names=["y"], dynamic_axes={"x": {0: "N", 2: "H", 3: "W"}})
+
+
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     folder = tmp_path_factory.mktemp("dynamic")
     torch.manual_seed(0)
     model = TinySeg().eval()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model, (torch.randn(1, 3, 64, 96),), str(folder / "seg.onnx"), opset_version=17,
-                          dynamo=False, input_names=["x"], output_names=["y"],
-                          dynamic_axes={"x": {0: "N", 2: "H", 3: "W"}, "y": {0: "N", 2: "OH", 3: "OW"}})
+    export(model, folder / "seg.onnx")
     return folder, model
 
 
@@ -121,11 +125,7 @@ class ResNetFCN(torch.nn.Module):
 def test_resnet18_fcn_imports_with_its_dims_and_matches_pytorch_at_three_sizes(tmp_path):
     torch.manual_seed(0)
     model = ResNetFCN().eval()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model, (torch.randn(1, 3, 64, 96),), str(tmp_path / "fcn.onnx"), opset_version=17,
-                          dynamo=False, input_names=["x"], output_names=["y"],
-                          dynamic_axes={"x": {0: "N", 2: "H", 3: "W"}})
+    export(model, tmp_path / "fcn.onnx")
     result = cnncomp.import_onnx(tmp_path / "fcn.onnx", tmp_path / "fcn.cnn")
     assert "input x: [N, 3, H, W] where H % 32 == 0, W % 32 == 0" in result.text
     rng = np.random.default_rng(2)
