@@ -93,13 +93,19 @@ def build_graph(m: OnnxModel, name: str, pins: dict | None = None) -> tuple[Laye
     _check_pins(m, pins or {})
     matches = find_layers(m)
     constraints: dict[str, int] = {}
-    while True:
+    last = None
+    for _ in range(_MAX_CONSTRAINT_ROUNDS):
         try:
             return _build(m, name, matches, constraints, pins or {})
         except _NeedsConstraint as need:
             if constraints.get(need.symbol, 1) % need.modulus == 0:
                 raise need.error from None  # already constrained so: the sizes differ for another reason
             constraints[need.symbol] = math.lcm(constraints.get(need.symbol, 1), need.modulus)
+            last = need.error
+    raise last
+
+
+_MAX_CONSTRAINT_ROUNDS = 16  # each round constrains a symbol further; a real network needs one or two per symbol
 
 
 def _build(m: OnnxModel, name: str, matches: list[Match], constraints: dict[str, int],
