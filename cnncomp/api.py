@@ -96,8 +96,15 @@ def to_torch(spec, weights=None, seed: int = 0, defines: dict[str, str] | None =
     return build(load(spec, defines), weights, seed)
 
 
-def import_onnx(path: str | Path, output: str | Path, weights_out: str | Path | None = None):
-    """Import an ONNX model: write OUTPUT (.cnn spec) and its weights (default: OUTPUT with .safetensors)."""
+def import_onnx(path: str | Path, output: str | Path, weights_out: str | Path | None = None, **options):
+    """Import an ONNX model: write OUTPUT (.cnn spec) and its weights (default: OUTPUT with .safetensors).
+    Options as `cnncomp import` takes them: input_shape="x=1x3x320x480" (or {"x": (1, 3, 320, 480)}) pins
+    the model's dynamic dims."""
     from cnncomp.pipeline import import_onnx_model
 
-    return import_onnx_model(path, output, weights_out)
+    from cnncomp.job import parse_shape
+
+    if isinstance(options.get("input_shape"), str):
+        options["input_shape"] = parse_shape(options["input_shape"], "input_shape")
+    job = job_from_keywords("import", None, options)
+    return import_onnx_model(path, output, weights_out, job.source.input_shape)

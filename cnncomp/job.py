@@ -168,6 +168,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("weights", str, None, "weights: .safetensors or a PyTorch checkpoint (default: seeded)",
            MEASURING + ("run",), metavar="W", group="source"),
     Option("seed", int, 0, "seed for initialization and verification inputs", MEASURING + ("run",), group="source"),
+    Option("input_shape", str, None, "pin the model's dynamic dims to this input shape (default: they stay "
+           "symbols named after the model's dim_params)", ("import",),
+           parse=lambda text, flag: parse_shape(text, flag), metavar="NAME=1x3xHxW", group="source"),
     # ---- optimize: the passes
     Option("opt_level", int, None, "-O0 no passes, -O1 the exact passes, -O2 also layout-neutral simplifications, "
            "-O3 also the approximate rewrites under --max-error (default -O1; -O0 for --emit torch and graph)",

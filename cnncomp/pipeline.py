@@ -664,21 +664,21 @@ class ImportResult:
     weights: dict
 
 
-def import_model(path, network: str | None = None) -> ImportResult:
+def import_model(path, network: str | None = None, input_shape: dict | None = None) -> ImportResult:
     """An ONNX model (a file, or an onnx.ModelProto) as a .cnn spec and weights, checked to reproduce the
-    model's layers (nothing is written)."""
+    model's layers (nothing is written); `input_shape` ({input name or None: shape}) pins its dynamic dims."""
     from cnncomp.emit.cnn import write_program
     from cnncomp.frontend.onnx import read_model
     from cnncomp.ir.weights import check_weights
 
-    model = read_model(path, network)
+    model = read_model(path, network, input_shape)
     written = write_program(model.graph, f"Imported from {model.label} by cnncomp import.",
                             f"<import of {model.label}>")
     check_weights(model.weights, written.graph, f"the weights imported from {path}")
     return ImportResult(written.text, written.graph, model.weights)
 
 
-def import_onnx_model(path, output, weights_out=None):
+def import_onnx_model(path, output, weights_out=None, input_shape: dict | None = None):
     """An ONNX model to a .cnn spec and a .safetensors file keyed by its layer names; returns the ImportResult.
 
     Nothing is written unless the whole model imports and the spec elaborates with the weights."""
@@ -696,7 +696,7 @@ def import_onnx_model(path, output, weights_out=None):
     for target in (output, weights_out):
         if not target.parent.is_dir():
             raise CnnError(f"{target}: the folder {target.parent} does not exist")
-    result = import_model(path, None if is_stdout(output) else output.stem)
+    result = import_model(path, None if is_stdout(output) else output.stem, input_shape)
     # the weights take their place only once the spec is written: no weights without their spec, and
     # a weights file that was there before is never removed
     save_safetensors(result.weights, weights_out, with_other=lambda: write_text(output, result.text))

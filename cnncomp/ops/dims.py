@@ -230,26 +230,36 @@ def same_size(a, b) -> bool:
     return _sp().expand(expr_of(a) - expr_of(b)) == 0
 
 
-def equal_when(a, b) -> str:
-    """The condition under which two sizes that are not provably equal would be, as words for an
-    error message ("equal only when H is divisible by 16"), or '' when none is found."""
+def _equal_residues(a, b):
+    """(spec name, modulus, rest, period, residues): a - b depends on one symbol k (the spec symbol is
+    `modulus*k + rest`) and is 0 exactly for k % period in residues; None when that is not worked out."""
     sp = _sp()
     diff = sp.expand(expr_of(a) - expr_of(b))
     free = sorted(diff.free_symbols, key=lambda s: s.name)
     if len(free) != 1:
-        return ""
+        return None
     k = free[0]
     name, modulus, rest = constraint_of(k)
     period = 1
     for f in diff.atoms(sp.floor):
         _, den = sp.fraction(sp.together(f.args[0]))
         if not den.is_Integer:
-            return ""
+            return None
         period = math.lcm(period, int(den))
     if period > 4096:
-        return ""
+        return None
     t = sp.Symbol("t", integer=True, nonnegative=True)
     zero = [r for r in range(period) if sp.expand(diff.subs(k, period * t + r)) == 0]
+    return name, modulus, rest, period, zero
+
+
+def equal_when(a, b) -> str:
+    """The condition under which two sizes that are not provably equal would be, as words for an
+    error message ("equal only when H is divisible by 16"), or '' when none is found."""
+    found = _equal_residues(a, b)
+    if found is None:
+        return ""
+    name, modulus, rest, period, zero = found
     if not zero:
         return "they differ for every size"
     # k = period*t + r, the symbol itself is modulus*k + rest
@@ -260,6 +270,21 @@ def equal_when(a, b) -> str:
                 else f"equal only when {name} % {m} == {rest}")
     values = ", ".join(str(modulus * r + rest) for r in zero)
     return f"equal only when {name} % {modulus * period} is one of {values}"
+
+
+def divisibility_for_equal(a, b) -> tuple[str, int] | None:
+    """(symbol, m): the smallest `where symbol % m == 0` under which the two sizes are equal (a stride-8
+    map upsampled by 2 meets a stride-4 map when H % 8 == 0), or None when no such constraint exists."""
+    if is_static(a) and is_static(b):
+        return None
+    found = _equal_residues(a, b)
+    if found is None:
+        return None
+    name, modulus, rest, period, zero = found
+    if rest != 0 or 0 not in zero:
+        return None
+    step = next(g for g in range(1, period + 1) if period % g == 0 and set(range(0, period, g)) <= set(zero))
+    return name, modulus * step
 
 
 def mismatch_hint(a, b) -> str:

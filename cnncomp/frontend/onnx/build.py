@@ -9,6 +9,8 @@ error lists every unsupported op type with its count and first node name.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import onnx
 
@@ -18,6 +20,7 @@ from cnncomp.frontend.onnx.naming import Namer
 from cnncomp.frontend.onnx.patterns import MATCHERS, NEAREST, Match, Unsupported
 from cnncomp.ir.identifiers import ascii_identifier
 from cnncomp.ir.graph import Layer, LayerGraph, unique_name
+from cnncomp.ops import dims
 from cnncomp.ops.registry import fmt_shape, get_op
 
 _DTYPES = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.FLOAT16: "float16",
@@ -72,15 +75,48 @@ def find_layers(m: OnnxModel) -> list[Match]:
     return [match for _, match in sorted(matches, key=lambda item: item[0])]
 
 
-def build_graph(m: OnnxModel, name: str) -> tuple[LayerGraph, dict[str, np.ndarray]]:
-    """The model as a LayerGraph (every shape inferred by the registry) and its weights keyed by layer name."""
+class _NeedsConstraint(Exception):
+    """A merge whose symbolic input sizes are equal only under `where symbol % modulus == 0`."""
+
+    def __init__(self, symbol: str, modulus: int, error: CnnError):
+        super().__init__(symbol, modulus)
+        self.symbol, self.modulus, self.error = symbol, modulus, error
+
+
+def build_graph(m: OnnxModel, name: str, pins: dict | None = None) -> tuple[LayerGraph, dict[str, np.ndarray]]:
+    """The model as a LayerGraph (every shape inferred by the registry) and its weights keyed by layer name.
+
+    The model's dynamic dims stay symbols named after their `dim_param`s; where a merge meets sizes that are
+    equal only when a symbol is a multiple of some m (a stride-8 map upsampled by 2 added to a stride-4 one),
+    the symbol takes the constraint `where symbol % m == 0` (graph.meta["symbols"], which the .cnn writer
+    states) and the graph is built again. `pins` ({input name or None: shape}) fixes inputs' shapes instead."""
+    _check_pins(m, pins or {})
     matches = find_layers(m)
+    constraints: dict[str, int] = {}
+    last = None
+    for _ in range(_MAX_CONSTRAINT_ROUNDS):
+        try:
+            return _build(m, name, matches, constraints, pins or {})
+        except _NeedsConstraint as need:
+            if constraints.get(need.symbol, 1) % need.modulus == 0:
+                raise need.error from None  # already constrained so: the sizes differ for another reason
+            constraints[need.symbol] = math.lcm(constraints.get(need.symbol, 1), need.modulus)
+            last = need.error
+    raise last
+
+
+_MAX_CONSTRAINT_ROUNDS = 16  # each round constrains a symbol further; a real network needs one or two per symbol
+
+
+def _build(m: OnnxModel, name: str, matches: list[Match], constraints: dict[str, int],
+           pins: dict) -> tuple[LayerGraph, dict[str, np.ndarray]]:
     graph = LayerGraph(identifier(name, set(), "network"))
     taken: set[str] = set()
     tensor_layer: dict[str, str] = {}  # ONNX tensor -> the layer that computes it
     for info in m.inputs:
         input_name = identifier(info.name, taken, "input")
-        graph.add_layer(Layer(input_name, "input", {}, _input_shape(m, info), _dtype(info, m.source)))
+        shape = _input_shape(m, info, constraints, _pin_for(pins, info.name, len(m.inputs), m.source))
+        graph.add_layer(Layer(input_name, "input", {}, shape, _dtype(info, m.source)))
         tensor_layer[info.name] = input_name
     namer = Namer([match.anchor.name for match in matches], taken)
     weights: dict[str, np.ndarray] = {}
@@ -93,6 +129,8 @@ def build_graph(m: OnnxModel, name: str) -> tuple[LayerGraph, dict[str, np.ndarr
         for suffix, value in match.weights.items():
             weights[f"{layer_name}.{suffix}"] = np.ascontiguousarray(value, dtype=np.float32)
         tensor_layer[match.output] = layer_name
+    if constraints:
+        graph.meta["symbols"] = {s: {"multiple_of": k, "remainder": 0, "min": 1} for s, k in constraints.items()}
     output_taken = set(graph.inputs)
     for out in m.outputs:
         if out not in tensor_layer:
@@ -127,7 +165,11 @@ def _add_layer(graph: LayerGraph, match: Match, name: str, tensor_layer: dict, m
         shape = op.infer_shape(attrs, shapes)
         specs = op.weight_specs(attrs, shapes)
     except CnnError as err:
-        raise CnnError(f"{m.source}: {where} as {match.op}: {err.message}") from None
+        located = CnnError(f"{m.source}: {where} as {match.op}: {err.message}")
+        need = _constraint_for_merge(shapes)
+        if need is not None:
+            raise _NeedsConstraint(*need, located) from None
+        raise located from None
     for suffix, spec in specs.items():
         value = match.weights.get(suffix)
         if value is None or tuple(value.shape) != tuple(spec.shape):
@@ -142,6 +184,20 @@ def _add_layer(graph: LayerGraph, match: Match, name: str, tensor_layer: dict, m
     dtype = graph.layer(sources[0]).dtype if sources else "float32"
     layer = Layer(name, match.op, attrs, shape, dtype, weights=specs, args={k: v for k, v in match.args.items()})
     graph.add_layer(layer, sources)
+
+
+def _constraint_for_merge(shapes: list[tuple]) -> tuple[str, int] | None:
+    """(symbol, m): a divisibility under which the merged inputs' differing symbolic sizes would be equal."""
+    for shape in shapes[1:]:
+        if len(shape) != len(shapes[0]):
+            return None
+        for a, b in zip(shapes[0], shape):
+            if not dims.is_static(a) or not dims.is_static(b):
+                if not dims.same_size(a, b):
+                    need = dims.divisibility_for_equal(a, b)
+                    if need is not None:
+                        return need
+    return None
 
 
 # Argument names the contract and PyTorch spell differently; a layer registered with the other spelling
@@ -162,18 +218,42 @@ def _spelled_for(op, args: dict, where: str, source: str) -> dict:
     return out
 
 
-def _input_shape(m: OnnxModel, info: onnx.ValueInfoProto) -> tuple:
-    dims: list = []
+def _pin_for(pins: dict, input_name: str, inputs: int, source: str) -> tuple | None:
+    """The pinned shape of an input (--input-shape x=1x3x320x480; the name may be left out with one input)."""
+    if input_name in pins:
+        return tuple(pins[input_name])
+    if None in pins:
+        if inputs > 1:
+            raise CnnError(f"{source}: the model has {inputs} inputs; name the one --input-shape pins (NAME=1x3xHxW)")
+        return tuple(pins[None])
+    return None
+
+
+def _check_pins(m: OnnxModel, pins: dict) -> None:
+    """Every pinned input exists: an error naming the model's inputs otherwise."""
+    names = [i.name for i in m.inputs]
+    for name in pins:
+        if name is not None and name not in names:
+            raise CnnError(f"{m.source}: --input-shape names '{name}', which is no input of the model; its inputs: "
+                           + ", ".join(names))
+
+
+def _input_shape(m: OnnxModel, info: onnx.ValueInfoProto, constraints: dict[str, int], pin: tuple | None) -> tuple:
+    shape: list = []
     for i, d in enumerate(info.type.tensor_type.shape.dim):
         if d.HasField("dim_value"):
-            dims.append(d.dim_value)
-        elif d.dim_param:
-            dims.append(identifier(d.dim_param, set(), "N"))
+            shape.append(d.dim_value)
         else:
-            dims.append("N" if i == 0 else f"D{i}")
-    if not dims:
+            name = identifier(d.dim_param, set(), "N") if d.dim_param else ("N" if i == 0 else f"D{i}")
+            shape.append(dims.symbolic(name, constraints[name]) if constraints.get(name, 1) > 1 else name)
+    if not shape:
         raise CnnError(f"{m.source}: input '{info.name}' has no declared shape")
-    return tuple(dims)
+    if pin is None:
+        return tuple(shape)
+    if len(pin) != len(shape) or any(isinstance(d, int) and d != p for d, p in zip(shape, pin)):
+        raise CnnError(f"{m.source}: --input-shape {info.name}={'x'.join(map(str, pin))} does not fit the "
+                       f"input's declared shape {fmt_shape(tuple(shape))}")
+    return tuple(pin)
 
 
 def _dtype(info: onnx.ValueInfoProto, source: str) -> str:

@@ -27,12 +27,12 @@ class ImportedModel:
     label: str  # the file's name (or "<model>")
 
 
-def read_model(path, network: str | None = None) -> ImportedModel:
+def read_model(path, network: str | None = None, input_shape: dict | None = None) -> ImportedModel:
     """Read an ONNX model (a file, or an onnx.ModelProto) as a LayerGraph and weights; the spec text is
     written by the .cnn writer (cnncomp.emit.cnn) in the import job (pipeline.import_model)."""
     if isinstance(path, onnx.ModelProto):
         model, label = OnnxModel(path, "<model>"), network or path.graph.name or "model"
     else:
         model, label = load_onnx(path), Path(path).name
-    graph, weights = build_graph(model, network or Path(label).stem)
+    graph, weights = build_graph(model, network or Path(label).stem, input_shape)
     return ImportedModel(graph, weights, label)
