@@ -194,3 +194,50 @@ def test_input_shape_through_the_api_as_a_dict(exported):
     with pytest.raises(CnnError, match="differ in width"):
         cnncomp.import_onnx(folder / "seg.onnx", folder / "d.cnn", input_shape={"x": (1, 3, 64, 68)})
     assert not (folder / "d.cnn").exists()
+
+
+class SizedBySeg(torch.nn.Module):
+    """torchvision's segmentation heads: resizes to sizes read from other tensors' shapes at run time
+    (`F.interpolate(y, size=x.shape[-2:])`), to an intermediate map's size and back to the input's."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = torch.nn.Conv2d(3, 8, 3, 2, 1)
+        self.c2 = torch.nn.Conv2d(8, 8, 3, 2, 1)
+        self.head = torch.nn.Conv2d(8, 5, 1)
+        self.skip = torch.nn.Conv2d(8, 5, 1)
+
+    def forward(self, x):
+        f2 = torch.relu(self.c1(x))
+        f4 = self.head(torch.relu(self.c2(f2)))
+        up = torch.nn.functional.interpolate(f4, size=f2.shape[-2:], mode="bilinear", align_corners=False)
+        return torch.nn.functional.interpolate(up + self.skip(f2), size=x.shape[-2:], mode="bilinear",
+                                               align_corners=False)
+
+
+def test_sizes_read_from_shapes_import_as_upsample_to_those_dims_and_match_at_three_sizes(tmp_path):
+    torch.manual_seed(0)
+    model = SizedBySeg().eval()
+    export(model, tmp_path / "sized.onnx")
+    result = cnncomp.import_onnx(tmp_path / "sized.onnx", tmp_path / "sized.cnn")
+    assert "input x: [N, 3, H, W]\n" in result.text  # no constraint: the sizes are exact for every H and W
+    assert "size=(H, W)" in result.text and "size=((H + 1) // 2, (W + 1) // 2)" in result.text
+    rng = np.random.default_rng(3)
+    for n, h, w in [(1, 64, 96), (2, 37, 50), (1, 121, 77)]:  # odd sizes too: no scale could say them
+        x = rng.standard_normal((n, 3, h, w)).astype(np.float32)
+        want = eager(model, x)
+        assert want.shape == (n, 5, h, w)
+        assert_close(run_compiled(tmp_path / "sized.cnn", tmp_path / "sized.safetensors", x), want)
+
+
+def test_sizes_read_from_shapes_of_a_static_export_stay_static(tmp_path):
+    torch.manual_seed(0)
+    model = SizedBySeg().eval()
+    x = np.random.default_rng(4).standard_normal((1, 3, 64, 96)).astype(np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (torch.from_numpy(x),), str(tmp_path / "static.onnx"), opset_version=17,
+                          dynamo=False, input_names=["x"], output_names=["y"])
+    result = cnncomp.import_onnx(tmp_path / "static.onnx", tmp_path / "static.cnn")
+    assert "input x: [1, 3, 64, 96]" in result.text and "H" not in result.text.split("input x:")[1].split("\n")[0]
+    assert_close(run_compiled(tmp_path / "static.cnn", tmp_path / "static.safetensors", x), eager(model, x))

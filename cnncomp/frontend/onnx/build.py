@@ -18,10 +18,11 @@ from cnncomp.errors import CnnError
 from cnncomp.frontend.onnx.model import OnnxModel
 from cnncomp.frontend.onnx.naming import Namer
 from cnncomp.frontend.onnx.patterns import MATCHERS, NEAREST, Match, Unsupported
+from cnncomp.frontend.onnx.patterns.shape_reads import DimOf
 from cnncomp.ir.identifiers import ascii_identifier
 from cnncomp.ir.graph import Layer, LayerGraph, unique_name
 from cnncomp.ops import dims
-from cnncomp.ops.registry import fmt_shape, get_op
+from cnncomp.ops.registry import compact, fmt_shape, get_op
 
 _DTYPES = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.FLOAT16: "float16",
            onnx.TensorProto.DOUBLE: "float64"}
@@ -156,7 +157,8 @@ def _add_layer(graph: LayerGraph, match: Match, name: str, tensor_layer: dict, m
         raise CnnError(f"{m.source}: {where} reads '{missing[0]}', which no layer computes")
     sources = [tensor_layer[t] for t in match.inputs]
     shapes = [graph.layer(s).shape for s in sources]
-    args = _spelled_for(op, match.args, where, m.source)
+    given = {k: _dims_resolved(v, graph, tensor_layer, where, m.source) for k, v in match.args.items()}
+    args = _spelled_for(op, given, where, m.source)
     for p in op.params:  # the language defaults for what the pattern left out
         if p.name not in args and p.kind != "tensor":
             args[p.name] = p.default
@@ -182,8 +184,21 @@ def _add_layer(graph: LayerGraph, match: Match, name: str, tensor_layer: dict, m
         raise CnnError(f"{m.source}: {where} as {match.op}: the layer gives shape {fmt_shape(shape)}, "
                        f"the model {fmt_shape(expected)}")
     dtype = graph.layer(sources[0]).dtype if sources else "float32"
-    layer = Layer(name, match.op, attrs, shape, dtype, weights=specs, args={k: v for k, v in match.args.items()})
+    layer = Layer(name, match.op, attrs, shape, dtype, weights=specs, args=dict(given))
     graph.add_layer(layer, sources)
+
+
+def _dims_resolved(value, graph: LayerGraph, tensor_layer: dict, where: str, source: str):
+    """An argument with every DimOf (a size read from a tensor's shape at run time) replaced by that dim of
+    the tensor's layer: an int, or the symbolic size the registry worked out (exact for every input size)."""
+    if isinstance(value, tuple) and any(isinstance(v, DimOf) for v in value):
+        return compact(tuple(_dims_resolved(v, graph, tensor_layer, where, source) for v in value))
+    if not isinstance(value, DimOf):
+        return value
+    if value.tensor not in tensor_layer:
+        raise CnnError(f"{source}: {where} reads the shape of '{value.tensor}', which no layer computes")
+    dim = graph.layer(tensor_layer[value.tensor]).shape[value.axis]
+    return dims.as_dim(dims.expr_of(dim)) if isinstance(dim, str) else dim  # an input's symbol: a plain str
 
 
 def _constraint_for_merge(shapes: list[tuple]) -> tuple[str, int] | None:

@@ -23,6 +23,7 @@ are visited on their own.
     Reshape-Transpose-Reshape (6-D, r)     -> pixel_shuffle / pixel_unshuffle
     DepthToSpace(CRD); SpaceToDepth (C=1)  -> pixel_shuffle / pixel_unshuffle
     Resize                                 -> upsample
+    Shape-Gather/Slice-Cast-Concat-Resize  -> upsample(size=) to the symbolic dims the Shape reads
     Pad                                    -> pad
     Slice (one axis, step 1)               -> slice
     Concat Add Sum Mul                     -> concat add add mul

@@ -12,6 +12,7 @@ from cnncomp.frontend.onnx.patterns.base import (
     Match, Unsupported, const_input, has_param, has_param_choice, matcher, num, require_op, scalar, single,
     unknown_shape,
 )
+from cnncomp.frontend.onnx.patterns.shape_reads import DimOf, shape_values
 from cnncomp.ops.registry import compact, padding_arg
 
 
@@ -188,7 +189,10 @@ def resize(m: OnnxModel, node):
     if scales is not None and scales.size == 0:
         scales = None
     args: dict = {}
-    if scales is not None:
+    read: list = []  # the nodes that read sizes from a shape at run time
+    if scales is None and len(node.input) > 3 and node.input[3] and (sizes is None or np.any(sizes == SYMBOLIC_DIM)):
+        args["size"] = _sizes_read_from_shapes(m, node, read)
+    elif scales is not None:
         if list(scales[:2]) != [1, 1]:
             raise Unsupported("it resizes the batch or channel dims")
         args["scale"] = compact(tuple(num(float(s)) for s in scales[2:]))
@@ -234,7 +238,29 @@ def resize(m: OnnxModel, node):
             raise Unsupported(f"coordinate_transformation_mode={coord} is not one of F.interpolate's")
     else:
         raise Unsupported(f"Resize mode {mode} has no layer")
-    return Match("upsample", args, [node.input[0]], node.output[0], [node])
+    return Match("upsample", args, [node.input[0]], node.output[0], _unique(read) + [node])
+
+
+def _sizes_read_from_shapes(m: OnnxModel, node, read: list) -> tuple:
+    """The spatial sizes of a Resize whose sizes are read from tensors' shapes at run time (ints and DimOfs);
+    its batch and channel sizes must be its input's own."""
+    if not has_param("upsample", "size"):
+        raise Unsupported("its sizes are computed at run time, and this cnncomp's upsample has no size=")
+    values = shape_values(m, node.input[3], read)
+    shape = m.shapes.get(node.input[0])
+    if shape is None or len(values) != len(shape):
+        raise Unsupported("its sizes are computed at run time and their number is not its input's rank")
+    for axis in (0, 1):
+        same = values[axis] == DimOf(node.input[0], axis) or (isinstance(values[axis], int)
+                                                              and values[axis] == shape[axis])
+        if not same:
+            raise Unsupported("it resizes the batch or channel dims")
+    return tuple(values[2:])
+
+
+def _unique(nodes: list) -> list:
+    seen: set[int] = set()
+    return [n for n in nodes if not (id(n) in seen or seen.add(id(n)))]
 
 
 @matcher("Pad")
