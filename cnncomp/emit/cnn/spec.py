@@ -19,7 +19,7 @@ from cnncomp.ir.identifiers import ascii_identifier, is_identifier
 from cnncomp.emit.cnn.writer import spec_program
 from cnncomp.errors import CnnError
 from cnncomp.frontend.cnn import ast
-from cnncomp.ir.graph import LayerGraph
+from cnncomp.ir.graph import LayerGraph, unique_name
 
 
 @dataclass
@@ -62,10 +62,7 @@ def identifier_inputs(graph: LayerGraph) -> LayerGraph:
     mapping = {}
     for name in graph.inputs:
         if not is_identifier(name):
-            new = ascii_identifier(name, "input")
-            k, base = 1, new
-            while new in taken:
-                new, k = f"{base}_{k}", k + 1
+            new = unique_name(ascii_identifier(name, "input"), taken)
             taken.add(new)
             mapping[name] = new
     nx.relabel_nodes(renamed.g, mapping, copy=False)

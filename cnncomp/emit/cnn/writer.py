@@ -32,7 +32,7 @@ from cnncomp.emit.cnn.blocks import Call, Instance, Template, block_params, call
 from cnncomp.emit.cnn.syntax import NOWHERE, expression, stage_name, stage_text, value_expr
 from cnncomp.ir.identifiers import KEYWORDS, ascii_identifier
 from cnncomp.frontend.cnn import ast
-from cnncomp.ir.graph import LayerGraph
+from cnncomp.ir.graph import LayerGraph, unique_name
 from cnncomp.ops.registry import REQUIRED, fmt_value, get_op
 
 MAX_TOKENS = 1000  # per pipeline statement; the parser refuses statements over 2,000 tokens
@@ -151,9 +151,8 @@ def _where(rules: dict, shape: tuple, stated: set[str]) -> list[ast.Expr]:
 
 
 def _fresh(base: str, taken: set[str]) -> str:
-    name, k = base, 1
-    while name in taken:
-        name, k = f"{base}_{k}", k + 1
+    """unique_name, and the name taken."""
+    name = unique_name(base, taken)
     taken.add(name)
     return name
 
