@@ -18,8 +18,6 @@ The compiled import must match ONNX Runtime on the original within 1e-4 of the o
 
 from __future__ import annotations
 
-import importlib.util
-import os
 import sys
 from pathlib import Path
 
@@ -28,76 +26,18 @@ import onnx
 import pytest
 
 ort = pytest.importorskip("onnxruntime")
-Image = pytest.importorskip("PIL.Image")
-ImageDraw = pytest.importorskip("PIL.ImageDraw")
-ImageFont = pytest.importorskip("PIL.ImageFont")
+pytest.importorskip("PIL.ImageFont")  # trained_nets renders the text inputs with PIL
 
 import cnncomp  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT / "tests" / "data" / "trained"
-
-
-def package_file(package: str, relative: str) -> Path | None:
-    """A file inside an installed (or .zoo-site) package, found without importing the package (its
-    dependencies, OpenCV and others, need not be installed)."""
-    site = Path(os.environ.get("CNNCOMP_ZOO_SITE", ROOT / ".zoo-site"))
-    if importlib.util.find_spec(package) is None and site.is_dir() and str(site) not in sys.path:
-        sys.path.append(str(site))
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = Path(list(spec.submodule_search_locations)[0]) / relative
-    return path if path.is_file() else None
-
-
-def rendered_text(text: str, height: int, width: int, upside_down: bool = False) -> np.ndarray:
-    """Black text on white, RGB uint8 [height, width, 3]."""
-    image = Image.new("RGB", (width, height), "white")
-    font = ImageFont.load_default(size=int(height * 0.6))
-    ImageDraw.Draw(image).text((4, height * 0.15), text, fill="black", font=font)
-    if upside_down:
-        image = image.rotate(180)
-    return np.asarray(image)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from trained_nets import DATA, imagenet_input, package_file, pinned, rendered_text, resized  # noqa: E402
+from trained_nets import paddle_input as paddle_cls_input  # noqa: E402
 
 
 def photo(height: int, width: int) -> np.ndarray:
     datasets = pytest.importorskip("sklearn.datasets")
-    image = Image.fromarray(datasets.load_sample_image("china.jpg"))
-    return np.asarray(image.resize((width, height), Image.BILINEAR))
-
-
-def paddle_cls_input(rgb: np.ndarray) -> np.ndarray:
-    """PaddleOCR's classifier preprocessing: [0, 1], then (x - 0.5) / 0.5, CHW."""
-    x = (rgb.astype(np.float32) / 255.0 - 0.5) / 0.5
-    return x.transpose(2, 0, 1)[None]
-
-
-def imagenet_input(rgb: np.ndarray) -> np.ndarray:
-    mean, std = np.array([0.485, 0.456, 0.406], np.float32), np.array([0.229, 0.224, 0.225], np.float32)
-    return ((rgb.astype(np.float32) / 255.0 - mean) / std).transpose(2, 0, 1)[None]
-
-
-def pinned(path: Path, height: int, width: int, dynamic_batch: bool = True) -> onnx.ModelProto:
-    """The model with its input's dynamic height and width set, its batch dynamic (N) unless not
-    dynamic_batch (a Reshape to [1, C, -1] fixes it) and its outputs' declared shapes cleared (inference
-    gives them)."""
-    model = onnx.load(str(path))
-    init = {t.name for t in model.graph.initializer}
-    for info in model.graph.input:
-        if info.name in init:
-            continue
-        dims = info.type.tensor_type.shape.dim
-        if dynamic_batch:
-            dims[0].Clear()
-            dims[0].dim_param = "N"
-        for d, v in zip(dims[2:], (height, width)):
-            d.Clear()
-            d.dim_value = v
-    for info in model.graph.output:
-        for d in info.type.tensor_type.shape.dim:
-            d.Clear()
-    return model
+    return resized(datasets.load_sample_image("china.jpg"), height, width)
 
 
 def import_and_compare(path: Path, inputs: list[np.ndarray], tmp_path: Path, dynamic_batch: bool = True):

