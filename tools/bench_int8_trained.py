@@ -32,44 +32,15 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
 
 from cnncomp.ir.weights import load_weights, save_safetensors  # noqa: E402
 from cnncomp.pipeline import emit_model, optimize  # noqa: E402
 from cnncomp.precision.bias_correction import bias_corrections  # noqa: E402
 from cnncomp.precision.int8 import ErrorProbe, FeedReader, Quantizer, correct_biases, quiet_quantizer  # noqa: E402
-from cnncomp.run.reference import to_torch  # noqa: E402
+from trained_nets import digits_data, train_digits  # noqa: E402  (the recipe of tests/trained_nets.py's digits nets)
 
 SPEC = ROOT / "examples" / "digits" / "mobilenet_v2_digits.cnn"
-
-
-def load_data(size: int = 32, seed: int = 0):
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    x = torch.from_numpy((digits.images / 16.0).astype(np.float32)[:, None])
-    x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=False).numpy()
-    y = digits.target.astype(np.int64)
-    order = np.random.default_rng(seed).permutation(len(x))
-    cut = int(0.8 * len(x))
-    return x[order[:cut]], y[order[:cut]], x[order[cut:]], y[order[cut:]]
-
-
-def train(graph, x, y, epochs: int, seed: int = 0) -> dict:
-    torch.manual_seed(seed)
-    module = to_torch(graph)
-    module.train()
-    optimizer = torch.optim.AdamW(module.parameters(), lr=3e-3, weight_decay=1e-4)
-    steps = epochs * ((len(x) + 63) // 64)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, 3e-3, total_steps=steps)
-    xs, ys = torch.from_numpy(x), torch.from_numpy(y)
-    for _ in range(epochs):
-        for idx in torch.randperm(len(xs)).split(64):
-            optimizer.zero_grad()
-            torch.nn.functional.cross_entropy(module(xs[idx]), ys[idx]).backward()
-            optimizer.step()
-            schedule.step()
-    module.eval()
-    return {k: v.detach().numpy().copy() for k, v in module.state_dict().items()}
 
 
 def per_tensor(model: onnx.ModelProto, calibration: dict) -> onnx.ModelProto:
@@ -88,13 +59,13 @@ def main() -> None:
     parser.add_argument("--trained", metavar="W", help="reuse trained weights (.safetensors); written if missing")
     args = parser.parse_args()
     torch.set_num_threads(2)
-    x_train, y_train, x_test, y_test = load_data()
+    x_train, y_train, x_test, y_test = digits_data(32)
     graph = optimize(SPEC, opt_level=0).ref_graph
     if args.trained and Path(args.trained).exists():
         weights = load_weights(args.trained, graph)
     else:
         start = time.perf_counter()
-        weights = train(graph, x_train, y_train, args.epochs)
+        weights = train_digits(SPEC, x_train, y_train, args.epochs, 3e-3)
         print(f"trained {args.epochs} epochs in {time.perf_counter() - start:.0f} s")
         if args.trained:
             save_safetensors(weights, args.trained)
