@@ -85,8 +85,10 @@ def quantizers(prepared: Prepared, float32: onnx.ModelProto, log) -> list[tuple[
     rows = []
     start = time.perf_counter()
     _, int8, report = cnncomp_int8(prepared)
-    rows.append(("cnncomp int8", int8, time.perf_counter() - start, report.summary()))
-    if int8_macs_share(int8) == 0.0 and has_option(KEEP_SLOWER_OPTION):  # float32 written: int8 was not faster
+    slower = getattr(report, "written", "int8") != "int8"  # the not-faster rule wrote float32
+    rows.append(("cnncomp int8" + (" (wrote fp32: not faster)" if slower else ""), int8,
+                 time.perf_counter() - start, report.summary()))
+    if slower and has_option(KEEP_SLOWER_OPTION):
         start = time.perf_counter()
         _, forced, report = cnncomp_int8(prepared, keep_slower=True)
         rows.append((f"cnncomp int8 --{KEEP_SLOWER_OPTION.replace('_', '-')}", forced, time.perf_counter() - start,
