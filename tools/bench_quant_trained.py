@@ -182,7 +182,11 @@ def main(names: str, rounds: int, repeats: int) -> None:
             if why:
                 print(f"| {name} | skipped: {why} | | | | | | | |", flush=True)
                 continue
-            for line in bench_net(name, Path(tmp), rounds, repeats, log):
+            try:
+                lines = bench_net(name, Path(tmp), rounds, repeats, log)
+            except Exception as e:  # one net that fails (cnncomp or a third-party quantizer): its row says so
+                lines = [f"| {name} | failed: {type(e).__name__}: {str(e).splitlines()[0][:160]} | | | | | | | |"]
+            for line in lines:
                 print(line, flush=True)
 
 
