@@ -145,3 +145,17 @@ def test_metric_errors_on_hand_made_outputs():
     assert rel_l2(np.array([3.0, 4.0]), np.array([3.0, 4.5])) == pytest.approx(0.1)
     with pytest.raises(ValueError):
         metric_error("psnr", reference, flipped)
+
+
+def test_int8_of_a_network_with_a_fixed_batch_of_one_measures_every_held_out_sample(tmp_path):
+    """YOLOX's and PicoDet's exports fix their batch at 1 (a Reshape to [1, C, -1]): the float64 reference of
+    the held-out samples runs one batch at a time, as the quantized model does, instead of all at once."""
+    import cnncomp
+
+    spec = tmp_path / "fixed.cnn"
+    spec.write_text("network fixed\ninput x: [1, 3, 8, 8]\n"
+                    "y = x -> conv(8, k=3, p=1) -> relu -> conv(8, k=3, p=1) -> relu -> gap -> flatten -> linear(4)\n"
+                    "output y\n")
+    calibration = {"x": np.random.default_rng(0).random((12, 3, 8, 8), dtype=np.float32)}
+    model = cnncomp.compile(spec, precision="int8", calibration=calibration)
+    assert int8_macs_share(model) > 0

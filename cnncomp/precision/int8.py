@@ -493,16 +493,21 @@ def quantize_int8(model: onnx.ModelProto, graph: LayerGraph, ref_graph: LayerGra
 
 
 def reference_outputs(ref_graph: LayerGraph, ref_weights: dict, held: dict) -> dict:
-    """The float64 reference outputs of the held-out samples: all at once, or one sample at a time when they
-    differ in size (each output then one array if its sizes agree, else a SampleList)."""
+    """The float64 reference outputs of the held-out samples: all at once, or one batch at a time when the
+    network fixes its batch (a Reshape to [1, C, -1]: one sample a run) or the samples differ in size (one
+    sample a run; each output then one array if its sizes agree, else a SampleList)."""
     import torch
 
     from cnncomp.passes.budget import batches
+    from cnncomp.precision.calibration import fixed_batch
     from cnncomp.run.reference import run_reference
 
-    if not is_mixed(held):
+    batch = fixed_batch(ref_graph)
+    count = len(next(iter(held.values())))
+    if not is_mixed(held) and batch in (None, count):
         return run_reference(ref_graph, ref_weights, held, dtype=torch.float64)
-    parts = [run_reference(ref_graph, ref_weights, feeds, dtype=torch.float64) for feeds in batches(held, 1)]
+    parts = [run_reference(ref_graph, ref_weights, feeds, dtype=torch.float64)
+             for feeds in batches(held, batch or 1)]
     return {name: collate([p[name] for p in parts]) for name in parts[0]}
 
 
