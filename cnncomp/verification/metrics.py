@@ -377,7 +377,7 @@ def metric_problem(value) -> str | None:
     try:
         metric_spec(value)
     except UsageError as e:
-        return str(e).removeprefix("--metric").lstrip(": ")
+        return e.message.removeprefix("--metric").lstrip(": ")
     return None
 
 
