@@ -77,6 +77,17 @@ def test_top1_and_topk_count_changed_decisions_on_many_samples():
     assert TopK(1).label == "top1" and TopK(5).label == "top5"
 
 
+def test_a_tie_broken_the_other_way_is_no_changed_decision():
+    """A relu'd head ties classes exactly in the reference; float32 breaks the tie either way (a random network of
+    the int8 fuzz test missed top1 with every layer in float32 before ties counted as such)."""
+    ref = np.array([[0.0, 0.0, 0.0, -1.0], [2.0, 0.0, 0.0, 0.0]] * 8)
+    out = ref + np.array([0.0, 1e-9, 0.0, 0.0])
+    measured = TopK(1).measure(ref, out)
+    assert "0 of 16 decisions changed" in measured.text and measured.value < 1e-6
+    out[1] = [0.0, 3.0, 0.0, 0.0]  # a real change
+    assert "1 of 16 decisions changed" in TopK(1).measure(ref, out).text
+
+
 def test_top1_of_a_per_pixel_class_map_and_of_differently_sized_samples():
     rng = np.random.default_rng(0)
     ref = rng.standard_normal((2, 5, 4, 4)) * 10

@@ -226,6 +226,9 @@ class Int8(Precision):
         log(report.summary() + "\n")
         if not report.ok:
             missed = [m for m in report.metrics if not m.fits] or report.metrics
+            if all(m.metric == "rel-l2" for m in missed):
+                raise CnnError(f"int8: relative error {report.error:.3g} exceeds --max-error {max_error:g} even with "
+                               "every layer in float32")
             raise CnnError("int8: even with every layer in float32 the budget is missed: " + "; ".join(
                 f"{m.output}: {m.metric} {m.converted.text}, wanted {m.metric} {m.bound}" for m in missed))
         inputs = request.inputs if request.inputs_given else report.inputs

@@ -54,6 +54,7 @@ from cnncomp.errors import CnnError, UsageError
 # or Student-t noise, a 4% flip rate) 32 gave the lowest mean error against the true rate at 16 and 64 samples among
 # 0 (counting alone), 16, 32 and 64, short of the model alone, which a real noise unlike the model's would mislead
 PRIOR_SAMPLES = 32
+TIE = 1e-6  # scores this close to the top one (a share of the output's largest |score|) are tied with it
 DECISION_THRESHOLD = 0.01  # top1/topk/accuracy: one point of decisions
 # an output of a classifier head whose name says it regresses something is not class scores
 REGRESSION_NAMES = re.compile(r"box|loc|landmark|lmk|keypoint|kpt|offset|delta|coord|regress|pose|depth", re.I)
@@ -83,16 +84,30 @@ def _rows(values, axis: int) -> np.ndarray:
     return np.moveaxis(values, axis, -1).reshape(-1, values.shape[axis])
 
 
+def tied_with_top(reference: np.ndarray) -> np.ndarray:
+    """Per row [decisions, classes], the classes tied with the top one: within TIE x the output's largest |score|
+    (a relu'd head gives exact ties; float32 may break them either way, which changes no decision)."""
+    tolerance = TIE * float(np.abs(reference).max(initial=0.0))
+    return reference >= reference.max(axis=1, keepdims=True) - tolerance
+
+
+def changed_decisions(reference: np.ndarray, output: np.ndarray, k: int = 1) -> np.ndarray:
+    """Per row, whether the output's top k holds no class tied for the reference's top one."""
+    top = np.argsort(-output, axis=1, kind="stable")[:, :k]
+    return ~np.take_along_axis(tied_with_top(reference), top, axis=1).any(axis=1)
+
+
 def flip_probabilities(reference: np.ndarray, output: np.ndarray, k: int = 1) -> np.ndarray:
-    """Per row, the chance that the reference's top-1 class leaves the top k under the measured noise: the margin
-    to the (k+1)-th score over sqrt(2) x the RMS noise per score (each row's common shift removed)."""
+    """Per row, the chance that the reference's top class leaves the top k under the measured noise: its margin
+    over the k-th best class not tied with it, over sqrt(2) x the RMS noise per score (each row's common shift
+    removed)."""
     noise = output - reference
     noise = noise - noise.mean(axis=1, keepdims=True)
     sigma = float(np.sqrt(np.mean(noise ** 2))) if noise.size else 0.0
-    ordered = -np.sort(-reference, axis=1)
+    competitors = -np.sort(-np.where(tied_with_top(reference), -np.inf, reference), axis=1)
     if reference.shape[1] <= k or sigma == 0.0:
         return np.zeros(len(reference))
-    margins = ordered[:, 0] - ordered[:, k]
+    margins = reference.max(axis=1) - competitors[:, k - 1]  # inf where fewer than k classes compete
     return np.array([0.5 * math.erfc(m / (2 * sigma)) for m in margins])  # P(N(0, 2 s^2) > m)
 
 
@@ -177,9 +192,7 @@ class TopK(Metric):
     def measure(self, reference, output):
         ref, out = _rows(reference, self.axis), _rows(output, self.axis)
         k = self.arg
-        top = np.argsort(-out, axis=1)[:, :k]
-        flipped = ~(top == np.argmax(ref, axis=1)[:, None]).any(axis=1)
-        n, flips = len(ref), int(flipped.sum())
+        n, flips = len(ref), int(changed_decisions(ref, out, k).sum())
         value = blended_rate(flips / max(n, 1), float(flip_probabilities(ref, out, k).mean()) if n else 0.0, n)
         return Measured(value, f"{flips} of {n} decisions changed (estimate {value * 100:.2g}%)")
 
