@@ -246,6 +246,32 @@ def test_auto_judges_class_scores_by_decisions_and_regression_by_relative_l2(tmp
     assert "conv d [N, 1, 16, 16] is no classifier head" in chosen["depth"].why
 
 
+def test_a_classifier_head_is_found_through_layers_that_only_reshape_its_scores(tmp_path):
+    """PaddleOCR's text-direction classifier (a trained network that ships in tests/data) ends in softmax -> reshape:
+    its scores are class scores; a flatten that merges the class axis with another is not looked through."""
+    from pathlib import Path
+
+    from cnncomp.frontend.onnx import read_model
+
+    trained = read_model(Path(__file__).parent / "data" / "trained" / "ch_ppocr_mobile_v2.0_cls_infer.onnx").graph
+    axis, why = plan_and_why(trained)
+    assert axis == 1 and why.startswith("class scores: softmax") and "(through flatten" in why
+    spec = ("network n\ninput x: [N, 3, 4, 4]\nf = x -> conv(6, k=1) as c -> softmax as s\n"
+            "probs = x -> gap -> flatten -> linear(5) as fc -> softmax as p -> dropout(0.1) as d\n"
+            "merged = f -> flatten as all\noutput probs\noutput merged\n")
+    graph = load_graph(write(tmp_path, spec))
+    from cnncomp.verification.metrics import class_scores
+
+    assert class_scores(graph, "probs") == (1, "class scores: softmax p [N, 5] (through dropout d) along axis 1")
+    assert class_scores(graph, "merged")[0] is None  # [N, 96]: channels and pixels mixed
+
+
+def plan_and_why(graph):
+    from cnncomp.verification.metrics import class_scores
+
+    return class_scores(graph, graph.output_names[0])
+
+
 def test_plan_thresholds_defaults_and_errors(tmp_path):
     heads = load_graph(write(tmp_path, TWO_HEADS))
     ref = reference_of(heads)

@@ -11,7 +11,7 @@ its PyTorch reference (`torch_ref`) and its PyTorch source for --emit torch
 (`sliding_window`: advice), whether it keeps the sampling grid (`keeps_grid`:
 advice), and whether a batch norm folds into it along which axis (`folds_bn`,
 `folds_bn_before`, `channel_axis`: the fold-bn pass), and whether its output
-holds class scores (`decision_axis`: int8's task metrics).
+holds class scores (`decision_axis`, `keeps_values`: int8's task metrics).
 `tests/test_ops_registry.py` checks that every registered op overrides every
 facet it must and that the facts agree with the shape rules.
 """
@@ -89,6 +89,9 @@ class Op:
     # folds_bn_before, one before it folds into the weight's input axis (axis 1).
     folds_bn: bool = False
     folds_bn_before: bool = False
+    # The output holds the input's values unchanged, at most reshaped (identity, dropout at inference, flatten):
+    # int8's task metrics look through it for the classifier head that makes an output class scores.
+    keeps_values: bool = False
 
     def constant_affine(self, attrs: dict[str, Any], weights: dict[str, np.ndarray]):
         """(s, t), float64 vectors over the channels (axis 1), when the layer computes x * s + t from its weights

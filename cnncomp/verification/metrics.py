@@ -399,21 +399,43 @@ def metric_problem(value) -> str | None:
 
 def class_scores(graph, output: str) -> tuple[int | None, str]:
     """(the class axis, or None, and why) for one output of `graph`: class scores are the output of a classifier
-    head (an op whose `decision_axis` facet names an axis: softmax, linear) with more than one score along it,
-    unless the output's name says it regresses something (boxes, landmarks, offsets)."""
+    head (an op whose `decision_axis` facet names an axis: softmax, linear), or of layers that only reshape its
+    values (`keeps_values`: flatten, identity) keeping the class axis, with more than one score along it, unless
+    the output's name says it regresses something (boxes, landmarks, offsets)."""
+    layer = graph.layer(graph.outputs[graph.output_names.index(output)])
+    shape = "[" + ", ".join(map(str, layer.shape)) + "]"
+    head, axis = _head(graph, layer)
+    if head is None:
+        return None, f"regression: {layer.op} {layer.name} {shape} is no classifier head"
+    through = f" (through {layer.op} {layer.name})" if head is not layer else ""
+    said = f"{head.op} {head.name} {shape}{through}"
+    if REGRESSION_NAMES.search(output):
+        return None, f"regression: {said}, but its name says it regresses values"
+    if not (isinstance(layer.shape[axis], int) and layer.shape[axis] > 1):
+        return None, f"regression: {said} has one score along axis {axis}"
+    return axis, f"class scores: {said} along axis {axis}"
+
+
+def _head(graph, layer):
+    """(the classifier head behind `layer`, the class axis in `layer`'s output), looking back through layers that
+    only reshape values as long as the class axis stays whole (the same shape, or the head's last axis kept last);
+    (None, None) when there is none."""
     from cnncomp.ops.registry import get_op
 
-    layer = graph.layer(graph.outputs[graph.output_names.index(output)])
-    op = get_op(layer.op)
-    shape = "[" + ", ".join(map(str, layer.shape)) + "]"
-    axis = op.decision_axis(layer.attrs, len(layer.shape)) if op is not None else None
-    if axis is None:
-        return None, f"regression: {layer.op} {layer.name} {shape} is no classifier head"
-    if REGRESSION_NAMES.search(output):
-        return None, f"regression: {layer.op} {layer.name} {shape}, but its name says it regresses values"
-    if not (isinstance(layer.shape[axis], int) and layer.shape[axis] > 1):
-        return None, f"regression: {layer.op} {layer.name} {shape} has one score along axis {axis}"
-    return axis, f"class scores: {layer.op} {layer.name} {shape} along axis {axis}"
+    head = layer
+    while True:
+        op = get_op(head.op)
+        axis = op.decision_axis(head.attrs, len(head.shape)) if op is not None else None
+        if axis is not None:
+            break
+        if op is None or not op.keeps_values or len(graph.input_names(head.name)) != 1:
+            return None, None
+        head = graph.inputs_of(head.name)[0]
+    if head is layer or tuple(head.shape) == tuple(layer.shape):
+        return head, axis
+    if axis == len(head.shape) - 1 and layer.shape[-1] == head.shape[-1]:
+        return head, len(layer.shape) - 1
+    return None, None
 
 
 @dataclass
