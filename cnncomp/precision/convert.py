@@ -182,6 +182,12 @@ class Int8(Precision):
         _int8_option("bias_correction", str, "auto", "with --precision int8: subtract the mean shift that rounding "
                      "the weights adds to each conv/linear output (auto: only where it lowers the error on "
                      "calibration samples; default)", ("auto", "on", "off")),
+        Option("keep_slower_int8", None, False, "with --precision int8: keep int8 where it is not faster than "
+               "float32 (ONNX Runtime CPU, one thread, timed at compile time): the whole model, and quantized islands "
+               "between float32 layers that save less than their QuantizeLinear/DequantizeLinear cost. Without it "
+               "such a model is written in float32, and the report says so with both times",
+               ("compile", "verify", "deploy"),
+               action="store_true", group="precision"),
     )
     tolerances = (1e-1, 1e-1)  # only fill the report: int8 is judged by the budget
     judged_by_budget = True
@@ -200,7 +206,11 @@ class Int8(Precision):
         quantized, report = quantize_int8(
             model, graph, c.ref_graph, c.ref_weights, o.get("calibration"), o.get("preprocess"),
             o.get("calibration_method") or DEFAULT_METHOD, max_error, bool(o.get("stats")), o.get("seed", 0),
-            "int8" if request.tensorrt else "uint8", o.get("bias_correction", "auto"), o.get("jobs", 1))
+            "int8" if request.tensorrt else "uint8", o.get("bias_correction", "auto"), o.get("jobs", 1),
+            timed=not request.tensorrt,  # TensorRT runs it, not ONNX Runtime's CPU: CPU times say nothing there
+            keep_slower=bool(o.get("keep_slower_int8")))
+        if report.faster is False and not o.get("keep_slower_int8"):
+            quantized, report.written = model, "fp32"  # the not-faster rule
         for w in report.warnings:
             log(f"warning: {w}\n")
         log(report.summary() + "\n")
@@ -208,7 +218,8 @@ class Int8(Precision):
             raise CnnError(f"int8: relative error {report.error:.3g} exceeds --max-error {max_error:g} even with "
                            "every layer in float32")
         inputs = request.inputs if request.inputs_given else report.inputs
-        return Converted(quantized, inputs, graph, "int8", [], report)  # report.summary() was logged, notes included
+        # report.summary() was logged, notes included; the precision is what was written (fp32: not faster)
+        return Converted(quantized, inputs, graph, report.written, [], report)
 
     def for_timing(self):
         from cnncomp.precision.int8 import quantized_for_timing

@@ -62,6 +62,8 @@ class LayerSensitivity:
     error_alone: float
     macs_share: float
     precision: str = "int8"
+    float_ms: float | None = None  # its time per run in float32 and in int8 (int8_speed.py), when measured
+    int8_ms: float | None = None
 
 
 @dataclass
@@ -83,6 +85,18 @@ class Int8Report:
     notes: list[str] = field(default_factory=list)
     inputs: dict = field(default_factory=dict, repr=False)  # the held-out samples the error was measured on
     no_int8_kernel: dict[str, str] = field(default_factory=dict)  # layer -> why ONNX Runtime runs it in float32
+    islands: list[list[str]] = field(default_factory=list)  # int8 islands the islands rule put back in float32
+    float_ms: float | None = None  # the whole float32 and final int8 models' median times per run (not-faster rule)
+    int8_ms: float | None = None
+    timing: str = ""  # how they were timed, in words
+    written: str = "int8"  # the precision of the model written: fp32 when int8 is not faster (Int8.convert)
+
+    @property
+    def faster(self) -> bool | None:
+        """Whether the int8 model is measurably faster than float32 (None: not timed)."""
+        from cnncomp.precision.int8_speed import int8_is_faster
+
+        return None if self.float_ms is None else int8_is_faster(self.float_ms, self.int8_ms)
 
     @property
     def ok(self) -> bool:
@@ -103,18 +117,42 @@ class Int8Report:
         if self.kernels:
             lines.append("int8: ONNX Runtime CPU kernels: " + ", ".join(f"{k} {v}" for k, v in
                                                                        sorted(self.kernels.items())))
+        for island in self.islands:
+            lines.append(f"int8: islands rule: {', '.join(island)} back to float32 (a quantized island between "
+                         "float32 layers that saves no time)")
+        if self.float_ms is not None:
+            lines.append(self.speed_line())
         return "\n".join(lines + self.notes)
+
+    def speed_line(self) -> str:
+        """The not-faster rule's verdict: both times and what was written."""
+        from cnncomp.precision.int8_speed import NOT_FASTER_MARGIN
+
+        times = f"float32 {self.float_ms:.3g} ms, int8 {self.int8_ms:.3g} ms per run ({self.timing})"
+        if self.faster:
+            return f"int8: {times}: int8 is {self.float_ms / self.int8_ms:.2f}x as fast"
+        verdict = (f"int8: {times}: int8 is not faster (it must be at least {NOT_FASTER_MARGIN:.0%} faster to "
+                   "count)")
+        if self.written == "fp32":
+            return verdict + "; wrote the float32 model (--keep-slower-int8 keeps int8)"
+        return verdict + "; kept int8 as asked (--keep-slower-int8)"
 
     def table(self) -> str:
         """The sensitivity table of --stats: layer, error alone, precision kept, MACs share."""
         if not self.layers:
             return "int8 sensitivity: not measured (full int8 met the budget; --stats with --max-error measures it)"
         width = max(len(name) for name in [l.layer for l in self.layers] + list(self.no_int8_kernel))
-        lines = [f"{'layer':<{width}}  {'error alone':>11}  {'kept':>7}  {'MACs':>6}"]
+
+        def ms(value):
+            return f"{value:>8.3f}" if value is not None else f"{'-':>8}"
+
+        lines = [f"{'layer':<{width}}  {'error alone':>11}  {'kept':>7}  {'MACs':>6}  {'ms fp32':>8}  {'ms int8':>8}"]
         for l in self.layers:
-            lines.append(f"{l.layer:<{width}}  {l.error_alone:>11.3g}  {l.precision:>7}  {l.macs_share:>6.1%}")
+            lines.append(f"{l.layer:<{width}}  {l.error_alone:>11.3g}  {l.precision:>7}  {l.macs_share:>6.1%}  "
+                         f"{ms(l.float_ms)}  {ms(l.int8_ms)}")
         for name, why in self.no_int8_kernel.items():
-            lines.append(f"{name:<{width}}  {'-':>11}  {'float32':>7}  {'':>6}  no int8 kernel: {why}")
+            lines.append(f"{name:<{width}}  {'-':>11}  {'float32':>7}  {'':>6}  {'':>8}  {'':>8}  "
+                         f"no int8 kernel: {why}")
         int8_share = sum(l.macs_share for l in self.layers if l.precision == "int8")
         total = len(self.layers) + len(self.no_int8_kernel)
         lines.append(f"{len(self.layers) - len(self.float_layers)} of {total} layers in int8, "
@@ -435,7 +473,8 @@ def top1_agreement(outputs: dict, reference: dict) -> dict[str, float]:
 def quantize_int8(model: onnx.ModelProto, graph: LayerGraph, ref_graph: LayerGraph, ref_weights: dict,
                   calibration=None, preprocess: str | None = None, method: str = DEFAULT_METHOD,
                   max_error: float | None = None, sensitivity: bool = False, seed: int = 0,
-                  activations: str = "uint8", bias_correction: str = DEFAULT_MODE, jobs: int = 1
+                  activations: str = "uint8", bias_correction: str = DEFAULT_MODE, jobs: int = 1,
+                  timed: bool = True, threads: int = 1, keep_slower: bool = False
                   ) -> tuple[onnx.ModelProto, Int8Report]:
     """Quantize an emitted float32 model (of `graph`) to QDQ int8, keeping layers in float32 to meet `max_error`.
 
@@ -443,8 +482,12 @@ def quantize_int8(model: onnx.ModelProto, graph: LayerGraph, ref_graph: LayerGra
     warning). The error is measured against the float64 reference of `ref_graph` on held-out samples.
     With `sensitivity`, every layer's error alone is measured even when full int8 meets the budget.
     `bias_correction`: auto (where it lowers the error on the calibration samples), on or off. The sensitivity
-    search measures its layers in `jobs` processes."""
-    from cnncomp.passes.budget import split_held_out
+    search measures its layers in `jobs` processes. Layers go back to float32 for the error each removes per
+    millisecond it adds (int8_speed.py times them, `threads` threads), then the islands rule runs (with
+    `keep_slower`, only its accuracy half: islands without a conv); with `timed`, the final model is timed
+    against float32 (the report's float_ms, int8_ms; Int8.convert applies the not-faster rule)."""
+    from cnncomp.passes.budget import batches, split_held_out
+    from cnncomp.precision.int8_speed import fallback_order, time_models
     from cnncomp.precision.calibration import (
         NOT_REPRESENTATIVE, SEEDED_SAMPLES, fixed_batch, load_calibration, seeded_calibration,
     )
@@ -476,13 +519,26 @@ def quantize_int8(model: onnx.ModelProto, graph: LayerGraph, ref_graph: LayerGra
             quantized, note = correct_biases(quantizer, quantized, calib, batch or 1, bias_correction == "auto")
             report.notes += [note] if note else []
         report.full_int8_error = report.error = probe.error(quantized)
+        one_batch = next(batches(calib, batch or 1))
+        speed = None
         if sensitivity or (max_error is not None and report.error > max_error):
             report.layers = rank_layers(quantizer, probe, graph, jobs)
+            speed = _layer_speed(quantizer, quantized, one_batch, bias_correction, threads)
+            report.layers = fallback_order(report.layers, speed.layers)
         if max_error is not None and report.error > max_error:
-            quantized, report.error, report.float_layers = keep_sensitive_in_float(quantizer, probe, report.layers,
-                                                                                   max_error)
-            for entry in report.layers:
-                entry.precision = "float32" if entry.layer in report.float_layers else "int8"
+            quantized, report.error, report.float_layers = keep_sensitive_in_float(
+                quantizer, probe.error, report.layers, max_error)
+        if report.float_layers or quantizer.kept_float:
+            quantized = _islands_back_to_float(quantizer, quantized, report, probe, probe.error, max_error,
+                                               one_batch, None if keep_slower else speed, bias_correction,
+                                               threads, timed=not keep_slower)
+        for entry in report.layers:
+            entry.precision = "float32" if entry.layer in report.float_layers else "int8"
+        if timed:
+            report.float_ms, report.int8_ms, cached = time_models(model, quantized, one_batch, threads)
+            shape = "x".join(map(str, np.shape(next(iter(one_batch.values())))))
+            report.timing = (f"ONNX Runtime CPU, {threads} thread{'s' if threads != 1 else ''}, input {shape}, "
+                             f"interleaved medians{', cached' if cached else ''}")
     finally:
         quantizer.close()
     report.inputs = same_size_samples(held)  # the check runs at one size; the budget covered all
@@ -554,21 +610,62 @@ def rank_layers(quantizer: Quantizer, probe: ErrorProbe, graph: LayerGraph, jobs
     return sorted(ranked, key=lambda l: -l.error_alone)
 
 
-def keep_sensitive_in_float(quantizer: Quantizer, probe: ErrorProbe, ranked: list[LayerSensitivity],
-                            max_error: float) -> tuple[onnx.ModelProto, float, list[str]]:
-    """The fewest most-sensitive layers to keep in float32 so the error meets the budget: (model, error, layers).
+def keep_sensitive_in_float(quantizer: Quantizer, budget_error, ranked: list[LayerSensitivity],
+                            budget: float) -> tuple[onnx.ModelProto, float, list[str]]:
+    """The fewest layers, first in `ranked`'s order, to keep in float32 so that `budget_error(model)` meets
+    `budget`: (model, error, layers).
 
-    The budget engine's `fewest_within` searches the count (a binary search, checked, then one more layer at a
-    time if the errors were not monotone; all in float32 always fits)."""
+    `ranked` comes in the order layers should go back (int8_speed.fallback_order: the error each removes per
+    millisecond it adds). The budget engine's `fewest_within` searches the count (a binary search, checked,
+    then one more layer at a time if the errors were not monotone; all in float32 always fits)."""
     names = [l.layer for l in ranked]
     models: dict[int, onnx.ModelProto] = {}
 
     def error_of(k: int) -> float:
         models[k] = quantizer.quantize(exclude=names[:k])
-        return probe.error(models[k])
+        return budget_error(models[k])
 
-    k, error = fewest_within(len(names), error_of, max_error)
+    k, error = fewest_within(len(names), error_of, budget)
     return models[k], error, names[:k]
+
+
+def _layer_speed(quantizer: Quantizer, full_int8: onnx.ModelProto, feeds: dict, bias_correction: str,
+                 threads: int):
+    """Every layer group's float32 and int8 time (int8_speed.layer_speed, cached under the int8 settings)."""
+    from cnncomp.precision.int8_speed import layer_speed
+
+    settings = {"method": quantizer.method, "activations": quantizer.activations, "bias_correction": bias_correction,
+                "kept_float": sorted(quantizer.kept_float)}
+    return layer_speed(quantizer.model, full_int8, quantizer.groups, feeds, settings, threads)
+
+
+def _islands_back_to_float(quantizer: Quantizer, quantized: onnx.ModelProto, report: Int8Report, probe: ErrorProbe,
+                           budget_error, budget: float | None, feeds: dict, speed, bias_correction: str, threads: int,
+                           timed: bool = True):
+    """Apply the islands rule (int8_speed.quantized_islands) to the chosen model: the islands go to float32
+    in report.float_layers, the model is quantized again and its budget error measured (kept when within
+    `budget` or no worse than the chosen model's); report.error stays the probe's relative L2. Without `timed`, only islands without a conv."""
+    from cnncomp.precision.int8_speed import boundary_times, cached_node_times, quantized_islands
+
+    floats = set(report.float_layers) | set(quantizer.kept_float)
+    islands = quantized_islands(quantizer.model, quantizer.groups, floats)  # those without a conv: no timing
+    if timed and speed is None and any(g not in floats for g in quantizer.groups):
+        speed = _layer_speed(quantizer, quantizer.quantize(exclude=[]), feeds, bias_correction, threads)
+    if speed is not None:
+        boundary = boundary_times(quantized, quantizer.groups, cached_node_times(quantized, feeds, threads))
+        islands = quantized_islands(quantizer.model, quantizer.groups, floats, speed.layers, boundary)
+    if not islands:
+        return quantized
+    float_layers = report.float_layers + [g for island in islands for g in island]
+    candidate = quantizer.quantize(exclude=[g for g in float_layers if g in quantizer.groups])
+    error = budget_error(candidate)
+    if budget is not None and not error <= budget and not error <= budget_error(quantized):
+        report.notes.append(f"int8: islands rule not applied: putting {', '.join(float_layers[len(report.float_layers):])} "
+                            f"back in float32 raises the error to {error:.3g}")
+        return quantized
+    report.islands, report.float_layers = islands, float_layers
+    report.error = error if budget_error == probe.error else probe.error(candidate)
+    return candidate
 
 
 def largest_error_jump(layers) -> tuple[str, float, float] | None:
