@@ -129,6 +129,10 @@ def test_a_layer_slower_in_int8_goes_first():
     assert order == ["dw", "fc", "big", "untimed"]
     assert ranked[1].float_ms == 1.0 and ranked[1].int8_ms == 1.2
     assert [l.layer for l in fallback_order(ranked, None)] == ["untimed", "big", "fc", "dw"]
+    # an add fused into the conv before it in float32 (0 ms of its own) is not taken as slower in int8
+    ranked.append(LayerSensitivity("add", "", 0.3, 0.0))
+    times["add"] = LayerTime(0.0, 0.05)  # 0.3 per 0.05 ms = 6/ms: before fc
+    assert [l.layer for l in fallback_order(ranked, times)] == ["dw", "add", "fc", "big", "untimed"]
 
 
 # ---- the islands rule ------------------------------------------------------------------------------------

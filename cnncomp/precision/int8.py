@@ -18,8 +18,11 @@ cached, so that the per-layer sensitivity search re-quantizes without recalibrat
 The error budget (`max_error`) is the relative L2 error ||y - y_ref|| / ||y_ref|| of every output
 against the float64 reference of the unoptimized graph, on held-out inputs. When full int8 misses
 it, each conv/linear layer is quantized alone to measure its error contribution ("error alone"),
-and the most sensitive layers are kept in float32, as few as meet the budget (a binary search
-over the ranked list, checked once more at the end).
+and layers are kept in float32 in the order of the error each removes per millisecond it adds
+(int8_speed.py times them under ONNX Runtime), as few as meet the budget (a binary search over the
+ordered list, checked once more at the end). Then the islands rule puts back in float32 any int8
+island between float32 layers that buys no time, and the final model is timed against float32
+(Int8.convert writes float32 when int8 is not faster, unless --keep-slower-int8).
 """
 
 from __future__ import annotations

@@ -287,7 +287,9 @@ def fallback_order(ranked: list, times: dict[str, LayerTime] | None) -> list:
     """The order in which the budget search puts layers back in float32: the error each removes (its relative
     L2 `error_alone`, int8.rank_layers) per millisecond it adds when kept in float32. A layer that is no
     faster in int8 adds no time and goes first (the most sensitive of them first); a layer without a time
-    goes after those with one, by its error. Each entry's float_ms/int8_ms are filled from `times`."""
+    goes after those with one, by its error. A layer with no float32 kernel of its own (ORT fuses a residual
+    add into the conv before it) would run alone in float32, between a DequantizeLinear and a QuantizeLinear:
+    it is taken to add its int8 time, not to save it. Each entry's float_ms/int8_ms are filled from `times`."""
     if not times:
         return sorted(ranked, key=lambda l: -l.error_alone)
 
@@ -295,9 +297,10 @@ def fallback_order(ranked: list, times: dict[str, LayerTime] | None) -> list:
         time = times.get(entry.layer)
         if time is None:
             return (2, -entry.error_alone)
-        if time.added_ms <= 0:
+        added = time.added_ms if time.float_ms > 0 else time.int8_ms
+        if added <= 0:
             return (0, -entry.error_alone)
-        return (1, -entry.error_alone / time.added_ms)
+        return (1, -entry.error_alone / added)
 
     for entry in ranked:
         if entry.layer in times:
