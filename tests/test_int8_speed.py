@@ -5,6 +5,8 @@ no assertion here depends on how fast this machine is)."""
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -17,6 +19,7 @@ from cnncomp.precision import int8 as int8_module, int8_speed
 from cnncomp.precision.int8 import LayerSensitivity, Quantizer, layer_groups, quantize_int8
 from cnncomp.precision.int8_speed import LayerTime, fallback_order, layer_speed, quantized_islands
 
+ROOT = Path(__file__).resolve().parents[1]
 SPEC = ("network speedy\ninput x: [N, 3, 16, 16]\n"
         "y = x -> conv(8, k=3, p=1) as c1 -> bn as b1 -> relu -> conv(8, k=3, p=1) as c2 -> sigmoid as s2\n"
         "   -> conv(16, k=1) as c3 -> relu -> gap as pool -> flatten as flat -> linear(10) as fc\n"
@@ -62,6 +65,25 @@ def test_every_conv_and_gemm_gets_a_time(quantized):
     for group in compute:  # c2's float32 kernel is fused with the sigmoid and named after it: still c2's time
         assert profile.layers[group].float_ms > 0 and profile.layers[group].int8_ms > 0, group
     assert profile.float_total_ms >= sum(t.float_ms for t in profile.layers.values())
+
+
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2"])
+def test_every_conv_of_the_bundled_networks_gets_a_time(name):
+    """The mapping on real layouts: ResNet's adds fused into its convs, MobileNetV2's depthwise convs."""
+    if not os.environ.get("CNNCOMP_SLOW_TESTS"):
+        pytest.skip(f"{name}: ~10 s of CPU to quantize and profile; set CNNCOMP_SLOW_TESTS=1 to run it")
+    model = cnncomp.compile(str(ROOT / "specs" / f"{name}.cnn"), opt_level=1)
+    x = np.random.default_rng(0).standard_normal((2, 3, 224, 224)).astype(np.float32)
+    quantizer = Quantizer(model, {"x": x}, "minmax")
+    try:
+        profile = layer_speed(model, quantizer.quantize(), quantizer.groups, {"x": x[:1]}, {})
+    finally:
+        quantizer.close()
+    heads = {n.name: n.op_type for n in model.graph.node}
+    compute = [g for g in quantizer.groups if heads[g] in ("Conv", "Gemm")]
+    assert len(compute) == {"resnet18": 21, "mobilenet_v2": 53}[name]
+    assert all(profile.layers[g].float_ms > 0 and profile.layers[g].int8_ms > 0 for g in compute)
+    assert profile.unattributed_ms[0] < 0.05 * profile.float_total_ms
 
 
 def test_fused_and_renamed_kernels_map_back_to_their_layer(quantized):
@@ -251,6 +273,10 @@ def test_not_faster_rule_on_the_command_line(spec, tmp_path, monkeypatch, capsys
                                "-o", out, "--verify", "--keep-slower-int8")
     assert code == 0 and quantize_linear_count(out) > 0 and "cpu, int8" in stdout
     assert "kept int8 as asked (--keep-slower-int8)" in stderr
+    code, _, stderr = cli(capsys, "deploy", spec, "--triton", tmp_path / "repo", "--precision", "int8",
+                          "--calibration", tmp_path / "cal.npz")
+    assert code == 0 and quantize_linear_count(tmp_path / "repo" / "speedy" / "1" / "model.onnx") == 0
+    assert "wrote the float32 model" in stderr
     code, _, stderr = cli(capsys, "compile", spec, "--keep-slower-int8", "-o", out)
     assert code == 2 and "--keep-slower-int8" in stderr
 
