@@ -194,8 +194,9 @@ def test_islands_on_a_spec(spec):
     groups = layer_groups(model)
     # c2 and c3 in float32 leave the sigmoid between them quantized alone: it goes back
     assert quantized_islands(model, groups, {"c2", "c3"}) == [["s2"]]
-    # c3 in float32: pool and fc after it are one island with a gemm; c1 with the sigmoid... keep
+    # c3 in float32: c1, c2, s2 before it and pool, fc after it are islands with a conv or gemm: they stay
     assert quantized_islands(model, groups, {"c3"}) == []
+    assert quantized_islands(model, groups, {"c3", "fc"}) == [["pool"]]  # a lone pool between them goes back
 
 
 def test_quantize_int8_leaves_no_island_without_a_conv(spec, monkeypatch):

@@ -122,7 +122,7 @@ class Int8Report:
                                                                        sorted(self.kernels.items())))
         for island in self.islands:
             lines.append(f"int8: islands rule: {', '.join(island)} back to float32 (a quantized island between "
-                         "float32 layers that saves no time)")
+                         "float32 layers without a conv/gemm, or saving less than its Q/DQ nodes cost)")
         if self.float_ms is not None:
             lines.append(self.speed_line())
         return "\n".join(lines + self.notes)
@@ -522,6 +522,8 @@ def quantize_int8(model: onnx.ModelProto, graph: LayerGraph, ref_graph: LayerGra
             quantized, note = correct_biases(quantizer, quantized, calib, batch or 1, bias_correction == "auto")
             report.notes += [note] if note else []
         report.full_int8_error = report.error = probe.error(quantized)
+        # what the fallback searches against (task19 contract: a budget error, lower is better, NaN never fits)
+        budget_error, budget = probe.error, max_error
         one_batch = next(batches(calib, batch or 1))
         speed = None
         if sensitivity or (max_error is not None and report.error > max_error):
@@ -530,9 +532,9 @@ def quantize_int8(model: onnx.ModelProto, graph: LayerGraph, ref_graph: LayerGra
             report.layers = fallback_order(report.layers, speed.layers)
         if max_error is not None and report.error > max_error:
             quantized, report.error, report.float_layers = keep_sensitive_in_float(
-                quantizer, probe.error, report.layers, max_error)
+                quantizer, budget_error, report.layers, budget)
         if report.float_layers or quantizer.kept_float:
-            quantized = _islands_back_to_float(quantizer, quantized, report, probe, probe.error, max_error,
+            quantized = _islands_back_to_float(quantizer, quantized, report, probe, budget_error, budget,
                                                one_batch, None if keep_slower else speed, bias_correction,
                                                threads, timed=not keep_slower)
         for entry in report.layers:
@@ -647,13 +649,15 @@ def _islands_back_to_float(quantizer: Quantizer, quantized: onnx.ModelProto, rep
                            timed: bool = True):
     """Apply the islands rule (int8_speed.quantized_islands) to the chosen model: the islands go to float32
     in report.float_layers, the model is quantized again and its budget error measured (kept when within
-    `budget` or no worse than the chosen model's); report.error stays the probe's relative L2. Without `timed`, only islands without a conv."""
+    `budget` or no worse than the chosen model's); report.error stays the probe's relative L2. Without
+    `timed`, only the islands without a conv go back (nothing is timed)."""
     from cnncomp.precision.int8_speed import boundary_times, cached_node_times, quantized_islands
 
     floats = set(report.float_layers) | set(quantizer.kept_float)
     islands = quantized_islands(quantizer.model, quantizer.groups, floats)  # those without a conv: no timing
     if timed and speed is None and any(g not in floats for g in quantizer.groups):
-        speed = _layer_speed(quantizer, quantizer.quantize(exclude=[]), feeds, bias_correction, threads)
+        # no search ran (it measures the times): `quantized` is the full int8 model, the one to profile
+        speed = _layer_speed(quantizer, quantized, feeds, bias_correction, threads)
     if speed is not None:
         boundary = boundary_times(quantized, quantizer.groups, cached_node_times(quantized, feeds, threads))
         islands = quantized_islands(quantizer.model, quantizer.groups, floats, speed.layers, boundary)
@@ -663,8 +667,9 @@ def _islands_back_to_float(quantizer: Quantizer, quantized: onnx.ModelProto, rep
     candidate = quantizer.quantize(exclude=[g for g in float_layers if g in quantizer.groups])
     error = budget_error(candidate)
     if budget is not None and not error <= budget and not error <= budget_error(quantized):
-        report.notes.append(f"int8: islands rule not applied: putting {', '.join(float_layers[len(report.float_layers):])} "
-                            f"back in float32 raises the error to {error:.3g}")
+        added = ", ".join(float_layers[len(report.float_layers):])
+        report.notes.append(f"int8: islands rule not applied: putting {added} back in float32 raises the error to "
+                            f"{error:.3g}")
         return quantized
     report.islands, report.float_layers = islands, float_layers
     report.error = error if budget_error == probe.error else probe.error(candidate)
