@@ -209,7 +209,7 @@ def test_quantize_int8_leaves_no_island_without_a_conv(spec, monkeypatch):
     monkeypatch.setattr(int8_speed, "fallback_order", lambda ranked, times: sorted(
         ranked, key=lambda l: (l.layer not in ("c2", "c3"), l.layer)))
     monkeypatch.setattr(int8_module, "fewest_within", lambda count, error_of, budget: (2, error_of(2)))
-    _, report = quantize_int8(model, graph, graph, weights, feeds(8), max_error=1e-9)
+    _, report = quantize_int8(model, graph, graph, weights, feeds(8), max_error=1e-9, metric="rel-l2")
     assert report.float_layers[:2] == ["c2", "c3"] and "s2" in report.float_layers
     assert quantized_islands(model, layer_groups(model), set(report.float_layers)) == []
     assert any("s2" in island for island in report.islands) and "islands rule" in report.summary()
