@@ -270,6 +270,12 @@ def test_not_faster_rule_on_the_command_line(spec, tmp_path, monkeypatch, capsys
     assert "wrote the float32 model (--keep-slower-int8 keeps int8)" in stderr and "cpu, fp32" in stdout
     code, stdout, stderr = cli(capsys, "verify", spec, "--precision", "int8", "--calibration", tmp_path / "cal.npz")
     assert code == 0 and "cpu, fp32" in stdout
+    code, stdout, _ = cli(capsys, "verify", spec, "--precision", "int8", "--calibration", tmp_path / "cal.npz",
+                          "--json")
+    data = json.loads(stdout)
+    # the int8 converter's report goes under the precision checked (harness: {precision: details})
+    assert code == 0 and data["precision"] == "fp32" and data["fp32"]["written"] == "fp32"
+    assert data["fp32"]["float_ms"] == 1.0 and data["fp32"]["int8_ms"] == 1.5
     code, stdout, stderr = cli(capsys, "compile", spec, "--precision", "int8", "--calibration", tmp_path / "cal.npz",
                                "-o", out, "--verify", "--keep-slower-int8")
     assert code == 0 and quantize_linear_count(out) > 0 and "cpu, int8" in stdout

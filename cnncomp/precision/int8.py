@@ -123,7 +123,8 @@ class Int8Report:
                 "held_out": self.held_out, "error": number(self.error), "full_int8_error": number(self.full_int8_error),
                 "max_error": self.max_error, "budget_error": number(self.budget_error),
                 "full_int8_budget_error": number(self.full_int8_budget_error), "ok": self.ok,
-                "float_layers": self.float_layers, "metrics": {m.output: m.to_json() for m in self.metrics}}
+                "float_layers": self.float_layers, "metrics": {m.output: m.to_json() for m in self.metrics},
+                "islands": self.islands, "float_ms": self.float_ms, "int8_ms": self.int8_ms, "written": self.written}
 
     def summary(self) -> str:
         """One paragraph for stderr: method, data, error against the budget, kernels, agreement."""
