@@ -113,6 +113,7 @@ def test_labels_judge_class_scores_by_accuracy_and_the_table_shows_the_metric(ca
                          "--labels", tmp_path / "labels.npy")
     assert code == 0, err
     assert "budget  task metric" in out
+    assert "budget (the worst output's metric over its bound, <= 1 fits): logits: accuracy <= 0.01 (class scores" in out
     assert "logits: accuracy" in out and "against the reference's" in out
     assert "judged by logits: accuracy <= 0.01" in out
 

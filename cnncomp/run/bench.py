@@ -159,8 +159,8 @@ class BenchReport:
         skipped = [r for r in self.rows if not r.ran]
         for label, problem in dict.fromkeys((f"{r.runtime} {r.precision}", r.problem) for r in skipped):
             text.append(f"not run: {label}: {problem}")
-        text.append(f"budget: {'; '.join(self.judged_by) or f'rel-l2 <= {self.budget:g}'} "
-                    "(budget error: the worst output's metric over its bound, <= 1 fits)")
+        text.append("budget (the worst output's metric over its bound, <= 1 fits): "
+                    + ("; ".join(self.judged_by) or f"rel-l2 <= {self.budget:g}"))
         for b in self.batches:
             text.append(self.verdict(b))
         return "\n".join(text)
