@@ -162,3 +162,36 @@ def test_the_plot_greys_bars_over_the_budget_by_the_same_rule(tmp_path, monkeypa
     # fp16's relative error is far over --max-error, but its budget error fits; int8's is the other way round
     assert colors == ["tab:blue", "tab:blue", "tab:gray"]
     assert (tmp_path / "b.png").stat().st_size > 0
+
+
+def test_the_int8_row_times_an_int8_model_even_where_int8_is_not_faster(capsys, monkeypatch):
+    # lenet is so small that int8 is not faster than float32 here: compile would write float32 (the not-faster
+    # rule); bench asks for int8 regardless (keep_slower_int8) and times the QDQ model
+    opened = runtime.open_session
+    kinds = {}
+
+    def recording(model, runtime_name="cpu", *args, precision="fp32", **kwargs):
+        kinds[precision] = {n.op_type for n in model.graph.node}
+        return opened(model, runtime_name, *args, precision=precision, **kwargs)
+
+    monkeypatch.setattr(runtime, "open_session", recording)
+    data, rows = _bench(capsys)
+    assert rows["int8"]["problem"] is None and "QuantizeLinear" in kinds["int8"]
+    assert "QuantizeLinear" not in kinds["fp32"]
+
+
+def test_a_conversion_that_wrote_another_precision_is_shown_as_not_faster(capsys, monkeypatch, fixed_timing):
+    import dataclasses
+
+    import cnncomp.pipeline as pipeline
+
+    convert = pipeline.convert_precision
+
+    def float32_instead(model, graph, precision, request, log):
+        result = convert(model, graph, precision, request, log)
+        return dataclasses.replace(result, model=model, precision="fp32") if precision == "int8" else result
+
+    monkeypatch.setattr(pipeline, "convert_precision", float32_instead)
+    data, rows = _bench(capsys)
+    assert rows["int8"]["problem"] == "not faster: fp32 written instead of int8" and rows["int8"]["median_ms"] is None
+    assert data["winner"]["1"]["precision"] != "int8"
