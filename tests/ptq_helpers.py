@@ -12,14 +12,22 @@ ROOT = Path(__file__).resolve().parents[1]
 SPEC = ROOT / "examples" / "digits" / "digits.cnn"
 
 
+def trained_digits(epochs: int = 6, passes: tuple[str, ...] = ()):
+    """(float32 ONNX model after -O1 or `passes`, 256 calibration images, 300 held-out test images) of
+    examples/digits/digits.cnn trained on 1400 of the digits (Adam, seeded)."""
+    from cnncomp.pipeline import emit_model, optimize
+
+    weights, x, train, test = _trained(epochs)
+    model = emit_model(optimize(str(SPEC), weights=weights, **({"passes": list(passes)} if passes else {})))
+    return model, {"x": x[train[:256]]}, {"x": x[test]}
+
+
 @functools.lru_cache(maxsize=1)
-def trained_digits(epochs: int = 6):
-    """(float32 ONNX model after fold-bn, 256 calibration images, 300 held-out test images) of
-    examples/digits/digits.cnn trained on 80% of the digits (Adam, seeded)."""
+def _trained(epochs: int):
     import torch
     from sklearn.datasets import load_digits
 
-    from cnncomp.pipeline import emit_model, optimize
+    from cnncomp.pipeline import optimize
     from cnncomp.run.reference import to_torch
 
     digits = load_digits()
@@ -41,5 +49,4 @@ def trained_digits(epochs: int = 6):
                 optimizer.step()
     module.eval()
     weights = {k: v.detach().numpy().copy() for k, v in module.state_dict().items()}
-    model = emit_model(optimize(str(SPEC), weights=weights))
-    return model, {"x": x[train[:256]]}, {"x": x[test]}
+    return weights, x, train, test

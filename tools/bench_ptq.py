@@ -6,6 +6,8 @@ Nothing is downloaded. Networks and data:
   paddle-cls    PaddleOCR's text direction classifier (tests/data/trained, Apache-2.0), imported with
                 `cnncomp import`, on text rendered with PIL in matplotlib's DejaVu fonts, upright and upside
                 down (random words, sizes and offsets): 48 images calibrate, 64 others are the test set
+  digits-cnn    examples/digits/digits.cnn (four convs) trained on scikit-learn's 8x8 digits for 6 epochs
+                (tests/ptq_helpers.py, as the tests train it); 256 training images calibrate, 300 others test
   digits-mnv2   examples/digits/mobilenet_v2_digits.cnn trained on scikit-learn's digits
                 (tools/bench_int8_trained.py's recipe, about a minute); 144 training images calibrate,
                 the 360 test images are the test set
@@ -111,6 +113,13 @@ def digits_mnv2(passes: list[str], trained: str | None) -> tuple[onnx.ModelProto
     return model, {"x": x_train[:144]}, {"x": x_test}
 
 
+def digits_cnn(passes: list[str]) -> tuple[onnx.ModelProto, dict, dict]:
+    sys.path.insert(0, str(ROOT / "tests"))
+    from ptq_helpers import trained_digits
+
+    return trained_digits(passes=tuple(passes))
+
+
 def measure(model: onnx.ModelProto, calibration: dict, test: dict, method: str, rounding: str,
             bias: bool) -> tuple[float, float, float]:
     """(relative L2 error vs float32, top-1 agreement with float32, seconds to quantize) of full int8."""
@@ -165,7 +174,8 @@ def main() -> None:
                 continue
             key = tuple(passes)
             if key not in models:
-                models[key] = paddle_cls(passes) if net == "paddle-cls" else digits_mnv2(passes, args.trained)
+                models[key] = {"paddle-cls": lambda: paddle_cls(passes), "digits-cnn": lambda: digits_cnn(passes),
+                               "digits-mnv2": lambda: digits_mnv2(passes, args.trained)}[net]()
             error, agree, seconds = measure(*models[key], method, rounding, bias)
             print(f"| {label} | {error:.4f} | {agree:.2%} | {seconds:.1f} |", flush=True)
 
