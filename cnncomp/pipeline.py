@@ -295,10 +295,12 @@ def check(compiled: Compiled, converted: Converted, options: CheckOptions) -> Ch
         inputs=converted.inputs, seed=options.seed, val_range=options.val_range, batch=options.batch,
         atol=options.atol, rtol=options.rtol, per_layer=options.per_layer, precision=converted.precision,
         runtime_settings=options.session_options, max_error=options.max_error, tolerances=precision.tolerances,
-        judged_by_budget=precision.judged_by_budget, sizes=options.sizes)
+        judged_by_budget=precision.judged_by_budget, sizes=options.sizes, judge=converted.judge)
     report.notes += converted.notes
     if options.per_layer:
-        report.notes += precision.check_notes(report, compiled)
+        report.notes += precision.check_notes(report, compiled, converted.details)
+    if converted.details is not None and hasattr(converted.details, "to_json"):
+        report.details = converted.details.to_json()
     return Checked(report, feeds, outputs)
 
 

@@ -107,7 +107,7 @@ def sample(name, option, files):
         return [], True
     paths = {"weights": "w.safetensors", "calibration": "cal.npz", "output": "other.onnx", "triton": "repo2",
              "load_inputs": "cal.npz", "save_inputs": "in.npz", "save_outputs": "out.npz",
-             "tritonserver": "tritonserver", "trt_engine_cache": "engines"}
+             "tritonserver": "tritonserver", "trt_engine_cache": "engines", "labels": "labels.npy"}
     if name in paths:
         return [str(files / paths[name])], str(files / paths[name])
     special = {"defines": (["width=3"], {"width": "3"}), "atol": (["0.5"], 0.5), "rtol": (["y=0.25"], {"y": 0.25}),
@@ -117,7 +117,8 @@ def sample(name, option, files):
                "shape_range": (["x=1x3x16x16:2x3x16x16:4x3x16x16"],
                                {"x": ((1, 3, 16, 16), (2, 3, 16, 16), (4, 3, 16, 16))}),
                "runtimes": (["cpu,cuda"], ("cpu", "cuda")), "precisions": (["int8"], ("int8",)),
-               "batches": (["1,8"], (1, 8)), "plot": ([str(files / "b.png")], str(files / "b.png"))}
+               "batches": (["1,8"], (1, 8)), "plot": ([str(files / "b.png")], str(files / "b.png")),
+               "metric": (["y=top1<=0.02"], "y=top1<=0.02")}
     if name in special:
         return special[name]
     allowed = option.allowed()

@@ -13,8 +13,11 @@ run in float32/float64), warning about weights that overflow or lose precision;
 --keep-io-fp32 keeps float32 inputs and outputs. --precision int8 quantizes the emitted model
 to QDQ int8 (per-channel int8 weights, per-tensor activations), calibrated on --calibration
 (.npz, .npy or an image folder with --preprocess; seeded inputs with a warning otherwise), keeping
-the most sensitive layers in float32 until the outputs' relative L2 error on held-out samples is
-within --max-error (with -O3 the rewrites get half of it); --stats prints the per-layer table.
+the most sensitive layers in float32 until every output meets its task metric on held-out samples:
+--metric (default auto: top1, decisions changed <= 1 point, for class scores; relative L2 within
+--max-error for the other outputs; also max-abs, topK, iou(T), psnr, accuracy with --labels; e.g.
+--metric logits=top1<=0.02,mask=iou(0.5)); with -O3 the rewrites get half of --max-error; --stats
+prints each output's metric and why, and the per-layer table.
 
 --target tensorrt builds a serialized TensorRT engine (-o model.plan) with one optimization
 profile over the batch dim (--min-batch/--opt-batch/--max-batch); with --precision int8, from

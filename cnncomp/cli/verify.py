@@ -15,9 +15,10 @@ and names the first pass that broke agreement. Exit status 1 on a mismatch.
 --precision fp16 converts the emitted model to float16 (weights and compute, after
 the passes) and judges it by the float16 tolerances instead: atol = 1e-2 * max|ref|,
 rtol = 1e-2; the report says so. The per-pass checks of --verify-each stay float32.
---precision int8 quantizes it (see `cnncomp compile --help`) and judges the outputs by their
-relative L2 error against --max-error, on the calibration samples held out from calibration;
-with --per-layer it also names the layer where the int8 error jumps most.
+--precision int8 quantizes it (see `cnncomp compile --help`) and judges each output by its task
+metric (--metric: top1 for class scores, relative L2 against --max-error for the others by default),
+on the calibration samples held out from calibration; with --per-layer it also says which metric
+judged each output and why, and names the layer where the int8 error jumps most.
 """
 
 import json

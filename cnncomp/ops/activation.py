@@ -367,6 +367,9 @@ class _SoftmaxBase(_Pointwise):
     def to_onnx(self, b, layer, inputs, weights):
         return b.node(self.onnx_op, [inputs[0]], layer.name, axis=layer.attrs["axis"])
 
+    def decision_axis(self, attrs, rank):
+        return attrs["axis"]  # class probabilities (or their logs) along the axis
+
     def torch_source(self, s):
         return s.function(f"F.{self.name}", *s.args(["axis"], write_defaults=True))  # F.softmax warns without dim
 

@@ -310,6 +310,9 @@ class Linear(Op):
 
     def channel_axis(self, attrs, rank):
         return rank - 1  # linear acts on the last axis, whatever the rank
+
+    def decision_axis(self, attrs, rank):
+        return rank - 1  # a classifier's last linear layer: one score per class
     doc = "fully connected layer on the last dim"
 
     def normalize(self, args, shapes):

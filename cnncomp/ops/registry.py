@@ -10,7 +10,8 @@ its PyTorch reference (`torch_ref`) and its PyTorch source for --emit torch
 `category` (pictures), whether a kernel slides over its input
 (`sliding_window`: advice), whether it keeps the sampling grid (`keeps_grid`:
 advice), and whether a batch norm folds into it along which axis (`folds_bn`,
-`folds_bn_before`, `channel_axis`: the fold-bn pass).
+`folds_bn_before`, `channel_axis`: the fold-bn pass), and whether its output
+holds class scores (`decision_axis`, `keeps_values`: int8's task metrics).
 `tests/test_ops_registry.py` checks that every registered op overrides every
 facet it must and that the facts agree with the shape rules.
 """
@@ -88,6 +89,9 @@ class Op:
     # folds_bn_before, one before it folds into the weight's input axis (axis 1).
     folds_bn: bool = False
     folds_bn_before: bool = False
+    # The output holds the input's values unchanged, at most reshaped (identity, dropout at inference, flatten):
+    # int8's task metrics look through it for the classifier head that makes an output class scores.
+    keeps_values: bool = False
 
     def constant_affine(self, attrs: dict[str, Any], weights: dict[str, np.ndarray]):
         """(s, t), float64 vectors over the channels (axis 1), when the layer computes x * s + t from its weights
@@ -96,6 +100,12 @@ class Op:
 
     def channel_axis(self, attrs: dict[str, Any], rank: int) -> int | None:
         """The axis of the input and output tensors that the weight's channel axes index (folds_bn ops)."""
+        return None
+
+    def decision_axis(self, attrs: dict[str, Any], rank: int) -> int | None:
+        """The axis along which this op's output holds scores that a decision (argmax) is taken over, when the
+        op is a classifier's head (softmax along its axis; linear along its features), else None: int8's task
+        metrics (verification/metrics.py) judge such an output by top-1 agreement, others by relative L2."""
         return None
 
     def output_channel_scale(self, attrs: dict[str, Any], scale: np.ndarray, weight_shape: tuple) -> np.ndarray:

@@ -18,6 +18,7 @@ class Flatten(Op):
     name = "flatten"
     params = (Param("axis", "int", 1), Param("keep_leading", "bool", False))
     min_rank = 1
+    keeps_values = True
     doc = "flatten the dims from axis on into one (and those before it into another, unless keep_leading)"
 
     def normalize(self, args, shapes):
@@ -68,6 +69,7 @@ def _product(sizes: tuple):
 class _Passthrough(Op):
     min_rank = 1
     keeps_grid = True
+    keeps_values = True
 
     def infer_shape(self, attrs, shapes):
         return tuple(shapes[0])

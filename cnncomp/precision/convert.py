@@ -55,6 +55,8 @@ class Converted:
     precision: str
     notes: list[str] = field(default_factory=list)
     details: object = None  # the converter's own report (int8: the sensitivity table of --stats)
+    # outputs and reference -> {output: (ok, words)} for the outputs a task metric judges (int8's top1 ...)
+    judge: Callable | None = None
 
 
 class Precision:
@@ -94,8 +96,9 @@ class Precision:
         """Its part of --stats (int8: the per-layer sensitivity table), or None."""
         return None
 
-    def check_notes(self, report, compiled) -> list[str]:
-        """Notes a check adds about this precision (int8 with --per-layer: where the error jumps)."""
+    def check_notes(self, report, compiled, details=None) -> list[str]:
+        """Notes a check adds about this precision with --per-layer (int8: each output's metric and why, where
+        the error jumps); `details` is the converter's own report."""
         return []
 
 
@@ -161,6 +164,12 @@ class Fp16(Precision):
         return list(compiled.fp16_warnings)
 
 
+def _metric_problem(value) -> str | None:
+    from cnncomp.verification.metrics import metric_problem
+
+    return metric_problem(value)
+
+
 def _int8_option(name, kind, default, help, choices=None):
     return Option(name, kind, default, help, ("compile", "verify", "deploy"), choices=choices, group="precision")
 
@@ -186,6 +195,16 @@ class Int8(Precision):
         _int8_option("bias_correction", str, "auto", "with --precision int8: subtract the mean shift that rounding "
                      "the weights adds to each conv/linear output (auto: only where it lowers the error on "
                      "calibration samples; default)", ("auto", "on", "off")),
+        Option("metric", str, "auto", "with --precision int8: what the budget judges each output by, "
+               "[OUTPUT=]METRIC[<=T] comma-separated: rel-l2 (threshold --max-error), max-abs, top1 or topK "
+               "(decisions changed, 0.01 = one point), iou(T), psnr (>= dB, default 40), accuracy (with --labels); "
+               "auto: top1 for class scores (a linear or softmax head), rel-l2 for the others. E.g. top1<=0.02, "
+               "logits=top1,boxes=rel-l2, mask=iou(0.5), psnr>=40; the API also takes fn(reference_outputs, "
+               "outputs) -> float or (fn, threshold)", ("compile", "verify", "deploy"), check=_metric_problem,
+               metavar="SPEC", group="precision"),
+        _int8_option("labels", str, None, "with --precision int8: the true class of every --calibration sample (.npy "
+                     "of integers, or .txt with one per line; the API also takes a sequence): the class-score output "
+                     "is judged by the accuracy it loses on the held-out samples"),
     )
     tolerances = (1e-1, 1e-1)  # only fill the report: int8 is judged by the budget
     judged_by_budget = True
@@ -205,15 +224,20 @@ class Int8(Precision):
             model, graph, c.ref_graph, c.ref_weights, o.get("calibration"), o.get("preprocess"),
             o.get("calibration_method") or DEFAULT_METHOD, max_error, bool(o.get("stats")), o.get("seed", 0),
             "int8" if request.tensorrt else "uint8", o.get("bias_correction", "auto"), o.get("jobs", 1),
-            weight_rounding=o.get("weight_rounding") or "nearest")
+            o.get("metric", "auto"), o.get("labels"), weight_rounding=o.get("weight_rounding") or "nearest")
         for w in report.warnings:
             log(f"warning: {w}\n")
         log(report.summary() + "\n")
         if not report.ok:
-            raise CnnError(f"int8: relative error {report.error:.3g} exceeds --max-error {max_error:g} even with "
-                           "every layer in float32")
+            missed = [m for m in report.metrics if not m.fits] or report.metrics
+            if all(m.metric == "rel-l2" for m in missed):
+                raise CnnError(f"int8: relative error {report.error:.3g} exceeds --max-error {max_error:g} even with "
+                               "every layer in float32")
+            raise CnnError("int8: even with every layer in float32 the budget is missed: " + "; ".join(
+                f"{m.output}: {m.metric} {m.converted.text}, wanted {m.metric} {m.bound}" for m in missed))
         inputs = request.inputs if request.inputs_given else report.inputs
-        return Converted(quantized, inputs, graph, "int8", [], report)  # report.summary() was logged, notes included
+        # report.summary() was logged, notes included
+        return Converted(quantized, inputs, graph, "int8", [], report, report.judge)
 
     def for_timing(self):
         from cnncomp.precision.int8 import quantized_for_timing
@@ -223,14 +247,15 @@ class Int8(Precision):
     def stats(self, details):
         return details.table() if details is not None else None
 
-    def check_notes(self, report, compiled):
+    def check_notes(self, report, compiled, details=None):
         from cnncomp.precision.int8 import largest_error_jump
 
+        notes = [f"int8 judges {line}" for line in (details.metric_choices if details is not None else [])]
         jump = largest_error_jump(report.layers) if report.layers else None
         if not jump:
-            return []
-        return [f"the int8 error jumps most at {jump[0]} ({compiled.ref_graph.layer(jump[0]).where}): relative L2 "
-                f"{jump[1]:.3g} before it, {jump[2]:.3g} after"]
+            return notes
+        return notes + [f"the int8 error jumps most at {jump[0]} ({compiled.ref_graph.layer(jump[0]).where}): "
+                        f"relative L2 {jump[1]:.3g} before it, {jump[2]:.3g} after"]
 
 
 def convert_precision(model, graph: LayerGraph, precision: str = "fp32", request: PrecisionRequest | None = None,

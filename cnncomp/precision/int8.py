@@ -16,11 +16,14 @@ Calibration (ranges of every activation) runs once per `Quantizer`, with a metho
 range minimizing its own quantization error, ranges.py). Its ranges are cached, so that the per-layer
 sensitivity search re-quantizes without recalibrating.
 
-The error budget (`max_error`) is the relative L2 error ||y - y_ref|| / ||y_ref|| of every output
-against the float64 reference of the unoptimized graph, on held-out inputs. When full int8 misses
-it, each conv/linear layer is quantized alone to measure its error contribution ("error alone"),
-and the most sensitive layers are kept in float32, as few as meet the budget (a binary search
-over the ranked list, checked once more at the end).
+The error budget judges each output by its task metric (verification/metrics.py, `--metric`): class
+scores by the decisions that change (top1), other outputs by the relative L2 error ||y - y_ref|| /
+||y_ref|| against `max_error`, all against the float64 reference of the unoptimized graph, on
+held-out inputs. The budget error is the worst over outputs of metric / threshold, so 1.0 is the edge.
+When full int8 misses it, each conv/linear layer is quantized alone to measure its relative L2 error
+contribution ("error alone", a continuous ranking even where the budget counts decisions, since one
+layer alone rarely flips one), and the most sensitive layers are kept in float32, as few as meet the
+budget (a binary search over the ranked list, checked once more at the end).
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from cnncomp.ir.graph import LayerGraph
 from cnncomp.onnx_graph import consumers, opset_of, producers
 from cnncomp.passes.budget import fewest_within
 from cnncomp.verification.meters import ModelErrorMeter as ErrorProbe  # int8's meter: the QDQ model under ONNX Runtime
+from cnncomp.verification.metrics import MetricResult, load_labels, plan_metrics
 from cnncomp.precision.bias_correction import DEFAULT_MODE, MODES as BIAS_CORRECTION_MODES, apply_bias_corrections
 from cnncomp.precision.bias_correction import bias_corrections
 from cnncomp.precision.int8_support import failing_node, known_unsupported, neighbourhood, nonfinite_activations
@@ -85,30 +89,56 @@ class Int8Report:
     notes: list[str] = field(default_factory=list)
     inputs: dict = field(default_factory=dict, repr=False)  # the held-out samples the error was measured on
     no_int8_kernel: dict[str, str] = field(default_factory=dict)  # layer -> why ONNX Runtime runs it in float32
+    budget_error: float = 0.0  # the final model's worst metric / threshold over outputs (<= 1 fits)
+    full_int8_budget_error: float = 0.0
+    metrics: list[MetricResult] = field(default_factory=list)  # per output: float32 and int8 against the threshold
+    metric_choices: list[str] = field(default_factory=list)  # per output: its metric and why it got it
+    judge: object = field(default=None, repr=False)  # the plan's verdict on a check's outputs (metric_judge)
 
     @property
     def ok(self) -> bool:
-        return self.max_error is None or self.error <= self.max_error
+        return self.max_error is None or self.budget_error <= 1.0  # NaN fails
+
+    def to_json(self) -> dict:
+        """The --json part of int8: errors, budget, the layers kept in float32 and every output's metric."""
+        def number(v):
+            return v if v is not None and np.isfinite(v) else None
+
+        return {"method": self.method, "calibration": self.calibration, "samples": self.samples,
+                "held_out": self.held_out, "error": number(self.error), "full_int8_error": number(self.full_int8_error),
+                "max_error": self.max_error, "budget_error": number(self.budget_error),
+                "full_int8_budget_error": number(self.full_int8_budget_error), "ok": self.ok,
+                "float_layers": self.float_layers, "metrics": {m.output: m.to_json() for m in self.metrics}}
 
     def summary(self) -> str:
         """One paragraph for stderr: method, data, error against the budget, kernels, agreement."""
-        budget = f" (budget {self.max_error:g})" if self.max_error is not None else ""
+        budget = ""
+        if self.max_error is not None and all(m.metric == "rel-l2" for m in self.metrics):
+            budget = f" (budget {self.max_error:g})"
+        elif self.max_error is not None:  # the task metrics below decide, each against its threshold
+            budget = f" (task metrics: budget error {self.budget_error:.3g}, 1 fits)"
         count = len(self.float_layers)
         kept = (f"; {count} layer{'s' if count > 1 else ''} kept in float32 ({', '.join(self.float_layers[:6])}"
                 + (", ..." if len(self.float_layers) > 6 else "") + ")") if self.float_layers else ""
         lines = [f"int8: {self.method} calibration on {self.samples} samples ({self.calibration}), "
                  f"relative L2 error {self.error:.3g} on {self.held_out} held-out samples{budget}{kept}"]
         if self.float_layers:
-            lines.append(f"int8: full int8 would be off by {self.full_int8_error:.3g}")
-        for name, agree in self.top1_agreement.items():
-            lines.append(f"int8: {name}: top-1 agrees with the reference on {agree:.1%} of the held-out samples")
+            lines.append(f"int8: full int8 would be off by {self.full_int8_error:.3g} (budget error "
+                         f"{self.full_int8_budget_error:.3g}, 1 fits)")
+        lines += [f"int8: {m.line()}" for m in self.metrics]
         if self.kernels:
             lines.append("int8: ONNX Runtime CPU kernels: " + ", ".join(f"{k} {v}" for k, v in
                                                                        sorted(self.kernels.items())))
         return "\n".join(lines + self.notes)
 
     def table(self) -> str:
-        """The sensitivity table of --stats: layer, error alone, precision kept, MACs share."""
+        """The --stats part: each output's metric and why, then the sensitivity table (layer, error alone,
+        precision kept, MACs share)."""
+        metrics = "\n".join(["int8 metrics (the budget judges each output by its own):"]
+                            + [f"  {line}" for line in self.metric_choices])
+        return metrics + "\n" + self._sensitivity() if self.metric_choices else self._sensitivity()
+
+    def _sensitivity(self) -> str:
         if not self.layers:
             return "int8 sensitivity: not measured (full int8 met the budget; --stats with --max-error measures it)"
         width = max(len(name) for name in [l.layer for l in self.layers] + list(self.no_int8_kernel))
@@ -438,32 +468,61 @@ def session_kernels(model: onnx.ModelProto) -> dict[str, int]:
     return counts
 
 
-def top1_agreement(outputs: dict, reference: dict) -> dict[str, float]:
-    """For classification-shaped outputs ([N, classes], classes > 1): the fraction of samples whose argmax agrees."""
+def top1_agreement(outputs: dict, reference: dict, axes: dict[str, int]) -> dict[str, float]:
+    """For the outputs that are class scores (`axes`: output -> class axis, verification/metrics.py says which):
+    the fraction of decisions (samples, or pixels of a class map) whose argmax agrees, as observed."""
     out = {}
-    for name, ref in reference.items():
-        if isinstance(ref, SampleList):  # differently sized outputs are not classes
-            continue
-        ref = np.asarray(ref)
-        if ref.ndim == 2 and ref.shape[1] > 1:
-            out[name] = float(np.mean(np.argmax(outputs[name], axis=1) == np.argmax(ref, axis=1)))
+    for name, axis in axes.items():
+        ref, got = reference[name], outputs[name]
+        if isinstance(ref, SampleList):
+            ref, got = np.concatenate([np.moveaxis(r, axis, -1).reshape(-1, r.shape[axis]) for r in ref]), \
+                np.concatenate([np.moveaxis(g, axis, -1).reshape(-1, g.shape[axis]) for g in got])
+            axis = 1
+        out[name] = float(np.mean(np.argmax(got, axis=axis) == np.argmax(ref, axis=axis)))
     return out
+
+
+def metric_judge(plan):
+    """A check's verdict on the outputs a task metric judges (not rel-l2): {output: (ok, words)} for a check's
+    outputs and reference, measured by the same plan (an accuracy output by top-1 agreement: the check's inputs
+    have no labels). None when every output is judged by rel-l2 (the check's own rule)."""
+    from cnncomp.verification.metrics import Accuracy, Assignment, RelL2, TopK
+
+    judged = [a for a in plan.assignments if not isinstance(a.metric, RelL2)]
+    if not judged:
+        return None
+    judged = [Assignment(a.output, TopK(1, a.metric.axis), a.threshold, a.why) if isinstance(a.metric, Accuracy)
+              else a for a in judged]
+
+    def judge(outputs: dict, reference: dict) -> dict[str, tuple[bool, str]]:
+        verdicts = {}
+        for a in judged:
+            got = a.measure(reference, outputs)
+            ok = a.normalized(got.value) <= 1.0
+            for name in (list(reference) if a.output == "*" else [a.output]):
+                verdicts[name] = (ok, f"{a.label} {got.text}, {a.label} {a.bound()}")
+        return verdicts
+    return judge
 
 
 def quantize_int8(model: onnx.ModelProto, graph: LayerGraph, ref_graph: LayerGraph, ref_weights: dict,
                   calibration=None, preprocess: str | None = None, method: str = DEFAULT_METHOD,
                   max_error: float | None = None, sensitivity: bool = False, seed: int = 0,
                   activations: str = "uint8", bias_correction: str = DEFAULT_MODE, jobs: int = 1,
-                  weight_rounding: str = DEFAULT_ROUNDING) -> tuple[onnx.ModelProto, Int8Report]:
-    """Quantize an emitted float32 model (of `graph`) to QDQ int8, keeping layers in float32 to meet `max_error`.
+                  metric="auto", labels=None, weight_rounding: str = DEFAULT_ROUNDING
+                  ) -> tuple[onnx.ModelProto, Int8Report]:
+    """Quantize an emitted float32 model (of `graph`) to QDQ int8, keeping layers in float32 to meet the budget.
 
     `calibration` is a path (.npz, .npy, image folder), a dict of arrays, or None (seeded stand-ins, with a
-    warning). The error is measured against the float64 reference of `ref_graph` on held-out samples.
+    warning). Each output is judged by its task metric (`metric`: the --metric spelling, a callable or a
+    (callable, threshold) pair; verification/metrics.py), rel-l2's threshold being `max_error`, against the
+    float64 reference of `ref_graph` on held-out samples; `labels` (a file or a sequence, one class per
+    calibration sample) give `accuracy`. Without `max_error` no layer is kept in float32.
     With `sensitivity`, every layer's error alone is measured even when full int8 meets the budget.
     `bias_correction`: auto (where it lowers the error on the calibration samples), on or off. The sensitivity
     search measures its layers in `jobs` processes. `weight_rounding`: nearest, or gptq (rounding.py: each
     weight up or down to minimise its layer's output error on the calibration samples)."""
-    from cnncomp.passes.budget import split_held_out
+    from cnncomp.passes.budget import DEFAULT_MAX_ERROR, split_held_out
     from cnncomp.precision.calibration import (
         NOT_REPRESENTATIVE, SEEDED_SAMPLES, fixed_batch, load_calibration, seeded_calibration,
     )
@@ -480,10 +539,18 @@ def quantize_int8(model: onnx.ModelProto, graph: LayerGraph, ref_graph: LayerGra
     else:
         feeds = load_calibration(calibration, ref_graph, preprocess)
         source = str(calibration) if not isinstance(calibration, dict) else "the given arrays"
+    count = len(next(iter(feeds.values())))
+    if labels is not None and calibration is None:
+        raise UsageError("--labels name the classes of the --calibration samples; give --calibration too")
+    held_labels = load_labels(labels, count) if labels is not None else None
     calib, held, split_warnings = split_held_out(feeds, batch or 1)
     warnings += [f"int8: {w}" for w in split_warnings]
     reference = reference_outputs(ref_graph, ref_weights, held)
-    probe = ErrorProbe(held, reference, batch)
+    if held_labels is not None:
+        held_labels = held_labels[count - len(next(iter(held.values()))):]
+    plan = plan_metrics(metric, ref_graph, max_error if max_error is not None else DEFAULT_MAX_ERROR, reference,
+                        held_labels)
+    probe = ErrorProbe(held, reference, batch, plan)
     report = Int8Report(method, source, len(next(iter(calib.values()))), len(next(iter(held.values()))),
                         max_error=max_error, warnings=warnings)
     quantizer = Quantizer(model, calib, method, activations, batch or 1,
@@ -498,17 +565,25 @@ def quantize_int8(model: onnx.ModelProto, graph: LayerGraph, ref_graph: LayerGra
             quantized, note = correct_biases(quantizer, quantized, calib, batch or 1, bias_correction == "auto")
             report.notes += [note] if note else []
         report.full_int8_error = report.error = probe.error(quantized)
-        if sensitivity or (max_error is not None and report.error > max_error):
+        report.full_int8_budget_error = report.budget_error = probe.budget_error(quantized)
+        misses = max_error is not None and not report.budget_error <= 1.0  # NaN misses
+        if sensitivity or misses:
             report.layers = rank_layers(quantizer, probe, graph, jobs)
-        if max_error is not None and report.error > max_error:
-            quantized, report.error, report.float_layers = keep_sensitive_in_float(quantizer, probe, report.layers,
-                                                                                   max_error)
+        if misses:
+            quantized, report.budget_error, report.float_layers = keep_sensitive_in_float(
+                quantizer, probe.budget_error, report.layers, 1.0)
+            report.error = probe.error(quantized)
             for entry in report.layers:
                 entry.precision = "float32" if entry.layer in report.float_layers else "int8"
+        float32 = probe.outputs(quantizer.model)
     finally:
         quantizer.close()
     report.inputs = same_size_samples(held)  # the check runs at one size; the budget covered all
-    report.top1_agreement = top1_agreement(probe.outputs(quantized), reference)
+    int8 = probe.outputs(quantized)
+    report.metrics = plan.results(reference, float32, int8)
+    report.metric_choices = plan.describe()
+    report.judge = metric_judge(plan)
+    report.top1_agreement = top1_agreement(int8, reference, plan.class_axes())
     report.kernels = {k: v for k, v in session_kernels(quantized).items()
                       if k.startswith(("QLinear", "QGemm", "MatMulInteger", "ConvInteger", "Conv", "Gemm"))}
     return quantized, report
@@ -576,9 +651,10 @@ def rank_layers(quantizer: Quantizer, probe: ErrorProbe, graph: LayerGraph, jobs
     return sorted(ranked, key=lambda l: -l.error_alone)
 
 
-def keep_sensitive_in_float(quantizer: Quantizer, probe: ErrorProbe, ranked: list[LayerSensitivity],
-                            max_error: float) -> tuple[onnx.ModelProto, float, list[str]]:
-    """The fewest most-sensitive layers to keep in float32 so the error meets the budget: (model, error, layers).
+def keep_sensitive_in_float(quantizer: Quantizer, budget_error, ranked: list[LayerSensitivity],
+                            budget: float = 1.0) -> tuple[onnx.ModelProto, float, list[str]]:
+    """The fewest most-sensitive layers to keep in float32 so that `budget_error(model)` (the meter's, <= 1.0
+    fits) is within `budget`: (model, its budget error, layers).
 
     The budget engine's `fewest_within` searches the count (a binary search, checked, then one more layer at a
     time if the errors were not monotone; all in float32 always fits)."""
@@ -587,9 +663,9 @@ def keep_sensitive_in_float(quantizer: Quantizer, probe: ErrorProbe, ranked: lis
 
     def error_of(k: int) -> float:
         models[k] = quantizer.quantize(exclude=names[:k])
-        return probe.error(models[k])
+        return budget_error(models[k])
 
-    k, error = fewest_within(len(names), error_of, max_error)
+    k, error = fewest_within(len(names), error_of, budget)
     return models[k], error, names[:k]
 
 

@@ -26,16 +26,19 @@ class Comparison:
     rel_l2_err: float = 0.0  # ||actual - ref|| / ||ref||
     max_error: float | None = None  # the budget it was judged by (approximate rewrites), else None
     nonfinite: str | None = None  # NaN/Inf the output matched in position (and sign), in words
+    judged_by: str | None = None  # a task metric's verdict in words (int8's top1 ...), which decided `ok`
 
     def to_json(self) -> dict:
         """Strict JSON: a statistic that is not finite (no finite element to compare) is null."""
         out = {k: getattr(self, k) for k in ("max_abs_err", "max_rel_err", "mean_abs_err", "median_abs_err",
                                              "p99_abs_err", "rel_l2_err", "atol", "rtol", "max_error", "ok",
-                                             "problem", "nonfinite")}
+                                             "problem", "nonfinite", "judged_by")}
         return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in out.items()}
 
     def describe(self) -> str:
-        if self.max_error is None:
+        if self.judged_by is not None:
+            rule = self.judged_by
+        elif self.max_error is None:
             rule = f"atol {self.atol:.3g}, rtol {self.rtol:.3g}"
         else:
             verdict = "within" if self.rel_l2_err <= self.max_error else "exceeds"

@@ -67,6 +67,7 @@ class VerifyReport:
     precision: str = "fp32"
     notes: list[str] = field(default_factory=list)
     sizes: list[SizeCheck] = field(default_factory=list)  # every size checked (symbolic models), the first too
+    details: dict = field(default_factory=dict)  # the precision's own report (int8: budget, metrics per output)
 
     def to_json(self) -> dict:
         return {"ok": self.ok, "passes": self.passes, "provider": self.provider, "precision": self.precision,
@@ -77,7 +78,7 @@ class VerifyReport:
                 "layers": [{"layer": c.layer, "reference_layer": c.reference_layer, "location": c.location,
                             **c.comparison.to_json()} for c in self.layers],
                 "sizes": [c.to_json() for c in self.sizes],
-                "notes": self.notes}
+                "notes": self.notes, **({self.precision: self.details} if self.details else {})}
 
     def format(self) -> str:
         lines = [f"verify: {'ok' if self.ok else 'MISMATCH'} ({self.provider}, {self.precision}; passes: "
@@ -96,6 +97,16 @@ class VerifyReport:
                             if compared and compared != self.first_divergent_layer else ""))
         lines += [f"  note: {n}" for n in self.notes]
         return "\n".join(lines)
+
+
+def _apply_judge(judge, outputs: dict[str, Comparison], got: dict, reference: dict) -> None:
+    """The task metric's verdict replaces the relative L2 budget's for the outputs `judge` covers."""
+    if judge is None:
+        return
+    for name, (ok, words) in judge({k: got[k] for k in outputs}, {k: reference[k] for k in outputs}).items():
+        if name in outputs:
+            outputs[name].ok = ok and outputs[name].problem is None
+            outputs[name].judged_by = words
 
 
 def make_inputs(graph: LayerGraph, seed: int = 0, val_range: tuple[float, float] = (-1.0, 1.0),
@@ -192,7 +203,8 @@ def verify(ref_graph: LayerGraph, ref_weights: dict, model, opt_graph: LayerGrap
            atol=None, rtol=None, per_layer: bool = False, precision: str = "fp32", session_options=None,
            reference_outputs: dict | None = None, max_error: float | None = None,
            tolerances: tuple[float, float] | None = None, judged_by_budget: bool = False,
-           runtime_settings: dict | None = None, sizes: list[dict[str, int]] = ()) -> tuple[VerifyReport, dict, dict]:
+           runtime_settings: dict | None = None, sizes: list[dict[str, int]] = (),
+           judge=None) -> tuple[VerifyReport, dict, dict]:
     """Run `model` (emitted from opt_graph) and the reference of ref_graph; return (report, inputs, outputs).
 
     `precision` names the model's precision; its registry entry (precision/convert.py) gives the default
@@ -200,7 +212,8 @@ def verify(ref_graph: LayerGraph, ref_weights: dict, model, opt_graph: LayerGrap
     (opt_graph.meta["approximate"]) or the precision is judged so, outputs are judged by their relative L2
     error against `max_error` (default DEFAULT_MAX_ERROR) instead of element-wise tolerances. A model with
     symbolic sizes is also run at each of `sizes` (values of the symbols) on fresh seeded inputs; the report
-    lists every size checked."""
+    lists every size checked. `judge` (outputs, reference) -> {output: (ok, words)} judges the outputs a task
+    metric covers (int8's top1 for class scores, verification/metrics.py) instead of the relative L2 budget."""
     from cnncomp.run.reference import run_reference
     from cnncomp.run.runtime import open_session
 
@@ -226,6 +239,7 @@ def verify(ref_graph: LayerGraph, ref_weights: dict, model, opt_graph: LayerGrap
     for name in ref_graph.output_names:
         outputs[name] = compare(got[name], ref_out[name], tolerance_for(name, atol), tolerance_for(name, rtol),
                                 precision, budget, tolerances)
+    _apply_judge(judge, outputs, got, ref_out)
     report = VerifyReport(all(c.ok for c in outputs.values()), list(opt_graph.meta.get("passes", [])),
                           session.provider, outputs, precision=precision)
     if sizes or spatial_symbols(ref_graph):
@@ -242,10 +256,13 @@ def verify(ref_graph: LayerGraph, ref_weights: dict, model, opt_graph: LayerGrap
         report.sizes.append(SizeCheck(size, {
             name: compare(more_got[name], more_ref[name], tolerance_for(name, atol), tolerance_for(name, rtol),
                           precision, budget, tolerances) for name in ref_graph.output_names}))
+        _apply_judge(judge, report.sizes[-1].outputs, more_got, more_ref)
     report.ok = report.ok and all(c.ok for c in report.sizes)
     if budget is not None:
+        by_metric = [name for name, c in outputs.items() if c.judged_by]
         report.notes.append(f"{precision if judged_by_budget else 'approximate rewrites ran'}: outputs are judged "
-                            f"by relative L2 error <= {budget:g}")
+                            f"by relative L2 error <= {budget:g}" + (
+                                f", except {', '.join(by_metric)}, judged by a task metric" if by_metric else ""))
     if per_layer:
         from cnncomp.progress import progress
 

@@ -8,7 +8,8 @@ returns ||y - y_ref|| / ||y_ref|| over every output (compare.relative_output_err
   reruns only what a trial changed (run/incremental.py); its final check on the held-out samples
   takes the reference in float64 (`reference_dtype`).
 - `ModelErrorMeter`: an ONNX model run by ONNX Runtime (int8's QDQ models), against float64
-  reference outputs computed once.
+  reference outputs computed once; with a task-metric plan (verification/metrics.py) also its budget
+  error, normalised so that <= 1.0 fits (the worst over outputs of metric / threshold).
 """
 
 from __future__ import annotations
@@ -85,10 +86,12 @@ class OutputErrorMeter:
 
 class ModelErrorMeter:
     """An ONNX model's relative output error under ONNX Runtime (CPU) against fixed reference outputs,
-    run `batch` samples at a time for a network with a fixed batch dim (None: all at once)."""
+    run `batch` samples at a time for a network with a fixed batch dim (None: all at once); `plan` (a
+    metrics.MetricPlan) judges each output by its task metric for `budget_error`."""
 
-    def __init__(self, feeds: dict[str, np.ndarray], reference: dict[str, np.ndarray], batch: int | None = None):
-        self.feeds, self.reference, self.batch = feeds, reference, batch
+    def __init__(self, feeds: dict[str, np.ndarray], reference: dict[str, np.ndarray], batch: int | None = None,
+                 plan=None):
+        self.feeds, self.reference, self.batch, self.plan = feeds, reference, batch, plan
 
     def outputs(self, model) -> dict[str, np.ndarray]:
         from cnncomp.passes.budget import batches
@@ -107,6 +110,13 @@ class ModelErrorMeter:
         from cnncomp.verification.compare import relative_output_error
 
         return relative_output_error(_flattened(self.outputs(model)), _flattened(self.reference))
+
+    def budget_error(self, model, outputs: dict | None = None) -> float:
+        """The plan's budget error of the model (or of its `outputs`, already run): <= 1.0 fits, NaN never does;
+        with rel-l2 at --max-error for every output, error(model) / max_error."""
+        if self.plan is None:
+            raise ValueError("budget_error needs a metric plan (ModelErrorMeter(..., plan=...))")
+        return self.plan.budget_error(self.reference, outputs if outputs is not None else self.outputs(model))
 
 
 def _flattened(outputs: dict) -> dict:
