@@ -159,13 +159,15 @@ def test_mse_ranges_lower_the_error_of_a_trained_text_classifier():
     assert errors["mse"] < 0.9 * errors["percentile"]
 
 
-def test_compile_takes_the_mse_method(tmp_path, capsys):
+@pytest.mark.parametrize("flags,said", [(["--calibration-method", "mse"], "int8: mse calibration"),
+                                        (["--weight-rounding", "gptq"], "int8: percentile calibration")])
+def test_compile_takes_the_new_int8_options(tmp_path, capsys, flags, said):
     from cnncomp.cli import main
 
     spec = tmp_path / "net.cnn"
     spec.write_text("network n\ninput x: [N, 3, 16, 16]\ny = x -> conv(8, k=3, p=1) -> relu -> conv(4, k=3, p=1)\n"
                     "output y\n")
-    assert main(["compile", str(spec), "--precision", "int8", "--calibration-method", "mse", "--max-error", "0.5",
+    assert main(["compile", str(spec), "--precision", "int8", *flags, "--max-error", "0.5",
                  "-o", str(tmp_path / "net.onnx")]) == 0
-    assert "int8: mse calibration" in capsys.readouterr().err
+    assert said in capsys.readouterr().err
     assert any(n.op_type == "QuantizeLinear" for n in onnx.load(str(tmp_path / "net.onnx")).graph.node)
