@@ -441,7 +441,7 @@ def compile_job(job: Job, log: Log = silent) -> CompileResult:
         if not result.report.ok:
             return result
     if out.output is not None:
-        result.written = write_model(converted.model, out.output, out.target, precision, log, **settings)
+        result.written = write_model(converted.model, out.output, out.target, converted.precision, log, **settings)
     return result
 
 
@@ -528,7 +528,8 @@ def deploy_job(job: Job, log: Log = silent) -> Deployed:
     # CPU instances (or Triton's choice on a CPU-only server) run on ONNX Runtime's CPU provider: keep in
     # float32 what it has no float16 kernel for
     request = _request(job, compiled, probe_provider=None if out.kind == "gpu" else "cpu", tensorrt=out.tensorrt)
-    model = convert_precision(model, compiled.graph, precision, request, log).model
+    converted = convert_precision(model, compiled.graph, precision, request, log)
+    model, precision = converted.model, converted.precision  # int8 not faster than float32: fp32 (Int8.convert)
     if out.tensorrt:
         from cnncomp.deployment.tensorrt import check_tensorrt_compatible
 
@@ -798,6 +799,7 @@ def bench_job(job: Job, log: Log = silent):
                                    "bench the .cnn spec (`cnncomp import` makes one from an ONNX model)")
                 request = _request(job, compiled, probe_provider=runtime_name, tensorrt=runtime.symmetric_int8)
                 request.settings["keep_io_fp32"] = True  # every choice takes the same float32 inputs
+                request.settings["keep_slower_int8"] = True  # bench compares the precisions' speeds itself
                 converted[key] = convert_precision(model, compiled.graph if compiled else None, precision, request,
                                                    log).model
             choice.open = (lambda m=converted[key], r=runtime_name, p=precision:

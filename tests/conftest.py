@@ -29,3 +29,17 @@ def breaking_pass():
     yield make
     for name in names:
         del PASSES[name]
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _timing_cache(tmp_path_factory):
+    """int8's timing cache (precision/int8_speed.py) in a folder of this test session, not the user's ~/.cache."""
+    import os
+
+    old = os.environ.get("CNNCOMP_CACHE_DIR")
+    os.environ["CNNCOMP_CACHE_DIR"] = str(tmp_path_factory.mktemp("cnncomp-cache"))
+    yield
+    if old is None:
+        os.environ.pop("CNNCOMP_CACHE_DIR", None)
+    else:
+        os.environ["CNNCOMP_CACHE_DIR"] = old

@@ -205,11 +205,17 @@ def test_sensitivity_search_in_two_processes_measures_the_same(spec, tmp_path, c
     assert "error alone" in capsys.readouterr().out
 
 
-def test_mixed_precision_meets_a_budget_full_int8_misses(spec):
+def test_mixed_precision_meets_a_budget_full_int8_misses(spec, monkeypatch):
+    from cnncomp.precision import int8_speed
+
+    # every layer saves the same time in int8, so the search ranks by error alone (int8_speed.fallback_order),
+    # and keep_slower: no island goes back for saving less than its Q/DQ cost (that is test_int8_speed.py's)
+    monkeypatch.setattr(int8_speed, "layer_speed", lambda model, int8_model, groups, *args, **kwargs:
+                        int8_speed.SpeedProfile({g: int8_speed.LayerTime(1.0, 0.0) for g in groups}))
     (full, full_report), compiled = quantized(spec)
     budget = full_report.error / 3
     # the budget on relative L2 (the class scores would be judged by top1 otherwise: full int8 keeps every decision)
-    (mixed, report), _ = quantized(spec, max_error=budget, metric="rel-l2")
+    (mixed, report), _ = quantized(spec, max_error=budget, metric="rel-l2", keep_slower=True)
     assert report.full_int8_error == pytest.approx(full_report.error) and report.full_int8_error > budget
     assert report.float_layers and report.error <= budget
     assert 0 < len(report.float_layers) < len(report.layers)
@@ -235,7 +241,7 @@ def test_compile_int8_verified(spec, tmp_path, capsys):
     np.savez(tmp_path / "cal.npz", x=samples(8))
     out = tmp_path / "small.int8.onnx"
     assert main(["compile", spec, "--precision", "int8", "--calibration", str(tmp_path / "cal.npz"),
-                 "-o", str(out), "--verify", "--stats", "--max-error", "0.05"]) == 0
+                 "-o", str(out), "--verify", "--stats", "--max-error", "0.05", "--keep-slower-int8"]) == 0
     captured = capsys.readouterr()
     assert "verify: ok (cpu, int8" in captured.out and "error alone" in captured.out
     assert "int8: percentile calibration on 6 samples" in captured.err
@@ -246,7 +252,7 @@ def test_compile_int8_verified(spec, tmp_path, capsys):
 def test_verify_int8_per_layer_names_the_jump(spec, tmp_path, capsys):
     np.save(tmp_path / "cal.npy", samples(8))
     assert main(["verify", spec, "--precision", "int8", "--calibration", str(tmp_path / "cal.npy"),
-                 "--per-layer", "--max-error", "0.05"]) == 0
+                 "--per-layer", "--max-error", "0.05", "--keep-slower-int8"]) == 0
     out = capsys.readouterr().out
     assert "the int8 error jumps most at " in out
 
@@ -257,7 +263,8 @@ def test_per_layer_int8_compares_what_the_next_layer_reads(spec):
     reported a relative error of 1.2 at the first relu of ResNet-18 before)."""
     import cnncomp
 
-    report = cnncomp.verify(spec, precision="int8", per_layer=True)
+    report = cnncomp.verify(spec, precision="int8", per_layer=True, keep_slower_int8=True)
+    assert report.precision == "int8"
     errors = {check.layer: check.comparison.rel_l2_err for check in report.layers}
     assert len(errors) >= 5 and max(errors.values()) < 0.05, errors
 
@@ -275,7 +282,7 @@ def test_deploy_int8_triton_repository(spec, tmp_path, capsys):
     np.savez(tmp_path / "cal.npz", x=samples(8))
     repo = tmp_path / "repo"
     assert main(["deploy", spec, "--triton", str(repo), "--precision", "int8", "--calibration",
-                 str(tmp_path / "cal.npz"), "--max-error", "0.05"]) == 0
+                 str(tmp_path / "cal.npz"), "--max-error", "0.05", "--keep-slower-int8"]) == 0
     folder = repo / "small"
     config = (folder / "config.pbtxt").read_text()
     assert 'data_type: TYPE_FP32' in config and "max_batch_size: 8" in config
@@ -305,7 +312,7 @@ def test_api_compile_int8(spec, tmp_path):
     import cnncomp
 
     model = cnncomp.compile(spec, output=tmp_path / "m.onnx", precision="int8",
-                            calibration={"x": samples(8)}, max_error=0.05)
+                            calibration={"x": samples(8)}, max_error=0.05, keep_slower_int8=True)
     assert any(n.op_type == "QuantizeLinear" for n in model.graph.node) and (tmp_path / "m.onnx").exists()
 
 

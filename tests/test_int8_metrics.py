@@ -383,7 +383,7 @@ def test_labels_judge_the_classifier_by_accuracy(digits, tmp_path):
     compiled, images, labels, spec = digits
     save_safetensors(compiled.ref_weights, str(tmp_path / "w.safetensors"))
     report = cnncomp.verify(spec, weights=str(tmp_path / "w.safetensors"), precision="int8",
-                            calibration={"x": images}, labels=labels.tolist())
+                            calibration={"x": images}, labels=labels.tolist(), keep_slower_int8=True)
     accuracy = report.details["metrics"]["logits"]
     assert accuracy["metric"] == "accuracy" and accuracy["fits"] and report.ok
     assert "accuracy" in accuracy["int8_text"] and "against the reference's" in accuracy["float32_text"]
@@ -421,7 +421,8 @@ def test_the_check_judges_class_scores_by_their_metric(tmp_path):
     import cnncomp
 
     spec = write(tmp_path, CLASSIFIER)
-    report = cnncomp.verify(spec, precision="int8", calibration={"x": samples(8)}, max_error=1e-6)
+    report = cnncomp.verify(spec, precision="int8", calibration={"x": samples(8)}, max_error=1e-6,
+                            keep_slower_int8=True)  # the check of an int8 model, even where it is not faster
     assert report.ok and "top1" in report.outputs["y"].judged_by
     assert report.outputs["y"].rel_l2_err > 1e-6
     assert any("except y, judged by a task metric" in n for n in report.notes)
@@ -448,7 +449,7 @@ def test_stats_json_and_per_layer_say_which_metric_each_output_got(tmp_path, cap
     spec = write(tmp_path, TWO_HEADS)
     np.savez(tmp_path / "cal.npz", x=samples(8))
     assert main(["verify", spec, "--precision", "int8", "--calibration", str(tmp_path / "cal.npz"), "--stats",
-                 "--per-layer", "--max-error", "0.05"]) == 0
+                 "--per-layer", "--max-error", "0.05", "--keep-slower-int8"]) == 0
     captured = capsys.readouterr()
     assert "int8 metrics (the budget judges each output by its own):" in captured.out
     assert "logits: top1 <= 0.01 (class scores: linear cls [N, 10] along axis 1)" in captured.out
@@ -457,7 +458,7 @@ def test_stats_json_and_per_layer_say_which_metric_each_output_got(tmp_path, cap
     assert "top-1 agrees" not in captured.err + captured.out
     assert "int8: boxes: rel-l2 (regression" in captured.err and "int8: logits: top1 (class scores" in captured.err
     assert main(["verify", spec, "--precision", "int8", "--calibration", str(tmp_path / "cal.npz"), "--json",
-                 "--metric", "boxes=max-abs"]) == 0
+                 "--metric", "boxes=max-abs", "--keep-slower-int8"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["int8"]["metrics"]["boxes"]["metric"] == "max-abs"
     assert data["int8"]["metrics"]["logits"]["metric"] == "top1" and data["int8"]["budget_error"] <= 1

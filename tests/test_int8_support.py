@@ -63,7 +63,10 @@ def test_layers_without_an_int8_kernel_stay_float32(tmp_path, case):
     body, reason = CASES[case]
     spec = _write(tmp_path, body)
     lines = []
-    model = cnncomp.compile(spec, precision="int8", max_error=0.05, log=lines.append)
+    # a budget full int8 meets (3-D average pool: 0.18), so that only what has no kernel goes to float32: at
+    # 0.05 the search keeps its conv in float32 and the islands rule then the conv-less int8 rest; and
+    # keep_slower_int8: these tiny models are no faster in int8
+    model = cnncomp.compile(spec, precision="int8", max_error=0.5, log=lines.append, keep_slower_int8=True)
     _runs(model, spec)
     said = "".join(lines)
     assert "kept in float32, no usable ONNX Runtime int8 kernel for them here" in said, said
@@ -111,7 +114,7 @@ def test_random_networks_quantize_or_say_why(tmp_path, seed):
     spec = tmp_path / "fuzz.cnn"
     spec.write_text(spec_text(generate(RandomChooser(seed))))
     try:
-        model = cnncomp.compile(str(spec), precision="int8", max_error=0.05, seed=seed)
+        model = cnncomp.compile(str(spec), precision="int8", max_error=0.05, seed=seed, keep_slower_int8=True)
     except CnnError as e:
         assert "not finite" in str(e) or "exceeds --max-error" in str(e), str(e)
         return

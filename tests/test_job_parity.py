@@ -218,8 +218,9 @@ def test_int8_writes_the_same_model_through_both_doors(tmp_path):
     np.savez(tmp_path / "cal.npz", x=rng.uniform(-1, 1, (8, 32)).astype(np.float32))
     by_cli, by_api = tmp_path / "cli.onnx", tmp_path / "api.onnx"
     assert main(["compile", str(spec), "--precision", "int8", "--calibration", str(tmp_path / "cal.npz"),
-                 "-o", str(by_cli)]) == 0
-    cnncomp.compile(str(spec), output=by_api, precision="int8", calibration=str(tmp_path / "cal.npz"))
+                 "-o", str(by_cli), "--keep-slower-int8"]) == 0
+    cnncomp.compile(str(spec), output=by_api, precision="int8", calibration=str(tmp_path / "cal.npz"),
+                    keep_slower_int8=True)
     model = onnx.load(str(by_api))
     assert onnx.load(str(by_cli)).SerializeToString() == model.SerializeToString()
     assert any(n.op_type == "QuantizeLinear" for n in model.graph.node)

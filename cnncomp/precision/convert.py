@@ -195,6 +195,11 @@ class Int8(Precision):
         _int8_option("bias_correction", str, "auto", "with --precision int8: subtract the mean shift that rounding "
                      "the weights adds to each conv/linear output (auto: only where it lowers the error on "
                      "calibration samples; default)", ("auto", "on", "off")),
+        Option("keep_slower_int8", None, False, "with --precision int8: keep int8 where it is not faster than "
+               "float32 (ONNX Runtime CPU, one thread, timed at compile time): the whole model, and quantized "
+               "islands between float32 layers that save less than their QuantizeLinear/DequantizeLinear cost. "
+               "Without it such a model is written in float32, and the report says so with both times",
+               ("compile", "verify", "deploy"), action="store_true", group="precision"),
         Option("metric", str, "auto", "with --precision int8: what the budget judges each output by, "
                "[OUTPUT=]METRIC[<=T] comma-separated: rel-l2 (threshold --max-error), max-abs, top1 or topK "
                "(decisions changed, 0.01 = one point), iou(T), psnr (>= dB, default 40), accuracy (with --labels); "
@@ -224,7 +229,11 @@ class Int8(Precision):
             model, graph, c.ref_graph, c.ref_weights, o.get("calibration"), o.get("preprocess"),
             o.get("calibration_method") or DEFAULT_METHOD, max_error, bool(o.get("stats")), o.get("seed", 0),
             "int8" if request.tensorrt else "uint8", o.get("bias_correction", "auto"), o.get("jobs", 1),
-            o.get("metric", "auto"), o.get("labels"), weight_rounding=o.get("weight_rounding") or "nearest")
+            o.get("metric", "auto"), o.get("labels"),
+            timed=not request.tensorrt,  # TensorRT runs it, not ONNX Runtime's CPU: CPU times say nothing there
+            keep_slower=bool(o.get("keep_slower_int8")), weight_rounding=o.get("weight_rounding") or "nearest")
+        if report.faster is False and not o.get("keep_slower_int8"):
+            quantized, report.written = model, "fp32"  # the not-faster rule
         for w in report.warnings:
             log(f"warning: {w}\n")
         log(report.summary() + "\n")
@@ -236,8 +245,10 @@ class Int8(Precision):
             raise CnnError("int8: even with every layer in float32 the budget is missed: " + "; ".join(
                 f"{m.output}: {m.metric} {m.converted.text}, wanted {m.metric} {m.bound}" for m in missed))
         inputs = request.inputs if request.inputs_given else report.inputs
-        # report.summary() was logged, notes included
-        return Converted(quantized, inputs, graph, "int8", [], report, report.judge)
+        # report.summary() was logged, notes included; the precision is what was written (fp32: not faster, judged
+        # by float32's tolerances, not by int8's metrics)
+        judge = report.judge if report.written == "int8" else None
+        return Converted(quantized, inputs, graph, report.written, [], report, judge)
 
     def for_timing(self):
         from cnncomp.precision.int8 import quantized_for_timing

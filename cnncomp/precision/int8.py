@@ -22,8 +22,11 @@ scores by the decisions that change (top1), other outputs by the relative L2 err
 held-out inputs. The budget error is the worst over outputs of metric / threshold, so 1.0 is the edge.
 When full int8 misses it, each conv/linear layer is quantized alone to measure its relative L2 error
 contribution ("error alone", a continuous ranking even where the budget counts decisions, since one
-layer alone rarely flips one), and the most sensitive layers are kept in float32, as few as meet the
-budget (a binary search over the ranked list, checked once more at the end).
+layer alone rarely flips one), and layers are kept in float32 in the order of the error each removes
+per millisecond it adds (int8_speed.py times them under ONNX Runtime), as few as meet the budget (a
+binary search over the ordered list, checked once more at the end). Then the islands rule puts back
+in float32 any int8 island between float32 layers that buys no time, and the final model is timed
+against float32 (Int8.convert writes float32 when int8 is not faster, unless --keep-slower-int8).
 """
 
 from __future__ import annotations
@@ -68,6 +71,8 @@ class LayerSensitivity:
     error_alone: float
     macs_share: float
     precision: str = "int8"
+    float_ms: float | None = None  # its time per run in float32 and in int8 (int8_speed.py), when measured
+    int8_ms: float | None = None
 
 
 @dataclass
@@ -94,6 +99,18 @@ class Int8Report:
     metrics: list[MetricResult] = field(default_factory=list)  # per output: float32 and int8 against the threshold
     metric_choices: list[str] = field(default_factory=list)  # per output: its metric and why it got it
     judge: object = field(default=None, repr=False)  # the plan's verdict on a check's outputs (metric_judge)
+    islands: list[list[str]] = field(default_factory=list)  # int8 islands the islands rule put back in float32
+    float_ms: float | None = None  # the whole float32 and final int8 models' median times per run (not-faster rule)
+    int8_ms: float | None = None
+    timing: str = ""  # how they were timed, in words
+    written: str = "int8"  # the precision of the model written: fp32 when int8 is not faster (Int8.convert)
+
+    @property
+    def faster(self) -> bool | None:
+        """Whether the int8 model is measurably faster than float32 (None: not timed)."""
+        from cnncomp.precision.int8_speed import int8_is_faster
+
+        return None if self.float_ms is None else int8_is_faster(self.float_ms, self.int8_ms)
 
     @property
     def ok(self) -> bool:
@@ -108,7 +125,8 @@ class Int8Report:
                 "held_out": self.held_out, "error": number(self.error), "full_int8_error": number(self.full_int8_error),
                 "max_error": self.max_error, "budget_error": number(self.budget_error),
                 "full_int8_budget_error": number(self.full_int8_budget_error), "ok": self.ok,
-                "float_layers": self.float_layers, "metrics": {m.output: m.to_json() for m in self.metrics}}
+                "float_layers": self.float_layers, "metrics": {m.output: m.to_json() for m in self.metrics},
+                "islands": self.islands, "float_ms": self.float_ms, "int8_ms": self.int8_ms, "written": self.written}
 
     def summary(self) -> str:
         """One paragraph for stderr: method, data, error against the budget, kernels, agreement."""
@@ -129,7 +147,25 @@ class Int8Report:
         if self.kernels:
             lines.append("int8: ONNX Runtime CPU kernels: " + ", ".join(f"{k} {v}" for k, v in
                                                                        sorted(self.kernels.items())))
+        for island in self.islands:
+            lines.append(f"int8: islands rule: {', '.join(island)} back to float32 (a quantized island between "
+                         "float32 layers without a conv/gemm, or saving less than its Q/DQ nodes cost)")
+        if self.float_ms is not None:
+            lines.append(self.speed_line())
         return "\n".join(lines + self.notes)
+
+    def speed_line(self) -> str:
+        """The not-faster rule's verdict: both times and what was written."""
+        from cnncomp.precision.int8_speed import NOT_FASTER_MARGIN
+
+        times = f"float32 {self.float_ms:.3g} ms, int8 {self.int8_ms:.3g} ms per run ({self.timing})"
+        if self.faster:
+            return f"int8: {times}: int8 is {self.float_ms / self.int8_ms:.2f}x as fast"
+        verdict = (f"int8: {times}: int8 is not faster (it must be at least {NOT_FASTER_MARGIN:.0%} faster to "
+                   "count)")
+        if self.written == "fp32":
+            return verdict + "; wrote the float32 model (--keep-slower-int8 keeps int8)"
+        return verdict + "; kept int8 as asked (--keep-slower-int8)"
 
     def table(self) -> str:
         """The --stats part: each output's metric and why, then the sensitivity table (layer, error alone,
@@ -142,11 +178,17 @@ class Int8Report:
         if not self.layers:
             return "int8 sensitivity: not measured (full int8 met the budget; --stats with --max-error measures it)"
         width = max(len(name) for name in [l.layer for l in self.layers] + list(self.no_int8_kernel))
-        lines = [f"{'layer':<{width}}  {'error alone':>11}  {'kept':>7}  {'MACs':>6}"]
+
+        def ms(value):
+            return f"{value:>8.3f}" if value is not None else f"{'-':>8}"
+
+        lines = [f"{'layer':<{width}}  {'error alone':>11}  {'kept':>7}  {'MACs':>6}  {'ms fp32':>8}  {'ms int8':>8}"]
         for l in self.layers:
-            lines.append(f"{l.layer:<{width}}  {l.error_alone:>11.3g}  {l.precision:>7}  {l.macs_share:>6.1%}")
+            lines.append(f"{l.layer:<{width}}  {l.error_alone:>11.3g}  {l.precision:>7}  {l.macs_share:>6.1%}  "
+                         f"{ms(l.float_ms)}  {ms(l.int8_ms)}")
         for name, why in self.no_int8_kernel.items():
-            lines.append(f"{name:<{width}}  {'-':>11}  {'float32':>7}  {'':>6}  no int8 kernel: {why}")
+            lines.append(f"{name:<{width}}  {'-':>11}  {'float32':>7}  {'':>6}  {'':>8}  {'':>8}  "
+                         f"no int8 kernel: {why}")
         int8_share = sum(l.macs_share for l in self.layers if l.precision == "int8")
         total = len(self.layers) + len(self.no_int8_kernel)
         lines.append(f"{len(self.layers) - len(self.float_layers)} of {total} layers in int8, "
@@ -509,7 +551,8 @@ def quantize_int8(model: onnx.ModelProto, graph: LayerGraph, ref_graph: LayerGra
                   calibration=None, preprocess: str | None = None, method: str = DEFAULT_METHOD,
                   max_error: float | None = None, sensitivity: bool = False, seed: int = 0,
                   activations: str = "uint8", bias_correction: str = DEFAULT_MODE, jobs: int = 1,
-                  metric="auto", labels=None, weight_rounding: str = DEFAULT_ROUNDING
+                  metric="auto", labels=None, timed: bool = True, threads: int = 1, keep_slower: bool = False,
+                  weight_rounding: str = DEFAULT_ROUNDING
                   ) -> tuple[onnx.ModelProto, Int8Report]:
     """Quantize an emitted float32 model (of `graph`) to QDQ int8, keeping layers in float32 to meet the budget.
 
@@ -520,9 +563,14 @@ def quantize_int8(model: onnx.ModelProto, graph: LayerGraph, ref_graph: LayerGra
     calibration sample) give `accuracy`. Without `max_error` no layer is kept in float32.
     With `sensitivity`, every layer's error alone is measured even when full int8 meets the budget.
     `bias_correction`: auto (where it lowers the error on the calibration samples), on or off. The sensitivity
-    search measures its layers in `jobs` processes. `weight_rounding`: nearest, or gptq (rounding.py: each
-    weight up or down to minimise its layer's output error on the calibration samples)."""
-    from cnncomp.passes.budget import DEFAULT_MAX_ERROR, split_held_out
+    search measures its layers in `jobs` processes. Layers go back to float32 for the error each removes per
+    millisecond it adds (int8_speed.py times them, `threads` threads), then the islands rule runs (with
+    `keep_slower`, only its accuracy half: islands without a conv); with `timed`, the final model is timed
+    against float32 (the report's float_ms, int8_ms; Int8.convert applies the not-faster rule).
+    `weight_rounding`: nearest, or gptq (rounding.py: each weight up or down to minimise its layer's output
+    error on the calibration samples)."""
+    from cnncomp.passes.budget import DEFAULT_MAX_ERROR, batches, split_held_out
+    from cnncomp.precision.int8_speed import fallback_order, time_models
     from cnncomp.precision.calibration import (
         NOT_REPRESENTATIVE, SEEDED_SAMPLES, fixed_batch, load_calibration, seeded_calibration,
     )
@@ -567,14 +615,28 @@ def quantize_int8(model: onnx.ModelProto, graph: LayerGraph, ref_graph: LayerGra
         report.full_int8_error = report.error = probe.error(quantized)
         report.full_int8_budget_error = report.budget_error = probe.budget_error(quantized)
         misses = max_error is not None and not report.budget_error <= 1.0  # NaN misses
+        one_batch = next(batches(calib, batch or 1))
+        speed = None
         if sensitivity or misses:
             report.layers = rank_layers(quantizer, probe, graph, jobs)
+            speed = _layer_speed(quantizer, quantized, one_batch, bias_correction, threads)
+            report.layers = fallback_order(report.layers, speed.layers)
         if misses:
             quantized, report.budget_error, report.float_layers = keep_sensitive_in_float(
                 quantizer, probe.budget_error, report.layers, 1.0)
             report.error = probe.error(quantized)
-            for entry in report.layers:
-                entry.precision = "float32" if entry.layer in report.float_layers else "int8"
+        if report.float_layers or quantizer.kept_float:
+            quantized = _islands_back_to_float(quantizer, quantized, report, probe,
+                                               1.0 if max_error is not None else None, one_batch,
+                                               None if keep_slower else speed, bias_correction, threads,
+                                               timed=not keep_slower)
+        for entry in report.layers:
+            entry.precision = "float32" if entry.layer in report.float_layers else "int8"
+        if timed:
+            report.float_ms, report.int8_ms, cached = time_models(model, quantized, one_batch, threads)
+            shape = "x".join(map(str, np.shape(next(iter(one_batch.values())))))
+            report.timing = (f"ONNX Runtime CPU, {threads} thread{'s' if threads != 1 else ''}, input {shape}, "
+                             f"interleaved medians{', cached' if cached else ''}")
         float32 = probe.outputs(quantizer.model)
     finally:
         quantizer.close()
@@ -653,11 +715,12 @@ def rank_layers(quantizer: Quantizer, probe: ErrorProbe, graph: LayerGraph, jobs
 
 def keep_sensitive_in_float(quantizer: Quantizer, budget_error, ranked: list[LayerSensitivity],
                             budget: float = 1.0) -> tuple[onnx.ModelProto, float, list[str]]:
-    """The fewest most-sensitive layers to keep in float32 so that `budget_error(model)` (the meter's, <= 1.0
-    fits) is within `budget`: (model, its budget error, layers).
+    """The fewest layers, first in `ranked`'s order, to keep in float32 so that `budget_error(model)` (the
+    meter's, <= 1.0 fits) is within `budget`: (model, its budget error, layers).
 
-    The budget engine's `fewest_within` searches the count (a binary search, checked, then one more layer at a
-    time if the errors were not monotone; all in float32 always fits)."""
+    `ranked` comes in the order layers should go back (int8_speed.fallback_order: the error each removes per
+    millisecond it adds). The budget engine's `fewest_within` searches the count (a binary search, checked,
+    then one more layer at a time if the errors were not monotone; all in float32 always fits)."""
     names = [l.layer for l in ranked]
     models: dict[int, onnx.ModelProto] = {}
 
@@ -667,6 +730,48 @@ def keep_sensitive_in_float(quantizer: Quantizer, budget_error, ranked: list[Lay
 
     k, error = fewest_within(len(names), error_of, budget)
     return models[k], error, names[:k]
+
+
+def _layer_speed(quantizer: Quantizer, full_int8: onnx.ModelProto, feeds: dict, bias_correction: str,
+                 threads: int):
+    """Every layer group's float32 and int8 time (int8_speed.layer_speed, cached under the int8 settings)."""
+    from cnncomp.precision.int8_speed import layer_speed
+
+    settings = {"method": quantizer.method, "activations": quantizer.activations, "bias_correction": bias_correction,
+                "kept_float": sorted(quantizer.kept_float)}
+    return layer_speed(quantizer.model, full_int8, quantizer.groups, feeds, settings, threads)
+
+
+def _islands_back_to_float(quantizer: Quantizer, quantized: onnx.ModelProto, report: Int8Report, probe: ErrorProbe,
+                           budget: float | None, feeds: dict, speed, bias_correction: str, threads: int,
+                           timed: bool = True):
+    """Apply the islands rule (int8_speed.quantized_islands) to the chosen model: the islands go to float32
+    in report.float_layers, the model is quantized again and its budget error (`probe.budget_error`) measured:
+    kept when within `budget` or no worse than the chosen model's. Without
+    `timed`, only the islands without a conv go back (nothing is timed)."""
+    from cnncomp.precision.int8_speed import boundary_times, cached_node_times, quantized_islands
+
+    floats = set(report.float_layers) | set(quantizer.kept_float)
+    islands = quantized_islands(quantizer.model, quantizer.groups, floats)  # those without a conv: no timing
+    if timed and speed is None and any(g not in floats for g in quantizer.groups):
+        # no search ran (it measures the times): `quantized` is the full int8 model, the one to profile
+        speed = _layer_speed(quantizer, quantized, feeds, bias_correction, threads)
+    if speed is not None:
+        boundary = boundary_times(quantized, quantizer.groups, cached_node_times(quantized, feeds, threads))
+        islands = quantized_islands(quantizer.model, quantizer.groups, floats, speed.layers, boundary)
+    if not islands:
+        return quantized
+    float_layers = report.float_layers + [g for island in islands for g in island]
+    candidate = quantizer.quantize(exclude=[g for g in float_layers if g in quantizer.groups])
+    error = probe.budget_error(candidate)
+    if budget is not None and not error <= budget and not error <= probe.budget_error(quantized):
+        added = ", ".join(float_layers[len(report.float_layers):])
+        report.notes.append(f"int8: islands rule not applied: putting {added} back in float32 raises the error to "
+                            f"{error:.3g}")
+        return quantized
+    report.islands, report.float_layers = islands, float_layers
+    report.budget_error, report.error = error, probe.error(candidate)
+    return candidate
 
 
 def largest_error_jump(layers) -> tuple[str, float, float] | None:
