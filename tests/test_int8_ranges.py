@@ -167,7 +167,7 @@ def test_compile_takes_the_new_int8_options(tmp_path, capsys, flags, said):
     spec = tmp_path / "net.cnn"
     spec.write_text("network n\ninput x: [N, 3, 16, 16]\ny = x -> conv(8, k=3, p=1) -> relu -> conv(4, k=3, p=1)\n"
                     "output y\n")
-    assert main(["compile", str(spec), "--precision", "int8", *flags, "--max-error", "0.5",
+    assert main(["compile", str(spec), "--precision", "int8", *flags, "--max-error", "0.5", "--keep-slower-int8",
                  "-o", str(tmp_path / "net.onnx")]) == 0
     assert said in capsys.readouterr().err
     assert any(n.op_type == "QuantizeLinear" for n in onnx.load(str(tmp_path / "net.onnx")).graph.node)
