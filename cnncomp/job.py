@@ -282,9 +282,25 @@ OPTIONS: tuple[Option, ...] = (
 )
 
 
+def _bench_judging_options() -> tuple[Option, ...]:
+    """int8's --metric and --labels as bench takes them: one declaration (int8's: its spelling and check), which
+    judges every choice of bench against float32 and the int8 choice's own conversion."""
+    from dataclasses import replace
+
+    helps = {"metric": "what every choice's outputs are judged by against float32 on the same inputs, int8's "
+                       "--metric spelling ([OUTPUT=]METRIC[<=T], comma-separated: rel-l2, max-abs, top1, topK, "
+                       "iou(T), psnr, accuracy); the winner is the fastest choice within it, and int8 is converted "
+                       "under it. auto: top1 for class scores, rel-l2 (threshold --max-error) for the others",
+             "labels": "the true class of every --calibration sample (.npy of integers or .txt, one per line): the "
+                       "class-score output is judged by the accuracy it loses against float32 on the samples run"}
+    int8 = {o.name: o for o in precision_of("int8").options}
+    return tuple(replace(int8[name], commands=("bench",), help=text, overrides={}) for name, text in helps.items())
+
+
 def options_of(command: str) -> dict[str, Option]:
-    """Every option `command` takes, as it has them, by name: the job's, the precisions', the runtimes'."""
-    every = OPTIONS + precision_options() + runtime_options()
+    """Every option `command` takes, as it has them, by name: the job's, the precisions', the runtimes', bench's
+    judging ones."""
+    every = OPTIONS + precision_options() + runtime_options() + _bench_judging_options()
     return {o.name: o.for_command(command) for o in every if command in o.commands}
 
 

@@ -22,6 +22,7 @@ below, and splitting it would scatter the one place that shows how they connect.
 from __future__ import annotations
 
 import contextlib
+import math
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -751,10 +752,52 @@ def _bench_feeds(inputs: dict, samples: dict | None, seed: int):
     return feeds_for
 
 
+def _bench_judge(job: Job, compiled: Compiled | None, samples: dict | None):
+    """(judge, judged_by) for bench's rows: judge(batch)(outputs, baseline outputs) -> (budget error, metric
+    values), each output judged by its --metric (the same plan as int8's: verification/metrics.py) against the
+    float32 baseline's outputs at that batch, with --labels naming the classes of the calibration samples the batch
+    runs on; judged_by describes the plan. An ONNX model has no graph to find class scores in: rel-l2 only."""
+    from cnncomp.inputs import is_mixed
+    from cnncomp.run.bench import MetricValue
+    from cnncomp.verification.metrics import load_labels, metric_spec, plan_metrics
+
+    spec, labels, max_error = metric_spec(job.values.get("metric", "auto")), job.values.get("labels"), \
+        job.optimize.max_error
+    if compiled is None:
+        if labels is not None or spec.function is not None or any(i.name not in ("auto", "rel-l2")
+                                                                   for i in spec.items):
+            raise UsageError("--metric and --labels judge outputs by the network's graph, which an ONNX model lacks: "
+                             "bench the .cnn spec (`cnncomp import` makes one from an ONNX model)")
+        return None, [f"outputs: rel-l2 <= {max_error:g} (an ONNX model: no graph to find class scores in)"]
+    if labels is not None:
+        if samples is None:
+            raise UsageError("--labels name the classes of the --calibration samples; give --calibration too")
+        if is_mixed(samples):
+            raise UsageError("--labels: bench runs the calibration samples of the first one's size; give samples "
+                             "of one size with --labels")
+        labels = load_labels(labels, len(next(iter(samples.values()))))
+    plans: dict[int, object] = {}
+
+    def judge(batch: int):
+        def judged(outputs: dict, baseline: dict):
+            if batch not in plans:  # thresholds such as max-abs's scale come from the baseline's outputs
+                chosen = labels[np.resize(np.arange(len(labels)), batch)] if labels is not None else None
+                plans[batch] = plan_metrics(spec, compiled.ref_graph, max_error, baseline, chosen)
+                judged_by[:] = plans[batch].describe()
+            results = plans[batch].results(baseline, baseline, outputs)
+            worst = [r.budget_error for r in results]
+            budget_error = math.nan if any(math.isnan(e) for e in worst) else max(worst, default=0.0)
+            return budget_error, [MetricValue(r.output, r.metric, r.converted.value if math.isfinite(
+                r.converted.value) else None, r.converted.text, r.bound, r.budget_error) for r in results]
+        return judged
+    judged_by: list[str] = []
+    return judge, judged_by
+
+
 def bench_job(job: Job, log: Log = silent):
     """`cnncomp bench`: every runtime x precision x batch of the job side by side in one process (run/bench.py):
-    medians, spread, speed-up and relative L2 error against float32 on ONNX Runtime's CPU provider, and the
-    fastest choice within --max-error. A spec is compiled once (-O1 unless told); each precision is converted
+    medians, spread, speed-up, relative L2 error and each output's task metric (--metric) against float32 on
+    ONNX Runtime's CPU provider, and the fastest choice within the budget (budget error <= 1). A spec is compiled once (-O1 unless told); each precision is converted
     once per kind of runtime that needs its own conversion; a choice that cannot run here keeps its reason."""
     from cnncomp.run.bench import BASELINE, Choice, measure, plot, plot_problem
     from cnncomp.run.runtime import open_session, runtimes
@@ -800,15 +843,20 @@ def bench_job(job: Job, log: Log = silent):
                 request = _request(job, compiled, probe_provider=runtime_name, tensorrt=runtime.symmetric_int8)
                 request.settings["keep_io_fp32"] = True  # every choice takes the same float32 inputs
                 request.settings["keep_slower_int8"] = True  # bench compares the precisions' speeds itself
-                converted[key] = convert_precision(model, compiled.graph if compiled else None, precision, request,
-                                                   log).model
+                result = convert_precision(model, compiled.graph if compiled else None, precision, request, log)
+                if result.precision != precision:  # int8's not-faster rule, should a converter apply it anyway
+                    raise CnnError(f"not faster: {result.precision} written instead of {precision}")
+                converted[key] = result.model
             choice.open = (lambda m=converted[key], r=runtime_name, p=precision:
                            open_session(m, r, precision=p, threads=c.threads, quiet=True, spinning=False))
         except CnnError as e:
             choice.problem = e.message
         choices.append(choice)
+    judge, judged_by = _bench_judge(job, compiled, samples)
     report = measure(network, choices, _bench_feeds(inputs, samples, job.source.seed), list(c.batches),
-                     relative_output_error, job.optimize.max_error, c.rounds, c.runs, threads=c.threads)
+                     relative_output_error, job.optimize.max_error, c.rounds, c.runs, threads=c.threads,
+                     judge=judge)
+    report.judged_by = judged_by  # filled by the judge from the first batch's plan
     if job.output.plot:
         plot(report, job.output.plot)
     return report

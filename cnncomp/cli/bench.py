@@ -8,9 +8,14 @@ runtime opens its own session. Then --rounds rounds time every choice in turn
 (--runs runs each, the order rotating from round to round), so a load that comes
 and goes falls on all choices alike. The table gives each choice's median
 milliseconds, its spread (+- half the range of the round medians), its speed-up
-over float32 on ONNX Runtime's CPU provider at the same batch, and its relative L2
-output error against that baseline on the same inputs; the last lines name the
-fastest choice whose error is within --max-error (default 0.01).
+over float32 on ONNX Runtime's CPU provider at the same batch, its relative L2
+output error against that baseline on the same inputs, its budget error and its
+task metric per output. Each output is judged by --metric (int8's spelling;
+auto: top1 decisions changed for class scores, with the few-samples estimate,
+rel-l2 within --max-error for the others; with --labels, the accuracy lost); the
+budget error is the worst output's metric over its bound, and the last lines name
+the fastest choice whose budget error is <= 1 and the metrics that judged it.
+--metric rel-l2 judges as bench did before task metrics.
 
 With --calibration, int8 calibrates on those samples and every choice runs on
 them (the first ones, repeated to fill a batch); without it, on seeded uniform

