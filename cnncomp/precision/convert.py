@@ -187,7 +187,11 @@ class Int8(Precision):
                      "aspect ratio kept, longer side at most 512, ImageNet mean/std) or unit (resize, scale to [0, 1])",
                      ("imagenet", "imagenet-keep", "unit")),
         _int8_option("calibration_method", str, None, "with --precision int8: how activation ranges are set from "
-                     "the calibration data (default percentile)", ("minmax", "percentile", "entropy")),
+                     "the calibration data: minmax, percentile (the default), entropy, or mse (per tensor, the "
+                     "range that minimises its quantization error)", ("minmax", "percentile", "entropy", "mse")),
+        _int8_option("weight_rounding", str, "nearest", "with --precision int8: nearest (the default), or gptq: "
+                     "each int8 weight rounded up or down to minimise its layer's output error on the calibration "
+                     "data", ("nearest", "gptq")),
         _int8_option("bias_correction", str, "auto", "with --precision int8: subtract the mean shift that rounding "
                      "the weights adds to each conv/linear output (auto: only where it lowers the error on "
                      "calibration samples; default)", ("auto", "on", "off")),
@@ -227,7 +231,7 @@ class Int8(Precision):
             "int8" if request.tensorrt else "uint8", o.get("bias_correction", "auto"), o.get("jobs", 1),
             o.get("metric", "auto"), o.get("labels"),
             timed=not request.tensorrt,  # TensorRT runs it, not ONNX Runtime's CPU: CPU times say nothing there
-            keep_slower=bool(o.get("keep_slower_int8")))
+            keep_slower=bool(o.get("keep_slower_int8")), weight_rounding=o.get("weight_rounding") or "nearest")
         if report.faster is False and not o.get("keep_slower_int8"):
             quantized, report.written = model, "fp32"  # the not-faster rule
         for w in report.warnings:

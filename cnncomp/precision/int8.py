@@ -12,8 +12,9 @@ the optimized session graph).
 
 Calibration (ranges of every activation) runs once per `Quantizer`, with a method from METHODS:
 `minmax` (the observed range), `percentile` (99.999th percentile of |x|, ignoring outliers) or
-`entropy` (the threshold minimizing the KL divergence of the int8 histogram). Its ranges are
-cached, so that the per-layer sensitivity search re-quantizes without recalibrating.
+`entropy` (the threshold minimizing the KL divergence of the int8 histogram) or `mse` (per tensor, the
+range minimizing its own quantization error, ranges.py). Its ranges are cached, so that the per-layer
+sensitivity search re-quantizes without recalibrating.
 
 The error budget judges each output by its task metric (verification/metrics.py, `--metric`): class
 scores by the decisions that change (top1), other outputs by the relative L2 error ||y - y_ref|| /
@@ -51,8 +52,9 @@ from cnncomp.precision.bias_correction import DEFAULT_MODE, MODES as BIAS_CORREC
 from cnncomp.precision.bias_correction import bias_corrections
 from cnncomp.precision.int8_support import failing_node, known_unsupported, neighbourhood, nonfinite_activations
 from cnncomp.precision.int8_support import short_reason
+from cnncomp.precision.rounding import DEFAULT_MODE as DEFAULT_ROUNDING, MODES as ROUNDING_MODES, apply_rounded_weights
 
-METHODS = ("minmax", "percentile", "entropy")
+METHODS = ("minmax", "percentile", "entropy", "mse")
 DEFAULT_METHOD = "percentile"
 # ops that pass their input's quantization through (no new scale): kept with the layer that feeds them
 PASS_THROUGH_OPS = ("Relu", "Clip", "MaxPool", "Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Pad",
@@ -260,9 +262,11 @@ class Quantizer:
     """A float32 model calibrated once; `quantize` then gives its QDQ int8 model with any layers left in float32."""
 
     def __init__(self, model: onnx.ModelProto, calibration: dict[str, np.ndarray], method: str = DEFAULT_METHOD,
-                 activations: str = "uint8", batch: int = 1, locate=None):
+                 activations: str = "uint8", batch: int = 1, locate=None, weight_rounding: str = DEFAULT_ROUNDING):
         if method not in METHODS:
             raise CnnError(f"unknown calibration method '{method}'; choose one of {', '.join(METHODS)}")
+        if weight_rounding not in ROUNDING_MODES:
+            raise CnnError(f"unknown weight rounding '{weight_rounding}'; choose one of {', '.join(ROUNDING_MODES)}")
         if activations not in ("uint8", "int8"):
             raise CnnError(f"activations are quantized to uint8 or int8, not {activations}")
         opset = opset_of(model, 0)
@@ -285,6 +289,8 @@ class Quantizer:
         self._tmp = tempfile.TemporaryDirectory(prefix="cnncomp-int8-")
         self._cache = Path(self._tmp.name) / "ranges.json"
         self.bias_shifts: dict[str, np.ndarray] = {}  # bias correction per node (see bias_correction.py)
+        self.weight_rounding = weight_rounding
+        self.rounded: dict[str, np.ndarray] = {}  # int8 weights per node rounded by rounding.py (not nearest)
         # a path, not the ModelProto: quantize_static moves a proto's weights into external files it then deletes
         self._float_path = Path(self._tmp.name) / "float32.onnx"
         self._owner = os.getpid()
@@ -318,6 +324,16 @@ class Quantizer:
 
         try:
             quantized = self.quantize(calibration=calibration)
+            if self.method == "mse":  # the min-max cache names the tensors and their extremes; refine it
+                from cnncomp.precision.ranges import write_mse_ranges
+
+                write_mse_ranges(self._cache, self.model, calibration, self.batch, self.activations == "int8")
+                quantized = self.quantize()
+            if self.weight_rounding != "nearest":
+                from cnncomp.precision.rounding import rounded_weights
+
+                self.rounded = rounded_weights(self.model, quantized, calibration, self.batch)
+                quantized = self.quantize()
         except CnnError as e:
             if "Histogram has not been collected" in str(e) and self.method != "minmax":
                 # the histogram calibrators collect no graph input or output: a network that is one layer deep
@@ -377,7 +393,7 @@ class Quantizer:
         from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
         methods = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
-                   "entropy": CalibrationMethod.Entropy}
+                   "entropy": CalibrationMethod.Entropy, "mse": CalibrationMethod.MinMax}  # mse: ranges.py
         symmetric = self.activations == "int8"
         out = Path(self._tmp.name) / f"int8-{os.getpid()}.onnx"  # one per process: the searches fork workers
         extra = {"WeightSymmetric": True, "ActivationSymmetric": symmetric}
@@ -395,6 +411,8 @@ class Quantizer:
             except (ValueError, RuntimeError, onnx.checker.ValidationError) as e:
                 raise CnnError(f"int8 quantization failed: {e}") from None
         quantized = float_outputs(onnx.load(str(out)), self.model)
+        if self.rounded:
+            apply_rounded_weights(quantized, self.rounded)
         return apply_bias_corrections(quantized, self.bias_shifts) if self.bias_shifts else quantized
 
 
@@ -554,7 +572,8 @@ def quantize_int8(model: onnx.ModelProto, graph: LayerGraph, ref_graph: LayerGra
                   calibration=None, preprocess: str | None = None, method: str = DEFAULT_METHOD,
                   max_error: float | None = None, sensitivity: bool = False, seed: int = 0,
                   activations: str = "uint8", bias_correction: str = DEFAULT_MODE, jobs: int = 1,
-                  metric="auto", labels=None, timed: bool = True, threads: int = 1, keep_slower: bool = False
+                  metric="auto", labels=None, timed: bool = True, threads: int = 1, keep_slower: bool = False,
+                  weight_rounding: str = DEFAULT_ROUNDING
                   ) -> tuple[onnx.ModelProto, Int8Report]:
     """Quantize an emitted float32 model (of `graph`) to QDQ int8, keeping layers in float32 to meet the budget.
 
@@ -568,7 +587,9 @@ def quantize_int8(model: onnx.ModelProto, graph: LayerGraph, ref_graph: LayerGra
     search measures its layers in `jobs` processes. Layers go back to float32 for the error each removes per
     millisecond it adds (int8_speed.py times them, `threads` threads), then the islands rule runs (with
     `keep_slower`, only its accuracy half: islands without a conv); with `timed`, the final model is timed
-    against float32 (the report's float_ms, int8_ms; Int8.convert applies the not-faster rule)."""
+    against float32 (the report's float_ms, int8_ms; Int8.convert applies the not-faster rule).
+    `weight_rounding`: nearest, or gptq (rounding.py: each weight up or down to minimise its layer's output
+    error on the calibration samples)."""
     from cnncomp.passes.budget import DEFAULT_MAX_ERROR, batches, split_held_out
     from cnncomp.precision.int8_speed import fallback_order, time_models
     from cnncomp.precision.calibration import (
@@ -577,6 +598,8 @@ def quantize_int8(model: onnx.ModelProto, graph: LayerGraph, ref_graph: LayerGra
 
     if bias_correction not in BIAS_CORRECTION_MODES:
         raise UsageError(f"unknown bias correction '{bias_correction}'; choose one of {', '.join(BIAS_CORRECTION_MODES)}")
+    if weight_rounding not in ROUNDING_MODES:
+        raise UsageError(f"unknown weight rounding '{weight_rounding}'; choose one of {', '.join(ROUNDING_MODES)}")
     warnings = []
     batch = fixed_batch(ref_graph)
     if calibration is None:
@@ -600,7 +623,8 @@ def quantize_int8(model: onnx.ModelProto, graph: LayerGraph, ref_graph: LayerGra
     report = Int8Report(method, source, len(next(iter(calib.values()))), len(next(iter(held.values()))),
                         max_error=max_error, warnings=warnings)
     quantizer = Quantizer(model, calib, method, activations, batch or 1,
-                          locate=lambda layer: graph.layer(layer).where if layer in graph else "")
+                          locate=lambda layer: graph.layer(layer).where if layer in graph else "",
+                          weight_rounding=weight_rounding)
     report.method = quantizer.method
     report.notes += quantizer.notes
     report.no_int8_kernel = dict(quantizer.kept_float)

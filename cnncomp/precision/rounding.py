@@ -1,0 +1,192 @@
+"""Weight rounding for int8 that minimises each layer's output error (`--weight-rounding gptq`).
+
+Rounding every weight to its nearest int8 level minimises the error of each weight, not of the layer's
+output: the errors of the weights that meet the same input add up. AdaRound (Nagel et al. 2020) learns,
+per weight, whether to round up or down so that the layer's output on calibration data moves least.
+This module finds such an up/down choice without gradient descent, as GPTQ / Optimal Brain Quantization
+(Frantar et al. 2022) do: for each conv/linear layer, with X its float32 input (im2col patches for a conv,
+a sample of positions), the output error ||(W - Q) X^T||^2 is a quadratic form in the Hessian H = X^T X;
+the weights of each output channel are rounded one input column at a time, and the rounding error of a
+column is spread over the columns not yet rounded through H's inverse (its Cholesky factor), so that
+later choices compensate it. Unlike GPTQ, each weight may only go to the level just below or just above
+its float value (AdaRound's search space): every weight stays within one step of nearest rounding, and
+the QDQ model's per-channel scales and zero points are kept as ONNX Runtime's quantizer set them.
+
+Closed form and one pass over the calibration data: about as fast as bias correction (no training loop).
+It rewrites only the int8 weight initializers of the QDQ model; bias correction, applied after it, then
+measures the shift of the new weights. Grouped and depthwise convs are handled per group (a depthwise
+3x3 channel is 9 weights with its own 9x9 Hessian). Conv1d/3d and anything else keep nearest rounding.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from cnncomp.onnx_graph import attrs_of
+
+MODES = ("nearest", "gptq")
+DEFAULT_MODE = "nearest"
+MAX_SAMPLES = 32  # calibration samples whose layer inputs make the Hessians
+ROWS_PER_LAYER = 4096  # im2col rows (output positions) per layer over those samples: H costs rows * D^2
+DAMPING = 0.01  # of the mean diagonal of H, added to it: keeps H invertible where inputs are collinear
+BLOCK = 128  # columns rounded between full updates of the remaining ones (the result is the same)
+
+
+def _layers(quantized: onnx.ModelProto, float_model: onnx.ModelProto):
+    """(int8 node, float node, DequantizeLinear of its weight, axis) for each Conv (2-D) / Gemm whose weight
+    the QDQ model dequantizes from an int8 initializer and whose float weight is an initializer."""
+    from cnncomp.precision.bias_correction import _quantized_layers
+
+    inits = {t.name for t in quantized.graph.initializer}
+    float_inits = {t.name for t in float_model.graph.initializer}
+    dq_of = {n.output[0]: n for n in quantized.graph.node if n.op_type == "DequantizeLinear"}
+    for q, f in _quantized_layers(quantized, float_model):
+        dq = dq_of.get(q.input[1])
+        if dq is None or dq.input[0] not in inits or f.input[1] not in float_inits:
+            continue
+        if q.op_type == "Conv" and (attrs_of(q).get("auto_pad", "NOTSET") != "NOTSET"):
+            continue
+        yield q, f, dq
+
+
+def _patches(x: np.ndarray, node: onnx.NodeProto, groups: int, rng: np.random.Generator,
+             rows: int) -> np.ndarray | None:
+    """A conv's input as im2col rows per group [G, rows, C/G * kh * kw] at up to `rows` output positions
+    drawn at random (gathered directly, not the whole im2col), a Gemm's as [1, N, D]."""
+    attrs = attrs_of(node)
+    if node.op_type == "Gemm":
+        if x.ndim != 2:
+            return None
+        return (x.T if attrs.get("transA", 0) else x)[None]
+    if x.ndim != 4 or "kernel_shape" not in attrs:
+        return None
+    (kh, kw), pads = attrs["kernel_shape"], attrs.get("pads", [0, 0, 0, 0])
+    (sh, sw), (dh, dw) = attrs.get("strides", [1, 1]), attrs.get("dilations", [1, 1])
+    x = np.pad(x, ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])))
+    out_h, out_w = (x.shape[2] - dh * (kh - 1) - 1) // sh + 1, (x.shape[3] - dw * (kw - 1) - 1) // sw + 1
+    total = x.shape[0] * out_h * out_w
+    if total <= 0:
+        return None
+    pick = rng.choice(total, rows, replace=False) if total > rows else np.arange(total)
+    n, rest = np.divmod(pick, out_h * out_w)
+    oh, ow = np.divmod(rest, out_w)
+    ih = oh[:, None] * sh + np.arange(kh) * dh  # [R, kh]
+    iw = ow[:, None] * sw + np.arange(kw) * dw  # [R, kw]
+    rows = x[n[:, None, None], :, ih[:, :, None], iw[:, None, :]]  # [R, kh, kw, C]
+    rows = rows.transpose(0, 3, 1, 2).reshape(len(pick), -1)  # C, kh, kw order: the weight's
+    return rows.reshape(len(pick), groups, -1).transpose(1, 0, 2)
+
+
+def layer_hessians(float_model: onnx.ModelProto, layers: list, calibration: dict, batch: int = 1,
+                   seed: int = 0) -> dict[str, np.ndarray]:
+    """{node: H = sum of X^T X per group [G, D, D]} of each layer's float32 input on the calibration data."""
+    from cnncomp.passes.budget import batches
+    from cnncomp.precision.int8_support import with_outputs
+    from cnncomp.run.session import Session
+
+    rng = np.random.default_rng(seed)
+    inputs = {i.name for i in float_model.graph.input}
+    names = list(dict.fromkeys(f.input[0] for _, f, _ in layers if f.input[0] not in inputs))
+    session = Session(with_outputs(float_model, names), "cpu", quiet=True)
+    hessians: dict[str, np.ndarray] = {}
+    skipped: set[str] = set()
+    calibration = {k: v[:max(batch, MAX_SAMPLES // batch * batch)] for k, v in calibration.items()}
+    runs = -(-len(next(iter(calibration.values()))) // batch)
+    for feeds in batches(calibration, batch):
+        values = session.run(feeds, names) if names else {}
+        for q, f, _ in layers:
+            if q.name in skipped:
+                continue
+            x = feeds[f.input[0]] if f.input[0] in inputs else values[f.input[0]]
+            groups = attrs_of(q).get("group", 1) if q.op_type == "Conv" else 1
+            rows = _patches(np.asarray(x, np.float32), q, groups, rng, -(-ROWS_PER_LAYER // runs))
+            if rows is None:
+                skipped.add(q.name)
+                hessians.pop(q.name, None)
+                continue
+            h = (np.einsum("gri,grj->gij", rows, rows) if rows.shape[2] <= 32 else  # depthwise: small blocks
+                 np.stack([g.T @ g for g in rows])).astype(np.float64)  # float32 products (BLAS), summed in float64
+            hessians[q.name] = hessians[q.name] + h if q.name in hessians else h
+    return hessians
+
+
+def round_columns(w: np.ndarray, hessian: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
+    """Integer levels q in [low, high] for weights `w` (in units of their step) [G, M, D], rounded column by
+    column with the error of each spread over the later columns through H^-1 (GPTQ's update), so that
+    ||(w - q) X^T||^2 with X^T X = H [G, D, D] stays small."""
+    import torch
+
+    w = torch.from_numpy(w.astype(np.float64)).clone()
+    low, high = torch.from_numpy(low), torch.from_numpy(high)
+    h = torch.from_numpy(hessian.astype(np.float64)).clone()
+    diag = torch.diagonal(h, dim1=1, dim2=2)
+    dead = diag <= 0
+    diag[dead] = 1.0  # an input that is always zero: any rounding does, nearest is taken
+    diag += DAMPING * diag.mean(dim=1, keepdim=True)
+    inverse = torch.linalg.inv(h)  # (torch.cholesky_inverse is many times slower on CPU)
+    hinv = torch.linalg.cholesky((inverse + inverse.transpose(1, 2)) / 2, upper=True)
+    q = torch.zeros_like(w)
+    d = w.shape[2]
+    for i1 in range(0, d, BLOCK):
+        i2 = min(i1 + BLOCK, d)
+        block, errors, hb = w[:, :, i1:i2].clone(), torch.zeros_like(w[:, :, i1:i2]), hinv[:, i1:i2, i1:i2]
+        for i in range(i2 - i1):
+            column = block[:, :, i]
+            chosen = torch.minimum(torch.maximum(torch.round(column), low[:, :, i1 + i]), high[:, :, i1 + i])
+            q[:, :, i1 + i] = chosen
+            error = (column - chosen) / hb[:, i, i][:, None]
+            block[:, :, i:] -= error[:, :, None] * hb[:, None, i, i:]
+            errors[:, :, i] = error
+        w[:, :, i2:] -= errors @ hinv[:, i1:i2, i2:]
+    return q.numpy()
+
+
+def rounded_weights(float_model: onnx.ModelProto, quantized: onnx.ModelProto, calibration: dict,
+                    batch: int = 1) -> dict[str, np.ndarray]:
+    """{node: its new int8 weights} for every quantized 2-D Conv / Gemm of `quantized`, rounded up or down
+    (never further than one step from nearest) to minimise its output error on `calibration`."""
+    layers = list(_layers(quantized, float_model))
+    if not layers:
+        return {}
+    inits = {t.name: t for t in quantized.graph.initializer}
+    float_inits = {t.name: t for t in float_model.graph.initializer}
+    hessians = layer_hessians(float_model, layers, calibration, batch)
+    out = {}
+    for q, f, dq in layers:
+        if q.name not in hessians:
+            continue
+        levels = numpy_helper.to_array(inits[dq.input[0]])
+        scale = numpy_helper.to_array(inits[dq.input[1]]).astype(np.float64).reshape(-1)
+        zero = (numpy_helper.to_array(inits[dq.input[2]]).astype(np.float64).reshape(-1)
+                if len(dq.input) > 2 and dq.input[2] else np.zeros_like(scale))
+        weight = numpy_helper.to_array(float_inits[f.input[1]]).astype(np.float64)
+        axis = attrs_of(dq).get("axis", 1) % weight.ndim if scale.size > 1 else 0
+        # rows = output channels: a conv's axis 0, a Gemm's output axis (the DQ's per-channel axis)
+        w = np.moveaxis(weight, axis, 0).reshape(weight.shape[axis], -1)
+        units = w / scale[:, None] + zero[:, None] if scale.size > 1 else w / scale[0] + zero[0]
+        info = np.iinfo(levels.dtype)
+        low = np.clip(np.floor(units), info.min, info.max)
+        high = np.clip(np.ceil(units), info.min, info.max)
+        groups = hessians[q.name].shape[0]
+        shape = (groups, units.shape[0] // groups, -1)
+        new = round_columns(units.reshape(shape), hessians[q.name], low.reshape(shape), high.reshape(shape))
+        new = new.reshape(w.shape)
+        moved = np.moveaxis(weight, axis, 0).shape
+        out[q.name] = np.moveaxis(new.reshape(moved), 0, axis).astype(levels.dtype)
+    return out
+
+
+def apply_rounded_weights(quantized: onnx.ModelProto, rounded: dict[str, np.ndarray]) -> onnx.ModelProto:
+    """Write each node's rounded int8 weights into its weight initializer (in place); a node not in the model
+    (kept in float32) is skipped."""
+    inits = {t.name: t for t in quantized.graph.initializer}
+    dq_of = {n.output[0]: n for n in quantized.graph.node if n.op_type == "DequantizeLinear"}
+    for node in quantized.graph.node:
+        if node.name not in rounded or len(node.input) < 2 or node.input[1] not in dq_of:
+            continue
+        tensor = inits.get(dq_of[node.input[1]].input[0])
+        if tensor is not None and tuple(tensor.dims) == rounded[node.name].shape:
+            tensor.CopyFrom(numpy_helper.from_array(rounded[node.name], tensor.name))
+    return quantized

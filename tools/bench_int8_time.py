@@ -1,0 +1,101 @@
+"""How long int8 quantization of ResNet-50 takes with every method on, against ONNX Runtime's and NNCF's.
+
+Run by hand: `python tools/bench_int8_time.py [--spec specs/resnet50.cnn] [--samples 16] [--skip-nncf]`.
+On the same float32 -O1 model (seeded weights) and the same seeded calibration samples (as a cal.npz of
+16 samples would be; cnncomp holds the last quarter out to measure its error, the others calibrate on all):
+
+  cnncomp all       quantize_int8 with --calibration-method mse, --weight-rounding gptq, bias correction on
+                    and the sensitivity search (--stats: every layer quantized alone and measured), max_error 0.01
+  cnncomp default   quantize_int8 at its defaults (percentile, nearest, bias correction auto, no --stats)
+  ORT               onnxruntime.quantization.quantize_static with its defaults (QDQ, min-max)
+  NNCF              nncf.quantize on the ONNX model (its default: min-max with fast bias correction), where
+                    NNCF is installed (it is not a cnncomp dependency)
+
+Wall-clock seconds of each call, one after the other in one run, and their ratios to ORT's and NNCF's
+(the machine may be shared: say so beside the figures). cnncomp's "all" also reports its parts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import onnx
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from cnncomp.pipeline import emit_model, optimize  # noqa: E402
+from cnncomp.precision.calibration import seeded_calibration  # noqa: E402
+from cnncomp.precision.int8 import FeedReader, quantize_int8, quiet_quantizer  # noqa: E402
+
+
+def timed(label: str, call) -> float:
+    start = time.perf_counter()
+    call()
+    seconds = time.perf_counter() - start
+    print(f"{label:<18} {seconds:7.1f} s", flush=True)
+    return seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--spec", default=str(ROOT / "specs" / "resnet50.cnn"))
+    parser.add_argument("--samples", type=int, default=16)
+    parser.add_argument("--skip-nncf", action="store_true")
+    args = parser.parse_args()
+    compiled = optimize(args.spec)
+    model = emit_model(compiled)
+    calibration = seeded_calibration(compiled.ref_graph, 0, args.samples)
+    print(f"# {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {platform.machine()}, {Path(args.spec).name}, "
+          f"{args.samples} seeded samples")
+    results = {}
+
+    def cnncomp_int8(**options):
+        _, report = quantize_int8(model, compiled.graph, compiled.ref_graph, compiled.ref_weights, calibration,
+                                  **options)
+        print(f"  {report.summary().splitlines()[0]}")
+
+    results["cnncomp all"] = timed("cnncomp all", lambda: cnncomp_int8(
+        method="mse", weight_rounding="gptq", bias_correction="on", sensitivity=True, max_error=0.01))
+    results["cnncomp default"] = timed("cnncomp default", lambda: cnncomp_int8())
+
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "fp32.onnx"
+        onnx.save(model, str(src))
+
+        def ort():
+            from onnxruntime.quantization import quantize_static
+
+            with quiet_quantizer():
+                quantize_static(str(src), str(Path(tmp) / "ort.onnx"), FeedReader(calibration))
+
+        results["ORT"] = timed("ORT quantize_static", ort)
+
+    if not args.skip_nncf:
+        try:
+            import nncf
+        except ImportError:
+            print("NNCF: not installed (pip install nncf)")
+        else:
+            name = model.graph.input[0].name
+            samples = [{name: calibration[name][i:i + 1]} for i in range(args.samples)]
+
+            def run_nncf():
+                with quiet_quantizer():
+                    nncf.quantize(model, nncf.Dataset(samples), subset_size=args.samples)
+
+            results["NNCF"] = timed("NNCF quantize", run_nncf)
+    for ours in ("cnncomp all", "cnncomp default"):
+        ratios = [f"{results[ours] / results[other]:.2f}x {other}'s time" for other in ("ORT", "NNCF")
+                  if other in results]
+        print(f"{ours}: {results[ours]:.1f} s = " + ", ".join(ratios))
+
+
+if __name__ == "__main__":
+    main()
