@@ -463,3 +463,12 @@ def test_stats_json_and_per_layer_say_which_metric_each_output_got(tmp_path, cap
     assert data["int8"]["metrics"]["boxes"]["metric"] == "max-abs"
     assert data["int8"]["metrics"]["logits"]["metric"] == "top1" and data["int8"]["budget_error"] <= 1
     assert data["outputs"]["logits"]["judged_by"].startswith("top1 ")
+
+
+def test_a_tiny_flip_estimate_reads_as_below_what_samples_resolve():
+    """A margin far beyond the noise gives a flip chance like 1e-170: the text says "<0.001%", not "1.4e-172%"."""
+    ref = np.array([[0.2, 0.0], [0.0, 0.2]])
+    out = ref + np.array([[0.01, -0.01], [-0.01, 0.01]])
+    text = TopK(1).measure(ref, out).text
+    assert "0 of 2 decisions changed (estimate <0.001%)" in text, text
+    assert "e-" not in text

@@ -111,6 +111,11 @@ def flip_probabilities(reference: np.ndarray, output: np.ndarray, k: int = 1) ->
     return np.array([0.5 * math.erfc(m / (2 * sigma)) for m in margins])  # P(N(0, 2 s^2) > m)
 
 
+def _points(rate: float) -> str:
+    """A rate in points for people: two significant digits, and "<0.001" below what any sample count resolves."""
+    return "<0.001" if 0 < rate * 100 < 0.001 else f"{rate * 100:.2g}"
+
+
 def blended_rate(observed: float, expected: float, count: int) -> float:
     """The few-samples estimate: observed and expected rates blended, the expected counting as PRIOR_SAMPLES."""
     return (observed * count + expected * PRIOR_SAMPLES) / (count + PRIOR_SAMPLES)
@@ -194,7 +199,7 @@ class TopK(Metric):
         k = self.arg
         n, flips = len(ref), int(changed_decisions(ref, out, k).sum())
         value = blended_rate(flips / max(n, 1), float(flip_probabilities(ref, out, k).mean()) if n else 0.0, n)
-        return Measured(value, f"{flips} of {n} decisions changed (estimate {value * 100:.2g}%)")
+        return Measured(value, f"{flips} of {n} decisions changed (estimate {_points(value)}%)")
 
 
 class Accuracy(Metric):
@@ -218,7 +223,7 @@ class Accuracy(Metric):
         expected = float((right_ref * flip_probabilities(ref, out)).mean()) if n else 0.0
         value = blended_rate(float(right_ref.mean() - right_out.mean()) if n else 0.0, expected, n)
         return Measured(value, f"accuracy {right_out.mean():.1%} against the reference's {right_ref.mean():.1%} "
-                               f"(loss estimate {value * 100:.2g} points)")
+                               f"(loss estimate {_points(value)} points)")
 
 
 class IoU(Metric):
