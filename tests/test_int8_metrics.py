@@ -472,3 +472,15 @@ def test_a_tiny_flip_estimate_reads_as_below_what_samples_resolve():
     text = TopK(1).measure(ref, out).text
     assert "0 of 2 decisions changed (estimate <0.001%)" in text, text
     assert "e-" not in text
+
+
+def test_too_few_held_out_decisions_for_the_threshold_are_warned_about():
+    """16 held-out decisions under a one-point top1 threshold: one flip is 6.2 points, so the verdict rests on the
+    margin estimate; the warning says so and how many samples would let flips count. 200 decisions: no warning."""
+    from cnncomp.verification.metrics import Assignment, MetricPlan
+
+    plan = MetricPlan([Assignment("logits", TopK(1), 0.01, ""), Assignment("boxes", RelL2(), 0.01, "")])
+    rng = np.random.default_rng(0)
+    (warning,) = plan.coarse_decisions({"logits": rng.standard_normal((16, 4)), "boxes": rng.standard_normal((16, 4))})
+    assert "logits: 16 held-out decisions" in warning and "6.2 points" in warning and "400 samples" in warning
+    assert plan.coarse_decisions({"logits": rng.standard_normal((200, 4))}) == []

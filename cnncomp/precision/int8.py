@@ -665,6 +665,7 @@ def quantize_int8(model: onnx.ModelProto, graph: LayerGraph, ref_graph: LayerGra
     int8 = probe.outputs(quantized)
     report.metrics = plan.results(reference, float32, int8)
     report.metric_choices = plan.describe()
+    report.warnings += [f"int8: {w}" for w in plan.coarse_decisions(reference)]
     report.judge = metric_judge(plan)
     report.top1_agreement = top1_agreement(int8, reference, plan.class_axes())
     report.kernels = {k: v for k, v in session_kernels(quantized).items()

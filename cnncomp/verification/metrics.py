@@ -530,6 +530,25 @@ class MetricPlan:
                                     got, a.normalized(got.value)))
         return out
 
+    def coarse_decisions(self, reference: dict) -> list[str]:
+        """Warnings for the decision outputs (top-k, accuracy) whose held-out decisions are too few for their
+        threshold: one changed decision is more than the threshold allows, so the verdict leans on the margin
+        model of the few-samples estimate, not on observed flips."""
+        warnings = []
+        for a in self.assignments:
+            if not isinstance(a.metric, (TopK, Accuracy)) or a.output not in reference:
+                continue
+            count = len(_rows(reference[a.output], a.metric.axis))
+            if count and 1 / count > a.threshold:
+                wanted = math.ceil(1 / a.threshold)
+                warnings.append(
+                    f"{a.output}: {count} held-out decisions, so one changed decision is {100 / count:.2g} points "
+                    f"against the {a.label} threshold of {100 * a.threshold:.2g} point{'' if 100 * a.threshold == 1 else 's'}; "
+                    f"the budget leans on the margin "
+                    f"estimate. A quarter of the calibration samples is held out: give at least {4 * wanted} "
+                    f"samples for {wanted} held-out decisions to count flips")
+        return warnings
+
     def class_axes(self) -> dict[str, int]:
         """{output: class axis} of the outputs judged by decisions (top-k, accuracy)."""
         return {a.output: a.metric.axis for a in self.assignments if isinstance(a.metric, (TopK, Accuracy))}
