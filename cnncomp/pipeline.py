@@ -759,7 +759,7 @@ def _bench_judge(job: Job, compiled: Compiled | None, samples: dict | None):
     runs on; judged_by describes the plan. An ONNX model has no graph to find class scores in: rel-l2 only."""
     from cnncomp.inputs import is_mixed
     from cnncomp.run.bench import MetricValue
-    from cnncomp.verification.metrics import load_labels, metric_spec, plan_metrics
+    from cnncomp.verification.metrics import load_labels, metric_spec, plan_metrics, worst_budget_error
 
     spec, labels, max_error = metric_spec(job.values.get("metric", "auto")), job.values.get("labels"), \
         job.optimize.max_error
@@ -785,9 +785,7 @@ def _bench_judge(job: Job, compiled: Compiled | None, samples: dict | None):
                 plans[batch] = plan_metrics(spec, compiled.ref_graph, max_error, baseline, chosen)
                 judged_by[:] = plans[batch].describe()
             results = plans[batch].results(baseline, baseline, outputs)
-            worst = [r.budget_error for r in results]
-            budget_error = math.nan if any(math.isnan(e) for e in worst) else max(worst, default=0.0)
-            return budget_error, [MetricValue(r.output, r.metric, r.converted.value if math.isfinite(
+            return worst_budget_error(r.budget_error for r in results), [MetricValue(r.output, r.metric, r.converted.value if math.isfinite(
                 r.converted.value) else None, r.converted.text, r.bound, r.budget_error) for r in results]
         return judged
     judged_by: list[str] = []

@@ -53,7 +53,7 @@ def _dequantized_constants(model: onnx.ModelProto) -> dict[str, tuple[onnx.NodeP
     return out
 
 
-def _quantized_layers(quantized: onnx.ModelProto, float_model: onnx.ModelProto):
+def quantized_layers(quantized: onnx.ModelProto, float_model: onnx.ModelProto):
     """(int8 node, float node) for every Conv/Gemm whose weights the int8 model dequantizes from int8."""
     constants = _dequantized_constants(quantized)
     float_nodes = {n.name: n for n in float_model.graph.node}
@@ -110,7 +110,7 @@ def bias_corrections(float_model: onnx.ModelProto, quantized: onnx.ModelProto, c
     with the layers' inputs taken from the int8 model `quantized`."""
     float_inits = _initializers(float_model)
     constants = _dequantized_constants(quantized)
-    layers = [(q, f) for q, f in _quantized_layers(quantized, float_model) if f.input[1] in float_inits]
+    layers = [(q, f) for q, f in quantized_layers(quantized, float_model) if f.input[1] in float_inits]
     if not layers:
         return {}
     calibration = {k: v[:max(batch, MAX_SAMPLES // batch * batch)] for k, v in calibration.items()}

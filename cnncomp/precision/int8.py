@@ -42,7 +42,7 @@ import numpy as np
 import onnx
 
 from cnncomp.errors import CnnError, UsageError
-from cnncomp.inputs import SampleList, collate, is_mixed, same_size_samples
+from cnncomp.inputs import collate, is_mixed, same_size_samples
 from cnncomp.ir.graph import LayerGraph
 from cnncomp.onnx_graph import consumers, opset_of, producers
 from cnncomp.passes.budget import fewest_within
@@ -534,14 +534,12 @@ def session_kernels(model: onnx.ModelProto) -> dict[str, int]:
 def top1_agreement(outputs: dict, reference: dict, axes: dict[str, int]) -> dict[str, float]:
     """For the outputs that are class scores (`axes`: output -> class axis, verification/metrics.py says which):
     the fraction of decisions (samples, or pixels of a class map) whose argmax agrees, as observed."""
+    from cnncomp.verification.metrics import decision_rows
+
     out = {}
     for name, axis in axes.items():
-        ref, got = reference[name], outputs[name]
-        if isinstance(ref, SampleList):
-            ref, got = np.concatenate([np.moveaxis(r, axis, -1).reshape(-1, r.shape[axis]) for r in ref]), \
-                np.concatenate([np.moveaxis(g, axis, -1).reshape(-1, g.shape[axis]) for g in got])
-            axis = 1
-        out[name] = float(np.mean(np.argmax(got, axis=axis) == np.argmax(ref, axis=axis)))
+        ref, got = decision_rows(reference[name], axis), decision_rows(outputs[name], axis)
+        out[name] = float(np.mean(np.argmax(got, axis=1) == np.argmax(ref, axis=1)))
     return out
 
 
@@ -633,8 +631,9 @@ def quantize_int8(model: onnx.ModelProto, graph: LayerGraph, ref_graph: LayerGra
         if bias_correction != "off":
             quantized, note = correct_biases(quantizer, quantized, calib, batch or 1, bias_correction == "auto")
             report.notes += [note] if note else []
-        report.full_int8_error = report.error = probe.error(quantized)
-        report.full_int8_budget_error = report.budget_error = probe.budget_error(quantized)
+        full_int8 = probe.outputs(quantized)  # one run judged both ways
+        report.full_int8_error = report.error = probe.error(quantized, full_int8)
+        report.full_int8_budget_error = report.budget_error = probe.budget_error(quantized, full_int8)
         misses = max_error is not None and not report.budget_error <= 1.0  # NaN misses
         one_batch = next(batches(calib, batch or 1))
         speed = None
@@ -790,14 +789,15 @@ def _islands_back_to_float(quantizer: Quantizer, quantized: onnx.ModelProto, rep
         return quantized
     float_layers = report.float_layers + [g for island in islands for g in island]
     candidate = quantizer.quantize(exclude=[g for g in float_layers if g in quantizer.groups])
-    error = probe.budget_error(candidate)
-    if budget is not None and not error <= budget and not error <= probe.budget_error(quantized):
+    outputs = probe.outputs(candidate)
+    error = probe.budget_error(candidate, outputs)
+    if budget is not None and not error <= budget and not error <= report.budget_error:  # that of `quantized`
         added = ", ".join(float_layers[len(report.float_layers):])
         report.notes.append(f"int8: islands rule not applied: putting {added} back in float32 raises the error to "
                             f"{error:.3g}")
         return quantized
     report.islands, report.float_layers = islands, float_layers
-    report.budget_error, report.error = error, probe.error(candidate)
+    report.budget_error, report.error = error, probe.error(candidate, outputs)
     return candidate
 
 

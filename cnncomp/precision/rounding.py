@@ -37,12 +37,12 @@ BLOCK = 128  # columns rounded between full updates of the remaining ones (the r
 def _layers(quantized: onnx.ModelProto, float_model: onnx.ModelProto):
     """(int8 node, float node, DequantizeLinear of its weight, axis) for each Conv (2-D) / Gemm whose weight
     the QDQ model dequantizes from an int8 initializer and whose float weight is an initializer."""
-    from cnncomp.precision.bias_correction import _quantized_layers
+    from cnncomp.precision.bias_correction import quantized_layers
 
     inits = {t.name for t in quantized.graph.initializer}
     float_inits = {t.name for t in float_model.graph.initializer}
     dq_of = {n.output[0]: n for n in quantized.graph.node if n.op_type == "DequantizeLinear"}
-    for q, f in _quantized_layers(quantized, float_model):
+    for q, f in quantized_layers(quantized, float_model):
         dq = dq_of.get(q.input[1])
         if dq is None or dq.input[0] not in inits or f.input[1] not in float_inits:
             continue

@@ -105,11 +105,13 @@ class ModelErrorMeter:
         parts = [session.run(chunk, list(self.reference)) for chunk in batches(self.feeds, self.batch or 1)]
         return {name: collate([p[name] for p in parts]) for name in self.reference}
 
-    def error(self, model) -> float:
-        """The relative L2 error over all samples (differently sized ones taken together, flattened)."""
+    def error(self, model, outputs: dict | None = None) -> float:
+        """The relative L2 error over all samples (differently sized ones taken together, flattened), of the model
+        or of its `outputs`, already run."""
         from cnncomp.verification.compare import relative_output_error
 
-        return relative_output_error(_flattened(self.outputs(model)), _flattened(self.reference))
+        outputs = outputs if outputs is not None else self.outputs(model)
+        return relative_output_error(_flattened(outputs), _flattened(self.reference))
 
     def budget_error(self, model, outputs: dict | None = None) -> float:
         """The plan's budget error of the model (or of its `outputs`, already run): <= 1.0 fits, NaN never does;

@@ -75,11 +75,11 @@ def _flat(values) -> np.ndarray:
     return np.ravel(np.asarray(values, np.float64))
 
 
-def _rows(values, axis: int) -> np.ndarray:
+def decision_rows(values, axis: int) -> np.ndarray:
     """The decisions of an output as rows [decisions, classes]: `axis` moved last (one row per sample, or per
     pixel of a class map); a SampleList's samples each so."""
     if isinstance(values, list):
-        return np.concatenate([_rows(v, axis) for v in values])
+        return np.concatenate([decision_rows(v, axis) for v in values])
     values = np.asarray(values, np.float64)
     return np.moveaxis(values, axis, -1).reshape(-1, values.shape[axis])
 
@@ -195,7 +195,7 @@ class TopK(Metric):
         return f"top{self.arg}"
 
     def measure(self, reference, output):
-        ref, out = _rows(reference, self.axis), _rows(output, self.axis)
+        ref, out = decision_rows(reference, self.axis), decision_rows(output, self.axis)
         k = self.arg
         n, flips = len(ref), int(changed_decisions(ref, out, k).sum())
         value = blended_rate(flips / max(n, 1), float(flip_probabilities(ref, out, k).mean()) if n else 0.0, n)
@@ -214,7 +214,7 @@ class Accuracy(Metric):
         self.labels = np.asarray(labels)
 
     def measure(self, reference, output):
-        ref, out = _rows(reference, self.axis), _rows(output, self.axis)
+        ref, out = decision_rows(reference, self.axis), decision_rows(output, self.axis)
         if len(ref) != len(self.labels):
             raise CnnError(f"accuracy: {len(self.labels)} labels for {len(ref)} decisions (labels name one class "
                            "per sample of [N, classes] scores)")
@@ -506,6 +506,17 @@ class MetricResult:
                 "budget_error": number(self.budget_error), "fits": self.fits}
 
 
+def worst_budget_error(budget_errors) -> float:
+    """Several outputs' budget errors taken together: the worst, 0 for none, NaN as soon as one is NaN (NaN
+    never fits)."""
+    worst = 0.0
+    for error in budget_errors:
+        if math.isnan(error):
+            return math.nan
+        worst = max(worst, error)
+    return worst
+
+
 @dataclass
 class MetricPlan:
     """Every output's metric and threshold: the budget error of a model's outputs, and the per-output results."""
@@ -514,13 +525,7 @@ class MetricPlan:
 
     def budget_error(self, reference: dict, outputs: dict) -> float:
         """The worst over outputs of metric / threshold (<= 1 fits); NaN when any is NaN."""
-        worst = 0.0
-        for a in self.assignments:
-            normalized = a.normalized(a.measure(reference, outputs).value)
-            if math.isnan(normalized):
-                return math.nan
-            worst = max(worst, normalized)
-        return worst
+        return worst_budget_error(a.normalized(a.measure(reference, outputs).value) for a in self.assignments)
 
     def results(self, reference: dict, float32: dict, converted: dict) -> list[MetricResult]:
         out = []
@@ -538,7 +543,7 @@ class MetricPlan:
         for a in self.assignments:
             if not isinstance(a.metric, (TopK, Accuracy)) or a.output not in reference:
                 continue
-            count = len(_rows(reference[a.output], a.metric.axis))
+            count = len(decision_rows(reference[a.output], a.metric.axis))
             if count and 1 / count > a.threshold:
                 wanted = math.ceil(1 / a.threshold)
                 warnings.append(
