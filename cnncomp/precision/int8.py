@@ -60,6 +60,8 @@ DEFAULT_METHOD = "percentile"
 PASS_THROUGH_OPS = ("Relu", "Clip", "MaxPool", "Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Pad",
                     "Slice", "Split", "Gather", "GatherElements", "Where", "TopK", "Identity", "Resize")
 MIN_OPSET = 13  # per-channel QuantizeLinear/DequantizeLinear
+# issue 19's goal: at least this share of the MACs in int8; under it the summary says why (Int8Report.shortfall)
+INT8_MACS_GOAL = 0.8
 
 
 @dataclass
@@ -104,6 +106,7 @@ class Int8Report:
     int8_ms: float | None = None
     timing: str = ""  # how they were timed, in words
     written: str = "int8"  # the precision of the model written: fp32 when int8 is not faster (Int8.convert)
+    group_macs: dict[str, float] = field(default_factory=dict, repr=False)  # every layer group's share of the MACs
 
     @property
     def faster(self) -> bool | None:
@@ -126,7 +129,79 @@ class Int8Report:
                 "max_error": self.max_error, "budget_error": number(self.budget_error),
                 "full_int8_budget_error": number(self.full_int8_budget_error), "ok": self.ok,
                 "float_layers": self.float_layers, "metrics": {m.output: m.to_json() for m in self.metrics},
-                "islands": self.islands, "float_ms": self.float_ms, "int8_ms": self.int8_ms, "written": self.written}
+                "islands": self.islands, "float_ms": self.float_ms, "int8_ms": self.int8_ms, "written": self.written,
+                "int8_macs_share": number(self.int8_macs_share), "shortfall": self.shortfall()}
+
+    @property
+    def int8_macs_share(self) -> float | None:
+        """The share of the network's MACs that the written model runs in int8 (None: not known, e.g. symbolic
+        sizes; 0 when float32 was written)."""
+        if self.written != "int8":
+            return 0.0
+        if not self.group_macs:
+            return None
+        floats = set(self.float_layers) | set(self.no_int8_kernel)
+        return max(0.0, 1.0 - sum(share for group, share in self.group_macs.items() if group in floats))
+
+    def float32_reasons(self) -> dict[str, list[str]]:
+        """Why each layer group of the int8 model runs in float32, by reason: "no-kernel" (ONNX Runtime has no
+        usable int8 kernel for it), "slower" (the fallback search put it back first since ONNX Runtime runs it
+        slower in int8 here), "metric" (the budget needed it in float32), "islands" (the islands rule)."""
+        island = {g for members in self.islands for g in members}
+        entries = {l.layer: l for l in self.layers}
+
+        def slower(name):
+            entry = entries.get(name)
+            return entry is not None and entry.float_ms is not None and entry.float_ms > 0 and \
+                entry.int8_ms >= entry.float_ms
+
+        reasons = {"no-kernel": list(self.no_int8_kernel), "slower": [], "metric": [], "islands": []}
+        for name in self.float_layers:
+            reasons["islands" if name in island else "slower" if slower(name) else "metric"].append(name)
+        return reasons
+
+    def shortfall(self) -> str | None:
+        """One line on why the written model runs under INT8_MACS_GOAL of its MACs in int8 (None: it does not,
+        or the shares are not known): int8 not faster (both times), then the float32 layers by reason, each with
+        its share of the MACs and its costliest layers."""
+        share = self.int8_macs_share
+        if share is None or share >= INT8_MACS_GOAL:
+            return None
+        if self.written != "int8":
+            times = f": float32 {self.float_ms:.3g} ms, int8 {self.int8_ms:.3g} ms per run" if self.float_ms else ""
+            return (f"int8: 0% of the MACs run in int8: int8 is not faster than float32 on ONNX Runtime CPU here"
+                    f"{times}, so float32 was written (--keep-slower-int8 keeps int8)")
+        entries = {l.layer: l for l in self.layers}
+        label = ", ".join(dict.fromkeys(m.metric for m in self.metrics)) or "error"
+
+        def macs(names):
+            return sum(self.group_macs.get(n, 0.0) for n in names)
+
+        def costliest(names, detail):
+            top = sorted(names, key=lambda n: -self.group_macs.get(n, 0.0))[:3]
+            return ", ".join(f"{n} {self.group_macs.get(n, 0.0):.1%}{detail(n)}" for n in top) + (
+                ", ..." if len(names) > 3 else "")
+
+        def times(name):
+            entry = entries.get(name)
+            return f" {entry.float_ms:.3g} -> {entry.int8_ms:.3g} ms" if entry and entry.float_ms is not None else ""
+
+        def error(name):
+            entry = entries.get(name)
+            return f" error alone {entry.error_alone:.2g}" if entry else ""
+
+        words = {"slower": ("ONNX Runtime runs {n} slower in int8 here, so the fallback took them first", times),
+                 "metric": (f"the {label} budget could not afford {{n}} in int8", error),
+                 "islands": ("the islands rule put back {n} whose Q/DQ nodes cost more than they save", lambda n: ""),
+                 "no-kernel": ("ONNX Runtime has no usable int8 kernel for {n}",
+                               lambda n: f" ({self.no_int8_kernel[n]})")}
+        parts = []
+        for reason, names in sorted(self.float32_reasons().items(), key=lambda item: -macs(item[1])):
+            if names:
+                text, detail = words[reason]
+                count = f"{len(names)} layer{'s' if len(names) > 1 else ''}"
+                parts.append(f"{text.format(n=count)} ({macs(names):.1%} of the MACs: {costliest(names, detail)})")
+        return f"int8: {share:.0%} of the MACs run in int8, under {INT8_MACS_GOAL:.0%}: " + "; ".join(parts)
 
     def summary(self) -> str:
         """One paragraph for stderr: method, data, error against the budget, kernels, agreement."""
@@ -152,7 +227,8 @@ class Int8Report:
                          "float32 layers without a conv/gemm, or saving less than its Q/DQ nodes cost)")
         if self.float_ms is not None:
             lines.append(self.speed_line())
-        return "\n".join(lines + self.notes)
+        why = self.shortfall()
+        return "\n".join(lines + ([why] if why else []) + self.notes)
 
     def speed_line(self) -> str:
         """The not-faster rule's verdict: both times and what was written."""
@@ -625,6 +701,7 @@ def quantize_int8(model: onnx.ModelProto, graph: LayerGraph, ref_graph: LayerGra
                           weight_rounding=weight_rounding)
     report.method = quantizer.method
     report.notes += quantizer.notes
+    report.group_macs = macs_shares(graph, quantizer.groups)
     report.no_int8_kernel = dict(quantizer.kept_float)
     try:
         quantized = quantizer.quantize()
@@ -719,6 +796,19 @@ def correct_biases(quantizer: Quantizer, quantized: onnx.ModelProto, calibration
     quantizer.bias_shifts = {}
     return quantized, (f"int8: bias correction not applied: it does not lower the error against float32 on "
                        f"calibration samples ({before:.3g} -> {after:.3g})")
+
+
+def macs_shares(graph: LayerGraph, groups) -> dict[str, float]:
+    """{layer group: its head layer's share of the network's MACs (batch 1)}; {} when the sizes are symbolic."""
+    from cnncomp.ir.cost import graph_cost, layer_macs
+
+    try:
+        total = float(graph_cost(graph)[1])
+        shares = {name: float(layer_macs(graph, graph.layer(name))) / total if name in graph else 0.0
+                  for name in groups}
+    except (TypeError, ValueError, ZeroDivisionError):  # a symbolic size has no number of MACs
+        return {}
+    return shares
 
 
 def rank_layers(quantizer: Quantizer, probe: ErrorProbe, graph: LayerGraph, jobs: int = 1) -> list[LayerSensitivity]:
