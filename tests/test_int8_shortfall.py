@@ -118,3 +118,42 @@ def test_cli_stats_and_json_say_why(spec, tmp_path, monkeypatch, capsys):
                           "--json")
     data = json.loads(stdout)["fp32"]
     assert code == 0 and data["int8_macs_share"] == 0.0 and "int8 is not faster" in data["shortfall"]
+
+
+# ---- back in int8 after the search -----------------------------------------------------------------------
+
+
+class CountingQuantizer:
+    """quantize(exclude=...) gives the excluded layers back, so that a budget error can be read off them."""
+
+    def __init__(self):
+        self.calls = []
+
+    def quantize(self, exclude=()):
+        self.calls.append(tuple(exclude))
+        return tuple(exclude)
+
+
+def test_back_to_int8_tries_the_largest_saving_first_and_keeps_what_fits():
+    ranked = [LayerSensitivity("a", "", 0.5, 0.1, float_ms=1.0, int8_ms=0.9),  # saves 0.1 ms in int8
+              LayerSensitivity("b", "", 0.4, 0.1, float_ms=1.0, int8_ms=0.5),  # saves 0.5 ms
+              LayerSensitivity("c", "", 0.3, 0.1, float_ms=1.0, int8_ms=1.2),  # slower in int8: not tried
+              LayerSensitivity("d", "", 0.2, 0.1, float_ms=0.0, int8_ms=0.1),  # fused, no float32 time: not tried
+              LayerSensitivity("e", "", 0.1, 0.1, float_ms=1.0, int8_ms=0.7)]  # saves 0.3 ms
+    # without b in float32 the budget is missed; without e it fits, then without a too it misses
+    errors = lambda excluded: 0.4 + 0.7 * ("b" not in excluded) + 0.2 * ("e" not in excluded) + \
+        0.5 * ("a" not in excluded)
+    quantizer = CountingQuantizer()
+    model, error, kept, back = int8_module.back_to_int8(quantizer, errors, ranked, ["a", "b", "c", "d", "e"], "chosen",
+                                                        0.4)
+    assert [set("abcde") - set(call) for call in quantizer.calls] == [{"b"}, {"e"}, {"e", "a"}]
+    assert back == ["e"] and kept == ["a", "b", "c", "d"] and model == tuple(kept)
+    assert error == pytest.approx(0.6)
+
+
+def test_back_to_int8_with_nothing_to_try_keeps_the_model():
+    quantizer = CountingQuantizer()
+    ranked = [LayerSensitivity("c", "", 0.3, 0.1, float_ms=1.0, int8_ms=1.2), LayerSensitivity("u", "", 0.1, 0.1)]
+    assert int8_module.back_to_int8(quantizer, lambda m: 0.0, ranked, ["c", "u"], "chosen", 0.9) == \
+        ("chosen", 0.9, ["c", "u"], [])
+    assert quantizer.calls == []
