@@ -713,7 +713,7 @@ def quantize_int8(model: onnx.ModelProto, graph: LayerGraph, ref_graph: LayerGra
         report.full_int8_budget_error = report.budget_error = probe.budget_error(quantized, full_int8)
         misses = max_error is not None and not report.budget_error <= 1.0  # NaN misses
         one_batch = next(batches(calib, batch or 1))
-        speed = None
+        speed, back = None, []
         if sensitivity or misses:
             report.layers = rank_layers(quantizer, probe, graph, jobs)
             speed = _layer_speed(quantizer, quantized, one_batch, bias_correction, threads)
@@ -723,15 +723,15 @@ def quantize_int8(model: onnx.ModelProto, graph: LayerGraph, ref_graph: LayerGra
                 quantizer, probe.budget_error, report.layers, 1.0)
             quantized, report.budget_error, report.float_layers, back = back_to_int8(
                 quantizer, probe.budget_error, report.layers, report.float_layers, quantized, report.budget_error)
-            if back:
-                report.notes.append(f"int8: back in int8 after the search, the budget still met (budget error "
-                                    f"{report.budget_error:.3g}): {', '.join(back)}")
             report.error = probe.error(quantized)
         if report.float_layers or quantizer.kept_float:
             quantized = _islands_back_to_float(quantizer, quantized, report, probe,
                                                1.0 if max_error is not None else None, one_batch,
                                                None if keep_slower else speed, bias_correction, threads,
                                                timed=not keep_slower)
+        back = [name for name in back if name not in report.float_layers]  # the islands rule may take some again
+        if back:
+            report.notes.append(f"int8: back in int8 after the search, the budget still met: {', '.join(back)}")
         for entry in report.layers:
             entry.precision = "float32" if entry.layer in report.float_layers else "int8"
         if timed:
