@@ -24,9 +24,11 @@ When full int8 misses it, each conv/linear layer is quantized alone to measure i
 contribution ("error alone", a continuous ranking even where the budget counts decisions, since one
 layer alone rarely flips one), and layers are kept in float32 in the order of the error each removes
 per millisecond it adds (int8_speed.py times them under ONNX Runtime), as few as meet the budget (a
-binary search over the ordered list, checked once more at the end). Then the islands rule puts back
+binary search over the ordered list, checked once more at the end), and the kept layers that int8 runs
+faster are tried back in int8 where the budget still fits (back_to_int8). Then the islands rule puts back
 in float32 any int8 island between float32 layers that buys no time, and the final model is timed
-against float32 (Int8.convert writes float32 when int8 is not faster, unless --keep-slower-int8).
+against float32 (Int8.convert writes float32 when int8 is not faster, unless --keep-slower-int8). Under
+80% of the MACs in int8, the report says why in one line (Int8Report.shortfall).
 """
 
 from __future__ import annotations
