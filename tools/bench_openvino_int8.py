@@ -55,6 +55,8 @@ def nncf_int8(float_path: Path, samples: np.ndarray, out: Path) -> Path | None:
 def copying_run(session: OpenVinoSession):
     """OpenVinoSession.run as it was before it shared the inputs: infer() copies them and returns copied outputs."""
     def run(feeds):
+        if session.request is None:
+            session.run(feeds)  # compiles it for these input shapes
         session.request.infer({i: feeds[n] for i, n in enumerate(session.input_names)})
         return {n: np.array(session.request.get_output_tensor(i).data, copy=True)
                 for i, n in enumerate(session.output_names)}
