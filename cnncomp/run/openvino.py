@@ -32,7 +32,10 @@ from cnncomp.run.runtime import Runtime, register_runtime
 
 INSTALL_HINT = "pip install 'cnncomp[openvino]'"
 # cnncomp precision -> (INFERENCE_PRECISION_HINT, the hint where the CPU lacks that math, or None: refused).
-# Other precisions (int8: its QDQ layers run in int8 whatever the hint) compute their float layers in f32.
+# int8 (its QDQ layers run in int8 whatever the hint) computes its float layers in f32, or on an AMX CPU in bf16:
+# there the stem conv is kept float for OpenVINO (int8_placement.py), and bf16 is what makes it pay (ResNet-50
+# int8: 9.4 ms with the stem in int8, 8.7 ms in bf16, 10.1 ms in f32; process CPU time, docs/benchmarks.md).
+# Others compute in f32.
 PRECISION_HINTS = {"fp32": ("f32", None), "fp16": ("f16", "f32"), "bf16": ("bf16", None)}
 MAX_COMPILED_SHAPES = 4  # a dynamic model's compiled static versions kept at once (each holds its weights)
 CAPABILITY = {"bf16": "BF16", "f16": "FP16"}  # what OPTIMIZATION_CAPABILITIES lists for a hint's math
@@ -81,6 +84,21 @@ def precision_problem(hint: str) -> str | None:
     return None
 
 
+def amx_cpu(cpuinfo="/proc/cpuinfo") -> bool:
+    """Whether this CPU has AMX (amx_bf16 in /proc/cpuinfo): OpenVINO's int8 and bf16 kernels then work in
+    tiles, 64 input channels wide for int8."""
+    from cnncomp.precision.bf16 import cpu_bf16_flags
+
+    return "amx_bf16" in cpu_bf16_flags(cpuinfo)
+
+
+def _hint(precision: str) -> tuple[str, str | None]:
+    """(INFERENCE_PRECISION_HINT, the one to use where the CPU lacks that math or None: refused) for a precision."""
+    if precision == "int8" and amx_cpu():
+        return "bf16", "f32"
+    return PRECISION_HINTS.get(precision, ("f32", None))
+
+
 def _read(core, model):
     """An ov.Model from a path, ONNX bytes or an onnx.ModelProto."""
     if isinstance(model, (str, Path)):
@@ -101,7 +119,7 @@ class OpenVinoSession:
 
     def __init__(self, model, precision: str = "fp32", threads: int = 0):
         core = _core()
-        hint, fallback = PRECISION_HINTS.get(precision, ("f32", None))
+        hint, fallback = _hint(precision)
         problem = precision_problem(hint)
         if problem and fallback is None:
             raise CnnError(f"the openvino runtime cannot compute {precision} here: {problem}")
@@ -212,6 +230,11 @@ class OpenVinoRuntime(Runtime):
     provider = "OpenVINOExecutionProvider"  # its ONNX Runtime counterpart; cnncomp runs OpenVINO's own runtime
     install_hint = INSTALL_HINT
     triton_cpu_accelerator = "openvino"  # Triton's onnxruntime backend runs CPU instances through OpenVINO
+
+    @property
+    def int8_float_rule(self) -> str | None:
+        """On AMX CPUs, int8 keeps the few-channel stem conv in float, computed in bf16 (int8_placement.py)."""
+        return "input-convs" if amx_cpu() else None
 
     def available(self) -> bool:
         return openvino_problem() is None
