@@ -6,7 +6,13 @@ relative L2 error on ResNet-50). So the precision hint is always set here:
 `f32` for fp32 (what "fp32" means everywhere else in cnncomp), `bf16` only when
 bf16 is asked for, `f16` for fp16 (on a CPU without float16 math, `f32`: the
 float16 model then runs computed in float32). An int8 (QDQ) model runs its quantized layers
-in int8 whatever the hint; its float layers follow the hint (f32).
+in int8 whatever the hint; its float layers follow the hint: f32, or bf16 on an AMX CPU, where int8 keeps
+the stem conv in float for OpenVINO (precision/int8_placement.py) and bf16 is what makes that pay.
+
+Settings for latency at batch 1, what `benchmark_app -hint latency -nthreads N` asks for: PERFORMANCE_HINT
+LATENCY (one stream), INFERENCE_NUM_THREADS from --threads, and a model with dynamic dims (cnncomp emits the
+batch dynamic) compiled for the static shapes it is run on (see `OpenVinoSession._use`). CPU pinning and
+NUM_STREAMS 1 changed nothing measurable on MobileNetV2 (docs/benchmarks.md), so they are left to OpenVINO.
 
 Why OpenVINO's own runtime and not ONNX Runtime's OpenVINO execution provider
 (the `onnxruntime-ep-openvino` plugin, 1.8.1): the plugin bundles a second copy
