@@ -147,3 +147,28 @@ def test_openvino_computes_an_int8_models_float_layers_in_bf16_on_amx(monkeypatc
     expected = "bf16" if has_amx and precision_problem("bf16") is None else "f32"
     assert session.inference_precision == expected
     assert OpenVinoSession(model, "fp32").inference_precision == "f32"  # fp32 stays f32 on any CPU
+
+
+@pytest.mark.skipif(__import__("cnncomp.run.openvino").run.openvino.openvino_problem() is not None,
+                    reason="OpenVINO not installed (pip install 'cnncomp[openvino]')")
+def test_bench_converts_int8_once_per_placement(capsys, monkeypatch, amx):
+    """cpu and openvino share fp32's model but not int8's: each runtime's int8 row times the file placed for it."""
+    import json
+
+    import cnncomp.pipeline
+    from cli_helpers import cli
+
+    seen = []
+    convert = cnncomp.pipeline.convert_precision
+
+    def recording(model, graph, precision, request, log):
+        seen.append((precision, request.runtime))
+        return convert(model, graph, precision, request, log)
+
+    monkeypatch.setattr(cnncomp.pipeline, "convert_precision", recording)
+    code, out, err = cli(capsys, "bench", "specs/lenet.cnn", "--runtimes", "cpu,openvino", "--precisions", "fp32,int8",
+                         "--rounds", "1", "--runs", "1", "--threads", "1", "--json")
+    assert code == 0, err
+    assert sorted(seen) == [("fp32", "cpu"), ("int8", "cpu"), ("int8", "openvino")]
+    rows = {(r["runtime"], r["precision"]): r for r in json.loads(out)["rows"]}
+    assert rows["openvino", "int8"]["error"] < 0.05
