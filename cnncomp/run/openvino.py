@@ -90,12 +90,20 @@ def precision_problem(hint: str) -> str | None:
     return None
 
 
-def amx_cpu(cpuinfo="/proc/cpuinfo") -> bool:
+def cpu_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> set[str]:
+    """The flags this CPU lists in /proc/cpuinfo (avx512_bf16, amx_int8, ...); empty where there is no such file."""
+    try:
+        text = Path(cpuinfo).read_text()
+    except OSError:
+        return set()
+    return {flag for line in text.splitlines() if line.startswith("flags")
+            for flag in line.partition(":")[2].split()}
+
+
+def amx_cpu(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
     """Whether this CPU has AMX (amx_bf16 in /proc/cpuinfo): OpenVINO's int8 and bf16 kernels then work in
     tiles, 64 input channels wide for int8."""
-    from cnncomp.precision.bf16 import cpu_bf16_flags
-
-    return "amx_bf16" in cpu_bf16_flags(cpuinfo)
+    return "amx_bf16" in cpu_flags(cpuinfo)
 
 
 def _hint(precision: str) -> tuple[str, str | None]:
