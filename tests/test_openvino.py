@@ -80,6 +80,16 @@ def test_a_dynamic_batch_model_is_compiled_for_the_shapes_it_runs_on(lenet):
 
 
 @needs_openvino
+def test_the_compile_settings_are_those_for_latency_with_the_threads_asked(lenet):
+    model, x, _ = lenet
+    session = OpenVinoSession(model, threads=1)
+    session.run({"x": x[:1]})
+    assert str(session.compiled.get_property("PERFORMANCE_HINT")) in ("LATENCY", "PerformanceMode.LATENCY")
+    assert int(session.compiled.get_property("INFERENCE_NUM_THREADS")) == 1
+    assert int(session.compiled.get_property("NUM_STREAMS")) == 1  # what the latency hint means
+
+
+@needs_openvino
 def test_a_shape_the_model_cannot_take_is_a_clear_error(lenet):
     model, x, _ = lenet
     with pytest.raises(CnnError, match="OpenVINO failed to run the model"):
