@@ -835,7 +835,7 @@ def bench_job(job: Job, log: Log = silent):
                 raise CnnError(runtime.missing())
             # one conversion serves the runtimes that probe ONNX Runtime alike and place int8 alike
             key = (precision, repr(runtime.providers({})), runtime.symmetric_int8,
-                   runtime.int8_float_rule if precision == "int8" else None)
+                   runtime.int8_float_rule if precision_of(precision).placed_per_runtime else None)
             if key not in converted:
                 if compiled is None and precision_of(precision).converts_model:
                     raise CnnError(f"{precision} is converted from the network's graph, which an ONNX model lacks: "

@@ -72,6 +72,8 @@ class Precision:
     converts_model: bool = True  # it converts the ONNX model (so it cannot go with a text --emit)
     judged_by_budget: bool = False  # judged by the relative L2 error against --max-error instead
     calibrated: bool = False  # reads --calibration to convert (then an image folder serves it, not -O3)
+    placed_per_runtime: bool = False  # follows the runtime's placement rule (Runtime.int8_float_rule): one
+    # conversion per rule where bench runs it on several runtimes
     o3_budget_share: float = 1.0  # of --max-error, what -O3's rewrites get beside this precision
     triton_mode: str = "FP32"  # Triton's TensorRT accelerator precision_mode
     tensorrt_build: dict = {}  # flags for deployment.tensorrt.build_engine (fp16=True, int8=True)
@@ -215,6 +217,7 @@ class Int8(Precision):
     tolerances = (1e-1, 1e-1)  # only fill the report: int8 is judged by the budget
     judged_by_budget = True
     calibrated = True
+    placed_per_runtime = True
     o3_budget_share = 0.5  # quantization measures against the whole budget, -O3's rewrites get half
     triton_mode = "INT8"  # the QDQ model's own scales
     tensorrt_build = {"int8": True}

@@ -44,6 +44,7 @@ INSTALL_HINT = "pip install 'cnncomp[openvino]'"
 # Others compute in f32.
 PRECISION_HINTS = {"fp32": ("f32", None), "fp16": ("f16", "f32"), "bf16": ("bf16", None)}
 MAX_COMPILED_SHAPES = 4  # a dynamic model's compiled static versions kept at once (each holds its weights)
+AMX_HINTS = {"int8": ("bf16", "f32")}  # on an AMX CPU, int8's float layers (the stem) in bf16: see below
 CAPABILITY = {"bf16": "BF16", "f16": "FP16"}  # what OPTIMIZATION_CAPABILITIES lists for a hint's math
 
 
@@ -108,9 +109,8 @@ def amx_cpu(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
 
 def _hint(precision: str) -> tuple[str, str | None]:
     """(INFERENCE_PRECISION_HINT, the one to use where the CPU lacks that math or None: refused) for a precision."""
-    if precision == "int8" and amx_cpu():
-        return "bf16", "f32"
-    return PRECISION_HINTS.get(precision, ("f32", None))
+    hints = {**PRECISION_HINTS, **AMX_HINTS} if amx_cpu() else PRECISION_HINTS
+    return hints.get(precision, ("f32", None))
 
 
 def _read(core, model):
