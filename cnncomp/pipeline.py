@@ -430,7 +430,7 @@ def compile_job(job: Job, log: Log = silent) -> CompileResult:
     target = targets()[out.target]
     request = _request(job, compiled, inputs=check_inputs(compiled.ref_graph, options) if verify else None,
                        probe_provider=options.provider if verify else None, atol=options.atol, rtol=options.rtol,
-                       tensorrt=target.tensorrt, runtime=job.check.runtime)
+                       tensorrt=target.tensorrt)
     converted = convert_precision(model, compiled.graph, precision, request, log)
     settings = target.settings(converted.model, out)  # e.g. the TensorRT profile, checked before the check runs
     result = CompileResult(compiled, converted.model, details=converted.details)
@@ -482,7 +482,7 @@ def verify_job(job: Job, log: Log = silent, inputs: dict | None = None) -> Verif
     compiled = optimize_job(job, ref_graph, weights, after_each=checker)
     model = emit_model(compiled, job.optimize.opset)
     request = _request(job, compiled, inputs=feeds, probe_provider=options.provider, atol=options.atol,
-                       rtol=options.rtol, inputs_given=inputs is not None, runtime=options.provider)
+                       rtol=options.rtol, inputs_given=inputs is not None)
     converted = convert_precision(model, compiled.graph, job.precision_name, request, log)
     checked = check(compiled, converted, options)
     if checker is not None:
@@ -528,8 +528,7 @@ def deploy_job(job: Job, log: Log = silent) -> Deployed:
     config_of(model)  # the batch dims and names are checked on the float32 model, before anything is converted
     # CPU instances (or Triton's choice on a CPU-only server) run on ONNX Runtime's CPU provider: keep in
     # float32 what it has no float16 kernel for
-    request = _request(job, compiled, probe_provider=None if out.kind == "gpu" else "cpu", tensorrt=out.tensorrt,
-                       runtime=job.check.runtime)
+    request = _request(job, compiled, probe_provider=None if out.kind == "gpu" else "cpu", tensorrt=out.tensorrt)
     converted = convert_precision(model, compiled.graph, precision, request, log)
     model, precision = converted.model, converted.precision  # int8 not faster than float32: fp32 (Int8.convert)
     if out.tensorrt:
@@ -833,15 +832,13 @@ def bench_job(job: Job, log: Log = silent):
         try:
             if not runtime.available():
                 raise CnnError(runtime.missing())
-            # one conversion serves the runtimes that probe ONNX Runtime alike and place int8 alike
-            key = (precision, repr(runtime.providers({})), runtime.symmetric_int8,
-                   runtime.int8_float_rule if precision_of(precision).placed_per_runtime else None)
+            # one conversion serves the runtimes that probe ONNX Runtime alike (cpu and openvino: its CPU provider)
+            key = (precision, repr(runtime.providers({})), runtime.symmetric_int8)
             if key not in converted:
                 if compiled is None and precision_of(precision).converts_model:
                     raise CnnError(f"{precision} is converted from the network's graph, which an ONNX model lacks: "
                                    "bench the .cnn spec (`cnncomp import` makes one from an ONNX model)")
-                request = _request(job, compiled, probe_provider=runtime_name, tensorrt=runtime.symmetric_int8,
-                                   runtime=runtime_name)
+                request = _request(job, compiled, probe_provider=runtime_name, tensorrt=runtime.symmetric_int8)
                 request.settings["keep_io_fp32"] = True  # every choice takes the same float32 inputs
                 request.settings["keep_slower_int8"] = True  # bench compares the precisions' speeds itself
                 result = convert_precision(model, compiled.graph if compiled else None, precision, request, log)

@@ -12,9 +12,8 @@ the load average is above the core count.
 - ORT fp32:          cnncomp's float32 ONNX (-O1) under ONNX Runtime: the baseline of every ratio;
 - ORT int8:          cnncomp's QDQ file (`--precision int8`, calibrated on --calibration) under ONNX Runtime;
 - OV f32 / OV bf16:  the float32 file under OpenVINO, precision hint f32 / bf16;
-- OV int8 cnncomp:   cnncomp's QDQ file for OpenVINO (`--runtime openvino`: its int8 placement rule) through
-                     cnncomp's OpenVinoSession (what `bench` times: compiled for the input's static shape);
-- OV int8 ORT file:  the QDQ file placed for ONNX Runtime, under OpenVinoSession (the placement rule's gain);
+- OV int8 cnncomp:   cnncomp's QDQ file under OpenVINO, through cnncomp's OpenVinoSession (what `bench` times:
+                     compiled for the input's static shape);
 - OV int8 dynamic:   cnncomp's file compiled as read, batch dimension dynamic (the static-shape compile's gain);
 - OV int8 copying:   the same compiled model run the way cnncomp did before it shared its input arrays;
 - OV int8 NNCF:      `nncf.quantize` (its defaults) of the same float32 ONNX model on the same samples.
@@ -125,19 +124,16 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         fp32, int8, nncf_path = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx", Path(tmp) / "nncf.onnx"
         cnncomp.compile(args.spec, output=fp32)
-        cnncomp.compile(args.spec, output=int8, precision="int8", calibration=samples, runtime="openvino")
-        ort_int8 = Path(tmp) / "ort_int8.onnx"
-        cnncomp.compile(args.spec, output=ort_int8, precision="int8", calibration=samples)
+        cnncomp.compile(args.spec, output=int8, precision="int8", calibration=samples)
         nncf_path = nncf_int8(fp32, samples[name], nncf_path)
         t = args.threads
         ours = OpenVinoSession(str(int8), "int8", t)
         contestants = {
             "ORT fp32": open_session(onnx.load(str(fp32)), "cpu", threads=t, quiet=True).run,
-            "ORT int8": open_session(onnx.load(str(ort_int8)), "cpu", threads=t, quiet=True).run,
+            "ORT int8": open_session(onnx.load(str(int8)), "cpu", threads=t, quiet=True).run,
             "OV f32": OpenVinoSession(str(fp32), "fp32", t).run,
             "OV bf16": OpenVinoSession(str(fp32), "bf16", t).run,
             "OV int8 cnncomp": ours.run,
-            "OV int8 ORT file": OpenVinoSession(str(ort_int8), "int8", t).run,
             "OV int8 dynamic": dynamic_run(OpenVinoSession(str(int8), "int8", t)),
             "OV int8 copying": copying_run(OpenVinoSession(str(int8), "int8", t)),
         }

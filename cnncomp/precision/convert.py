@@ -38,7 +38,6 @@ class PrecisionRequest:
     compiled: object = None  # pipeline.Compiled: the reference graph and weights int8 measures against
     inputs_given: bool = False  # the user's inputs (--load-inputs): int8 checks on them, not on its held-out ones
     tensorrt: bool = False  # the model goes to TensorRT (int8: symmetric int8 activations, no zero points)
-    runtime: str | None = None  # the runtime the model is written for (int8: its placement rule), None: ONNX Runtime
 
     @property
     def keep_io_fp32(self) -> bool:
@@ -72,8 +71,6 @@ class Precision:
     converts_model: bool = True  # it converts the ONNX model (so it cannot go with a text --emit)
     judged_by_budget: bool = False  # judged by the relative L2 error against --max-error instead
     calibrated: bool = False  # reads --calibration to convert (then an image folder serves it, not -O3)
-    placed_per_runtime: bool = False  # follows the runtime's placement rule (Runtime.int8_float_rule): one
-    # conversion per rule where bench runs it on several runtimes
     o3_budget_share: float = 1.0  # of --max-error, what -O3's rewrites get beside this precision
     triton_mode: str = "FP32"  # Triton's TensorRT accelerator precision_mode
     tensorrt_build: dict = {}  # flags for deployment.tensorrt.build_engine (fp16=True, int8=True)
@@ -217,7 +214,6 @@ class Int8(Precision):
     tolerances = (1e-1, 1e-1)  # only fill the report: int8 is judged by the budget
     judged_by_budget = True
     calibrated = True
-    placed_per_runtime = True
     o3_budget_share = 0.5  # quantization measures against the whole budget, -O3's rewrites get half
     triton_mode = "INT8"  # the QDQ model's own scales
     tensorrt_build = {"int8": True}
@@ -229,15 +225,13 @@ class Int8(Precision):
             raise ValueError("int8 needs the compiled graph's reference (PrecisionRequest.compiled)")
         o, c = request.settings, request.compiled
         max_error = o.get("max_error")
-        runtime_float = runtime_float_layers(request.runtime, model)
         quantized, report = quantize_int8(
             model, graph, c.ref_graph, c.ref_weights, o.get("calibration"), o.get("preprocess"),
             o.get("calibration_method") or DEFAULT_METHOD, max_error, bool(o.get("stats")), o.get("seed", 0),
             "int8" if request.tensorrt else "uint8", o.get("bias_correction", "auto"), o.get("jobs", 1),
             o.get("metric", "auto"), o.get("labels"),
             timed=not request.tensorrt,  # TensorRT runs it, not ONNX Runtime's CPU: CPU times say nothing there
-            keep_slower=bool(o.get("keep_slower_int8")), weight_rounding=o.get("weight_rounding") or "nearest",
-            runtime_float=runtime_float)
+            keep_slower=bool(o.get("keep_slower_int8")), weight_rounding=o.get("weight_rounding") or "nearest")
         if report.faster is False and not o.get("keep_slower_int8"):
             quantized, report.written = model, "fp32"  # the not-faster rule
         for w in report.warnings:
@@ -273,18 +267,6 @@ class Int8(Precision):
             return notes
         return notes + [f"the int8 error jumps most at {jump[0]} ({compiled.ref_graph.layer(jump[0]).where}): "
                         f"relative L2 {jump[1]:.3g} before it, {jump[2]:.3g} after"]
-
-
-def runtime_float_layers(runtime: str | None, model) -> dict[str, str]:
-    """{node: why} that int8 keeps in float32 for `runtime`'s speed (its `int8_float_rule`; none for ONNX
-    Runtime's providers and unknown names, whose placement is int8.py's own)."""
-    from cnncomp.precision.int8_placement import float_layers
-    from cnncomp.run.runtime import runtimes
-
-    known = runtimes().get(runtime) if runtime else None
-    if known is None:
-        return {}
-    return {node: f"{runtime}: {why}" for node, why in float_layers(known.int8_float_rule, model).items()}
 
 
 def convert_precision(model, graph: LayerGraph, precision: str = "fp32", request: PrecisionRequest | None = None,

@@ -94,7 +94,6 @@ class Int8Report:
     notes: list[str] = field(default_factory=list)
     inputs: dict = field(default_factory=dict, repr=False)  # the held-out samples the error was measured on
     no_int8_kernel: dict[str, str] = field(default_factory=dict)  # layer -> why ONNX Runtime runs it in float32
-    runtime_float: dict[str, str] = field(default_factory=dict)  # layer -> why the target runtime is faster so
     budget_error: float = 0.0  # the final model's worst metric / threshold over outputs (<= 1 fits)
     full_int8_budget_error: float = 0.0
     metrics: list[MetricResult] = field(default_factory=list)  # per output: float32 and int8 against the threshold
@@ -178,8 +177,7 @@ class Int8Report:
     def _sensitivity(self) -> str:
         if not self.layers:
             return "int8 sensitivity: not measured (full int8 met the budget; --stats with --max-error measures it)"
-        width = max(len(name) for name in [l.layer for l in self.layers] + list(self.no_int8_kernel)
-                    + list(self.runtime_float))
+        width = max(len(name) for name in [l.layer for l in self.layers] + list(self.no_int8_kernel))
 
         def ms(value):
             return f"{value:>8.3f}" if value is not None else f"{'-':>8}"
@@ -191,11 +189,8 @@ class Int8Report:
         for name, why in self.no_int8_kernel.items():
             lines.append(f"{name:<{width}}  {'-':>11}  {'float32':>7}  {'':>6}  {'':>8}  {'':>8}  "
                          f"no int8 kernel: {why}")
-        for name, why in self.runtime_float.items():
-            lines.append(f"{name:<{width}}  {'-':>11}  {'float32':>7}  {'':>6}  {'':>8}  {'':>8}  "
-                         f"faster in float: {why}")
         int8_share = sum(l.macs_share for l in self.layers if l.precision == "int8")
-        total = len(self.layers) + len(self.no_int8_kernel) + len(self.runtime_float)
+        total = len(self.layers) + len(self.no_int8_kernel)
         lines.append(f"{len(self.layers) - len(self.float_layers)} of {total} layers in int8, "
                      f"{int8_share:.1%} of the MACs")
         return "\n".join(lines)
@@ -267,8 +262,7 @@ class Quantizer:
     """A float32 model calibrated once; `quantize` then gives its QDQ int8 model with any layers left in float32."""
 
     def __init__(self, model: onnx.ModelProto, calibration: dict[str, np.ndarray], method: str = DEFAULT_METHOD,
-                 activations: str = "uint8", batch: int = 1, locate=None, weight_rounding: str = DEFAULT_ROUNDING,
-                 runtime_float: dict[str, str] | None = None):
+                 activations: str = "uint8", batch: int = 1, locate=None, weight_rounding: str = DEFAULT_ROUNDING):
         if method not in METHODS:
             raise CnnError(f"unknown calibration method '{method}'; choose one of {', '.join(METHODS)}")
         if weight_rounding not in ROUNDING_MODES:
@@ -288,17 +282,6 @@ class Quantizer:
             if group is not None:
                 self.kept_float[group] = why
                 self._float_nodes |= set(self.groups[group])
-        # layers the target runtime computes faster in float (int8_placement.py): in kept_float like those
-        # without an int8 kernel, so every model quantize() writes has them in float32 and neither the
-        # sensitivity search nor the islands rule takes them for int8 candidates
-        self.runtime_float = {g: why for node, why in (runtime_float or {}).items()
-                              if (g := self._group_of(node)) is not None and g not in self.kept_float}
-        for group, why in self.runtime_float.items():
-            self.kept_float[group] = why
-            self._float_nodes |= set(self.groups[group])
-        if self.runtime_float:
-            self.notes.append("int8: kept in float32, faster so in the runtime it is written for: " + "; ".join(
-                f"{group} ({why})" for group, why in self.runtime_float.items()))
         self.method = method
         self.locate = locate or (lambda layer: "")  # a layer's place in the spec (file:line:col), for errors
         self.activations = activations
@@ -381,10 +364,9 @@ class Quantizer:
             quantized = self.quantize()
         else:
             raise CnnError("int8: ONNX Runtime cannot run the quantized model with any layer in int8")
-        no_kernel = {g: why for g, why in self.kept_float.items() if g not in self.runtime_float}
-        if no_kernel:
+        if self.kept_float:
             self.notes.append("int8: kept in float32, no usable ONNX Runtime int8 kernel for them here: " + "; ".join(
-                f"{group} ({why})" for group, why in no_kernel.items()))
+                f"{group} ({why})" for group, why in self.kept_float.items()))
 
     def _raise_for_nonfinite(self, calibration: dict, error: Exception) -> None:
         from cnncomp.passes.budget import batches
@@ -589,7 +571,7 @@ def quantize_int8(model: onnx.ModelProto, graph: LayerGraph, ref_graph: LayerGra
                   max_error: float | None = None, sensitivity: bool = False, seed: int = 0,
                   activations: str = "uint8", bias_correction: str = DEFAULT_MODE, jobs: int = 1,
                   metric="auto", labels=None, timed: bool = True, threads: int = 1, keep_slower: bool = False,
-                  weight_rounding: str = DEFAULT_ROUNDING, runtime_float: dict[str, str] | None = None
+                  weight_rounding: str = DEFAULT_ROUNDING
                   ) -> tuple[onnx.ModelProto, Int8Report]:
     """Quantize an emitted float32 model (of `graph`) to QDQ int8, keeping layers in float32 to meet the budget.
 
@@ -605,8 +587,7 @@ def quantize_int8(model: onnx.ModelProto, graph: LayerGraph, ref_graph: LayerGra
     `keep_slower`, only its accuracy half: islands without a conv); with `timed`, the final model is timed
     against float32 (the report's float_ms, int8_ms; Int8.convert applies the not-faster rule).
     `weight_rounding`: nearest, or gptq (rounding.py: each weight up or down to minimise its layer's output
-    error on the calibration samples). `runtime_float`: {node: why} kept in float32 because the runtime the
-    model is written for computes them faster in float (int8_placement.py)."""
+    error on the calibration samples)."""
     from cnncomp.passes.budget import DEFAULT_MAX_ERROR, batches, split_held_out
     from cnncomp.precision.int8_speed import fallback_order, time_models
     from cnncomp.precision.calibration import (
@@ -641,11 +622,10 @@ def quantize_int8(model: onnx.ModelProto, graph: LayerGraph, ref_graph: LayerGra
                         max_error=max_error, warnings=warnings)
     quantizer = Quantizer(model, calib, method, activations, batch or 1,
                           locate=lambda layer: graph.layer(layer).where if layer in graph else "",
-                          weight_rounding=weight_rounding, runtime_float=runtime_float)
+                          weight_rounding=weight_rounding)
     report.method = quantizer.method
     report.notes += quantizer.notes
-    report.no_int8_kernel = {g: why for g, why in quantizer.kept_float.items() if g not in quantizer.runtime_float}
-    report.runtime_float = dict(quantizer.runtime_float)
+    report.no_int8_kernel = dict(quantizer.kept_float)
     try:
         quantized = quantizer.quantize()
         if bias_correction != "off":

@@ -6,8 +6,7 @@ relative L2 error on ResNet-50). So the precision hint is always set here:
 `f32` for fp32 (what "fp32" means everywhere else in cnncomp), `bf16` only when
 bf16 is asked for, `f16` for fp16 (on a CPU without float16 math, `f32`: the
 float16 model then runs computed in float32). An int8 (QDQ) model runs its quantized layers
-in int8 whatever the hint; its float layers follow the hint: f32, or bf16 on an AMX CPU, where int8 keeps
-the stem conv in float for OpenVINO (precision/int8_placement.py) and bf16 is what makes that pay.
+in int8 whatever the hint; its float layers follow the hint (f32).
 
 Settings for latency at batch 1, what `benchmark_app -hint latency -nthreads N` asks for: PERFORMANCE_HINT
 LATENCY (one stream), INFERENCE_NUM_THREADS from --threads, and a model with dynamic dims (cnncomp emits the
@@ -38,13 +37,9 @@ from cnncomp.run.runtime import Runtime, register_runtime
 
 INSTALL_HINT = "pip install 'cnncomp[openvino]'"
 # cnncomp precision -> (INFERENCE_PRECISION_HINT, the hint where the CPU lacks that math, or None: refused).
-# int8 (its QDQ layers run in int8 whatever the hint) computes its float layers in f32, or on an AMX CPU in bf16:
-# there the stem conv is kept float for OpenVINO (int8_placement.py), and bf16 is what makes it pay (ResNet-50
-# int8: 9.4 ms with the stem in int8, 8.7 ms in bf16, 10.1 ms in f32; process CPU time, docs/benchmarks.md).
-# Others compute in f32.
+# Other precisions (int8: its QDQ layers run in int8 whatever the hint) compute their float layers in f32.
 PRECISION_HINTS = {"fp32": ("f32", None), "fp16": ("f16", "f32"), "bf16": ("bf16", None)}
 MAX_COMPILED_SHAPES = 4  # a dynamic model's compiled static versions kept at once (each holds its weights)
-AMX_HINTS = {"int8": ("bf16", "f32")}  # on an AMX CPU, int8's float layers (the stem) in bf16: see below
 CAPABILITY = {"bf16": "BF16", "f16": "FP16"}  # what OPTIMIZATION_CAPABILITIES lists for a hint's math
 
 
@@ -91,28 +86,6 @@ def precision_problem(hint: str) -> str | None:
     return None
 
 
-def cpu_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> set[str]:
-    """The flags this CPU lists in /proc/cpuinfo (avx512_bf16, amx_int8, ...); empty where there is no such file."""
-    try:
-        text = Path(cpuinfo).read_text()
-    except OSError:
-        return set()
-    return {flag for line in text.splitlines() if line.startswith("flags")
-            for flag in line.partition(":")[2].split()}
-
-
-def amx_cpu(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
-    """Whether this CPU has AMX (amx_bf16 in /proc/cpuinfo): OpenVINO's int8 and bf16 kernels then work in
-    tiles, 64 input channels wide for int8."""
-    return "amx_bf16" in cpu_flags(cpuinfo)
-
-
-def _hint(precision: str) -> tuple[str, str | None]:
-    """(INFERENCE_PRECISION_HINT, the one to use where the CPU lacks that math or None: refused) for a precision."""
-    hints = {**PRECISION_HINTS, **AMX_HINTS} if amx_cpu() else PRECISION_HINTS
-    return hints.get(precision, ("f32", None))
-
-
 def _read(core, model):
     """An ov.Model from a path, ONNX bytes or an onnx.ModelProto."""
     if isinstance(model, (str, Path)):
@@ -133,7 +106,7 @@ class OpenVinoSession:
 
     def __init__(self, model, precision: str = "fp32", threads: int = 0):
         core = _core()
-        hint, fallback = _hint(precision)
+        hint, fallback = PRECISION_HINTS.get(precision, ("f32", None))
         problem = precision_problem(hint)
         if problem and fallback is None:
             raise CnnError(f"the openvino runtime cannot compute {precision} here: {problem}")
@@ -173,8 +146,9 @@ class OpenVinoSession:
 
         A model with dynamic dims (the batch, as cnncomp emits it) is compiled for the static shapes of the
         inputs it is run on: on dynamic shapes OpenVINO's CPU plugin infers every node's shape on every
-        inference and picks shape-agnostic kernels, and MobileNetV2 in int8 at batch 1 took 12% more time
-        so (2.55 against 2.87 ms, tools/bench_openvino_int8.py). A shape it cannot be reshaped to runs on
+        inference and picks shape-agnostic kernels, and MobileNetV2 in int8 at batch 1 took 7% to 12% more
+        CPU time so (2.80 against 3.12 ms and 2.55 against 2.87 ms in two loaded runs of
+        tools/bench_openvino_int8.py; ResNet-50 8%). A shape it cannot be reshaped to runs on
         the dynamic model. The last few shapes stay compiled."""
         if shapes not in self._by_shapes:
             try:
@@ -244,11 +218,6 @@ class OpenVinoRuntime(Runtime):
     provider = "OpenVINOExecutionProvider"  # its ONNX Runtime counterpart; cnncomp runs OpenVINO's own runtime
     install_hint = INSTALL_HINT
     triton_cpu_accelerator = "openvino"  # Triton's onnxruntime backend runs CPU instances through OpenVINO
-
-    @property
-    def int8_float_rule(self) -> str | None:
-        """On AMX CPUs, int8 keeps the few-channel stem conv in float, computed in bf16 (int8_placement.py)."""
-        return "input-convs" if amx_cpu() else None
 
     def available(self) -> bool:
         return openvino_problem() is None

@@ -33,8 +33,6 @@ class Runtime:
     options: tuple[Option, ...] = ()  # its own options (group "check"), e.g. TensorRT's --trt-fp16
     triton_cpu_accelerator: str | None = None  # what a Triton config names to run CPU instances on it (openvino)
     symmetric_int8: bool = False  # its int8 takes no zero points (TensorRT): int8 activations, not uint8
-    # a rule of precision/int8_placement.py naming the layers its int8 runs slower than its float (kept float)
-    int8_float_rule: str | None = None
 
     def available(self) -> bool:
         return self.provider in available_providers()
