@@ -164,6 +164,14 @@ class Fp16(Precision):
         return list(compiled.fp16_warnings)
 
 
+def int8_runtime(request: PrecisionRequest) -> str:
+    """Whose int8 kernels the QDQ placement is for (int8_support.PLACEMENT_RULES): TensorRT for a TensorRT build,
+    OpenVINO when the check runs there, else ONNX Runtime's CPU provider."""
+    if request.tensorrt:
+        return "tensorrt"
+    return "openvino" if request.settings.get("runtime") == "openvino" else "onnxruntime-cpu"
+
+
 def _metric_problem(value) -> str | None:
     from cnncomp.verification.metrics import metric_problem
 
@@ -231,7 +239,8 @@ class Int8(Precision):
             "int8" if request.tensorrt else "uint8", o.get("bias_correction", "auto"), o.get("jobs", 1),
             o.get("metric", "auto"), o.get("labels"),
             timed=not request.tensorrt,  # TensorRT runs it, not ONNX Runtime's CPU: CPU times say nothing there
-            keep_slower=bool(o.get("keep_slower_int8")), weight_rounding=o.get("weight_rounding") or "nearest")
+            keep_slower=bool(o.get("keep_slower_int8")), weight_rounding=o.get("weight_rounding") or "nearest",
+            runtime=int8_runtime(request))
         if report.faster is False and not o.get("keep_slower_int8"):
             quantized, report.written = model, "fp32"  # the not-faster rule
         for w in report.warnings:

@@ -51,7 +51,7 @@ from cnncomp.verification.metrics import MetricResult, load_labels, plan_metrics
 from cnncomp.precision.bias_correction import DEFAULT_MODE, MODES as BIAS_CORRECTION_MODES, apply_bias_corrections
 from cnncomp.precision.bias_correction import bias_corrections
 from cnncomp.precision.int8_support import failing_node, known_unsupported, neighbourhood, nonfinite_activations
-from cnncomp.precision.int8_support import short_reason
+from cnncomp.precision.int8_support import short_reason, slower_in_int8
 from cnncomp.precision.rounding import DEFAULT_MODE as DEFAULT_ROUNDING, MODES as ROUNDING_MODES, apply_rounded_weights
 
 METHODS = ("minmax", "percentile", "entropy", "mse")
@@ -94,6 +94,7 @@ class Int8Report:
     notes: list[str] = field(default_factory=list)
     inputs: dict = field(default_factory=dict, repr=False)  # the held-out samples the error was measured on
     no_int8_kernel: dict[str, str] = field(default_factory=dict)  # layer -> why ONNX Runtime runs it in float32
+    slower_in_int8: dict[str, str] = field(default_factory=dict)  # layer -> why the runtime is faster in float32
     budget_error: float = 0.0  # the final model's worst metric / threshold over outputs (<= 1 fits)
     full_int8_budget_error: float = 0.0
     metrics: list[MetricResult] = field(default_factory=list)  # per output: float32 and int8 against the threshold
@@ -177,7 +178,9 @@ class Int8Report:
     def _sensitivity(self) -> str:
         if not self.layers:
             return "int8 sensitivity: not measured (full int8 met the budget; --stats with --max-error measures it)"
-        width = max(len(name) for name in [l.layer for l in self.layers] + list(self.no_int8_kernel))
+        fixed = {**{name: f"no int8 kernel: {why}" for name, why in self.no_int8_kernel.items()},
+                 **{name: f"faster in float32: {why}" for name, why in self.slower_in_int8.items()}}
+        width = max(len(name) for name in [l.layer for l in self.layers] + list(fixed))
 
         def ms(value):
             return f"{value:>8.3f}" if value is not None else f"{'-':>8}"
@@ -186,11 +189,10 @@ class Int8Report:
         for l in self.layers:
             lines.append(f"{l.layer:<{width}}  {l.error_alone:>11.3g}  {l.precision:>7}  {l.macs_share:>6.1%}  "
                          f"{ms(l.float_ms)}  {ms(l.int8_ms)}")
-        for name, why in self.no_int8_kernel.items():
-            lines.append(f"{name:<{width}}  {'-':>11}  {'float32':>7}  {'':>6}  {'':>8}  {'':>8}  "
-                         f"no int8 kernel: {why}")
+        for name, why in fixed.items():
+            lines.append(f"{name:<{width}}  {'-':>11}  {'float32':>7}  {'':>6}  {'':>8}  {'':>8}  {why}")
         int8_share = sum(l.macs_share for l in self.layers if l.precision == "int8")
-        total = len(self.layers) + len(self.no_int8_kernel)
+        total = len(self.layers) + len(fixed)
         lines.append(f"{len(self.layers) - len(self.float_layers)} of {total} layers in int8, "
                      f"{int8_share:.1%} of the MACs")
         return "\n".join(lines)
@@ -262,7 +264,8 @@ class Quantizer:
     """A float32 model calibrated once; `quantize` then gives its QDQ int8 model with any layers left in float32."""
 
     def __init__(self, model: onnx.ModelProto, calibration: dict[str, np.ndarray], method: str = DEFAULT_METHOD,
-                 activations: str = "uint8", batch: int = 1, locate=None, weight_rounding: str = DEFAULT_ROUNDING):
+                 activations: str = "uint8", batch: int = 1, locate=None, weight_rounding: str = DEFAULT_ROUNDING,
+                 runtime: str = "onnxruntime-cpu"):
         if method not in METHODS:
             raise CnnError(f"unknown calibration method '{method}'; choose one of {', '.join(METHODS)}")
         if weight_rounding not in ROUNDING_MODES:
@@ -282,6 +285,12 @@ class Quantizer:
             if group is not None:
                 self.kept_float[group] = why
                 self._float_nodes |= set(self.groups[group])
+        # where `runtime` runs a group faster in float32 (int8_support.PLACEMENT_RULES): no Q/DQ around it at all
+        self.slower_in_int8 = {g: why for g, why in slower_in_int8(model, self.groups, runtime).items()
+                               if g not in self.kept_float}
+        for group in self.slower_in_int8:
+            self._float_nodes |= set(self.groups[group])
+        self.runtime = runtime
         self.method = method
         self.locate = locate or (lambda layer: "")  # a layer's place in the spec (file:line:col), for errors
         self.activations = activations
@@ -303,6 +312,11 @@ class Quantizer:
 
     def close(self) -> None:
         self._tmp.cleanup()
+
+    @property
+    def always_float(self) -> set[str]:
+        """The groups no search puts in int8: those without a usable int8 kernel and those faster in float32."""
+        return set(self.kept_float) | set(self.slower_in_int8)
 
     def _model_path(self) -> Path:
         """The float model's file for this process: the quantizer writes a shape-inferred copy beside it, so a
@@ -367,6 +381,11 @@ class Quantizer:
         if self.kept_float:
             self.notes.append("int8: kept in float32, no usable ONNX Runtime int8 kernel for them here: " + "; ".join(
                 f"{group} ({why})" for group, why in self.kept_float.items()))
+        if self.slower_in_int8:
+            names = list(self.slower_in_int8)
+            self.notes.append(f"int8: {len(names)} layer{'s' if len(names) > 1 else ''} kept in float32, faster "
+                              f"there than in int8 under {self.runtime} ({', '.join(names[:6])}"
+                              + (", ..." if len(names) > 6 else "") + "; --stats says why)")
 
     def _raise_for_nonfinite(self, calibration: dict, error: Exception) -> None:
         from cnncomp.passes.budget import batches
@@ -571,7 +590,7 @@ def quantize_int8(model: onnx.ModelProto, graph: LayerGraph, ref_graph: LayerGra
                   max_error: float | None = None, sensitivity: bool = False, seed: int = 0,
                   activations: str = "uint8", bias_correction: str = DEFAULT_MODE, jobs: int = 1,
                   metric="auto", labels=None, timed: bool = True, threads: int = 1, keep_slower: bool = False,
-                  weight_rounding: str = DEFAULT_ROUNDING
+                  weight_rounding: str = DEFAULT_ROUNDING, runtime: str = "onnxruntime-cpu"
                   ) -> tuple[onnx.ModelProto, Int8Report]:
     """Quantize an emitted float32 model (of `graph`) to QDQ int8, keeping layers in float32 to meet the budget.
 
@@ -587,7 +606,8 @@ def quantize_int8(model: onnx.ModelProto, graph: LayerGraph, ref_graph: LayerGra
     `keep_slower`, only its accuracy half: islands without a conv); with `timed`, the final model is timed
     against float32 (the report's float_ms, int8_ms; Int8.convert applies the not-faster rule).
     `weight_rounding`: nearest, or gptq (rounding.py: each weight up or down to minimise its layer's output
-    error on the calibration samples)."""
+    error on the calibration samples). `runtime` (int8_support.RUNTIMES) picks the placement rules: the layers it
+    runs faster in float32 get no Q/DQ nodes."""
     from cnncomp.passes.budget import DEFAULT_MAX_ERROR, batches, split_held_out
     from cnncomp.precision.int8_speed import fallback_order, time_models
     from cnncomp.precision.calibration import (
@@ -622,10 +642,11 @@ def quantize_int8(model: onnx.ModelProto, graph: LayerGraph, ref_graph: LayerGra
                         max_error=max_error, warnings=warnings)
     quantizer = Quantizer(model, calib, method, activations, batch or 1,
                           locate=lambda layer: graph.layer(layer).where if layer in graph else "",
-                          weight_rounding=weight_rounding)
+                          weight_rounding=weight_rounding, runtime=runtime)
     report.method = quantizer.method
     report.notes += quantizer.notes
     report.no_int8_kernel = dict(quantizer.kept_float)
+    report.slower_in_int8 = dict(quantizer.slower_in_int8)
     try:
         quantized = quantizer.quantize()
         if bias_correction != "off":
@@ -645,7 +666,7 @@ def quantize_int8(model: onnx.ModelProto, graph: LayerGraph, ref_graph: LayerGra
             quantized, report.budget_error, report.float_layers = keep_sensitive_in_float(
                 quantizer, probe.budget_error, report.layers, 1.0)
             report.error = probe.error(quantized)
-        if report.float_layers or quantizer.kept_float:
+        if report.float_layers or quantizer.always_float:
             quantized = _islands_back_to_float(quantizer, quantized, report, probe,
                                                1.0 if max_error is not None else None, one_batch,
                                                None if keep_slower else speed, bias_correction, threads,
@@ -728,7 +749,7 @@ def rank_layers(quantizer: Quantizer, probe: ErrorProbe, graph: LayerGraph, jobs
     from cnncomp.run.parallel import forked_map
 
     total = max(graph_cost(graph)[1], 1)
-    layers = [name for name in quantizable_layers(quantizer.model) if name not in quantizer.kept_float]
+    layers = [name for name in quantizable_layers(quantizer.model) if name not in quantizer.always_float]
     errors = forked_map(lambda i: probe.error(quantizer.quantize(only=[layers[i]])), len(layers), jobs,
                         label="int8 sensitivity")
     ranked = []
@@ -764,7 +785,7 @@ def _layer_speed(quantizer: Quantizer, full_int8: onnx.ModelProto, feeds: dict, 
     from cnncomp.precision.int8_speed import layer_speed
 
     settings = {"method": quantizer.method, "activations": quantizer.activations, "bias_correction": bias_correction,
-                "kept_float": sorted(quantizer.kept_float)}
+                "kept_float": sorted(quantizer.always_float)}
     return layer_speed(quantizer.model, full_int8, quantizer.groups, feeds, settings, threads)
 
 
@@ -777,7 +798,7 @@ def _islands_back_to_float(quantizer: Quantizer, quantized: onnx.ModelProto, rep
     `timed`, only the islands without a conv go back (nothing is timed)."""
     from cnncomp.precision.int8_speed import boundary_times, cached_node_times, quantized_islands
 
-    floats = set(report.float_layers) | set(quantizer.kept_float)
+    floats = set(report.float_layers) | quantizer.always_float
     islands = quantized_islands(quantizer.model, quantizer.groups, floats)  # those without a conv: no timing
     if timed and speed is None and any(g not in floats for g in quantizer.groups):
         # no search ran (it measures the times): `quantized` is the full int8 model, the one to profile
