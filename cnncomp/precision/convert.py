@@ -204,8 +204,10 @@ class Int8(Precision):
                      "the weights adds to each conv/linear output (auto: only where it lowers the error on "
                      "calibration samples; default)", ("auto", "on", "off")),
         Option("keep_slower_int8", None, False, "with --precision int8: keep int8 where it is not faster than "
-               "float32 (ONNX Runtime CPU, one thread, timed at compile time): the whole model, and quantized "
-               "islands between float32 layers that save less than their QuantizeLinear/DequantizeLinear cost. "
+               "float32 (ONNX Runtime CPU, one thread, timed at compile time): the whole model, quantized "
+               "islands between float32 layers that save less than their QuantizeLinear/DequantizeLinear cost, "
+               "and the layers the runtime's placement rules keep in float32 (squeeze-excite gates, 5x5 depthwise "
+               "convs, convs before a hard-swish: docs/precision.md). "
                "Without it such a model is written in float32, and the report says so with both times",
                ("compile", "verify", "deploy"), action="store_true", group="precision"),
         Option("metric", str, "auto", "with --precision int8: what the budget judges each output by, "

@@ -265,7 +265,7 @@ class Quantizer:
 
     def __init__(self, model: onnx.ModelProto, calibration: dict[str, np.ndarray], method: str = DEFAULT_METHOD,
                  activations: str = "uint8", batch: int = 1, locate=None, weight_rounding: str = DEFAULT_ROUNDING,
-                 runtime: str = "onnxruntime-cpu"):
+                 runtime: str | None = "onnxruntime-cpu"):
         if method not in METHODS:
             raise CnnError(f"unknown calibration method '{method}'; choose one of {', '.join(METHODS)}")
         if weight_rounding not in ROUNDING_MODES:
@@ -607,7 +607,7 @@ def quantize_int8(model: onnx.ModelProto, graph: LayerGraph, ref_graph: LayerGra
     against float32 (the report's float_ms, int8_ms; Int8.convert applies the not-faster rule).
     `weight_rounding`: nearest, or gptq (rounding.py: each weight up or down to minimise its layer's output
     error on the calibration samples). `runtime` (int8_support.RUNTIMES) picks the placement rules: the layers it
-    runs faster in float32 get no Q/DQ nodes."""
+    runs faster in float32 get no Q/DQ nodes (with `keep_slower`, none: every layer with an int8 kernel is int8)."""
     from cnncomp.passes.budget import DEFAULT_MAX_ERROR, batches, split_held_out
     from cnncomp.precision.int8_speed import fallback_order, time_models
     from cnncomp.precision.calibration import (
@@ -642,7 +642,7 @@ def quantize_int8(model: onnx.ModelProto, graph: LayerGraph, ref_graph: LayerGra
                         max_error=max_error, warnings=warnings)
     quantizer = Quantizer(model, calib, method, activations, batch or 1,
                           locate=lambda layer: graph.layer(layer).where if layer in graph else "",
-                          weight_rounding=weight_rounding, runtime=runtime)
+                          weight_rounding=weight_rounding, runtime=None if keep_slower else runtime)
     report.method = quantizer.method
     report.notes += quantizer.notes
     report.no_int8_kernel = dict(quantizer.kept_float)

@@ -135,11 +135,18 @@ def neighbourhood(model: onnx.ModelProto, node: str, hops: int = 1) -> set[str]:
 # are empty until measured.
 
 COMPUTE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")  # where int8 saves time (int8_speed.COMPUTE_OPS)
-MIN_INT8_MACS = 100_000  # below this (per sample) an int8 conv/gemm's fixed cost outweighs what it saves
+MIN_INT8_MACS = 100_000  # below this (per sample) an int8 conv/gemm's fixed cost outweighs what it saves ...
+# ... where it is a small part of the network's work (a squeeze-excite conv): in a network made of such layers
+# only, none is kept float32 for it (int8 will not be faster there; the not-faster rule says so with both times)
+TINY_SHARE = 0.01
 # An int8 conv whose output only float32 nodes read pays a QuantizeLinear and a DequantizeLinear per output
 # element (~1.5 ns here); int8 saves ~0.009 ns per MAC (a 1x1 conv: 61 GMAC/s float32, 130 GMAC/s int8), so
 # below ~170 MACs per output element (a 1x1 conv over fewer input channels) it loses; 256 leaves a margin.
 MIN_MACS_PER_DEQUANTIZED_OUTPUT = 256
+# ONNX Runtime's QLinearMul (a squeeze-excite gate, x * hardsigmoid(x)) and QLinearGlobalAveragePool ran about
+# 2x slower than float32's on MobileNetV3's maps; kept float32 where an input is float32 anyway (on ResNet's and
+# SE-ResNet's int8 maps they stay int8: there a Q/DQ pair on a large tensor costs more)
+SLOW_INT8_ELEMENTWISE = ("Mul", "GlobalAveragePool")
 LARGEST_INT8_DEPTHWISE_WINDOW = 9  # 3x3: ONNX Runtime's int8 depthwise kernel is about float32's speed there
 
 
@@ -163,6 +170,7 @@ class GraphFacts:
         self.producer = producers(self.model)
         self.readers = consumers(self.model)
         self.group_of = {m: head for head, members in self.groups.items() for m in members}
+        self.total_macs = sum(self.macs(n) or 0 for n in self.model.graph.node if n.op_type in COMPUTE_OPS)
 
     def macs(self, node: onnx.NodeProto) -> int | None:
         """Multiply-accumulates per sample of a conv/gemm/matmul with a constant weight (None: unknown)."""
@@ -211,9 +219,13 @@ def _depthwise_window(node: onnx.NodeProto, facts: GraphFacts) -> int:
 
 
 def _slow_elementwise(node, facts):
-    if node.op_type in ("Mul", "GlobalAveragePool"):
-        return (f"{node.op_type}: ONNX Runtime's int8 kernel for it (QLinear{node.op_type}) is slower than its "
-                "float32 one")
+    if node.op_type not in SLOW_INT8_ELEMENTWISE:
+        return None
+    floats = [s for s in facts.group_sources(node.name) if s is not None and facts.runs_float(s)]
+    if floats:
+        return (f"{node.op_type} of a float32 input ({facts.nodes[floats[0]].op_type}): ONNX Runtime's "
+                f"QLinear{node.op_type} is slower than float32 {node.op_type} on such small tensors, before the "
+                "QuantizeLinear that input would need")
     return None
 
 
@@ -226,7 +238,7 @@ def _large_depthwise(node, facts):
 
 def _tiny_layer(node, facts):
     macs = facts.macs(node) if node.op_type in COMPUTE_OPS else None
-    if macs is not None and macs < MIN_INT8_MACS:
+    if macs is not None and macs < MIN_INT8_MACS and macs < TINY_SHARE * facts.total_macs:
         return f"{macs} MACs: too few for int8 to repay its fixed cost and Q/DQ nodes"
     return None
 
@@ -263,11 +275,13 @@ PLACEMENT_RULES = {
 RUNTIMES = tuple(PLACEMENT_RULES)
 
 
-def slower_in_int8(model: onnx.ModelProto, groups: dict[str, list[str]], runtime: str = "onnxruntime-cpu",
+def slower_in_int8(model: onnx.ModelProto, groups: dict[str, list[str]], runtime: str | None = "onnxruntime-cpu",
                    quantizable=None) -> dict[str, str]:
     """{group head: why} for the layer groups that `runtime` runs faster in float32 than in int8 (PLACEMENT_RULES),
-    applied until no more groups change. `quantizable`: the op types with an int8 kernel (default: those of ONNX
-    Runtime's quantizer registry)."""
+    applied until no more groups change; none for runtime None (every group with an int8 kernel in int8).
+    `quantizable`: the op types with an int8 kernel (default: those of ONNX Runtime's quantizer registry)."""
+    if runtime is None:
+        return {}
     rules = PLACEMENT_RULES.get(runtime)
     if rules is None:
         raise ValueError(f"unknown int8 runtime '{runtime}'; known: {', '.join(RUNTIMES)}")
