@@ -203,6 +203,11 @@ class GraphFacts:
         return [r.name for m in self.groups[head] for o in self.nodes[m].output for r in self.readers.get(o, [])
                 if r.name not in members]
 
+    def writes_output(self, head: str) -> bool:
+        """Whether a group makes a graph output."""
+        outputs = {o.name for o in self.model.graph.output}
+        return any(o in outputs for m in self.groups[head] for o in self.nodes[m].output)
+
     def group_sources(self, head: str) -> list[str | None]:
         """The producers of a group head's activation inputs (None: a graph input)."""
         node = self.nodes[head]
@@ -238,6 +243,8 @@ def _large_depthwise(node, facts):
 
 def _tiny_layer(node, facts):
     macs = facts.macs(node) if node.op_type in COMPUTE_OPS else None
+    if facts.writes_output(node.name):  # the Q/DQ pair in front of an output is dropped (int8.float_outputs):
+        return None  # the network's last gemm writes float32 itself and costs only its input's QuantizeLinear
     if macs is not None and macs < MIN_INT8_MACS and macs < TINY_SHARE * facts.total_macs:
         return f"{macs} MACs: too few for int8 to repay its fixed cost and Q/DQ nodes"
     return None
