@@ -140,3 +140,16 @@ def test_the_stats_table_lists_the_float32_layers_with_their_reason():
     table = report.table()
     assert "dw" in table and "float32  " in table and "faster in float32: a depthwise conv" in table
     assert "1 of 2 layers in int8" in table
+
+
+def test_a_network_whose_every_layer_is_kept_float32_is_written_as_float32(tmp_path, monkeypatch):
+    # a hard-swish after each 1x1 conv over 16 channels: every conv is dequantized at once, nothing is left in int8
+    monkeypatch.setenv("CNNCOMP_CACHE_DIR", str(tmp_path / "cache"))
+    spec = tmp_path / "hs.cnn"
+    spec.write_text("network hs\ninput x: [N, 16, 32, 32]\n"
+                    "y = x -> conv(16, 1) as c1 -> hardswish -> conv(16, 1) as c2 -> hardswish\noutput y\n")
+    lines = []
+    model = cnncomp.compile(str(spec), precision="int8", log=lines.append, max_error=0.05, metric="rel-l2")
+    said = "".join(lines)
+    assert "no layer is left in int8" in said, said
+    assert not any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph.node)

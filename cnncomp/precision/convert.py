@@ -243,8 +243,8 @@ class Int8(Precision):
             timed=not request.tensorrt,  # TensorRT runs it, not ONNX Runtime's CPU: CPU times say nothing there
             keep_slower=bool(o.get("keep_slower_int8")), weight_rounding=o.get("weight_rounding") or "nearest",
             runtime=int8_runtime(request))
-        if report.faster is False and not o.get("keep_slower_int8"):
-            quantized, report.written = model, "fp32"  # the not-faster rule
+        if (report.faster is False and not o.get("keep_slower_int8")) or report.nothing_quantized:
+            quantized, report.written = model, "fp32"  # the not-faster rule; or every layer ended in float32
         for w in report.warnings:
             log(f"warning: {w}\n")
         log(report.summary() + "\n")

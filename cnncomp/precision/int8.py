@@ -105,12 +105,15 @@ class Int8Report:
     int8_ms: float | None = None
     timing: str = ""  # how they were timed, in words
     written: str = "int8"  # the precision of the model written: fp32 when int8 is not faster (Int8.convert)
+    nothing_quantized: bool = False  # every layer ended in float32 (the model has no Q/DQ node)
 
     @property
     def faster(self) -> bool | None:
-        """Whether the int8 model is measurably faster than float32 (None: not timed)."""
+        """Whether the int8 model is measurably faster than float32 (None: not timed; False: nothing quantized)."""
         from cnncomp.precision.int8_speed import int8_is_faster
 
+        if self.nothing_quantized:
+            return False
         return None if self.float_ms is None else int8_is_faster(self.float_ms, self.int8_ms)
 
     @property
@@ -673,7 +676,12 @@ def quantize_int8(model: onnx.ModelProto, graph: LayerGraph, ref_graph: LayerGra
                                                timed=not keep_slower)
         for entry in report.layers:
             entry.precision = "float32" if entry.layer in report.float_layers else "int8"
-        if timed:
+        report.nothing_quantized = not any(n.op_type in ("QuantizeLinear", "DequantizeLinear")
+                                           for n in quantized.graph.node)
+        if report.nothing_quantized:  # every layer float32: nothing to time, the float32 model is the answer
+            report.notes.append("int8: no layer is left in int8 (each is kept in float32: faster there, or by the "
+                                "budget); the model is the float32 one")
+        elif timed:
             report.float_ms, report.int8_ms, cached = time_models(model, quantized, one_batch, threads)
             shape = "x".join(map(str, np.shape(next(iter(one_batch.values())))))
             report.timing = (f"ONNX Runtime CPU, {threads} thread{'s' if threads != 1 else ''}, input {shape}, "
