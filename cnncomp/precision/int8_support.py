@@ -11,6 +11,9 @@ of gap, each found here rather than special-cased per op elsewhere:
     Runtime names is kept in float32 and the model quantized again;
   - activations that are not finite on the calibration data (`nonfinite_activations`): int8 has no
     range for them, so the error names the layer.
+
+And where int8 has a kernel but the runtime runs the layer faster in float32 (`slower_in_int8`, the
+placement rules of PLACEMENT_RULES, one table per runtime): such layers get no Q/DQ nodes at all.
 """
 
 from __future__ import annotations
