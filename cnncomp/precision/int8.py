@@ -8,7 +8,9 @@ a zero point for ONNX Runtime's CPU kernels; int8 symmetric for TensorRT, which 
 point). ONNX Runtime's QDQ quantizer places the pairs (`onnxruntime.quantization.quantize_static`,
 QuantFormat.QDQ); it drops a Relu/Clip whose output range the uint8 zero point already clips, so
 ONNX Runtime fuses Conv + activation into one QLinearConv (`session_kernels` shows the kernels of
-the optimized session graph).
+the optimized session graph). The layers the target runtime runs faster in float32 (int8_support's
+placement rules: under ONNX Runtime CPU a conv before a hard-swish, a squeeze-excite gate, a 5x5
+depthwise conv) are left out of it: no Q/DQ around them.
 
 Calibration (ranges of every activation) runs once per `Quantizer`, with a method from METHODS:
 `minmax` (the observed range), `percentile` (99.999th percentile of |x|, ignoring outliers) or
