@@ -25,6 +25,7 @@ import numpy as np
 import onnx
 
 from cnncomp.onnx_graph import attrs_of, consumers, producers
+from cnncomp.precision.int8_speed import COMPUTE_OPS  # where int8 saves time
 
 # ONNX Runtime names the node it failed on in these shapes of message
 _NODE_IN_MESSAGE = (re.compile(r'In Node, \("([^"]+)"'), re.compile(r"Name:'([^']+)'"),
@@ -121,7 +122,8 @@ def neighbourhood(model: onnx.ModelProto, node: str, hops: int = 1) -> set[str]:
 # ---- placement: where int8 pays, per runtime ---------------------------------------------------------------
 #
 # Whether a layer gains from int8 depends on the runtime's kernels, not on the layer alone. Under ONNX Runtime's
-# CPU provider (batch 1, one thread; docs/precision.md "Where int8 pays under ONNX Runtime") int8 1x1 and dense
+# CPU provider (batch 1, one thread; docs/precision.md, "Placement: where ONNX Runtime runs a layer faster in
+# float32") int8 1x1 and dense
 # 3x3 convs run two to three times as fast as float32, but on MobileNetV3-style networks (hard-swish, squeeze-
 # excite, 5x5 depthwise convs) full int8 was 0.4x to 0.7x as fast as float32: ONNX Runtime has no int8 kernel
 # for HardSwish/HardSigmoid, so each conv before one runs QuantizeLinear + DequantizeLinear + the activation
@@ -134,10 +136,11 @@ def neighbourhood(model: onnx.ModelProto, node: str, hops: int = 1) -> set[str]:
 # quantization scale, with the pass-through nodes after it: int8.layer_groups) and the graph's facts, and
 # returns why the group stays float32 there, or None. `slower_in_int8` applies them until nothing changes,
 # since a group that goes back to float32 can leave its neighbours' int8 outputs read only by float32 nodes.
-# OpenVINO and TensorRT fuse differently (OpenVINO runs HardSwish and depthwise convs in int8): their tables
-# are empty until measured.
+# OpenVINO and TensorRT fuse differently (their own graph transformations, not ONNX Runtime's QDQ fusions): their
+# tables are empty until measured there.
 
-COMPUTE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")  # where int8 saves time (int8_speed.COMPUTE_OPS)
+# A layer whose sizes are symbolic (no MACs known) is left to the rules that need none and to the measured
+# search.
 MIN_INT8_MACS = 100_000  # below this (per sample) an int8 conv/gemm's fixed cost outweighs what it saves ...
 # ... where it is a small part of the network's work (a squeeze-excite conv): in a network made of such layers
 # only, none is kept float32 for it (int8 will not be faster there; the not-faster rule says so with both times)
@@ -239,6 +242,7 @@ def _depthwise_window(node: onnx.NodeProto, facts: GraphFacts) -> int:
 
 
 def _slow_elementwise(node, facts):
+    """A squeeze-excite gate: Mul(x, hardsigmoid(...)) -> float32 Mul, no Q/DQ on either input."""
     if node.op_type not in SLOW_INT8_ELEMENTWISE:
         return None
     floats = [s for s in facts.group_sources(node.name) if s is not None and facts.runs_float(s)]
@@ -250,6 +254,7 @@ def _slow_elementwise(node, facts):
 
 
 def _large_depthwise(node, facts):
+    """Conv(group=C, 5x5) -> float32 conv (3x3 stays int8: MobileNetV2's break even)."""
     window = _depthwise_window(node, facts)
     if window > LARGEST_INT8_DEPTHWISE_WINDOW:
         return f"a depthwise conv with a {window}-element window: ONNX Runtime's int8 depthwise kernel is slower there"
@@ -257,6 +262,7 @@ def _large_depthwise(node, facts):
 
 
 def _tiny_layer(node, facts):
+    """Conv(96 -> 24) on a 1x1 map (2,304 MACs) in a 50M-MAC network -> float32."""
     macs = facts.macs(node) if node.op_type in COMPUTE_OPS else None
     if facts.writes_output(node.name):  # the Q/DQ pair in front of an output is dropped (int8.float_outputs):
         return None  # the network's last gemm writes float32 itself and costs only its input's QuantizeLinear
@@ -266,6 +272,7 @@ def _tiny_layer(node, facts):
 
 
 def _dequantized_at_once(node, facts):
+    """Conv(16 -> 96, 1x1) -> HardSwish: 16 MACs per output element, then DequantizeLinear -> float32 conv."""
     if node.op_type not in COMPUTE_OPS:
         return None
     readers = facts.group_readers(node.name)
@@ -279,6 +286,7 @@ def _dequantized_at_once(node, facts):
 
 
 def _float_island(node, facts):
+    """float32 x -> Add(x, x) -> float32 Mul: the add -> float32 (it would only gain Q/DQ nodes)."""
     if node.op_type in COMPUTE_OPS:
         return None
     sources, readers = facts.group_sources(node.name), facts.group_readers(node.name)
