@@ -153,3 +153,15 @@ def test_a_network_whose_every_layer_is_kept_float32_is_written_as_float32(tmp_p
     said = "".join(lines)
     assert "no layer is left in int8" in said, said
     assert not any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph.node)
+
+
+def test_the_why_line_counts_the_placed_layers_as_float32():
+    from cnncomp.precision.int8 import Int8Report, LayerSensitivity
+
+    report = Int8Report("minmax", "seeded", 8, 4, layers=[LayerSensitivity("stem", "", 0.01, 0.6)],
+                        slower_in_int8={"expand": "only float32 nodes read its output"},
+                        group_macs={"stem": 0.6, "expand": 0.4})
+    assert report.int8_macs_share == pytest.approx(0.6)
+    assert report.float32_reasons()["placement"] == ["expand"]
+    assert "ONNX Runtime runs 1 layer faster in float32 (placement rules; --stats says why) (40.0% of the MACs: " \
+        "expand 40.0%)" in report.shortfall()
