@@ -15,7 +15,8 @@ from cnncomp.precision.rounding import _patches, layer_hessians, round_columns  
 
 
 def _quantized(model, calibration, rounding: str) -> onnx.ModelProto:
-    quantizer = Quantizer(model, calibration, "percentile", weight_rounding=rounding)
+    # every conv in int8 (no placement rules: ONNX Runtime would run the 1-channel first conv in float32)
+    quantizer = Quantizer(model, calibration, "percentile", weight_rounding=rounding, runtime=None)
     try:
         return quantizer.quantize()
     finally:

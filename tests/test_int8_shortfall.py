@@ -54,7 +54,7 @@ def test_each_reason_with_its_share_and_costliest_layers():
     report = report_with(group_macs={"dw": 0.10, "first": 0.15, "pw": 0.20, "rest": 0.50, "odd": 0.05},
                          layers=layers, float_layers=["dw", "first", "pw"], islands=[["pw"]],
                          no_int8_kernel={"odd": "not implemented"})
-    assert report.float32_reasons() == {"no-kernel": ["odd"], "slower": ["dw"], "metric": ["first"],
+    assert report.float32_reasons() == {"no-kernel": ["odd"], "placement": [], "slower": ["dw"], "metric": ["first"],
                                         "islands": ["pw"]}
     line = report.shortfall()
     assert line.startswith("int8: 50% of the MACs run in int8, under 80%: ") and "\n" not in line

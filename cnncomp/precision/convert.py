@@ -164,6 +164,14 @@ class Fp16(Precision):
         return list(compiled.fp16_warnings)
 
 
+def int8_runtime(request: PrecisionRequest) -> str:
+    """Whose int8 kernels the QDQ placement is for (int8_support.PLACEMENT_RULES): TensorRT for a TensorRT build,
+    OpenVINO when the check runs there, else ONNX Runtime's CPU provider."""
+    if request.tensorrt:
+        return "tensorrt"
+    return "openvino" if request.settings.get("runtime") == "openvino" else "onnxruntime-cpu"
+
+
 def _metric_problem(value) -> str | None:
     from cnncomp.verification.metrics import metric_problem
 
@@ -196,8 +204,10 @@ class Int8(Precision):
                      "the weights adds to each conv/linear output (auto: only where it lowers the error on "
                      "calibration samples; default)", ("auto", "on", "off")),
         Option("keep_slower_int8", None, False, "with --precision int8: keep int8 where it is not faster than "
-               "float32 (ONNX Runtime CPU, one thread, timed at compile time): the whole model, and quantized "
-               "islands between float32 layers that save less than their QuantizeLinear/DequantizeLinear cost. "
+               "float32 (ONNX Runtime CPU, one thread, timed at compile time): the whole model, quantized "
+               "islands between float32 layers that save less than their QuantizeLinear/DequantizeLinear cost, "
+               "and the layers the runtime's placement rules keep in float32 (squeeze-excite gates, 5x5 depthwise "
+               "convs, convs before a hard-swish: docs/precision.md). "
                "Without it such a model is written in float32, and the report says so with both times",
                ("compile", "verify", "deploy"), action="store_true", group="precision"),
         Option("metric", str, "auto", "with --precision int8: what the budget judges each output by, "
@@ -231,9 +241,10 @@ class Int8(Precision):
             "int8" if request.tensorrt else "uint8", o.get("bias_correction", "auto"), o.get("jobs", 1),
             o.get("metric", "auto"), o.get("labels"),
             timed=not request.tensorrt,  # TensorRT runs it, not ONNX Runtime's CPU: CPU times say nothing there
-            keep_slower=bool(o.get("keep_slower_int8")), weight_rounding=o.get("weight_rounding") or "nearest")
-        if report.faster is False and not o.get("keep_slower_int8"):
-            quantized, report.written = model, "fp32"  # the not-faster rule
+            keep_slower=bool(o.get("keep_slower_int8")), weight_rounding=o.get("weight_rounding") or "nearest",
+            runtime=int8_runtime(request))
+        if (report.faster is False and not o.get("keep_slower_int8")) or report.nothing_quantized:
+            quantized, report.written = model, "fp32"  # the not-faster rule; or every layer ended in float32
         for w in report.warnings:
             log(f"warning: {w}\n")
         log(report.summary() + "\n")

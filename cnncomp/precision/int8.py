@@ -8,7 +8,9 @@ a zero point for ONNX Runtime's CPU kernels; int8 symmetric for TensorRT, which 
 point). ONNX Runtime's QDQ quantizer places the pairs (`onnxruntime.quantization.quantize_static`,
 QuantFormat.QDQ); it drops a Relu/Clip whose output range the uint8 zero point already clips, so
 ONNX Runtime fuses Conv + activation into one QLinearConv (`session_kernels` shows the kernels of
-the optimized session graph).
+the optimized session graph). The layers the target runtime runs faster in float32 (int8_support's
+placement rules: under ONNX Runtime CPU a conv before a hard-swish, a squeeze-excite gate, a 5x5
+depthwise conv) are left out of it: no Q/DQ around them.
 
 Calibration (ranges of every activation) runs once per `Quantizer`, with a method from METHODS:
 `minmax` (the observed range), `percentile` (99.999th percentile of |x|, ignoring outliers) or
@@ -53,7 +55,7 @@ from cnncomp.verification.metrics import MetricResult, load_labels, plan_metrics
 from cnncomp.precision.bias_correction import DEFAULT_MODE, MODES as BIAS_CORRECTION_MODES, apply_bias_corrections
 from cnncomp.precision.bias_correction import bias_corrections
 from cnncomp.precision.int8_support import failing_node, known_unsupported, neighbourhood, nonfinite_activations
-from cnncomp.precision.int8_support import short_reason
+from cnncomp.precision.int8_support import short_reason, slower_in_int8
 from cnncomp.precision.rounding import DEFAULT_MODE as DEFAULT_ROUNDING, MODES as ROUNDING_MODES, apply_rounded_weights
 
 METHODS = ("minmax", "percentile", "entropy", "mse")
@@ -98,6 +100,7 @@ class Int8Report:
     notes: list[str] = field(default_factory=list)
     inputs: dict = field(default_factory=dict, repr=False)  # the held-out samples the error was measured on
     no_int8_kernel: dict[str, str] = field(default_factory=dict)  # layer -> why ONNX Runtime runs it in float32
+    slower_in_int8: dict[str, str] = field(default_factory=dict)  # layer -> why the runtime is faster in float32
     budget_error: float = 0.0  # the final model's worst metric / threshold over outputs (<= 1 fits)
     full_int8_budget_error: float = 0.0
     metrics: list[MetricResult] = field(default_factory=list)  # per output: float32 and int8 against the threshold
@@ -108,13 +111,17 @@ class Int8Report:
     int8_ms: float | None = None
     timing: str = ""  # how they were timed, in words
     written: str = "int8"  # the precision of the model written: fp32 when int8 is not faster (Int8.convert)
+    nothing_quantized: bool = False  # every layer ended in float32 (the model has no Q/DQ node)
     group_macs: dict[str, float] = field(default_factory=dict, repr=False)  # every layer group's share of the MACs
 
     @property
     def faster(self) -> bool | None:
-        """Whether the int8 model is measurably faster than float32 (None: not timed)."""
+        """Whether the int8 model is measurably faster than float32 (None: not timed; False: nothing quantized,
+        whatever the timing's noise says)."""
         from cnncomp.precision.int8_speed import int8_is_faster
 
+        if self.nothing_quantized:
+            return False
         return None if self.float_ms is None else int8_is_faster(self.float_ms, self.int8_ms)
 
     @property
@@ -142,13 +149,14 @@ class Int8Report:
             return 0.0
         if not self.group_macs:
             return None
-        floats = set(self.float_layers) | set(self.no_int8_kernel)
+        floats = set(self.float_layers) | set(self.no_int8_kernel) | set(self.slower_in_int8)
         return max(0.0, 1.0 - sum(share for group, share in self.group_macs.items() if group in floats))
 
     def float32_reasons(self) -> dict[str, list[str]]:
         """Why each layer group of the int8 model runs in float32, by reason: "no-kernel" (ONNX Runtime has no
         usable int8 kernel for it), "slower" (the fallback search put it back first since ONNX Runtime runs it
-        slower in int8 here), "metric" (the budget needed it in float32), "islands" (the islands rule)."""
+        slower in int8 here), "metric" (the budget needed it in float32), "islands" (the islands rule),
+        "placement" (int8_support's placement rules: the runtime runs it faster in float32)."""
         island = {g for members in self.islands for g in members}
         entries = {l.layer: l for l in self.layers}
 
@@ -157,7 +165,8 @@ class Int8Report:
             return entry is not None and entry.float_ms is not None and entry.float_ms > 0 and \
                 entry.int8_ms >= entry.float_ms
 
-        reasons = {"no-kernel": list(self.no_int8_kernel), "slower": [], "metric": [], "islands": []}
+        reasons = {"no-kernel": list(self.no_int8_kernel), "placement": list(self.slower_in_int8), "slower": [],
+                   "metric": [], "islands": []}
         for name in self.float_layers:
             reasons["islands" if name in island else "slower" if slower(name) else "metric"].append(name)
         return reasons
@@ -195,6 +204,8 @@ class Int8Report:
         words = {"slower": ("ONNX Runtime runs {n} slower in int8 here, so the fallback took them first", times),
                  "metric": (f"the {label} budget could not afford {{n}} in int8", error),
                  "islands": ("the islands rule put back {n} whose Q/DQ nodes cost more than they save", lambda n: ""),
+                 "placement": ("ONNX Runtime runs {n} faster in float32 (placement rules; --stats says why)",
+                               lambda n: ""),
                  "no-kernel": ("ONNX Runtime has no usable int8 kernel for {n}",
                                lambda n: f" ({self.no_int8_kernel[n]})")}
         parts = []
@@ -255,7 +266,9 @@ class Int8Report:
     def _sensitivity(self) -> str:
         if not self.layers:
             return "int8 sensitivity: not measured (full int8 met the budget; --stats with --max-error measures it)"
-        width = max(len(name) for name in [l.layer for l in self.layers] + list(self.no_int8_kernel))
+        fixed = {**{name: f"no int8 kernel: {why}" for name, why in self.no_int8_kernel.items()},
+                 **{name: f"faster in float32: {why}" for name, why in self.slower_in_int8.items()}}
+        width = max(len(name) for name in [l.layer for l in self.layers] + list(fixed))
 
         def ms(value):
             return f"{value:>8.3f}" if value is not None else f"{'-':>8}"
@@ -264,11 +277,10 @@ class Int8Report:
         for l in self.layers:
             lines.append(f"{l.layer:<{width}}  {l.error_alone:>11.3g}  {l.precision:>7}  {l.macs_share:>6.1%}  "
                          f"{ms(l.float_ms)}  {ms(l.int8_ms)}")
-        for name, why in self.no_int8_kernel.items():
-            lines.append(f"{name:<{width}}  {'-':>11}  {'float32':>7}  {'':>6}  {'':>8}  {'':>8}  "
-                         f"no int8 kernel: {why}")
+        for name, why in fixed.items():
+            lines.append(f"{name:<{width}}  {'-':>11}  {'float32':>7}  {'':>6}  {'':>8}  {'':>8}  {why}")
         int8_share = sum(l.macs_share for l in self.layers if l.precision == "int8")
-        total = len(self.layers) + len(self.no_int8_kernel)
+        total = len(self.layers) + len(fixed)
         lines.append(f"{len(self.layers) - len(self.float_layers)} of {total} layers in int8, "
                      f"{int8_share:.1%} of the MACs")
         return "\n".join(lines)
@@ -340,7 +352,8 @@ class Quantizer:
     """A float32 model calibrated once; `quantize` then gives its QDQ int8 model with any layers left in float32."""
 
     def __init__(self, model: onnx.ModelProto, calibration: dict[str, np.ndarray], method: str = DEFAULT_METHOD,
-                 activations: str = "uint8", batch: int = 1, locate=None, weight_rounding: str = DEFAULT_ROUNDING):
+                 activations: str = "uint8", batch: int = 1, locate=None, weight_rounding: str = DEFAULT_ROUNDING,
+                 runtime: str | None = "onnxruntime-cpu"):
         if method not in METHODS:
             raise CnnError(f"unknown calibration method '{method}'; choose one of {', '.join(METHODS)}")
         if weight_rounding not in ROUNDING_MODES:
@@ -360,6 +373,12 @@ class Quantizer:
             if group is not None:
                 self.kept_float[group] = why
                 self._float_nodes |= set(self.groups[group])
+        # where `runtime` runs a group faster in float32 (int8_support.PLACEMENT_RULES): no Q/DQ around it at all
+        self.slower_in_int8 = {g: why for g, why in slower_in_int8(model, self.groups, runtime).items()
+                               if g not in self.kept_float}
+        for group in self.slower_in_int8:
+            self._float_nodes |= set(self.groups[group])
+        self.runtime = runtime
         self.method = method
         self.locate = locate or (lambda layer: "")  # a layer's place in the spec (file:line:col), for errors
         self.activations = activations
@@ -381,6 +400,11 @@ class Quantizer:
 
     def close(self) -> None:
         self._tmp.cleanup()
+
+    @property
+    def always_float(self) -> set[str]:
+        """The groups no search puts in int8: those without a usable int8 kernel and those faster in float32."""
+        return set(self.kept_float) | set(self.slower_in_int8)
 
     def _model_path(self) -> Path:
         """The float model's file for this process: the quantizer writes a shape-inferred copy beside it, so a
@@ -445,6 +469,11 @@ class Quantizer:
         if self.kept_float:
             self.notes.append("int8: kept in float32, no usable ONNX Runtime int8 kernel for them here: " + "; ".join(
                 f"{group} ({why})" for group, why in self.kept_float.items()))
+        if self.slower_in_int8:
+            names = list(self.slower_in_int8)
+            self.notes.append(f"int8: {len(names)} layer{'s' if len(names) > 1 else ''} kept in float32, faster "
+                              f"there than in int8 under {self.runtime} ({', '.join(names[:6])}"
+                              + (", ..." if len(names) > 6 else "") + "; --stats says why)")
 
     def _raise_for_nonfinite(self, calibration: dict, error: Exception) -> None:
         from cnncomp.passes.budget import batches
@@ -649,7 +678,7 @@ def quantize_int8(model: onnx.ModelProto, graph: LayerGraph, ref_graph: LayerGra
                   max_error: float | None = None, sensitivity: bool = False, seed: int = 0,
                   activations: str = "uint8", bias_correction: str = DEFAULT_MODE, jobs: int = 1,
                   metric="auto", labels=None, timed: bool = True, threads: int = 1, keep_slower: bool = False,
-                  weight_rounding: str = DEFAULT_ROUNDING
+                  weight_rounding: str = DEFAULT_ROUNDING, runtime: str = "onnxruntime-cpu"
                   ) -> tuple[onnx.ModelProto, Int8Report]:
     """Quantize an emitted float32 model (of `graph`) to QDQ int8, keeping layers in float32 to meet the budget.
 
@@ -665,7 +694,8 @@ def quantize_int8(model: onnx.ModelProto, graph: LayerGraph, ref_graph: LayerGra
     `keep_slower`, only its accuracy half: islands without a conv); with `timed`, the final model is timed
     against float32 (the report's float_ms, int8_ms; Int8.convert applies the not-faster rule).
     `weight_rounding`: nearest, or gptq (rounding.py: each weight up or down to minimise its layer's output
-    error on the calibration samples)."""
+    error on the calibration samples). `runtime` (int8_support.RUNTIMES) picks the placement rules: the layers it
+    runs faster in float32 get no Q/DQ nodes (with `keep_slower`, none: every layer with an int8 kernel is int8)."""
     from cnncomp.passes.budget import DEFAULT_MAX_ERROR, batches, split_held_out
     from cnncomp.precision.int8_speed import fallback_order, time_models
     from cnncomp.precision.calibration import (
@@ -700,11 +730,12 @@ def quantize_int8(model: onnx.ModelProto, graph: LayerGraph, ref_graph: LayerGra
                         max_error=max_error, warnings=warnings)
     quantizer = Quantizer(model, calib, method, activations, batch or 1,
                           locate=lambda layer: graph.layer(layer).where if layer in graph else "",
-                          weight_rounding=weight_rounding)
+                          weight_rounding=weight_rounding, runtime=None if keep_slower else runtime)
     report.method = quantizer.method
     report.notes += quantizer.notes
     report.group_macs = macs_shares(graph, quantizer.groups)
     report.no_int8_kernel = dict(quantizer.kept_float)
+    report.slower_in_int8 = dict(quantizer.slower_in_int8)
     try:
         quantized = quantizer.quantize()
         if bias_correction != "off":
@@ -726,7 +757,7 @@ def quantize_int8(model: onnx.ModelProto, graph: LayerGraph, ref_graph: LayerGra
             quantized, report.budget_error, report.float_layers, back = back_to_int8(
                 quantizer, probe.budget_error, report.layers, report.float_layers, quantized, report.budget_error)
             report.error = probe.error(quantized)
-        if report.float_layers or quantizer.kept_float:
+        if report.float_layers or quantizer.always_float:
             quantized = _islands_back_to_float(quantizer, quantized, report, probe,
                                                1.0 if max_error is not None else None, one_batch,
                                                None if keep_slower else speed, bias_correction, threads,
@@ -736,6 +767,11 @@ def quantize_int8(model: onnx.ModelProto, graph: LayerGraph, ref_graph: LayerGra
             report.notes.append(f"int8: back in int8 after the search, the budget still met: {', '.join(back)}")
         for entry in report.layers:
             entry.precision = "float32" if entry.layer in report.float_layers else "int8"
+        report.nothing_quantized = not any(n.op_type in ("QuantizeLinear", "DequantizeLinear")
+                                           for n in quantized.graph.node)
+        if report.nothing_quantized:  # every layer float32: the float32 model is the answer (Int8.convert)
+            report.notes.append("int8: no layer is left in int8 (each is kept in float32: faster there, or by the "
+                                "budget); the model is the float32 one")
         if timed:
             report.float_ms, report.int8_ms, cached = time_models(model, quantized, one_batch, threads)
             shape = "x".join(map(str, np.shape(next(iter(one_batch.values())))))
@@ -825,7 +861,7 @@ def rank_layers(quantizer: Quantizer, probe: ErrorProbe, graph: LayerGraph, jobs
     from cnncomp.run.parallel import forked_map
 
     total = max(graph_cost(graph)[1], 1)
-    layers = [name for name in quantizable_layers(quantizer.model) if name not in quantizer.kept_float]
+    layers = [name for name in quantizable_layers(quantizer.model) if name not in quantizer.always_float]
     errors = forked_map(lambda i: probe.error(quantizer.quantize(only=[layers[i]])), len(layers), jobs,
                         label="int8 sensitivity")
     ranked = []
@@ -895,7 +931,7 @@ def _layer_speed(quantizer: Quantizer, full_int8: onnx.ModelProto, feeds: dict, 
     from cnncomp.precision.int8_speed import layer_speed
 
     settings = {"method": quantizer.method, "activations": quantizer.activations, "bias_correction": bias_correction,
-                "kept_float": sorted(quantizer.kept_float)}
+                "kept_float": sorted(quantizer.always_float)}
     return layer_speed(quantizer.model, full_int8, quantizer.groups, feeds, settings, threads)
 
 
@@ -908,7 +944,7 @@ def _islands_back_to_float(quantizer: Quantizer, quantized: onnx.ModelProto, rep
     `timed`, only the islands without a conv go back (nothing is timed)."""
     from cnncomp.precision.int8_speed import boundary_times, cached_node_times, quantized_islands
 
-    floats = set(report.float_layers) | set(quantizer.kept_float)
+    floats = set(report.float_layers) | quantizer.always_float
     islands = quantized_islands(quantizer.model, quantizer.groups, floats)  # those without a conv: no timing
     if timed and speed is None and any(g not in floats for g in quantizer.groups):
         # no search ran (it measures the times): `quantized` is the full int8 model, the one to profile

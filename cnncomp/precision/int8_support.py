@@ -11,16 +11,21 @@ of gap, each found here rather than special-cased per op elsewhere:
     Runtime names is kept in float32 and the model quantized again;
   - activations that are not finite on the calibration data (`nonfinite_activations`): int8 has no
     range for them, so the error names the layer.
+
+And where int8 has a kernel but the runtime runs the layer faster in float32 (`slower_in_int8`, the
+placement rules of PLACEMENT_RULES, one table per runtime): such layers get no Q/DQ nodes at all.
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
 
 from cnncomp.onnx_graph import attrs_of, consumers, producers
+from cnncomp.precision.int8_speed import COMPUTE_OPS  # where int8 saves time
 
 # ONNX Runtime names the node it failed on in these shapes of message
 _NODE_IN_MESSAGE = (re.compile(r'In Node, \("([^"]+)"'), re.compile(r"Name:'([^']+)'"),
@@ -112,3 +117,221 @@ def neighbourhood(model: onnx.ModelProto, node: str, hops: int = 1) -> set[str]:
         frontier = step - found
         found |= step
     return found
+
+
+# ---- placement: where int8 pays, per runtime ---------------------------------------------------------------
+#
+# Whether a layer gains from int8 depends on the runtime's kernels, not on the layer alone. Under ONNX Runtime's
+# CPU provider (batch 1, one thread; docs/precision.md, "Placement: where ONNX Runtime runs a layer faster in
+# float32") int8 1x1 and dense
+# 3x3 convs run two to three times as fast as float32, but on MobileNetV3-style networks (hard-swish, squeeze-
+# excite, 5x5 depthwise convs) full int8 was 0.4x to 0.7x as fast as float32: ONNX Runtime has no int8 kernel
+# for HardSwish/HardSigmoid, so each conv before one runs QuantizeLinear + DequantizeLinear + the activation
+# unfused on its whole output (float32 fuses the activation into the conv); its int8 5x5 depthwise conv is 4-6x
+# slower than float32's; QLinearMul and QLinearGlobalAveragePool are about 2x slower than float32 Mul and
+# GlobalAveragePool; and a conv of a few thousand MACs (a squeeze-excite conv on a 1x1 map) costs more in
+# int8's fixed overhead and its Q/DQ nodes than it saves.
+#
+# The rules below are rows of one table per runtime. Each takes a layer group (a node that sets a new
+# quantization scale, with the pass-through nodes after it: int8.layer_groups) and the graph's facts, and
+# returns why the group stays float32 there, or None. `slower_in_int8` applies them until nothing changes,
+# since a group that goes back to float32 can leave its neighbours' int8 outputs read only by float32 nodes.
+# OpenVINO and TensorRT fuse differently (their own graph transformations, not ONNX Runtime's QDQ fusions): their
+# tables are empty until measured there.
+
+# A layer whose sizes are symbolic (no MACs known) is left to the rules that need none and to the measured
+# search.
+MIN_INT8_MACS = 100_000  # below this (per sample) an int8 conv/gemm's fixed cost outweighs what it saves ...
+# ... where it is a small part of the network's work (a squeeze-excite conv): in a network made of such layers
+# only, none is kept float32 for it (int8 will not be faster there; the not-faster rule says so with both times)
+TINY_SHARE = 0.01
+# An int8 conv whose output only float32 nodes read pays a QuantizeLinear and a DequantizeLinear per output
+# element (~1.5 ns here); int8 saves ~0.009 ns per MAC (a 1x1 conv: 61 GMAC/s float32, 130 GMAC/s int8), so
+# below ~170 MACs per output element (a 1x1 conv over fewer input channels) it loses; 256 leaves a margin.
+MIN_MACS_PER_DEQUANTIZED_OUTPUT = 256
+# ONNX Runtime's QLinearMul (a squeeze-excite gate, x * hardsigmoid(x)) and QLinearGlobalAveragePool ran about
+# 2x slower than float32's on MobileNetV3's maps; kept float32 where an input is float32 anyway (on ResNet's and
+# SE-ResNet's int8 maps they stay int8: there a Q/DQ pair on a large tensor costs more)
+SLOW_INT8_ELEMENTWISE = ("Mul", "GlobalAveragePool")
+LARGEST_INT8_DEPTHWISE_WINDOW = 9  # 3x3: ONNX Runtime's int8 depthwise kernel is about float32's speed there
+
+
+@dataclass
+class GraphFacts:
+    """What the placement rules read: the float32 model's nodes, groups, shapes and weights, and the groups
+    kept in float32 so far."""
+
+    model: onnx.ModelProto
+    groups: dict[str, list[str]]  # head -> [head, pass-through nodes] (int8.layer_groups)
+    quantizable: frozenset  # op types ONNX Runtime's quantizer gives an int8 kernel
+    floats: set = field(default_factory=set)  # groups kept in float32 so far
+
+    def __post_init__(self):
+        inferred = onnx.shape_inference.infer_shapes(weightless(self.model))
+        self.shapes = {v.name: [d.dim_value if d.HasField("dim_value") else 0 for d in v.type.tensor_type.shape.dim]
+                       for v in list(inferred.graph.value_info) + list(inferred.graph.output)
+                       + list(inferred.graph.input)}
+        self.weights = {t.name: list(t.dims) for t in self.model.graph.initializer}
+        self.nodes = {n.name: n for n in self.model.graph.node}
+        self.producer = producers(self.model)
+        self.readers = consumers(self.model)
+        self.group_of = {m: head for head, members in self.groups.items() for m in members}
+        self.total_macs = sum(self.macs(n) or 0 for n in self.model.graph.node if n.op_type in COMPUTE_OPS)
+
+    def macs(self, node: onnx.NodeProto) -> int | None:
+        """Multiply-accumulates per sample of a conv/gemm/matmul with a constant weight (None: unknown)."""
+        weight = self.weights.get(node.input[1]) if len(node.input) > 1 else None
+        if weight is None:
+            return None
+        if node.op_type in ("Gemm", "MatMul"):
+            return int(np.prod(weight))
+        out = self.shapes.get(node.output[0])
+        if not out or len(out) < 3 or not all(out[1:]):
+            return None
+        if node.op_type == "ConvTranspose":  # each input element meets every weight of its group
+            source = self.shapes.get(node.input[0])
+            return int(np.prod(source[1:]) * np.prod(weight[1:])) if source and all(source[1:]) else None
+        return int(np.prod(out[1:])) * int(np.prod(weight[1:]))
+
+    def outputs_per_sample(self, node: onnx.NodeProto) -> int | None:
+        out = self.shapes.get(node.output[0])
+        return int(np.prod(out[1:])) if out and len(out) > 1 and all(out[1:]) else None
+
+    def runs_float(self, name: str) -> bool:
+        """Whether a node runs in float32: it has no int8 kernel, belongs to no group (a pass-through node after
+        one that has none), or its group is kept in float32."""
+        node = self.nodes[name]
+        return node.op_type not in self.quantizable or self.group_of.get(name) in (None, *self.floats)
+
+    def group_readers(self, head: str) -> list[str]:
+        """The nodes outside a group that read its tensors."""
+        members = set(self.groups[head])
+        return [r.name for m in self.groups[head] for o in self.nodes[m].output for r in self.readers.get(o, [])
+                if r.name not in members]
+
+    def writes_output(self, head: str) -> bool:
+        """Whether a group makes a graph output."""
+        outputs = {o.name for o in self.model.graph.output}
+        return any(o in outputs for m in self.groups[head] for o in self.nodes[m].output)
+
+    def group_sources(self, head: str) -> list[str | None]:
+        """The producers of a group head's activation inputs (None: a graph input)."""
+        node = self.nodes[head]
+        return [self.producer[i].name if i in self.producer else None for i in node.input
+                if i and i not in self.weights]
+
+
+def weightless(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The model with its initializers as typed graph inputs: shape inference without copying the weights
+    (ResNet-50's 100 MB took 1 s)."""
+    inputs = {i.name for i in model.graph.input}
+    graph = onnx.helper.make_graph(
+        list(model.graph.node), model.graph.name,
+        list(model.graph.input) + [onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims))
+                                   for t in model.graph.initializer if t.name not in inputs],
+        list(model.graph.output))
+    return onnx.helper.make_model(graph, opset_imports=list(model.opset_import), ir_version=model.ir_version)
+
+
+def _depthwise_window(node: onnx.NodeProto, facts: GraphFacts) -> int:
+    """A depthwise conv's window area (kernel height x width), 0 for any other node."""
+    weight = facts.weights.get(node.input[1]) if node.op_type == "Conv" and len(node.input) > 1 else None
+    if weight is None or attrs_of(node).get("group", 1) <= 1 or weight[1] != 1:
+        return 0
+    return int(np.prod(weight[2:]))
+
+
+def _slow_elementwise(node, facts):
+    """A squeeze-excite gate: Mul(x, hardsigmoid(...)) -> float32 Mul, no Q/DQ on either input."""
+    if node.op_type not in SLOW_INT8_ELEMENTWISE:
+        return None
+    floats = [s for s in facts.group_sources(node.name) if s is not None and facts.runs_float(s)]
+    if floats:
+        return (f"{node.op_type} of a float32 input ({facts.nodes[floats[0]].op_type}): ONNX Runtime's "
+                f"QLinear{node.op_type} is slower than float32 {node.op_type} on such small tensors, before the "
+                "QuantizeLinear that input would need")
+    return None
+
+
+def _large_depthwise(node, facts):
+    """Conv(group=C, 5x5) -> float32 conv (3x3 stays int8: MobileNetV2's break even)."""
+    window = _depthwise_window(node, facts)
+    if window > LARGEST_INT8_DEPTHWISE_WINDOW:
+        return f"a depthwise conv with a {window}-element window: ONNX Runtime's int8 depthwise kernel is slower there"
+    return None
+
+
+def _tiny_layer(node, facts):
+    """Conv(96 -> 24) on a 1x1 map (2,304 MACs) in a 50M-MAC network -> float32."""
+    macs = facts.macs(node) if node.op_type in COMPUTE_OPS else None
+    if facts.writes_output(node.name):  # the Q/DQ pair in front of an output is dropped (int8.float_outputs):
+        return None  # the network's last gemm writes float32 itself and costs only its input's QuantizeLinear
+    if macs is not None and macs < MIN_INT8_MACS and macs < TINY_SHARE * facts.total_macs:
+        return f"{macs} MACs: too few for int8 to repay its fixed cost and Q/DQ nodes"
+    return None
+
+
+def _dequantized_at_once(node, facts):
+    """Conv(16 -> 96, 1x1) -> HardSwish: 16 MACs per output element, then DequantizeLinear -> float32 conv."""
+    if node.op_type not in COMPUTE_OPS:
+        return None
+    readers = facts.group_readers(node.name)
+    macs, outputs = facts.macs(node), facts.outputs_per_sample(node)
+    if not readers or not all(facts.runs_float(r) for r in readers) or not macs or not outputs:
+        return None
+    if macs / outputs < MIN_MACS_PER_DEQUANTIZED_OUTPUT:
+        return (f"only float32 nodes read its output ({facts.nodes[readers[0]].op_type}) and it does "
+                f"{macs // outputs} MACs per output element: int8 saves less than the Q/DQ of its output costs")
+    return None
+
+
+def _float_island(node, facts):
+    """float32 x -> Add(x, x) -> float32 Mul: the add -> float32 (it would only gain Q/DQ nodes)."""
+    if node.op_type in COMPUTE_OPS:
+        return None
+    sources, readers = facts.group_sources(node.name), facts.group_readers(node.name)
+    if sources and all(s is not None and facts.runs_float(s) for s in sources) and \
+            all(facts.runs_float(r) for r in readers):
+        return "no conv/gemm and only float32 nodes around it: its int8 kernel would only add Q/DQ nodes"
+    return None
+
+
+# runtime -> rules, each (node, facts) -> why the group stays float32, or None
+PLACEMENT_RULES = {
+    "onnxruntime-cpu": (_slow_elementwise, _large_depthwise, _tiny_layer, _dequantized_at_once, _float_island),
+    "openvino": (),
+    "tensorrt": (),
+}
+RUNTIMES = tuple(PLACEMENT_RULES)
+
+
+def slower_in_int8(model: onnx.ModelProto, groups: dict[str, list[str]], runtime: str | None = "onnxruntime-cpu",
+                   quantizable=None) -> dict[str, str]:
+    """{group head: why} for the layer groups that `runtime` runs faster in float32 than in int8 (PLACEMENT_RULES),
+    applied until no more groups change; none for runtime None (every group with an int8 kernel in int8).
+    `quantizable`: the op types with an int8 kernel (default: those of ONNX Runtime's quantizer registry)."""
+    if runtime is None:
+        return {}
+    rules = PLACEMENT_RULES.get(runtime)
+    if rules is None:
+        raise ValueError(f"unknown int8 runtime '{runtime}'; known: {', '.join(RUNTIMES)}")
+    if not rules or not groups:
+        return {}
+    if quantizable is None:
+        from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
+
+        quantizable = set(QDQRegistry) | set(QLinearOpsRegistry)
+    facts = GraphFacts(model, groups, frozenset(quantizable))
+    why: dict[str, str] = {}
+    changed = True
+    while changed:
+        changed = False
+        for head in groups:
+            if head in facts.floats:
+                continue
+            reason = next((r for r in (rule(facts.nodes[head], facts) for rule in rules) if r), None)
+            if reason:
+                why[head] = reason
+                facts.floats.add(head)
+                changed = True
+    return why
