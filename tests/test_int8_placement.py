@@ -165,3 +165,31 @@ def test_the_why_line_counts_the_placed_layers_as_float32():
     assert report.float32_reasons()["placement"] == ["expand"]
     assert "ONNX Runtime runs 1 layer faster in float32 (placement rules; --stats says why) (40.0% of the MACs: " \
         "expand 40.0%)" in report.shortfall()
+
+
+def test_when_the_search_runs_it_starts_from_every_layer_in_int8(spec, monkeypatch, tmp_path):
+    # full int8 misses this budget, so the fallback search runs; it times and judges each layer itself, so the
+    # placement rules' layers are ranked by it (and may stay int8) instead of kept float32 beforehand
+    from cnncomp.precision import int8
+
+    monkeypatch.setenv("CNNCOMP_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(int8_speed, "time_models", lambda *a, **k: (2.0, 1.0, False))
+    reports, quantize_int8 = [], int8.quantize_int8
+
+    def recording(*args, **kwargs):
+        quantized, report = quantize_int8(*args, **kwargs)
+        reports.append(report)
+        return quantized, report
+
+    monkeypatch.setattr(int8, "quantize_int8", recording)
+    lines = []
+    for max_error, searched in ((1e-4, True), (0.05, False)):
+        cnncomp.compile(spec, precision="int8", calibration=calibration(24, seed=1), max_error=max_error,
+                        metric="rel-l2", log=lines.append)
+        report = reports[-1]
+        assert (report.full_int8_budget_error > 1) == searched
+        if searched:
+            assert report.slower_in_int8 == {}
+            assert {"dw", "expand", "fc1"} <= {entry.layer for entry in report.layers}
+        else:
+            assert set(report.slower_in_int8) == set(KEPT_FLOAT)

@@ -373,11 +373,11 @@ class Quantizer:
             if group is not None:
                 self.kept_float[group] = why
                 self._float_nodes |= set(self.groups[group])
-        # where `runtime` runs a group faster in float32 (int8_support.PLACEMENT_RULES): no Q/DQ around it at all
-        self.slower_in_int8 = {g: why for g, why in slower_in_int8(model, self.groups, runtime).items()
-                               if g not in self.kept_float}
-        for group in self.slower_in_int8:
-            self._float_nodes |= set(self.groups[group])
+        # where `runtime` runs a group faster in float32 (int8_support.PLACEMENT_RULES): no Q/DQ around it at all,
+        # once the first quantization (calibration, kernel refusals, weight rounding) has seen every layer
+        self.slower_in_int8: dict[str, str] = {}
+        self._placement = {g: why for g, why in slower_in_int8(model, self.groups, runtime).items()
+                           if g not in self.kept_float}
         self.runtime = runtime
         self.method = method
         self.locate = locate or (lambda layer: "")  # a layer's place in the spec (file:line:col), for errors
@@ -397,6 +397,15 @@ class Quantizer:
             self.notes.append("int8: no layer of this network has an int8 kernel in ONNX Runtime: it stays float32")
         else:
             self._first_quantization(calibration)  # fills the range cache
+        self.slower_in_int8 = {g: why for g, why in self._placement.items() if g not in self.kept_float}
+
+    def drop_placement(self) -> None:
+        """Quantize the layers the placement rules kept in float32 again, and measure bias corrections anew:
+        the fallback search times and judges every layer on this machine itself, and a layer the static rules
+        took from it could neither be timed nor won back (on PP-OCRv4's text detector the rules cost a tenth
+        of the MACs in int8 and were slower: docs/precision.md)."""
+        self.slower_in_int8 = {}
+        self.bias_shifts = {}
 
     def close(self) -> None:
         self._tmp.cleanup()
@@ -469,11 +478,15 @@ class Quantizer:
         if self.kept_float:
             self.notes.append("int8: kept in float32, no usable ONNX Runtime int8 kernel for them here: " + "; ".join(
                 f"{group} ({why})" for group, why in self.kept_float.items()))
-        if self.slower_in_int8:
-            names = list(self.slower_in_int8)
-            self.notes.append(f"int8: {len(names)} layer{'s' if len(names) > 1 else ''} kept in float32, faster "
-                              f"there than in int8 under {self.runtime} ({', '.join(names[:6])}"
-                              + (", ..." if len(names) > 6 else "") + "; --stats says why)")
+
+    def placement_note(self) -> str | None:
+        """One line on the layers the placement rules keep in float32 (None: none)."""
+        names = list(self.slower_in_int8)
+        if not names:
+            return None
+        return (f"int8: {len(names)} layer{'s' if len(names) > 1 else ''} kept in float32, faster there than in "
+                f"int8 under {self.runtime} ({', '.join(names[:6])}" + (", ..." if len(names) > 6 else "")
+                + "; --stats says why)")
 
     def _raise_for_nonfinite(self, calibration: dict, error: Exception) -> None:
         from cnncomp.passes.budget import batches
@@ -496,7 +509,8 @@ class Quantizer:
         if not self.groups:
             return onnx.ModelProto.FromString(self.model.SerializeToString())
         excluded = [n for name in exclude for n in self.groups[name]]
-        excluded += sorted(self._float_nodes - set(excluded))
+        placed = {n for group in self.slower_in_int8 for n in self.groups[group]}
+        excluded += sorted((self._float_nodes | placed) - set(excluded))
         from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
         methods = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
@@ -695,7 +709,8 @@ def quantize_int8(model: onnx.ModelProto, graph: LayerGraph, ref_graph: LayerGra
     against float32 (the report's float_ms, int8_ms; Int8.convert applies the not-faster rule).
     `weight_rounding`: nearest, or gptq (rounding.py: each weight up or down to minimise its layer's output
     error on the calibration samples). `runtime` (int8_support.RUNTIMES) picks the placement rules: the layers it
-    runs faster in float32 get no Q/DQ nodes (with `keep_slower`, none: every layer with an int8 kernel is int8)."""
+    runs faster in float32 get no Q/DQ nodes in the whole-int8 model (with `keep_slower`, none: every layer with an int8
+    kernel is int8); when that misses the budget, the search starts from every layer in int8 and times each itself."""
     from cnncomp.passes.budget import DEFAULT_MAX_ERROR, batches, split_held_out
     from cnncomp.precision.int8_speed import fallback_order, time_models
     from cnncomp.precision.calibration import (
@@ -735,16 +750,15 @@ def quantize_int8(model: onnx.ModelProto, graph: LayerGraph, ref_graph: LayerGra
     report.notes += quantizer.notes
     report.group_macs = macs_shares(graph, quantizer.groups)
     report.no_int8_kernel = dict(quantizer.kept_float)
-    report.slower_in_int8 = dict(quantizer.slower_in_int8)
     try:
-        quantized = quantizer.quantize()
-        if bias_correction != "off":
-            quantized, note = correct_biases(quantizer, quantized, calib, batch or 1, bias_correction == "auto")
-            report.notes += [note] if note else []
-        full_int8 = probe.outputs(quantized)  # one run judged both ways
-        report.full_int8_error = report.error = probe.error(quantized, full_int8)
-        report.full_int8_budget_error = report.budget_error = probe.budget_error(quantized, full_int8)
+        quantized, bias_note = _whole_int8(quantizer, probe, report, calib, batch or 1, bias_correction)
         misses = max_error is not None and not report.budget_error <= 1.0  # NaN misses
+        if misses and quantizer.slower_in_int8:
+            # the search below times every layer itself: it starts from every layer in int8 (drop_placement)
+            quantizer.drop_placement()
+            quantized, bias_note = _whole_int8(quantizer, probe, report, calib, batch or 1, bias_correction)
+        report.slower_in_int8 = dict(quantizer.slower_in_int8)
+        report.notes += [note for note in (bias_note, quantizer.placement_note()) if note]
         one_batch = next(batches(calib, batch or 1))
         speed, back = None, []
         if sensitivity or misses:
@@ -809,6 +823,19 @@ def reference_outputs(ref_graph: LayerGraph, ref_weights: dict, held: dict) -> d
     parts = [run_reference(ref_graph, ref_weights, feeds, dtype=torch.float64)
              for feeds in batches(held, batch or 1)]
     return {name: collate([p[name] for p in parts]) for name in parts[0]}
+
+
+def _whole_int8(quantizer: Quantizer, probe: ErrorProbe, report: Int8Report, calibration: dict, batch: int,
+                bias_correction: str) -> tuple[onnx.ModelProto, str | None]:
+    """Every layer the quantizer may quantize in int8, bias-corrected as asked, its error and budget error
+    recorded in `report` as the full-int8 figures: (model, bias correction's note)."""
+    quantized, note = quantizer.quantize(), None
+    if bias_correction != "off":
+        quantized, note = correct_biases(quantizer, quantized, calibration, batch, bias_correction == "auto")
+    outputs = probe.outputs(quantized)  # one run judged both ways
+    report.full_int8_error = report.error = probe.error(quantized, outputs)
+    report.full_int8_budget_error = report.budget_error = probe.budget_error(quantized, outputs)
+    return quantized, note
 
 
 def correct_biases(quantizer: Quantizer, quantized: onnx.ModelProto, calibration: dict, batch: int,
