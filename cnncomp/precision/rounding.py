@@ -112,35 +112,64 @@ def layer_hessians(float_model: onnx.ModelProto, layers: list, calibration: dict
     return hessians
 
 
-def round_columns(w: np.ndarray, hessian: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
-    """Integer levels q in [low, high] for weights `w` (in units of their step) [G, M, D], rounded column by
-    column with the error of each spread over the later columns through H^-1 (GPTQ's update), so that
-    ||(w - q) X^T||^2 with X^T X = H [G, D, D] stays small."""
+def inverse_cholesky(hessian: "torch.Tensor") -> "torch.Tensor":
+    """The upper triangular U with U^T U = H^-1 for each [D, D] of `hessian` [G, D, D] (positive definite), as
+    GPTQ uses it, from one Cholesky factorization and one triangular inverse: with J the reversal, J H J = L L^T
+    gives H^-1 = (J L^-1 J)^T (J L^-1 J), and J L^-1 J is upper triangular (about a third of the work of
+    inverting H and factorizing the inverse)."""
     import torch
 
-    w = torch.from_numpy(w.astype(np.float64)).clone()
-    low, high = torch.from_numpy(low), torch.from_numpy(high)
-    h = torch.from_numpy(hessian.astype(np.float64)).clone()
+    lower = torch.linalg.cholesky(hessian.flip(1, 2))
+    eye = torch.eye(hessian.shape[1], dtype=hessian.dtype).expand_as(hessian)
+    return torch.linalg.solve_triangular(lower, eye, upper=False).flip(1, 2)
+
+
+def round_columns(w: np.ndarray, hessian: np.ndarray, low: np.ndarray, high: np.ndarray,
+                  dtype: str = "float32") -> np.ndarray:
+    """Integer levels q in [low, high] for weights `w` (in units of their step) [G, M, D], rounded column by
+    column with the error of each spread over the later columns through H^-1 (GPTQ's update), so that
+    ||(w - q) X^T||^2 with X^T X = H [G, D, D] stays small.
+
+    GPTQ's lazy blocked form: within a block of BLOCK columns the errors go only to the block's own later
+    columns; the columns after the block get them all at once (one matrix product per block), which gives
+    the same result as updating every later column after each one. In `dtype` (float32 as GPTQ, float64 for
+    checking); a Hessian float32 cannot factorize is factorized in float64."""
+    import torch
+
+    kind = {"float32": torch.float32, "float64": torch.float64}[dtype]
+    w = torch.from_numpy(np.asarray(w, np.float64)).to(kind).clone()
+    low, high = torch.from_numpy(low).to(kind), torch.from_numpy(high).to(kind)
+    h = torch.from_numpy(np.asarray(hessian, np.float64)).clone()
     diag = torch.diagonal(h, dim1=1, dim2=2)
     dead = diag <= 0
     diag[dead] = 1.0  # an input that is always zero: any rounding does, nearest is taken
-    diag += DAMPING * diag.mean(dim=1, keepdim=True)
-    inverse = torch.linalg.inv(h)  # (torch.cholesky_inverse is many times slower on CPU)
-    hinv = torch.linalg.cholesky((inverse + inverse.transpose(1, 2)) / 2, upper=True)
+    diag += DAMPING * diag.mean(dim=1, keepdim=True)  # GPTQ's dampening: 1% of the mean diagonal
+    try:
+        hinv = inverse_cholesky(h.to(kind))
+    except torch.linalg.LinAlgError:  # not positive definite in float32's precision
+        hinv = inverse_cholesky(h).to(kind)
     q = torch.zeros_like(w)
     d = w.shape[2]
-    for i1 in range(0, d, BLOCK):
-        i2 = min(i1 + BLOCK, d)
-        block, errors, hb = w[:, :, i1:i2].clone(), torch.zeros_like(w[:, :, i1:i2]), hinv[:, i1:i2, i1:i2]
-        for i in range(i2 - i1):
-            column = block[:, :, i]
-            chosen = torch.minimum(torch.maximum(torch.round(column), low[:, :, i1 + i]), high[:, :, i1 + i])
-            q[:, :, i1 + i] = chosen
-            error = (column - chosen) / hb[:, i, i][:, None]
-            block[:, :, i:] -= error[:, :, None] * hb[:, None, i, i:]
-            errors[:, :, i] = error
-        w[:, :, i2:] -= errors @ hinv[:, i1:i2, i2:]
-    return q.numpy()
+    threads = torch.get_num_threads()
+    try:
+        for i1 in range(0, d, BLOCK):
+            i2 = min(i1 + BLOCK, d)
+            block, errors, hb = w[:, :, i1:i2].clone(), torch.zeros_like(w[:, :, i1:i2]), hinv[:, i1:i2, i1:i2]
+            # one thread for the small per-column steps: handing each to a second thread costs more than it
+            # saves (twice as long on the shared 2-core machine); all threads for the block's matrix product
+            torch.set_num_threads(1)
+            for i in range(i2 - i1):
+                column = block[:, :, i]
+                chosen = torch.minimum(torch.maximum(torch.round(column), low[:, :, i1 + i]), high[:, :, i1 + i])
+                q[:, :, i1 + i] = chosen
+                error = (column - chosen) / hb[:, i, i][:, None]
+                block[:, :, i:] -= error[:, :, None] * hb[:, None, i, i:]
+                errors[:, :, i] = error
+            torch.set_num_threads(threads)
+            w[:, :, i2:] -= errors @ hinv[:, i1:i2, i2:]
+    finally:
+        torch.set_num_threads(threads)
+    return q.to(torch.float64).numpy()
 
 
 def rounded_weights(float_model: onnx.ModelProto, quantized: onnx.ModelProto, calibration: dict,
