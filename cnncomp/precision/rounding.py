@@ -81,7 +81,8 @@ def _patches(x: np.ndarray, node: onnx.NodeProto, groups: int, rng: np.random.Ge
 
 def layer_hessians(float_model: onnx.ModelProto, layers: list, calibration: dict, batch: int = 1,
                    seed: int = 0) -> dict[str, np.ndarray]:
-    """{node: H = sum of X^T X per group [G, D, D]} of each layer's float32 input on the calibration data."""
+    """{node: H = sum of X^T X per group [G, D, D], float32} of each layer's float32 input on the calibration
+    data."""
     from cnncomp.passes.budget import batches
     from cnncomp.precision.int8_support import with_outputs
     from cnncomp.run.session import Session
@@ -90,7 +91,7 @@ def layer_hessians(float_model: onnx.ModelProto, layers: list, calibration: dict
     inputs = {i.name for i in float_model.graph.input}
     names = list(dict.fromkeys(f.input[0] for _, f, _ in layers if f.input[0] not in inputs))
     session = Session(with_outputs(float_model, names), "cpu", quiet=True)
-    hessians: dict[str, np.ndarray] = {}
+    gathered: dict[str, list[np.ndarray]] = {}
     skipped: set[str] = set()
     calibration = {k: v[:max(batch, MAX_SAMPLES // batch * batch)] for k, v in calibration.items()}
     runs = -(-len(next(iter(calibration.values()))) // batch)
@@ -104,11 +105,22 @@ def layer_hessians(float_model: onnx.ModelProto, layers: list, calibration: dict
             rows = _patches(np.asarray(x, np.float32), q, groups, rng, -(-ROWS_PER_LAYER // runs))
             if rows is None:
                 skipped.add(q.name)
-                hessians.pop(q.name, None)
+                gathered.pop(q.name, None)
                 continue
-            h = (np.einsum("gri,grj->gij", rows, rows) if rows.shape[2] <= 32 else  # depthwise: small blocks
-                 np.stack([g.T @ g for g in rows])).astype(np.float64)  # float32 products (BLAS), summed in float64
-            hessians[q.name] = hessians[q.name] + h if q.name in hessians else h
+            gathered.setdefault(q.name, []).append(rows)
+    # one product per layer over the rows of all runs (at most ROWS_PER_LAYER), float32 as GPTQ: per run, a
+    # layer4 3x3 conv of ResNet-50 has 49 rows against its 4608 columns, and 12 thin products each writing
+    # the whole 4608 x 4608 H cost several times one product
+    hessians: dict[str, np.ndarray] = {}
+    for name, parts in gathered.items():
+        rows = np.concatenate(parts, axis=1)
+        if rows.shape[2] <= 32:  # depthwise: many small blocks
+            hessians[name] = np.einsum("gri,grj->gij", rows, rows)
+        elif len(rows) == 1:
+            hessians[name] = (rows[0].T @ rows[0])[None]
+        else:
+            hessians[name] = np.matmul(rows.transpose(0, 2, 1), rows)
+        parts.clear()
     return hessians
 
 
@@ -139,17 +151,18 @@ def round_columns(w: np.ndarray, hessian: np.ndarray, low: np.ndarray, high: np.
     kind = {"float32": torch.float32, "float64": torch.float64}[dtype]
     w = torch.from_numpy(np.asarray(w, np.float64)).to(kind).clone()
     low, high = torch.from_numpy(low).to(kind), torch.from_numpy(high).to(kind)
-    h = torch.from_numpy(np.asarray(hessian, np.float64)).clone()
+    h = torch.from_numpy(np.array(hessian, dtype=np.float64 if dtype == "float64" else np.float32))
     diag = torch.diagonal(h, dim1=1, dim2=2)
     dead = diag <= 0
     diag[dead] = 1.0  # an input that is always zero: any rounding does, nearest is taken
     diag += DAMPING * diag.mean(dim=1, keepdim=True)  # GPTQ's dampening: 1% of the mean diagonal
     try:
-        hinv = inverse_cholesky(h.to(kind))
+        hinv = inverse_cholesky(h)
     except torch.linalg.LinAlgError:  # not positive definite in float32's precision
-        hinv = inverse_cholesky(h).to(kind)
+        hinv = inverse_cholesky(h.double()).to(kind)
     q = torch.zeros_like(w)
     d = w.shape[2]
+    reciprocal = 1 / torch.diagonal(hinv, dim1=1, dim2=2)  # [G, D]
     threads = torch.get_num_threads()
     try:
         for i1 in range(0, d, BLOCK):
@@ -160,10 +173,10 @@ def round_columns(w: np.ndarray, hessian: np.ndarray, low: np.ndarray, high: np.
             torch.set_num_threads(1)
             for i in range(i2 - i1):
                 column = block[:, :, i]
-                chosen = torch.minimum(torch.maximum(torch.round(column), low[:, :, i1 + i]), high[:, :, i1 + i])
+                chosen = torch.round(column).clamp_(low[:, :, i1 + i], high[:, :, i1 + i])
                 q[:, :, i1 + i] = chosen
-                error = (column - chosen) / hb[:, i, i][:, None]
-                block[:, :, i:] -= error[:, :, None] * hb[:, None, i, i:]
+                error = (column - chosen).mul_(reciprocal[:, i1 + i, None])
+                block[:, :, i:].baddbmm_(error[:, :, None], hb[:, i:i + 1, i:], alpha=-1)
                 errors[:, :, i] = error
             torch.set_num_threads(threads)
             w[:, :, i2:] -= errors @ hinv[:, i1:i2, i2:]
@@ -182,7 +195,7 @@ def rounded_weights(float_model: onnx.ModelProto, quantized: onnx.ModelProto, ca
     inits = {t.name: t for t in quantized.graph.initializer}
     float_inits = {t.name: t for t in float_model.graph.initializer}
     hessians = layer_hessians(float_model, layers, calibration, batch)
-    out = {}
+    jobs = {}  # node -> (units, low, high, weight shape, axis, dtype), rounded together with same-shaped layers
     for q, f, dq in layers:
         if q.name not in hessians:
             continue
@@ -200,10 +213,22 @@ def rounded_weights(float_model: onnx.ModelProto, quantized: onnx.ModelProto, ca
         high = np.clip(np.ceil(units), info.min, info.max)
         groups = hessians[q.name].shape[0]
         shape = (groups, units.shape[0] // groups, -1)
-        new = round_columns(units.reshape(shape), hessians[q.name], low.reshape(shape), high.reshape(shape))
-        new = new.reshape(w.shape)
-        moved = np.moveaxis(weight, axis, 0).shape
-        out[q.name] = np.moveaxis(new.reshape(moved), 0, axis).astype(levels.dtype)
+        jobs[q.name] = (units.reshape(shape), low.reshape(shape), high.reshape(shape), weight.shape, axis,
+                        levels.dtype)
+    # layers of the same shape (ResNet-50's 6 layer3 3x3 convs) as the groups of one call: the per-column
+    # steps are Python calls, one for all of them instead of one each
+    same_shape: dict[tuple, list[str]] = {}
+    for name, job in jobs.items():
+        same_shape.setdefault(job[0].shape[1:], []).append(name)
+    out = {}
+    for names in same_shape.values():
+        sizes = [jobs[n][0].shape[0] for n in names]
+        new = round_columns(np.concatenate([jobs[n][0] for n in names]), np.concatenate([hessians[n] for n in names]),
+                            np.concatenate([jobs[n][1] for n in names]), np.concatenate([jobs[n][2] for n in names]))
+        for name, part in zip(names, np.split(new, np.cumsum(sizes)[:-1])):
+            _, _, _, shape, axis, dtype = jobs[name]
+            moved = (shape[axis],) + tuple(d for i, d in enumerate(shape) if i != axis)
+            out[name] = np.moveaxis(part.reshape(moved), 0, axis).astype(dtype)
     return out
 
 
