@@ -21,9 +21,10 @@ The error budget judges each output by its task metric (verification/metrics.py,
 scores by the decisions that change (top1), other outputs by the relative L2 error ||y - y_ref|| /
 ||y_ref|| against `max_error`, all against the float64 reference of the unoptimized graph, on
 held-out inputs. The budget error is the worst over outputs of metric / threshold, so 1.0 is the edge.
-When full int8 misses it, each conv/linear layer's relative L2 error with only it in int8 is measured at
-its output, all layers in one run (sensitivity.py: "error alone", a continuous ranking even where the
-budget counts decisions), and layers are kept in float32 in the order of the error each removes
+When full int8 misses it, each conv/linear layer's relative L2 error contribution with only it in int8 is
+measured ("error alone", a continuous ranking even where the budget counts decisions, since one layer
+alone rarely flips one; sensitivity.py derives each such model from the full int8 one and runs only
+what the layer changes), and layers are kept in float32 in the order of the error each removes
 per millisecond it adds (int8_speed.py times them under ONNX Runtime), as few as meet the budget (a
 binary search over the ordered list, checked once more at the end). Then the islands rule puts back
 in float32 any int8 island between float32 layers that buys no time, and the final model is timed
@@ -603,7 +604,7 @@ def quantize_int8(model: onnx.ModelProto, graph: LayerGraph, ref_graph: LayerGra
     calibration sample) give `accuracy`. Without `max_error` no layer is kept in float32.
     With `sensitivity`, every layer's error alone is measured even when full int8 meets the budget.
     `bias_correction`: auto (where it lowers the error on the calibration samples), on or off. The sensitivity
-    search measures every layer's error alone in one run (sensitivity.py). Layers go back to float32 for the error each removes per
+    search derives each layer's model from the full int8 one (sensitivity.py). Layers go back to float32 for the error each removes per
     millisecond it adds (int8_speed.py times them, `threads` threads), then the islands rule runs (with
     `keep_slower`, only its accuracy half: islands without a conv); with `timed`, the final model is timed
     against float32 (the report's float_ms, int8_ms; Int8.convert applies the not-faster rule).
@@ -744,15 +745,15 @@ def correct_biases(quantizer: Quantizer, quantized: onnx.ModelProto, calibration
 
 def rank_layers(quantizer: Quantizer, probe: ErrorProbe, graph: LayerGraph,
                 full_int8: onnx.ModelProto) -> list[LayerSensitivity]:
-    """Every conv/linear layer's int8 error alone (sensitivity.py: the relative L2 error of its output with only it
-    in int8, read from `full_int8`'s copy of it beside the float32 model, all layers in one run on the held-out
-    samples), most sensitive first."""
+    """Every conv/linear layer's int8 error alone (the relative L2 error of the outputs with only it in int8, on
+    the probe's held-out samples; sensitivity.py derives each such model from `full_int8` and runs only what the
+    layer changes), most sensitive first."""
     from cnncomp.ir.cost import graph_cost, layer_macs
     from cnncomp.precision.sensitivity import errors_alone
 
     total = max(graph_cost(graph)[1], 1)
     layers = [name for name in quantizable_layers(quantizer.model) if name not in quantizer.kept_float]
-    errors = errors_alone(quantizer.model, full_int8, quantizer.groups, layers, probe.feeds, probe.batch)
+    errors = errors_alone(quantizer.model, full_int8, quantizer.groups, layers, probe)
     ranked = []
     for name in layers:
         layer = graph.layer(name) if name in graph else None

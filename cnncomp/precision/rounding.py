@@ -160,28 +160,32 @@ def round_columns(w: np.ndarray, hessian: np.ndarray, low: np.ndarray, high: np.
         hinv = inverse_cholesky(h)
     except torch.linalg.LinAlgError:  # not positive definite in float32's precision
         hinv = inverse_cholesky(h.double()).to(kind)
+    # columns first ([G, D, M]): a column and the rows of later columns it updates are contiguous
+    w, low, high = (t.transpose(1, 2).contiguous() for t in (w, low, high))
     q = torch.zeros_like(w)
-    d = w.shape[2]
+    d = w.shape[1]
     reciprocal = 1 / torch.diagonal(hinv, dim1=1, dim2=2)  # [G, D]
     threads = torch.get_num_threads()
     try:
         for i1 in range(0, d, BLOCK):
             i2 = min(i1 + BLOCK, d)
-            block, errors, hb = w[:, :, i1:i2].clone(), torch.zeros_like(w[:, :, i1:i2]), hinv[:, i1:i2, i1:i2]
+            block, errors = w[:, i1:i2].clone(), torch.empty_like(w[:, i1:i2])
+            hb = hinv[:, i1:i2, i1:i2].transpose(1, 2).contiguous()  # hb[:, j, i] = H^-1 factor [i, j]
             # one thread for the small per-column steps: handing each to a second thread costs more than it
             # saves (twice as long on the shared 2-core machine); all threads for the block's matrix product
             torch.set_num_threads(1)
             for i in range(i2 - i1):
-                column = block[:, :, i]
-                chosen = torch.round(column).clamp_(low[:, :, i1 + i], high[:, :, i1 + i])
-                q[:, :, i1 + i] = chosen
+                column = block[:, i]
+                chosen = torch.round(column).clamp_(low[:, i1 + i], high[:, i1 + i])
+                q[:, i1 + i] = chosen
                 error = (column - chosen).mul_(reciprocal[:, i1 + i, None])
-                block[:, :, i:].baddbmm_(error[:, :, None], hb[:, i:i + 1, i:], alpha=-1)
-                errors[:, :, i] = error
+                errors[:, i] = error
+                block[:, i:].baddbmm_(hb[:, i:, i:i + 1], error[:, None, :], alpha=-1)
             torch.set_num_threads(threads)
-            w[:, :, i2:] -= errors @ hinv[:, i1:i2, i2:]
+            w[:, i2:].baddbmm_(hinv[:, i1:i2, i2:].transpose(1, 2), errors, alpha=-1)
     finally:
         torch.set_num_threads(threads)
+    q = q.transpose(1, 2)
     return q.to(torch.float64).numpy()
 
 

@@ -1,28 +1,43 @@
-"""Each layer's int8 error alone, for the whole network in one run (int8.rank_layers, `--stats`).
+"""Each layer's int8 error alone, without quantizing the network once per layer (int8.rank_layers, `--stats`).
 
-A layer quantized alone (`Quantizer.quantize(only=[layer])`) differs from the float32 model only from that
-layer on: its input is rounded through its QuantizeLinear/DequantizeLinear pair, its weights are int8 and its
-output is rounded through its own pair; every layer before it is float32. So the layer's output in that model
-is the full QDQ model's layer (the same nodes: ONNX Runtime's quantizer places a layer's pairs and int8 weights
-the same way whatever else it quantizes) fed the float32 model's tensors. This module copies every layer's
-quantized nodes out of the full QDQ model, beside the float32 model and reading its tensors, and runs that one
-model once on the held-out samples: each layer's error alone is the relative L2 error of its output tensors
-(what the next layers read) against the float32 model's, all layers in one run, instead of quantizing and
-running the whole network once per layer (71 quantize_static calls and runs for ResNet-50: ~20 minutes,
-loaded, before; docs/precision.md has the figures).
+A layer's "error alone" is the network's output error with only that layer in int8. It used to be measured
+by quantizing the float32 model once per layer (`quantize_static` with only that layer's nodes) and running
+the whole result: for ResNet-50's 71 layers, 71 quantizations and 71 runs of the network (108 s of a 341 s
+int8 run, loaded). Here the full QDQ model is quantized once and each layer's model is derived from it:
 
-It is a layer's own error, not the network output's: the budget search orders layers by it (int8_speed
-.fallback_order) and measures every candidate model on the network's outputs itself.
+- the layer's nodes are copied out of the full QDQ model (its int8 weights, bias, and the
+  QuantizeLinear/DequantizeLinear pairs on its input and output tensors), reading the float32 model's
+  tensors; every reader of the layer's input or output then reads the rounded tensor, as in the model
+  quantized with only that layer (the quantizer places a layer's pairs and int8 weights the same way
+  whatever else it quantizes; a pass-through op's output keeps the scale of its input, as in the full model);
+- only what the layer changes is run: the nodes downstream of it, fed the float32 model's tensors at the
+  boundary, which one run of the float32 model gives for every layer. A layer near the output costs a few
+  nodes, one near the input most of the network.
+
+The outputs are judged as before (`ModelErrorMeter.error`, the held-out samples against the float64
+reference), so the ranking is that of the old measurement (tests/test_int8_sensitivity.py).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import onnx
 
 from cnncomp.onnx_graph import consumers, producers
 
-SUFFIX = "__alone"  # added to every copied node and tensor name (one copy per layer)
+SUFFIX = "__alone"  # added to the copied nodes and tensors
+
+
+@dataclass
+class LayerCopy:
+    """A layer's quantized nodes copied out of the full QDQ model, reading float32 tensors."""
+
+    nodes: list[onnx.NodeProto]
+    initializers: list[onnx.TensorProto]
+    rounded_inputs: dict[str, str]  # float32 tensor -> the copy's rounded version of it (what its readers read)
+    outputs: dict[str, str]  # float32 tensor the layer makes -> the copy's tensor for it (what the next layers read)
 
 
 def _float_name(name: str, float_tensors: set[str]) -> str | None:
@@ -34,132 +49,157 @@ def _float_name(name: str, float_tensors: set[str]) -> str | None:
     return stripped if stripped in float_tensors else None
 
 
-def layer_copies(float_model: onnx.ModelProto, quantized: onnx.ModelProto, groups: dict[str, list[str]],
-                 layers: list[str]) -> tuple[onnx.ModelProto, dict[str, list[tuple[str, str]]]]:
-    """The float32 model with each layer's quantized nodes copied beside it, reading the float32 tensors:
-    (model, {layer: [(copy's output, float32 tensor it is compared with)]}). A layer the quantized model
-    leaves in float32 gets no copy (and no pairs: nothing of it is int8)."""
+def layer_copy(float_model: onnx.ModelProto, quantized: onnx.ModelProto, members: list[str]) -> LayerCopy | None:
+    """The layer of nodes `members` as `quantized` has it, reading `float_model`'s tensors; None when nothing of it
+    is int8 there or a tensor it reads has no float32 counterpart."""
     node_of = {n.name: n for n in quantized.graph.node}
     made_by, read_by = producers(quantized), consumers(quantized)
     q_inits = {t.name: t for t in quantized.graph.initializer}
     float_tensors = ({o for n in float_model.graph.node for o in n.output} | {i.name for i in float_model.graph.input}
                      | {t.name for t in float_model.graph.initializer})
     graph_outputs = {o.name for o in quantized.graph.output}
-    model = onnx.ModelProto.FromString(float_model.SerializeToString())
-    added_inits: set[str] = set()
-    compared: dict[str, list[tuple[str, str]]] = {}
+    nodes = [node_of[m] for m in members if m in node_of]  # a Relu the quantizer folded into the pair is gone
+    names = {n.name for n in nodes}
+    out = LayerCopy([], [], {}, {})
+    renamed: dict[str, str] = {}
+    added: set[str] = set()
 
-    def constant(name: str) -> str:
-        """A quantized-model initializer, added once under its own name (suffixed: it may differ from a float
-        one of the same name)."""
-        new = name + SUFFIX
-        if new not in added_inits:
-            tensor = onnx.TensorProto()
-            tensor.CopyFrom(q_inits[name])
-            tensor.name = new
-            model.graph.initializer.append(tensor)
-            added_inits.add(new)
-        return new
+    def copy(node: onnx.NodeProto, inputs: list[str]) -> None:
+        new = onnx.NodeProto()
+        new.CopyFrom(node)
+        new.name = node.name + SUFFIX
+        del new.input[:]
+        new.input.extend(inputs)
+        for i, name in enumerate(node.output):
+            renamed[name] = new.output[i] = name + SUFFIX
+        out.nodes.append(new)
 
-    for index, layer in enumerate(layers):
-        members = [node_of[m] for m in groups[layer] if m in node_of]  # a Relu the quantizer folded is gone
-        names = {n.name for n in members}
-        tag = f"{SUFFIX}{index}"
-        copies: list[onnx.NodeProto] = []
-        renamed: dict[str, str] = {}
-        ok = True
-
-        def copy(node: onnx.NodeProto, inputs: list[str]) -> None:
-            new = onnx.NodeProto()
-            new.CopyFrom(node)
-            new.name = node.name + tag
-            del new.input[:]
-            new.input.extend(inputs)
-            for i, out in enumerate(node.output):
-                renamed[out] = out + tag
-                new.output[i] = out + tag
-            copies.append(new)
-
-        def source(name: str) -> str | None:
-            """The copy's name for a tensor a member (or a pair before it) reads."""
-            if not name:
-                return name
-            if name in renamed:
-                return renamed[name]
-            if name in q_inits:
-                return constant(name)
-            node = made_by.get(name)
-            if node is not None and node.op_type in ("DequantizeLinear", "QuantizeLinear") and \
-                    node.name not in names:
-                inputs = [source(i) for i in node.input]
-                if any(i is None for i in inputs):
-                    return None
-                copy(node, inputs)
-                return renamed[name]
-            return _float_name(name, float_tensors)  # a float32 tensor from before the layer
-
-        for node in members:  # in graph order: a member reads the members before it
+    def source(name: str) -> str | None:
+        """The copy's name for a tensor a member (or a pair before it) reads."""
+        if not name or name in renamed:
+            return renamed.get(name, name)
+        if name in q_inits:  # int8 weights, scales, zero points: under their own names (a float one may share it)
+            if name + SUFFIX not in added:
+                tensor = onnx.TensorProto()
+                tensor.CopyFrom(q_inits[name])
+                tensor.name = name + SUFFIX
+                out.initializers.append(tensor)
+                added.add(tensor.name)
+            return name + SUFFIX
+        node = made_by.get(name)
+        if node is not None and node.op_type in ("DequantizeLinear", "QuantizeLinear") and node.name not in names:
             inputs = [source(i) for i in node.input]
             if any(i is None for i in inputs):
-                ok = False
-                break
+                return None
             copy(node, inputs)
-        if not ok or not any(n.op_type == "DequantizeLinear" for n in copies):
-            continue  # nothing int8 to measure (or a tensor not found): its error alone is 0
-        pairs = []
-        for node in members:
-            for out in node.output:
-                value, readers = out, read_by.get(out, [])
-                # the pair after the layer's output: what the next layers read
-                if len(readers) == 1 and readers[0].op_type == "QuantizeLinear" and readers[0].name not in names:
-                    dq = read_by.get(readers[0].output[0], [])
-                    if len(dq) == 1 and dq[0].op_type == "DequantizeLinear":
-                        if dq[0].output[0] not in renamed:  # not yet copied as a later member's input
-                            copy(readers[0], [renamed[out]] + [source(i) for i in readers[0].input[1:]])
-                            copy(dq[0], [renamed[readers[0].output[0]]] + [source(i) for i in dq[0].input[1:]])
-                        value, readers = dq[0].output[0], read_by.get(dq[0].output[0], [])
-                outside = out in graph_outputs or value in graph_outputs or any(r.name not in names for r in readers)
-                target = _float_name(out, float_tensors)
-                if outside and target is not None:
-                    pairs.append((renamed[value], target))
-        if pairs:
-            model.graph.node.extend(copies)
-            compared[layer] = pairs
-    names = [n for pairs in compared.values() for pair in pairs for n in pair]
-    present = {o.name for o in model.graph.output}
-    model.graph.output.extend(onnx.helper.make_empty_tensor_value_info(n) for n in dict.fromkeys(names)
-                              if n not in present)
-    return model, compared
+            if node.op_type == "QuantizeLinear" and _float_name(node.input[0], float_tensors) == inputs[0]:
+                out.rounded_inputs[inputs[0]] = node.output[0]  # the DequantizeLinear after it is named below
+            return renamed[name]
+        return _float_name(name, float_tensors)  # a float32 tensor from before the layer
+
+    for node in nodes:  # in graph order: a member reads the members before it
+        inputs = [source(i) for i in node.input]
+        if any(i is None for i in inputs):
+            return None
+        copy(node, inputs)
+    # an input pair's QuantizeLinear output -> its DequantizeLinear's copy: what every reader of the input reads
+    for tensor, q_output in list(out.rounded_inputs.items()):
+        dq = [r for r in read_by.get(q_output, []) if r.op_type == "DequantizeLinear"]
+        if dq and dq[0].output[0] in renamed:
+            out.rounded_inputs[tensor] = renamed[dq[0].output[0]]
+        else:
+            del out.rounded_inputs[tensor]
+    if not any(n.op_type == "DequantizeLinear" for n in out.nodes):
+        return None  # nothing of it is int8 in the quantized model
+    for node in nodes:
+        for name in node.output:
+            value, readers = name, read_by.get(name, [])
+            # the pair after the layer's output: what the next layers read
+            if len(readers) == 1 and readers[0].op_type == "QuantizeLinear" and readers[0].name not in names:
+                dq = read_by.get(readers[0].output[0], [])
+                if len(dq) == 1 and dq[0].op_type == "DequantizeLinear":
+                    if dq[0].output[0] not in renamed:  # not yet copied as a later member's input
+                        copy(readers[0], [renamed[name]] + [source(i) for i in readers[0].input[1:]])
+                        copy(dq[0], [renamed[readers[0].output[0]]] + [source(i) for i in dq[0].input[1:]])
+                    value, readers = dq[0].output[0], read_by.get(dq[0].output[0], [])
+            outside = name in graph_outputs or value in graph_outputs or any(r.name not in names for r in readers)
+            target = _float_name(name, float_tensors)
+            if outside and target is not None:
+                out.outputs[target] = renamed[value]
+    return out
+
+
+def downstream_model(float_model: onnx.ModelProto, copy: LayerCopy, members: list[str],
+                     dtypes: dict[str, np.dtype]) -> tuple[onnx.ModelProto, dict[str, str]]:
+    """The part of `float_model` that a layer in int8 changes, with the layer replaced by its copy: its inputs are
+    the float32 tensors it reads at the boundary (of `dtypes`, by name); returns (model, {graph output: its tensor
+    in the model}) for the graph outputs it changes."""
+    rename = {**copy.rounded_inputs, **copy.outputs}
+    changed = set(rename.values())
+    members = set(members)
+    nodes = list(copy.nodes)
+    for node in float_model.graph.node:
+        if node.name in members:
+            continue
+        if not any(name in rename or name in changed for name in node.input):
+            continue
+        new = onnx.NodeProto()
+        new.CopyFrom(node)
+        for i, name in enumerate(new.input):
+            new.input[i] = rename.get(name, name)
+        nodes.append(new)
+        changed.update(new.output)
+    made = {o for n in nodes for o in n.output}
+    float_inits = {t.name: t for t in float_model.graph.initializer}
+    copied = {t.name for t in copy.initializers}
+    read = list(dict.fromkeys(i for n in nodes for i in n.input if i and i not in made))
+    inits = [float_inits[name] for name in read if name in float_inits and name not in copied]
+    boundary = [name for name in read if name not in float_inits and name not in copied]
+    outputs = {}
+    for output in float_model.graph.output:
+        name = copy.outputs.get(output.name, output.name)
+        if name in made:
+            outputs[output.name] = name
+    inputs = [onnx.helper.make_tensor_value_info(n, onnx.helper.np_dtype_to_tensor_dtype(dtypes[n]), None)
+              for n in boundary]
+    graph = onnx.helper.make_graph(nodes, "alone", inputs,
+                                   [onnx.helper.make_empty_tensor_value_info(n) for n in dict.fromkeys(outputs.values())],
+                                   initializer=inits + list(copy.initializers))
+    model = onnx.helper.make_model(graph, opset_imports=float_model.opset_import, ir_version=float_model.ir_version)
+    return model, outputs
 
 
 def errors_alone(float_model: onnx.ModelProto, quantized: onnx.ModelProto, groups: dict[str, list[str]],
-                 layers: list[str], feeds: dict, batch: int | None = None) -> dict[str, float]:
-    """{layer: relative L2 error of its output tensors with only it in int8} on `feeds` (run `batch` samples
-    at a time; None: all at once, unless the samples differ in size), every layer in one run."""
-    from cnncomp.inputs import is_mixed
+                 layers: list[str], probe) -> dict[str, float]:
+    """{layer: `probe`'s error (ModelErrorMeter: relative L2 of the outputs on its held-out samples) of the model
+    with only that layer in int8 as `quantized` quantizes it}, each from the float32 run's tensors and a run of
+    what the layer changes."""
+    from cnncomp.inputs import collate, is_mixed
     from cnncomp.passes.budget import batches
+    from cnncomp.precision.int8_support import with_outputs
     from cnncomp.run.session import Session
 
-    model, compared = layer_copies(float_model, quantized, groups, layers)
-    wanted = list(dict.fromkeys(n for pairs in compared.values() for pair in pairs for n in pair))
-    session = Session(model, "cpu", quiet=True)
-    chunks = [feeds] if batch is None and not is_mixed(feeds) else list(batches(feeds, batch or 1))
-    noise = {layer: 0.0 for layer in compared}
-    signal = {layer: 0.0 for layer in compared}
-    for chunk in chunks:
-        values = session.run(chunk, wanted) if wanted else {}
-        for layer, pairs in compared.items():
-            for got, want in pairs:
-                a, b = np.asarray(values[got], np.float64), np.asarray(values[want], np.float64)
-                noise[layer] += float(np.sum((a - b) ** 2))
-                signal[layer] += float(np.sum(b ** 2))
+    feeds = probe.feeds
+    chunks = [feeds] if probe.batch is None and not is_mixed(feeds) else list(batches(feeds, probe.batch or 1))
+    tensors = list(dict.fromkeys(o for n in float_model.graph.node for o in n.output if o))
+    session = Session(with_outputs(float_model, tensors), "cpu", quiet=True)
+    float_values = [{**chunk, **session.run(chunk, tensors)} for chunk in chunks]
+    del session
+    dtypes = {name: np.asarray(value).dtype for name, value in float_values[0].items()}
+    outputs = [o.name for o in float_model.graph.output]
+    float_error = probe.error(None, {name: collate([v[name] for v in float_values]) for name in outputs})
     errors = {}
     for layer in layers:
-        if layer not in compared:
-            errors[layer] = 0.0
-        elif not np.isfinite(noise[layer]):
-            errors[layer] = float("inf")
-        else:
-            errors[layer] = float(np.sqrt(noise[layer] / signal[layer])) if signal[layer] > 0 else \
-                (0.0 if noise[layer] == 0 else float("inf"))
+        copy = layer_copy(float_model, quantized, groups[layer])
+        if copy is None:
+            errors[layer] = float_error  # nothing of it is int8: the float32 model's error
+            continue
+        model, changed = downstream_model(float_model, copy, groups[layer], dtypes)
+        boundary = [i.name for i in model.graph.input]
+        session = Session(model, "cpu", quiet=True)
+        parts = []
+        for values in float_values:
+            run = session.run({name: values[name] for name in boundary}, list(dict.fromkeys(changed.values())))
+            parts.append({name: run[changed[name]] if name in changed else values[name] for name in outputs})
+        errors[layer] = probe.error(None, {name: collate([p[name] for p in parts]) for name in outputs})
     return errors
