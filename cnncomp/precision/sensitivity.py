@@ -129,6 +129,25 @@ def layer_copy(float_model: onnx.ModelProto, quantized: onnx.ModelProto, members
     return out
 
 
+def shared_placeholder(tensor: onnx.TensorProto) -> onnx.TensorProto:
+    """The float32 model's initializer as external data without its bytes: every derived model's session gets the
+    same OrtValue (`shared_values`) instead of a copy of the weights in each model."""
+    placeholder = onnx.TensorProto(name=tensor.name, data_type=tensor.data_type, dims=tensor.dims,
+                                   data_location=onnx.TensorProto.EXTERNAL)
+    entry = placeholder.external_data.add()
+    entry.key, entry.value = "location", "shared"
+    return placeholder
+
+
+def shared_values(float_model: onnx.ModelProto) -> dict:
+    """{initializer: OrtValue} of the float32 model's initializers, for the derived models' sessions."""
+    import onnxruntime as ort
+    from onnx import numpy_helper
+
+    return {t.name: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(numpy_helper.to_array(t)))
+            for t in float_model.graph.initializer}
+
+
 def downstream_model(float_model: onnx.ModelProto, copy: LayerCopy, members: list[str],
                      dtypes: dict[str, np.dtype]) -> tuple[onnx.ModelProto, dict[str, str]]:
     """The part of `float_model` that a layer in int8 changes, with the layer replaced by its copy: its inputs are
@@ -153,7 +172,7 @@ def downstream_model(float_model: onnx.ModelProto, copy: LayerCopy, members: lis
     float_inits = {t.name: t for t in float_model.graph.initializer}
     copied = {t.name for t in copy.initializers}
     read = list(dict.fromkeys(i for n in nodes for i in n.input if i and i not in made))
-    inits = [float_inits[name] for name in read if name in float_inits and name not in copied]
+    inits = [shared_placeholder(float_inits[name]) for name in read if name in float_inits and name not in copied]
     boundary = [name for name in read if name not in float_inits and name not in copied]
     outputs = {}
     for output in float_model.graph.output:
@@ -189,6 +208,7 @@ def errors_alone(float_model: onnx.ModelProto, quantized: onnx.ModelProto, group
     outputs = [o.name for o in float_model.graph.output]
     float_error = probe.error(None, {name: collate([v[name] for v in float_values]) for name in outputs})
     errors = {}
+    weights = shared_values(float_model)  # the arrays stay alive with their OrtValues until the last session
     for layer in layers:
         copy = layer_copy(float_model, quantized, groups[layer])
         if copy is None:
@@ -196,7 +216,9 @@ def errors_alone(float_model: onnx.ModelProto, quantized: onnx.ModelProto, group
             continue
         model, changed = downstream_model(float_model, copy, groups[layer], dtypes)
         boundary = [i.name for i in model.graph.input]
-        session = Session(model, "cpu", quiet=True)
+        shared = {i.name: weights[i.name] for i in model.graph.initializer
+                  if i.data_location == onnx.TensorProto.EXTERNAL}
+        session = Session(model, "cpu", quiet=True, shared=shared)
         parts = []
         for values in float_values:
             run = session.run({name: values[name] for name in boundary}, list(dict.fromkeys(changed.values())))
