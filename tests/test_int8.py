@@ -195,11 +195,10 @@ def reference_error(model, compiled, feeds) -> float:
     return relative_output_error(Session(model, "cpu", quiet=True).run(feeds), ref)
 
 
-def test_sensitivity_search_is_repeatable_and_printed(spec, tmp_path, capsys):
+def test_sensitivity_search_in_two_processes_measures_the_same(spec, tmp_path, capsys):
     (_, one), _ = quantized(spec, sensitivity=True)
-    (_, two), _ = quantized(spec, sensitivity=True)
+    (_, two), _ = quantized(spec, sensitivity=True, jobs=2)
     assert [(l.layer, l.error_alone) for l in two.layers] == [(l.layer, l.error_alone) for l in one.layers]
-    assert all(l.error_alone > 0 for l in one.layers)
     np.savez(tmp_path / "cal.npz", x=samples(8))
     assert main(["compile", spec, "--precision", "int8", "--calibration", str(tmp_path / "cal.npz"), "--stats",
                  "--jobs", "2", "-o", str(tmp_path / "m.onnx")]) == 0

@@ -228,7 +228,7 @@ class Int8(Precision):
         quantized, report = quantize_int8(
             model, graph, c.ref_graph, c.ref_weights, o.get("calibration"), o.get("preprocess"),
             o.get("calibration_method") or DEFAULT_METHOD, max_error, bool(o.get("stats")), o.get("seed", 0),
-            "int8" if request.tensorrt else "uint8", o.get("bias_correction", "auto"),
+            "int8" if request.tensorrt else "uint8", o.get("bias_correction", "auto"), o.get("jobs", 1),
             o.get("metric", "auto"), o.get("labels"),
             timed=not request.tensorrt,  # TensorRT runs it, not ONNX Runtime's CPU: CPU times say nothing there
             keep_slower=bool(o.get("keep_slower_int8")), weight_rounding=o.get("weight_rounding") or "nearest")

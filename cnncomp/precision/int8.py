@@ -591,7 +591,7 @@ def metric_judge(plan):
 def quantize_int8(model: onnx.ModelProto, graph: LayerGraph, ref_graph: LayerGraph, ref_weights: dict,
                   calibration=None, preprocess: str | None = None, method: str = DEFAULT_METHOD,
                   max_error: float | None = None, sensitivity: bool = False, seed: int = 0,
-                  activations: str = "uint8", bias_correction: str = DEFAULT_MODE,
+                  activations: str = "uint8", bias_correction: str = DEFAULT_MODE, jobs: int = 1,
                   metric="auto", labels=None, timed: bool = True, threads: int = 1, keep_slower: bool = False,
                   weight_rounding: str = DEFAULT_ROUNDING
                   ) -> tuple[onnx.ModelProto, Int8Report]:
@@ -604,7 +604,8 @@ def quantize_int8(model: onnx.ModelProto, graph: LayerGraph, ref_graph: LayerGra
     calibration sample) give `accuracy`. Without `max_error` no layer is kept in float32.
     With `sensitivity`, every layer's error alone is measured even when full int8 meets the budget.
     `bias_correction`: auto (where it lowers the error on the calibration samples), on or off. The sensitivity
-    search derives each layer's model from the full int8 one (sensitivity.py). Layers go back to float32 for the error each removes per
+    search derives each layer's model from the full int8 one (sensitivity.py), in `jobs` processes. Layers go
+    back to float32 for the error each removes per
     millisecond it adds (int8_speed.py times them, `threads` threads), then the islands rule runs (with
     `keep_slower`, only its accuracy half: islands without a conv); with `timed`, the final model is timed
     against float32 (the report's float_ms, int8_ms; Int8.convert applies the not-faster rule).
@@ -660,7 +661,7 @@ def quantize_int8(model: onnx.ModelProto, graph: LayerGraph, ref_graph: LayerGra
         one_batch = next(batches(calib, batch or 1))
         speed = None
         if sensitivity or misses:
-            report.layers = rank_layers(quantizer, probe, graph, quantized)
+            report.layers = rank_layers(quantizer, probe, graph, quantized, jobs)
             speed = _layer_speed(quantizer, quantized, one_batch, bias_correction, threads)
             report.layers = fallback_order(report.layers, speed.layers)
         if misses:
@@ -743,17 +744,17 @@ def correct_biases(quantizer: Quantizer, quantized: onnx.ModelProto, calibration
                        f"calibration samples ({before:.3g} -> {after:.3g})")
 
 
-def rank_layers(quantizer: Quantizer, probe: ErrorProbe, graph: LayerGraph,
-                full_int8: onnx.ModelProto) -> list[LayerSensitivity]:
+def rank_layers(quantizer: Quantizer, probe: ErrorProbe, graph: LayerGraph, full_int8: onnx.ModelProto,
+                jobs: int = 1) -> list[LayerSensitivity]:
     """Every conv/linear layer's int8 error alone (the relative L2 error of the outputs with only it in int8, on
     the probe's held-out samples; sensitivity.py derives each such model from `full_int8` and runs only what the
-    layer changes), most sensitive first."""
+    layer changes, in `jobs` forked processes), most sensitive first."""
     from cnncomp.ir.cost import graph_cost, layer_macs
     from cnncomp.precision.sensitivity import errors_alone
 
     total = max(graph_cost(graph)[1], 1)
     layers = [name for name in quantizable_layers(quantizer.model) if name not in quantizer.kept_float]
-    errors = errors_alone(quantizer.model, full_int8, quantizer.groups, layers, probe)
+    errors = errors_alone(quantizer.model, full_int8, quantizer.groups, layers, probe, jobs)
     ranked = []
     for name in layers:
         layer = graph.layer(name) if name in graph else None

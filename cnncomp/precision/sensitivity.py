@@ -189,13 +189,14 @@ def downstream_model(float_model: onnx.ModelProto, copy: LayerCopy, members: lis
 
 
 def errors_alone(float_model: onnx.ModelProto, quantized: onnx.ModelProto, groups: dict[str, list[str]],
-                 layers: list[str], probe) -> dict[str, float]:
+                 layers: list[str], probe, jobs: int = 1) -> dict[str, float]:
     """{layer: `probe`'s error (ModelErrorMeter: relative L2 of the outputs on its held-out samples) of the model
     with only that layer in int8 as `quantized` quantizes it}, each from the float32 run's tensors and a run of
-    what the layer changes."""
+    what the layer changes (the layers in `jobs` forked processes, with a progress bar)."""
     from cnncomp.inputs import collate, is_mixed
     from cnncomp.passes.budget import batches
     from cnncomp.precision.int8_support import with_outputs
+    from cnncomp.run.parallel import forked_map
     from cnncomp.run.session import Session
 
     feeds = probe.feeds
@@ -207,13 +208,13 @@ def errors_alone(float_model: onnx.ModelProto, quantized: onnx.ModelProto, group
     dtypes = {name: np.asarray(value).dtype for name, value in float_values[0].items()}
     outputs = [o.name for o in float_model.graph.output]
     float_error = probe.error(None, {name: collate([v[name] for v in float_values]) for name in outputs})
-    errors = {}
     weights = shared_values(float_model)  # the arrays stay alive with their OrtValues until the last session
-    for layer in layers:
+
+    def error_alone(index: int) -> float:
+        layer = layers[index]
         copy = layer_copy(float_model, quantized, groups[layer])
         if copy is None:
-            errors[layer] = float_error  # nothing of it is int8: the float32 model's error
-            continue
+            return float_error  # nothing of it is int8: the float32 model's error
         model, changed = downstream_model(float_model, copy, groups[layer], dtypes)
         boundary = [i.name for i in model.graph.input]
         shared = {i.name: weights[i.name] for i in model.graph.initializer
@@ -223,5 +224,6 @@ def errors_alone(float_model: onnx.ModelProto, quantized: onnx.ModelProto, group
         for values in float_values:
             run = session.run({name: values[name] for name in boundary}, list(dict.fromkeys(changed.values())))
             parts.append({name: run[changed[name]] if name in changed else values[name] for name in outputs})
-        errors[layer] = probe.error(None, {name: collate([p[name] for p in parts]) for name in outputs})
-    return errors
+        return probe.error(None, {name: collate([p[name] for p in parts]) for name in outputs})
+
+    return dict(zip(layers, forked_map(error_alone, len(layers), jobs, label="int8 sensitivity")))
