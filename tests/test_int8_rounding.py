@@ -86,8 +86,8 @@ def test_inverse_cholesky_is_the_upper_factor_of_the_inverse():
 
 def test_blocked_float32_rounding_matches_the_unblocked_float64_one():
     """300 columns: three blocks of 128 (the lazy updates cross two block edges). In float64 the blocked
-    rounding is the unblocked one; in float32 (the default) all but a few near-ties agree, at the same
-    output error."""
+    rounding is the unblocked one (and the default there, 300 columns); in float32 (the default above
+    FLOAT64_COLUMNS) all but a few near-ties agree, at the same output error."""
     rng = np.random.default_rng(1)
     x = rng.standard_normal((2000, 1)) + 0.5 * rng.standard_normal((2000, 300))
     x[:, 7] = 0  # a dead input
@@ -96,7 +96,8 @@ def test_blocked_float32_rounding_matches_the_unblocked_float64_one():
     low, high = np.floor(w), np.ceil(w)
     reference = _unblocked_gptq(w, h, low, high)
     np.testing.assert_array_equal(round_columns(w, h, low, high, "float64"), reference)
-    fast = round_columns(w, h, low, high)
+    np.testing.assert_array_equal(round_columns(w, h, low, high), reference)  # 300 columns: float64 by default
+    fast = round_columns(w, h, low, high, "float32")
     assert np.mean(fast == reference) > 0.99
 
     def error(levels):

@@ -32,6 +32,9 @@ MAX_SAMPLES = 32  # calibration samples whose layer inputs make the Hessians
 ROWS_PER_LAYER = 4096  # im2col rows (output positions) per layer over those samples: H costs rows * D^2
 DAMPING = 0.01  # of the mean diagonal of H, added to it: keeps H invertible where inputs are collinear
 BLOCK = 128  # columns rounded between full updates of the remaining ones (the result is the same)
+# up to this many columns a layer is rounded in float64 (its factorization is at most ~1e9 operations); wider
+# ones in float32 as GPTQ does, where float64 takes 2-4x as long (ResNet-50's 4608-column convs: seconds each)
+FLOAT64_COLUMNS = 1024
 
 
 def _layers(quantized: onnx.ModelProto, float_model: onnx.ModelProto):
@@ -137,16 +140,19 @@ def inverse_cholesky(hessian: "torch.Tensor") -> "torch.Tensor":
 
 
 def round_columns(w: np.ndarray, hessian: np.ndarray, low: np.ndarray, high: np.ndarray,
-                  dtype: str = "float32") -> np.ndarray:
+                  dtype: str | None = None) -> np.ndarray:
     """Integer levels q in [low, high] for weights `w` (in units of their step) [G, M, D], rounded column by
     column with the error of each spread over the later columns through H^-1 (GPTQ's update), so that
     ||(w - q) X^T||^2 with X^T X = H [G, D, D] stays small.
 
     GPTQ's lazy blocked form: within a block of BLOCK columns the errors go only to the block's own later
     columns; the columns after the block get them all at once (one matrix product per block), which gives
-    the same result as updating every later column after each one. In `dtype` (float32 as GPTQ, float64 for
-    checking); a Hessian float32 cannot factorize is factorized in float64."""
+    the same result as updating every later column after each one. In `dtype`: by default float64 up to
+    FLOAT64_COLUMNS columns, float32 (as GPTQ) above; a Hessian float32 cannot factorize is factorized in
+    float64."""
     import torch
+
+    dtype = dtype or ("float64" if np.shape(w)[2] <= FLOAT64_COLUMNS else "float32")
 
     kind = {"float32": torch.float32, "float64": torch.float64}[dtype]
     w = torch.from_numpy(np.asarray(w, np.float64)).to(kind).clone()

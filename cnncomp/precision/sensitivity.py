@@ -129,6 +129,16 @@ def layer_copy(float_model: onnx.ModelProto, quantized: onnx.ModelProto, members
     return out
 
 
+SHARED_ELEMENTS = 1024  # initializers this large and floating-point are shared, not copied into each model
+
+
+def shareable(tensor: onnx.TensorProto) -> bool:
+    """A weight (float, large), not a shape, axes or scales constant: ONNX Runtime reads those while loading
+    the model (a Reshape's shape), where external data it has not been given yet cannot be read."""
+    floats = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16)
+    return tensor.data_type in floats and int(np.prod(tensor.dims)) >= SHARED_ELEMENTS
+
+
 def shared_placeholder(tensor: onnx.TensorProto) -> onnx.TensorProto:
     """The float32 model's initializer as external data without its bytes: every derived model's session gets the
     same OrtValue (`shared_values`) instead of a copy of the weights in each model."""
@@ -145,7 +155,7 @@ def shared_values(float_model: onnx.ModelProto) -> dict:
     from onnx import numpy_helper
 
     return {t.name: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(numpy_helper.to_array(t)))
-            for t in float_model.graph.initializer}
+            for t in float_model.graph.initializer if shareable(t)}
 
 
 def downstream_model(float_model: onnx.ModelProto, copy: LayerCopy, members: list[str],
@@ -172,7 +182,8 @@ def downstream_model(float_model: onnx.ModelProto, copy: LayerCopy, members: lis
     float_inits = {t.name: t for t in float_model.graph.initializer}
     copied = {t.name for t in copy.initializers}
     read = list(dict.fromkeys(i for n in nodes for i in n.input if i and i not in made))
-    inits = [shared_placeholder(float_inits[name]) for name in read if name in float_inits and name not in copied]
+    inits = [shared_placeholder(float_inits[name]) if shareable(float_inits[name]) else float_inits[name]
+             for name in read if name in float_inits and name not in copied]
     boundary = [name for name in read if name not in float_inits and name not in copied]
     outputs = {}
     for output in float_model.graph.output:
