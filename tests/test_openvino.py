@@ -63,6 +63,40 @@ def test_bf16_hint_computes_in_bfloat16_within_the_budget(lenet):
 
 
 @needs_openvino
+def test_a_dynamic_batch_model_is_compiled_for_the_shapes_it_runs_on(lenet):
+    """OpenVINO runs a dynamic-shape model slower (shape inference on every call): each input shape run gets
+    its own static compilation, kept for the next run of that shape."""
+    model, x, expected = lenet
+    session = OpenVinoSession(model)
+    assert session.compiled is None  # the batch is dynamic: nothing is compiled before the shapes are known
+    compiled = {}
+    for batch in (1, 3, 1):
+        got = session.run({"x": x[:batch]})["logits"]
+        assert _rel(got, expected["logits"][:batch]) < 1e-5
+        shape = session.compiled.inputs[0].get_partial_shape()
+        assert shape.is_static and list(shape.to_shape()) == [batch, 1, 28, 28]
+        assert compiled.setdefault(batch, session.compiled) is session.compiled  # compiled once per shape
+    assert session.inference_precision == "f32"
+
+
+@needs_openvino
+def test_the_compile_settings_are_those_for_latency_with_the_threads_asked(lenet):
+    model, x, _ = lenet
+    session = OpenVinoSession(model, threads=1)
+    session.run({"x": x[:1]})
+    assert str(session.compiled.get_property("PERFORMANCE_HINT")) == "LATENCY"
+    assert int(session.compiled.get_property("INFERENCE_NUM_THREADS")) == 1
+    assert int(session.compiled.get_property("NUM_STREAMS")) == 1  # what the latency hint means
+
+
+@needs_openvino
+def test_a_shape_the_model_cannot_take_is_a_clear_error(lenet):
+    model, x, _ = lenet
+    with pytest.raises(CnnError, match="OpenVINO failed to run the model"):
+        OpenVinoSession(model).run({"x": x[:, :, :20]})
+
+
+@needs_openvino
 def test_missing_input_and_unknown_output_are_errors(lenet):
     model, x, _ = lenet
     session = OpenVinoSession(model)

@@ -4,12 +4,17 @@ Run by hand: `python tools/bench_openvino_int8.py [--spec specs/mobilenet_v2.cnn
 [--calibration cal.npz] [--threads 1]`. Not a test. Needs `openvino` (the extra); `nncf` is optional.
 
 In one process, one thread per session, batch 1, interleaved rounds (each round times every contestant in turn,
---runs runs each; the figure is the median of the rounds' medians, the spread half their range):
+--runs runs each; the figure is the median of the rounds' medians, the spread half their range). Two clocks:
+wall time, and the process's CPU time per run, which a loaded machine disturbs far less (another process
+taking the core stops both clocks of a wall-time run but only the wall one): read the CPU-time ratios when
+the load average is above the core count.
 
 - ORT fp32:          cnncomp's float32 ONNX (-O1) under ONNX Runtime: the baseline of every ratio;
 - ORT int8:          cnncomp's QDQ file (`--precision int8`, calibrated on --calibration) under ONNX Runtime;
 - OV f32 / OV bf16:  the float32 file under OpenVINO, precision hint f32 / bf16;
-- OV int8 cnncomp:   cnncomp's QDQ file under OpenVINO, through cnncomp's OpenVinoSession (what `bench` times);
+- OV int8 cnncomp:   cnncomp's QDQ file under OpenVINO, through cnncomp's OpenVinoSession (what `bench` times:
+                     compiled for the input's static shape);
+- OV int8 dynamic:   cnncomp's file compiled as read, batch dimension dynamic (the static-shape compile's gain);
 - OV int8 copying:   the same compiled model run the way cnncomp did before it shared its input arrays;
 - OV int8 NNCF:      `nncf.quantize` (its defaults) of the same float32 ONNX model on the same samples.
 
@@ -22,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import os
 import statistics
 import sys
 import tempfile
@@ -52,9 +58,25 @@ def nncf_int8(float_path: Path, samples: np.ndarray, out: Path) -> Path | None:
     return out
 
 
+def dynamic_run(session: OpenVinoSession):
+    """The session's model compiled as read (its batch dimension dynamic), as OpenVinoSession ran it before it
+    compiled for the input's static shape."""
+    session._use(None)
+    request = session.request
+
+    def run(feeds):
+        request.infer({i: feeds[n] for i, n in enumerate(session.input_names)}, share_inputs=True,
+                      share_outputs=True)
+        return {n: np.array(request.get_output_tensor(i).data, copy=True)
+                for i, n in enumerate(session.output_names)}
+    return run
+
+
 def copying_run(session: OpenVinoSession):
     """OpenVinoSession.run as it was before it shared the inputs: infer() copies them and returns copied outputs."""
     def run(feeds):
+        if session.request is None:
+            session.run(feeds)  # compiles it for these input shapes
         session.request.infer({i: feeds[n] for i, n in enumerate(session.input_names)})
         return {n: np.array(session.request.get_output_tensor(i).data, copy=True)
                 for i, n in enumerate(session.output_names)}
@@ -62,14 +84,13 @@ def copying_run(session: OpenVinoSession):
 
 
 def node_split(path: Path, feeds: dict, runs: int, threads: int) -> tuple[dict, float]:
-    """{(layer type, kernel): [nodes, median ms per inference]} and the summed ms, from OpenVINO's counters."""
-    import openvino as ov
-
-    core = ov.Core()
-    compiled = core.compile_model(core.read_model(str(path)), "CPU", {
-        "INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads,
-        "PERF_COUNT": True})
-    request = compiled.create_infer_request()
+    """{(layer type, kernel): [nodes, median ms per inference]} and the summed ms, from OpenVINO's counters (the
+    model compiled by OpenVinoSession for int8: its precision hint, the input's static shape)."""
+    session = OpenVinoSession(str(path), "int8", threads)  # compiled as `bench` compiles it, counters on
+    session.config["PERF_COUNT"] = True
+    session._by_shapes.clear()
+    session.run(feeds)
+    request = session.request
     per_node = collections.defaultdict(list)
     for _ in range(runs + 2):
         request.infer(list(feeds.values()), share_inputs=True)
@@ -113,6 +134,7 @@ def main() -> None:
             "OV f32": OpenVinoSession(str(fp32), "fp32", t).run,
             "OV bf16": OpenVinoSession(str(fp32), "bf16", t).run,
             "OV int8 cnncomp": ours.run,
+            "OV int8 dynamic": dynamic_run(OpenVinoSession(str(int8), "int8", t)),
             "OV int8 copying": copying_run(OpenVinoSession(str(int8), "int8", t)),
         }
         if nncf_path:
@@ -122,24 +144,32 @@ def main() -> None:
         for label, run in contestants.items():
             got = run(feeds)
             errors[label] = max(float(np.linalg.norm(got[k] - v) / np.linalg.norm(v)) for k, v in reference.items())
-        medians = collections.defaultdict(list)
+        medians, cpu_medians = collections.defaultdict(list), collections.defaultdict(list)
+        load = os.getloadavg()[0]
         for _ in range(args.rounds):
             for label, run in contestants.items():
                 run(feeds)
-                times = []
+                times, cpu_times = [], []
                 for _ in range(args.runs):
-                    start = time.perf_counter()
+                    start, cpu_start = time.perf_counter(), time.process_time()
                     run(feeds)
                     times.append(time.perf_counter() - start)
+                    cpu_times.append(time.process_time() - cpu_start)
                 medians[label].append(statistics.median(times))
-        base = statistics.median(medians["ORT fp32"])
+                cpu_medians[label].append(statistics.fmean(cpu_times))  # the CPU clock ticks coarser: a mean
+        load = max(load, os.getloadavg()[0])
+        base, cpu_base = statistics.median(medians["ORT fp32"]), statistics.median(cpu_medians["ORT fp32"])
         print(f"\n{Path(args.spec).stem}, batch 1, {t} thread(s), {args.rounds} rounds x {args.runs} runs "
-              f"(int8 samples: {'--calibration' if args.calibration else '16 seeded normal'})")
-        print(f"{'':18s} {'ms':>7s} {'spread':>7s} {'vs ORT fp32':>11s} {'rel. L2 vs ORT fp32':>20s}")
+              f"(int8 samples: {'--calibration' if args.calibration else '16 seeded normal'}), "
+              f"1-minute load average up to {load:.1f} on {os.cpu_count()} cores")
+        print(f"{'':18s} {'wall ms':>7s} {'spread':>7s} {'vs ORT fp32':>11s} {'CPU ms':>7s} {'spread':>7s} "
+              f"{'vs ORT fp32':>11s} {'rel. L2 vs ORT fp32':>20s}")
         for label, values in medians.items():
-            m = statistics.median(values)
+            m, c = statistics.median(values), statistics.median(cpu_medians[label])
             spread = (max(values) - min(values)) / 2 / m * 100
-            print(f"{label:18s} {m * 1e3:7.2f} {spread:6.0f}% {base / m:10.2f}x {errors[label]:20.4f}")
+            cpu_spread = (max(cpu_medians[label]) - min(cpu_medians[label])) / 2 / c * 100
+            print(f"{label:18s} {m * 1e3:7.2f} {spread:6.0f}% {base / m:10.2f}x {c * 1e3:7.2f} {cpu_spread:6.0f}% "
+                  f"{cpu_base / c:10.2f}x {errors[label]:20.4f}")
         for label, path in (("cnncomp int8", int8), ("NNCF int8", nncf_path)):
             if path is None:
                 continue

@@ -80,6 +80,11 @@ def nncf_missing() -> str | None:
     return None
 
 
+def said(report) -> str:
+    """What cnncomp's int8 told the user: its warnings (too few held-out decisions, ...), then its summary."""
+    return "\n".join([f"warning: {w}" for w in getattr(report, "warnings", [])] + [report.summary()])
+
+
 def quantizers(prepared: Prepared, float32: onnx.ModelProto, log) -> list[tuple[str, onnx.ModelProto, float, str]]:
     """[(label, model, seconds, note)]: cnncomp's int8 first (float32 is timed beside them by the caller)."""
     rows = []
@@ -87,12 +92,12 @@ def quantizers(prepared: Prepared, float32: onnx.ModelProto, log) -> list[tuple[
     _, int8, report = cnncomp_int8(prepared)
     slower = getattr(report, "written", "int8") != "int8"  # the not-faster rule wrote float32
     rows.append(("cnncomp int8" + (" (wrote fp32: not faster)" if slower else ""), int8,
-                 time.perf_counter() - start, report.summary()))
+                 time.perf_counter() - start, said(report)))
     if slower and has_option(KEEP_SLOWER_OPTION):
         start = time.perf_counter()
         _, forced, report = cnncomp_int8(prepared, keep_slower=True)
         rows.append((f"cnncomp int8 --{KEEP_SLOWER_OPTION.replace('_', '-')}", forced, time.perf_counter() - start,
-                     report.summary()))
+                     said(report)))
     for label, make in (("ort default", lambda: ort_quantized(float32, prepared.calibration, False)),
                         ("ort per-channel", lambda: ort_quantized(float32, prepared.calibration, True)),
                         ("nncf", lambda: nncf_quantized(float32, prepared.calibration))):

@@ -26,9 +26,11 @@ measured ("error alone", a continuous ranking even where the budget counts decis
 alone rarely flips one; sensitivity.py derives each such model from the full int8 one and runs only
 what the layer changes), and layers are kept in float32 in the order of the error each removes
 per millisecond it adds (int8_speed.py times them under ONNX Runtime), as few as meet the budget (a
-binary search over the ordered list, checked once more at the end). Then the islands rule puts back
+binary search over the ordered list, checked once more at the end), and the kept layers that int8 runs
+faster are tried back in int8 where the budget still fits (back_to_int8). Then the islands rule puts back
 in float32 any int8 island between float32 layers that buys no time, and the final model is timed
-against float32 (Int8.convert writes float32 when int8 is not faster, unless --keep-slower-int8).
+against float32 (Int8.convert writes float32 when int8 is not faster, unless --keep-slower-int8). Under
+80% of the MACs in int8, the report says why in one line (Int8Report.shortfall).
 """
 
 from __future__ import annotations
@@ -63,6 +65,8 @@ PASS_THROUGH_OPS = ("Relu", "Clip", "MaxPool", "Flatten", "Reshape", "Transpose"
                     "Slice", "Split", "Gather", "GatherElements", "Where", "TopK", "Identity", "Resize")
 MIN_OPSET = 13  # per-channel QuantizeLinear/DequantizeLinear
 QUANTIZED_KEPT = 2  # quantize_static's latest models kept for asking again (a ResNet-50 one is 25-100 MB)
+# issue 19's goal: at least this share of the MACs in int8; under it the summary says why (Int8Report.shortfall)
+INT8_MACS_GOAL = 0.8
 
 
 @dataclass
@@ -107,6 +111,7 @@ class Int8Report:
     int8_ms: float | None = None
     timing: str = ""  # how they were timed, in words
     written: str = "int8"  # the precision of the model written: fp32 when int8 is not faster (Int8.convert)
+    group_macs: dict[str, float] = field(default_factory=dict, repr=False)  # every layer group's share of the MACs
 
     @property
     def faster(self) -> bool | None:
@@ -129,7 +134,79 @@ class Int8Report:
                 "max_error": self.max_error, "budget_error": number(self.budget_error),
                 "full_int8_budget_error": number(self.full_int8_budget_error), "ok": self.ok,
                 "float_layers": self.float_layers, "metrics": {m.output: m.to_json() for m in self.metrics},
-                "islands": self.islands, "float_ms": self.float_ms, "int8_ms": self.int8_ms, "written": self.written}
+                "islands": self.islands, "float_ms": self.float_ms, "int8_ms": self.int8_ms, "written": self.written,
+                "int8_macs_share": number(self.int8_macs_share), "shortfall": self.shortfall()}
+
+    @property
+    def int8_macs_share(self) -> float | None:
+        """The share of the network's MACs that the written model runs in int8 (None: not known, e.g. symbolic
+        sizes; 0 when float32 was written)."""
+        if self.written != "int8":
+            return 0.0
+        if not self.group_macs:
+            return None
+        floats = set(self.float_layers) | set(self.no_int8_kernel)
+        return max(0.0, 1.0 - sum(share for group, share in self.group_macs.items() if group in floats))
+
+    def float32_reasons(self) -> dict[str, list[str]]:
+        """Why each layer group of the int8 model runs in float32, by reason: "no-kernel" (ONNX Runtime has no
+        usable int8 kernel for it), "slower" (the fallback search put it back first since ONNX Runtime runs it
+        slower in int8 here), "metric" (the budget needed it in float32), "islands" (the islands rule)."""
+        island = {g for members in self.islands for g in members}
+        entries = {l.layer: l for l in self.layers}
+
+        def slower(name):
+            entry = entries.get(name)
+            return entry is not None and entry.float_ms is not None and entry.float_ms > 0 and \
+                entry.int8_ms >= entry.float_ms
+
+        reasons = {"no-kernel": list(self.no_int8_kernel), "slower": [], "metric": [], "islands": []}
+        for name in self.float_layers:
+            reasons["islands" if name in island else "slower" if slower(name) else "metric"].append(name)
+        return reasons
+
+    def shortfall(self) -> str | None:
+        """One line on why the written model runs under INT8_MACS_GOAL of its MACs in int8 (None: it does not,
+        or the shares are not known): int8 not faster (both times), then the float32 layers by reason, each with
+        its share of the MACs and its costliest layers."""
+        share = self.int8_macs_share
+        if share is None or share >= INT8_MACS_GOAL:
+            return None
+        if self.written != "int8":
+            times = f": float32 {self.float_ms:.3g} ms, int8 {self.int8_ms:.3g} ms per run" if self.float_ms else ""
+            return (f"int8: 0% of the MACs run in int8: int8 is not faster than float32 on ONNX Runtime CPU here"
+                    f"{times}, so float32 was written (--keep-slower-int8 keeps int8)")
+        entries = {l.layer: l for l in self.layers}
+        label = ", ".join(dict.fromkeys(m.metric for m in self.metrics)) or "error"
+
+        def macs(names):
+            return sum(self.group_macs.get(n, 0.0) for n in names)
+
+        def costliest(names, detail):
+            top = sorted(names, key=lambda n: -self.group_macs.get(n, 0.0))[:3]
+            return ", ".join(f"{n} {self.group_macs.get(n, 0.0):.1%}{detail(n)}" for n in top) + (
+                ", ..." if len(names) > 3 else "")
+
+        def times(name):
+            entry = entries.get(name)
+            return f" {entry.float_ms:.3g} -> {entry.int8_ms:.3g} ms" if entry and entry.float_ms is not None else ""
+
+        def error(name):
+            entry = entries.get(name)
+            return f" error alone {entry.error_alone:.2g}" if entry else ""
+
+        words = {"slower": ("ONNX Runtime runs {n} slower in int8 here, so the fallback took them first", times),
+                 "metric": (f"the {label} budget could not afford {{n}} in int8", error),
+                 "islands": ("the islands rule put back {n} whose Q/DQ nodes cost more than they save", lambda n: ""),
+                 "no-kernel": ("ONNX Runtime has no usable int8 kernel for {n}",
+                               lambda n: f" ({self.no_int8_kernel[n]})")}
+        parts = []
+        for reason, names in sorted(self.float32_reasons().items(), key=lambda item: -macs(item[1])):
+            if names:
+                text, detail = words[reason]
+                count = f"{len(names)} layer{'s' if len(names) > 1 else ''}"
+                parts.append(f"{text.format(n=count)} ({macs(names):.1%} of the MACs: {costliest(names, detail)})")
+        return f"int8: {share:.0%} of the MACs run in int8, under {INT8_MACS_GOAL:.0%}: " + "; ".join(parts)
 
     def summary(self) -> str:
         """One paragraph for stderr: method, data, error against the budget, kernels, agreement."""
@@ -155,7 +232,8 @@ class Int8Report:
                          "float32 layers without a conv/gemm, or saving less than its Q/DQ nodes cost)")
         if self.float_ms is not None:
             lines.append(self.speed_line())
-        return "\n".join(lines + self.notes)
+        why = self.shortfall()
+        return "\n".join(lines + ([why] if why else []) + self.notes)
 
     def speed_line(self) -> str:
         """The not-faster rule's verdict: both times and what was written."""
@@ -648,6 +726,7 @@ def quantize_int8(model: onnx.ModelProto, graph: LayerGraph, ref_graph: LayerGra
                           weight_rounding=weight_rounding)
     report.method = quantizer.method
     report.notes += quantizer.notes
+    report.group_macs = macs_shares(graph, quantizer.groups)
     report.no_int8_kernel = dict(quantizer.kept_float)
     try:
         quantized = quantizer.quantize()
@@ -659,7 +738,7 @@ def quantize_int8(model: onnx.ModelProto, graph: LayerGraph, ref_graph: LayerGra
         report.full_int8_budget_error = report.budget_error = probe.budget_error(quantized, full_int8)
         misses = max_error is not None and not report.budget_error <= 1.0  # NaN misses
         one_batch = next(batches(calib, batch or 1))
-        speed = None
+        speed, back = None, []
         if sensitivity or misses:
             report.layers = rank_layers(quantizer, probe, graph, quantized, jobs)
             speed = _layer_speed(quantizer, quantized, one_batch, bias_correction, threads)
@@ -667,12 +746,17 @@ def quantize_int8(model: onnx.ModelProto, graph: LayerGraph, ref_graph: LayerGra
         if misses:
             quantized, report.budget_error, report.float_layers = keep_sensitive_in_float(
                 quantizer, probe.budget_error, report.layers, 1.0)
+            quantized, report.budget_error, report.float_layers, back = back_to_int8(
+                quantizer, probe.budget_error, report.layers, report.float_layers, quantized, report.budget_error)
             report.error = probe.error(quantized)
         if report.float_layers or quantizer.kept_float:
             quantized = _islands_back_to_float(quantizer, quantized, report, probe,
                                                1.0 if max_error is not None else None, one_batch,
                                                None if keep_slower else speed, bias_correction, threads,
                                                timed=not keep_slower)
+        back = [name for name in back if name not in report.float_layers]  # the islands rule may take some again
+        if back:
+            report.notes.append(f"int8: back in int8 after the search, the budget still met: {', '.join(back)}")
         for entry in report.layers:
             entry.precision = "float32" if entry.layer in report.float_layers else "int8"
         if timed:
@@ -744,6 +828,19 @@ def correct_biases(quantizer: Quantizer, quantized: onnx.ModelProto, calibration
                        f"calibration samples ({before:.3g} -> {after:.3g})")
 
 
+def macs_shares(graph: LayerGraph, groups) -> dict[str, float]:
+    """{layer group: its head layer's share of the network's MACs (batch 1)}; {} when the sizes are symbolic."""
+    from cnncomp.ir.cost import graph_cost, layer_macs
+
+    try:
+        total = float(graph_cost(graph)[1])
+        shares = {name: float(layer_macs(graph, graph.layer(name))) / total if name in graph else 0.0
+                  for name in groups}
+    except (TypeError, ValueError, ZeroDivisionError):  # a symbolic size has no number of MACs
+        return {}
+    return shares
+
+
 def rank_layers(quantizer: Quantizer, probe: ErrorProbe, graph: LayerGraph, full_int8: onnx.ModelProto,
                 jobs: int = 1) -> list[LayerSensitivity]:
     """Every conv/linear layer's int8 error alone (the relative L2 error of the outputs with only it in int8, on
@@ -780,6 +877,40 @@ def keep_sensitive_in_float(quantizer: Quantizer, budget_error, ranked: list[Lay
 
     k, error = fewest_within(len(names), error_of, budget)
     return models[k], error, names[:k]
+
+
+BACK_TO_INT8_TRIES = 8  # layers tried back in int8 after the search, the largest time saved first
+
+
+def back_to_int8(quantizer: Quantizer, budget_error, ranked: list[LayerSensitivity], float_layers: list[str],
+                 model: onnx.ModelProto, error: float, budget: float = 1.0
+                 ) -> tuple[onnx.ModelProto, float, list[str], list[str]]:
+    """After the count search, the layers it kept in float32 that int8 runs faster are tried back in int8, the
+    most time saved first (at most BACK_TO_INT8_TRIES), each left in int8 when `budget_error` of the model still
+    fits `budget`: (model, its budget error, the layers still in float32, those put back).
+
+    The search keeps a prefix of the fallback order, so a layer early in it (much error for its time) stays in
+    float32 even when the layers after it, also in float32, already leave room for it: on PP-OCRv4's text
+    detector the search ends at half its budget. A layer no faster in int8 is not tried (float32 costs it
+    nothing), nor one without a time."""
+    entries = {l.layer: l for l in ranked}
+
+    def saving(name: str) -> float:
+        entry = entries.get(name)
+        if entry is None or entry.float_ms is None or entry.int8_ms is None or entry.float_ms <= 0:
+            return 0.0
+        return entry.float_ms - entry.int8_ms
+
+    tried = sorted((n for n in float_layers if saving(n) > 0), key=lambda n: -saving(n))[:BACK_TO_INT8_TRIES]
+    kept, back = list(float_layers), []
+    for name in tried:
+        trial = [n for n in kept if n != name]
+        candidate = quantizer.quantize(exclude=trial)
+        candidate_error = budget_error(candidate)
+        if candidate_error <= budget:
+            model, error, kept = candidate, candidate_error, trial
+            back.append(name)
+    return model, error, kept, back
 
 
 def _layer_speed(quantizer: Quantizer, full_int8: onnx.ModelProto, feeds: dict, bias_correction: str,

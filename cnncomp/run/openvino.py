@@ -8,6 +8,11 @@ bf16 is asked for, `f16` for fp16 (on a CPU without float16 math, `f32`: the
 float16 model then runs computed in float32). An int8 (QDQ) model runs its quantized layers
 in int8 whatever the hint; its float layers follow the hint (f32).
 
+Settings for latency at batch 1, what `benchmark_app -hint latency -nthreads N` asks for: PERFORMANCE_HINT
+LATENCY (one stream), INFERENCE_NUM_THREADS from --threads, and a model with dynamic dims (cnncomp emits the
+batch dynamic) compiled for the static shapes it is run on (see `OpenVinoSession._use`). CPU pinning and
+NUM_STREAMS 1 changed nothing measurable on MobileNetV2 (docs/benchmarks.md), so they are left to OpenVINO.
+
 Why OpenVINO's own runtime and not ONNX Runtime's OpenVINO execution provider
 (the `onnxruntime-ep-openvino` plugin, 1.8.1): the plugin bundles a second copy
 of OpenVINO, ignores its `precision` provider option (asked for FP32 it computed
@@ -34,6 +39,7 @@ INSTALL_HINT = "pip install 'cnncomp[openvino]'"
 # cnncomp precision -> (INFERENCE_PRECISION_HINT, the hint where the CPU lacks that math, or None: refused).
 # Other precisions (int8: its QDQ layers run in int8 whatever the hint) compute their float layers in f32.
 PRECISION_HINTS = {"fp32": ("f32", None), "fp16": ("f16", "f32"), "bf16": ("bf16", None)}
+MAX_COMPILED_SHAPES = 4  # a dynamic model's compiled static versions kept at once (each holds its weights)
 CAPABILITY = {"bf16": "BF16", "f16": "FP16"}  # what OPTIMIZATION_CAPABILITIES lists for a hint's math
 
 
@@ -111,18 +117,61 @@ class OpenVinoSession:
             config["INFERENCE_NUM_THREADS"] = int(threads)
         try:
             read = _read(core, model)
-            self.compiled = core.compile_model(read, "CPU", config)
         except Exception as e:  # OpenVINO raises RuntimeError with its own message for unsupported models
             raise CnnError(f"OpenVINO could not load the model: {e}") from None
+        self._core, self._model, self.config = core, read, config
+        # compiled models by the input shapes they were compiled for (None: as read, dynamic dims and all)
+        self._by_shapes: dict[tuple | None, tuple] = {}
         # the ONNX names, as read: compiling may merge a tensor's names, and get_any_name() of a compiled
         # output can then answer the name of the layer before it (ResNet-50's `fc` for `logits`)
         self._inputs = [_onnx_name(p) for p in read.inputs]
         self._outputs = [_onnx_name(p) for p in read.outputs]
-        self.request = self.compiled.create_infer_request()
         self.provider = "openvino"
         self.precision = precision
+        self.compiled = self.request = None  # the compiled model and request of the latest run
+        self._dynamic = read.is_dynamic()
+        if not self._dynamic:
+            self._use(None)
+
+    def _compile(self, shapes: tuple | None):
+        """The model compiled for these input shapes (reshaped to them first), or as read for None."""
+        model = self._model
+        if shapes is not None:
+            model = self._model.clone()
+            model.reshape({port: list(shape) for port, shape in zip(model.inputs, shapes)})
+        return self._core.compile_model(model, "CPU", self.config)
+
+    def _use(self, shapes: tuple | None) -> None:
+        """Make the model compiled for `shapes` the current one, compiling it on first use.
+
+        A model with dynamic dims (the batch, as cnncomp emits it) is compiled for the static shapes of the
+        inputs it is run on: on dynamic shapes OpenVINO's CPU plugin infers every node's shape on every
+        inference and picks shape-agnostic kernels, and MobileNetV2 in int8 at batch 1 took 7% to 12% more
+        CPU time so (2.80 against 3.12 ms and 2.55 against 2.87 ms in two loaded runs of
+        tools/bench_openvino_int8.py; ResNet-50 8%). A shape it cannot be reshaped to runs on
+        the dynamic model. The last few shapes stay compiled."""
+        if shapes not in self._by_shapes:
+            try:
+                try:
+                    compiled = self._compile(shapes)
+                except Exception:  # noqa: BLE001 - a reshape OpenVINO refuses: the dynamic model serves
+                    if shapes is None:
+                        raise
+                    compiled = self._by_shapes[None][0] if None in self._by_shapes else self._compile(None)
+            except Exception as e:  # OpenVINO raises RuntimeError with its own message for unsupported models
+                raise CnnError(f"OpenVINO could not load the model: {e}") from None
+            if len(self._by_shapes) >= MAX_COMPILED_SHAPES:
+                del self._by_shapes[next(iter(self._by_shapes))]
+            self._by_shapes[shapes] = (compiled, compiled.create_infer_request())
+        self.compiled, self.request = self._by_shapes[shapes]
+
+    @property
+    def inference_precision(self) -> str:
+        """The precision OpenVINO computes the float layers in (f32, bf16, f16), as compiled."""
+        if self.compiled is None:
+            self._use(None)
         chosen = self.compiled.get_property("INFERENCE_PRECISION_HINT")
-        self.inference_precision = chosen.get_type_name() if hasattr(chosen, "get_type_name") else str(chosen)
+        return chosen.get_type_name() if hasattr(chosen, "get_type_name") else str(chosen)
 
     @property
     def input_names(self) -> list[str]:
@@ -141,6 +190,8 @@ class OpenVinoSession:
         unknown = [n for n in names if n not in self._outputs]
         if unknown:
             raise CnnError(f"the model has no output {', '.join(unknown)} (it has {', '.join(self._outputs)})")
+        if self._dynamic:
+            self._use(tuple(np.shape(feeds[n]) for n in self._inputs))
         try:
             # shared, not copied: the request reads the caller's arrays and its outputs are copied once below.
             # Copying a 3x224x224 input and every output into fresh arrays cost ~0.15 ms of MobileNetV2's
