@@ -15,16 +15,18 @@ depthwise conv) are left out of it: no Q/DQ around them.
 Calibration (ranges of every activation) runs once per `Quantizer`, with a method from METHODS:
 `minmax` (the observed range), `percentile` (99.999th percentile of |x|, ignoring outliers) or
 `entropy` (the threshold minimizing the KL divergence of the int8 histogram) or `mse` (per tensor, the
-range minimizing its own quantization error, ranges.py). Its ranges are cached, so that the per-layer
-sensitivity search re-quantizes without recalibrating.
+range minimizing its own quantization error, ranges.py). Its ranges are cached, so that the budget
+search re-quantizes without recalibrating, and its latest models too (bias correction and weight rounding
+only rewrite initializers afterwards).
 
 The error budget judges each output by its task metric (verification/metrics.py, `--metric`): class
 scores by the decisions that change (top1), other outputs by the relative L2 error ||y - y_ref|| /
 ||y_ref|| against `max_error`, all against the float64 reference of the unoptimized graph, on
 held-out inputs. The budget error is the worst over outputs of metric / threshold, so 1.0 is the edge.
-When full int8 misses it, each conv/linear layer is quantized alone to measure its relative L2 error
-contribution ("error alone", a continuous ranking even where the budget counts decisions, since one
-layer alone rarely flips one), and layers are kept in float32 in the order of the error each removes
+When full int8 misses it, each conv/linear layer's relative L2 error contribution with only it in int8 is
+measured ("error alone", a continuous ranking even where the budget counts decisions, since one layer
+alone rarely flips one; sensitivity.py derives each such model from the full int8 one and runs only
+what the layer changes), and layers are kept in float32 in the order of the error each removes
 per millisecond it adds (int8_speed.py times them under ONNX Runtime), as few as meet the budget (a
 binary search over the ordered list, checked once more at the end), and the kept layers that int8 runs
 faster are tried back in int8 where the budget still fits (back_to_int8). Then the islands rule puts back
@@ -64,6 +66,7 @@ DEFAULT_METHOD = "percentile"
 PASS_THROUGH_OPS = ("Relu", "Clip", "MaxPool", "Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Pad",
                     "Slice", "Split", "Gather", "GatherElements", "Where", "TopK", "Identity", "Resize")
 MIN_OPSET = 13  # per-channel QuantizeLinear/DequantizeLinear
+QUANTIZED_KEPT = 2  # quantize_static's latest models kept for asking again (a ResNet-50 one is 25-100 MB)
 # issue 19's goal: at least this share of the MACs in int8; under it the summary says why (Int8Report.shortfall)
 INT8_MACS_GOAL = 0.8
 
@@ -388,6 +391,10 @@ class Quantizer:
         self.bias_shifts: dict[str, np.ndarray] = {}  # bias correction per node (see bias_correction.py)
         self.weight_rounding = weight_rounding
         self.rounded: dict[str, np.ndarray] = {}  # int8 weights per node rounded by rounding.py (not nearest)
+        # quantize_static's models (serialized) by the nodes excluded and quantized: bias correction and rounding
+        # change only initializers afterwards, so a model asked for again is not quantized again; emptied when the
+        # range cache changes (mse ranges)
+        self._quantized: dict[tuple, bytes] = {}
         # a path, not the ModelProto: quantize_static moves a proto's weights into external files it then deletes
         self._float_path = Path(self._tmp.name) / "float32.onnx"
         self._owner = os.getpid()
@@ -439,6 +446,7 @@ class Quantizer:
                 from cnncomp.precision.ranges import write_mse_ranges
 
                 write_mse_ranges(self._cache, self.model, calibration, self.batch, self.activations == "int8")
+                self.ranges_changed()
                 quantized = self.quantize()
             if self.weight_rounding != "nearest":
                 from cnncomp.precision.rounding import rounded_weights
@@ -511,6 +519,9 @@ class Quantizer:
         excluded = [n for name in exclude for n in self.groups[name]]
         placed = {n for group in self.slower_in_int8 for n in self.groups[group]}
         excluded += sorted((self._float_nodes | placed) - set(excluded))
+        key = (tuple(sorted(excluded)), tuple(sorted(only)) if only else None)
+        if calibration is None and key in self._quantized:
+            return self._finished(onnx.ModelProto.FromString(self._quantized[key]))
         from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
         methods = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
@@ -532,9 +543,20 @@ class Quantizer:
             except (ValueError, RuntimeError, onnx.checker.ValidationError) as e:
                 raise CnnError(f"int8 quantization failed: {e}") from None
         quantized = float_outputs(onnx.load(str(out)), self.model)
+        self._quantized[key] = quantized.SerializeToString()  # calibrated or from the cache: the same ranges
+        while len(self._quantized) > QUANTIZED_KEPT:  # a search's candidates are each asked for once
+            self._quantized.pop(next(iter(self._quantized)))
+        return self._finished(quantized)
+
+    def _finished(self, quantized: onnx.ModelProto) -> onnx.ModelProto:
+        """quantize_static's model with the rounded weights and bias corrections written in (in place)."""
         if self.rounded:
             apply_rounded_weights(quantized, self.rounded)
         return apply_bias_corrections(quantized, self.bias_shifts) if self.bias_shifts else quantized
+
+    def ranges_changed(self) -> None:
+        """The range cache was rewritten: the models quantized from the old ranges are stale."""
+        self._quantized.clear()
 
 
 def quantized_for_timing(model: onnx.ModelProto, samples: int = 2, seed: int = 0) -> onnx.ModelProto:
@@ -703,7 +725,8 @@ def quantize_int8(model: onnx.ModelProto, graph: LayerGraph, ref_graph: LayerGra
     calibration sample) give `accuracy`. Without `max_error` no layer is kept in float32.
     With `sensitivity`, every layer's error alone is measured even when full int8 meets the budget.
     `bias_correction`: auto (where it lowers the error on the calibration samples), on or off. The sensitivity
-    search measures its layers in `jobs` processes. Layers go back to float32 for the error each removes per
+    search derives each layer's model from the full int8 one (sensitivity.py), in `jobs` processes. Layers go
+    back to float32 for the error each removes per
     millisecond it adds (int8_speed.py times them, `threads` threads), then the islands rule runs (with
     `keep_slower`, only its accuracy half: islands without a conv); with `timed`, the final model is timed
     against float32 (the report's float_ms, int8_ms; Int8.convert applies the not-faster rule).
@@ -762,7 +785,7 @@ def quantize_int8(model: onnx.ModelProto, graph: LayerGraph, ref_graph: LayerGra
         one_batch = next(batches(calib, batch or 1))
         speed, back = None, []
         if sensitivity or misses:
-            report.layers = rank_layers(quantizer, probe, graph, jobs)
+            report.layers = rank_layers(quantizer, probe, graph, quantized, jobs)
             speed = _layer_speed(quantizer, quantized, one_batch, bias_correction, threads)
             report.layers = fallback_order(report.layers, speed.layers)
         if misses:
@@ -881,21 +904,22 @@ def macs_shares(graph: LayerGraph, groups) -> dict[str, float]:
     return shares
 
 
-def rank_layers(quantizer: Quantizer, probe: ErrorProbe, graph: LayerGraph, jobs: int = 1) -> list[LayerSensitivity]:
-    """Every conv/linear layer quantized alone: its output error, most sensitive first (measured in `jobs`
-    forked processes)."""
+def rank_layers(quantizer: Quantizer, probe: ErrorProbe, graph: LayerGraph, full_int8: onnx.ModelProto,
+                jobs: int = 1) -> list[LayerSensitivity]:
+    """Every conv/linear layer's int8 error alone (the relative L2 error of the outputs with only it in int8, on
+    the probe's held-out samples; sensitivity.py derives each such model from `full_int8` and runs only what the
+    layer changes, in `jobs` forked processes), most sensitive first."""
     from cnncomp.ir.cost import graph_cost, layer_macs
-    from cnncomp.run.parallel import forked_map
+    from cnncomp.precision.sensitivity import errors_alone
 
     total = max(graph_cost(graph)[1], 1)
     layers = [name for name in quantizable_layers(quantizer.model) if name not in quantizer.always_float]
-    errors = forked_map(lambda i: probe.error(quantizer.quantize(only=[layers[i]])), len(layers), jobs,
-                        label="int8 sensitivity")
+    errors = errors_alone(quantizer.model, full_int8, quantizer.groups, layers, probe, jobs)
     ranked = []
-    for name, error in zip(layers, errors):
+    for name in layers:
         layer = graph.layer(name) if name in graph else None
         macs = layer_macs(graph, layer) if layer is not None else 0
-        ranked.append(LayerSensitivity(name, layer.where if layer is not None else "", error, macs / total))
+        ranked.append(LayerSensitivity(name, layer.where if layer is not None else "", errors[name], macs / total))
     return sorted(ranked, key=lambda l: -l.error_alone)
 
 

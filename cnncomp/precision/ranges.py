@@ -53,7 +53,10 @@ class Histogram:
         values = np.ravel(values)
         self.zeros += int(np.count_nonzero(values == 0))
         width = (self.high - self.low) or 1.0
-        index = ((values.astype(np.float64) - self.low) * (len(self.counts) / width)).astype(np.int64)
+        # in the values' own float32 (a bin is 1/2048 of the range, far above float32's resolution): a float64
+        # copy of every activation made the histogram pass of ResNet-50 twice as long
+        kind = values.dtype if values.dtype in (np.float32, np.float64) else np.float64
+        index = ((values - kind.type(self.low)) * kind.type(len(self.counts) / width)).astype(np.int32)
         np.clip(index, 0, len(self.counts) - 1, out=index)
         self.counts += np.bincount(index, minlength=len(self.counts))
 

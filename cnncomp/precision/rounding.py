@@ -32,6 +32,9 @@ MAX_SAMPLES = 32  # calibration samples whose layer inputs make the Hessians
 ROWS_PER_LAYER = 4096  # im2col rows (output positions) per layer over those samples: H costs rows * D^2
 DAMPING = 0.01  # of the mean diagonal of H, added to it: keeps H invertible where inputs are collinear
 BLOCK = 128  # columns rounded between full updates of the remaining ones (the result is the same)
+# up to this many columns a layer is rounded in float64 (its factorization is at most ~1e9 operations); wider
+# ones in float32 as GPTQ does, where float64 takes 2-4x as long (ResNet-50's 4608-column convs: seconds each)
+FLOAT64_COLUMNS = 1024
 
 
 def _layers(quantized: onnx.ModelProto, float_model: onnx.ModelProto):
@@ -81,7 +84,8 @@ def _patches(x: np.ndarray, node: onnx.NodeProto, groups: int, rng: np.random.Ge
 
 def layer_hessians(float_model: onnx.ModelProto, layers: list, calibration: dict, batch: int = 1,
                    seed: int = 0) -> dict[str, np.ndarray]:
-    """{node: H = sum of X^T X per group [G, D, D]} of each layer's float32 input on the calibration data."""
+    """{node: H = sum of X^T X per group [G, D, D], float32} of each layer's float32 input on the calibration
+    data."""
     from cnncomp.passes.budget import batches
     from cnncomp.precision.int8_support import with_outputs
     from cnncomp.run.session import Session
@@ -90,7 +94,7 @@ def layer_hessians(float_model: onnx.ModelProto, layers: list, calibration: dict
     inputs = {i.name for i in float_model.graph.input}
     names = list(dict.fromkeys(f.input[0] for _, f, _ in layers if f.input[0] not in inputs))
     session = Session(with_outputs(float_model, names), "cpu", quiet=True)
-    hessians: dict[str, np.ndarray] = {}
+    gathered: dict[str, list[np.ndarray]] = {}
     skipped: set[str] = set()
     calibration = {k: v[:max(batch, MAX_SAMPLES // batch * batch)] for k, v in calibration.items()}
     runs = -(-len(next(iter(calibration.values()))) // batch)
@@ -104,43 +108,91 @@ def layer_hessians(float_model: onnx.ModelProto, layers: list, calibration: dict
             rows = _patches(np.asarray(x, np.float32), q, groups, rng, -(-ROWS_PER_LAYER // runs))
             if rows is None:
                 skipped.add(q.name)
-                hessians.pop(q.name, None)
+                gathered.pop(q.name, None)
                 continue
-            h = (np.einsum("gri,grj->gij", rows, rows) if rows.shape[2] <= 32 else  # depthwise: small blocks
-                 np.stack([g.T @ g for g in rows])).astype(np.float64)  # float32 products (BLAS), summed in float64
-            hessians[q.name] = hessians[q.name] + h if q.name in hessians else h
+            gathered.setdefault(q.name, []).append(rows)
+    # one product per layer over the rows of all runs (at most ROWS_PER_LAYER), float32 as GPTQ: per run, a
+    # layer4 3x3 conv of ResNet-50 has 49 rows against its 4608 columns, and 12 thin products each writing
+    # the whole 4608 x 4608 H cost several times one product
+    hessians: dict[str, np.ndarray] = {}
+    for name, parts in gathered.items():
+        rows = np.concatenate(parts, axis=1)
+        if rows.shape[2] <= 32:  # depthwise: many small blocks
+            hessians[name] = np.einsum("gri,grj->gij", rows, rows)
+        elif len(rows) == 1:
+            hessians[name] = (rows[0].T @ rows[0])[None]
+        else:
+            hessians[name] = np.matmul(rows.transpose(0, 2, 1), rows)
+        parts.clear()
     return hessians
 
 
-def round_columns(w: np.ndarray, hessian: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
-    """Integer levels q in [low, high] for weights `w` (in units of their step) [G, M, D], rounded column by
-    column with the error of each spread over the later columns through H^-1 (GPTQ's update), so that
-    ||(w - q) X^T||^2 with X^T X = H [G, D, D] stays small."""
+def inverse_cholesky(hessian: "torch.Tensor") -> "torch.Tensor":
+    """The upper triangular U with U^T U = H^-1 for each [D, D] of `hessian` [G, D, D] (positive definite), as
+    GPTQ uses it, from one Cholesky factorization and one triangular inverse: with J the reversal, J H J = L L^T
+    gives H^-1 = (J L^-1 J)^T (J L^-1 J), and J L^-1 J is upper triangular (about a third of the work of
+    inverting H and factorizing the inverse)."""
     import torch
 
-    w = torch.from_numpy(w.astype(np.float64)).clone()
-    low, high = torch.from_numpy(low), torch.from_numpy(high)
-    h = torch.from_numpy(hessian.astype(np.float64)).clone()
+    lower = torch.linalg.cholesky(hessian.flip(1, 2))
+    eye = torch.eye(hessian.shape[1], dtype=hessian.dtype).expand_as(hessian)
+    return torch.linalg.solve_triangular(lower, eye, upper=False).flip(1, 2)
+
+
+def round_columns(w: np.ndarray, hessian: np.ndarray, low: np.ndarray, high: np.ndarray,
+                  dtype: str | None = None) -> np.ndarray:
+    """Integer levels q in [low, high] for weights `w` (in units of their step) [G, M, D], rounded column by
+    column with the error of each spread over the later columns through H^-1 (GPTQ's update), so that
+    ||(w - q) X^T||^2 with X^T X = H [G, D, D] stays small.
+
+    GPTQ's lazy blocked form: within a block of BLOCK columns the errors go only to the block's own later
+    columns; the columns after the block get them all at once (one matrix product per block), which gives
+    the same result as updating every later column after each one. In `dtype`: by default float64 up to
+    FLOAT64_COLUMNS columns, float32 (as GPTQ) above; a Hessian float32 cannot factorize is factorized in
+    float64."""
+    import torch
+
+    dtype = dtype or ("float64" if np.shape(w)[2] <= FLOAT64_COLUMNS else "float32")
+
+    kind = {"float32": torch.float32, "float64": torch.float64}[dtype]
+    w = torch.from_numpy(np.asarray(w, np.float64)).to(kind).clone()
+    low, high = torch.from_numpy(low).to(kind), torch.from_numpy(high).to(kind)
+    h = torch.from_numpy(np.array(hessian, dtype=np.float64 if dtype == "float64" else np.float32))
     diag = torch.diagonal(h, dim1=1, dim2=2)
     dead = diag <= 0
     diag[dead] = 1.0  # an input that is always zero: any rounding does, nearest is taken
-    diag += DAMPING * diag.mean(dim=1, keepdim=True)
-    inverse = torch.linalg.inv(h)  # (torch.cholesky_inverse is many times slower on CPU)
-    hinv = torch.linalg.cholesky((inverse + inverse.transpose(1, 2)) / 2, upper=True)
+    diag += DAMPING * diag.mean(dim=1, keepdim=True)  # GPTQ's dampening: 1% of the mean diagonal
+    try:
+        hinv = inverse_cholesky(h)
+    except torch.linalg.LinAlgError:  # not positive definite in float32's precision
+        hinv = inverse_cholesky(h.double()).to(kind)
+    # columns first ([G, D, M]): a column and the rows of later columns it updates are contiguous
+    w, low, high = (t.transpose(1, 2).contiguous() for t in (w, low, high))
     q = torch.zeros_like(w)
-    d = w.shape[2]
-    for i1 in range(0, d, BLOCK):
-        i2 = min(i1 + BLOCK, d)
-        block, errors, hb = w[:, :, i1:i2].clone(), torch.zeros_like(w[:, :, i1:i2]), hinv[:, i1:i2, i1:i2]
-        for i in range(i2 - i1):
-            column = block[:, :, i]
-            chosen = torch.minimum(torch.maximum(torch.round(column), low[:, :, i1 + i]), high[:, :, i1 + i])
-            q[:, :, i1 + i] = chosen
-            error = (column - chosen) / hb[:, i, i][:, None]
-            block[:, :, i:] -= error[:, :, None] * hb[:, None, i, i:]
-            errors[:, :, i] = error
-        w[:, :, i2:] -= errors @ hinv[:, i1:i2, i2:]
-    return q.numpy()
+    d = w.shape[1]
+    reciprocal = 1 / torch.diagonal(hinv, dim1=1, dim2=2)  # [G, D]
+    threads = torch.get_num_threads()
+    try:
+        for i1 in range(0, d, BLOCK):
+            i2 = min(i1 + BLOCK, d)
+            block, errors = w[:, i1:i2].clone(), torch.empty_like(w[:, i1:i2])
+            hb = hinv[:, i1:i2, i1:i2].transpose(1, 2).contiguous()  # hb[:, j, i] = H^-1 factor [i, j]
+            # one thread for the small per-column steps: handing each to a second thread costs more than it
+            # saves (twice as long on the shared 2-core machine); all threads for the block's matrix product
+            torch.set_num_threads(1)
+            for i in range(i2 - i1):
+                column = block[:, i]
+                chosen = torch.round(column).clamp_(low[:, i1 + i], high[:, i1 + i])
+                q[:, i1 + i] = chosen
+                error = (column - chosen).mul_(reciprocal[:, i1 + i, None])
+                errors[:, i] = error
+                block[:, i:].baddbmm_(hb[:, i:, i:i + 1], error[:, None, :], alpha=-1)
+            torch.set_num_threads(threads)
+            w[:, i2:].baddbmm_(hinv[:, i1:i2, i2:].transpose(1, 2), errors, alpha=-1)
+    finally:
+        torch.set_num_threads(threads)
+    q = q.transpose(1, 2)
+    return q.to(torch.float64).numpy()
 
 
 def rounded_weights(float_model: onnx.ModelProto, quantized: onnx.ModelProto, calibration: dict,
@@ -153,7 +205,7 @@ def rounded_weights(float_model: onnx.ModelProto, quantized: onnx.ModelProto, ca
     inits = {t.name: t for t in quantized.graph.initializer}
     float_inits = {t.name: t for t in float_model.graph.initializer}
     hessians = layer_hessians(float_model, layers, calibration, batch)
-    out = {}
+    jobs = {}  # node -> (units, low, high, weight shape, axis, dtype), rounded together with same-shaped layers
     for q, f, dq in layers:
         if q.name not in hessians:
             continue
@@ -171,10 +223,22 @@ def rounded_weights(float_model: onnx.ModelProto, quantized: onnx.ModelProto, ca
         high = np.clip(np.ceil(units), info.min, info.max)
         groups = hessians[q.name].shape[0]
         shape = (groups, units.shape[0] // groups, -1)
-        new = round_columns(units.reshape(shape), hessians[q.name], low.reshape(shape), high.reshape(shape))
-        new = new.reshape(w.shape)
-        moved = np.moveaxis(weight, axis, 0).shape
-        out[q.name] = np.moveaxis(new.reshape(moved), 0, axis).astype(levels.dtype)
+        jobs[q.name] = (units.reshape(shape), low.reshape(shape), high.reshape(shape), weight.shape, axis,
+                        levels.dtype)
+    # layers of the same shape (ResNet-50's 6 layer3 3x3 convs) as the groups of one call: the per-column
+    # steps are Python calls, one for all of them instead of one each
+    same_shape: dict[tuple, list[str]] = {}
+    for name, job in jobs.items():
+        same_shape.setdefault(job[0].shape[1:], []).append(name)
+    out = {}
+    for names in same_shape.values():
+        sizes = [jobs[n][0].shape[0] for n in names]
+        new = round_columns(np.concatenate([jobs[n][0] for n in names]), np.concatenate([hessians[n] for n in names]),
+                            np.concatenate([jobs[n][1] for n in names]), np.concatenate([jobs[n][2] for n in names]))
+        for name, part in zip(names, np.split(new, np.cumsum(sizes)[:-1])):
+            _, _, _, shape, axis, dtype = jobs[name]
+            moved = (shape[axis],) + tuple(d for i, d in enumerate(shape) if i != axis)
+            out[name] = np.moveaxis(part.reshape(moved), 0, axis).astype(dtype)
     return out
 
 

@@ -57,7 +57,10 @@ class Session:
     """An ONNX Runtime inference session over a model (path, bytes or ModelProto)."""
 
     def __init__(self, model, provider: str = "cpu", trt: TensorRTOptions | None = None, threads: int = 0,
-                 optimization: str = "all", quiet: bool = False, spinning: bool = True, settings: dict | None = None):
+                 optimization: str = "all", quiet: bool = False, spinning: bool = True, settings: dict | None = None,
+                 shared: dict | None = None):
+        """`shared`: {initializer name: OrtValue} for the model's initializers declared as external data, shared
+        by sessions without copying (sensitivity.py derives 71 models from ResNet-50's weights)."""
         import onnxruntime as ort
 
         from cnncomp.run.parallel import in_worker
@@ -77,6 +80,8 @@ class Session:
             "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
             "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
         }[optimization]
+        if shared:
+            options.add_external_initializers(list(shared), list(shared.values()))
         if not isinstance(model, (str, bytes)):
             model = model.SerializeToString()
         try:
