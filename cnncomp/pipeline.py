@@ -35,7 +35,7 @@ from cnncomp.ir.graph import LayerGraph
 from cnncomp.job import EMITTERS, Job  # noqa: F401  (EMITTERS: the --emit choices, declared with the options)
 from cnncomp.log import Log, silent
 from cnncomp.precision.convert import (  # noqa: F401  (the converters are part of the job's public face)
-    PRECISIONS, Converted, PrecisionRequest, conversion_for_timing, convert_precision, precision_of,
+    PRECISIONS, Converted, PrecisionRequest, conversion_for_timing, convert_precision, int8_placement, precision_of,
 )
 from cnncomp.verification.meters import OutputErrorMeter  # noqa: F401  (-O3's meter, wired in `optimize`)
 
@@ -833,14 +833,16 @@ def bench_job(job: Job, log: Log = silent):
             if not runtime.available():
                 raise CnnError(runtime.missing())
             # one conversion serves the runtimes that probe ONNX Runtime alike (cpu and openvino: its CPU provider)
-            key = (precision, repr(runtime.providers({})), runtime.symmetric_int8)
+            # and place int8 alike (int8_support.PLACEMENT_RULES: a table per runtime)
+            request = _request(job, compiled, probe_provider=runtime_name, tensorrt=runtime.symmetric_int8,
+                               runtime=runtime_name, timed_by_caller=True)  # bench compares the speeds itself
+            key = (precision, repr(runtime.providers({})), runtime.symmetric_int8,
+                   int8_placement(model, request) if precision == "int8" and compiled is not None else None)
             if key not in converted:
                 if compiled is None and precision_of(precision).converts_model:
                     raise CnnError(f"{precision} is converted from the network's graph, which an ONNX model lacks: "
                                    "bench the .cnn spec (`cnncomp import` makes one from an ONNX model)")
-                request = _request(job, compiled, probe_provider=runtime_name, tensorrt=runtime.symmetric_int8)
                 request.settings["keep_io_fp32"] = True  # every choice takes the same float32 inputs
-                request.settings["keep_slower_int8"] = True  # bench compares the precisions' speeds itself
                 result = convert_precision(model, compiled.graph if compiled else None, precision, request, log)
                 if result.precision != precision:  # int8's not-faster rule, should a converter apply it anyway
                     raise CnnError(f"not faster: {result.precision} written instead of {precision}")

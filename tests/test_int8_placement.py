@@ -193,3 +193,30 @@ def test_when_the_search_runs_it_starts_from_every_layer_in_int8(spec, monkeypat
             assert {"dw", "expand", "fc1"} <= {entry.layer for entry in report.layers}
         else:
             assert set(report.slower_in_int8) == set(KEPT_FLOAT)
+
+
+def test_bench_times_the_int8_model_each_runtime_would_be_given(spec, capsys, monkeypatch, tmp_path):
+    # ONNX Runtime's int8 row is the placed model compile writes; OpenVINO's (its table is empty) every layer
+    # in int8; the placement decides whether the runtimes share one conversion
+    import cnncomp.run.runtime as runtime
+    from cli_helpers import cli
+
+    monkeypatch.setenv("CNNCOMP_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(int8_speed, "time_models", lambda *a, **k: (2.0, 1.0, False))
+    monkeypatch.setattr(int8_speed, "quantized_islands", lambda *a, **k: [])  # no real timing of the toy's layers
+    opened, models = runtime.open_session, {}
+
+    def recording(model, runtime_name="cpu", *args, precision="fp32", **kwargs):
+        models[(runtime_name, precision)] = model
+        return opened(model, runtime_name, *args, precision=precision, **kwargs)
+
+    monkeypatch.setattr(runtime, "open_session", recording)
+    with_openvino = runtime.runtimes()["openvino"].available()
+    code, out, err = cli(capsys, "bench", spec, "--runtimes", "cpu,openvino" if with_openvino else "cpu",
+                         "--precisions", "fp32,int8", "--rounds", "1", "--runs", "1", "--json",
+                         "--max-error", "0.5", "--metric", "rel-l2")  # the placed model fits: no search
+    assert code == 0, err
+    placed = qdq_layers(models[("cpu", "int8")])
+    assert not placed & set(KEPT_FLOAT) and set(KEPT_INT8) <= placed, placed
+    if with_openvino:
+        assert {"dw", "expand", "fc1"} <= qdq_layers(models[("openvino", "int8")])

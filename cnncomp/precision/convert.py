@@ -38,6 +38,10 @@ class PrecisionRequest:
     compiled: object = None  # pipeline.Compiled: the reference graph and weights int8 measures against
     inputs_given: bool = False  # the user's inputs (--load-inputs): int8 checks on them, not on its held-out ones
     tensorrt: bool = False  # the model goes to TensorRT (int8: symmetric int8 activations, no zero points)
+    runtime: str | None = None  # the runtime the model is converted for (None: the job's --runtime)
+    # bench times every precision itself: int8 is converted as compile writes it (placement, islands), but stays
+    # int8 where it is not faster than float32 (the not-faster rule is bench's table to show, not to apply)
+    timed_by_caller: bool = False
 
     @property
     def keep_io_fp32(self) -> bool:
@@ -169,7 +173,17 @@ def int8_runtime(request: PrecisionRequest) -> str:
     OpenVINO when the check runs there, else ONNX Runtime's CPU provider."""
     if request.tensorrt:
         return "tensorrt"
-    return "openvino" if request.settings.get("runtime") == "openvino" else "onnxruntime-cpu"
+    runtime = request.runtime or request.settings.get("runtime")
+    return "openvino" if runtime == "openvino" else "onnxruntime-cpu"
+
+
+def int8_placement(model, request: PrecisionRequest) -> frozenset:
+    """The layer groups int8 keeps float32 for the runtime of `request` (int8_support.PLACEMENT_RULES): two
+    requests with the same placement convert a model to the same int8 model."""
+    from cnncomp.precision.int8 import layer_groups
+    from cnncomp.precision.int8_support import slower_in_int8
+
+    return frozenset(slower_in_int8(model, layer_groups(model), int8_runtime(request)))
 
 
 def _metric_problem(value) -> str | None:
@@ -243,7 +257,8 @@ class Int8(Precision):
             timed=not request.tensorrt,  # TensorRT runs it, not ONNX Runtime's CPU: CPU times say nothing there
             keep_slower=bool(o.get("keep_slower_int8")), weight_rounding=o.get("weight_rounding") or "nearest",
             runtime=int8_runtime(request))
-        if (report.faster is False and not o.get("keep_slower_int8")) or report.nothing_quantized:
+        keeps_slower = o.get("keep_slower_int8") or request.timed_by_caller
+        if (report.faster is False and not keeps_slower) or report.nothing_quantized:
             quantized, report.written = model, "fp32"  # the not-faster rule; or every layer ended in float32
         for w in report.warnings:
             log(f"warning: {w}\n")
