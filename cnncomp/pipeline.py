@@ -35,7 +35,7 @@ from cnncomp.ir.graph import LayerGraph
 from cnncomp.job import EMITTERS, Job  # noqa: F401  (EMITTERS: the --emit choices, declared with the options)
 from cnncomp.log import Log, silent
 from cnncomp.precision.convert import (  # noqa: F401  (the converters are part of the job's public face)
-    PRECISIONS, Converted, PrecisionRequest, conversion_for_timing, convert_precision, int8_placement, precision_of,
+    PRECISIONS, Converted, PrecisionRequest, conversion_for_timing, convert_precision, precision_of,
 )
 from cnncomp.verification.meters import OutputErrorMeter  # noqa: F401  (-O3's meter, wired in `optimize`)
 
@@ -837,7 +837,7 @@ def bench_job(job: Job, log: Log = silent):
             request = _request(job, compiled, probe_provider=runtime_name, tensorrt=runtime.symmetric_int8,
                                runtime=runtime_name, timed_by_caller=True)  # bench compares the speeds itself
             key = (precision, repr(runtime.providers({})), runtime.symmetric_int8,
-                   int8_placement(model, request) if precision == "int8" and compiled is not None else None)
+                   precision_of(precision).conversion_key(model, request) if compiled is not None else None)
             if key not in converted:
                 if compiled is None and precision_of(precision).converts_model:
                     raise CnnError(f"{precision} is converted from the network's graph, which an ONNX model lacks: "

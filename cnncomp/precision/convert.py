@@ -92,6 +92,11 @@ class Precision:
         """What this machine lacks for this precision (CPU features, a GPU, packages), in words."""
         return []
 
+    def conversion_key(self, model, request: PrecisionRequest):
+        """Beyond the provider probed, what makes two requests convert `model` differently (bench converts once
+        per key): nothing here; int8, the runtime's placement of its layers."""
+        return None
+
     def pass_warnings(self, compiled) -> list[str]:
         """The passes' warnings that concern this precision (fp16: folded weights out of range)."""
         return []
@@ -177,15 +182,6 @@ def int8_runtime(request: PrecisionRequest) -> str:
     return "openvino" if runtime == "openvino" else "onnxruntime-cpu"
 
 
-def int8_placement(model, request: PrecisionRequest) -> frozenset:
-    """The layer groups int8 keeps float32 for the runtime of `request` (int8_support.PLACEMENT_RULES): two
-    requests with the same placement convert a model to the same int8 model."""
-    from cnncomp.precision.int8 import layer_groups
-    from cnncomp.precision.int8_support import slower_in_int8
-
-    return frozenset(slower_in_int8(model, layer_groups(model), int8_runtime(request)))
-
-
 def _metric_problem(value) -> str | None:
     from cnncomp.verification.metrics import metric_problem
 
@@ -241,6 +237,14 @@ class Int8(Precision):
     o3_budget_share = 0.5  # quantization measures against the whole budget, -O3's rewrites get half
     triton_mode = "INT8"  # the QDQ model's own scales
     tensorrt_build = {"int8": True}
+
+    def conversion_key(self, model, request: PrecisionRequest) -> frozenset:
+        """The layer groups int8 keeps float32 for the runtime of `request` (int8_support.PLACEMENT_RULES): two
+        requests with the same placement convert a model to the same int8 model."""
+        from cnncomp.precision.int8 import layer_groups
+        from cnncomp.precision.int8_support import slower_in_int8
+
+        return frozenset(slower_in_int8(model, layer_groups(model), int8_runtime(request)))
 
     def convert(self, model, graph, request, log=silent):
         from cnncomp.precision.int8 import DEFAULT_METHOD, quantize_int8
