@@ -57,7 +57,7 @@ from cnncomp.verification.metrics import MetricResult, load_labels, plan_metrics
 from cnncomp.precision.bias_correction import DEFAULT_MODE, MODES as BIAS_CORRECTION_MODES, apply_bias_corrections
 from cnncomp.precision.bias_correction import bias_corrections
 from cnncomp.precision.int8_support import failing_node, known_unsupported, neighbourhood, nonfinite_activations
-from cnncomp.precision.int8_support import short_reason, slower_in_int8
+from cnncomp.precision.int8_support import quantizable_ops, short_reason, slower_in_int8
 from cnncomp.precision.rounding import DEFAULT_MODE as DEFAULT_ROUNDING, MODES as ROUNDING_MODES, apply_rounded_weights
 
 METHODS = ("minmax", "percentile", "entropy", "mse")
@@ -580,9 +580,7 @@ def layer_groups(model: onnx.ModelProto) -> dict[str, list[str]]:
 
     A pass-through node (relu, max pool, reshape) joins the group of the node that feeds it, so that keeping
     a layer in float32 keeps its activation in float32 too instead of rounding it through a lone Q/DQ pair."""
-    from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
-
-    quantizable = set(QDQRegistry) | set(QLinearOpsRegistry)
+    quantizable = quantizable_ops()
     weights = {t.name for t in model.graph.initializer}
     readers = consumers(model)
     groups = {}

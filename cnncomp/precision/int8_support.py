@@ -176,6 +176,7 @@ class GraphFacts:
         self.producer = producers(self.model)
         self.readers = consumers(self.model)
         self.group_of = {m: head for head, members in self.groups.items() for m in members}
+        self.graph_outputs = {o.name for o in self.model.graph.output}
         self.total_macs = sum(self.macs(n) or 0 for n in self.model.graph.node if n.op_type in COMPUTE_OPS)
 
     def macs(self, node: onnx.NodeProto) -> int | None:
@@ -211,8 +212,7 @@ class GraphFacts:
 
     def writes_output(self, head: str) -> bool:
         """Whether a group makes a graph output."""
-        outputs = {o.name for o in self.model.graph.output}
-        return any(o in outputs for m in self.groups[head] for o in self.nodes[m].output)
+        return any(o in self.graph_outputs for m in self.groups[head] for o in self.nodes[m].output)
 
     def group_sources(self, head: str) -> list[str | None]:
         """The producers of a group head's activation inputs (None: a graph input)."""
@@ -305,6 +305,13 @@ PLACEMENT_RULES = {
 RUNTIMES = tuple(PLACEMENT_RULES)
 
 
+def quantizable_ops() -> set[str]:
+    """The op types ONNX Runtime's quantizer gives an int8 kernel (its QDQ and QLinear operator registries)."""
+    from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
+
+    return set(QDQRegistry) | set(QLinearOpsRegistry)
+
+
 def slower_in_int8(model: onnx.ModelProto, groups: dict[str, list[str]], runtime: str | None = "onnxruntime-cpu",
                    quantizable=None) -> dict[str, str]:
     """{group head: why} for the layer groups that `runtime` runs faster in float32 than in int8 (PLACEMENT_RULES),
@@ -317,11 +324,7 @@ def slower_in_int8(model: onnx.ModelProto, groups: dict[str, list[str]], runtime
         raise ValueError(f"unknown int8 runtime '{runtime}'; known: {', '.join(RUNTIMES)}")
     if not rules or not groups:
         return {}
-    if quantizable is None:
-        from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
-
-        quantizable = set(QDQRegistry) | set(QLinearOpsRegistry)
-    facts = GraphFacts(model, groups, frozenset(quantizable))
+    facts = GraphFacts(model, groups, frozenset(quantizable if quantizable is not None else quantizable_ops()))
     why: dict[str, str] = {}
     changed = True
     while changed:
