@@ -83,6 +83,13 @@ class LayerSensitivity:
     float_ms: float | None = None  # its time per run in float32 and in int8 (int8_speed.py), when measured
     int8_ms: float | None = None
 
+    @property
+    def int8_saves_ms(self) -> float | None:
+        """What int8 saves per run against float32 (negative: slower in int8); None where not timed."""
+        if self.float_ms is None or self.int8_ms is None or self.float_ms <= 0:
+            return None
+        return self.float_ms - self.int8_ms
+
 
 @dataclass
 class Int8Report:
@@ -164,9 +171,8 @@ class Int8Report:
         entries = {l.layer: l for l in self.layers}
 
         def slower(name):
-            entry = entries.get(name)
-            return entry is not None and entry.float_ms is not None and entry.float_ms > 0 and \
-                entry.int8_ms >= entry.float_ms
+            saves = entries[name].int8_saves_ms if name in entries else None
+            return saves is not None and saves <= 0
 
         reasons = {"no-kernel": list(self.no_int8_kernel), "placement": list(self.slower_in_int8), "slower": [],
                    "metric": [], "islands": []}
@@ -957,10 +963,8 @@ def back_to_int8(quantizer: Quantizer, budget_error, ranked: list[LayerSensitivi
     entries = {l.layer: l for l in ranked}
 
     def saving(name: str) -> float:
-        entry = entries.get(name)
-        if entry is None or entry.float_ms is None or entry.int8_ms is None or entry.float_ms <= 0:
-            return 0.0
-        return entry.float_ms - entry.int8_ms
+        saves = entries[name].int8_saves_ms if name in entries else None
+        return saves if saves is not None else 0.0
 
     tried = sorted((n for n in float_layers if saving(n) > 0), key=lambda n: -saving(n))[:BACK_TO_INT8_TRIES]
     kept, back = list(float_layers), []
