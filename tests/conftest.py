@@ -31,6 +31,14 @@ def breaking_pass():
         del PASSES[name]
 
 
+@pytest.fixture
+def fresh_timing_cache(tmp_path, monkeypatch):
+    """int8's timing cache in a folder of this test alone: layer times another test cached for the same model
+    are not read here (the folder, for tests that look into it)."""
+    monkeypatch.setenv("CNNCOMP_CACHE_DIR", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _timing_cache(tmp_path_factory):
     """int8's timing cache (precision/int8_speed.py) in a folder of this test session, not the user's ~/.cache."""

@@ -112,8 +112,7 @@ def test_networks_that_gain_from_int8_keep_every_layer(name):
     assert slower_in_int8(model, layer_groups(model)) == {}
 
 
-def test_the_placed_model_verifies_and_reports_its_float32_layers(spec, monkeypatch, tmp_path):
-    monkeypatch.setenv("CNNCOMP_CACHE_DIR", str(tmp_path / "cache"))
+def test_the_placed_model_verifies_and_reports_its_float32_layers(fresh_timing_cache, spec, monkeypatch):
     monkeypatch.setattr(int8_speed, "time_models", lambda *a, **k: (2.0, 1.0, False))  # int8 counts as faster
     # the islands rule would time this toy's layers for real: keep its choice out of what this test pins
     monkeypatch.setattr(int8_speed, "quantized_islands", lambda *a, **k: [])
@@ -142,9 +141,8 @@ def test_the_stats_table_lists_the_float32_layers_with_their_reason():
     assert "1 of 2 layers in int8" in table
 
 
-def test_a_network_whose_every_layer_is_kept_float32_is_written_as_float32(tmp_path, monkeypatch):
+def test_a_network_whose_every_layer_is_kept_float32_is_written_as_float32(fresh_timing_cache, tmp_path, monkeypatch):
     # a hard-swish after each 1x1 conv over 16 channels: every conv is dequantized at once, nothing is left in int8
-    monkeypatch.setenv("CNNCOMP_CACHE_DIR", str(tmp_path / "cache"))
     spec = tmp_path / "hs.cnn"
     spec.write_text("network hs\ninput x: [N, 16, 32, 32]\n"
                     "y = x -> conv(16, 1) as c1 -> hardswish -> conv(16, 1) as c2 -> hardswish\noutput y\n")
@@ -167,12 +165,11 @@ def test_the_why_line_counts_the_placed_layers_as_float32():
         "expand 40.0%)" in report.shortfall()
 
 
-def test_when_the_search_runs_it_starts_from_every_layer_in_int8(spec, monkeypatch, tmp_path):
+def test_when_the_search_runs_it_starts_from_every_layer_in_int8(fresh_timing_cache, spec, monkeypatch):
     # full int8 misses this budget, so the fallback search runs; it times and judges each layer itself, so the
     # placement rules' layers are ranked by it (and may stay int8) instead of kept float32 beforehand
     from cnncomp.precision import int8
 
-    monkeypatch.setenv("CNNCOMP_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setattr(int8_speed, "time_models", lambda *a, **k: (2.0, 1.0, False))
     reports, quantize_int8 = [], int8.quantize_int8
 
@@ -195,13 +192,12 @@ def test_when_the_search_runs_it_starts_from_every_layer_in_int8(spec, monkeypat
             assert set(report.slower_in_int8) == set(KEPT_FLOAT)
 
 
-def test_bench_times_the_int8_model_each_runtime_would_be_given(spec, capsys, monkeypatch, tmp_path):
+def test_bench_times_the_int8_model_each_runtime_would_be_given(fresh_timing_cache, spec, capsys, monkeypatch):
     # ONNX Runtime's int8 row is the placed model compile writes; OpenVINO's (its table is empty) every layer
     # in int8; the placement decides whether the runtimes share one conversion
     import cnncomp.run.runtime as runtime
     from cli_helpers import cli
 
-    monkeypatch.setenv("CNNCOMP_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setattr(int8_speed, "time_models", lambda *a, **k: (2.0, 1.0, False))
     monkeypatch.setattr(int8_speed, "quantized_islands", lambda *a, **k: [])  # no real timing of the toy's layers
     opened, models = runtime.open_session, {}

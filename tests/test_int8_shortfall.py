@@ -20,9 +20,7 @@ SPEC = ("network shorty\ninput x: [N, 3, 16, 16]\n"
         "output y\n")
 
 
-@pytest.fixture(autouse=True)
-def cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("CNNCOMP_CACHE_DIR", str(tmp_path / "cache"))
+pytestmark = pytest.mark.usefixtures("fresh_timing_cache")
 
 
 @pytest.fixture

@@ -27,9 +27,8 @@ SPEC = ("network speedy\ninput x: [N, 3, 16, 16]\n"
 
 
 @pytest.fixture(autouse=True)
-def cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("CNNCOMP_CACHE_DIR", str(tmp_path / "cache"))
-    return tmp_path / "cache"
+def cache(fresh_timing_cache):
+    return fresh_timing_cache
 
 
 @pytest.fixture
