@@ -8,6 +8,24 @@ from __future__ import annotations
 import onnx
 
 
+SKELETON_MIN_BYTES = 1024  # initializers this large become graph inputs in a skeleton
+
+
+def skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The model with its large initializers turned into typed graph inputs, no weight bytes copied: what
+    checking and shape inference need (copying ResNet-50's 100 MB took 1 s). Small ones, Reshape's shape
+    constants among them, stay initializers, so shape inference still sees their values."""
+    g = model.graph
+    small, large = [], []
+    for tensor in g.initializer:
+        (large if len(tensor.raw_data) >= SKELETON_MIN_BYTES else small).append(tensor)
+    inputs = list(g.input) + [onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in large]
+    graph = onnx.helper.make_graph(list(g.node), g.name, inputs, list(g.output), small, value_info=list(g.value_info))
+    out = onnx.helper.make_model(graph, opset_imports=list(model.opset_import), producer_name=model.producer_name)
+    out.ir_version = model.ir_version
+    return out
+
+
 def attrs_of(node: onnx.NodeProto) -> dict:
     """A node's attributes as Python values (bytes decoded to str)."""
     out = {}

@@ -216,3 +216,23 @@ def test_bench_times_the_int8_model_each_runtime_would_be_given(fresh_timing_cac
     assert not placed & set(KEPT_FLOAT) and set(KEPT_INT8) <= placed, placed
     if with_openvino:
         assert {"dw", "expand", "fc1"} <= qdq_layers(models[("openvino", "int8")])
+
+
+def test_the_rules_see_shapes_behind_a_reshape():
+    """Shape inference for the rules keeps small constants (Reshape's target shape) as values: with every
+    initializer turned into a graph input, the conv after the Reshape had no shape and no MACs, so the rules
+    skipped it (ddddocr's YOLOX: 0 of 5 groups seen)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from cnncomp.precision.int8_support import GraphFacts, quantizable_ops
+
+    weight = numpy_helper.from_array(np.ones((8, 8, 3, 3), np.float32), "w")
+    shape = numpy_helper.from_array(np.array([1, 8, 16, 16], np.int64), "shape")
+    graph = helper.make_graph(
+        [helper.make_node("Reshape", ["x", "shape"], ["square"], name="reshape"),
+         helper.make_node("Conv", ["square", "w"], ["y"], name="conv", pads=[1, 1, 1, 1])],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8 * 16 * 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [weight, shape])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    facts = GraphFacts(model, {"conv": ["conv"]}, frozenset(quantizable_ops()))
+    assert facts.macs(facts.nodes["conv"]) == 8 * 8 * 9 * 16 * 16

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
-from cnncomp.onnx_graph import attrs_of, consumers, producers
+from cnncomp.onnx_graph import attrs_of, consumers, producers, skeleton
 from cnncomp.precision.int8_speed import COMPUTE_OPS  # where int8 saves time
 
 # ONNX Runtime names the node it failed on in these shapes of message
@@ -167,7 +167,7 @@ class GraphFacts:
     floats: set = field(default_factory=set)  # groups kept in float32 so far
 
     def __post_init__(self):
-        inferred = onnx.shape_inference.infer_shapes(weightless(self.model))
+        inferred = onnx.shape_inference.infer_shapes(skeleton(self.model))
         self.shapes = {v.name: [d.dim_value if d.HasField("dim_value") else 0 for d in v.type.tensor_type.shape.dim]
                        for v in list(inferred.graph.value_info) + list(inferred.graph.output)
                        + list(inferred.graph.input)}
@@ -219,18 +219,6 @@ class GraphFacts:
         node = self.nodes[head]
         return [self.producer[i].name if i in self.producer else None for i in node.input
                 if i and i not in self.weights]
-
-
-def weightless(model: onnx.ModelProto) -> onnx.ModelProto:
-    """The model with its initializers as typed graph inputs: shape inference without copying the weights
-    (ResNet-50's 100 MB took 1 s)."""
-    inputs = {i.name for i in model.graph.input}
-    graph = onnx.helper.make_graph(
-        list(model.graph.node), model.graph.name,
-        list(model.graph.input) + [onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims))
-                                   for t in model.graph.initializer if t.name not in inputs],
-        list(model.graph.output))
-    return onnx.helper.make_model(graph, opset_imports=list(model.opset_import), ir_version=model.ir_version)
 
 
 def _depthwise_window(node: onnx.NodeProto, facts: GraphFacts) -> int:

@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from onnx import helper
 
 from cnncomp.errors import CnnError
-
-
-SKELETON_MIN_BYTES = 1024  # initializers this large are checked apart from the graph
+from cnncomp.onnx_graph import skeleton
 
 
 def check_onnx(model: onnx.ModelProto) -> None:
@@ -21,9 +18,9 @@ def check_onnx(model: onnx.ModelProto) -> None:
     initializer is checked on its own: its bytes match its dims and data type.
     """
     try:
-        skeleton = _skeleton(model)
-        onnx.checker.check_model(skeleton, full_check=True)
-        onnx.shape_inference.infer_shapes(skeleton, check_type=True, strict_mode=True)
+        skeleton_model = skeleton(model)
+        onnx.checker.check_model(skeleton_model, full_check=True)
+        onnx.shape_inference.infer_shapes(skeleton_model, check_type=True, strict_mode=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
         raise CnnError(f"the emitted ONNX model is invalid: {exc}") from exc
     for tensor in model.graph.initializer:
@@ -33,16 +30,3 @@ def check_onnx(model: onnx.ModelProto) -> None:
         if len(tensor.raw_data) != itemsize * int(np.prod(tensor.dims, dtype=np.int64)):
             raise CnnError(f"the emitted ONNX model is invalid: initializer '{tensor.name}' holds "
                            f"{len(tensor.raw_data)} bytes for dims {list(tensor.dims)}")
-
-
-def _skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
-    """The model with its large initializers turned into typed graph inputs (no weight bytes copied)."""
-    g = model.graph
-    small, large = [], []
-    for tensor in g.initializer:
-        (large if len(tensor.raw_data) >= SKELETON_MIN_BYTES else small).append(tensor)
-    inputs = list(g.input) + [helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in large]
-    graph = helper.make_graph(list(g.node), g.name, inputs, list(g.output), small, value_info=list(g.value_info))
-    skeleton = helper.make_model(graph, opset_imports=list(model.opset_import), producer_name=model.producer_name)
-    skeleton.ir_version = model.ir_version
-    return skeleton
