@@ -69,9 +69,18 @@ def test_each_reason_with_its_share_and_costliest_layers():
 def test_float32_written_says_int8_was_not_faster():
     report = report_with(group_macs={"a": 1.0}, float_ms=0.61, int8_ms=1.36, written="fp32")
     assert report.int8_macs_share == 0.0
-    assert report.shortfall() == ("int8: 0% of the MACs run in int8: int8 is not faster than float32 on ONNX "
-                                  "Runtime CPU here: float32 0.61 ms, int8 1.36 ms per run, so float32 was written "
+    assert report.shortfall() == ("int8: 0% of the MACs run in int8: the int8 model (100% of its MACs in int8) is "
+                                  "not faster than float32 on ONNX Runtime CPU here: float32 0.61 ms, int8 1.36 ms per "
+                                  "run (it must be at least 5% faster to count), so float32 was written "
                                   "(--keep-slower-int8 keeps int8)")
+
+
+def test_float32_written_when_int8_is_faster_by_less_than_the_margin_says_the_margin():
+    report = report_with(group_macs={"a": 0.7, "b": 0.3}, float_layers=["b"], float_ms=0.61, int8_ms=0.598,
+                         written="fp32")
+    line = report.shortfall()
+    assert "the int8 model (70% of its MACs in int8) is not faster" in line
+    assert "int8 0.598 ms per run (it must be at least 5% faster to count)" in line
 
 
 def test_macs_shares_of_a_spec_and_of_symbolic_sizes(spec, tmp_path):
@@ -110,12 +119,13 @@ def test_cli_stats_and_json_say_why(spec, tmp_path, monkeypatch, capsys):
     out = tmp_path / "m.onnx"
     code, _, stderr = cli(capsys, "compile", spec, "--precision", "int8", "--calibration", tmp_path / "cal.npz",
                           "-o", out, "--stats")
-    assert code == 0 and "int8: 0% of the MACs run in int8: int8 is not faster than float32" in stderr
-    assert "float32 1 ms, int8 1.5 ms per run, so float32 was written" in stderr
+    assert code == 0 and "int8: 0% of the MACs run in int8: the int8 model (" in stderr
+    assert "is not faster than float32" in stderr
+    assert "float32 1 ms, int8 1.5 ms per run (it must be at least 5% faster to count), so float32 was written" in stderr
     code, stdout, _ = cli(capsys, "verify", spec, "--precision", "int8", "--calibration", tmp_path / "cal.npz",
                           "--json")
     data = json.loads(stdout)["fp32"]
-    assert code == 0 and data["int8_macs_share"] == 0.0 and "int8 is not faster" in data["shortfall"]
+    assert code == 0 and data["int8_macs_share"] == 0.0 and "is not faster than float32" in data["shortfall"]
 
 
 # ---- back in int8 after the search -----------------------------------------------------------------------
