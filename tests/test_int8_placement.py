@@ -132,7 +132,7 @@ def test_the_placed_model_verifies_and_reports_its_float32_layers(fresh_timing_c
 
 
 def test_the_stats_table_lists_the_float32_layers_with_their_reason():
-    from cnncomp.precision.int8 import Int8Report, LayerSensitivity
+    from cnncomp.precision.int8_report import Int8Report, LayerSensitivity
 
     report = Int8Report("minmax", "seeded", 8, 4, layers=[LayerSensitivity("stem", "", 0.01, 0.6)],
                         slower_in_int8={"dw": "a depthwise conv with a 25-element window: slower"})
@@ -154,7 +154,7 @@ def test_a_network_whose_every_layer_is_kept_float32_is_written_as_float32(fresh
 
 
 def test_the_why_line_counts_the_placed_layers_as_float32():
-    from cnncomp.precision.int8 import Int8Report, LayerSensitivity
+    from cnncomp.precision.int8_report import Int8Report, LayerSensitivity
 
     report = Int8Report("minmax", "seeded", 8, 4, layers=[LayerSensitivity("stem", "", 0.01, 0.6)],
                         slower_in_int8={"expand": "only float32 nodes read its output"},

@@ -11,7 +11,8 @@ import pytest
 import cnncomp
 from cli_helpers import cli
 from cnncomp.precision import int8 as int8_module, int8_speed
-from cnncomp.precision.int8 import Int8Report, LayerSensitivity, macs_shares, quantize_int8
+from cnncomp.precision.int8 import macs_shares, quantize_int8
+from cnncomp.precision.int8_report import Int8Report, LayerSensitivity
 from cnncomp.precision.int8_speed import LayerTime
 
 SPEC = ("network shorty\ninput x: [N, 3, 16, 16]\n"

@@ -16,7 +16,8 @@ from onnx import TensorProto, helper, numpy_helper
 import cnncomp
 from cli_helpers import cli
 from cnncomp.precision import int8 as int8_module, int8_speed, int8_support
-from cnncomp.precision.int8 import LayerSensitivity, Quantizer, layer_groups, quantize_int8
+from cnncomp.precision.int8 import Quantizer, layer_groups, quantize_int8
+from cnncomp.precision.int8_report import LayerSensitivity
 from cnncomp.precision.int8_speed import LayerTime, fallback_order, layer_speed, quantized_islands
 
 ROOT = Path(__file__).resolve().parents[1]
