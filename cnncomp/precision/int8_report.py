@@ -137,7 +137,7 @@ class Int8Report:
         share = self.int8_macs_share
         if share is None or share >= INT8_MACS_GOAL:
             return None
-        if self.written != "int8":
+        if self.written != "int8" and not self.nothing_quantized:  # else: the reasons every layer is float32
             from cnncomp.precision.int8_speed import NOT_FASTER_MARGIN
 
             # int8 a little faster still reads "not faster": say the margin the times were judged by
@@ -203,7 +203,7 @@ class Int8Report:
         for island in self.islands:
             lines.append(f"int8: islands rule: {', '.join(island)} back to float32 (a quantized island between "
                          "float32 layers without a conv/gemm, or saving less than its Q/DQ nodes cost)")
-        if self.float_ms is not None:
+        if self.float_ms is not None and not self.nothing_quantized:  # no int8 layer: no int8 time to judge
             lines.append(self.speed_line())
         why = self.shortfall()
         return "\n".join(lines + ([why] if why else []) + self.notes)
