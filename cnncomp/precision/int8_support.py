@@ -154,9 +154,10 @@ MIN_MACS_PER_DEQUANTIZED_OUTPUT = 256
 # SE-ResNet's int8 maps they stay int8: there a Q/DQ pair on a large tensor costs more)
 SLOW_INT8_ELEMENTWISE = ("Mul", "GlobalAveragePool")
 # A conv read only by a hard-swish that ONNX Runtime then runs in int8 (int8_hardswish: QLinearAdd + QLinearMul,
-# where the hard-swish's readers are int8) pays those two kernels per output element instead of the Q/DQ round
-# trip: ~0.66 ns against ~2.1 ns on the micro-benchmark (docs/precision.md, "Int8 hard-swish"), so the break
-# even is ~73 MACs per output element; 110 leaves the same margin as above
+# where the hard-swish's readers are int8) pays those two kernels per output element instead of the float32
+# round trip: 0.75 to 0.91 ns against 2.0 to 2.1 ns (tools/bench_int8_hardswish.py, against int8 with a fused
+# Relu; docs/precision.md, "Int8 hard-swish"), a break even of ~95 MACs per output element against the round
+# trip's ~225; 110 keeps the margin that 256 keeps over it
 MIN_MACS_PER_INT8_HARD_SWISH_OUTPUT = 110
 LARGEST_INT8_DEPTHWISE_WINDOW = 9  # 3x3: ONNX Runtime's int8 depthwise kernel is about float32's speed there
 
@@ -293,14 +294,11 @@ def _dequantized_at_once(node, facts):
     macs, outputs = facts.macs(node), facts.outputs_per_sample(node)
     if not readers or not all(facts.runs_float(r) for r in readers) or not macs or not outputs:
         return None
-    if all(_int8_hard_swish(r, facts) for r in readers):
-        if macs / outputs < MIN_MACS_PER_INT8_HARD_SWISH_OUTPUT:
-            return (f"a hard-swish reads its output and it does {macs // outputs} MACs per output element: int8 "
-                    "saves less than the int8 hard-swish (QLinearAdd + QLinearMul) costs")
-        return None
-    if macs / outputs < MIN_MACS_PER_DEQUANTIZED_OUTPUT:
+    int8_after = all(_int8_hard_swish(r, facts) for r in readers)
+    if macs / outputs < (MIN_MACS_PER_INT8_HARD_SWISH_OUTPUT if int8_after else MIN_MACS_PER_DEQUANTIZED_OUTPUT):
         return (f"only float32 nodes read its output ({facts.nodes[readers[0]].op_type}) and it does "
-                f"{macs // outputs} MACs per output element: int8 saves less than the Q/DQ of its output costs")
+                f"{macs // outputs} MACs per output element: int8 saves less than the Q/DQ of its output costs"
+                + (" (or the int8 hard-swish after it)" if int8_after else ""))
     return None
 
 
