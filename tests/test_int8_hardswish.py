@@ -170,3 +170,12 @@ def test_the_compiled_int8_model_runs_its_hard_swish_in_int8(fresh_timing_cache,
     ops = [n.op_type for n in quantized.graph.node]
     assert "hard-swish in int8 as QLinearAdd + QLinearMul" in said or "hard-swishes in int8" in said, said
     assert ops.count("HardSwish") < 3 and ops.count("Mul") >= 1, ops
+
+
+def test_unnamed_nodes_are_left_alone():
+    # the rewrite finds the nodes it replaces by name: a chain without names is not rewritten (nor broken)
+    model = chain(*UINT8_SITES[0])
+    for node in model.graph.node:
+        node.name = ""
+    assert int8_hard_swish(model) == 0
+    assert [n.op_type for n in model.graph.node] == ["DequantizeLinear", "HardSwish", "QuantizeLinear"]

@@ -36,6 +36,7 @@ Only for ONNX Runtime's CPU target: OpenVINO and TensorRT fuse hard-swish into t
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
@@ -80,8 +81,10 @@ def refusal(dq: onnx.NodeProto | None, op: onnx.NodeProto, readers: list[onnx.No
     only per-tensor QuantizeLinears reading it, fine enough that rounding r stays within half an output step."""
     if dq is None or dq.op_type != "DequantizeLinear" or _scalar_pair(dq, initializers) is None:
         return "its input is not a per-tensor DequantizeLinear of an 8-bit tensor"
-    if op.output[0] in outputs or not readers:
+    if op.output[0] in outputs:
         return "it writes a graph output"
+    if not readers:
+        return "nothing reads it"
     if any(r.op_type != "QuantizeLinear" or _scalar_pair(r, initializers) is None for r in readers):
         return "a node other than a per-tensor QuantizeLinear reads it (it would stay float32 besides)"
     scale_in, zero_in = _scalar_pair(dq, initializers)
@@ -101,11 +104,15 @@ def hard_swish_sites(model: onnx.ModelProto) -> list[HardSwishSite]:
     initializers = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
     producer, readers = producers(model), consumers(model)
     outputs = {o.name for o in model.graph.output}
+    counts = Counter(n.name for n in model.graph.node)
+    unique = {name for name, count in counts.items() if name and count == 1}  # the rewrite finds nodes by name
     sites = []
     for op in model.graph.node:
         if op.op_type != "HardSwish" or op.domain not in ("", "ai.onnx"):
             continue
         dq, qs = producer.get(op.input[0]), readers.get(op.output[0], [])
+        if not all(n.name in unique for n in (op, dq, *qs) if n is not None):
+            continue
         if refusal(dq, op, qs, outputs, initializers) is None:
             sites += [HardSwishSite(dq, op, q) for q in qs]
     return sites
