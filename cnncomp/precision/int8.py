@@ -57,6 +57,7 @@ from cnncomp.precision.bias_correction import DEFAULT_MODE, MODES as BIAS_CORREC
 from cnncomp.precision.bias_correction import bias_corrections
 from cnncomp.precision.int8_report import Int8Report, LayerSensitivity
 from cnncomp.precision.int8_support import failing_node, known_unsupported, neighbourhood, nonfinite_activations
+from cnncomp.precision.int8_hardswish import rewrite_if_within_budget
 from cnncomp.precision.int8_support import quantizable_ops, short_reason, slower_in_int8
 from cnncomp.precision.rounding import DEFAULT_MODE as DEFAULT_ROUNDING, MODES as ROUNDING_MODES, apply_rounded_weights
 
@@ -577,6 +578,8 @@ def quantize_int8(model: onnx.ModelProto, graph: LayerGraph, ref_graph: LayerGra
                                                1.0 if max_error is not None else None, one_batch,
                                                None if keep_slower else speed, bias_correction, threads,
                                                timed=not keep_slower)
+        if runtime == "onnxruntime-cpu":  # its hard-swishes in int8 (the other runtimes fuse their own)
+            quantized = rewrite_if_within_budget(quantized, probe, report)
         back = [name for name in back if name not in report.float_layers]  # the islands rule may take some again
         if back:
             report.notes.append(f"int8: back in int8 after the search, the budget still met: {', '.join(back)}")

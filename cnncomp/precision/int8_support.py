@@ -153,6 +153,12 @@ MIN_MACS_PER_DEQUANTIZED_OUTPUT = 256
 # 2x slower than float32's on MobileNetV3's maps; kept float32 where an input is float32 anyway (on ResNet's and
 # SE-ResNet's int8 maps they stay int8: there a Q/DQ pair on a large tensor costs more)
 SLOW_INT8_ELEMENTWISE = ("Mul", "GlobalAveragePool")
+# A conv read only by a hard-swish that ONNX Runtime then runs in int8 (int8_hardswish: QLinearAdd + QLinearMul,
+# where the hard-swish's readers are int8) pays those two kernels per output element instead of the float32
+# round trip: 0.75 to 0.91 ns against 2.0 to 2.1 ns (tools/bench_int8_hardswish.py, against int8 with a fused
+# Relu; docs/precision.md, "Int8 hard-swish"), a break even of ~95 MACs per output element against the round
+# trip's ~225; 110 keeps the margin that 256 keeps over it
+MIN_MACS_PER_INT8_HARD_SWISH_OUTPUT = 110
 LARGEST_INT8_DEPTHWISE_WINDOW = 9  # 3x3: ONNX Runtime's int8 depthwise kernel is about float32's speed there
 
 
@@ -259,17 +265,28 @@ def _tiny_layer(node, facts):
     return None
 
 
+def _int8_hard_swish(name, facts):
+    """Whether a node is a hard-swish that ONNX Runtime runs in int8 after the rewrite (int8_hardswish): every
+    node that reads it runs in int8, so a QuantizeLinear follows it."""
+    readers = facts.readers.get(facts.nodes[name].output[0], [])
+    return facts.nodes[name].op_type == "HardSwish" and bool(readers) and \
+        not any(facts.runs_float(r.name) for r in readers)
+
+
 def _dequantized_at_once(node, facts):
-    """Conv(16 -> 96, 1x1) -> HardSwish: 16 MACs per output element, then DequantizeLinear -> float32 conv."""
+    """Conv(16 -> 96, 1x1) -> HardSwish -> float32 conv: 16 MACs per output element -> float32 conv (with an
+    int8 conv after the hard-swish, the limit is that of the int8 hard-swish: MIN_MACS_PER_INT8_HARD_SWISH_OUTPUT)."""
     if node.op_type not in COMPUTE_OPS:
         return None
     readers = facts.group_readers(node.name)
     macs, outputs = facts.macs(node), facts.outputs_per_sample(node)
     if not readers or not all(facts.runs_float(r) for r in readers) or not macs or not outputs:
         return None
-    if macs / outputs < MIN_MACS_PER_DEQUANTIZED_OUTPUT:
+    int8_after = all(_int8_hard_swish(r, facts) for r in readers)
+    if macs / outputs < (MIN_MACS_PER_INT8_HARD_SWISH_OUTPUT if int8_after else MIN_MACS_PER_DEQUANTIZED_OUTPUT):
         return (f"only float32 nodes read its output ({facts.nodes[readers[0]].op_type}) and it does "
-                f"{macs // outputs} MACs per output element: int8 saves less than the Q/DQ of its output costs")
+                f"{macs // outputs} MACs per output element: int8 saves less than the Q/DQ of its output costs"
+                + (" (or the int8 hard-swish after it)" if int8_after else ""))
     return None
 
 
