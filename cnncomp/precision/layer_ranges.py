@@ -1,0 +1,276 @@
+"""Activation ranges for int8 chosen by the output error of the layers that read them (`--calibration-method layer`).
+
+A tensor's own quantization error (`mse`, ranges.py) weighs every value alike, but what the network feels is
+the error of the layers reading it: a conv sums its input over a window and its channels, so rounding noise,
+independent from value to value, partly averages out while clipping error, all of one sign, adds up; and a
+channel the conv barely weighs may be clipped for free. So for each quantized activation x, several candidate
+ranges are tried and the one kept minimises
+
+    error(range) = sum over the readers r of x of  ||r(q(x)) - r(x)||^2 / ||r(x)||^2
+
+where q is int8 fake quantization of x over the range (ONNX Runtime's own scale and zero point: uint8 with a
+zero point, or int8 symmetric for TensorRT) and r(x) the reader's float32 output. A conv, gemm or matmul whose
+weight is an initializer is evaluated with its int8 weights (per output channel, symmetric, as the quantizer
+rounds them) on q(x): what the int8 model computes there. Any other reader (an add, a concat, a graph
+output) counts the tensor's own relative error ||q(x) - x||^2 / ||x||^2. Readers that pass the quantization
+through (ONNX Runtime's QDQ quantizer gives a max pool's or a reshape's output its input's scale) are looked
+through: their readers read x's quantization, so they are x's readers, evaluated on the pass-through output
+(q commutes with a max pool, a reshape, a transpose; with an average pool it does nearly).
+
+The candidates: the observed range (min-max), the percentile default's (99.999%: 0.0005% cut at each end, as
+ONNX Runtime's Percentile calibrator does it, from the histogram), `mse`'s, and CLIP_FRACTIONS of the observed
+range. Entropy's KL threshold is not a candidate: it needs its own histogram of every tensor and a search per
+tensor as long as the whole calibration of the other methods.
+
+Cost: the histogram pass of `mse` over every calibration sample, then one more pass over the first
+LAYER_SAMPLES samples in which each reader runs once in float32 and once per candidate (torch, every thread):
+about as many conv MACs as running the network 1 + len(candidates) times on those samples.
+
+Tensors whose range ONNX Runtime overrides are left as they are: the input of a Relu/Clip that is its only
+reader (it gets the Relu's output range) and the output of a pass-through op whose input is quantized.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from cnncomp.onnx_graph import consumers, producers
+from cnncomp.precision.ranges import Histogram, mse_range, rewrite_cache, tensor_histograms
+
+LAYER_SAMPLES = 4  # calibration samples the readers' errors are measured on (the histograms use them all)
+CLIP_FRACTIONS = (0.5, 0.7, 0.85)  # of the observed range, tried beside the rules' ranges
+PERCENTILE = 99.999  # the percentile default's, ONNX Runtime's Percentile calibrator's
+WEIGHTED = ("Conv", "Gemm", "MatMul")
+OVERRIDDEN_BY_OUTPUT = ("Relu", "Clip")  # ONNX Runtime gives a lone reader's input its output's range
+
+
+@dataclass
+class Reader:
+    """One reader of a tensor's quantization: `node` (a weighted layer, or None: the tensor's own error) reading
+    `tensor` (the quantized tensor itself or a pass-through op's output that shares its quantization)."""
+
+    tensor: str
+    node: onnx.NodeProto | None = None
+
+
+@dataclass
+class Choice:
+    """A tensor's candidate ranges and, per candidate, the summed squared output error and reference norms."""
+
+    candidates: list[tuple[float, float]]
+    readers: list[Reader]
+    errors: np.ndarray = field(default=None)  # [reader, candidate]: sum of squared output errors
+    norms: np.ndarray = field(default=None)  # [reader]: sum of squared float outputs
+
+    def __post_init__(self):
+        self.errors = np.zeros((len(self.readers), len(self.candidates)))
+        self.norms = np.zeros(len(self.readers))
+
+    def best(self) -> tuple[float, float]:
+        """The candidate with the lowest summed relative error (readers with a zero output count nothing)."""
+        relative = self.errors / np.where(self.norms > 0, self.norms, np.inf)[:, None]
+        return self.candidates[int(np.argmin(relative.sum(0)))]
+
+
+def pass_through_ops() -> set[str]:
+    """The ops ONNX Runtime's QDQ quantizer gives their input's quantization (max pool, reshape, ...)."""
+    from onnxruntime.quantization.operators.direct_q8 import QDQDirect8BitOp
+    from onnxruntime.quantization.registry import QDQRegistry
+
+    return {op for op, kind in QDQRegistry.items() if issubclass(kind, QDQDirect8BitOp)}
+
+
+def overridden(model: onnx.ModelProto, names: set[str]) -> set[str]:
+    """The cached tensors whose range ONNX Runtime replaces by another's (see the module docstring)."""
+    readers, made_by, through = consumers(model), producers(model), pass_through_ops()
+    out = set()
+    for name in names:
+        users = readers.get(name, [])
+        if len(users) == 1 and users[0].op_type in OVERRIDDEN_BY_OUTPUT and users[0].output[0] in names:
+            out.add(name)
+        producer = made_by.get(name)
+        if producer is not None and producer.op_type in through and producer.input[0] in names:
+            out.add(name)
+    return out
+
+
+def readers_of(name: str, readers: dict[str, list[onnx.NodeProto]], outputs: set[str],
+               weights: dict[str, np.ndarray]) -> list[Reader]:
+    """The readers whose error judges `name`'s range, looking through pass-through ops (`readers`: the
+    graph's consumers(), `outputs`: its output names)."""
+    through = pass_through_ops()
+    found, frontier, own = [], [name], set()
+    while frontier:
+        tensor = frontier.pop()
+        for user in readers.get(tensor, []):
+            if user.op_type in through and user.input[0] == tensor:
+                frontier.append(user.output[0])
+            elif weighted_input(user, weights) == tensor:
+                found.append(Reader(tensor, user))
+            else:
+                own.add(tensor)
+        if tensor in outputs or not readers.get(tensor):
+            own.add(tensor)
+    return found + [Reader(t) for t in sorted(own)]
+
+
+def weighted_input(node: onnx.NodeProto, weights: dict[str, np.ndarray]) -> str | None:
+    """The activation input of a conv/gemm/matmul whose weight is an initializer that runs here (None else)."""
+    if node.op_type not in WEIGHTED or len(node.input) < 2 or node.input[1] not in weights:
+        return None
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    if node.op_type == "Conv" and (attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", b"VALID")
+                                   or weights[node.input[1]].ndim not in (3, 4, 5)):
+        return None  # SAME padding is not reproduced here: its tensor's own error judges it instead
+    if node.op_type == "Gemm" and attrs.get("transA", 0):
+        return None
+    if node.op_type == "MatMul" and weights[node.input[1]].ndim != 2:
+        return None
+    return node.input[0]
+
+
+def int8_weight(weight: np.ndarray, transposed: bool = False) -> np.ndarray:
+    """The weight as the quantizer rounds it: per output channel, symmetric int8 (-127..127), dequantized.
+    The output channel is axis 0 (conv, gemm with transB) or the last (matmul, gemm without transB)."""
+    axis = weight.ndim - 1 if transposed else 0
+    reduce = tuple(a for a in range(weight.ndim) if a != axis)
+    scale = np.abs(weight).max(axis=reduce, keepdims=True).astype(np.float64) / 127
+    scale[scale == 0] = 1.0
+    return (np.clip(np.round(weight / scale), -127, 127) * scale).astype(np.float32)
+
+
+def run_reader(node: onnx.NodeProto, x, weight, bias):
+    """The reader's output on `x` (torch tensors) with this weight (conv: strides, pads, dilations, groups)."""
+    import torch
+    import torch.nn.functional as F
+
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    if node.op_type == "MatMul":
+        return torch.matmul(x, weight)
+    if node.op_type == "Gemm":
+        y = attrs.get("alpha", 1.0) * (x @ (weight.T if attrs.get("transB", 0) else weight))
+        return y + attrs.get("beta", 1.0) * bias if bias is not None else y
+    dims = weight.ndim - 2
+    pads = list(attrs.get("pads", [0] * 2 * dims))
+    if pads[:dims] != pads[dims:]:  # asymmetric: torch's F.pad takes the last dim first
+        x = F.pad(x, [p for d in reversed(range(dims)) for p in (pads[d], pads[d + dims])])
+        pads = [0] * 2 * dims
+    conv = (F.conv1d, F.conv2d, F.conv3d)[dims - 1]
+    return conv(x, weight, bias, stride=attrs.get("strides", [1] * dims), padding=pads[:dims],
+                dilation=attrs.get("dilations", [1] * dims), groups=attrs.get("group", 1))
+
+
+def candidate_ranges(histogram: Histogram, symmetric: bool) -> list[tuple[float, float]]:
+    """The ranges tried for one tensor: min-max, the percentile default's, mse's, clipped fractions."""
+    lo, hi = min(histogram.low, 0.0), max(histogram.high, 0.0)
+    ranges = [(lo, hi), percentile_range(histogram), mse_range(histogram, symmetric)]
+    ranges += [(f * lo, f * hi) for f in CLIP_FRACTIONS]
+    return list(dict.fromkeys((float(a), float(b)) for a, b in ranges if b > a))
+
+
+def percentile_range(histogram: Histogram, percentile: float = PERCENTILE) -> tuple[float, float]:
+    """ONNX Runtime's Percentile calibrator's range (its non-symmetric rule: (100 - p) / 200 of the values cut
+    at each end), from the histogram; zeros are in their bin already."""
+    counts = histogram.counts.astype(np.float64)
+    edges = np.linspace(histogram.low, histogram.high, len(counts) + 1)
+    cdf = np.cumsum(counts / counts.sum())
+    cut = (100.0 - percentile) / 200.0
+    lo = edges[min(int(np.searchsorted(cdf, cut)), len(counts))]
+    hi = edges[min(int(np.searchsorted(cdf, 1.0 - cut)), len(counts))]
+    return min(max(float(lo), histogram.low), 0.0), max(min(float(hi), histogram.high), 0.0)
+
+
+def fake_quantizer(symmetric: bool):
+    """(values, lo, hi) -> values rounded through int8 over [lo, hi] with ONNX Runtime's scale and zero point."""
+    import torch
+    from onnxruntime.quantization.quant_utils import compute_scale_zp, get_qmin_qmax_for_qType
+
+    kind = onnx.TensorProto.INT8 if symmetric else onnx.TensorProto.UINT8
+    qmin, qmax = get_qmin_qmax_for_qType(kind, symmetric=symmetric)
+
+    def quantize(values, lo: float, hi: float):
+        zero, scale = compute_scale_zp(np.array(lo, np.float32), np.array(hi, np.float32), qmin, qmax, symmetric)
+        scale, zero = float(scale), float(zero)
+        q = torch.clamp(torch.round(values / scale) + zero, float(qmin), float(qmax))
+        return (q - zero) * scale
+
+    return quantize
+
+
+def layer_ranges(model: onnx.ModelProto, extremes: dict[str, tuple[float, float]], calibration: dict,
+                 batch: int = 1, symmetric: bool = False) -> dict[str, tuple[float, float]]:
+    """For each tensor of `extremes` (its observed [min, max]) whose range ONNX Runtime uses, the candidate
+    range with the lowest summed relative output error of its readers on the calibration samples."""
+    import torch
+
+    from cnncomp.passes.budget import batches
+    from cnncomp.precision.int8_support import with_outputs
+    from cnncomp.run.session import Session
+
+    histograms = tensor_histograms(model, extremes, calibration, batch)
+    chosen_for = [n for n in extremes if n not in overridden(model, set(extremes))]
+    weights = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    readers, outputs = consumers(model), {o.name for o in model.graph.output}
+    choices = {name: Choice(candidate_ranges(histograms[name], symmetric),
+                            readers_of(name, readers, outputs, weights)) for name in chosen_for}
+    # the readers' weights, float32 and int8-rounded, once
+    layers = {}
+    for choice in choices.values():
+        for reader in choice.readers:
+            node = reader.node
+            if node is not None and node.name not in layers:
+                attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+                weight = weights[node.input[1]]
+                transposed = node.op_type == "MatMul" or (node.op_type == "Gemm" and not attrs.get("transB", 0))
+                bias = weights.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+                layers[node.name] = (torch.from_numpy(weight.astype(np.float32)),
+                                     torch.from_numpy(int8_weight(weight, transposed)),
+                                     None if bias is None else torch.from_numpy(bias.astype(np.float32)))
+    inputs = {i.name for i in model.graph.input}
+    wanted = list(dict.fromkeys(r.tensor for c in choices.values() for r in c.readers) | dict.fromkeys(choices))
+    produced = [n for n in wanted if n not in inputs]
+    session = Session(with_outputs(model, produced), "cpu", quiet=True)
+    quantize = fake_quantizer(symmetric)
+    seen = 0
+    with torch.no_grad():
+        for feeds in batches(calibration, batch):
+            if seen >= LAYER_SAMPLES:
+                break
+            seen += len(next(iter(feeds.values())))
+            values = session.run(feeds, produced) if produced else {}
+            values = {n: torch.from_numpy(np.ascontiguousarray(feeds[n] if n in inputs else values[n], np.float32))
+                      for n in wanted if n in inputs or n in values}
+            for choice in choices.values():
+                add_errors(choice, values, layers, quantize)
+    return {name: choice.best() for name, choice in choices.items()}
+
+
+def add_errors(choice: Choice, values: dict, layers: dict, quantize) -> None:
+    """Add one batch's squared output errors of every reader under every candidate range to `choice`."""
+    for i, reader in enumerate(choice.readers):
+        x = values.get(reader.tensor)
+        if x is None:
+            continue
+        if reader.node is None:
+            choice.norms[i] += float((x * x).sum())
+            for j, (lo, hi) in enumerate(choice.candidates):
+                choice.errors[i, j] += float(((quantize(x, lo, hi) - x) ** 2).sum())
+            continue
+        weight, rounded, bias = layers[reader.node.name]
+        reference = run_reader(reader.node, x, weight, bias)
+        choice.norms[i] += float((reference * reference).sum())
+        for j, (lo, hi) in enumerate(choice.candidates):
+            out = run_reader(reader.node, quantize(x, lo, hi), rounded, bias)
+            choice.errors[i, j] += float(((out - reference) ** 2).sum())
+
+
+def write_layer_ranges(cache: Path, model: onnx.ModelProto, calibration: dict, batch: int = 1,
+                       symmetric: bool = False) -> dict[str, tuple[float, float]]:
+    """Replace the ranges of the min-max calibration cache at `cache` (written by quantize_static) by those
+    its tensors' readers make the least output error with; returns them."""
+    return rewrite_cache(cache, lambda extremes: layer_ranges(model, extremes, calibration, batch, symmetric))
