@@ -44,6 +44,7 @@ from cnncomp.precision.ranges import Histogram, mse_range, rewrite_cache, tensor
 
 LAYER_SAMPLES = 4  # calibration samples the readers' errors are measured on (the histograms use them all)
 CLIP_FRACTIONS = (0.5, 0.7, 0.85)  # of the observed range, tried beside the rules' ranges
+SAME_RANGE = 0.01  # candidates closer than this share of the observed range are tried once
 PERCENTILE = 99.999  # the percentile default's, ONNX Runtime's Percentile calibrator's
 WEIGHTED = ("Conv", "Gemm", "MatMul")
 OVERRIDDEN_BY_OUTPUT = ("Relu", "Clip")  # ONNX Runtime gives a lone reader's input its output's range
@@ -135,13 +136,15 @@ def weighted_input(node: onnx.NodeProto, weights: dict[str, np.ndarray]) -> str 
 
 
 def int8_weight(weight: np.ndarray, transposed: bool = False) -> np.ndarray:
-    """The weight as the quantizer rounds it: per output channel, symmetric int8 (-127..127), dequantized.
-    The output channel is axis 0 (conv, gemm with transB) or the last (matmul, gemm without transB)."""
+    """The weight as the quantizer rounds it: per output channel, symmetric int8 (-127..127), dequantized, in
+    ONNX Runtime's arithmetic (the scale 2 max|w| / 254 stored in float32, w / scale rounded in float32). The
+    output channel is axis 0 (conv, gemm with transB) or the last (matmul, gemm without transB)."""
     axis = weight.ndim - 1 if transposed else 0
     reduce = tuple(a for a in range(weight.ndim) if a != axis)
-    scale = np.abs(weight).max(axis=reduce, keepdims=True).astype(np.float64) / 127
+    absmax = np.abs(weight).max(axis=reduce, keepdims=True).astype(np.float64)
+    scale = (2 * absmax / 254).astype(np.float32)
     scale[scale == 0] = 1.0
-    return (np.clip(np.round(weight / scale), -127, 127) * scale).astype(np.float32)
+    return (np.clip(np.round(weight.astype(np.float32) / scale), -127, 127) * scale).astype(np.float32)
 
 
 def run_reader(node: onnx.NodeProto, x, weight, bias):
@@ -170,7 +173,11 @@ def candidate_ranges(histogram: Histogram, symmetric: bool) -> list[tuple[float,
     lo, hi = min(histogram.low, 0.0), max(histogram.high, 0.0)
     ranges = [(lo, hi), percentile_range(histogram), mse_range(histogram, symmetric)]
     ranges += [(f * lo, f * hi) for f in CLIP_FRACTIONS]
-    return list(dict.fromkeys((float(a), float(b)) for a, b in ranges if b > a))
+    kept: list[tuple[float, float]] = []
+    for a, b in ranges:  # one of ranges that differ by under SAME_RANGE of the observed one (one run of the reader)
+        if b > a and all(abs(a - c) + abs(b - d) > SAME_RANGE * (hi - lo) for c, d in kept):
+            kept.append((float(a), float(b)))
+    return kept
 
 
 def percentile_range(histogram: Histogram, percentile: float = PERCENTILE) -> tuple[float, float]:
@@ -193,12 +200,13 @@ def fake_quantizer(symmetric: bool):
     from onnxruntime.quantization.quant_utils import compute_scale_zp, get_qmin_qmax_for_qType
 
     kind = onnx.TensorProto.INT8 if symmetric else onnx.TensorProto.UINT8
-    qmin, qmax = get_qmin_qmax_for_qType(kind, symmetric=symmetric)
+    qmin, qmax = get_qmin_qmax_for_qType(kind, symmetric=symmetric)  # the scale's levels (int8: -127..127)
+    low, high = (float(v) for v in get_qmin_qmax_for_qType(kind))  # QuantizeLinear saturates to the type's
 
     def quantize(values, lo: float, hi: float):
         zero, scale = compute_scale_zp(np.array(lo, np.float32), np.array(hi, np.float32), qmin, qmax, symmetric)
         scale, zero = float(scale), float(zero)
-        out = torch.mul(values, 1.0 / scale).round_().add_(zero).clamp_(float(qmin), float(qmax))
+        out = torch.mul(values, 1.0 / scale).round_().add_(zero).clamp_(low, high)
         return out.sub_(zero).mul_(scale)
 
     return quantize
@@ -245,7 +253,7 @@ def layer_ranges(model: onnx.ModelProto, extremes: dict[str, tuple[float, float]
                 break
             seen += len(next(iter(feeds.values())))
             values = session.run(feeds, produced) if produced else {}
-            values = {n: torch.from_numpy(np.ascontiguousarray(feeds[n] if n in inputs else values[n], np.float32))
+            values = {n: torch.from_numpy(np.require(feeds[n] if n in inputs else values[n], np.float32, 'CW'))
                       for n in wanted if n in inputs or n in values}
             for choice in choices.values():
                 add_errors(choice, values, layers, quantize)
