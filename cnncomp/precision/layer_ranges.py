@@ -6,12 +6,16 @@ independent from value to value, partly averages out while clipping error, all o
 channel the conv barely weighs may be clipped for free. So for each quantized activation x, several candidate
 ranges are tried and the one kept minimises
 
-    error(range) = sum over the readers r of x of  ||r(q(x)) - r(x)||^2 / ||r(x)||^2
+    error(range) = sum over the readers r of x of  (||e_r||^2 + BIAS_WEIGHT * sum_c n_c m_c^2) / ||r(x)||^2,
+    e_r = r(q(x)) - r(x),   m_c = the mean of e_r over output channel c's n_c values (its mean shift)
 
 where q is int8 fake quantization of x over the range (ONNX Runtime's own scale and zero point: uint8 with a
 zero point, or int8 symmetric for TensorRT) and r(x) the reader's float32 output. A conv, gemm or matmul whose
 weight is an initializer is evaluated with its int8 weights (per output channel, symmetric, as the quantizer
-rounds them) on q(x): what the int8 model computes there. Any other reader (an add, a concat, a graph
+rounds them) on q(x): what the int8 model computes there. The mean shift a clipped range puts into a channel
+counts BIAS_WEIGHT times more than noise of the same size: the layers after the reader sum it coherently,
+where independent rounding noise partly averages out; without that term the choices were worse than every
+single rule on two of three trained nets (docs/precision.md). Any other reader (an add, a concat, a graph
 output) counts the tensor's own relative error ||q(x) - x||^2 / ||x||^2. Readers that pass the quantization
 through (ONNX Runtime's QDQ quantizer gives a max pool's or a reshape's output its input's scale) are looked
 through: their readers read x's quantization, so they are x's readers, evaluated on the pass-through output
@@ -47,6 +51,10 @@ CLIP_FRACTIONS = (0.5, 0.7, 0.85)  # of the observed range, tried beside the rul
 SAME_RANGE = 0.01  # candidates closer than this share of the observed range are tried once
 PERCENTILE = 99.999  # the percentile default's, ONNX Runtime's Percentile calibrator's
 WEIGHTED = ("Conv", "Gemm", "MatMul")
+# a mean shift of an output channel counts this many times its squared size: it passes through the layers after
+# the reader coherently, where independent rounding noise partly averages out (measured on PP-OCRv4's text
+# detector: 10 chose as 0 did, 100 gave the lowest held-out error of every method; docs/precision.md)
+BIAS_WEIGHT = 100.0
 OVERRIDDEN_BY_OUTPUT = ("Relu", "Clip")  # ONNX Runtime gives a lone reader's input its output's range
 
 
@@ -61,21 +69,51 @@ class Reader:
 
 @dataclass
 class Choice:
-    """A tensor's candidate ranges and, per candidate, the summed squared output error and reference norms."""
+    """A tensor's candidate ranges and what its readers' outputs measured under each: the squared errors, the
+    errors summed per output channel (their mean shifts), and the float outputs' squared norms."""
 
     candidates: list[tuple[float, float]]
     readers: list[Reader]
     errors: np.ndarray = field(default=None)  # [reader, candidate]: sum of squared output errors
     norms: np.ndarray = field(default=None)  # [reader]: sum of squared float outputs
+    shifts: list = field(default=None)  # per reader: [candidate, output channel] summed errors (None: not read)
+    counts: np.ndarray = field(default=None)  # [reader]: values per output channel
 
     def __post_init__(self):
         self.errors = np.zeros((len(self.readers), len(self.candidates)))
         self.norms = np.zeros(len(self.readers))
+        self.shifts = [None] * len(self.readers)
+        self.counts = np.zeros(len(self.readers))
+
+    def add(self, i: int, reference, outputs) -> None:
+        """Add reader i's float output and its output under each candidate (torch tensors, one batch; an
+        iterable, so that one candidate's output is held at a time)."""
+        self.norms[i] += squared(reference)
+        channels = reference.shape[1] if reference.ndim >= 2 else 1
+        self.counts[i] += reference.numel() / channels
+        if self.shifts[i] is None:
+            self.shifts[i] = np.zeros((len(self.candidates), channels))
+        for j, out in enumerate(outputs):
+            error = out.sub_(reference)
+            self.errors[i, j] += squared(error)
+            self.shifts[i][j] += channel_sums(error)
 
     def best(self) -> tuple[float, float]:
-        """The candidate with the lowest summed relative error (readers with a zero output count nothing)."""
-        relative = self.errors / np.where(self.norms > 0, self.norms, np.inf)[:, None]
+        """The candidate with the lowest error summed over readers, each relative to its float output's norm
+        (a reader with a zero output counts nothing), its mean shifts weighted BIAS_WEIGHT times more."""
+        error = self.errors.copy()
+        for i, shifts in enumerate(self.shifts):
+            if shifts is not None:  # sum over channels of count * mean^2: the mean shifts' part of the error
+                error[i] += BIAS_WEIGHT * (shifts ** 2).sum(1) / max(self.counts[i], 1)
+        relative = error / np.where(self.norms > 0, self.norms, np.inf)[:, None]
         return self.candidates[int(np.argmin(relative.sum(0)))]
+
+
+def channel_sums(values) -> np.ndarray:
+    """A torch tensor [N, C, ...] summed per channel C (a tensor of rank below 2: one channel)."""
+    if values.ndim < 2:
+        return np.array([float(values.sum())])
+    return values.transpose(0, 1).reshape(values.shape[1], -1).sum(1, dtype=values.dtype).double().numpy()
 
 
 def pass_through_ops() -> set[str]:
@@ -261,21 +299,17 @@ def layer_ranges(model: onnx.ModelProto, extremes: dict[str, tuple[float, float]
 
 
 def add_errors(choice: Choice, values: dict, layers: dict, quantize) -> None:
-    """Add one batch's squared output errors of every reader under every candidate range to `choice`."""
+    """Add one batch's output errors of every reader under every candidate range to `choice`."""
     for i, reader in enumerate(choice.readers):
         x = values.get(reader.tensor)
         if x is None:
             continue
         if reader.node is None:
-            choice.norms[i] += squared(x)
-            for j, (lo, hi) in enumerate(choice.candidates):
-                choice.errors[i, j] += squared(quantize(x, lo, hi) - x)
+            choice.add(i, x, (quantize(x, lo, hi) for lo, hi in choice.candidates))
             continue
         weight, rounded, bias = layers[reader.node.name]
-        reference = run_reader(reader.node, x, weight, bias)
-        choice.norms[i] += squared(reference)
-        for j, (lo, hi) in enumerate(choice.candidates):
-            choice.errors[i, j] += squared(run_reader(reader.node, quantize(x, lo, hi), rounded, bias) - reference)
+        choice.add(i, run_reader(reader.node, x, weight, bias),
+                   (run_reader(reader.node, quantize(x, lo, hi), rounded, bias) for lo, hi in choice.candidates))
 
 
 def squared(values) -> float:
