@@ -17,7 +17,7 @@ torch = pytest.importorskip("torch")
 
 from cnncomp.precision.int8 import ErrorProbe, Quantizer  # noqa: E402
 from cnncomp.precision.layer_ranges import (  # noqa: E402
-    CLIP_FRACTIONS, candidate_ranges, fake_quantizer, int8_weight, layer_ranges, overridden, percentile_range, readers_of, run_reader,
+    CLIP_FRACTIONS, Choice, Reader, candidate_ranges, fake_quantizer, int8_weight, layer_ranges, overridden, percentile_range, readers_of, run_reader,
 )
 from cnncomp.precision.ranges import Histogram, cache_number, mse_range  # noqa: E402
 from cnncomp.onnx_graph import consumers  # noqa: E402
@@ -90,6 +90,25 @@ def test_fake_quantization_is_onnx_runtimes(symmetric):
     ties = np.abs(x / scale - np.round(x / scale)) > 0.4999  # x/scale and x*(1/scale) may round a tie apart
     np.testing.assert_allclose(got[~ties], expected[~ties], rtol=0, atol=1e-6)
     assert ties.sum() < 5
+
+
+def test_a_mean_shift_counts_more_than_noise_of_the_same_size(monkeypatch):
+    """Candidate (0, 1) leaves zero-mean noise of 0.1 in the reader's output, candidate (0, 2) a shift of 0.05 in
+    every value: a quarter of the squared error, but the layers after it would add the shift up coherently."""
+    import cnncomp.precision.layer_ranges as layer_ranges_module
+
+    weight = layer_ranges_module.BIAS_WEIGHT
+
+    def choice_of(weight: float):
+        monkeypatch.setattr(layer_ranges_module, "BIAS_WEIGHT", weight)
+        choice = Choice([(0.0, 1.0), (0.0, 2.0)], [Reader("x")])
+        reference = torch.ones(1, 2, 4)
+        noise = torch.tensor([0.1, -0.1, 0.1, -0.1]).expand(1, 2, 4)
+        choice.add(0, reference, iter([reference + noise, reference + 0.05]))
+        return choice.best()
+
+    assert choice_of(0.0) == (0.0, 2.0)
+    assert choice_of(weight) == (0.0, 1.0)
 
 
 def _conv_relu_pool_conv() -> onnx.ModelProto:
