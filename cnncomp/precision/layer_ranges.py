@@ -27,7 +27,7 @@ range. Entropy's KL threshold is not a candidate: it needs its own histogram of 
 tensor as long as the whole calibration of the other methods.
 
 Cost: the histogram pass of `mse` over every calibration sample, then one more pass over the first
-LAYER_SAMPLES samples in which each reader runs once in float32 and once per candidate (torch, every thread):
+samples (LAYER_VALUES input values) in which each reader runs once in float32 and once per candidate (torch, every thread):
 about as many conv MACs as running the network 1 + len(candidates) times on those samples.
 
 Tensors whose range ONNX Runtime overrides are left as they are: the input of a Relu/Clip that is its only
@@ -46,16 +46,18 @@ from onnx import numpy_helper
 from cnncomp.onnx_graph import consumers, producers
 from cnncomp.precision.ranges import Histogram, mse_range, rewrite_cache, tensor_histograms
 
-LAYER_SAMPLES = 4  # calibration samples the readers' errors are measured on (the histograms use them all)
+# the readers' errors are measured on the first calibration samples up to this many input values (four 224x224
+# RGB images; all 192 samples of an 8x8 digit: on 4 of them the choice fitted those 4 and was worse than every rule)
+LAYER_VALUES = 600_000
+GROUP_VALUES = 150_000  # input values the readers run on at once (one 224x224 RGB image; 2,300 8x8 digits)
 CLIP_FRACTIONS = (0.5, 0.7, 0.85)  # of the observed range, tried beside the rules' ranges
 SAME_RANGE = 0.01  # candidates closer than this share of the observed range are tried once
 PERCENTILE = 99.999  # the percentile default's, ONNX Runtime's Percentile calibrator's
 WEIGHTED = ("Conv", "Gemm", "MatMul")
 # a mean shift of an output channel counts this many times its squared size: it passes through the layers after
-# the reader coherently, where independent rounding noise partly averages out. Tried 0, 10, 100, 1000 on the
-# trained nets of docs/precision.md (the same nets the table reports: not an independent check): 0 and 10 chose
-# alike and worse than every single rule on PP-OCRv4's detector; 1000 did best on the detector and the
-# orientation classifier's test images
+# the reader coherently, where independent rounding noise partly averages out. Fitted on the trained nets of
+# docs/precision.md (the same nets its table reports: not an independent check): about 0, 2, 20, 170 and 200
+# tried; 0 and 2 chose alike and worse than every single rule on PP-OCRv4's text detector, 170-200 did best
 BIAS_WEIGHT = 200.0
 OVERRIDDEN_BY_OUTPUT = ("Relu", "Clip")  # ONNX Runtime gives a lone reader's input its output's range
 
@@ -115,7 +117,7 @@ def channel_sums(values) -> np.ndarray:
     """A torch tensor [N, C, ...] summed per channel C (a tensor of rank below 2: one channel)."""
     if values.ndim < 2:
         return np.array([float(values.sum())])
-    return values.transpose(0, 1).reshape(values.shape[1], -1).sum(1, dtype=values.dtype).double().numpy()
+    return values.sum(dim=[d for d in range(values.ndim) if d != 1]).double().numpy()  # no transposed copy
 
 
 def pass_through_ops() -> set[str]:
@@ -258,7 +260,6 @@ def layer_ranges(model: onnx.ModelProto, extremes: dict[str, tuple[float, float]
     range with the lowest summed relative output error of its readers on the calibration samples."""
     import torch
 
-    from cnncomp.passes.budget import batches
     from cnncomp.precision.int8_support import with_outputs
     from cnncomp.run.session import Session
 
@@ -283,21 +284,46 @@ def layer_ranges(model: onnx.ModelProto, extremes: dict[str, tuple[float, float]
                                      None if bias is None else torch.from_numpy(bias.astype(np.float32)))
     inputs = {i.name for i in model.graph.input}
     wanted = list(dict.fromkeys(r.tensor for c in choices.values() for r in c.readers) | dict.fromkeys(choices))
-    produced = [n for n in wanted if n not in inputs]
-    session = Session(with_outputs(model, produced), "cpu", quiet=True)
+    session = Session(with_outputs(model, [n for n in wanted if n not in inputs]), "cpu", quiet=True)
     quantize = fake_quantizer(symmetric)
-    seen = 0
     with torch.no_grad():
-        for feeds in batches(calibration, batch):
-            if seen >= LAYER_SAMPLES:
-                break
-            seen += len(next(iter(feeds.values())))
-            values = session.run(feeds, produced) if produced else {}
-            values = {n: torch.from_numpy(np.require(feeds[n] if n in inputs else values[n], np.float32, 'CW'))
-                      for n in wanted if n in inputs or n in values}
+        for values in grouped_outputs(session, calibration, batch, inputs, wanted):
+            values = {n: torch.from_numpy(np.require(v, np.float32, "CW")) for n, v in values.items()}
             for choice in choices.values():
                 add_errors(choice, values, layers, quantize)
     return {name: choice.best() for name, choice in choices.items()}
+
+
+def grouped_outputs(session, calibration: dict, batch: int, inputs: set[str], wanted: list[str]):
+    """{tensor: values} of the first calibration samples (LAYER_VALUES input values), run `batch` at a time and
+    yielded GROUP_VALUES input values at a time, samples of one size concatenated: the readers then run on
+    groups, not on each 8x8 digit alone (one per run cost the digits CNN 40 s in Python overhead)."""
+    from cnncomp.passes.budget import batches
+
+    produced = [n for n in wanted if n not in inputs]
+    group, size, seen = [], 0, 0
+    for feeds in batches(calibration, batch):
+        if seen >= LAYER_VALUES:
+            break
+        count = sum(np.size(v) for v in feeds.values())
+        seen += count
+        values = session.run(feeds, produced) if produced else {}
+        values = {n: feeds[n] if n in inputs else values[n] for n in wanted if n in inputs or n in values}
+        if group and (size >= GROUP_VALUES or any(np.ndim(v) == 0 or np.shape(v)[1:] != np.shape(group[0][n])[1:]
+                                                  for n, v in values.items())):
+            yield joined(group)
+            group, size = [], 0
+        group.append(values)
+        size += count
+    if group:
+        yield joined(group)
+
+
+def joined(group: list[dict]) -> dict:
+    """One {tensor: values} of several, concatenated along the sample dim."""
+    if len(group) == 1:
+        return group[0]
+    return {n: np.concatenate([g[n] for g in group]) for n in group[0]}
 
 
 def add_errors(choice: Choice, values: dict, layers: dict, quantize) -> None:
