@@ -111,6 +111,16 @@ def test_a_mean_shift_counts_more_than_noise_of_the_same_size(monkeypatch):
     assert choice_of(weight) == (0.0, 1.0)
 
 
+def test_a_tensor_that_is_zero_on_every_sample_keeps_the_quantizers_range():
+    weight = np.ones((2, 2, 1, 1), np.float32)
+    model = model_of([helper.make_node("Relu", ["x"], ["r"], name="relu"),
+                      helper.make_node("Conv", ["r", "w"], ["y"], name="conv")], {"w": weight},
+                     [("x", [None, 2, 4, 4])], "y")
+    calibration = {"x": -np.random.default_rng(7).uniform(0.1, 1, (4, 2, 4, 4)).astype(np.float32)}
+    chosen = layer_ranges(model, {"x": (-1.0, -0.1), "r": (0.0, 0.0), "y": (0.0, 0.0)}, calibration)
+    assert "r" not in chosen and "y" not in chosen  # nothing to choose between: no candidate range
+
+
 def _conv_relu_pool_conv() -> onnx.ModelProto:
     rng = np.random.default_rng(3)
     inits = {"w0": rng.standard_normal((4, 2, 3, 3)).astype(np.float32),

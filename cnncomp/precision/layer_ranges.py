@@ -267,8 +267,10 @@ def layer_ranges(model: onnx.ModelProto, extremes: dict[str, tuple[float, float]
     chosen_for = [n for n in extremes if n not in overridden(model, set(extremes))]
     weights = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
     readers, outputs = consumers(model), {o.name for o in model.graph.output}
-    choices = {name: Choice(candidate_ranges(histograms[name], symmetric),
-                            readers_of(name, readers, outputs, weights)) for name in chosen_for}
+    candidates = {name: candidate_ranges(histograms[name], symmetric) for name in chosen_for}
+    # a tensor that is zero on every sample has no range to choose (the quantizer's own rule stays)
+    choices = {name: Choice(candidates[name], readers_of(name, readers, outputs, weights))
+               for name in chosen_for if candidates[name]}
     # the readers' weights, float32 and int8-rounded, once
     layers = {}
     for choice in choices.values():
