@@ -205,8 +205,10 @@ class Int8(Precision):
                      "aspect ratio kept, longer side at most 512, ImageNet mean/std) or unit (resize, scale to [0, 1])",
                      ("imagenet", "imagenet-keep", "unit")),
         _int8_option("calibration_method", str, None, "with --precision int8: how activation ranges are set from "
-                     "the calibration data: minmax, percentile (the default), entropy, or mse (per tensor, the "
-                     "range that minimises its quantization error)", ("minmax", "percentile", "entropy", "mse")),
+                     "the calibration data: minmax, percentile (the default), entropy, mse (per tensor, the "
+                     "range that minimises its quantization error) or layer (per tensor, of min-max, percentile, mse and "
+                     "clipped ranges the one that minimises the output error of the layers reading it)",
+                     ("minmax", "percentile", "entropy", "mse", "layer")),
         _int8_option("weight_rounding", str, "nearest", "with --precision int8: nearest (the default), or gptq: "
                      "each int8 weight rounded up or down to minimise its layer's output error on the calibration "
                      "data", ("nearest", "gptq")),

@@ -14,8 +14,9 @@ depthwise conv) are left out of it: no Q/DQ around them.
 
 Calibration (ranges of every activation) runs once per `Quantizer`, with a method from METHODS:
 `minmax` (the observed range), `percentile` (99.999th percentile of |x|, ignoring outliers) or
-`entropy` (the threshold minimizing the KL divergence of the int8 histogram) or `mse` (per tensor, the
-range minimizing its own quantization error, ranges.py). Its ranges are cached, so that the budget
+`entropy` (the threshold minimizing the KL divergence of the int8 histogram), `mse` (per tensor, the
+range minimizing its own quantization error, ranges.py) or `layer` (per tensor, the candidate range that
+minimizes the output error of the layers reading it, layer_ranges.py). Its ranges are cached, so that the budget
 search re-quantizes without recalibrating, and its latest models too (bias correction and weight rounding
 only rewrite initializers afterwards).
 
@@ -61,8 +62,10 @@ from cnncomp.precision.int8_hardswish import rewrite_if_within_budget
 from cnncomp.precision.int8_support import quantizable_ops, short_reason, slower_in_int8
 from cnncomp.precision.rounding import DEFAULT_MODE as DEFAULT_ROUNDING, MODES as ROUNDING_MODES, apply_rounded_weights
 
-METHODS = ("minmax", "percentile", "entropy", "mse")
+METHODS = ("minmax", "percentile", "entropy", "mse", "layer")
 DEFAULT_METHOD = "percentile"
+
+REFINED = ("mse", "layer")  # cnncomp's own methods: a min-max calibration, then its range cache rewritten
 # ops that pass their input's quantization through (no new scale): kept with the layer that feeds them
 PASS_THROUGH_OPS = ("Relu", "Clip", "MaxPool", "Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Pad",
                     "Slice", "Split", "Gather", "GatherElements", "Where", "TopK", "Identity", "Resize")
@@ -223,10 +226,12 @@ class Quantizer:
 
         try:
             quantized = self.quantize(calibration=calibration)
-            if self.method == "mse":  # the min-max cache names the tensors and their extremes; refine it
+            if self.method in REFINED:  # the min-max cache names the tensors and their extremes; refine it
+                from cnncomp.precision.layer_ranges import write_layer_ranges
                 from cnncomp.precision.ranges import write_mse_ranges
 
-                write_mse_ranges(self._cache, self.model, calibration, self.batch, self.activations == "int8")
+                write = write_mse_ranges if self.method == "mse" else write_layer_ranges
+                write(self._cache, self.model, calibration, self.batch, self.activations == "int8")
                 self.ranges_changed()
                 quantized = self.quantize()
             if self.weight_rounding != "nearest":
@@ -306,7 +311,8 @@ class Quantizer:
         from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
         methods = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
-                   "entropy": CalibrationMethod.Entropy, "mse": CalibrationMethod.MinMax}  # mse: ranges.py
+                   "entropy": CalibrationMethod.Entropy, "mse": CalibrationMethod.MinMax,
+                   "layer": CalibrationMethod.MinMax}  # mse, layer: REFINED's writers rewrite the min-max ranges
         symmetric = self.activations == "int8"
         out = Path(self._tmp.name) / f"int8-{os.getpid()}.onnx"  # one per process: the searches fork workers
         extra = {"WeightSymmetric": True, "ActivationSymmetric": symmetric}

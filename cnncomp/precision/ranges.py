@@ -124,11 +124,17 @@ def write_mse_ranges(cache: Path, model: onnx.ModelProto, calibration: dict, bat
                      symmetric: bool = False) -> dict[str, tuple[float, float]]:
     """Replace the ranges of the min-max calibration cache at `cache` (written by quantize_static) by those
     that minimise each tensor's quantization error on `calibration`; returns them."""
+    return rewrite_cache(cache, lambda extremes: {
+        name: mse_range(h, symmetric) for name, h in tensor_histograms(model, extremes, calibration, batch).items()})
+
+
+def rewrite_cache(cache: Path, choose) -> dict[str, tuple[float, float]]:
+    """Replace ranges of the min-max calibration cache at `cache` (written by quantize_static) by those
+    `choose({tensor: its observed (min, max)})` returns for the tensors it names; returns them."""
     payload = json.loads(Path(cache).read_text())
     extremes = {name: (cache_number(entry["lowest"]), cache_number(entry["highest"])) for name, entry in payload["data"].items()
                 if "lowest" in entry and "highest" in entry}
-    chosen = {name: mse_range(h, symmetric) for name, h in
-              tensor_histograms(model, extremes, calibration, batch).items()}
+    chosen = choose(extremes)
     for name, (lo, hi) in chosen.items():
         entry = payload["data"][name]
         entry["lowest"] = _like(entry["lowest"], lo)
