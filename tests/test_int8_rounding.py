@@ -11,7 +11,7 @@ pytest.importorskip("onnxruntime")
 pytest.importorskip("sklearn")
 
 from cnncomp.precision.int8 import ErrorProbe, Quantizer  # noqa: E402
-from cnncomp.precision.rounding import _patches, inverse_cholesky, layer_hessians, round_columns  # noqa: E402
+from cnncomp.precision.rounding import _patches, gram, inverse_cholesky, layer_hessians, round_columns  # noqa: E402
 
 
 def _quantized(model, calibration, rounding: str) -> onnx.ModelProto:
@@ -72,6 +72,15 @@ def _unblocked_gptq(w, h, low, high):
         error = (w[:, i] - q[:, i]) / hinv[i, i]
         w[:, i:] -= np.outer(error, hinv[i, i:])
     return q[None]
+
+
+def test_gram_is_each_groups_x_transpose_x():
+    rng = np.random.default_rng(3)
+    rows = rng.standard_normal((3, 500, 70)).astype(np.float32)
+    got = gram(rows)
+    assert got.shape == (3, 70, 70) and got.dtype == np.float32
+    want = np.einsum("gri,grj->gij", rows.astype(np.float64), rows.astype(np.float64))
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-3)
 
 
 def test_inverse_cholesky_is_the_upper_factor_of_the_inverse():

@@ -30,6 +30,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from cnncomp.errors import CnnError
+
 HISTOGRAM_BINS = 2048
 CANDIDATES = 256  # clipping points tried on each side of zero
 LEVELS = 255  # uint8 and int8 both have 256 levels: 255 steps between the ends of the range
@@ -127,6 +129,9 @@ def write_mse_ranges(cache: Path, model: onnx.ModelProto, calibration: dict, bat
     payload = json.loads(Path(cache).read_text())
     extremes = {name: (cache_number(entry["lowest"]), cache_number(entry["highest"])) for name, entry in payload["data"].items()
                 if "lowest" in entry and "highest" in entry}
+    bad = [name for name, pair in extremes.items() if not np.all(np.isfinite(pair))]
+    if bad:  # the quantizer finds the layer and says where it is (int8.py, "not finite")
+        raise CnnError(f"int8: the range of {bad[0]} is not finite on the calibration data")
     chosen = {name: mse_range(h, symmetric) for name, h in
               tensor_histograms(model, extremes, calibration, batch).items()}
     for name, (lo, hi) in chosen.items():
