@@ -129,12 +129,6 @@ def layer_copy(float_model: onnx.ModelProto, quantized: onnx.ModelProto, members
     return out
 
 
-# the derived models' sessions optimize without ONNX Runtime's layout pass (level 'all' converts every float
-# conv to its NCHWc kernels): on ResNet-50 their creation took a third of the search (18.9 s of 55 s, loaded)
-# and 5.8 s without it, while their runs took no longer (each model runs once, on a few samples); the errors
-# agree within 0.15% and rank the 71 layers the same (tests/test_int8_sensitivity.py)
-DERIVED_OPTIMIZATION = "extended"
-
 SHARED_ELEMENTS = 1024  # initializers this large and floating-point are shared, not copied into each model
 
 
@@ -236,7 +230,7 @@ def errors_alone(float_model: onnx.ModelProto, quantized: onnx.ModelProto, group
         boundary = [i.name for i in model.graph.input]
         shared = {i.name: weights[i.name] for i in model.graph.initializer
                   if i.data_location == onnx.TensorProto.EXTERNAL}
-        session = Session(model, "cpu", quiet=True, shared=shared, optimization=DERIVED_OPTIMIZATION)
+        session = Session(model, "cpu", quiet=True, shared=shared)
         parts = []
         for values in float_values:
             run = session.run({name: values[name] for name in boundary}, list(dict.fromkeys(changed.values())))
