@@ -137,6 +137,28 @@ def test_the_ranges_written_to_the_cache_are_those_quantize_static_used(activati
     assert scales["x"] < 0.8 * minmax_scales["x"]  # the bright pixel is clipped
 
 
+def test_the_min_max_pass_that_quantizes_nothing_sees_every_tensor_a_full_one_sees():
+    """mse's min-max pass excludes every node (no weight is quantized, only the ranges are wanted): the cache it
+    writes holds the same tensors and extremes as quantize_static's calibration of the whole model."""
+    model = _conv_net()
+    calibration = inputs_with_an_outlier(8, 1)
+    minmax, mse = Quantizer(model, calibration, "minmax"), Quantizer(model, calibration, "mse")
+    try:
+        everything = [n.name for n in model.graph.node]
+        assert everything and all(everything)
+        mse._cache.unlink()  # calibrated afresh, not read from the mse ranges
+        mse._quantize_static(everything, None, calibration)
+        full = json.loads(minmax._cache.read_text())["data"]
+        alone = json.loads(mse._cache.read_text())["data"]
+    finally:
+        minmax.close()
+        mse.close()
+    assert full.keys() == alone.keys() and len(full) >= 3
+    for name, entry in full.items():
+        for end in ("lowest", "highest"):
+            assert cache_number(alone[name][end]) == cache_number(entry[end]), (name, end)
+
+
 def test_mse_ranges_lower_the_error_of_a_trained_text_classifier():
     """PaddleOCR's text direction classifier (tests/data/trained) on rendered lines of text: per-tensor MSE
     ranges against the default percentile, full int8, errors against float32 on other images."""

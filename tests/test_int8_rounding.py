@@ -11,7 +11,7 @@ pytest.importorskip("onnxruntime")
 pytest.importorskip("sklearn")
 
 from cnncomp.precision.int8 import ErrorProbe, Quantizer  # noqa: E402
-from cnncomp.precision.rounding import _patches, inverse_cholesky, layer_hessians, round_columns  # noqa: E402
+from cnncomp.precision.rounding import GRAM_BLOCK, _patches, gram, inverse_cholesky, layer_hessians, round_columns  # noqa: E402
 
 
 def _quantized(model, calibration, rounding: str) -> onnx.ModelProto:
@@ -72,6 +72,18 @@ def _unblocked_gptq(w, h, low, high):
         error = (w[:, i] - q[:, i]) / hinv[i, i]
         w[:, i:] -= np.outer(error, hinv[i, i:])
     return q[None]
+
+
+@pytest.mark.parametrize("columns", [70, 2500])  # 2500: three block rows, the last one narrower
+def test_gram_is_each_groups_x_transpose_x(columns):
+    rng = np.random.default_rng(3)
+    rows = rng.standard_normal((2, 300, columns)).astype(np.float32)
+    got = gram(rows)
+    assert got.shape == (2, columns, columns) and got.dtype == np.float32
+    want = np.einsum("gri,grj->gij", rows.astype(np.float64), rows.astype(np.float64))
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-3)
+    if columns > GRAM_BLOCK:  # mirrored: exactly symmetric
+        np.testing.assert_array_equal(got, got.transpose(0, 2, 1))
 
 
 def test_inverse_cholesky_is_the_upper_factor_of_the_inverse():

@@ -1,6 +1,6 @@
 """How long int8 quantization of ResNet-50 takes with every method on, against ONNX Runtime's and NNCF's.
 
-Run by hand: `python tools/bench_int8_time.py [--spec specs/resnet50.cnn] [--samples 16] [--skip-nncf]`.
+Run by hand: `python tools/bench_int8_time.py [--spec specs/resnet50.cnn] [--samples 16] [--skip-nncf] [--profile N]`.
 On the same float32 -O1 model (seeded weights) and the same seeded calibration samples (as a cal.npz of
 16 samples would be; cnncomp holds the last quarter out to measure its error, the others calibrate on all):
 
@@ -16,7 +16,8 @@ Wall-clock seconds of each call, one after the other in one run, and their ratio
 relative L2 error and budget error. The goal (docs/precision.md): every method on within 30 s on this machine
 quiet, that is within 2.3x quantize_static's time measured in the same run (13 s quiet); the last line says
 whether it is met. cnncomp's layer timings (int8_speed.py) are cached between runs: the bench gives them a
-fresh cache, so each run pays what a first compile pays.
+fresh cache, so each run pays what a first compile pays. With `--profile N`, the every-method call runs under
+cProfile and its N largest parts by cumulative time are printed after it (the profiler adds about a tenth).
 """
 
 from __future__ import annotations
@@ -41,12 +42,36 @@ from cnncomp.precision.calibration import seeded_calibration  # noqa: E402
 from cnncomp.precision.int8 import FeedReader, quantize_int8, quiet_quantizer  # noqa: E402
 
 
-def timed(label: str, call) -> float:
+def timed(label: str, call, profile: int = 0) -> float:
+    """Wall-clock seconds of `call()`, printed; with `profile`, under cProfile, its largest parts printed after."""
+    profiler = None
+    if profile:
+        import cProfile
+
+        profiler = cProfile.Profile()
+        profiler.enable()
     start = time.perf_counter()
     call()
     seconds = time.perf_counter() - start
+    if profiler is not None:
+        profiler.disable()
     print(f"{label:<18} {seconds:7.1f} s", flush=True)
+    if profiler is not None:
+        print_parts(profiler, profile)
     return seconds
+
+
+def print_parts(profiler, count: int) -> None:
+    """The `count` functions of cnncomp and ONNX Runtime (and ONNX Runtime's native calls) with the largest
+    cumulative time: where an every-method run's seconds go."""
+    import pstats
+
+    stats = pstats.Stats(profiler).stats
+    rows = [(entry[3], entry[0], name) for name, entry in stats.items()
+            if "cnncomp" in name[0] or "onnxruntime" in name[0] or "onnxruntime" in name[2] or "torch._C" in name[2]]
+    for cumulative, calls, (path, line, function) in sorted(rows, reverse=True)[:count]:
+        where = f"{Path(path).name}:{line}" if line else ""
+        print(f"  {cumulative:7.2f} s {calls:6d} calls  {function} {where}")
 
 
 def main() -> None:
@@ -54,6 +79,8 @@ def main() -> None:
     parser.add_argument("--spec", default=str(ROOT / "specs" / "resnet50.cnn"))
     parser.add_argument("--samples", type=int, default=16)
     parser.add_argument("--skip-nncf", action="store_true")
+    parser.add_argument("--profile", type=int, default=0, metavar="N",
+                        help="profile the every-method call and print its N largest parts")
     args = parser.parse_args()
     compiled = optimize(args.spec)
     model = emit_model(compiled)
@@ -70,7 +97,8 @@ def main() -> None:
               f"(full int8 {report.full_int8_error:.4g}), {len(report.float_layers)} layers kept in float32")
 
     results["cnncomp all"] = timed("cnncomp all", lambda: cnncomp_int8(
-        method="mse", weight_rounding="gptq", bias_correction="on", sensitivity=True, max_error=0.01))
+        method="mse", weight_rounding="gptq", bias_correction="on", sensitivity=True, max_error=0.01),
+        args.profile)
     results["cnncomp default"] = timed("cnncomp default", lambda: cnncomp_int8())
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -30,6 +30,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from cnncomp.errors import CnnError
+
 HISTOGRAM_BINS = 2048
 CANDIDATES = 256  # clipping points tried on each side of zero
 LEVELS = 255  # uint8 and int8 both have 256 levels: 255 steps between the ends of the range
@@ -134,6 +136,9 @@ def rewrite_cache(cache: Path, choose) -> dict[str, tuple[float, float]]:
     payload = json.loads(Path(cache).read_text())
     extremes = {name: (cache_number(entry["lowest"]), cache_number(entry["highest"])) for name, entry in payload["data"].items()
                 if "lowest" in entry and "highest" in entry}
+    bad = [name for name, pair in extremes.items() if not np.all(np.isfinite(pair))]
+    if bad:  # the quantizer finds the layer and says where it is (int8.py, "not finite")
+        raise CnnError(f"int8: the range of {bad[0]} is not finite on the calibration data")
     chosen = choose(extremes)
     for name, (lo, hi) in chosen.items():
         entry = payload["data"][name]

@@ -114,17 +114,30 @@ def layer_hessians(float_model: onnx.ModelProto, layers: list, calibration: dict
     # one product per layer over the rows of all runs (at most ROWS_PER_LAYER), float32 as GPTQ: per run, a
     # layer4 3x3 conv of ResNet-50 has 49 rows against its 4608 columns, and 12 thin products each writing
     # the whole 4608 x 4608 H cost several times one product
-    hessians: dict[str, np.ndarray] = {}
-    for name, parts in gathered.items():
-        rows = np.concatenate(parts, axis=1)
-        if rows.shape[2] <= 32:  # depthwise: many small blocks
-            hessians[name] = np.einsum("gri,grj->gij", rows, rows)
-        elif len(rows) == 1:
-            hessians[name] = (rows[0].T @ rows[0])[None]
-        else:
-            hessians[name] = np.matmul(rows.transpose(0, 2, 1), rows)
-        parts.clear()
-    return hessians
+    return {name: gram(np.concatenate(parts, axis=1)) for name, parts in gathered.items()}
+
+
+GRAM_BLOCK = 1024  # columns of X^T X computed per product: only the blocks on and above the diagonal
+
+
+def gram(rows: np.ndarray) -> np.ndarray:
+    """X^T X of each group's rows [G, R, D] -> [G, D, D], float32, by torch's BLAS: numpy's (OpenBLAS here)
+    took 4.6 s for one 4096 x 4608 product that torch's does in 1.35 s, and these products were a quarter of
+    gptq's time on ResNet-50. X^T X is symmetric: a block row of it is computed from its diagonal block on and
+    mirrored below, 20-30% fewer operations on the widest layers (ResNet-50's 4608 columns: the same result
+    as one whole product, to the bit, on this machine)."""
+    import torch
+
+    x = torch.from_numpy(np.ascontiguousarray(rows, np.float32))
+    d = x.shape[2]
+    if d <= GRAM_BLOCK:
+        return torch.bmm(x.transpose(1, 2), x).numpy()
+    out = torch.empty(x.shape[0], d, d)
+    for i in range(0, d, GRAM_BLOCK):
+        part = torch.bmm(x[:, :, i:i + GRAM_BLOCK].transpose(1, 2), x[:, :, i:])
+        out[:, i:i + GRAM_BLOCK, i:] = part
+        out[:, i:, i:i + GRAM_BLOCK] = part.transpose(1, 2)
+    return out.numpy()
 
 
 def inverse_cholesky(hessian: "torch.Tensor") -> "torch.Tensor":
