@@ -1,6 +1,7 @@
 """How long int8 quantization of ResNet-50 takes with every method on, against ONNX Runtime's and NNCF's.
 
-Run by hand: `python tools/bench_int8_time.py [--spec specs/resnet50.cnn] [--samples 16] [--skip-nncf] [--profile N]`.
+Run by hand: `python tools/bench_int8_time.py [--spec specs/resnet50.cnn] [--samples 16] [--skip-nncf] [--profile N]
+[--jobs N]`.
 On the same float32 -O1 model (seeded weights) and the same seeded calibration samples (as a cal.npz of
 16 samples would be; cnncomp holds the last quarter out to measure its error, the others calibrate on all):
 
@@ -79,6 +80,8 @@ def main() -> None:
     parser.add_argument("--spec", default=str(ROOT / "specs" / "resnet50.cnn"))
     parser.add_argument("--samples", type=int, default=16)
     parser.add_argument("--skip-nncf", action="store_true")
+    parser.add_argument("--jobs", type=int, default=1, metavar="N",
+                        help="the every-method call's sensitivity search in N processes (cnncomp's --jobs)")
     parser.add_argument("--profile", type=int, default=0, metavar="N",
                         help="profile the every-method call and print its N largest parts")
     args = parser.parse_args()
@@ -97,7 +100,8 @@ def main() -> None:
               f"(full int8 {report.full_int8_error:.4g}), {len(report.float_layers)} layers kept in float32")
 
     results["cnncomp all"] = timed("cnncomp all", lambda: cnncomp_int8(
-        method="mse", weight_rounding="gptq", bias_correction="on", sensitivity=True, max_error=0.01),
+        method="mse", weight_rounding="gptq", bias_correction="on", sensitivity=True, max_error=0.01,
+        jobs=args.jobs),
         args.profile)
     results["cnncomp default"] = timed("cnncomp default", lambda: cnncomp_int8())
 
