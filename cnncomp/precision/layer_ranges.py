@@ -36,6 +36,7 @@ reader (it gets the Relu's output range) and the output of a pass-through op who
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,7 +44,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from cnncomp.onnx_graph import consumers, producers
+from cnncomp.onnx_graph import attrs_of, consumers, producers
 from cnncomp.precision.ranges import Histogram, mse_range, rewrite_cache, tensor_histograms
 
 # the readers' errors are measured on the first calibration samples up to this many input values (four 224x224
@@ -120,12 +121,14 @@ def channel_sums(values) -> np.ndarray:
     return values.sum(dim=[d for d in range(values.ndim) if d != 1]).double().numpy()  # no transposed copy
 
 
-def pass_through_ops() -> set[str]:
-    """The ops ONNX Runtime's QDQ quantizer gives their input's quantization (max pool, reshape, ...)."""
+@functools.cache
+def pass_through_ops() -> frozenset[str]:
+    """The ops ONNX Runtime's QDQ quantizer gives their input's quantization (max pool, reshape, ...); read from its
+    registry once (readers_of asks for every tensor)."""
     from onnxruntime.quantization.operators.direct_q8 import QDQDirect8BitOp
     from onnxruntime.quantization.registry import QDQRegistry
 
-    return {op for op, kind in QDQRegistry.items() if issubclass(kind, QDQDirect8BitOp)}
+    return frozenset(op for op, kind in QDQRegistry.items() if issubclass(kind, QDQDirect8BitOp))
 
 
 def overridden(model: onnx.ModelProto, names: set[str]) -> set[str]:
@@ -166,8 +169,8 @@ def weighted_input(node: onnx.NodeProto, weights: dict[str, np.ndarray]) -> str 
     """The activation input of a conv/gemm/matmul whose weight is an initializer that runs here (None else)."""
     if node.op_type not in WEIGHTED or len(node.input) < 2 or node.input[1] not in weights:
         return None
-    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-    if node.op_type == "Conv" and (attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", b"VALID")
+    attrs = attrs_of(node)
+    if node.op_type == "Conv" and (attrs.get("auto_pad", "NOTSET") not in ("NOTSET", "VALID")
                                    or weights[node.input[1]].ndim not in (3, 4, 5)):
         return None  # SAME padding is not reproduced here: its tensor's own error judges it instead
     if node.op_type == "Gemm" and attrs.get("transA", 0):
@@ -194,7 +197,7 @@ def run_reader(node: onnx.NodeProto, x, weight, bias):
     import torch
     import torch.nn.functional as F
 
-    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    attrs = attrs_of(node)
     if node.op_type == "MatMul":
         return torch.matmul(x, weight)
     if node.op_type == "Gemm":
@@ -277,7 +280,7 @@ def layer_ranges(model: onnx.ModelProto, extremes: dict[str, tuple[float, float]
         for reader in choice.readers:
             node = reader.node
             if node is not None and node.name not in layers:
-                attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+                attrs = attrs_of(node)
                 weight = weights[node.input[1]]
                 transposed = node.op_type == "MatMul" or (node.op_type == "Gemm" and not attrs.get("transB", 0))
                 bias = weights.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
