@@ -99,9 +99,15 @@ def refusal(dq: onnx.NodeProto | None, op: onnx.NodeProto, readers: list[onnx.No
     return None
 
 
+def _scalars(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    """{initializer: value} of the one-element initializers (Q/DQ scales and zero points): all the rewrite reads,
+    without converting every weight of the model."""
+    return {t.name: numpy_helper.to_array(t) for t in model.graph.initializer if int(np.prod(t.dims)) == 1}
+
+
 def hard_swish_sites(model: onnx.ModelProto) -> list[HardSwishSite]:
     """The DQ -> HardSwish -> Q chains of a QDQ model that `refusal` lets through, in graph order."""
-    initializers = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    initializers = _scalars(model)
     producer, readers = producers(model), consumers(model)
     outputs = {o.name for o in model.graph.output}
     counts = Counter(n.name for n in model.graph.node)
@@ -159,7 +165,7 @@ def int8_hard_swish(model: onnx.ModelProto) -> int:
     sites = hard_swish_sites(model)
     if not sites:
         return 0
-    initializers = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    initializers = _scalars(model)
     by_quantize = {s.quantize.name: s for s in sites}
     replaced = {s.op.name for s in sites}
     nodes, added = [], []
@@ -198,10 +204,10 @@ def rewrite_if_within_budget(quantized: onnx.ModelProto, probe, report) -> onnx.
     """The chosen QDQ model with its hard-swishes in int8 (`int8_hard_swish`), measured again by `probe`
     (int8.ErrorProbe) and kept when its budget error is within the budget or no worse than before; `report`
     (int8.Int8Report) gets the new errors and a note either way. A model with no site comes back unchanged."""
+    if not hard_swish_sites(quantized):  # before copying the whole model
+        return quantized
     rewritten = onnx.ModelProto.FromString(quantized.SerializeToString())
     count = int8_hard_swish(rewritten)
-    if not count:
-        return quantized
     outputs = probe.outputs(rewritten)
     budget_error = probe.budget_error(rewritten, outputs)
     if not budget_error <= 1.0 and not budget_error <= report.budget_error:  # NaN is not within
