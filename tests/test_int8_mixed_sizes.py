@@ -64,6 +64,20 @@ def test_int8_calibrates_and_measures_over_mixed_sizes(dynamic, tmp_path):
         assert report.inputs["x"].shape[0] >= 1  # the check runs on held-out samples of one size
 
 
+@pytest.mark.parametrize("method", ["mse", "layer"])
+def test_the_sensitivity_search_runs_on_symbolic_sizes(dynamic, tmp_path, method):
+    """The per-layer search (--stats, or a missed budget) on a model of symbolic sizes: no share of the MACs is
+    known, so the table says so instead of failing (a TypeError comparing a SymDim), with cnncomp's own range
+    methods over mixed sizes."""
+    mixed_npz(tmp_path / "cal.npz")
+    compiled = optimize(dynamic)
+    _, report = quantize_int8(emit_model(compiled), compiled.graph, compiled.ref_graph, compiled.ref_weights,
+                              str(tmp_path / "cal.npz"), method=method, max_error=0.5, sensitivity=True)
+    assert report.layers and all(l.macs_share is None for l in report.layers)
+    assert 0 < report.error < 0.1, report.summary()
+    assert "the share of the MACs unknown (symbolic sizes)" in report.table()
+
+
 def test_bias_correction_averages_shifts_over_sizes(dynamic, tmp_path):
     from cnncomp.precision.bias_correction import bias_corrections
     from cnncomp.precision.int8 import Quantizer

@@ -707,17 +707,13 @@ def rank_layers(quantizer: Quantizer, probe: ErrorProbe, graph: LayerGraph, full
     """Every conv/linear layer's int8 error alone (the relative L2 error of the outputs with only it in int8, on
     the probe's held-out samples; sensitivity.py derives each such model from `full_int8` and runs only what the
     layer changes, in `jobs` forked processes), most sensitive first."""
-    from cnncomp.ir.cost import graph_cost, layer_macs
     from cnncomp.precision.sensitivity import errors_alone
 
-    total = max(graph_cost(graph)[1], 1)
     layers = [name for name in quantizable_layers(quantizer.model) if name not in quantizer.always_float]
     errors = errors_alone(quantizer.model, full_int8, quantizer.groups, layers, probe, jobs)
-    ranked = []
-    for name in layers:
-        layer = graph.layer(name) if name in graph else None
-        macs = layer_macs(graph, layer) if layer is not None else 0
-        ranked.append(LayerSensitivity(name, layer.where if layer is not None else "", errors[name], macs / total))
+    shares = macs_shares(graph, layers)  # {} for symbolic sizes: no share known
+    ranked = [LayerSensitivity(name, graph.layer(name).where if name in graph else "", errors[name],
+                               shares.get(name)) for name in layers]
     return sorted(ranked, key=lambda l: -l.error_alone)
 
 

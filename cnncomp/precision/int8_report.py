@@ -24,7 +24,7 @@ class LayerSensitivity:
     layer: str
     location: str
     error_alone: float
-    macs_share: float
+    macs_share: float | None  # of the network's MACs (None: not known, symbolic sizes)
     precision: str = "int8"
     float_ms: float | None = None  # its time per run in float32 and in int8 (int8_speed.py), when measured
     int8_ms: float | None = None
@@ -240,12 +240,14 @@ class Int8Report:
 
         lines = [f"{'layer':<{width}}  {'error alone':>11}  {'kept':>7}  {'MACs':>6}  {'ms fp32':>8}  {'ms int8':>8}"]
         for l in self.layers:
-            lines.append(f"{l.layer:<{width}}  {l.error_alone:>11.3g}  {l.precision:>7}  {l.macs_share:>6.1%}  "
+            share = f"{l.macs_share:>6.1%}" if l.macs_share is not None else f"{'-':>6}"
+            lines.append(f"{l.layer:<{width}}  {l.error_alone:>11.3g}  {l.precision:>7}  {share}  "
                          f"{ms(l.float_ms)}  {ms(l.int8_ms)}")
         for name, why in fixed.items():
             lines.append(f"{name:<{width}}  {'-':>11}  {'float32':>7}  {'':>6}  {'':>8}  {'':>8}  {why}")
-        int8_share = sum(l.macs_share for l in self.layers if l.precision == "int8")
+        int8_layers = [l for l in self.layers if l.precision == "int8"]
+        share = ("the share of the MACs unknown (symbolic sizes)" if any(l.macs_share is None for l in self.layers)
+                 else f"{sum(l.macs_share for l in int8_layers):.1%} of the MACs")
         total = len(self.layers) + len(fixed)
-        lines.append(f"{len(self.layers) - len(self.float_layers)} of {total} layers in int8, "
-                     f"{int8_share:.1%} of the MACs")
+        lines.append(f"{len(self.layers) - len(self.float_layers)} of {total} layers in int8, {share}")
         return "\n".join(lines)
