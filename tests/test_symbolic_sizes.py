@@ -79,6 +79,17 @@ def test_summary_prints_expressions_and_json_keeps_them_as_strings(run_cli, tmp_
     assert at["total_macs"] == 1728 * 256 * 256 and at["outputs"]["y"] == [1, 64, 256, 256]
 
 
+def test_compile_stats_writes_symbolic_macs_as_expressions(run_cli, tmp_path):
+    """The passes' --stats table on symbolic sizes: MACs as the language writes them (it raised a ValueError
+    formatting an expression with thousands separators)."""
+    spec = tmp_path / "net.cnn"
+    spec.write_text("network net\ninput x: [N, 3, H, W]\ny = x -> conv(64, k=3, s=2, p=1) -> relu\noutput y\n")
+    out = run_cli("compile", str(spec), "--stats", "-o", str(tmp_path / "net.onnx"))
+    assert out.code == 0, out.stderr
+    stats = out.stdout + out.stderr
+    assert "1728*ceil(H/2)*ceil(W/2)" in stats and "1,792" in stats  # MACs an expression, params a number
+
+
 def test_merge_of_sizes_not_provably_equal_states_the_condition():
     text = ("network u\ninput x: [N, 3, H, W]\n"
             "d = x -> maxpool(k=2) -> maxpool(k=2) -> maxpool(k=2) -> maxpool(k=2)\n"

@@ -29,6 +29,7 @@ import numpy as np
 from cnncomp.errors import CnnError, UsageError
 from cnncomp.ir.cost import graph_cost  # noqa: F401  (re-exported for the passes)
 from cnncomp.ir.graph import LayerGraph
+from cnncomp.ops.dims import is_static
 from cnncomp.progress import progress
 
 
@@ -269,12 +270,17 @@ def run_pipeline(ctx: PassContext, steps: list[PassStep], fixed_point: bool = Tr
     return runner.records
 
 
+def _count(value) -> str:
+    """A count with thousands separators, or as the language writes it where sizes are symbolic (652*H*W)."""
+    return f"{value:,}" if is_static(value) else str(value)
+
+
 def format_stats(records: list[PassRecord]) -> str:
     """The --stats table: per pass run, rewrites and params/MACs before and after."""
     rows = [("pass", "round", "rewrites", "params before", "params after", "MACs before", "MACs after")]
     for r in records:
-        rows.append((r.step, str(r.round), str(r.rewrites), f"{r.params_before:,}", f"{r.params_after:,}",
-                     f"{r.macs_before:,}", f"{r.macs_after:,}"))
+        rows.append((r.step, str(r.round), str(r.rewrites), *map(_count, (r.params_before, r.params_after,
+                                                                          r.macs_before, r.macs_after))))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths)))
                      for row in rows)
