@@ -94,6 +94,14 @@ def test_nothing_left_in_int8_says_what_kept_each_layer_not_the_timing():
     assert "not faster" not in line and "not faster" not in report.summary()
 
 
+def test_nothing_left_in_int8_on_symbolic_sizes_names_the_layers_without_shares():
+    """0% of the MACs holds whatever the sizes; each layer's share is unknown there and not made up as 0.0%."""
+    layers = [LayerSensitivity("a", "", 0.3, None, precision="float32")]
+    report = report_with(layers=layers, float_layers=["a"], written="fp32", nothing_quantized=True)
+    assert report.shortfall() == ("int8: 0% of the MACs run in int8, under 80%: the error budget could not afford "
+                                  "1 layer in int8 (a error alone 0.3)")
+
+
 def test_macs_shares_of_a_spec_and_of_symbolic_sizes(spec, tmp_path):
     model = cnncomp.compile(spec, opt_level=1)
     shares = macs_shares(cnncomp.load(spec), int8_module.layer_groups(model))

@@ -153,10 +153,12 @@ class Int8Report:
         def macs(names):
             return sum(self.group_macs.get(n, 0.0) for n in names)
 
+        known = bool(self.group_macs)  # no shares where sizes are symbolic: the layers are named without them
+
         def costliest(names, detail):
             top = sorted(names, key=lambda n: -self.group_macs.get(n, 0.0))[:3]
-            return ", ".join(f"{n} {self.group_macs.get(n, 0.0):.1%}{detail(n)}" for n in top) + (
-                ", ..." if len(names) > 3 else "")
+            return ", ".join(f"{n}{f' {self.group_macs.get(n, 0.0):.1%}' if known else ''}{detail(n)}"
+                             for n in top) + (", ..." if len(names) > 3 else "")
 
         def times(name):
             entry = entries.get(name)
@@ -178,7 +180,8 @@ class Int8Report:
             if names:
                 text, detail = words[reason]
                 count = f"{len(names)} layer{'s' if len(names) > 1 else ''}"
-                parts.append(f"{text.format(n=count)} ({macs(names):.1%} of the MACs: {costliest(names, detail)})")
+                shares = f"{macs(names):.1%} of the MACs: " if known else ""
+                parts.append(f"{text.format(n=count)} ({shares}{costliest(names, detail)})")
         return f"int8: {share:.0%} of the MACs run in int8, under {INT8_MACS_GOAL:.0%}: " + "; ".join(parts)
 
     def summary(self) -> str:
