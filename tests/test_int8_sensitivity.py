@@ -11,7 +11,8 @@ pytest.importorskip("onnxruntime")
 
 from cnncomp.pipeline import emit_model, optimize  # noqa: E402
 from cnncomp.precision.int8 import ErrorProbe, Quantizer  # noqa: E402
-from cnncomp.precision.sensitivity import errors_alone  # noqa: E402
+from cnncomp.precision import sensitivity  # noqa: E402
+from cnncomp.precision.sensitivity import chunks_of_layers, errors_alone  # noqa: E402
 
 NET = ("network small\ninput x: [N, 3, 16, 16]\n"
        "y = x -> conv(16, k=3, p=1) as c1 -> bn as b1 -> relu -> conv(16, k=3, p=1) as c2 -> bn as b2 -> relu\n"
@@ -57,6 +58,46 @@ def test_errors_alone_are_those_of_the_network_quantized_one_layer_at_a_time(tmp
         assert errors[layer] == pytest.approx(old[layer], rel=1e-4, abs=1e-7), layer
         assert errors[layer] > 1e-4, layer
     assert sorted(layers, key=lambda l: -errors[l]) == sorted(layers, key=lambda l: -old[l])
+
+
+@pytest.mark.parametrize("limit, jobs", [(1, 1), (12, 2)])
+def test_layers_run_side_by_side_or_apart_give_the_same_errors(tmp_path, monkeypatch, limit, jobs):
+    """The downstream parts of several layers run side by side in one session (the small nets: all of them in
+    one) give each layer's error as a session of its own does (limit 1: one layer a session), to the bit, also
+    in forked workers."""
+    model, quantizer, probe = _setup(tmp_path, RESIDUAL, (3, 12, 12))
+    try:
+        layers = list(quantizer.groups)
+        full = quantizer.quantize()
+        together = errors_alone(model, full, quantizer.groups, layers, probe)
+        assert len(chunks_of_layers(model, quantizer.groups, layers)) == 1
+        monkeypatch.setattr(sensitivity, "COMBINED_NODES", limit)
+        assert len(chunks_of_layers(model, quantizer.groups, layers)) > 1
+        apart = errors_alone(model, full, quantizer.groups, layers, probe, jobs)
+    finally:
+        quantizer.close()
+    assert apart == together
+
+
+def test_chunks_hold_consecutive_layers_up_to_the_node_limit(tmp_path):
+    path = tmp_path / "net.cnn"
+    path.write_text(NET)
+    model = emit_model(optimize(str(path)))
+    quantizer = Quantizer(model, {"x": np.zeros((2, 3, 16, 16), np.float32)}, "minmax")
+    try:
+        groups = quantizer.groups
+    finally:
+        quantizer.close()
+    layers = list(groups)
+    total = len(model.graph.node)
+    assert chunks_of_layers(model, groups, layers, limit=10 * total) == [list(range(len(layers)))]
+    assert chunks_of_layers(model, groups, layers, limit=1) == [[i] for i in range(len(layers))]
+    chunks = chunks_of_layers(model, groups, layers, limit=total)
+    assert [i for chunk in chunks for i in chunk] == list(range(len(layers)))  # in order, each once
+    position = {n.name: i for i, n in enumerate(model.graph.node)}
+    for chunk in chunks:
+        sizes = [total - min(position[m] for m in groups[layers[i]]) for i in chunk]
+        assert len(chunk) == 1 or sum(sizes) <= total
 
 
 def test_the_quantizer_quantizes_once_for_rounding_and_bias_correction(tmp_path, monkeypatch):
