@@ -137,26 +137,56 @@ def test_the_ranges_written_to_the_cache_are_those_quantize_static_used(activati
     assert scales["x"] < 0.8 * minmax_scales["x"]  # the bright pixel is clipped
 
 
-def test_the_min_max_pass_that_quantizes_nothing_sees_every_tensor_a_full_one_sees():
-    """mse's min-max pass excludes every node (no weight is quantized, only the ranges are wanted): the cache it
-    writes holds the same tensors and extremes as quantize_static's calibration of the whole model."""
-    model = _conv_net()
-    calibration = inputs_with_an_outlier(8, 1)
-    minmax, mse = Quantizer(model, calibration, "minmax"), Quantizer(model, calibration, "mse")
+RESIDUAL = ("network res\ninput x: [N, 3, 12, 12]\n"
+            "a = x -> conv(8, k=3, p=1) as stem -> relu\n"
+            "b = a -> conv(8, k=3, p=1) as inner -> hardswish -> conv(8, k=1) as outer\n"
+            "s = a + b\n"
+            "y = s -> relu -> maxpool(k=2) -> gap as pool -> flatten -> linear(5) as fc -> softmax\n"
+            "output y\n")
+
+
+def _spec_model(tmp_path, text: str) -> onnx.ModelProto:
+    from cnncomp.pipeline import emit_model, optimize
+
+    path = tmp_path / "net.cnn"
+    path.write_text(text)
+    return emit_model(optimize(str(path)))
+
+
+@pytest.mark.parametrize("net", ["conv", "residual", "digits"])
+def test_the_min_max_cache_is_the_one_onnx_runtimes_calibrator_writes(tmp_path, net):
+    """The refined methods' extremes come from cnncomp's own pass (ranges.write_minmax_cache, on the float taps
+    the later passes share): the same tensors and the same extremes as quantize_static's MinMax calibration of the
+    whole model (a hard-swish, a softmax, pools and an add among the ops), within float32's rounding (the
+    calibrator runs the model unoptimized, the taps optimized: a conv's sums in another order)."""
+    from cnncomp.precision.ranges import write_minmax_cache
+
+    if net == "conv":
+        model, calibration = _conv_net(), inputs_with_an_outlier(8, 1)
+    elif net == "residual":
+        model = _spec_model(tmp_path, RESIDUAL)
+        calibration = {"x": np.random.default_rng(3).standard_normal((6, 3, 12, 12)).astype(np.float32)}
+    else:
+        sys.path.insert(0, str(ROOT / "tests"))
+        pytest.importorskip("sklearn")
+        from ptq_helpers import trained_digits
+
+        model, calibration, _ = trained_digits()
+    minmax = Quantizer(model, calibration, "minmax")
     try:
-        everything = [n.name for n in model.graph.node]
-        assert everything and all(everything)
-        mse._cache.unlink()  # calibrated afresh, not read from the mse ranges
-        mse._quantize_static(everything, None, calibration)
-        full = json.loads(minmax._cache.read_text())["data"]
-        alone = json.loads(mse._cache.read_text())["data"]
+        theirs = json.loads(minmax._cache.read_text())
     finally:
         minmax.close()
-        mse.close()
-    assert full.keys() == alone.keys() and len(full) >= 3
-    for name, entry in full.items():
+    ours_path = tmp_path / "ours.json"
+    write_minmax_cache(ours_path, model, calibration)
+    ours = json.loads(ours_path.read_text())
+    assert {k: v for k, v in ours.items() if k != "data"} == {k: v for k, v in theirs.items() if k != "data"}
+    assert ours["data"].keys() == theirs["data"].keys() and len(theirs["data"]) >= 3
+    for name, entry in theirs["data"].items():
         for end in ("lowest", "highest"):
-            assert cache_number(alone[name][end]) == cache_number(entry[end]), (name, end)
+            mine, want = ours["data"][name][end], entry[end]
+            assert {**mine, "data": None} == {**want, "data": None}, name  # the encoding: a float32 numpy array
+            assert cache_number(mine) == pytest.approx(cache_number(want), rel=1e-5, abs=1e-7), (name, end)
 
 
 def test_mse_ranges_lower_the_error_of_a_trained_text_classifier():

@@ -56,6 +56,7 @@ from cnncomp.verification.meters import ModelErrorMeter as ErrorProbe  # int8's 
 from cnncomp.verification.metrics import load_labels, plan_metrics
 from cnncomp.precision.bias_correction import DEFAULT_MODE, MODES as BIAS_CORRECTION_MODES, apply_bias_corrections
 from cnncomp.precision.bias_correction import bias_corrections
+from cnncomp.precision.float_taps import FloatTaps
 from cnncomp.precision.int8_report import Int8Report, LayerSensitivity
 from cnncomp.precision.int8_support import failing_node, known_unsupported, neighbourhood, nonfinite_activations
 from cnncomp.precision.int8_hardswish import rewrite_if_within_budget
@@ -182,6 +183,7 @@ class Quantizer:
         # a path, not the ModelProto: quantize_static moves a proto's weights into external files it then deletes
         self._float_path = Path(self._tmp.name) / "float32.onnx"
         self._owner = os.getpid()
+        self.taps = FloatTaps(model)  # the float32 model's tensors, for the passes that read them (float_taps.py)
         copy = onnx.ModelProto.FromString(model.SerializeToString())  # saving to external data edits the proto
         onnx.save(copy, str(self._float_path), save_as_external_data=True, location="float32.data")
         if not self.groups:
@@ -199,6 +201,7 @@ class Quantizer:
         self.bias_shifts = {}
 
     def close(self) -> None:
+        self.taps.close()
         self._tmp.cleanup()
 
     @property
@@ -227,12 +230,11 @@ class Quantizer:
         try:
             if self.method in REFINED:  # the min-max cache names the tensors and their extremes; refine it
                 from cnncomp.precision.layer_ranges import write_layer_ranges
-                from cnncomp.precision.ranges import write_mse_ranges
+                from cnncomp.precision.ranges import write_minmax_cache, write_mse_ranges
 
-                # a min-max pass that quantizes no node fills the cache (the weights are quantized once, below)
-                self._quantize_static([n.name for n in self.model.graph.node], None, calibration)
+                write_minmax_cache(self._cache, self.model, calibration, self.batch, self.taps)
                 write = write_mse_ranges if self.method == "mse" else write_layer_ranges
-                write(self._cache, self.model, calibration, self.batch, self.activations == "int8")
+                write(self._cache, self.model, calibration, self.batch, self.activations == "int8", self.taps)
                 self.ranges_changed()
                 quantized = self.quantize()
             else:
@@ -240,7 +242,7 @@ class Quantizer:
             if self.weight_rounding != "nearest":
                 from cnncomp.precision.rounding import rounded_weights
 
-                self.rounded = rounded_weights(self.model, quantized, calibration, self.batch)
+                self.rounded = rounded_weights(self.model, quantized, calibration, self.batch, self.taps)
                 quantized = self.quantize()
         except CnnError as e:
             if "Histogram has not been collected" in str(e) and self.method != "minmax":
@@ -321,9 +323,8 @@ class Quantizer:
 
     def _quantize_static(self, excluded: list[str], only: list[str] | None, calibration: dict | None) -> Path:
         """The file of quantize_static's QDQ model with the nodes `excluded` left float32 (with `only`, just those nodes
-        quantized), calibrating on `calibration` into the range cache, else reading it. Every tensor is calibrated
-        whatever is excluded: the mse ranges' min-max pass excludes every node, which skips the per-channel weight
-        quantization of a model that is thrown away (3.5 s of ResNet-50's 92 s every-method run, loaded)."""
+        quantized), calibrating on `calibration` into the range cache, else reading it (the refined methods write
+        the cache themselves: ranges.write_minmax_cache)."""
         from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
         methods = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
@@ -710,7 +711,7 @@ def rank_layers(quantizer: Quantizer, probe: ErrorProbe, graph: LayerGraph, full
     from cnncomp.precision.sensitivity import errors_alone
 
     layers = [name for name in quantizable_layers(quantizer.model) if name not in quantizer.always_float]
-    errors = errors_alone(quantizer.model, full_int8, quantizer.groups, layers, probe, jobs)
+    errors = errors_alone(quantizer.model, full_int8, quantizer.groups, layers, probe, jobs, quantizer.taps)
     shares = macs_shares(graph, layers)  # {} for symbolic sizes: no share known
     ranked = [LayerSensitivity(name, graph.layer(name).where if name in graph else "", errors[name],
                                shares.get(name)) for name in layers]

@@ -258,15 +258,16 @@ def fake_quantizer(symmetric: bool):
 
 
 def layer_ranges(model: onnx.ModelProto, extremes: dict[str, tuple[float, float]], calibration: dict,
-                 batch: int = 1, symmetric: bool = False) -> dict[str, tuple[float, float]]:
+                 batch: int = 1, symmetric: bool = False, taps=None) -> dict[str, tuple[float, float]]:
     """For each tensor of `extremes` (its observed [min, max]) whose range ONNX Runtime uses, the candidate
-    range with the lowest summed relative output error of its readers on the calibration samples."""
+    range with the lowest summed relative output error of its readers on the calibration samples (`taps`: the
+    model's float_taps.FloatTaps)."""
     import torch
 
-    from cnncomp.precision.int8_support import with_outputs
-    from cnncomp.run.session import Session
+    from cnncomp.precision.float_taps import FloatTaps
 
-    histograms = tensor_histograms(model, extremes, calibration, batch)
+    taps = taps or FloatTaps(model)
+    histograms = tensor_histograms(model, extremes, calibration, batch, taps=taps)
     chosen_for = [n for n in extremes if n not in overridden(model, set(extremes))]
     weights = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
     readers, outputs = consumers(model), {o.name for o in model.graph.output}
@@ -289,17 +290,16 @@ def layer_ranges(model: onnx.ModelProto, extremes: dict[str, tuple[float, float]
                                      None if bias is None else torch.from_numpy(bias.astype(np.float32)))
     inputs = {i.name for i in model.graph.input}
     wanted = list(dict.fromkeys(r.tensor for c in choices.values() for r in c.readers) | dict.fromkeys(choices))
-    session = Session(with_outputs(model, [n for n in wanted if n not in inputs]), "cpu", quiet=True)
     quantize = fake_quantizer(symmetric)
     with torch.no_grad():
-        for values in grouped_outputs(session, calibration, batch, inputs, wanted):
+        for values in grouped_outputs(taps, calibration, batch, inputs, wanted):
             values = {n: torch.from_numpy(np.require(v, np.float32, "CW")) for n, v in values.items()}
             for choice in choices.values():
                 add_errors(choice, values, layers, quantize)
     return {name: choice.best() for name, choice in choices.items()}
 
 
-def grouped_outputs(session, calibration: dict, batch: int, inputs: set[str], wanted: list[str]):
+def grouped_outputs(taps, calibration: dict, batch: int, inputs: set[str], wanted: list[str]):
     """{tensor: values} of the first calibration samples (LAYER_VALUES input values), run `batch` at a time and
     yielded GROUP_VALUES input values at a time, samples of one size concatenated: the readers then run on
     groups, not on each 8x8 digit alone (one per run cost the digits CNN 40 s in Python overhead)."""
@@ -312,7 +312,7 @@ def grouped_outputs(session, calibration: dict, batch: int, inputs: set[str], wa
             break
         count = sum(np.size(v) for v in feeds.values())
         seen += count
-        values = session.run(feeds, produced) if produced else {}
+        values = taps.run(feeds, produced) if produced else {}
         values = {n: feeds[n] if n in inputs else values[n] for n in wanted if n in inputs or n in values}
         if group and (size >= GROUP_VALUES or any(np.ndim(v) == 0 or np.shape(v)[1:] != np.shape(group[0][n])[1:]
                                                   for n, v in values.items())):
@@ -353,7 +353,7 @@ def squared(values) -> float:
 
 
 def write_layer_ranges(cache: Path, model: onnx.ModelProto, calibration: dict, batch: int = 1,
-                       symmetric: bool = False) -> dict[str, tuple[float, float]]:
-    """Replace the ranges of the min-max calibration cache at `cache` (written by quantize_static) by those
-    its tensors' readers make the least output error with; returns them."""
-    return rewrite_cache(cache, lambda extremes: layer_ranges(model, extremes, calibration, batch, symmetric))
+                       symmetric: bool = False, taps=None) -> dict[str, tuple[float, float]]:
+    """Replace the ranges of the min-max calibration cache at `cache` by those its tensors' readers make the least
+    output error with; returns them."""
+    return rewrite_cache(cache, lambda extremes: layer_ranges(model, extremes, calibration, batch, symmetric, taps))

@@ -15,15 +15,17 @@ without tails (a uniform) it stays at the observed range. uint8 activations (ONN
 search lo and hi separately (lo <= 0 <= hi, as the quantizer requires); int8 symmetric ones (TensorRT)
 search one threshold t, range [-t, t], step 2t / 255.
 
-The tensors and their observed extremes come from a min-max calibration (its cache, written by
-quantize_static); one more pass over the float model's intermediate outputs fills a histogram of
-HISTOGRAM_BINS bins per tensor over those extremes (samples of different sizes run one at a time), and
-the chosen ranges are written back into the same cache, which quantize_static then uses as they are.
+The tensors and their observed extremes come from a min-max pass over the calibration samples, written as
+the range cache quantize_static's MinMax calibrator would write (`write_minmax_cache`); one more pass over the
+float model's intermediate outputs fills a histogram of HISTOGRAM_BINS bins per tensor over those extremes
+(samples of different sizes run one at a time), and the chosen ranges are written back into the same cache,
+which quantize_static then uses as they are.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -101,33 +103,75 @@ def mse_range(histogram: Histogram, symmetric: bool = False) -> tuple[float, flo
 
 
 def tensor_histograms(model: onnx.ModelProto, extremes: dict[str, tuple[float, float]], calibration: dict,
-                      batch: int = 1, bins: int = HISTOGRAM_BINS) -> dict[str, Histogram]:
+                      batch: int = 1, bins: int = HISTOGRAM_BINS, taps=None) -> dict[str, Histogram]:
     """One histogram per named tensor of the float model over its observed [min, max], filled in one pass
-    over the calibration samples (a graph input is binned from the samples themselves)."""
-    from cnncomp.passes.budget import batches
-    from cnncomp.precision.int8_support import with_outputs
-    from cnncomp.run.session import Session
+    over the calibration samples (a graph input is binned from the samples themselves; `taps`: the model's
+    float_taps.FloatTaps). The tensors of a run are binned in threads (numpy's array operations release the GIL;
+    each histogram is filled by one thread at a time)."""
+    from concurrent.futures import ThreadPoolExecutor
 
+    from cnncomp.passes.budget import batches
+    from cnncomp.precision.float_taps import FloatTaps
+    from cnncomp.run.parallel import in_worker
+
+    taps = taps or FloatTaps(model)
     histograms = {name: Histogram(np.zeros(bins, np.int64), float(lo), float(hi))
                   for name, (lo, hi) in extremes.items()}
-    inputs = {i.name for i in model.graph.input}
-    produced = [name for name in histograms if name not in inputs]
-    session = Session(with_outputs(model, produced), "cpu", quiet=True)
-    for feeds in batches(calibration, batch):
-        values = session.run(feeds, produced) if produced else {}
-        for name, histogram in histograms.items():
-            value = feeds.get(name) if name in inputs else values.get(name)
-            if value is not None:
-                histogram.add(np.asarray(value))
+    threads = 1 if in_worker() else min(4, os.cpu_count() or 1)
+    with ThreadPoolExecutor(threads) as pool:
+        for feeds in batches(calibration, batch):
+            values = taps.run(feeds, list(histograms))
+            work = [(histograms[name], value) for name, value in values.items()]
+            list(pool.map(lambda item: item[0].add(np.asarray(item[1])), work))
     return histograms
 
 
 def write_mse_ranges(cache: Path, model: onnx.ModelProto, calibration: dict, batch: int = 1,
-                     symmetric: bool = False) -> dict[str, tuple[float, float]]:
-    """Replace the ranges of the min-max calibration cache at `cache` (written by quantize_static) by those
-    that minimise each tensor's quantization error on `calibration`; returns them."""
+                     symmetric: bool = False, taps=None) -> dict[str, tuple[float, float]]:
+    """Replace the ranges of the min-max calibration cache at `cache` by those that minimise each tensor's
+    quantization error on `calibration`; returns them."""
     return rewrite_cache(cache, lambda extremes: {
-        name: mse_range(h, symmetric) for name, h in tensor_histograms(model, extremes, calibration, batch).items()})
+        name: mse_range(h, symmetric)
+        for name, h in tensor_histograms(model, extremes, calibration, batch, taps=taps).items()})
+
+
+def calibrated_tensors(model: onnx.ModelProto) -> list[str]:
+    """The tensors ONNX Runtime's calibrator measures: the inputs and outputs of the nodes its quantizer has int8
+    kernels for (CalibraterBase.select_tensors_to_calibrate with quantize_static's op types), less initializers;
+    of these, it keeps the float ones (`write_minmax_cache` skips the others by their values)."""
+    from cnncomp.precision.int8_support import quantizable_ops
+
+    ops = quantizable_ops()
+    initializers = {t.name for t in model.graph.initializer}
+    return list(dict.fromkeys(name for node in model.graph.node if node.op_type in ops
+                              for name in (*node.input, *node.output) if name and name not in initializers))
+
+
+def write_minmax_cache(cache: Path, model: onnx.ModelProto, calibration: dict, batch: int = 1, taps=None) -> None:
+    """The range cache quantize_static would write calibrating `model` on `calibration` with CalibrationMethod.MinMax
+    (each float tensor of `calibrated_tensors`: its least and greatest value over the samples, a sample's NaN
+    ignored as the calibrator's nanmin/nanmax do), computed from one pass of the model's float_taps.FloatTaps
+    instead of the calibrator's own augmented model: on ResNet-50 2.3 s -> 1.2 s, and the session is the one the
+    histograms and gptq's Hessians read next."""
+    from onnxruntime.quantization.calibrate import CalibrationMethod, TensorsData, save_tensors_data
+
+    from cnncomp.passes.budget import batches
+    from cnncomp.precision.float_taps import FloatTaps
+
+    taps = taps or FloatTaps(model)
+    names = calibrated_tensors(model)
+    lows: dict[str, list] = {}
+    highs: dict[str, list] = {}
+    for feeds in batches(calibration, batch):
+        for name, value in taps.run(feeds, names).items():
+            value = np.asarray(value)
+            if value.dtype not in (np.float32, np.float16) or value.size == 0:
+                continue
+            lows.setdefault(name, []).append(value.min())
+            highs.setdefault(name, []).append(value.max())
+    ranges = {name: (np.array([np.nanmin(lows[name])], lows[name][0].dtype),
+                     np.array([np.nanmax(highs[name])], highs[name][0].dtype)) for name in names if name in lows}
+    save_tensors_data(TensorsData(CalibrationMethod.MinMax, ranges), cache)
 
 
 def rewrite_cache(cache: Path, choose) -> dict[str, tuple[float, float]]:

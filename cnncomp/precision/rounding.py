@@ -83,23 +83,22 @@ def _patches(x: np.ndarray, node: onnx.NodeProto, groups: int, rng: np.random.Ge
 
 
 def layer_hessians(float_model: onnx.ModelProto, layers: list, calibration: dict, batch: int = 1,
-                   seed: int = 0) -> dict[str, np.ndarray]:
-    """{node: H = sum of X^T X per group [G, D, D], float32} of each layer's float32 input on the calibration
-    data."""
+                   seed: int = 0, taps=None) -> dict[str, np.ndarray]:
+    """{node: H = sum of X^T X per group [G, D, D], float32; only its upper triangle (`gram`)} of each layer's
+    float32 input on the calibration data (`taps`: the model's float_taps.FloatTaps)."""
     from cnncomp.passes.budget import batches
-    from cnncomp.precision.int8_support import with_outputs
-    from cnncomp.run.session import Session
+    from cnncomp.precision.float_taps import FloatTaps
 
     rng = np.random.default_rng(seed)
     inputs = {i.name for i in float_model.graph.input}
     names = list(dict.fromkeys(f.input[0] for _, f, _ in layers if f.input[0] not in inputs))
-    session = Session(with_outputs(float_model, names), "cpu", quiet=True)
+    taps = taps or FloatTaps(float_model)
     gathered: dict[str, list[np.ndarray]] = {}
     skipped: set[str] = set()
     calibration = {k: v[:max(batch, MAX_SAMPLES // batch * batch)] for k, v in calibration.items()}
     runs = -(-len(next(iter(calibration.values()))) // batch)
     for feeds in batches(calibration, batch):
-        values = session.run(feeds, names) if names else {}
+        values = taps.run(feeds, names) if names else {}
         for q, f, _ in layers:
             if q.name in skipped:
                 continue
@@ -205,15 +204,16 @@ def round_columns(w: np.ndarray, hessian, qmin: float = -np.inf, qmax: float = n
 
 
 def rounded_weights(float_model: onnx.ModelProto, quantized: onnx.ModelProto, calibration: dict,
-                    batch: int = 1) -> dict[str, np.ndarray]:
+                    batch: int = 1, taps=None) -> dict[str, np.ndarray]:
     """{node: its new int8 weights} for every quantized 2-D Conv / Gemm of `quantized`, rounded up or down
-    (never further than one step from nearest) to minimise its output error on `calibration`."""
+    (never further than one step from nearest) to minimise its output error on `calibration` (`taps`: the float
+    model's float_taps.FloatTaps)."""
     layers = list(_layers(quantized, float_model))
     if not layers:
         return {}
     inits = {t.name: t for t in quantized.graph.initializer}
     float_inits = {t.name: t for t in float_model.graph.initializer}
-    hessians = layer_hessians(float_model, layers, calibration, batch)
+    hessians = layer_hessians(float_model, layers, calibration, batch, taps=taps)
     jobs = {}  # node -> (units, (qmin, qmax), weight shape, axis, dtype), rounded together with same-shaped layers
     for q, f, dq in layers:
         if q.name not in hessians:

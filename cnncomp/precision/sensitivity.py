@@ -30,6 +30,7 @@ import numpy as np
 import onnx
 
 from cnncomp.onnx_graph import consumers, producers
+from cnncomp.precision.float_taps import FloatTaps, shareable, shared_placeholder
 
 SUFFIX = "__alone"  # added to the copied nodes and tensors
 
@@ -152,35 +153,6 @@ def layer_copy(float_model: onnx.ModelProto, quantized: onnx.ModelProto, members
     return out
 
 
-SHARED_ELEMENTS = 1024  # initializers this large and floating-point are shared, not copied into each model
-
-
-def shareable(tensor: onnx.TensorProto) -> bool:
-    """A weight (float, large), not a shape, axes or scales constant: ONNX Runtime reads those while loading
-    the model (a Reshape's shape), where external data it has not been given yet cannot be read."""
-    floats = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16)
-    return tensor.data_type in floats and int(np.prod(tensor.dims)) >= SHARED_ELEMENTS
-
-
-def shared_placeholder(tensor: onnx.TensorProto) -> onnx.TensorProto:
-    """The float32 model's initializer as external data without its bytes: every derived model's session gets the
-    same OrtValue (`shared_values`) instead of a copy of the weights in each model."""
-    placeholder = onnx.TensorProto(name=tensor.name, data_type=tensor.data_type, dims=tensor.dims,
-                                   data_location=onnx.TensorProto.EXTERNAL)
-    entry = placeholder.external_data.add()
-    entry.key, entry.value = "location", "shared"
-    return placeholder
-
-
-def shared_values(float_model: onnx.ModelProto) -> dict:
-    """{initializer: OrtValue} of the float32 model's initializers, for the derived models' sessions."""
-    import onnxruntime as ort
-    from onnx import numpy_helper
-
-    return {t.name: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(numpy_helper.to_array(t)))
-            for t in float_model.graph.initializer if shareable(t)}
-
-
 def downstream_model(float_model: onnx.ModelProto, copy: LayerCopy, members: list[str],
                      dtypes: dict[str, np.dtype]) -> tuple[onnx.ModelProto, dict[str, str]]:
     """The part of `float_model` that a layer in int8 changes, with the layer replaced by its copy: its inputs are
@@ -281,27 +253,24 @@ def chunks_of_layers(float_model: onnx.ModelProto, groups: dict[str, list[str]],
 
 
 def errors_alone(float_model: onnx.ModelProto, quantized: onnx.ModelProto, groups: dict[str, list[str]],
-                 layers: list[str], probe, jobs: int = 1) -> dict[str, float]:
+                 layers: list[str], probe, jobs: int = 1, taps: FloatTaps | None = None) -> dict[str, float]:
     """{layer: `probe`'s error (ModelErrorMeter: relative L2 of the outputs on its held-out samples) of the model
     with only that layer in int8 as `quantized` quantizes it}, each from the float32 run's tensors and a run of
     what the layer changes, consecutive layers' parts run side by side (`chunks_of_layers`, `side_by_side`; the
-    chunks in `jobs` forked processes, with a progress bar)."""
+    chunks in `jobs` forked processes, with a progress bar). `taps`: the float32 model's (float_taps.py)."""
     from cnncomp.inputs import collate, is_mixed
     from cnncomp.passes.budget import batches
-    from cnncomp.precision.int8_support import with_outputs
     from cnncomp.run.parallel import forked_map
     from cnncomp.run.session import Session
 
     feeds = probe.feeds
     chunks = [feeds] if probe.batch is None and not is_mixed(feeds) else list(batches(feeds, probe.batch or 1))
-    tensors = list(dict.fromkeys(o for n in float_model.graph.node for o in n.output if o))
-    session = Session(with_outputs(float_model, tensors), "cpu", quiet=True)
-    float_values = [{**chunk, **session.run(chunk, tensors)} for chunk in chunks]
-    del session
+    taps = taps or FloatTaps(float_model)
+    float_values = [{**chunk, **taps.run(chunk)} for chunk in chunks]
     dtypes = {name: np.asarray(value).dtype for name, value in float_values[0].items()}
     outputs = [o.name for o in float_model.graph.output]
     float_error = probe.error(None, {name: collate([v[name] for v in float_values]) for name in outputs})
-    weights = shared_values(float_model)  # the arrays stay alive with their OrtValues until the last session
+    weights = taps.weights()  # the arrays stay alive with their OrtValues until the last session
     index = ModelIndex.of(float_model, quantized)
     layer_chunks = chunks_of_layers(float_model, groups, layers)
 

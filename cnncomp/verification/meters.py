@@ -89,21 +89,40 @@ class ModelErrorMeter:
     run `batch` samples at a time for a network with a fixed batch dim (None: all at once); `plan` (a
     metrics.MetricPlan) judges each output by its task metric for `budget_error`."""
 
+    REMEMBERED = 4  # the outputs of the latest models run, by their bytes' digest
+
     def __init__(self, feeds: dict[str, np.ndarray], reference: dict[str, np.ndarray], batch: int | None = None,
                  plan=None):
         self.feeds, self.reference, self.batch, self.plan = feeds, reference, batch, plan
+        self._remembered: dict[bytes, dict[str, np.ndarray]] = {}
 
     def outputs(self, model) -> dict[str, np.ndarray]:
+        """The model's outputs on the samples. A model run before (the same bytes; int8's search asks again for
+        the whole-int8 model it measured first, when it keeps it) is not run again: on ResNet-50 a session and a
+        run of 4 samples, 0.4 s."""
+        import copy
+        import hashlib
+
         from cnncomp.passes.budget import batches
         from cnncomp.run.session import Session
 
         from cnncomp.inputs import collate, is_mixed
 
-        session = Session(model, "cpu", quiet=True)
+        data = model if isinstance(model, (str, bytes)) else model.SerializeToString()
+        key = hashlib.blake2b(data, digest_size=16).digest() if isinstance(data, bytes) else None
+        if key in self._remembered:  # copies: a caller may change what it got
+            return copy.deepcopy(self._remembered[key])
+        session = Session(data, "cpu", quiet=True)
         if self.batch is None and not is_mixed(self.feeds):
-            return session.run(self.feeds, list(self.reference))
-        parts = [session.run(chunk, list(self.reference)) for chunk in batches(self.feeds, self.batch or 1)]
-        return {name: collate([p[name] for p in parts]) for name in self.reference}
+            outputs = session.run(self.feeds, list(self.reference))
+        else:
+            parts = [session.run(chunk, list(self.reference)) for chunk in batches(self.feeds, self.batch or 1)]
+            outputs = {name: collate([p[name] for p in parts]) for name in self.reference}
+        if key is not None:
+            self._remembered[key] = copy.deepcopy(outputs)
+            while len(self._remembered) > self.REMEMBERED:
+                self._remembered.pop(next(iter(self._remembered)))
+        return outputs
 
     def error(self, model, outputs: dict | None = None) -> float:
         """The relative L2 error over all samples (differently sized ones taken together, flattened), of the model
