@@ -34,14 +34,24 @@ def _initializers(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
     return {t.name: t for t in model.graph.initializer}
 
 
-def _dequantized_constants(model: onnx.ModelProto) -> dict[str, tuple[onnx.NodeProto, np.ndarray, np.ndarray]]:
-    """{DequantizeLinear output: (node, dequantized value, scale broadcast to it)} for every constant DQ."""
+def _constant_dequantizers(model: onnx.ModelProto) -> dict[str, onnx.NodeProto]:
+    """{DequantizeLinear output: node} for every DequantizeLinear of an initializer (weights, biases)."""
+    inits = {t.name for t in model.graph.initializer}
+    return {n.output[0]: n for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in inits}
+
+
+def _dequantized_constants(model: onnx.ModelProto, names=None, values: bool = True
+                           ) -> dict[str, tuple[onnx.NodeProto, np.ndarray | None, np.ndarray]]:
+    """{DequantizeLinear output: (node, dequantized value, scale broadcast to it)} for every constant DQ, or for
+    those of `names`; without `values`, the value is None (dequantizing all of a ResNet-50's weights in float64
+    takes a tenth of a second or more, each time: only what is read)."""
     inits = _initializers(model)
+    dequantizers = _constant_dequantizers(model)
     out = {}
-    for node in model.graph.node:
-        if node.op_type != "DequantizeLinear" or node.input[0] not in inits:
-            continue
-        q = numpy_helper.to_array(inits[node.input[0]]).astype(np.float64)
+    for name in (dequantizers if names is None else [n for n in dict.fromkeys(names) if n in dequantizers]):
+        node = dequantizers[name]
+        q = numpy_helper.to_array(inits[node.input[0]])
+        q = q.astype(np.float64) if values else np.empty((0,) * q.ndim)  # without values: its rank only
         scale = numpy_helper.to_array(inits[node.input[1]]).astype(np.float64)
         zero = (numpy_helper.to_array(inits[node.input[2]]).astype(np.float64)
                 if len(node.input) > 2 and node.input[2] else np.zeros_like(scale))
@@ -49,13 +59,13 @@ def _dequantized_constants(model: onnx.ModelProto) -> dict[str, tuple[onnx.NodeP
             shape = [1] * q.ndim
             shape[attrs_of(node).get("axis", 1) % q.ndim] = -1
             scale, zero = scale.reshape(shape), zero.reshape(shape)
-        out[node.output[0]] = (node, (q - zero) * scale, scale)
+        out[name] = (node, (q - zero) * scale if values else None, scale)
     return out
 
 
 def quantized_layers(quantized: onnx.ModelProto, float_model: onnx.ModelProto):
     """(int8 node, float node) for every Conv/Gemm whose weights the int8 model dequantizes from int8."""
-    constants = _dequantized_constants(quantized)
+    constants = _constant_dequantizers(quantized)
     float_nodes = {n.name: n for n in float_model.graph.node}
     for node in quantized.graph.node:
         if node.op_type in CORRECTED_OPS and len(node.input) > 1 and node.input[1] in constants \
@@ -74,10 +84,13 @@ def _mean_inputs(quantized: onnx.ModelProto, names: list[str], calibration: dict
     for feeds in batches(calibration, batch):
         count = len(next(iter(feeds.values())))
         for name, value in session.run(feeds, list(dict.fromkeys(names))).items():
-            total = np.asarray(value, dtype=np.float64).sum(axis=0)
-            entry = sums.setdefault(name, {}).setdefault(total.shape, [0.0, 0])
-            entry[0] = entry[0] + total
-            entry[1] += count
+            total = np.asarray(value).sum(axis=0, dtype=np.float64)
+            by_size = sums.setdefault(name, {})
+            if total.shape in by_size:
+                by_size[total.shape][0] += total
+                by_size[total.shape][1] += count
+            else:
+                by_size[total.shape] = [total, count]
     return {name: [(s / n, n) for s, n in by_size.values()] for name, by_size in sums.items()}
 
 
@@ -109,10 +122,10 @@ def bias_corrections(float_model: onnx.ModelProto, quantized: onnx.ModelProto, c
     """{node name: the output shift its int8 weights cause, per output channel}, measured on `calibration`
     with the layers' inputs taken from the int8 model `quantized`."""
     float_inits = _initializers(float_model)
-    constants = _dequantized_constants(quantized)
     layers = [(q, f) for q, f in quantized_layers(quantized, float_model) if f.input[1] in float_inits]
     if not layers:
         return {}
+    constants = _dequantized_constants(quantized, [q.input[1] for q, _ in layers])
     calibration = {k: v[:max(batch, MAX_SAMPLES // batch * batch)] for k, v in calibration.items()}
     means = _mean_inputs(quantized, [q.input[0] for q, _ in layers], calibration, batch)
     shifts = {}
@@ -132,7 +145,9 @@ def apply_bias_corrections(quantized: onnx.ModelProto, shifts: dict[str, np.ndar
     """Subtract each node's shift from its bias in the int8 model (in place): an int32 bias is re-rounded at its
     scale, a float bias adjusted, and a node without a bias given an int32 one at scale x_scale * w_scale."""
     inits = _initializers(quantized)
-    constants = _dequantized_constants(quantized)
+    corrected = [n for n in quantized.graph.node if n.name in shifts and n.op_type in CORRECTED_OPS]
+    constants = {**_dequantized_constants(quantized, [n.input[1] for n in corrected], values=False),
+                 **_dequantized_constants(quantized, [n.input[2] for n in corrected if len(n.input) > 2])}
     activation_scales = _activation_scales(quantized)
     uses: dict[str, int] = {}
     for node in quantized.graph.node:
