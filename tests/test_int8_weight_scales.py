@@ -19,9 +19,9 @@ from cnncomp.precision.int8 import Quantizer  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _both_ways(model: onnx.ModelProto, calibration: dict, method: str = "minmax") -> tuple[bytes, bytes, int]:
+def _both_ways(model: onnx.ModelProto, calibration: dict, activations: str = "uint8") -> tuple[bytes, bytes, int]:
     """(the model quantized with cnncomp's weight scales, the one quantize_static computes alone, overridden)."""
-    quantizer = Quantizer(model, calibration, method)
+    quantizer = Quantizer(model, calibration, "minmax", activations)
     try:
         ours = quantizer.quantize().SerializeToString()
         count = len(quantizer._conv_weight_scales())
@@ -35,10 +35,12 @@ def _both_ways(model: onnx.ModelProto, calibration: dict, method: str = "minmax"
 
 # 1-D (textcnn), grouped and depthwise (shufflenet), pixel shuffle (espcn), a linear head (lenet's Gemm keeps
 # quantize_static's own scales)
-@pytest.mark.parametrize("spec", ["lenet", "textcnn", "espcn", "shufflenet_v2_x1_0"])
-def test_the_bundled_specs_quantize_to_the_same_bytes(spec):
+@pytest.mark.parametrize("spec, activations", [("lenet", "uint8"), ("textcnn", "uint8"), ("espcn", "uint8"),
+                                               ("shufflenet_v2_x1_0", "uint8"), ("shufflenet_v2_x1_0", "int8")])
+def test_the_bundled_specs_quantize_to_the_same_bytes(spec, activations):
+    """uint8 activations (ONNX Runtime's CPU kernels) and int8 symmetric ones (TensorRT's)."""
     compiled = optimize(str(ROOT / "specs" / f"{spec}.cnn"))
-    ours, theirs, count = _both_ways(emit_model(compiled), seeded_calibration(compiled.ref_graph, 0, 2))
+    ours, theirs, count = _both_ways(emit_model(compiled), seeded_calibration(compiled.ref_graph, 0, 2), activations)
     assert count > 0
     assert ours == theirs
 

@@ -358,7 +358,7 @@ class Quantizer:
         1.0 for a range under float32's smallest normal; zero point 0), vectorized. Handed to it as
         TensorQuantOverrides, they replace its Python loop over channels (27,560 on ResNet-50: 1.7 s of each
         quantization, and a search quantizes many times); the models it writes are the same, to the byte
-        (tests/test_int8_ranges.py)."""
+        (tests/test_int8_weight_scales.py)."""
         if self._weight_scales is None:
             from onnx import numpy_helper
 
