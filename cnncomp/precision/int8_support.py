@@ -72,6 +72,16 @@ def failing_node(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> tuple[
     return None
 
 
+def int8_weight_scales(weight: np.ndarray, axis: int = 0) -> np.ndarray:
+    """The per-channel scales along `axis` that ONNX Runtime's quantizer gives symmetric int8 weights
+    (quant_utils.compute_scale_zp: each channel's range widened to hold 0 and made symmetric, 2 * max|w| / 254
+    computed in float64 and stored as float32; 1.0 where that is under float32's smallest normal), float32."""
+    moved = np.moveaxis(np.asarray(weight), axis, 0).reshape(np.shape(weight)[axis], -1)
+    absmax = np.maximum(np.abs(np.minimum(moved.min(axis=1), 0)), np.maximum(moved.max(axis=1), 0))
+    scale = 2 * absmax.astype(np.float64) / 254
+    return np.where(scale < np.finfo(np.float32).tiny, 1.0, scale).astype(np.float32)
+
+
 def with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
     """A copy of the model that also outputs these tensors (to look inside it)."""
     probe = onnx.ModelProto.FromString(model.SerializeToString())

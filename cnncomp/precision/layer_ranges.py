@@ -45,6 +45,7 @@ import onnx
 from onnx import numpy_helper
 
 from cnncomp.onnx_graph import attrs_of, consumers, producers
+from cnncomp.precision.int8_support import int8_weight_scales
 from cnncomp.precision.ranges import Histogram, mse_range, rewrite_cache, tensor_histograms
 
 # the readers' errors are measured on the first calibration samples up to this many input values (four 224x224
@@ -182,13 +183,12 @@ def weighted_input(node: onnx.NodeProto, weights: dict[str, np.ndarray]) -> str 
 
 def int8_weight(weight: np.ndarray, transposed: bool = False) -> np.ndarray:
     """The weight as the quantizer rounds it: per output channel, symmetric int8 (-127..127), dequantized, in
-    ONNX Runtime's arithmetic (the scale 2 max|w| / 254 stored in float32, w / scale rounded in float32). The
+    ONNX Runtime's arithmetic (its scales, int8_support.int8_weight_scales; w / scale rounded in float32). The
     output channel is axis 0 (conv, gemm with transB) or the last (matmul, gemm without transB)."""
     axis = weight.ndim - 1 if transposed else 0
-    reduce = tuple(a for a in range(weight.ndim) if a != axis)
-    absmax = np.abs(weight).max(axis=reduce, keepdims=True).astype(np.float64)
-    scale = (2 * absmax / 254).astype(np.float32)
-    scale[scale == 0] = 1.0
+    shape = [1] * weight.ndim
+    shape[axis] = -1
+    scale = int8_weight_scales(weight, axis).reshape(shape)
     return (np.clip(np.round(weight.astype(np.float32) / scale), -127, 127) * scale).astype(np.float32)
 
 
