@@ -26,6 +26,12 @@ def skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
     return out
 
 
+def add_outputs(graph: onnx.GraphProto, names) -> None:
+    """Make the tensors `names` outputs of `graph` too (in place; those it outputs already stay as they are)."""
+    present = {o.name for o in graph.output}
+    graph.output.extend(onnx.helper.make_empty_tensor_value_info(n) for n in dict.fromkeys(names) if n not in present)
+
+
 def attrs_of(node: onnx.NodeProto) -> dict:
     """A node's attributes as Python values (bytes decoded to str)."""
     out = {}

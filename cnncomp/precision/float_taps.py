@@ -16,6 +16,8 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
+from cnncomp.onnx_graph import add_outputs
+
 SHARED_ELEMENTS = 1024  # initializers this large and floating-point are shared, not copied into each model
 
 
@@ -54,8 +56,7 @@ def without_weights(model: onnx.ModelProto, outputs: list[str]) -> onnx.ModelPro
     graph.output.extend(model.graph.output)
     graph.value_info.extend(model.graph.value_info)
     graph.initializer.extend(shared_placeholder(t) if shareable(t) else t for t in model.graph.initializer)
-    present = {o.name for o in graph.output}
-    graph.output.extend(onnx.helper.make_empty_tensor_value_info(n) for n in dict.fromkeys(outputs) if n not in present)
+    add_outputs(graph, outputs)
     copy = onnx.ModelProto()
     copy.CopyFrom(onnx.helper.make_model(graph, opset_imports=model.opset_import, ir_version=model.ir_version))
     copy.functions.extend(model.functions)

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
-from cnncomp.onnx_graph import attrs_of, consumers, producers, skeleton
+from cnncomp.onnx_graph import add_outputs, attrs_of, consumers, producers, skeleton
 from cnncomp.precision.int8_speed import COMPUTE_OPS  # where int8 saves time
 
 # ONNX Runtime names the node it failed on in these shapes of message
@@ -85,9 +85,7 @@ def int8_weight_scales(weight: np.ndarray, axis: int = 0) -> np.ndarray:
 def with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
     """A copy of the model that also outputs these tensors (to look inside it)."""
     probe = onnx.ModelProto.FromString(model.SerializeToString())
-    present = {o.name for o in probe.graph.output}
-    probe.graph.output.extend(onnx.helper.make_empty_tensor_value_info(n) for n in dict.fromkeys(names)
-                              if n not in present)
+    add_outputs(probe.graph, names)
     return probe
 
 
