@@ -21,8 +21,9 @@ through (ONNX Runtime's QDQ quantizer gives a max pool's or a reshape's output i
 through: their readers read x's quantization, so they are x's readers, evaluated on the pass-through output
 (q commutes with a max pool, a reshape, a transpose; with an average pool it does nearly).
 
-The candidates: the observed range (min-max), the percentile default's (99.999%: 0.0005% cut at each end, as
-ONNX Runtime's Percentile calibrator does it, from the histogram), `mse`'s, and CLIP_FRACTIONS of the observed
+The candidates: the observed range (min-max), a 99.999% percentile range (0.0005% cut at each end, from the
+histogram: ONNX Runtime's Percentile calibrator's non-symmetric rule; the default's calibrator is its symmetric one,
+which cuts 0.001% of |x| and gives -t, t clamped to the observed range), `mse`'s, and CLIP_FRACTIONS of the observed
 range. Entropy's KL threshold is not a candidate: it needs its own histogram of every tensor and a search per
 tensor as long as the whole calibration of the other methods.
 
@@ -54,7 +55,7 @@ LAYER_VALUES = 600_000
 GROUP_VALUES = 150_000  # input values the readers run on at once (one 224x224 RGB image; 2,300 8x8 digits)
 CLIP_FRACTIONS = (0.5, 0.7, 0.85)  # of the observed range, tried beside the rules' ranges
 SAME_RANGE = 0.01  # candidates closer than this share of the observed range are tried once
-PERCENTILE = 99.999  # the percentile default's, ONNX Runtime's Percentile calibrator's
+PERCENTILE = 99.999  # ONNX Runtime's Percentile calibrator's
 WEIGHTED = ("Conv", "Gemm", "MatMul")
 # a mean shift of an output channel counts this many times its squared size: it passes through the layers after
 # the reader coherently, where independent rounding noise partly averages out. Fitted on the trained nets of
@@ -214,7 +215,7 @@ def run_reader(node: onnx.NodeProto, x, weight, bias):
 
 
 def candidate_ranges(histogram: Histogram, symmetric: bool) -> list[tuple[float, float]]:
-    """The ranges tried for one tensor: min-max, the percentile default's, mse's, clipped fractions."""
+    """The ranges tried for one tensor: min-max, a percentile range, mse's, clipped fractions."""
     lo, hi = min(histogram.low, 0.0), max(histogram.high, 0.0)
     ranges = [(lo, hi), percentile_range(histogram), mse_range(histogram, symmetric)]
     ranges += [(f * lo, f * hi) for f in CLIP_FRACTIONS]
@@ -226,7 +227,7 @@ def candidate_ranges(histogram: Histogram, symmetric: bool) -> list[tuple[float,
 
 
 def percentile_range(histogram: Histogram, percentile: float = PERCENTILE) -> tuple[float, float]:
-    """ONNX Runtime's Percentile calibrator's range (its non-symmetric rule: (100 - p) / 200 of the values cut
+    """ONNX Runtime's Percentile calibrator's range by its non-symmetric rule ((100 - p) / 200 of the values cut
     at each end), from the histogram; zeros are in their bin already."""
     counts = histogram.counts.astype(np.float64)
     edges = np.linspace(histogram.low, histogram.high, len(counts) + 1)
